@@ -1,0 +1,1 @@
+"""Typed, validated channels between the supervisor and its children."""

@@ -1,0 +1,1 @@
+"""Sandbox profiles: TOML text -> frozen Profile -> compiled seccomp BPF."""

@@ -1,0 +1,176 @@
+"""The parsed, frozen form of a profile: what the parser builds and everything else reads.
+
+A profile describes the whole sandbox, not only seccomp. Every field's default
+is the safe choice (deny by default, every namespace new, nothing bound, no
+network, no variables), so a missing section can only make a sandbox tighter.
+The sandbox (`supervisor.sandbox`) and the compiler (`profiles.compiler`) take
+these objects and nothing else; they never look at TOML.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ActionKind(enum.Enum):
+    """What the seccomp filter does with a matching call (libseccomp's SCMP_ACT_*)."""
+
+    ALLOW = "allow"
+    KILL_PROCESS = "kill-process"
+    KILL_THREAD = "kill-thread"
+    ERRNO = "errno"
+    TRAP = "trap"
+    LOG = "log"
+    NOTIFY = "user-notify"
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action; `errno` is set exactly when kind is ERRNO."""
+
+    kind: ActionKind
+    errno: int | None = None
+
+    def __str__(self) -> str:
+        if self.kind is ActionKind.ERRNO:
+            return f"errno {self.errno}"
+        return self.kind.value
+
+
+ALLOW = Action(ActionKind.ALLOW)
+KILL_PROCESS = Action(ActionKind.KILL_PROCESS)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a rule came from, for `warden profile show` and error messages.
+
+    `via` is the chain that brought it in, outermost first: for example
+    ("extends default", "@file-system").
+    """
+
+    file: str
+    line: int
+    column: int
+    via: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where} (via {', '.join(self.via)})" if self.via else where
+
+
+class ArgOp(enum.Enum):
+    """Comparison on one 64-bit syscall argument (libseccomp's SCMP_CMP_*)."""
+
+    EQ = "=="
+    NE = "!="
+    LT = "<"
+    LE = "<="
+    GT = ">"
+    GE = ">="
+    MASKED_EQ = "&="  # (arg & mask) == value
+
+
+@dataclass(frozen=True)
+class ArgCondition:
+    """`arg[index] op value`, with symbolic constants already resolved to ints."""
+
+    index: int  # 0..5
+    op: ArgOp
+    value: int
+    mask: int = 0  # only for MASKED_EQ
+
+    def __str__(self) -> str:
+        if self.op is ArgOp.MASKED_EQ:
+            return f"arg{self.index} & {self.mask:#x} == {self.value:#x}"
+        return f"arg{self.index} {self.op.value} {self.value:#x}"
+
+
+@dataclass(frozen=True)
+class SyscallRule:
+    """One libseccomp rule: the action applies when every condition holds (AND)."""
+
+    syscall: str
+    action: Action
+    conditions: tuple[ArgCondition, ...] = ()
+    origin: Origin | None = None
+
+
+@dataclass(frozen=True)
+class SeccompPolicy:
+    """The seccomp part of a profile, already flattened (groups, extends, includes)."""
+
+    default_action: Action = KILL_PROCESS
+    rules: tuple[SyscallRule, ...] = ()
+    # Calls from a foreign architecture (x32, i386 on x86_64) get this action.
+    bad_arch_action: Action = KILL_PROCESS
+
+
+@dataclass(frozen=True)
+class Namespaces:
+    """True means the child gets a new namespace of that kind (isolated)."""
+
+    user: bool = True
+    pid: bool = True
+    mount: bool = True
+    net: bool = True  # False: the child shares the host network
+    ipc: bool = True
+    uts: bool = True
+    cgroup: bool = True
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A bind mount of a host path into the new root."""
+
+    source: str
+    dest: str
+    writable: bool = False
+    optional: bool = False  # a missing source is skipped instead of an error
+
+
+@dataclass(frozen=True)
+class Tmpfs:
+    dest: str
+    size_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    binds: tuple[Bind, ...] = ()
+    tmpfs: tuple[Tmpfs, ...] = ()
+    # Size of the private /tmp tmpfs every sandbox gets.
+    tmp_size_bytes: int = 64 * 1024 * 1024
+    chdir: str = "/"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; None means the sandbox's built-in cap (see supervisor.sandbox)."""
+
+    memory_bytes: int | None = None
+    processes: int | None = None
+    open_files: int | None = None
+    cpu_time_seconds: float | None = None
+    wall_time_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Variables the child gets beyond the sandbox's fixed minimal set."""
+
+    keep: tuple[str, ...] = ()  # copied from the caller's environment when present
+    set: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    source: str  # file path, or "<builtin:NAME>"-style label
+    description: str = ""
+    seccomp: SeccompPolicy = field(default_factory=SeccompPolicy)
+    namespaces: Namespaces = field(default_factory=Namespaces)
+    filesystem: Filesystem = field(default_factory=Filesystem)
+    limits: Limits = field(default_factory=Limits)
+    environment: Environment = field(default_factory=Environment)

@@ -1,0 +1,1 @@
+"""warden's supervisor: sandboxes children and runs them under a profile."""
