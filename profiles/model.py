@@ -35,7 +35,7 @@ class Action:
     def __str__(self) -> str:
         if self.kind is ActionKind.ERRNO:
             return f"errno {self.errno}"
-        return self.kind.value
+        return str(self.kind.value)
 
 
 ALLOW = Action(ActionKind.ALLOW)
