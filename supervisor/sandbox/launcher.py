@@ -166,20 +166,24 @@ def _workload(plan: Plan, sock_fd: int) -> NoReturn:
     os._exit(EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE)
 
 
+def _parent_death_signal(parent_pidfd: int) -> None:
+    """SIGKILL when the parent dies, with the race closed: if the parent died
+    before prctl, nobody would ever send it, so its pidfd is checked after."""
+    _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select([parent_pidfd], [], [], 0)[0]:
+        os._exit(EXIT_SETUP)
+
+
 def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     """B: the sandbox's pid 1, from the session to forking the workload, then init."""
     step = "session"
     try:
         os.setsid()
         step = "pdeathsig"
-        _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-        # The parent may have died before the line above: then nobody would
-        # ever send the signal. Its pidfd says whether it is still there.
-        if select.select([plan.parent_pidfd], [], [], 0)[0]:
-            os._exit(EXIT_SETUP)
-        os.close(plan.parent_pidfd)
+        _parent_death_signal(plan.parent_pidfd)
         # Hold none of the parent's descriptors but those this sandbox needs.
-        _close_all_but({sock_fd, status_fd, *(src for _t, src in plan.fd_pairs)})
+        _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
+                        *(src for _t, src in plan.fd_pairs)})
         step = "userns"
         os.write(sock_fd, b"R")
         if os.read(sock_fd, 16) != b"G":
@@ -189,6 +193,10 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         # capabilities survive this until the caps step drops them.
         step = "ids"
         caps.set_ids(INNER_ID, INNER_ID, drop_groups=bool(plan.extra.get("drop_groups")))
+        # Changing the effective ids cleared the parent-death signal: set it again.
+        step = "pdeathsig"
+        _parent_death_signal(plan.parent_pidfd)
+        os.close(plan.parent_pidfd)
         step = "mount"
         mounts.setup_root(plan.mount_ops, plan.tmp_size, plan.chdir)
         step = "uts"

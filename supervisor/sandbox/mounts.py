@@ -145,18 +145,17 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     for op in ops:
         target = new + op.dest
         if op.kind == "symlink":
-            _mkdirs(os.path.dirname(target))
-            _step(f"symlink {op.dest.decode()}", os.symlink, op.source, target)
+            what = f"symlink {op.dest.decode()}"
+            _step(what, _mkdirs, os.path.dirname(target))
+            _step(what, os.symlink, op.source, target)
         elif op.kind == "tmpfs":
-            _mkdirs(target)
-            _step(f"tmpfs {op.dest.decode()}", m, b"tmpfs", target, b"tmpfs",
+            what = f"tmpfs {op.dest.decode()}"
+            _step(what, _mkdirs, target)
+            _step(what, m, b"tmpfs", target, b"tmpfs",
                   _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=0755,size=%d" % op.size)
         else:
-            if op.is_dir:
-                _mkdirs(target)
-            else:
-                _touch(target)
             what = f"bind {op.source.decode()} on {op.dest.decode()}"
+            _step(what, _mkdirs if op.is_dir else _touch, target)
             _step(what, m, b"/oldroot" + op.source, target, None, _sys.MS_BIND | _sys.MS_REC)
             _step(what, _lock_down, target, not op.writable)
 

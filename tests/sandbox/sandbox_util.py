@@ -129,11 +129,26 @@ def with_binds(profile: Profile, *binds: Bind) -> Profile:
                                                binds=profile.filesystem.binds + binds))
 
 
+def _python() -> tuple[str, str]:
+    """An interpreter this uid can exec, and the site-packages it must be told about.
+
+    Under setpriv the venv's base interpreter may sit where the ordinary uid
+    cannot reach it (a pyenv build under /root): then use the system python3
+    of the same minor version with the venv's packages on PYTHONPATH.
+    """
+    import sysconfig
+
+    exe = os.path.realpath(sys.executable)
+    if os.access(exe, os.X_OK) and os.access(os.path.dirname(exe), os.X_OK):
+        return sys.executable, ""
+    return f"/usr/bin/python3.{sys.version_info.minor}", sysconfig.get_paths()["purelib"]
+
+
+PYTHON, _EXTRA_PATH = _python()
+
+
 def supervisor_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = WORKTREE
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (WORKTREE, _EXTRA_PATH) if p)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
-
-
-PYTHON = sys.executable
