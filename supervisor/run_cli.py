@@ -33,6 +33,12 @@ class _Size(click.ParamType):  # type: ignore[type-arg]
 SIZE = _Size()
 
 
+class OptionError(click.UsageError):
+    """A bad option or profile: the sandbox cannot be set up, so 125 like a setup error."""
+
+    exit_code = 125
+
+
 @click.command("run", context_settings={"ignore_unknown_options": False})
 @click.option("-p", "--profile", default="default", show_default=True, metavar="NAME|PATH",
               help="Profile to run under (built-in name, name on the search path, or file).")
@@ -68,8 +74,9 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
 
     Exit codes: the program's own; 128+N when it died of signal N (159 for a
     seccomp violation, 137 when warden killed it: timeout, memory, bad
-    message); 125 when the sandbox could not be set up; 126/127 when PROGRAM
-    is not executable / not found inside the sandbox.
+    message); 125 when the sandbox could not be set up (bad option, profile
+    error, setup step refused); 126/127 when PROGRAM is not executable / not
+    found inside the sandbox.
     """
     status = _run(list(program), profile, options)
     if json_status:
@@ -94,7 +101,7 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
         try:
             prof = load_profile(profile_name)
         except ProfileError as e:
-            raise click.UsageError(f"--profile {profile_name}: {e}") from None
+            raise OptionError(f"--profile {profile_name}: {e}") from None
         spec = build_spec(
             argv, prof,
             ro_binds=options["ro_bind"], binds=options["bind"], tmpfs=options["tmpfs"],
@@ -107,7 +114,7 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
             outer_gid=options["outer_gid"],
         )
     except SpecError as e:
-        raise click.UsageError(str(e)) from None
+        raise OptionError(str(e)) from None
     try:
         box = spawn(spec)
     except PreflightError as e:
