@@ -52,7 +52,7 @@ from supervisor.sandbox.status import (
     Violation,
 )
 
-STEPS = ("session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroupns",
+STEPS = ("session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup", "cgroupns",
          "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock", "exec",
          "seccomp")
 _ERR = struct.Struct("=Bi")
@@ -204,6 +204,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         step = "net"
         if not plan.share_net:
             net.loopback_up()
+        step = "cgroup"
+        if os.read(sock_fd, 16) != b"C":
+            os._exit(EXIT_SETUP)
         step = "cgroupns"
         _sys.unshare(_sys.CLONE_NEWCGROUP)
         step = "pidns"
@@ -431,8 +434,19 @@ def spawn(spec: SandboxSpec) -> Sandbox:
                 pidfd = os.pidfd_open(init_pid)
                 uid, gid = userns.outer_ids(spec)
                 userns.write_maps(init_pid, uid, gid)
-                limiter.attach(init_pid)
                 setup_parent.send(b"G")
+                # Moving a task between cgroups waits for an RCU grace period
+                # (about a millisecond per hierarchy): the child builds its root
+                # meanwhile and waits for "C" before it unshares its cgroup
+                # namespace and forks the workload.
+                try:
+                    limiter.attach(init_pid)
+                except OSError as e:
+                    failure = SetupFailure("cgroup", e.errno or errno.EIO,
+                                           f"joining the cgroup: {e.strerror}")
+                    raise
+                with contextlib.suppress(OSError):
+                    setup_parent.send(b"C")
             while failure is None:
                 data, sender = conv.recv()
                 if not data:
@@ -641,14 +655,20 @@ class Sandbox:
         if self._status is not None:
             return self._status
         if self._listener is not None and self._listener.fd >= 0:
-            while select.select([self._listener.fd], [], [], 0)[0]:
+            for _ in range(64):
+                state = self._listener.state()
+                if state == "hup":  # no process uses the filter any more
+                    self._listener.close()
+                    break
+                if state != "pending":
+                    break
                 try:
                     n = self._listener.receive()
                 except OSError:
                     self._listener.close()
                     break
                 if n is None:
-                    break
+                    continue
                 if self._cause is None:
                     v = n.violation()
                     self._cause = (Outcome.SECCOMP_VIOLATION,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import struct
 from dataclasses import dataclass
 
@@ -85,6 +86,17 @@ class Listener:
                                            "not a seccomp listener")
         os.set_blocking(fd, False)
         return cls(fd)
+
+    def state(self) -> str:
+        """'pending' (a notification waits), 'hup' (no process uses the filter) or 'idle'."""
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        ev = p.poll(0)
+        if not ev:
+            return "idle"
+        if ev[0][1] & select.POLLIN:
+            return "pending"
+        return "hup"
 
     def receive(self) -> Notification | None:
         """One pending notification, or None if there is none (or it was cancelled)."""

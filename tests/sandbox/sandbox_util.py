@@ -83,8 +83,8 @@ def world_dir() -> str:
 def start(argv: Sequence[str], profile: Profile = TEST_PROFILE, *, bpf: bytes | None = None,
           stdin: int | None = None, **overrides: Any) -> tuple[Sandbox, Any, Any]:
     """Spawn `argv`; stdout/stderr go to temp files returned for reading."""
-    out = tempfile.TemporaryFile()
-    err = tempfile.TemporaryFile()
+    out = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller
+    err = tempfile.TemporaryFile()  # noqa: SIM115
     if stdin is None:
         stdin = os.open(os.devnull, os.O_RDONLY)
         close_in = True

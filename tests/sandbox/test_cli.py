@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-
 from sandbox_util import PYTHON, supervisor_env
 
 pytestmark = pytest.mark.usefixtures("needs_profiles")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+from sandbox_util import PERMISSIVE, TEST_PROFILE, collect, py, start, world_dir
 
-from sandbox_util import py, start, collect, world_dir
 from supervisor.sandbox import SpecError, build_spec
-from sandbox_util import TEST_PROFILE, PERMISSIVE
 
 # The listing's own directory fd is closed by the time the filter runs.
 OPEN_FDS = ("sorted(int(f) for f in os.listdir('/proc/self/fd') "
@@ -84,7 +84,7 @@ def test_pass_fd_keeps_its_number_and_file_is_opened_by_the_parent() -> None:
     assert piped == "piped" and data == "only via fd"
     assert numbers == [passed + 1, passed + 2]
     assert table == [0, 1, 2, 3, passed, passed + 1, passed + 2]
-    assert open(outpath).read() == "written"
+    assert Path(outpath).read_text() == "written"
 
 
 def test_environment_is_clean_but_for_named_variables() -> None:

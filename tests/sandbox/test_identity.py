@@ -1,11 +1,13 @@
-"""No privilege: unprivileged ids inside and out, every capability set empty, no_new_privs, setuid inert."""
+"""No privilege: unprivileged ids inside and out, no capability, no_new_privs, setuid inert."""
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 from sandbox_util import MODE, PY, TEST_PROFILE, collect, py, start
+
 from supervisor.sandbox.spec import DEFAULT_OUTER_ID, INNER_ID
 
 STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
@@ -43,11 +45,12 @@ def test_outer_uid_of_every_sandbox_process_is_the_dedicated_or_own_id() -> None
     box, out, err = start([PY, "-I", "-S", "-c", "import time; time.sleep(30)"])
     try:
         init = box.pid
-        children = open(f"/proc/{init}/task/{init}/children").read().split()
+        children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
         pids = [init, *map(int, children)]
         expected = DEFAULT_OUTER_ID if MODE == "root" else os.getuid()
         for pid in pids:
-            uid_line = next(ln for ln in open(f"/proc/{pid}/status") if ln.startswith("Uid:"))
+            uid_line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                            if ln.startswith("Uid:"))
             assert set(map(int, uid_line.split()[1:])) == {expected}, (pid, uid_line)
             assert expected != 0
         # The init holds a copy of the supervisor's memory: it must not be dumpable/readable.

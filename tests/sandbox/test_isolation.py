@@ -1,4 +1,5 @@
-"""Every namespace is new; the host's processes, files, loopback and abstract sockets are out of reach."""
+"""Every namespace is new; the host's processes, files, loopback and abstract sockets are
+out of reach."""
 
 from __future__ import annotations
 

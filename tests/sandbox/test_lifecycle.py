@@ -1,5 +1,6 @@
-"""How sandboxes end: outcomes and exit codes, violations observed by the supervisor, kill and
-terminate, setup errors, the supervisor's death, and the clear error when user namespaces are off."""
+"""How sandboxes end: outcomes and exit codes, violations observed by the supervisor, kill
+and terminate, setup errors, the supervisor's death, and the clear error when user
+namespaces are off."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import signal
 import subprocess
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
-
 from sandbox_util import (
     PERMISSIVE,
     PY,
@@ -25,6 +26,7 @@ from sandbox_util import (
     supervisor_env,
     world_dir,
 )
+
 from supervisor.sandbox import Outcome, Sandbox, SetupError, build_spec, spawn
 
 
@@ -82,7 +84,7 @@ def test_terminate_forwards_sigterm_then_kills_after_grace() -> None:
     box, out, err = start(["/bin/sleep", "30"])
     st = box.terminate(grace=5)
     assert (st.outcome, st.signal) == (Outcome.SIGNALED, signal.SIGTERM)
-    box, out, err = start([PY, "-I", "-S", "-c", "import signal, time\n"
+    box, _out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
                            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                            "print('ready', flush=True)\ntime.sleep(30)"])
     time.sleep(0.3)
@@ -169,7 +171,7 @@ def test_children_die_within_a_second_of_the_supervisor_being_killed(threads: st
     try:
         assert sup.stdout is not None
         init_pid = int(sup.stdout.readline())
-        workload = int(open(f"/proc/{init_pid}/task/{init_pid}/children").read().split()[0])
+        workload = int(Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()[0])
         pidfds = [os.pidfd_open(init_pid), os.pidfd_open(workload)]
         sup.kill()
         sup.wait()

@@ -1,4 +1,4 @@
-"""Fork and memory bombs are stopped by the limits, --timeout kills, and the host stays responsive."""
+"""Fork and memory bombs are stopped by the limits, --timeout kills, the host stays responsive."""
 
 from __future__ import annotations
 
