@@ -81,7 +81,7 @@ def test_kill_records_the_first_cause() -> None:
 
 
 def test_terminate_forwards_sigterm_then_kills_after_grace() -> None:
-    box, out, err = start(["/bin/sleep", "30"])
+    box, _out, _err = start(["/bin/sleep", "30"])
     st = box.terminate(grace=5)
     assert (st.outcome, st.signal) == (Outcome.SIGNALED, signal.SIGTERM)
     box, _out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
