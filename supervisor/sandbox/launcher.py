@@ -131,6 +131,9 @@ def _workload(plan: Plan, sock_fd: int) -> NoReturn:
     step = "signals"
     try:
         pidns.reset_signals()
+        # Its own process group: kill(0, ...) from the workload reaches only itself
+        # and its children, not the init.
+        os.setpgid(0, 0)
         step = "rlimits"
         limits.apply_rlimits(plan.early_rlimits)
         step = "fds"
