@@ -12,8 +12,10 @@ Process shape (all three are created before the program runs):
            └─ C  the workload: rlimits, fd map, ids and capabilities,
                  no_new_privs, Landlock, seccomp, exec
 
-The parent writes B's id maps and puts B in its cgroup while B waits, and
-takes C's seccomp listener during the handshake (see seccomp.py). Every
+The parent writes B's id maps and puts B in its cgroup while B builds the
+new root. C shares B's descriptor table until its exec (CLONE_FILES, with
+CLONE_VFORK so B sleeps meanwhile), so the seccomp listener C creates right
+before exec stays in B's table, and B sends it to the parent. Every
 setup step in B or C that fails is sent to the parent as (step, errno) over
 a close-on-exec socket, which reaches end-of-file exactly when C has
 exec'ed; the parent then reports `setup_error` naming the step.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import resource
 import select
@@ -40,7 +43,7 @@ from typing import Any, NoReturn
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
 from supervisor.sandbox.notify import Listener, NotifyError
 from supervisor.sandbox.preflight import PreflightError, explain
-from supervisor.sandbox.seccomp import PreparedFilter, with_handshake
+from supervisor.sandbox.seccomp import PreparedFilter
 from supervisor.sandbox.spec import INNER_ID, SandboxSpec
 from supervisor.sandbox.status import (
     EXIT_NOT_EXECUTABLE,
@@ -56,7 +59,6 @@ STEPS = ("session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgro
          "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock", "exec",
          "seccomp")
 _ERR = struct.Struct("=Bi")
-_FDNUM = struct.Struct("=i")
 SETUP_TIMEOUT = 30.0
 _KILLED_EXIT = 128 + signal.SIGKILL
 
@@ -94,6 +96,7 @@ class Plan:
     search_path: tuple[bytes, ...]
     seccomp_filter: bytes
     notify: bool
+    last_cap: int
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -126,43 +129,26 @@ def _resolve(plan: Plan) -> bytes:
                   f"{'not executable' if found_noexec else 'not found in the sandbox'}")
 
 
-def _workload(plan: Plan, sock_fd: int) -> NoReturn:
-    """C: from the fd map to exec. Runs only in the freshly forked workload."""
+def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
+              filt: PreparedFilter) -> NoReturn:
+    """C: what only the workload may carry, from its signal mask to exec.
+
+    Everything both init and the workload must have (rlimits, fd map,
+    capabilities, no_new_privs) init already did before forking: less to do
+    in a freshly forked process, where every first write copies a page."""
     step = "signals"
     try:
-        pidns.reset_signals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         # Its own process group: kill(0, ...) from the workload reaches only itself
         # and its children, not the init.
         os.setpgid(0, 0)
-        step = "rlimits"
-        limits.apply_rlimits(plan.early_rlimits)
-        step = "fds"
-        sock_fd = fds.install(plan.fd_pairs, sock_fd)
-        step = "caps"
-        caps.drop_bounding_set(caps.last_cap())
-        caps.lock_securebits()
-        caps.clear_capabilities()
-        step = "no_new_privs"
-        caps.no_new_privs()
         step = "landlock"
         if plan.landlock_abi:
             landlock.restrict(plan.landlock_abi, plan.landlock_rules)
-        step = "exec"
-        path = _resolve(plan)
-        execute = _sys.PreparedExec(path, list(plan.argv), list(plan.envp))
         step = "rlimits"
         limits.apply_rlimits(plan.late_rlimits)
         step = "seccomp"
-        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
-        if plan.notify:
-            expected = os.dup(0)
-            os.close(expected)
-            os.write(sock_fd, b"S" + _FDNUM.pack(expected))
-            got = filt.load()
-            if got != expected or not filt.handshake():
-                os._exit(EXIT_SETUP)
-        else:
-            filt.load()
+        filt.load()
     except BaseException as e:
         _fail(sock_fd, step, e)
     err = execute()
@@ -179,6 +165,8 @@ def _parent_death_signal(parent_pidfd: int) -> None:
 
 def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     """B: the sandbox's pid 1, from the session to forking the workload, then init."""
+    # A collection would touch every object and copy every page the parent shares.
+    gc.disable()
     step = "session"
     try:
         os.setsid()
@@ -212,22 +200,71 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
             os._exit(EXIT_SETUP)
         step = "cgroupns"
         _sys.unshare(_sys.CLONE_NEWCGROUP)
-        step = "pidns"
-        pidns.block_signals()
-        pid = _sys.clone(signal.SIGCHLD)
-        if pid == 0:
-            _workload(plan, sock_fd)
-        # Nothing in the sandbox may read this process's memory: it is a copy of the parent's.
+        step = "rlimits"
+        limits.apply_rlimits(plan.early_rlimits)
+        step = "fds"
+        # The fd map is built in init's own table, which the workload then
+        # shares (CLONE_FILES) until its exec gives it a private copy without
+        # the close-on-exec descriptors. So the seccomp listener the workload
+        # creates stays in init's table after the exec, with no handshake.
+        sock_fd, status_fd = fds.install(plan.fd_pairs, (sock_fd, status_fd))
+        listener_fd = _lowest_free_fd()
+        # Nothing in the sandbox may read this process's memory: it is a copy
+        # of the parent's. (The workload's exec makes the workload dumpable again.)
         _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
-        _close_all_but({status_fd})
-        # init, too, runs as the sandbox's unprivileged id with no capabilities.
-        caps.drop_bounding_set(caps.last_cap())
+        step = "caps"
+        # init and workload alike: no capability in any set, securebits locked.
+        caps.drop_bounding_set(plan.last_cap)
+        caps.lock_securebits()
         caps.clear_capabilities()
+        step = "no_new_privs"
         caps.no_new_privs()
+        step = "exec"
+        execute = _sys.PreparedExec(_resolve(plan), list(plan.argv), list(plan.envp))
+        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
+        step = "signals"
+        pidns.reset_signals()
+        pidns.block_signals()
+        step = "pidns"
+        # CLONE_VFORK: init sleeps until the workload has exec'ed (or died), so
+        # nothing touches the shared table meanwhile.
+        pid = _sys.clone(_sys.CLONE_FILES | _sys.CLONE_VFORK | signal.SIGCHLD)
+        if pid == 0:
+            _workload(plan, sock_fd, execute, filt)
+        # The workload has exec'ed, or died during its setup (having said why on
+        # sock_fd, which the parent reads first). Either way init now waits for
+        # it like for any end; only the listener needs handing over.
+        if plan.notify:
+            _hand_over_listener(sock_fd, listener_fd)
+        _close_all_but({status_fd})
     except BaseException as e:
         _fail(sock_fd, step, e)
     pidns.run_init(pid, status_fd)
     os._exit(0)
+
+
+def _lowest_free_fd() -> int:
+    fd = os.dup(0)
+    os.close(fd)
+    return fd
+
+
+def _hand_over_listener(sock_fd: int, fd: int) -> None:
+    """Send the workload's seccomp listener (left in init's table) to the parent.
+
+    Absent when the workload died before loading its filter: then it never
+    ran anything of its own, and its error is already on its way."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    if "seccomp" in link:
+        sock = socket.socket(fileno=sock_fd)
+        try:
+            sock.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        finally:
+            sock.detach()
+        os.close(fd)
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -317,8 +354,9 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         argv=tuple(os.fsencode(a) for a in spec.argv),
         envp=tuple(os.fsencode(f"{k}={v}") for k, v in spec.env),
         search_path=path_dirs,
-        seccomp_filter=with_handshake(spec.seccomp_filter) if spec.notify else spec.seccomp_filter,
+        seccomp_filter=spec.seccomp_filter,
         notify=spec.notify,
+        last_cap=caps.last_cap(),
         extra={"drop_groups": os.geteuid() == 0},
     )
 
@@ -330,17 +368,21 @@ class _Setup:
         self.sock = sock
         self.deadline = deadline
 
-    def recv(self) -> tuple[bytes, int | None]:
-        """Next message and the sender's host pid; (b"", None) at end-of-file."""
+    def recv(self) -> tuple[bytes, int | None, list[int]]:
+        """Next message, the sender's host pid and any fds; (b"", None, []) at end-of-file."""
         left = self.deadline - time.monotonic()
         if left <= 0 or not select.select([self.sock], [], [], left)[0]:
             raise TimeoutError("sandbox setup did not finish in time")
-        data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(12))
+        data, anc, _flags, _addr = self.sock.recvmsg(
+            512, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * 4))
         pid = None
+        fds: list[int] = []
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid = struct.unpack("=iII", payload[:12])[0]
-        return data, pid
+            elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4]))
+        return data, pid, fds
 
 
 def _setup_failure(data: bytes) -> SetupFailure:
@@ -424,7 +466,7 @@ def spawn(spec: SandboxSpec) -> Sandbox:
     failure: SetupFailure | None = None
     try:
         try:
-            data, sender = conv.recv()
+            data, sender, _fds = conv.recv()
             if a is not None:
                 os.waitpid(a, 0)
             if data[:1] == b"E":
@@ -451,13 +493,15 @@ def spawn(spec: SandboxSpec) -> Sandbox:
                 with contextlib.suppress(OSError):
                     setup_parent.send(b"C")
             while failure is None:
-                data, sender = conv.recv()
+                data, sender, got = conv.recv()
                 if not data:
                     break
                 if data[:1] == b"E":
                     failure = _setup_failure(data)
-                elif data[:1] == b"S" and sender is not None:
-                    listener = _take_listener(sender, _FDNUM.unpack_from(data, 1)[0], conv)
+                elif data[:1] == b"L" and len(got) == 1 and listener is None:
+                    listener = Listener(got.pop())
+                for fd in got:  # nothing else may arrive with a descriptor
+                    os.close(fd)
         except (OSError, TimeoutError, NotifyError) as e:
             if isinstance(e, PreflightError):
                 raise
@@ -489,36 +533,6 @@ def _single_threaded() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
-
-
-def _take_listener(pid: int, target_fd: int, conv: _Setup) -> Listener:
-    """Take C's seccomp listener once it exists, then answer C's handshake call."""
-    cpidfd = os.pidfd_open(pid)
-    try:
-        spins = 0
-        while True:
-            try:
-                listener = Listener.take(cpidfd, target_fd)
-                break
-            except OSError as e:
-                if e.errno != errno.EBADF or time.monotonic() > conv.deadline:
-                    raise NotifyError(e.errno or errno.EIO, f"taking the listener: {e}") from None
-                if select.select([cpidfd], [], [], 0)[0]:
-                    raise NotifyError(errno.ESRCH, "workload exited during the seccomp "
-                                      "handshake") from None
-                spins += 1
-                if spins > 50:
-                    time.sleep(0.0002)
-        left = max(0.0, conv.deadline - time.monotonic())
-        ready = select.select([listener.fd, cpidfd], [], [], left)[0]
-        n = listener.receive() if listener.fd in ready else None
-        if n is None or not n.is_handshake():
-            listener.close()
-            raise NotifyError(errno.EPROTO, "seccomp handshake: unexpected notification")
-        listener.answer_handshake(n)
-        return listener
-    finally:
-        os.close(cpidfd)
 
 
 def _kill_and_reap(pid: int, pidfd: int) -> tuple[int, object]:
