@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
-from supervisor.sandbox.notify import Listener, NotifyError
+from supervisor.sandbox.notify import Listener
 from supervisor.sandbox.preflight import PreflightError, explain
 from supervisor.sandbox.seccomp import PreparedFilter
 from supervisor.sandbox.spec import INNER_ID, SandboxSpec
@@ -55,9 +55,9 @@ from supervisor.sandbox.status import (
     Violation,
 )
 
-STEPS = ("session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup", "cgroupns",
-         "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock", "exec",
-         "seccomp")
+STEPS = ("clone", "session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup",
+         "cgroupns", "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock",
+         "exec", "seccomp", "supervisor")
 _ERR = struct.Struct("=Bi")
 SETUP_TIMEOUT = 30.0
 _KILLED_EXIT = 128 + signal.SIGKILL
@@ -280,7 +280,7 @@ def _stage_a(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     try:
         pid = _sys.clone(plan.clone_flags | _sys.CLONE_PARENT)
     except OSError as e:
-        _report(sock_fd, "userns", e.errno or errno.EPERM, str(e))
+        _report(sock_fd, "clone", e.errno or errno.EPERM, str(e))
         os._exit(EXIT_SETUP)
     if pid == 0:
         child_setup(plan, sock_fd, status_fd)
@@ -440,7 +440,7 @@ def spawn(spec: SandboxSpec) -> Sandbox:
             b = _sys.clone(plan.clone_flags)
         except OSError as e:
             b = -1
-            _report(setup_child.fileno(), "userns", e.errno or errno.EPERM, str(e))
+            _report(setup_child.fileno(), "clone", e.errno or errno.EPERM, str(e))
         if b == 0:
             try:
                 child_setup(plan, setup_child.fileno(), status_w)
@@ -471,14 +471,18 @@ def spawn(spec: SandboxSpec) -> Sandbox:
                 os.waitpid(a, 0)
             if data[:1] == b"E":
                 failure = _setup_failure(data)
-                if failure.step == "userns":
+                if failure.step == "clone":
                     raise PreflightError(explain(failure.errno))
                 init_pid = sender
             elif data[:1] == b"R" and sender is not None:
                 init_pid = sender
                 pidfd = os.pidfd_open(init_pid)
                 uid, gid = userns.outer_ids(spec)
-                userns.write_maps(init_pid, uid, gid)
+                try:
+                    userns.write_maps(init_pid, uid, gid)
+                except OSError as e:
+                    failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
+                    raise
                 setup_parent.send(b"G")
                 # Moving a task between cgroups waits for an RCU grace period
                 # (about a millisecond per hierarchy): the child builds its root
@@ -502,11 +506,10 @@ def spawn(spec: SandboxSpec) -> Sandbox:
                     listener = Listener(got.pop())
                 for fd in got:  # nothing else may arrive with a descriptor
                     os.close(fd)
-        except (OSError, TimeoutError, NotifyError) as e:
-            if isinstance(e, PreflightError):
-                raise
-            step = "seccomp" if isinstance(e, NotifyError) else "userns"
-            failure = failure or SetupFailure(step, getattr(e, "errno", None) or errno.EIO, str(e))
+        except TimeoutError as e:
+            failure = failure or SetupFailure("supervisor", errno.ETIMEDOUT, str(e))
+        except OSError as e:
+            failure = failure or SetupFailure("supervisor", e.errno or errno.EIO, str(e))
         if failure is not None:
             raise SetupError(_setup_status(failure, init_pid, pidfd, limiter, started))
     except BaseException:
