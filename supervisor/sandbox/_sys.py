@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # clone() must run with the GIL held: the child resumes inside this call and
 # must find the interpreter exactly as the parent left it.
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
 
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine
 
 # Per-architecture numbers for calls that glibc does not wrap. Numbers from
 # 424 up (pidfd_*, close_range, mount_setattr, landlock_*) are shared by all
