@@ -130,7 +130,7 @@ def _resolve(plan: Plan) -> bytes:
 
 
 def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
-              filt: PreparedFilter) -> NoReturn:
+              filt: PreparedFilter, ruleset_fd: int) -> NoReturn:
     """C: what only the workload may carry, from its signal mask to exec.
 
     Everything both init and the workload must have (rlimits, fd map,
@@ -143,8 +143,8 @@ def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
         # and its children, not the init.
         os.setpgid(0, 0)
         step = "landlock"
-        if plan.landlock_abi:
-            landlock.restrict(plan.landlock_abi, plan.landlock_rules)
+        if ruleset_fd >= 0:
+            landlock.restrict_self(ruleset_fd)
         step = "rlimits"
         limits.apply_rlimits(plan.late_rlimits)
         step = "seccomp"
@@ -208,6 +208,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         # the close-on-exec descriptors. So the seccomp listener the workload
         # creates stays in init's table after the exec, with no handshake.
         sock_fd, status_fd = fds.install(plan.fd_pairs, (sock_fd, status_fd))
+        step = "landlock"
+        ruleset_fd = (landlock.build_ruleset(plan.landlock_abi, plan.landlock_rules)
+                      if plan.landlock_abi else -1)
         listener_fd = _lowest_free_fd()
         # Nothing in the sandbox may read this process's memory: it is a copy
         # of the parent's. (The workload's exec makes the workload dumpable again.)
@@ -230,7 +233,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         # nothing touches the shared table meanwhile.
         pid = _sys.clone(_sys.CLONE_FILES | _sys.CLONE_VFORK | signal.SIGCHLD)
         if pid == 0:
-            _workload(plan, sock_fd, execute, filt)
+            _workload(plan, sock_fd, execute, filt, ruleset_fd)
         # The workload has exec'ed, or died during its setup (having said why on
         # sock_fd, which the parent reads first). Either way init now waits for
         # it like for any end; only the listener needs handing over.
