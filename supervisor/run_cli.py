@@ -115,6 +115,10 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
         )
     except SpecError as e:
         raise OptionError(str(e)) from None
+    # The supervisor's memory is not for anyone to read, the sandbox least of all.
+    from supervisor.sandbox import _sys
+
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     try:
         box = spawn(spec)
     except PreflightError as e:

@@ -218,3 +218,35 @@ def test_spawn_from_a_threaded_process() -> None:
         t.join()
     assert r.out.split() == ["2", "1"]
     assert r.status.outcome is Outcome.OK
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _leftover_cgroups() -> list[str]:
+    found = []
+    for root, dirs, _files in os.walk("/sys/fs/cgroup"):
+        found += [os.path.join(root, d) for d in dirs if d.startswith(f"warden-{os.getpid()}-")]
+        if root.count("/") > 6:
+            dirs[:] = []
+    return found
+
+
+def test_many_sandboxes_leave_no_fd_zombie_or_cgroup_behind() -> None:
+    run(["/bin/true"])  # warm: the parent's own pidfd is opened once and kept
+    before = _fd_count()
+    boxes = [start(["/bin/sh", "-c", f"exit {i % 3}"]) for i in range(12)]
+    results = [collect(b, o, e) for b, o, e in boxes]
+    assert [r.status.returncode for r in results] == [i % 3 for i in range(12)]
+    for i in range(12):
+        box, out, err = start(["/bin/sleep", "30"])
+        if i % 2:
+            box.kill()
+        else:
+            box.terminate(grace=2)
+        collect(box, out, err)
+    assert _fd_count() == before
+    assert _leftover_cgroups() == []
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every sandbox's init was reaped
