@@ -169,6 +169,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     gc.disable()
     step = "session"
     try:
+        # A supervisor that made itself non-dumpable passed that on; until the
+        # workload exists, let the parent write this process's /proc id maps.
+        _sys.prctl(_sys.PR_SET_DUMPABLE, 1)
         os.setsid()
         step = "pdeathsig"
         _parent_death_signal(plan.parent_pidfd)
