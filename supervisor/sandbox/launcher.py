@@ -398,6 +398,166 @@ def _setup_failure(data: bytes) -> SetupFailure:
     return SetupFailure(step, err, msg or os.strerror(err))
 
 
+class Launch:
+    """One sandbox start, prepared: the child's plan and the parent's end of its setup.
+
+    `prepare(spec)` makes it. Some process then clones the sandbox's init into
+    its namespaces and runs `child_setup(launch.plan, launch.child_sock,
+    launch.child_status)` there: `spawn()` does it itself (or through a
+    short-lived fork that clones with CLONE_PARENT); a zygote that holds the
+    descriptors of `launch.child_fds()` can do it too, with CLONE_PARENT so the
+    init is still the supervisor's child. After the clone,
+    `release_child_fds()` drops the parent's copies and `complete()` runs the
+    parent's side of the setup and returns the Sandbox. `abort()` undoes
+    prepare() if no child was started.
+    """
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.started = time.monotonic()
+        self.limiter = limits.choose(spec)
+        self.limiter.create()
+        self.channel: socket.socket | None = None
+        self._opened: list[int] = []
+        self._child_channel: socket.socket | None = None
+        try:
+            pairs: list[tuple[int, int]] = []
+            for target, source in sorted(spec.fd_map().items()):
+                if isinstance(source, int):
+                    pairs.append((target, source))
+                elif source == "channel":
+                    self.channel, self._child_channel = socket.socketpair(
+                        socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+                    pairs.append((target, self._child_channel.fileno()))
+                else:
+                    assert not isinstance(source, str)
+                    fd = fds.open_grant(source.path, source.mode)
+                    self._opened.append(fd)
+                    pairs.append((target, fd))
+            self._setup, self._child_setup = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            self._setup.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._status_r, self.child_status = os.pipe2(os.O_CLOEXEC)
+            self.child_sock = self._child_setup.fileno()
+            self.plan = _plan(spec, self.limiter, tuple(pairs))
+        except BaseException:
+            self.abort()
+            raise
+
+    def child_fds(self) -> tuple[int, ...]:
+        """Descriptors the process that clones the init must hold (same numbers as here)."""
+        return (self.child_sock, self.child_status, self.plan.parent_pidfd,
+                *(src for _t, src in self.plan.fd_pairs))
+
+    def report_clone_failure(self, err: int, message: str) -> None:
+        _report(self.child_sock, "clone", err, message)
+
+    def release_child_fds(self) -> None:
+        """Close this process's copies of what only the child needs."""
+        self._child_setup.close()
+        if self._child_channel is not None:
+            self._child_channel.close()
+            self._child_channel = None
+        for fd in (self.child_status, *self._opened):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._opened = []
+        self.child_status = -1
+
+    def abort(self) -> None:
+        """Undo prepare(): no child exists."""
+        self.limiter.destroy()
+        for obj in ("_setup", "_child_setup", "channel", "_child_channel"):
+            sock = getattr(self, obj, None)
+            if sock is not None:
+                sock.close()
+        for fd in (getattr(self, "_status_r", -1), getattr(self, "child_status", -1),
+                   *self._opened):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._opened = []
+
+    def complete(self, helper_pid: int | None = None) -> Sandbox:
+        """The parent's side of the setup; returns once the program has exec'ed.
+
+        `helper_pid`: a short-lived child of this process that cloned the init
+        and exits; it is reaped here."""
+        spec, limiter, started = self.spec, self.limiter, self.started
+        setup_parent, status_r, channel_parent = self._setup, self._status_r, self.channel
+        conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
+        init_pid: int | None = None
+        pidfd = -1
+        listener: Listener | None = None
+        failure: SetupFailure | None = None
+        try:
+            try:
+                data, sender, _fds = conv.recv()
+                if helper_pid is not None:
+                    os.waitpid(helper_pid, 0)
+                if data[:1] == b"E":
+                    failure = _setup_failure(data)
+                    if failure.step == "clone":
+                        raise PreflightError(explain(failure.errno))
+                    init_pid = sender
+                elif data[:1] == b"R" and sender is not None:
+                    init_pid = sender
+                    pidfd = os.pidfd_open(init_pid)
+                    uid, gid = userns.outer_ids(spec)
+                    try:
+                        userns.write_maps(init_pid, uid, gid)
+                    except OSError as e:
+                        failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
+                        raise
+                    setup_parent.send(b"G")
+                    # Moving a task between cgroups waits for an RCU grace period
+                    # (about a millisecond per hierarchy): the child builds its root
+                    # meanwhile and waits for "C" before it unshares its cgroup
+                    # namespace and forks the workload.
+                    try:
+                        limiter.attach(init_pid)
+                    except OSError as e:
+                        failure = SetupFailure("cgroup", e.errno or errno.EIO,
+                                               f"joining the cgroup: {e.strerror}")
+                        raise
+                    with contextlib.suppress(OSError):
+                        setup_parent.send(b"C")
+                while failure is None:
+                    data, sender, got = conv.recv()
+                    if not data:
+                        break
+                    if data[:1] == b"E":
+                        failure = _setup_failure(data)
+                    elif data[:1] == b"L" and len(got) == 1 and listener is None:
+                        listener = Listener(got.pop())
+                    for fd in got:  # nothing else may arrive with a descriptor
+                        os.close(fd)
+            except TimeoutError as e:
+                failure = failure or SetupFailure("supervisor", errno.ETIMEDOUT, str(e))
+            except OSError as e:
+                failure = failure or SetupFailure("supervisor", e.errno or errno.EIO, str(e))
+            if failure is not None:
+                raise SetupError(_setup_status(failure, init_pid, pidfd, limiter, started))
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            if init_pid is not None and failure is None:
+                _kill_and_reap(init_pid, pidfd)
+            if pidfd >= 0:
+                os.close(pidfd)
+            self.abort()
+            raise
+        setup_parent.close()
+        assert init_pid is not None
+        return Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent,
+                               limiter, started, self.plan.landlock_abi)
+
+
+def prepare(spec: SandboxSpec) -> Launch:
+    """Everything before the clone: cgroup, files, sockets, the child's plan."""
+    return Launch(spec)
+
+
 def spawn(spec: SandboxSpec) -> Sandbox:
     """Start `spec`'s program in a new sandbox; returns once it has exec'ed.
 
@@ -406,135 +566,35 @@ def spawn(spec: SandboxSpec) -> Sandbox:
     record), and limits.LimitsError / fds.FdError for resources the parent
     could not prepare.
     """
-    started = time.monotonic()
-    limiter = limits.choose(spec)
-    limiter.create()
-    opened: list[int] = []
-    to_close: list[int] = []
-    try:
-        pairs: list[tuple[int, int]] = []
-        channel_parent = channel_child = None
-        for target, source in sorted(spec.fd_map().items()):
-            if isinstance(source, int):
-                pairs.append((target, source))
-            elif source == "channel":
-                channel_parent, channel_child = socket.socketpair(
-                    socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-                pairs.append((target, channel_child.fileno()))
-            else:
-                assert not isinstance(source, str)
-                fd = fds.open_grant(source.path, source.mode)
-                opened.append(fd)
-                pairs.append((target, fd))
-        setup_parent, setup_child = socket.socketpair(
-            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        setup_parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        to_close = [status_w, *opened]
-        plan = _plan(spec, limiter, tuple(pairs))
-    except BaseException:
-        limiter.destroy()
-        for fd in opened:
-            os.close(fd)
-        raise
-
+    launch = prepare(spec)
+    plan = launch.plan
+    helper: int | None = None
     if _single_threaded():
         # Nothing else runs in this process, so a raw clone straight into the
         # namespaces finds libc and CPython consistent: one fork fewer.
-        a = None
         try:
             b = _sys.clone(plan.clone_flags)
         except OSError as e:
             b = -1
-            _report(setup_child.fileno(), "clone", e.errno or errno.EPERM, str(e))
+            launch.report_clone_failure(e.errno or errno.EPERM, str(e))
         if b == 0:
             try:
-                child_setup(plan, setup_child.fileno(), status_w)
+                child_setup(plan, launch.child_sock, launch.child_status)
             finally:
                 os._exit(EXIT_SETUP)
     else:
-        a = os.fork()
-        if a == 0:
+        try:
+            helper = os.fork()
+        except BaseException:
+            launch.abort()
+            raise
+        if helper == 0:
             try:
-                _stage_a(plan, setup_child.fileno(), status_w)
+                _stage_a(plan, launch.child_sock, launch.child_status)
             finally:
                 os._exit(EXIT_SETUP)
-    setup_child.close()
-    if channel_child is not None:
-        channel_child.close()
-    for fd in to_close:
-        os.close(fd)
-
-    conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
-    init_pid: int | None = None
-    pidfd = -1
-    listener: Listener | None = None
-    failure: SetupFailure | None = None
-    try:
-        try:
-            data, sender, _fds = conv.recv()
-            if a is not None:
-                os.waitpid(a, 0)
-            if data[:1] == b"E":
-                failure = _setup_failure(data)
-                if failure.step == "clone":
-                    raise PreflightError(explain(failure.errno))
-                init_pid = sender
-            elif data[:1] == b"R" and sender is not None:
-                init_pid = sender
-                pidfd = os.pidfd_open(init_pid)
-                uid, gid = userns.outer_ids(spec)
-                try:
-                    userns.write_maps(init_pid, uid, gid)
-                except OSError as e:
-                    failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
-                    raise
-                setup_parent.send(b"G")
-                # Moving a task between cgroups waits for an RCU grace period
-                # (about a millisecond per hierarchy): the child builds its root
-                # meanwhile and waits for "C" before it unshares its cgroup
-                # namespace and forks the workload.
-                try:
-                    limiter.attach(init_pid)
-                except OSError as e:
-                    failure = SetupFailure("cgroup", e.errno or errno.EIO,
-                                           f"joining the cgroup: {e.strerror}")
-                    raise
-                with contextlib.suppress(OSError):
-                    setup_parent.send(b"C")
-            while failure is None:
-                data, sender, got = conv.recv()
-                if not data:
-                    break
-                if data[:1] == b"E":
-                    failure = _setup_failure(data)
-                elif data[:1] == b"L" and len(got) == 1 and listener is None:
-                    listener = Listener(got.pop())
-                for fd in got:  # nothing else may arrive with a descriptor
-                    os.close(fd)
-        except TimeoutError as e:
-            failure = failure or SetupFailure("supervisor", errno.ETIMEDOUT, str(e))
-        except OSError as e:
-            failure = failure or SetupFailure("supervisor", e.errno or errno.EIO, str(e))
-        if failure is not None:
-            raise SetupError(_setup_status(failure, init_pid, pidfd, limiter, started))
-    except BaseException:
-        if listener is not None:
-            listener.close()
-        if init_pid is not None and failure is None:
-            _kill_and_reap(init_pid, pidfd)
-        if pidfd >= 0:
-            os.close(pidfd)
-        limiter.destroy()
-        setup_parent.close()
-        os.close(status_r)
-        if channel_parent is not None:
-            channel_parent.close()
-        raise
-    setup_parent.close()
-    assert init_pid is not None
-    return Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent, limiter,
-                           started, plan.landlock_abi)
+    launch.release_child_fds()
+    return launch.complete(helper)
 
 
 def _single_threaded() -> bool:
