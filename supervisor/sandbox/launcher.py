@@ -209,7 +209,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         # The fd map is built in init's own table, which the workload then
         # shares (CLONE_FILES) until its exec gives it a private copy without
         # the close-on-exec descriptors. So the seccomp listener the workload
-        # creates stays in init's table after the exec, with no handshake.
+        # creates stays in init's table after the exec; init hands it to the parent.
         sock_fd, status_fd = fds.install(plan.fd_pairs, (sock_fd, status_fd))
         step = "landlock"
         ruleset_fd = (landlock.build_ruleset(plan.landlock_abi, plan.landlock_rules)
