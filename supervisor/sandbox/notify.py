@@ -84,7 +84,8 @@ class Listener:
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.ENOENT, errno.EINTR):
                 return None
-            raise
+            raise NotifyError(e.errno or 0, f"reading the seccomp listener: {e.strerror}") \
+                from None
         nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
         return Notification(nid, pid, nr, arch, tuple(args))
 
