@@ -23,11 +23,17 @@ class ChannelGuard:
         self.open = True
         sock.setblocking(False)
         self._reader: Any = None
+        self._loaded = False
+
+    def _load(self) -> None:
+        # Only when the child first writes: most programs never do, and the
+        # ipc package is not free to import.
+        self._loaded = True
         try:
             from ipc.channel import FrameReader
             from ipc.limits import Limits
 
-            self._reader = FrameReader(sock, Limits(), "child")
+            self._reader = FrameReader(self.sock, Limits(), "child")
         except ImportError:  # the ipc package is not installed: no frame is valid
             self._reader = None
 
@@ -36,6 +42,8 @@ class ChannelGuard:
 
     def check(self) -> str | None:
         """Consume what is readable; the reason for killing the child, if any."""
+        if not self._loaded:
+            self._load()
         try:
             if self._reader is None:
                 data = self.sock.recv(1)
