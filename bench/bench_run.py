@@ -69,6 +69,14 @@ def main() -> None:
         st = spawn(spec).wait()
         assert st is not None and st.outcome.value == "ok", st
 
+    def api_rlimits() -> None:
+        os.environ["WARDEN_CGROUP"] = "none"
+        try:
+            st = spawn(spec).wait()
+        finally:
+            del os.environ["WARDEN_CGROUP"]
+        assert st is not None and st.outcome.value == "ok", st
+
     def api_with_spec() -> None:
         s = build_spec(["/bin/true"], load_profile("default"), stdio=(devnull, devnull, devnull))
         st = spawn(s).wait()
@@ -88,6 +96,7 @@ def main() -> None:
             [sys.executable, "-c", "pass"], env=env, check=True),
         "subprocess.run(['/bin/true'])": lambda: subprocess.run(["/bin/true"], check=True),
         "API: spawn(spec).wait(), spec built once": api_prebuilt,
+        "API: same, rlimits instead of a cgroup (WARDEN_CGROUP=none)": api_rlimits,
         "API: build_spec + spawn + wait": api_with_spec,
     }
     bpf_file = None

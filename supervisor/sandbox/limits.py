@@ -6,6 +6,8 @@ whether the OOM killer struck. The parent creates the cgroup, writes the
 limits and moves the child's init into it before the child goes on, so
 nothing in the sandbox ever runs outside it.
 
+`WARDEN_CGROUP=none` chooses rlimits deliberately (the status says so).
+
 - cgroup v2: in `$WARDEN_CGROUP` if set, else in the supervisor's own
   cgroup, which must be writable with memory and pids enabled for its
   children (a delegated subtree; see docs/sandbox.md).
@@ -213,9 +215,9 @@ def _rmdir(path: str) -> None:
 
 def _v2_parent() -> str | None:
     explicit = os.environ.get("WARDEN_CGROUP")
-    mounts = _mounts("cgroup2")
     if explicit:
         return explicit
+    mounts = _mounts("cgroup2")
     own = _own_cgroups().get("")
     if own is None:
         return None
@@ -243,7 +245,9 @@ def _v1_dirs() -> tuple[str, str] | None:
 
 
 def choose(spec: SandboxSpec) -> Limiter:
-    """The strongest mechanism this process can use."""
+    """The strongest mechanism this process can use (WARDEN_CGROUP=none: rlimits only)."""
+    if os.environ.get("WARDEN_CGROUP") == "none":
+        return Limiter(spec)
     v2 = _v2_parent()
     if v2 is not None:
         with contextlib.suppress(OSError):
