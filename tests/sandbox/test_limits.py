@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 from sandbox_util import MODE, py
@@ -84,3 +85,16 @@ def test_cpu_time_limit() -> None:
     assert st.outcome.value == "signaled", st
     assert st.signal in (24, 9), st  # SIGXCPU at the soft limit, SIGKILL at the hard one
     assert st.cpu_time >= 0.9, st
+
+
+def test_the_status_says_which_mechanism_held_the_limits(monkeypatch: object) -> None:
+    import pytest
+
+    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+    auto = py("pass").status.limits_mechanism
+    assert auto == ("cgroup-v1" if MODE == "root" and os.path.isdir("/sys/fs/cgroup/memory")
+                    else auto)
+    mp.setenv("WARDEN_CGROUP", "none")
+    r = py("import resource; print(resource.getrlimit(resource.RLIMIT_NPROC)[0])", max_procs=33)
+    assert r.status.limits_mechanism == "rlimit"
+    assert r.out.strip() == "33"
