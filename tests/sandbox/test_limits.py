@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
 from sandbox_util import MODE, py
 
 FORK_BOMB = """
@@ -87,10 +88,9 @@ def test_cpu_time_limit() -> None:
     assert st.cpu_time >= 0.9, st
 
 
-def test_the_status_says_which_mechanism_held_the_limits(monkeypatch: object) -> None:
-    import pytest
-
-    mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
+def test_the_status_says_which_mechanism_held_the_limits(monkeypatch: pytest.MonkeyPatch) \
+        -> None:
+    mp = monkeypatch
     auto = py("pass").status.limits_mechanism
     assert auto == ("cgroup-v1" if MODE == "root" and os.path.isdir("/sys/fs/cgroup/memory")
                     else auto)
