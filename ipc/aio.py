@@ -192,7 +192,7 @@ class AsyncChannel:
             fut = self._loop.create_future()
             self._pending[rid] = fut
         self._enqueue(data, fds)
-        if self.closed:
+        if self.closed and fut is None:  # a call's future already carries ChannelClosed
             raise ChannelClosed(f"channel to {self.peer_id!r} closed: {self.close_reason}")
         return fut
 

@@ -59,6 +59,7 @@ def run_hostile(
     granted: Iterable[str] = (),
     serve: ipc.Interface | None = None,
     limits: ipc.Limits = ipc.DEFAULT_LIMITS,
+    cleanup: Callable[[], object] | None = None,
 ) -> Outcome:
     """Attach a trusted end, let a raw socket write `build()`'s frames, wait for the cut-off.
 
@@ -104,6 +105,8 @@ def run_hostile(
         assert not bystander.closed
         client.close()
         await asyncio.wait_for(bystander.wait_closed(), HANG_GUARD)
+        if cleanup is not None:  # what a handler deliberately kept
+            cleanup()
         leaked = open_fds() - before
         assert not leaked, f"trusted side leaked fds: {leaked}"
         return out
