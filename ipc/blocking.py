@@ -13,7 +13,13 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ipc.channel import CHANNEL_FD_ENV, FrameReader, peer_credentials, send_frame
+from ipc.channel import (
+    _SEND_FLAGS,
+    CHANNEL_FD_ENV,
+    FrameReader,
+    peer_credentials,
+    send_frame,
+)
 from ipc.context import Context
 from ipc.dispatch import bind_handlers, failure_message
 from ipc.errors import ChannelClosed, PeerError, RemoteError
@@ -21,7 +27,7 @@ from ipc.handles import Receiver, Remote, fd_to_int
 from ipc.interface import Interface, MethodSpec, interface_of
 from ipc.limits import DEFAULT_LIMITS, Limits
 from ipc.session import Session
-from ipc.wire import KIND_CALL, KIND_ERROR, KIND_MESSAGE
+from ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
 
 
 class _Proxy:
@@ -69,6 +75,11 @@ class Channel:
             limits=limits,
         )
         self._reader = FrameReader(sock, limits, peer_id)
+        self._read = self._reader.read
+        self._decode = self._session.decode
+        self._encode_request = self._session.encode_request
+        self._encode_reply = self._session.encode_reply
+        self._sock_send = sock.send
         self._handlers = bind_handlers(serve)
         pid, uid, gid = peer_credentials(sock)
         self.context = Context(
@@ -82,23 +93,55 @@ class Channel:
     # ---- calling --------------------------------------------------------------------------
 
     def _send(self, data: bytes, fds: list[int]) -> None:
-        if self.closed:
-            raise ChannelClosed("channel is closed")
         try:
-            send_frame(self._sock, data, fds)
+            if fds:
+                send_frame(self._sock, data, fds)
+            else:
+                self._sock_send(data, _SEND_FLAGS)
         except (BrokenPipeError, ConnectionResetError) as e:
             self.close()
             raise ChannelClosed(f"peer closed the channel: {e}") from None
+        except OSError:
+            if self.closed:
+                raise ChannelClosed("channel is closed") from None
+            raise
 
     def _invoke(self, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        data, fds, rid = self._session.encode_request(spec, args, kwargs)
+        if self.closed:
+            raise ChannelClosed("channel is closed")
+        data, fds, rid = self._encode_request(spec, args, kwargs)
         self._send(data, fds)
         if spec.oneway:
             return None
-        while rid not in self._replies:
-            if not self._step():
-                raise ChannelClosed(f"peer closed the channel before replying to {spec.name}")
-        kind, value = self._replies.pop(rid)
+        replies = self._replies
+        read = self._read
+        decode = self._decode
+        # Handle frames until our reply arrives: calls from the peer run meanwhile, replies
+        # for outer (nested) calls are filed for their callers.
+        while rid not in replies:
+            try:
+                got = read()
+                if got is None:
+                    self.close()
+                    raise ChannelClosed(f"peer closed the channel before replying to {spec.name}")
+                kind, got_spec, got_rid, value = decode(*got)
+            except PeerError:
+                self.close()
+                raise
+            except ConnectionResetError:
+                self.close()
+                raise ChannelClosed(
+                    f"peer reset the channel before replying to {spec.name}"
+                ) from None
+            if kind < KIND_REPLY:
+                self._run(kind, got_spec, got_rid, value)
+            elif got_rid == rid:
+                if kind == KIND_ERROR:
+                    raise RemoteError(value)
+                return value
+            else:
+                replies[got_rid] = (kind, value)
+        kind, value = replies.pop(rid)
         if kind == KIND_ERROR:
             raise RemoteError(value)
         return value
@@ -106,54 +149,63 @@ class Channel:
     # ---- serving --------------------------------------------------------------------------
 
     def _step(self) -> bool:
-        """Receive and handle one frame; False at end of stream."""
+        """Receive and handle one frame (replies are filed for their caller); False at EOF."""
         if self.closed:
             return False
         try:
-            got = self._reader.read()
+            got = self._read()
+            if got is None:
+                self.close()
+                return False
+            kind, spec, rid, value = self._decode(*got)
         except PeerError:
             self.close()
             raise
         except ConnectionResetError:
             self.close()
             return False
-        if got is None:
-            self.close()
-            return False
-        frame, fds = got
-        try:
-            kind, spec, rid, value = self._session.decode(frame, fds)
-        except PeerError:
-            self.close()
-            raise
-        if kind in (KIND_CALL, KIND_MESSAGE):
+        if kind < KIND_REPLY:
             self._run(kind, spec, rid, value)
         else:
             self._replies[rid] = (kind, value)
         return True
 
     def _run(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
-        handler = self._handlers[spec.id]
         try:
-            result = handler(self.context, *args)
+            result = self._handlers[spec.id](self.context, *args)
         except Exception as exc:
+            msg = failure_message(spec, self._session.peer, exc)
             if kind == KIND_CALL:
-                msg = failure_message(spec, self._session.peer, exc)
                 self._send(self._session.encode_error(spec, rid, msg), [])
-            else:
-                failure_message(spec, self._session.peer, exc)
             return
         if kind == KIND_CALL:
-            data, fds = self._session.encode_reply(spec, rid, result)
-            self._send(data, fds)
+            self._send(*self._encode_reply(spec, rid, result))
 
     def serve_forever(self) -> None:
         """Handle incoming calls and messages until the peer closes the channel.
 
         Raises BadMessage/CutOff (channel closed) if the peer breaks the protocol.
         """
-        while self._step():
-            pass
+        read = self._read
+        decode = self._decode
+        run = self._run
+        while not self.closed:
+            try:
+                got = read()
+                if got is None:
+                    self.close()
+                    return
+                kind, spec, rid, value = decode(*got)
+            except PeerError:
+                self.close()
+                raise
+            except ConnectionResetError:
+                self.close()
+                return
+            if kind < KIND_REPLY:
+                run(kind, spec, rid, value)
+            else:
+                self._replies[rid] = (kind, value)
 
     def serve_one(self) -> bool:
         """Handle one incoming frame; False once the channel is closed."""

@@ -20,8 +20,12 @@ from ipc.errors import BadMessage
 from ipc.limits import Limits
 
 CHANNEL_FD_ENV = "WARDEN_CHANNEL_FD"
-_RECV_FLAGS = socket.MSG_CMSG_CLOEXEC
-_SEND_FLAGS = socket.MSG_NOSIGNAL
+# Plain ints: socket.MSG_* are IntFlag members, whose `&` runs Python code on every frame.
+_RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
+_SEND_FLAGS = int(socket.MSG_NOSIGNAL)
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC  # returned flags also echo MSG_CMSG_CLOEXEC: ignore it
 _FD_SIZE = array.array("i").itemsize
 
 
@@ -53,7 +57,7 @@ def close_fds(fds: Sequence[int]) -> None:
 class FrameReader:
     """Reads frames from one socket into a reused buffer of max_frame_bytes + 1."""
 
-    __slots__ = ("_anc", "_buf", "_bufs", "_cap", "_max_fds", "_peer", "_sock", "_view")
+    __slots__ = ("_anc", "_buf", "_bufs", "_cap", "_max_fds", "_peer", "_recv", "_sock", "_view")
 
     def __init__(self, sock: socket.socket, limits: Limits, peer: str) -> None:
         self._sock = sock
@@ -64,6 +68,7 @@ class FrameReader:
         self._bufs = [self._buf]
         self._anc = socket.CMSG_SPACE(self._max_fds * _FD_SIZE)
         self._peer = peer
+        self._recv = sock.recvmsg_into
 
     def read(self) -> tuple[memoryview, list[int]] | None:
         """The next frame and its fds, or None at end of stream.
@@ -71,7 +76,14 @@ class FrameReader:
         Raises BlockingIOError when a non-blocking socket has nothing, BadMessage (fds
         already closed) when the frame breaks a frame-level rule.
         """
-        n, anc, flags, _ = self._sock.recvmsg_into(self._bufs, self._anc, _RECV_FLAGS)
+        n, anc, flags, _ = self._recv(self._bufs, self._anc, _RECV_FLAGS)
+        if anc or flags & _TRUNCATED or not 0 < n < self._cap:
+            return self._check(n, anc, flags)
+        return self._view[:n], []  # the common case: a well-sized frame, no fds
+
+    def _check(
+        self, n: int, anc: list[tuple[int, int, bytes]], flags: int
+    ) -> tuple[memoryview, list[int]] | None:
         fds: list[int] = []
         foreign = None
         for level, kind, data in anc:
@@ -81,7 +93,7 @@ class FrameReader:
                 fds.extend(got)
             else:
                 foreign = (level, kind)
-        if flags & socket.MSG_CTRUNC:
+        if flags & _MSG_CTRUNC:
             close_fds(fds)
             raise BadMessage(
                 self._peer,
@@ -91,7 +103,7 @@ class FrameReader:
             close_fds(fds)
             raise BadMessage(self._peer, f"unexpected ancillary data (level {foreign[0]}, "
                              f"type {foreign[1]})")
-        if flags & socket.MSG_TRUNC or n > self._cap:
+        if flags & _MSG_TRUNC or n > self._cap:
             close_fds(fds)
             raise BadMessage(self._peer, f"frame truncated: larger than the {self._cap}-byte cap")
         if n == self._cap:

@@ -121,7 +121,7 @@ class HandleParam:
     interface: type[Interface] | None
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class MethodSpec:
     """Everything the wire layer needs about one method, built once at declaration."""
 

@@ -91,25 +91,19 @@ class Session:
     def decode(self, frame: memoryview | bytes, fds: list[int]) -> Event:
         """Check and decode one frame; on failure every fd in `fds` is closed."""
         try:
-            env = ENVELOPE_DECODER.decode(frame)
+            kind, method, rid, payload = ENVELOPE_DECODER.decode(frame)
         except msgspec.ValidationError as e:
             raise self._bad(fds, f"invalid envelope: {e}", field=error_field(str(e))) from None
         except Exception as e:
             raise self._bad(fds, f"invalid envelope: {e}") from None
-        kind = env.kind
-        if kind in (KIND_CALL, KIND_MESSAGE):
-            return self._decode_request(env, fds)
-        return self._decode_reply(env, fds)
-
-    def _decode_request(self, env: Any, fds: list[int]) -> Event:
-        kind = env.kind
-        spec = self._by_id.get(env.method)
+        if kind >= KIND_REPLY:
+            return self._decode_reply(kind, method, rid, payload, fds)
+        spec = self._by_id.get(method)
         if spec is None:
-            raise self._bad(fds, f"unknown method id {env.method:#010x}")
+            raise self._bad(fds, f"unknown method id {method:#010x}")
         if spec.oneway != (kind == KIND_MESSAGE):
             expected = "one-way message" if spec.oneway else "call"
             raise self._bad(fds, f"{spec.name} is a {expected}, sent as a {KIND_NAMES[kind]}", spec)
-        rid = env.request
         if kind == KIND_CALL:
             if rid <= self._last_incoming:
                 raise self._bad(
@@ -142,7 +136,7 @@ class Session:
                 limit="max_fds_held",
             )
         try:
-            values = spec.params_decoder.decode(env.payload)
+            values = spec.params_decoder.decode(payload)
         except msgspec.ValidationError as e:
             raise self._bad(fds, str(e), spec, error_field(str(e))) from None
         except Exception as e:
@@ -166,21 +160,22 @@ class Session:
             self.state = spec.then
         return kind, spec, rid, args
 
-    def _decode_reply(self, env: Any, fds: list[int]) -> Event:
-        rid = env.request
+    def _decode_reply(
+        self, kind: int, method: int, rid: int, payload: msgspec.Raw, fds: list[int]
+    ) -> Event:
         spec = self.pending.pop(rid, None)
         if spec is None:
             raise self._bad(fds, f"reply to request id {rid}, which is not awaiting a reply")
-        if spec.id != env.method:
+        if spec.id != method:
             raise self._bad(
-                fds, f"reply carries method id {env.method:#010x}, but request {rid} called "
+                fds, f"reply carries method id {method:#010x}, but request {rid} called "
                 f"{spec.name}", spec,
             )
-        if env.kind == KIND_ERROR:
+        if kind == KIND_ERROR:
             if fds:
                 raise self._bad(fds, f"error reply with {len(fds)} fds (expected none)", spec)
             try:
-                err = ERROR_DECODER.decode(env.payload)
+                err = ERROR_DECODER.decode(payload)
             except msgspec.ValidationError as e:
                 raise self._bad(
                     fds, f"invalid error reply: {e}", spec, error_field(str(e))
@@ -199,7 +194,7 @@ class Session:
                 limit="max_fds_held",
             )
         try:
-            value = spec.result_decoder.decode(env.payload)
+            value = spec.result_decoder.decode(payload)
         except msgspec.ValidationError as e:
             raise self._bad(fds, str(e), spec, error_field(str(e))) from None
         except Exception as e:

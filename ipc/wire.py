@@ -24,13 +24,11 @@ MAX_REQUEST_ID: Final = 2**63 - 1
 MAX_ERROR_MESSAGE: Final = 1024
 
 
-class Envelope(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
-    """The outer frame; `payload` is decoded later with the method's own decoder."""
-
-    kind: Annotated[int, msgspec.Meta(ge=0, le=3)]
-    method: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
-    request: Annotated[int, msgspec.Meta(ge=0, le=MAX_REQUEST_ID)]
-    payload: msgspec.Raw
+Kind = Annotated[int, msgspec.Meta(ge=0, le=3)]
+MethodId = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=MAX_REQUEST_ID)]
+# The outer frame, a fixed-length array; `payload` is decoded later by the method's decoder.
+Envelope = tuple[Kind, MethodId, RequestId, msgspec.Raw]
 
 
 class ErrorPayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
