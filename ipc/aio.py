@@ -123,7 +123,7 @@ class AsyncChannel:
                 self._close(None)
                 return
             if kind in (KIND_REPLY, KIND_ERROR):
-                fut = self._pending.pop(rid)
+                fut = self._pending.pop(rid)  # present: the session checked rid was pending
                 if fut.done():  # the caller gave up (cancelled): drop the reply
                     _close_value(value)
                 elif kind == KIND_REPLY:

@@ -179,7 +179,13 @@ class Channel:
                 self._send(self._session.encode_error(spec, rid, msg), [])
             return
         if kind == KIND_CALL:
-            self._send(*self._encode_reply(spec, rid, result))
+            try:
+                data, fds = self._encode_reply(spec, rid, result)
+            except Exception as exc:
+                msg = failure_message(spec, self._session.peer, exc)
+                self._send(self._session.encode_error(spec, rid, msg), [])
+                return
+            self._send(data, fds)
 
     def serve_forever(self) -> None:
         """Handle incoming calls and messages until the peer closes the channel.

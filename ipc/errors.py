@@ -79,5 +79,9 @@ class CallFailed(Exception):
     """
 
 
+class FrameTooLarge(ValueError):
+    """We tried to send a frame at or over the cap (nothing was sent; the channel is fine)."""
+
+
 class InterfaceError(TypeError):
     """An interface declaration is wrong (raised when the class is defined, never at runtime)."""

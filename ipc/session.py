@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from ipc.channel import close_fds
-from ipc.errors import BadMessage, CutOff
+from ipc.errors import BadMessage, CutOff, FrameTooLarge
 from ipc.handles import FdAccount, Handle, _Endpoint, fd_to_int
 from ipc.interface import HandleParam, Interface, MethodSpec
 from ipc.limits import Limits
@@ -230,21 +230,32 @@ class Session:
             params = spec.params(*args, **kwargs)
             fds = []
         if spec.oneway:
-            return encode((KIND_MESSAGE, spec.id, 0, params)), fds, 0
+            return self._checked(encode((KIND_MESSAGE, spec.id, 0, params)), spec), fds, 0
         rid = self._next_request
         if rid > MAX_REQUEST_ID:
             raise OverflowError("request ids exhausted on this channel")
+        data = self._checked(encode((KIND_CALL, spec.id, rid, params)), spec)
         self._next_request = rid + 1
-        data = encode((KIND_CALL, spec.id, rid, params))
         self.pending[rid] = spec
         return data, fds, rid
 
     def encode_reply(self, spec: MethodSpec, rid: int, value: Any) -> tuple[bytes, list[int]]:
         """Frame the reply to an incoming call (and count it as answered)."""
-        self.calls_in_flight -= 1
         if spec.result_handle is not None:
-            return encode((KIND_REPLY, spec.id, rid, None)), [fd_to_int(value)]
-        return encode((KIND_REPLY, spec.id, rid, value)), []
+            data, fds = encode((KIND_REPLY, spec.id, rid, None)), [fd_to_int(value)]
+        else:
+            data, fds = self._checked(encode((KIND_REPLY, spec.id, rid, value)), spec), []
+        self.calls_in_flight -= 1
+        return data, fds
+
+    def _checked(self, data: bytes, spec: MethodSpec) -> bytes:
+        """Refuse to send a frame the peer must reject (our bug, so the error is ours)."""
+        if len(data) >= self.limits.max_frame_bytes:
+            raise FrameTooLarge(
+                f"{spec.qualname}: frame of {len(data)} bytes is at or over the "
+                f"{self.limits.max_frame_bytes}-byte cap; pass large data as a SealedMemory"
+            )
+        return data
 
     def encode_error(self, spec: MethodSpec, rid: int, message: str) -> bytes:
         """Frame an error reply to an incoming call (and count it as answered)."""

@@ -49,6 +49,8 @@ class ServiceImpl(Service):
         self.logs.append(line)
 
     def read_file(self, ctx: ipc.Context, f: ipc.ReadFile) -> bytes:
+        if os.get_inheritable(f.fileno()):
+            raise ipc.CallFailed("received fd is inheritable (MSG_CMSG_CLOEXEC missing)")
         with f.open() as fh:
             data: bytes = fh.read()
             return data

@@ -273,3 +273,30 @@ def test_calls_on_a_closed_channel_fail() -> None:
             await ch.remote.square(2)
 
     asyncio.run(scenario())
+
+
+def test_oversized_outgoing_frame_is_refused_locally_and_channel_survives() -> None:
+    limits = ipc.Limits(max_frame_bytes=4096)
+
+    async def scenario() -> None:
+        ours, theirs = ipc.channel_pair()
+        ch = ipc.attach(ours, peer_id="p", serve=BigReplies(), remote=Service, limits=limits)
+        c = ipc.connect(theirs, remote=Service, limits=limits)
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ipc.FrameTooLarge, match=r"test.Service.echo: frame of \d+ bytes"):
+            c.remote.echo(b"x" * 5000)
+        assert await loop.run_in_executor(None, c.remote.echo, b"small") == b"small"
+        with pytest.raises(ipc.RemoteError, match="internal error"):
+            await loop.run_in_executor(None, c.remote.echo, b"grow")
+        with pytest.raises(ipc.FrameTooLarge):
+            await ch.remote.echo(b"y" * 5000)
+        assert not ch.closed
+        c.close()
+        await ch.wait_closed()
+
+    asyncio.run(scenario())
+
+
+class BigReplies(ServiceImpl):
+    def echo(self, ctx: ipc.Context, data: bytes) -> bytes:
+        return data * 2000 if data == b"grow" else data
