@@ -215,10 +215,15 @@ def rt_mp(data: bytes, n: int, cpu: int | None, pickle: bool) -> float:
 
     pid = fork_child(child, cpu)
     b.close()
-    if pickle:
-        us = timed(n, lambda: (a.send(("echo", data)), a.recv()))
-    else:
-        us = timed(n, lambda: (a.send_bytes(data), a.recv_bytes()))
+    def op_pickle() -> None:
+        a.send(("echo", data))
+        a.recv()
+
+    def op_bytes() -> None:
+        a.send_bytes(data)
+        a.recv_bytes()
+
+    us = timed(n, op_pickle if pickle else op_bytes)
     a.close()
     reap(pid)
     return us

@@ -51,6 +51,7 @@ class Outcome:
 
 
 Frames = Iterable[tuple[bytes, list[int]]]
+FrameList = list[tuple[bytes, list[int]]]
 
 
 def run_hostile(

@@ -12,6 +12,7 @@ import pytest
 import ipc
 from ipc.wire import KIND_CALL, KIND_ERROR, KIND_MESSAGE, KIND_REPLY
 from tests.ipc.helpers import (
+    FrameList,
     call,
     frame,
     hostile_endpoint_reply,
@@ -119,8 +120,10 @@ def test_tagged_union_rejects_unknown_tag() -> None:
 
 
 def test_bounded_list_and_enum_and_literal() -> None:
-    base = {"name": "n", "color": "red", "mode": "r", "coords": [1, 2, 3], "tags": []}
-    cases = [
+    base: dict[str, object] = {
+        "name": "n", "color": "red", "mode": "r", "coords": [1, 2, 3], "tags": []
+    }
+    cases: list[tuple[dict[str, object], str]] = [
         ({"tags": ["a"] * 5}, "Expected `array` of length <= 4 - at `$.tags`"),
         ({"color": "blue"}, "Invalid enum value 'blue' - at `$.color`"),
         ({"mode": "x"}, "Invalid enum value 'x' - at `$.mode`"),
@@ -157,7 +160,9 @@ def test_message_with_request_id() -> None:
 
 
 def test_duplicate_request_id() -> None:
-    frames = [(call("echo", 1, {"data": b"a"}), []), (call("echo", 1, {"data": b"b"}), [])]
+    frames: FrameList = [
+        (call("echo", 1, {"data": b"a"}), []), (call("echo", 1, {"data": b"b"}), [])
+    ]
     out = run_hostile(lambda: frames)
     b = bad(out)
     assert b.reason == "request id 1 repeated or out of order (last was 1; ids must increase)"
@@ -167,7 +172,9 @@ def test_duplicate_request_id() -> None:
 def test_request_id_zero_and_going_backwards() -> None:
     b = bad(run_hostile(lambda: [(call("echo", 0, {"data": b""}), [])]))
     assert b.reason == "request id 0 repeated or out of order (last was 0; ids must increase)"
-    frames = [(call("echo", 5, {"data": b""}), []), (call("echo", 3, {"data": b""}), [])]
+    frames: FrameList = [
+        (call("echo", 5, {"data": b""}), []), (call("echo", 3, {"data": b""}), [])
+    ]
     b = bad(run_hostile(lambda: frames))
     assert b.reason == "request id 3 repeated or out of order (last was 5; ids must increase)"
 
@@ -183,7 +190,7 @@ def test_out_of_order_protocol_state() -> None:
     b = bad(run_hostile(lambda: [(call("work", 1, {"n": 1}, "test.Staged"), [])],
                         serve=StagedImpl()))
     assert b.reason == "work not valid in state 'new' (valid in ready)"
-    frames = [
+    frames: FrameList = [
         (call("hello", 1, {"version": 1}, "test.Staged"), []),
         (call("hello", 2, {"version": 1}, "test.Staged"), []),
     ]
@@ -295,7 +302,7 @@ def test_empty_frame_is_not_end_of_stream() -> None:
 
 def test_nothing_is_delivered_after_a_bad_message() -> None:
     impl = ServiceImpl()
-    frames = [
+    frames: FrameList = [
         (message("log", {"line": "first"}), []),
         (message("log", {"line": 5}), []),
         (message("log", {"line": "after"}), []),

@@ -7,11 +7,12 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipc
 from ipc.channel import send_frame
-from tests.ipc.helpers import HANG_GUARD, call, message, open_fds, run_hostile
+from tests.ipc.helpers import HANG_GUARD, FrameList, call, message, open_fds, run_hostile
 from tests.ipc.ifaces import Service, Worker
 from tests.ipc.impls import ServiceImpl
 
@@ -74,7 +75,7 @@ def test_send_queue_frame_limit() -> None:
 
 def test_calls_in_flight_quota() -> None:
     limits = ipc.Limits(max_calls_in_flight=3)
-    frames = [(call("echo", i, {"data": b"x"}), []) for i in range(1, 6)]
+    frames: FrameList = [(call("echo", i, {"data": b"x"}), []) for i in range(1, 6)]
     out = run_hostile(lambda: frames, serve=SlowService(), limits=limits)
     assert isinstance(out.reason, ipc.CutOff)
     assert out.reason.reason == "more than 3 calls in flight"
@@ -98,12 +99,12 @@ def test_fds_held_quota(tmp_path: Any) -> None:
     path.write_bytes(b"x")
     impl = HoardingService()
     limits = ipc.Limits(max_fds_held=4)
-    frames = lambda: [  # noqa: E731
+    frames: Callable[[], FrameList] = lambda: [  # noqa: E731
         (call("read_file", i, {}), [os.open(path, os.O_RDONLY | os.O_CLOEXEC)])
         for i in range(1, 8)
     ]
     out = run_hostile(frames, serve=impl, limits=limits,
-                      cleanup=lambda: [h.close() for h in impl.kept])
+                      cleanup=lambda: [h.close() for h in impl.kept])  # type: ignore[func-returns-value]
     assert isinstance(out.reason, ipc.CutOff)
     assert out.reason.reason == "more than 4 received fds held open"
     assert len(impl.kept) == 4
@@ -142,6 +143,7 @@ def test_flooding_child_does_not_starve_others() -> None:
     async def scenario() -> None:
         flood_ours, flood_theirs = ipc.channel_pair()
         impl = SlowLogService()
+        logs = impl.logs
         flood = ipc.attach(flood_ours, peer_id="flood", serve=impl)
         pid = os.fork()
         if pid == 0:
@@ -163,7 +165,7 @@ def test_flooding_child_does_not_starve_others() -> None:
             def talk(c: ipc.Channel) -> int:
                 return sum(len(c.remote.echo(b"ping")) for _ in range(200))
 
-            while impl.logs.count < 1000:  # the flood is really flowing
+            while logs.total < 1000:  # the flood is really flowing
                 await asyncio.sleep(0.01)
             done = await asyncio.wait_for(
                 asyncio.gather(*(loop.run_in_executor(None, talk, c) for c in clients)),
@@ -171,7 +173,7 @@ def test_flooding_child_does_not_starve_others() -> None:
             )
             assert done == [800, 800]
             assert not flood.closed, "flooding with valid messages is allowed; it just waits"
-            seen_during = impl.logs.count
+            seen_during = logs.total
             assert seen_during > 1000
         finally:
             os.kill(pid, signal.SIGKILL)
@@ -189,7 +191,7 @@ class SlowLogService(ServiceImpl):
 
     def __init__(self) -> None:
         super().__init__()
-        self.logs = _CountingList()
+        self.logs: _CountingList = _CountingList()
 
     def log(self, ctx: ipc.Context, line: str) -> None:
         time.sleep(50e-6)
@@ -199,10 +201,10 @@ class SlowLogService(ServiceImpl):
 class _CountingList(list[str]):
     """Counts appends without keeping a million strings."""
 
-    count = 0
+    total = 0
 
     def append(self, item: str) -> None:
-        self.count += 1
+        self.total += 1
 
 
 class RecordingService(ServiceImpl):
