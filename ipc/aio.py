@@ -122,6 +122,9 @@ class AsyncChannel:
             except (ConnectionResetError, BrokenPipeError):
                 self._close(None)
                 return
+            except OSError as e:  # e.g. an endpoint a peer handed us that was never connected
+                self._close(None, f"receive failed: {e}")
+                return
             if kind in (KIND_REPLY, KIND_ERROR):
                 fut = self._pending.pop(rid)  # present: the session checked rid was pending
                 if fut.done():  # the caller gave up (cancelled): drop the reply

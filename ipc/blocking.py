@@ -128,11 +128,9 @@ class Channel:
             except PeerError:
                 self.close()
                 raise
-            except ConnectionResetError:
+            except OSError as e:
                 self.close()
-                raise ChannelClosed(
-                    f"peer reset the channel before replying to {spec.name}"
-                ) from None
+                raise ChannelClosed(f"channel failed before replying to {spec.name}: {e}") from None
             if kind < KIND_REPLY:
                 self._run(kind, got_spec, got_rid, value)
             elif got_rid == rid:
@@ -164,6 +162,9 @@ class Channel:
         except ConnectionResetError:
             self.close()
             return False
+        except OSError as e:
+            self.close()
+            raise ChannelClosed(f"receive failed: {e}") from None
         if kind < KIND_REPLY:
             self._run(kind, spec, rid, value)
         else:
@@ -208,6 +209,9 @@ class Channel:
             except ConnectionResetError:
                 self.close()
                 return
+            except OSError as e:
+                self.close()
+                raise ChannelClosed(f"receive failed: {e}") from None
             if kind < KIND_REPLY:
                 run(kind, spec, rid, value)
             else:

@@ -191,6 +191,7 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
             forbid_unknown_fields=True,
             module=func.__module__,
         )
+        params_decoder = msgspec.msgpack.Decoder(params_struct)
     except Exception as e:
         raise InterfaceError(f"{where}: cannot build parameter struct: {e}") from e
     result = hints.get("return", type(None))
@@ -220,7 +221,7 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
         when=opts.when,
         then=opts.then,
         params=params_struct,
-        params_decoder=msgspec.msgpack.Decoder(params_struct),
+        params_decoder=params_decoder,
         handles=tuple(handles),
         plan=tuple(plan),
         signature=sig.replace(parameters=params[2:]),

@@ -68,3 +68,22 @@ def test_receiver_endpoint_requires_matching_implementation() -> None:
     assert msgspec.msgpack.decode(a.recv(100)) == [KIND_REPLY, mid("ping", "test.Narrow"), 1, 2]
     chan.close()
     a.close()
+
+
+def test_unconnected_endpoint_from_a_peer_closes_quietly() -> None:
+    """A peer hands over a SEQPACKET socket that is connected to nothing; attaching it
+    must not spin or raise in the loop: the new channel just closes."""
+    import socket
+
+    async def scenario() -> None:
+        before = open_fds()
+        dangling = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        handle: ipc.Remote[Narrow] = ipc.Remote(dangling.detach(), interface=Narrow)
+        assert ipc.Remote.check(handle.fileno()) is None  # it is the right kind of fd
+        ch = ipc.attach(handle.socket(), peer_id="dangling", remote=Narrow)
+        assert await asyncio.wait_for(ch.wait_closed(), HANG_GUARD) is None
+        with pytest.raises(ipc.ChannelClosed):
+            await ch.remote.ping(1)
+        assert open_fds() == before
+
+    asyncio.run(scenario())
