@@ -35,6 +35,7 @@ from ipc.wire import (
 )
 
 _encoder = msgspec.msgpack.Encoder()
+_astuple = msgspec.structs.astuple
 encode = _encoder.encode
 
 # An incoming event: (kind, spec, request id, value). For calls and messages value is the
@@ -149,10 +150,10 @@ class Session:
                     raise self._bad(fds, f"fd {i} ({param.name}): {problem}", spec, param.name)
             account = self.account
             wrapped = [_make_handle(p, fd, account) for p, fd in zip(handles, fds, strict=True)]
-            vals = msgspec.structs.astuple(values)
+            vals = _astuple(values)
             args = tuple(wrapped[i] if is_h else vals[i] for is_h, i in spec.plan)
         else:
-            args = msgspec.structs.astuple(values)
+            args = _astuple(values)
         if kind == KIND_CALL:
             self._last_incoming = rid
             self.calls_in_flight += 1
