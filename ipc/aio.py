@@ -73,6 +73,7 @@ class AsyncChannel:
         limits: Limits,
         on_bad_message: Callable[[BadMessage], object] | None,
         on_cut_off: Callable[[CutOff], object] | None,
+        validate_outgoing: bool = False,
     ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
@@ -82,7 +83,8 @@ class AsyncChannel:
         self.limits = limits
         serve_iface = interface_of(serve) if serve is not None else None
         self._session = Session(
-            peer=peer_id, serve=serve_iface, remote=remote, granted=granted, limits=limits
+            peer=peer_id, serve=serve_iface, remote=remote, granted=granted, limits=limits,
+            validate_outgoing=validate_outgoing,
         )
         self._reader = FrameReader(sock, limits, peer_id)
         self._handlers = bind_handlers(serve)
@@ -316,6 +318,7 @@ def attach(
     limits: Limits = DEFAULT_LIMITS,
     on_bad_message: Callable[[BadMessage], object] | None = None,
     on_cut_off: Callable[[CutOff], object] | None = None,
+    validate_outgoing: bool = True,
 ) -> AsyncChannel:
     """Attach our end of a channel to the running loop; takes ownership of `sock`.
 
@@ -326,6 +329,8 @@ def attach(
     extra: read-only fields for ``ctx.extra`` (e.g. the child's profile name).
     pid: the peer's pid as the embedder knows it (SO_PEERCRED otherwise).
     on_bad_message / on_cut_off: hooks run once when the peer is cut off.
+    validate_outgoing: check our arguments and replies against the declaration before
+        sending (ValueError here, not a confused peer); one extra encode+decode per frame.
     """
     loop = asyncio.get_running_loop()
     if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
@@ -346,6 +351,7 @@ def attach(
     return AsyncChannel(
         sock, loop=loop, peer_id=peer_id, serve=serve, remote=remote, granted=grant,
         context=context, limits=limits, on_bad_message=on_bad_message, on_cut_off=on_cut_off,
+        validate_outgoing=validate_outgoing,
     )
 
 

@@ -60,6 +60,7 @@ class Channel:
         peer_id: str,
         granted: Iterable[str] | None,
         limits: Limits,
+        validate_outgoing: bool = False,
     ) -> None:
         sock.setblocking(True)
         self._sock = sock
@@ -72,7 +73,7 @@ class Channel:
             )
         self._session = Session(
             peer=peer_id, serve=serve_iface, remote=remote, granted=frozenset(granted),
-            limits=limits,
+            limits=limits, validate_outgoing=validate_outgoing,
         )
         self._reader = FrameReader(sock, limits, peer_id)
         self._read = self._reader.read
@@ -244,12 +245,16 @@ def connect(
     peer_id: str = "supervisor",
     granted: Iterable[str] | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    validate_outgoing: bool = True,
 ) -> Channel:
     """A blocking channel over `sock` (a socket, an fd number, or a received endpoint handle).
 
     A `Remote[I]` handle sets ``remote=I``; a `Receiver[I]` handle requires `serve` to
     implement `I`. `granted` is what the peer may call on `serve`; None grants every
     permission `serve` declares (right for a child, whose peer is the trusted side).
+    validate_outgoing: check our own arguments and replies against the declaration before
+    sending (a ValueError here rather than being cut off by the peer); costs one extra
+    encode and decode per frame, so benchmarks turn it off.
     """
     if isinstance(sock, Remote | Receiver):
         iface = sock.interface
@@ -265,7 +270,8 @@ def connect(
     if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
         raise ValueError(f"a channel must be an AF_UNIX SOCK_SEQPACKET socket, got {sock!r}")
     return Channel(
-        sock, serve=serve, remote=remote, peer_id=peer_id, granted=granted, limits=limits
+        sock, serve=serve, remote=remote, peer_id=peer_id, granted=granted, limits=limits,
+        validate_outgoing=validate_outgoing,
     )
 
 
@@ -275,6 +281,7 @@ def connect_from_env(
     remote: type[Interface] | None = None,
     limits: Limits = DEFAULT_LIMITS,
     env_var: str = CHANNEL_FD_ENV,
+    validate_outgoing: bool = True,
 ) -> Channel:
     """Open the channel the supervisor handed us (fd number in $WARDEN_CHANNEL_FD, default 3)."""
     raw = os.environ.get(env_var)
@@ -288,7 +295,9 @@ def connect_from_env(
         os.fstat(fd)
     except OSError as e:
         raise RuntimeError(f"${env_var}={fd}: fd is not open ({e.strerror})") from None
-    return connect(fd, serve=serve, remote=remote, limits=limits)
+    return connect(
+        fd, serve=serve, remote=remote, limits=limits, validate_outgoing=validate_outgoing
+    )
 
 
 __all__ = ["Channel", "connect", "connect_from_env"]

@@ -61,8 +61,10 @@ class Session:
         remote: type[Interface] | None,
         granted: frozenset[str],
         limits: Limits,
+        validate_outgoing: bool = False,
     ) -> None:
         self.peer = peer
+        self.validate_outgoing = validate_outgoing
         self.serve = serve
         self.remote = remote
         self.granted = granted
@@ -221,6 +223,7 @@ class Session:
         self, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[bytes, list[int], int]:
         """Frame a call (registering it as pending) or a one-way message."""
+        params: Any
         if spec.handles:
             bound = spec.signature.bind(*args, **kwargs)
             handle_names = {h.name for h in spec.handles}
@@ -230,6 +233,8 @@ class Session:
         else:
             params = spec.params(*args, **kwargs)
             fds = []
+        if self.validate_outgoing:
+            params = self._validated(spec, spec.params_decoder, params, "arguments")
         if spec.oneway:
             return self._checked(encode((KIND_MESSAGE, spec.id, 0, params)), spec), fds, 0
         rid = self._next_request
@@ -245,9 +250,22 @@ class Session:
         if spec.result_handle is not None:
             data, fds = encode((KIND_REPLY, spec.id, rid, None)), [fd_to_int(value)]
         else:
+            if self.validate_outgoing:
+                value = self._validated(spec, spec.result_decoder, value, "reply")
             data, fds = self._checked(encode((KIND_REPLY, spec.id, rid, value)), spec), []
         self.calls_in_flight -= 1
         return data, fds
+
+    def _validated(
+        self, spec: MethodSpec, decoder: msgspec.msgpack.Decoder[Any], value: Any, what: str
+    ) -> msgspec.Raw:
+        """Check what we are about to send as the peer will, so our mistake fails here."""
+        raw = encode(value)
+        try:
+            decoder.decode(raw)
+        except msgspec.ValidationError as e:
+            raise ValueError(f"{spec.qualname}: invalid {what}: {e}") from None
+        return msgspec.Raw(raw)
 
     def _checked(self, data: bytes, spec: MethodSpec) -> bytes:
         """Refuse to send a frame the peer must reject (our bug, so the error is ours)."""

@@ -300,3 +300,43 @@ def test_oversized_outgoing_frame_is_refused_locally_and_channel_survives() -> N
 class BigReplies(ServiceImpl):
     def echo(self, ctx: ipc.Context, data: bytes) -> bytes:
         return data * 2000 if data == b"grow" else data
+
+
+class WrongReplies(ServiceImpl):
+    def alloc(self, ctx: ipc.Context, size: int) -> int:
+        return "not an int"  # type: ignore[return-value]
+
+
+def test_validate_outgoing_catches_our_own_mistakes_before_sending() -> None:
+    async def scenario() -> None:
+        ours, theirs = ipc.channel_pair()
+        bad: list[ipc.BadMessage] = []
+        ch = ipc.attach(ours, peer_id="p", serve=WrongReplies(), granted={"alloc"},
+                        on_bad_message=bad.append)
+        c = ipc.connect(theirs, remote=Service)  # validate_outgoing defaults to True
+        loop = asyncio.get_running_loop()
+        with pytest.raises(ValueError, match=r"test.Service.alloc: invalid arguments: "
+                           r"Expected `int` <= 1024 - at `\$.size`"):
+            c.remote.alloc(4096)
+        with pytest.raises(ipc.RemoteError, match="internal error"):  # the reply was wrong
+            await loop.run_in_executor(None, c.remote.alloc, 1)
+        assert await loop.run_in_executor(None, c.remote.echo, b"ok") == b"ok"
+        assert not bad and not ch.closed
+        c.close()
+        await ch.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_without_validate_outgoing_the_peer_rejects_it() -> None:
+    async def scenario() -> ipc.ChannelError | None:
+        ours, theirs = ipc.channel_pair()
+        ch = ipc.attach(ours, peer_id="p", serve=ServiceImpl(), granted={"alloc"})
+        c = ipc.connect(theirs, remote=Service, validate_outgoing=False)
+        with pytest.raises(ipc.ChannelClosed):
+            await asyncio.get_running_loop().run_in_executor(None, c.remote.alloc, 4096)
+        return await ch.wait_closed()
+
+    reason = asyncio.run(scenario())
+    assert isinstance(reason, ipc.BadMessage)
+    assert reason.reason == "Expected `int` <= 1024 - at `$.size`"
