@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ipc.channel import (
-    _SEND_FLAGS,
     CHANNEL_FD_ENV,
+    SEND_FLAGS,
     FrameReader,
     peer_credentials,
     send_frame,
@@ -98,7 +98,7 @@ class Channel:
             if fds:
                 send_frame(self._sock, data, fds)
             else:
-                self._sock_send(data, _SEND_FLAGS)
+                self._sock_send(data, SEND_FLAGS)
         except (BrokenPipeError, ConnectionResetError) as e:
             self.close()
             raise ChannelClosed(f"peer closed the channel: {e}") from None

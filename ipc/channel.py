@@ -22,7 +22,7 @@ from ipc.limits import Limits
 CHANNEL_FD_ENV = "WARDEN_CHANNEL_FD"
 # Plain ints: socket.MSG_* are IntFlag members, whose `&` runs Python code on every frame.
 _RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
-_SEND_FLAGS = int(socket.MSG_NOSIGNAL)
+SEND_FLAGS = int(socket.MSG_NOSIGNAL)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC  # returned flags also echo MSG_CMSG_CLOEXEC: ignore it
@@ -133,7 +133,7 @@ def send_frame(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> Non
         sock.sendmsg(
             [data],
             [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-            _SEND_FLAGS,
+            SEND_FLAGS,
         )
     else:
-        sock.send(data, _SEND_FLAGS)
+        sock.send(data, SEND_FLAGS)
