@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ipc.channel import FrameReader, close_fds, peer_credentials, send_frame
+from ipc.channel import (
+    NO_FDS,
+    RECV_FLAGS,
+    TRUNCATED,
+    FrameReader,
+    close_fds,
+    peer_credentials,
+    send_frame,
+)
 from ipc.context import Context
 from ipc.dispatch import bind_handlers, failure_message
 from ipc.errors import BadMessage, ChannelClosed, ChannelError, CutOff, PeerError, RemoteError
@@ -106,16 +114,23 @@ class AsyncChannel:
 
     def _on_readable(self) -> None:
         reader = self._reader
-        session = self._session
+        recv, bufs, anc_size, cap, view = (
+            reader.recv, reader.bufs, reader.anc_size, reader.cap, reader.view
+        )
+        decode = self._session.decode
         for _ in range(self.limits.max_reads_per_wakeup):
             if self.closed:
                 return
             try:
-                got = reader.read()
-                if got is None:
-                    self._close(None)
-                    return
-                kind, spec, rid, value = session.decode(*got)
+                n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
+                if anc or flags & TRUNCATED or not 0 < n < cap:  # FrameReader.read, inlined
+                    got = reader.check(n, anc, flags)
+                    if got is None:
+                        self._close(None)
+                        return
+                    kind, spec, rid, value = decode(*got)
+                else:
+                    kind, spec, rid, value = decode(view[:n], NO_FDS)
             except BlockingIOError:
                 return
             except PeerError as e:

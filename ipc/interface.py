@@ -141,6 +141,7 @@ class MethodSpec:
     result: Any
     result_decoder: msgspec.msgpack.Decoder[Any]
     result_handle: HandleParam | None
+    guarded: bool  # needs a permission or a protocol state: checked off the fast path
 
     @property
     def qualname(self) -> str:
@@ -228,6 +229,7 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
         result=result,
         result_decoder=result_decoder,
         result_handle=result_handle,
+        guarded=opts.permission is not None or opts.when is not None,
     )
 
 
