@@ -238,12 +238,17 @@ class Session:
     ) -> tuple[bytes, list[int], int]:
         """Frame a call (registering it as pending) or a one-way message."""
         params: Any
-        if spec.handles:
+        if spec.handles and not kwargs and len(args) == len(spec.plan):  # all positional
+            plan = spec.plan
+            fds = [fd_to_int(a) for (is_h, _), a in zip(plan, args, strict=True) if is_h]
+            params = spec.params(*[a for (is_h, _), a in zip(plan, args, strict=True) if not is_h])
+        elif spec.handles:
             bound = spec.signature.bind(*args, **kwargs)
             handle_names = {h.name for h in spec.handles}
-            vals = {k: v for k, v in bound.arguments.items() if k not in handle_names}
             fds = [fd_to_int(bound.arguments[h.name]) for h in spec.handles]
-            params = spec.params(**vals)
+            params = spec.params(
+                **{k: v for k, v in bound.arguments.items() if k not in handle_names}
+            )
         else:
             params = spec.params(*args, **kwargs)
             fds = []

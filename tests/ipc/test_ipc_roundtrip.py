@@ -41,7 +41,7 @@ def exercise(c: ipc.Channel, scratch: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         out["read_file"] = r.read_file(f)
     with open(os.path.join(scratch, "out.txt"), "wb") as f:
-        out["write_file"] = r.write_file(f, b"written")
+        out["write_file"] = r.write_file(f, data=b"written")  # handle + keyword: bind path
     with open(os.path.join(scratch, "out.txt"), "rb") as f:
         out["written"] = f.read()
     d = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
