@@ -156,6 +156,17 @@ class AsyncChannel:
     def _dispatch(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
         handler = self._handlers[spec.id]
         if self._is_async[spec.id]:
+            # Calls are bounded by the session; one-way messages to async handlers would not
+            # be, so bound the running handlers of this peer as a whole.
+            if len(self._tasks) >= self.limits.max_calls_in_flight:
+                for value in args:
+                    _close_value(value)
+                self._close(CutOff(
+                    self.peer_id,
+                    f"more than {self.limits.max_calls_in_flight} handlers running",
+                    limit="max_calls_in_flight",
+                ))
+                return
             task = self._loop.create_task(self._run_async(handler, kind, spec, rid, args))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -13,7 +13,8 @@ class Limits:
         caps one SEQPACKET datagram at about the socket send buffer (~208 KiB by default), so
         larger data goes through a sealed memfd.
     max_fds_per_frame: more fds than this in one frame is invalid.
-    max_calls_in_flight: calls from the peer not yet answered; one more is a `CutOff`.
+    max_calls_in_flight: calls from the peer not yet answered, and (asyncio side) handlers
+        of the peer still running, one-way messages included; one more is a `CutOff`.
     max_fds_held: received fds from this peer still open in our process; more is a `CutOff`.
     max_send_queue_bytes / max_send_queue_frames: what we queue for a peer whose socket is
         full; past either the peer is cut off rather than waited for (asyncio side only).
