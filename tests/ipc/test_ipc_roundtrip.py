@@ -340,3 +340,23 @@ def test_without_validate_outgoing_the_peer_rejects_it() -> None:
     reason = asyncio.run(scenario())
     assert isinstance(reason, ipc.BadMessage)
     assert reason.reason == "Expected `int` <= 1024 - at `$.size`"
+
+
+def test_late_reply_after_caller_gave_up_is_dropped_not_fatal() -> None:
+    async def scenario() -> None:
+        ours, theirs = ipc.channel_pair()
+        ch = ipc.attach(ours, peer_id="slow", remote=Worker)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ch.remote.square(3), 0.05)
+        c = ipc.connect(theirs, serve=WorkerImpl())
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, c.serve_one)  # answers the abandoned call
+        second = asyncio.ensure_future(ch.remote.square(4))
+        await asyncio.sleep(0)
+        assert await loop.run_in_executor(None, c.serve_one)
+        assert await asyncio.wait_for(second, HANG_GUARD) == 16
+        assert not ch.closed
+        c.close()
+        await ch.wait_closed()
+
+    asyncio.run(scenario())
