@@ -142,6 +142,10 @@ class AsyncChannel:
             except OSError as e:  # e.g. an endpoint a peer handed us that was never connected
                 self._close(None, f"receive failed: {e}")
                 return
+            except Exception as e:  # our bug, not the peer's: never let the loop spin on it
+                log.error("ipc channel %r failed", self.peer_id, exc_info=e)
+                self._close(None, f"internal error: {e}")
+                return
             if kind in (KIND_REPLY, KIND_ERROR):
                 fut = self._pending.pop(rid)  # present: the session checked rid was pending
                 if fut.done():  # the caller gave up (cancelled): drop the reply

@@ -293,7 +293,8 @@ def _seqpacket_unix(fd: int) -> str | None:
         probe.close()
     if family != socket.AF_UNIX or kind != socket.SOCK_SEQPACKET:
         return (
-            f"expected a channel endpoint (AF_UNIX SOCK_SEQPACKET), got {family.name} {kind.name}"
+            "expected a channel endpoint (AF_UNIX SOCK_SEQPACKET), "
+            f"got {getattr(family, 'name', family)} {getattr(kind, 'name', kind)}"
         )
     return None
 

@@ -50,6 +50,13 @@ def _make_handle(param: HandleParam, fd: int, account: FdAccount) -> Handle:
     return param.cls(fd, _account=account)
 
 
+def _check_fd(param: HandleParam, fd: int) -> str | None:
+    try:
+        return param.cls.check(fd)
+    except Exception as e:  # whatever the fd is, failing to inspect it means "wrong kind"
+        return f"cannot inspect the fd: {e}"
+
+
 class Session:
     """Protocol state of one channel end: what we serve, what we call, what is in flight."""
 
@@ -170,7 +177,7 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid payload: {e}", spec) from None
         for i, (param, fd) in enumerate(zip(handles, fds, strict=True)):
-            problem = param.cls.check(fd)
+            problem = _check_fd(param, fd)
             if problem is not None:
                 raise self._bad(fds, f"fd {i} ({param.name}): {problem}", spec, param.name)
         account = self.account
@@ -217,7 +224,7 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
         if rh is not None:
-            problem = rh.cls.check(fds[0])
+            problem = _check_fd(rh, fds[0])
             if problem is not None:
                 raise self._bad(fds, f"returned fd: {problem}", spec, "return")
             value = _make_handle(rh, fds[0], self.account)

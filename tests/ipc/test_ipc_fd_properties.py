@@ -59,6 +59,9 @@ MAKERS: dict[str, Callable[[], int]] = {
     "fifo": lambda: os.open(_fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC),
     "stream": _sock,
     "seqpacket": _seqpacket,
+    "udp": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).detach(),
+    "netlink": lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).detach(),
+    "eventfd": lambda: os.eventfd(0, os.EFD_CLOEXEC),
     "sealed": _sealed,
     "unsealed": _unsealed,
 }
