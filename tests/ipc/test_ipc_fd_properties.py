@@ -70,7 +70,7 @@ HANDLE_METHODS = {
     name: spec for name, spec in Service.__ipc_methods__.items() if spec.handles
 }
 PAYLOADS = {"read_file": {}, "write_file": {"data": b"x"}, "list_dir": {},
-            "sock_send": {"data": b"x"}, "digest": {}}
+            "sock_send": {"data": b"x"}, "digest": {}, "adopt": {}}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,7 +17,7 @@ import pytest
 
 import ipc
 from tests.ipc.helpers import HANG_GUARD, ROOT, open_fds
-from tests.ipc.ifaces import Circle, Color, Point, Service, Square, Worker
+from tests.ipc.ifaces import Circle, Color, Narrow, Point, Service, Square, Worker
 from tests.ipc.impls import ServiceImpl, WorkerImpl
 
 
@@ -58,6 +58,11 @@ def exercise(c: ipc.Channel, scratch: str) -> dict[str, Any]:
     with r.open_data() as h:
         assert isinstance(h, ipc.ReadFile)
         out["open_data"] = os.pread(h.fileno(), 100, 0)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out["adopt"] = r.adopt(theirs)  # we keep `ours` and call Narrow on it
+    theirs.close()
+    with ipc.connect(ours, remote=Narrow) as adopted:
+        out["adopted_ping"] = adopted.remote.ping(9)
     try:
         r.fail("call_failed")
     except ipc.RemoteError as e:
@@ -87,6 +92,8 @@ EXPECTED = {
     "socket": b"over the socket",
     "digest": 4096 + 10_000,
     "open_data": b"served data",
+    "adopt": "adopted",
+    "adopted_ping": 10,
     "call_failed": "nope: not allowed today",
     "crash": "internal error",
 }
@@ -117,6 +124,8 @@ def serve_peer(
             asyncio.get_running_loop().run_in_executor(None, wait), HANG_GUARD
         )
         await asyncio.wait_for(ch.wait_closed(), HANG_GUARD)
+        for adopted in impl.narrow_channels:  # channels the child handed us
+            assert await asyncio.wait_for(adopted.wait_closed(), HANG_GUARD) is None
         assert not bad
         assert ch.close_reason is None
         assert open_fds() == before
