@@ -40,29 +40,25 @@ log = logging.getLogger("ipc")
 
 
 class _AsyncProxy:
-    """``await channel.remote.method(args)`` for calls; one-way messages return at once."""
+    """``await channel.remote.method(args)``.
+
+    A call sends its frame at once and returns a Future for the reply (so calls go out in
+    the order they are made); a one-way message is sent and returns None.
+    """
 
     def __init__(self, channel: AsyncChannel) -> None:
         self._channel = channel
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         spec = self._channel._session.remote_spec(name)
-        channel = self._channel
-        if spec.oneway:
+        send = self._channel._send_request
 
-            def send(*args: Any, **kwargs: Any) -> None:
-                channel._send_request(spec, args, kwargs)
+        def invoke(*args: Any, **kwargs: Any) -> asyncio.Future[Any] | None:
+            return send(spec, args, kwargs)
 
-            fn: Callable[..., Any] = send
-        else:
-
-            async def call(*args: Any, **kwargs: Any) -> Any:
-                return await channel._send_request(spec, args, kwargs)  # type: ignore[misc]
-
-            fn = call
-        fn.__name__ = name
-        setattr(self, name, fn)
-        return fn
+        invoke.__name__ = name
+        setattr(self, name, invoke)
+        return invoke
 
 
 class AsyncChannel:
