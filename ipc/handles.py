@@ -238,10 +238,10 @@ class SealedMemory(Handle):
         return os.fstat(self.fileno()).st_size
 
     def map(self) -> mmap.mmap:
-        """A read-only shared mapping of the whole region (empty regions map as b'')."""
+        """A read-only shared mapping of the whole region (ValueError if it is empty)."""
         size = self.size
         if size == 0:
-            return mmap.mmap(-1, 1, prot=mmap.PROT_READ)
+            raise ValueError("an empty SealedMemory cannot be mapped; read() returns b''")
         return mmap.mmap(self.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ)
 
     def read(self) -> bytes:
