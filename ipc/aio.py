@@ -234,7 +234,8 @@ class AsyncChannel:
                 return
             except BlockingIOError:
                 pass
-            except OSError as e:
+            except OSError as e:  # peer gone, or EMSGSIZE: a cap above the socket's buffer
+                log.warning("ipc channel %r: send failed: %s", self.peer_id, e)
                 self._close(None, f"send failed: {e}")
                 return
         held = [os.dup(fd) for fd in fds]  # the caller may close its fds once we return
@@ -267,7 +268,8 @@ class AsyncChannel:
                 send_frame(self._sock, data, fds)
             except BlockingIOError:
                 return
-            except OSError as e:
+            except OSError as e:  # peer gone, or EMSGSIZE: a cap above the socket's buffer
+                log.warning("ipc channel %r: send failed: %s", self.peer_id, e)
                 self._close(None, f"send failed: {e}")
                 return
             queue.popleft()

@@ -11,7 +11,8 @@ class Limits:
 
     max_frame_bytes: a frame of this many bytes or more is invalid (`BadMessage`). The kernel
         caps one SEQPACKET datagram at about the socket send buffer (~208 KiB by default), so
-        larger data goes through a sealed memfd.
+        keep this below that (or raise SO_SNDBUF on both ends); larger data goes through a
+        sealed memfd.
     max_fds_per_frame: more fds than this in one frame is invalid.
     max_calls_in_flight: calls from the peer not yet answered, and (asyncio side) handlers
         of the peer still running, one-way messages included; one more is a `CutOff`.
