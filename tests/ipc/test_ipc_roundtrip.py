@@ -369,3 +369,37 @@ def test_late_reply_after_caller_gave_up_is_dropped_not_fatal() -> None:
         await ch.wait_closed()
 
     asyncio.run(scenario())
+
+
+class CallsBack(ServiceImpl):
+    """Answers `echo` only after calling back into the child that asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channel: Any = None
+
+    async def echo(self, ctx: ipc.Context, data: bytes) -> bytes:  # type: ignore[override]
+        squared = await self.channel.remote.square(len(data))
+        return data + b":%d" % squared
+
+
+def test_calls_cross_while_a_blocking_call_waits() -> None:
+    """The child's blocking call serves the trusted side's calls that arrive meanwhile,
+    including one made by the very handler the child is waiting on."""
+
+    async def scenario() -> list[Any]:
+        ours, theirs = ipc.channel_pair()
+        impl = CallsBack()
+        ch = ipc.attach(ours, peer_id="p", serve=impl, remote=Worker)
+        impl.channel = ch
+        early = ch.remote.square(5)  # already queued before the child calls
+        c = ipc.connect(theirs, serve=WorkerImpl(), remote=Service)
+        loop = asyncio.get_running_loop()
+        got = await asyncio.wait_for(loop.run_in_executor(None, c.remote.echo, b"abc"),
+                                     HANG_GUARD)
+        result = [got, await early]
+        c.close()
+        await ch.wait_closed()
+        return result
+
+    assert asyncio.run(scenario()) == [b"abc:9", 25]
