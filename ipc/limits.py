@@ -21,6 +21,8 @@ class Limits:
         full; past either the peer is cut off rather than waited for (asyncio side only).
     max_reads_per_wakeup: frames read from one peer per event-loop wakeup, so a flooding peer
         cannot starve the others.
+    max_sealed_memory_bytes: largest SealedMemory a peer may pass (bigger is a `BadMessage`):
+        reading it faults its pages into the receiver's memory.
     """
 
     max_frame_bytes: int = 128 * 1024
@@ -30,6 +32,7 @@ class Limits:
     max_send_queue_bytes: int = 1024 * 1024
     max_send_queue_frames: int = 1024
     max_reads_per_wakeup: int = 16
+    max_sealed_memory_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         for f in fields(self):

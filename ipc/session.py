@@ -12,6 +12,7 @@ and only then wraps the fds into handles and moves the protocol state. Any failu
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ import msgspec
 
 from ipc.channel import close_fds
 from ipc.errors import BadMessage, CutOff, FrameTooLarge
-from ipc.handles import FdAccount, Handle, _Endpoint, fd_to_int
+from ipc.handles import FdAccount, Handle, SealedMemory, _Endpoint, fd_to_int
 from ipc.interface import HandleParam, Interface, MethodSpec
 from ipc.limits import Limits
 from ipc.wire import (
@@ -50,9 +51,19 @@ def _make_handle(param: HandleParam, fd: int, account: FdAccount) -> Handle:
     return param.cls(fd, _account=account)
 
 
-def _check_fd(param: HandleParam, fd: int) -> str | None:
+def _check_fd(param: HandleParam, fd: int, limits: Limits) -> str | None:
     try:
-        return param.cls.check(fd)
+        problem = param.cls.check(fd)
+        if problem is None and param.cls is SealedMemory:
+            # Reading a region faults its pages into *our* memory: bound what a peer can make
+            # us hold (a sparse memfd costs the sender nothing).
+            size = os.fstat(fd).st_size
+            if size > limits.max_sealed_memory_bytes:
+                problem = (
+                    f"sealed memory of {size} bytes is over the "
+                    f"{limits.max_sealed_memory_bytes}-byte limit"
+                )
+        return problem
     except Exception as e:  # whatever the fd is, failing to inspect it means "wrong kind"
         return f"cannot inspect the fd: {e}"
 
@@ -177,7 +188,7 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid payload: {e}", spec) from None
         for i, (param, fd) in enumerate(zip(handles, fds, strict=True)):
-            problem = _check_fd(param, fd)
+            problem = _check_fd(param, fd, self.limits)
             if problem is not None:
                 raise self._bad(fds, f"fd {i} ({param.name}): {problem}", spec, param.name)
         account = self.account
@@ -224,7 +235,7 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
         if rh is not None:
-            problem = _check_fd(rh, fds[0])
+            problem = _check_fd(rh, fds[0], self.limits)
             if problem is not None:
                 raise self._bad(fds, f"returned fd: {problem}", spec, "return")
             value = _make_handle(rh, fds[0], self.account)
