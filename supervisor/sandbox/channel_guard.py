@@ -59,6 +59,8 @@ class ChannelGuard:
             return None
 
     def _check_ipc(self) -> str | None:
+        import msgspec
+
         from ipc.errors import BadMessage
         from ipc.wire import ENVELOPE_DECODER
 
@@ -73,7 +75,7 @@ class ChannelGuard:
         for fd in fds:
             os.close(fd)
         try:
-            env = ENVELOPE_DECODER.decode(frame)
-        except Exception as e:
+            _kind, method, _request, _payload = ENVELOPE_DECODER.decode(frame)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
             return f"invalid envelope: {e}"
-        return f"method id {env.method} is not served (warden run serves no interface)"
+        return f"method id {method} is not served (warden run serves no interface)"
