@@ -253,3 +253,27 @@ def test_many_sandboxes_leave_no_fd_zombie_or_cgroup_behind() -> None:
     assert _leftover_cgroups() == []
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # every sandbox's init was reaped
+
+
+def test_prepare_and_complete_let_another_process_do_the_clone() -> None:
+    """What a zygote does: a helper that holds launch.child_fds() clones the init with
+    CLONE_PARENT, so the init is still this process's child."""
+    from supervisor.sandbox import _sys, child_setup, prepare
+
+    out = os.open(os.devnull, os.O_WRONLY)
+    spec = build_spec([PY, "-I", "-S", "-c", "import os; os._exit(7)"], TEST_PROFILE,
+                      seccomp_filter=PERMISSIVE, stdio=(out, out, out))
+    launch = prepare(spec)
+    helper = os.fork()
+    if helper == 0:
+        try:
+            pid = _sys.clone(launch.plan.clone_flags | _sys.CLONE_PARENT)
+            if pid == 0:
+                child_setup(launch.plan, launch.child_sock, launch.child_status)
+        finally:
+            os._exit(0)
+    launch.release_child_fds()
+    box = launch.complete(helper)
+    st = box.wait(30)
+    os.close(out)
+    assert st is not None and (st.outcome, st.returncode) == (Outcome.EXITED, 7)
