@@ -800,7 +800,8 @@ class Sandbox:
             else ru.ru_maxrss * 1024
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
-            limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi)
+            limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,
+            weakened=self._weakened())
         st: Status
         if self._cause is not None:
             outcome, reason, violation = self._cause
@@ -832,6 +833,16 @@ class Sandbox:
                         reason=f"the sandbox's init ended without a status (wait status {raw})",
                         **common)
         self._status = st
+
+    def _weakened(self) -> tuple[str, ...]:
+        """Confinement this sandbox went without, each named with the reason."""
+        out = []
+        if self.spec.share_net:
+            out.append("network namespace (shared with the host: --share-net or the profile)")
+        if not self._landlock_abi:
+            out.append("landlock (disabled for this sandbox)" if not self.spec.landlock
+                       else "landlock (this kernel has none)")
+        return tuple(out)
 
     def _close(self) -> None:
         if self._listener is not None:

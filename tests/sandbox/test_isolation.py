@@ -170,3 +170,9 @@ def _open(fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_the_status_names_what_the_sandbox_went_without() -> None:
+    assert py("pass").status.weakened == ()
+    assert py("pass", share_net=True).status.weakened == (
+        "network namespace (shared with the host: --share-net or the profile)",)
