@@ -22,8 +22,8 @@ _MACHINE = os.uname().machine
 # 424 up (pidfd_*, close_range, mount_setattr, landlock_*) are shared by all
 # architectures.
 _NR: dict[str, dict[str, int]] = {
-    "x86_64": {"clone": 56, "pivot_root": 155, "seccomp": 317, "getppid": 110, "capset": 126},
-    "aarch64": {"clone": 220, "pivot_root": 41, "seccomp": 277, "getppid": 173, "capset": 91},
+    "x86_64": {"clone": 56, "pivot_root": 155, "seccomp": 317, "execve": 59},
+    "aarch64": {"clone": 220, "pivot_root": 41, "seccomp": 277, "execve": 221},
 }
 # AUDIT_ARCH_* of the native architecture, as seen in seccomp_data.arch.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(_MACHINE, 0)
