@@ -787,7 +787,13 @@ class Sandbox:
 
     # -- the end
     def _reap(self) -> None:
-        _pid, raw, ru = os.wait4(self.pid, 0)
+        try:
+            _pid, raw, ru = os.wait4(self.pid, 0)
+            cpu, maxrss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+        except ChildProcessError:
+            # Someone else reaped it (an embedder's waitpid(-1) SIGCHLD handler);
+            # the init's own report on the status pipe still says how it ended.
+            raw, cpu, maxrss = 0, 0.0, 0
         wall = time.monotonic() - self._started
         data = b""
         with contextlib.suppress(OSError):
@@ -795,9 +801,7 @@ class Sandbox:
         usage = self._limiter.usage()
         self._limiter.destroy()
         self._close()
-        cpu = ru.ru_utime + ru.ru_stime
-        peak = usage.peak_memory_bytes if usage.peak_memory_bytes is not None \
-            else ru.ru_maxrss * 1024
+        peak = usage.peak_memory_bytes if usage.peak_memory_bytes is not None else maxrss
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
             limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,

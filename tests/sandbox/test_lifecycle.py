@@ -277,3 +277,10 @@ def test_prepare_and_complete_let_another_process_do_the_clone() -> None:
     st = box.wait(30)
     os.close(out)
     assert st is not None and (st.outcome, st.returncode) == (Outcome.EXITED, 7)
+
+
+def test_an_embedder_that_reaps_every_child_does_not_lose_the_outcome() -> None:
+    box, out, err = start(["/bin/sh", "-c", "exit 5"])
+    os.waitid(os.P_PIDFD, box.fds()[0], os.WEXITED)  # like a SIGCHLD handler's waitpid(-1)
+    r = collect(box, out, err)
+    assert (r.status.outcome, r.status.returncode) == (Outcome.EXITED, 5)
