@@ -51,7 +51,7 @@ def allows_execve(bpf: bytes) -> bool | None:
         from profiles.bpf import evaluate
     except ImportError:
         return None
-    ret = evaluate(bpf, _sys.NR["execve"], (0,) * 6, arch=_sys.AUDIT_ARCH)
+    ret = int(evaluate(bpf, _sys.NR["execve"], (0,) * 6, arch=_sys.AUDIT_ARCH))
     return (ret & RET_ACTION_FULL) == 0x7FFF0000
 
 
