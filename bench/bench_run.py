@@ -122,6 +122,7 @@ def main() -> None:
 
     for fn in rows.values():  # warm caches, page in the binaries
         fn()
+    load_before = f"{os.getloadavg()[0]:.2f}"
     times: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.runs):
         for name, fn in rows.items():
@@ -135,15 +136,17 @@ def main() -> None:
     print(f"spawn-to-exit of /bin/true, {args.runs} runs each, interleaved; "
           f"{os.cpu_count()} CPUs, uid {os.geteuid()}, kernel {os.uname().release}")
     print(f"limits mechanism: {spawn(spec).wait().limits_mechanism}")  # type: ignore[union-attr]
+    print(f"load average before: {load_before}, after: {os.getloadavg()[0]:.2f}")
     print()
-    print("| what | median ms | p90 ms | vs python -c pass | vs bwrap |")
-    print("|---|---:|---:|---:|---:|")
+    print("| what | min ms | median ms | p90 ms | median vs python -c pass | median vs bwrap |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, ts in times.items():
         ts.sort()
         med = statistics.median(ts)
         p90 = ts[int(len(ts) * 0.9) - 1]
         vs_bw = f"{med / bw_median:.2f}x" if bw_median else "n/a"
-        print(f"| {name} | {med:.2f} | {p90:.2f} | {med / py_median:.2f}x | {vs_bw} |")
+        print(f"| {name} | {ts[0]:.2f} | {med:.2f} | {p90:.2f} | {med / py_median:.2f}x "
+              f"| {vs_bw} |")
 
 
 if __name__ == "__main__":
