@@ -59,6 +59,7 @@ STEPS = ("clone", "session", "pdeathsig", "userns", "pidns", "mount", "uts", "ne
          "cgroupns", "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock",
          "exec", "seccomp", "supervisor")
 _ERR = struct.Struct("=Bi")
+_PID = struct.Struct("=i")
 SETUP_TIMEOUT = 30.0
 _KILLED_EXIT = 128 + signal.SIGKILL
 
@@ -179,7 +180,6 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
                         *(src for _t, src in plan.fd_pairs)})
         step = "userns"
-        os.write(sock_fd, b"R")
         if os.read(sock_fd, 16) != b"G":
             os._exit(EXIT_SETUP)
         # Become the sandbox's id now: files in the new root must be created by
@@ -290,7 +290,13 @@ def _stage_a(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         os._exit(EXIT_SETUP)
     if pid == 0:
         child_setup(plan, sock_fd, status_fd)
+    announce_init(sock_fd, pid)
     os._exit(0)
+
+
+def announce_init(child_sock: int, pid: int) -> None:
+    """From the process that cloned the init (not the supervisor): tell the supervisor its pid."""
+    os.write(child_sock, b"P" + _PID.pack(pid))
 
 
 # ---------------------------------------------------------------- parent side
@@ -374,21 +380,17 @@ class _Setup:
         self.sock = sock
         self.deadline = deadline
 
-    def recv(self) -> tuple[bytes, int | None, list[int]]:
-        """Next message, the sender's host pid and any fds; (b"", None, []) at end-of-file."""
+    def recv(self) -> tuple[bytes, list[int]]:
+        """Next message and any fds that came with it; (b"", []) at end-of-file."""
         left = self.deadline - time.monotonic()
         if left <= 0 or not select.select([self.sock], [], [], left)[0]:
             raise TimeoutError("sandbox setup did not finish in time")
-        data, anc, _flags, _addr = self.sock.recvmsg(
-            512, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * 4))
-        pid = None
+        data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
         fds: list[int] = []
         for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid = struct.unpack("=iII", payload[:12])[0]
-            elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4]))
-        return data, pid, fds
+        return data, fds
 
 
 def _setup_failure(data: bytes) -> SetupFailure:
@@ -436,7 +438,6 @@ class Launch:
                     pairs.append((target, fd))
             self._setup, self._child_setup = socket.socketpair(
                 socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            self._setup.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             self._status_r, self.child_status = os.pipe2(os.O_CLOEXEC)
             self.child_sock = self._child_setup.fileno()
             self.plan = _plan(spec, self.limiter, tuple(pairs))
@@ -478,30 +479,37 @@ class Launch:
                     os.close(fd)
         self._opened = []
 
-    def complete(self, helper_pid: int | None = None) -> Sandbox:
+    def complete(self, helper_pid: int | None = None, init_pid: int | None = None) -> Sandbox:
         """The parent's side of the setup; returns once the program has exec'ed.
 
-        `helper_pid`: a short-lived child of this process that cloned the init
-        and exits; it is reaped here."""
+        `init_pid`: the init's pid when this process cloned it; otherwise the
+        process that did sends it as b"P" + pid on `child_sock` (`helper_pid`,
+        a short-lived child of this process that does so and exits, is reaped
+        here)."""
         spec, limiter, started = self.spec, self.limiter, self.started
         setup_parent, status_r, channel_parent = self._setup, self._status_r, self.channel
         conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
-        init_pid: int | None = None
         pidfd = -1
         listener: Listener | None = None
         failure: SetupFailure | None = None
         try:
             try:
-                data, sender, _fds = conv.recv()
-                if helper_pid is not None:
-                    os.waitpid(helper_pid, 0)
-                if data[:1] == b"E":
-                    failure = _setup_failure(data)
-                    if failure.step == "clone":
-                        raise PreflightError(explain(failure.errno))
-                    init_pid = sender
-                elif data[:1] == b"R" and sender is not None:
-                    init_pid = sender
+                if init_pid is None:
+                    data, _fds = conv.recv()
+                    if helper_pid is not None:
+                        os.waitpid(helper_pid, 0)
+                    if data[:1] == b"E":
+                        failure = _setup_failure(data)
+                        if failure.step == "clone":
+                            raise PreflightError(explain(failure.errno))
+                    elif data[:1] == b"P" and len(data) == 1 + _PID.size:
+                        init_pid = _PID.unpack_from(data, 1)[0]
+                    else:
+                        raise OSError(errno.EPROTO, "expected the init's pid first")
+                if init_pid is not None:
+                    # Straight away: the maps, then the cgroup, whose first move
+                    # waits for an RCU grace period (1 to 10 ms) while the init
+                    # builds its root; it waits for "C" before forking the workload.
                     pidfd = os.pidfd_open(init_pid)
                     uid, gid = userns.outer_ids(spec)
                     try:
@@ -510,10 +518,6 @@ class Launch:
                         failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
                         raise
                     setup_parent.send(b"G")
-                    # Moving a task between cgroups waits for an RCU grace period
-                    # (about a millisecond per hierarchy): the child builds its root
-                    # meanwhile and waits for "C" before it unshares its cgroup
-                    # namespace and forks the workload.
                     try:
                         limiter.attach(init_pid)
                     except OSError as e:
@@ -523,7 +527,7 @@ class Launch:
                     with contextlib.suppress(OSError):
                         setup_parent.send(b"C")
                 while failure is None:
-                    data, sender, got = conv.recv()
+                    data, got = conv.recv()
                     if not data:
                         break
                     if data[:1] == b"E":
@@ -569,15 +573,15 @@ def spawn(spec: SandboxSpec) -> Sandbox:
     launch = prepare(spec)
     plan = launch.plan
     helper: int | None = None
+    init: int | None = None
     if _single_threaded():
         # Nothing else runs in this process, so a raw clone straight into the
         # namespaces finds libc and CPython consistent: one fork fewer.
         try:
-            b = _sys.clone(plan.clone_flags)
+            init = _sys.clone(plan.clone_flags)
         except OSError as e:
-            b = -1
             launch.report_clone_failure(e.errno or errno.EPERM, str(e))
-        if b == 0:
+        if init == 0:
             try:
                 child_setup(plan, launch.child_sock, launch.child_status)
             finally:
@@ -594,7 +598,7 @@ def spawn(spec: SandboxSpec) -> Sandbox:
             finally:
                 os._exit(EXIT_SETUP)
     launch.release_child_fds()
-    return launch.complete(helper)
+    return launch.complete(helper, init)
 
 
 def _single_threaded() -> bool:

@@ -259,6 +259,7 @@ def test_prepare_and_complete_let_another_process_do_the_clone() -> None:
     """What a zygote does: a helper that holds launch.child_fds() clones the init with
     CLONE_PARENT, so the init is still this process's child."""
     from supervisor.sandbox import _sys, child_setup, prepare
+    from supervisor.sandbox.launcher import announce_init
 
     out = os.open(os.devnull, os.O_WRONLY)
     spec = build_spec([PY, "-I", "-S", "-c", "import os; os._exit(7)"], TEST_PROFILE,
@@ -270,6 +271,7 @@ def test_prepare_and_complete_let_another_process_do_the_clone() -> None:
             pid = _sys.clone(launch.plan.clone_flags | _sys.CLONE_PARENT)
             if pid == 0:
                 child_setup(launch.plan, launch.child_sock, launch.child_status)
+            announce_init(launch.child_sock, pid)
         finally:
             os._exit(0)
     launch.release_child_fds()
