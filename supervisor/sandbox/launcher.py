@@ -198,11 +198,6 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         step = "net"
         if not plan.share_net:
             net.loopback_up()
-        step = "cgroup"
-        if os.read(sock_fd, 16) != b"C":
-            os._exit(EXIT_SETUP)
-        step = "cgroupns"
-        _sys.unshare(_sys.CLONE_NEWCGROUP)
         step = "rlimits"
         limits.apply_rlimits(plan.early_rlimits)
         step = "fds"
@@ -215,6 +210,17 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         ruleset_fd = (landlock.build_ruleset(plan.landlock_abi, plan.landlock_rules)
                       if plan.landlock_abi else -1)
         listener_fd = _lowest_free_fd()
+        step = "exec"
+        execute = _sys.PreparedExec(_resolve(plan), list(plan.argv), list(plan.envp))
+        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
+        # Only now wait for the parent to have moved this process into its
+        # cgroup: moving waits for an RCU grace period, which the work above
+        # overlaps. The workload, forked below, is born in the cgroup.
+        step = "cgroup"
+        if os.read(sock_fd, 16) != b"C":
+            os._exit(EXIT_SETUP)
+        step = "cgroupns"
+        _sys.unshare(_sys.CLONE_NEWCGROUP)
         # Nothing in the sandbox may read this process's memory: it is a copy
         # of the parent's. (The workload's exec makes the workload dumpable again.)
         _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
@@ -225,9 +231,6 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         caps.clear_capabilities()
         step = "no_new_privs"
         caps.no_new_privs()
-        step = "exec"
-        execute = _sys.PreparedExec(_resolve(plan), list(plan.argv), list(plan.envp))
-        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
         step = "signals"
         pidns.reset_signals()
         pidns.block_signals()
