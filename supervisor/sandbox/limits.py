@@ -27,7 +27,7 @@ import itertools
 import os
 import resource
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from supervisor.sandbox.spec import SandboxSpec
 
@@ -38,8 +38,7 @@ class LimitsError(OSError):
     """A cgroup could not be created, limited or joined."""
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     peak_memory_bytes: int | None
     oom_killed: bool
 
