@@ -11,6 +11,7 @@ record.
 from __future__ import annotations
 
 import os
+import select
 import socket
 from typing import Any
 
@@ -42,9 +43,14 @@ class ChannelGuard:
 
     def check(self) -> str | None:
         """Consume what is readable; the reason for killing the child, if any."""
-        if not self._loaded:
-            self._load()
         try:
+            if not self._loaded:
+                # The end of the stream is not worth importing ipc for (but an
+                # empty frame, which also reads as b"", is judged like any other).
+                if not self.sock.recv(1, socket.MSG_PEEK) and self._hung_up():
+                    self.open = False
+                    return None
+                self._load()
             if self._reader is None:
                 data = self.sock.recv(1)
                 if not data:
@@ -58,6 +64,12 @@ class ChannelGuard:
             self.open = False
             return None
 
+    def _hung_up(self) -> bool:
+        p = select.poll()
+        p.register(self.sock.fileno(), select.POLLIN | select.POLLRDHUP)
+        events = p.poll(0)
+        return bool(events and events[0][1] & (select.POLLHUP | select.POLLRDHUP))
+
     def _check_ipc(self) -> str | None:
         import msgspec
 
@@ -67,7 +79,7 @@ class ChannelGuard:
         try:
             got = self._reader.read()
         except BadMessage as e:
-            return str(e)
+            return str(e.reason)
         if got is None:
             self.open = False
             return None

@@ -33,6 +33,13 @@ def test_malformed_frames_kill_with_bad_message(payload: bytes) -> None:
     assert reason.startswith("invalid envelope: ")
 
 
+def test_an_empty_frame_is_not_mistaken_for_the_end_of_the_stream() -> None:
+    outcome, reason = _guarded("import socket, time; socket.socket(fileno=3).send(b''); "
+                               "time.sleep(30)")
+    assert outcome is Outcome.BAD_MESSAGE
+    assert reason == "empty frame", reason
+
+
 def test_a_well_formed_call_to_nothing_is_refused_too() -> None:
     frame = msgspec.msgpack.encode([0, 12345, 1, None])
     outcome, reason = _guarded(f"import os, time; os.write(3, {frame!r}); time.sleep(30)")
