@@ -864,6 +864,18 @@ class Sandbox:
                 os.close(fd)
         self._pidfd = self._status_r = -1
 
+    def __del__(self) -> None:
+        # A handle dropped while its sandbox runs: the embedder lost track of it.
+        # Kill it rather than leave it and its cgroup behind, and say so.
+        if getattr(self, "_status", True) is None:
+            import warnings
+
+            warnings.warn(f"{self!r} was dropped while running; killed", ResourceWarning,
+                          stacklevel=1)
+            self.kill(Outcome.KILLED, "the handle was dropped while the sandbox ran")
+            with contextlib.suppress(OSError):
+                self._reap()
+
     def close_channel(self) -> None:
         if self.channel is not None:
             self.channel.close()

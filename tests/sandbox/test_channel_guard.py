@@ -34,7 +34,7 @@ def test_malformed_frames_kill_with_bad_message(payload: bytes) -> None:
 
 
 def test_an_empty_frame_is_not_mistaken_for_the_end_of_the_stream() -> None:
-    outcome, reason = _guarded("import socket, time; socket.socket(fileno=3).send(b''); "
+    outcome, reason = _guarded("import socket, time; s = socket.socket(fileno=3); s.send(b''); "
                                "time.sleep(30)")
     assert outcome is Outcome.BAD_MESSAGE
     assert reason == "empty frame", reason

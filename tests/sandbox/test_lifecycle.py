@@ -286,3 +286,19 @@ def test_an_embedder_that_reaps_every_child_does_not_lose_the_outcome() -> None:
     os.waitid(os.P_PIDFD, box.fds()[0], os.WEXITED)  # like a SIGCHLD handler's waitpid(-1)
     r = collect(box, out, err)
     assert (r.status.outcome, r.status.returncode) == (Outcome.EXITED, 5)
+
+
+def test_a_dropped_handle_kills_its_sandbox_and_warns() -> None:
+    import gc
+    import warnings
+
+    box, _out, _err = start(["/bin/sleep", "30"])
+    pidfd = os.pidfd_open(box.pid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del box
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    assert select.select([pidfd], [], [], 5)[0]
+    os.close(pidfd)
+    assert _leftover_cgroups() == [] or os.geteuid() != 0
