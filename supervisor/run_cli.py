@@ -6,6 +6,7 @@ compiler load when the command runs, so `warden run` starts quickly.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +90,11 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
                 f.write(text)
     if not quiet and status.outcome.value not in ("ok", "exited"):
         click.echo(f"warden: {status.describe()}", err=True)
-    sys.exit(status.exit_code)
+    # Everything is written and the sandbox is gone (reaped, cgroup removed):
+    # skip the interpreter's teardown of every loaded module (~10 ms).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status.exit_code)
 
 
 class _Forwarder:
