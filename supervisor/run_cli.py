@@ -6,6 +6,7 @@ compiler load when the command runs, so `warden run` starts quickly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -92,8 +93,9 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
         click.echo(f"warden: {status.describe()}", err=True)
     # Everything is written and the sandbox is gone (reaped, cgroup removed):
     # skip the interpreter's teardown of every loaded module (~10 ms).
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
     os._exit(status.exit_code)
 
 
