@@ -46,14 +46,15 @@ def action_value(action: Action) -> int:
         if action.errno is None or not 0 <= action.errno <= 4095:
             raise ProfileError(f"errno action needs a number 0..4095, got {action.errno}")
         return int(pyseccomp.ERRNO(action.errno))
-    return {
+    values: dict[ActionKind, int] = {
         ActionKind.ALLOW: pyseccomp.ALLOW,
         ActionKind.KILL_PROCESS: pyseccomp.KILL_PROCESS,
         ActionKind.KILL_THREAD: pyseccomp.KILL_THREAD,
         ActionKind.TRAP: pyseccomp.TRAP,
         ActionKind.LOG: pyseccomp.LOG,
         ActionKind.NOTIFY: pyseccomp.NOTIFY,
-    }[kind]
+    }
+    return values[kind]
 
 
 def effective(action: Action, kill_as_notify: bool) -> Action:
@@ -238,8 +239,8 @@ def pfc_text(policy: SeccompPolicy, *, kill_as_notify: bool = False) -> str:
     text = _export(filt, pfc=True).decode()
     if placeholder:
         real = effective(policy.default_action, kill_as_notify)
-        text = text.replace(f"action TRACE({PLACEHOLDER_DEFAULT & 0xFFFF})", f"action {_PFC[real.kind]}"
-                            + (f"({real.errno})" if real.kind is ActionKind.ERRNO else ""))
+        spelled = _PFC[real.kind] + (f"({real.errno})" if real.kind is ActionKind.ERRNO else "")
+        text = text.replace(f"action TRACE({PLACEHOLDER_DEFAULT & 0xFFFF})", f"action {spelled}")
     return text
 
 
@@ -300,4 +301,5 @@ def verify(policy: SeccompPolicy, code: bytes, *, kill_as_notify: bool = False) 
                 shown = ", ".join(f"{a:#x}" for a in args)
                 raise _origin_error(
                     rules[-1], f'compiled filter gives {got} for {call}({shown}) but the profile '
-                    f"means {' or '.join(sorted(map(str, want)))}")
+                    f"means {' or '.join(sorted(map(str, want)))} (libseccomp does not order "
+                    "overlapping tests on one argument by action; make the conditions disjoint)")

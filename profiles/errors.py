@@ -69,7 +69,8 @@ class ProfileError(Exception):
             lines.append("    " + self.source_line.rstrip("\n"))
             if self.column:
                 # Tabs keep their width so the caret lines up under them.
-                pad = "".join("\t" if c == "\t" else " " for c in self.source_line[: self.column - 1])
+                lead = self.source_line[: self.column - 1]
+                pad = "".join("\t" if c == "\t" else " " for c in lead)
                 lines.append("    " + pad + "^")
         lines.extend(f"  included from {via}" for via in self.include_chain)
         return "\n".join(lines)

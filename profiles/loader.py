@@ -1,11 +1,12 @@
 """Find profile files, stack their layers (extends, includes) and flatten them.
 
 Merge order, lowest first: the `extends` parent (itself flattened), each
-`include` in order, then the file's own settings. Within one file the most explicit
-entry wins: a [[seccomp.rules]] entry, then a call named outright, then a
-group member; at equal explicitness `deny` beats `allow` (so "allow @process,
-deny unshare" denies unshare, and "deny @file-system, allow fstat" allows fstat). Across layers, a layer's unconditional rule for
-a call replaces the inherited one; conditional rules accumulate; `reset`
+`include` in order, then the file's own settings. Within one file the most
+explicit entry wins: a [[seccomp.rules]] entry, then a call named outright,
+then a group member; at equal explicitness `deny` beats `allow` (so "allow
+@process, deny unshare" denies unshare, and "deny @file-system, allow fstat"
+allows fstat). Across layers, a layer's unconditional rule for a call
+replaces the inherited one; conditional rules accumulate; `reset`
 drops everything inherited for the calls it names.
 """
 
@@ -259,7 +260,8 @@ def _to_profile(name: str, source: str, state: _State) -> Profile:
         seccomp=seccomp,
         namespaces=Namespaces(**state.namespaces),
         filesystem=Filesystem(
-            binds=tuple(state.binds.values()),
+            # Parents before children (/etc before /etc/ssl), so no bind hides another.
+            binds=tuple(sorted(state.binds.values(), key=lambda b: b.dest.rstrip("/").count("/"))),
             tmpfs=tuple(state.tmpfs.values()),
             tmp_size_bytes=state.tmp_size or fs_defaults.tmp_size_bytes,
             chdir=state.chdir or fs_defaults.chdir,

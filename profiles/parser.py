@@ -203,6 +203,13 @@ def parse_action(text: str) -> Action:
     raise ValueError(f'unknown action "{text}"')
 
 
+def format_action(action: Action) -> str:
+    """The profile-language spelling of an action (the inverse of parse_action)."""
+    if action.kind is ActionKind.ERRNO and action.errno is not None:
+        return f"errno {constants.errno_name(action.errno)}"
+    return str(action)
+
+
 _COND = re.compile(
     r"arg(?P<index>\d+)\s*(?:&\s*(?P<mask>[^=!<>]+?)\s*)?(?P<op>==|!=|<=|>=|<|>)\s*(?P<value>.+)"
 )
@@ -484,5 +491,5 @@ def _environment(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
             layer.env_set[name] = text
 
 
-__all__ = ["Entry", "Layer", "Reference", "parse_action", "parse_condition",
+__all__ = ["Entry", "Layer", "Reference", "format_action", "parse_action", "parse_condition",
            "parse_text"]

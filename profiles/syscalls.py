@@ -153,7 +153,11 @@ GROUPS: dict[str, Group] = {
             getpmsg gtty idle lock mpx prof profil putpmsg query_module security
             sgetmask ssetmask stty sysfs tuxcall ulimit uselib ustat vserver""",
         ),
-        _g("@pkey", "System calls used for memory protection keys", "pkey_alloc pkey_free pkey_mprotect"),
+        _g(
+            "@pkey",
+            "System calls used for memory protection keys",
+            "pkey_alloc pkey_free pkey_mprotect",
+        ),
         _g(
             "@privileged",
             "All system calls which need super-user capabilities",
