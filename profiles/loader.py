@@ -62,7 +62,8 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
     if not name_or_path or not all(c.isalnum() or c in "-_." for c in name_or_path):
         raise ProfileError(f'"{name_or_path}" is not a profile name',
                            expected="letters, digits, '-', '_' or a path")
-    dirs = list(default_search_path() if search_path is None else search_path)
+    # An explicit search path replaces the user directories; built-ins stay last.
+    dirs = default_search_path() if search_path is None else [*search_path, BUILTIN_DIR]
     for directory in dirs:
         candidate = directory / f"{name_or_path}.toml"
         if candidate.is_file():
@@ -286,7 +287,12 @@ def _float(value: int | float | None) -> float | None:
 
 
 def load_profile(name_or_path: str, *, search_path: Sequence[Path] | None = None) -> Profile:
-    """Load and flatten a profile by name (search path, then built-ins) or by path."""
+    """Load and flatten a profile by name or by path.
+
+    A name is looked up in `search_path` (default: ./profiles, then
+    $XDG_CONFIG_HOME/warden/profiles) and then among the built-ins; a
+    string containing "/" or ending in ".toml" is a path.
+    """
     path = find(name_or_path, search_path)
     state = _Resolver(search_path).load(path)
     return _to_profile(path.stem, _display(path), state)

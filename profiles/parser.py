@@ -36,6 +36,7 @@ ACTION_EXPECTED = ('"allow", "kill-process", "kill-thread", "errno NAME", "trap"
 # Within one file the most explicit entry for a call wins: a [[seccomp.rules]]
 # entry, then a name written out, then a group member; at equal explicitness
 # a denial beats an allowance.
+ERRNO_EXPECTED = "an errno name such as EPERM, EACCES or ENOSYS, or a number 0..4095"
 RANK_ALLOW, RANK_DENY, RANK_EXPLICIT, RANK_RULE = 0, 1, 2, 8
 
 
@@ -228,7 +229,7 @@ def parse_condition(text: str) -> list[ArgCondition]:
     stripped = text.strip()
     m = _FLAGS.fullmatch(stripped) or _COND.fullmatch(stripped)
     if m is None:
-        raise _CondError("cannot read this condition", 0)
+        raise _CondError("cannot read this condition", 0, syntax=True)
     index = int(m.group("index"))
     if index > 5:
         raise _CondError(f"argument index {index} out of range (a system call has arg0..arg5)", 0)
@@ -255,9 +256,10 @@ def parse_condition(text: str) -> list[ArgCondition]:
 
 
 class _CondError(ValueError):
-    def __init__(self, message: str, offset: int) -> None:
+    def __init__(self, message: str, offset: int, syntax: bool = False) -> None:
         super().__init__(message)
         self.offset = offset
+        self.syntax = syntax  # True: show the grammar as what was expected
 
 
 def _value(m: re.Match[str], group: str) -> int:
@@ -273,9 +275,13 @@ def parse_text(text: str, file: str) -> Layer:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
-        line, col = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
         lines = text.splitlines()
+        if m:
+            line, col = int(m.group(1)), int(m.group(2))
+        else:  # "at end of document": point just past the last character
+            line = max(len(lines), 1)
+            col = len(lines[-1]) + 1 if lines else 1
+        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
         raise ProfileError(f"invalid TOML: {message}", file=file, line=line, column=col,
                            source_line=lines[line - 1] if 0 < line <= len(lines) else "") from None
     ctx = _Context(file, text)
@@ -311,6 +317,8 @@ def _action(ctx: _Context, path: Path, value: object) -> Action:
     try:
         return parse_action(text)
     except ValueError as e:
+        if str(e).startswith("unknown errno"):
+            ctx.error(path, str(e), expected=ERRNO_EXPECTED)
         ctx.error(path, str(e), expected=ACTION_EXPECTED)
 
 
@@ -390,7 +398,8 @@ def _rule(ctx: _Context, layer: Layer, path: Path, value: object) -> None:
             alts = parse_condition(text)
         except _CondError as e:
             lead = len(text) - len(text.lstrip())
-            ctx.error(where, str(e), expected=COND_EXPECTED, column_offset=1 + lead + e.offset)
+            ctx.error(where, str(e), expected=COND_EXPECTED if e.syntax else None,
+                      column_offset=1 + lead + e.offset)
         index = alts[0].index
         if index in used:
             ctx.error(where, f"arg{index} is already tested in this rule; libseccomp allows one "
