@@ -116,9 +116,27 @@ class _Emit:
 PLACEHOLDER_DEFAULT = int(pyseccomp.TRACE(0xFFF7))
 
 
-def _plan(policy: SeccompPolicy, kill_as_notify: bool) -> tuple[dict[str, list[_Emit]], bool]:
-    """Per call, the libseccomp rules that implement the precedence; and whether the
-    default action must be stood in for by PLACEHOLDER_DEFAULT."""
+def catchall_candidates(emits: Sequence[_Emit]) -> list[tuple[ArgCondition, ...]]:
+    """Always-true tests to hang an unconditional rule on, most likely to work first.
+
+    libseccomp builds one decision tree per call from the 32-bit halves of
+    each test; some combinations collide (EEXIST) or order badly, so the
+    compiler tries these in turn until one is accepted and verifies.
+    """
+    used = sorted({c.index for e in emits for c in e.conditions})
+    unused = [i for i in range(6) if i not in used]
+    out: list[tuple[ArgCondition, ...]] = []
+    for index in [*used, *unused]:
+        out.append((ArgCondition(index, ArgOp.GE, 0),))
+        out.append((ArgCondition(index, ArgOp.LE, _U64),))
+    return out
+
+
+def _plan(policy: SeccompPolicy, kill_as_notify: bool, choice: dict[str, int]
+          ) -> tuple[dict[str, list[_Emit]], bool, dict[str, int]]:
+    """Per call, the libseccomp rules that implement the precedence; whether the
+    default action must be stood in for by PLACEHOLDER_DEFAULT; and, per call
+    that needs an always-true test, how many candidates there are."""
     default = effective(policy.default_action, kill_as_notify)
     by_call: dict[str, list[SyscallRule]] = {}
     for rule in policy.rules:
@@ -126,13 +144,19 @@ def _plan(policy: SeccompPolicy, kill_as_notify: bool) -> tuple[dict[str, list[_
             continue
         by_call.setdefault(rule.syscall, []).append(rule)
     plan: dict[str, list[_Emit]] = {}
+    options: dict[str, int] = {}
     placeholder = False
     for call, rules in by_call.items():
         cond = [r for r in rules if r.conditions]
         uncond = [r for r in rules if not r.conditions][-1:]
         fallback = effective(uncond[0].action, kill_as_notify) if uncond else default
         emits: list[_Emit] = []
+        seen: dict[tuple[ArgCondition, ...], SyscallRule] = {}
         for r in cond:
+            other = seen.setdefault(r.conditions, r)
+            if other.action != r.action:
+                raise _origin_error(r, f'conflicting rules for "{call}": {r.action} here, '
+                                    f"{other.action} at {other.origin} for the same conditions")
             act = effective(r.action, kill_as_notify)
             if act == fallback:
                 continue  # what would happen anyway
@@ -140,14 +164,15 @@ def _plan(policy: SeccompPolicy, kill_as_notify: bool) -> tuple[dict[str, list[_
             emits.append(_Emit(act, r.conditions, r))
         if uncond and fallback != default:
             if emits:
-                index = min(c.index for e in emits for c in e.conditions)
-                always = (ArgCondition(index, ArgOp.GE, 0),)
+                candidates = catchall_candidates(emits)
+                options[call] = len(candidates)
+                always = candidates[min(choice.get(call, 0), len(candidates) - 1)]
                 emits.append(_Emit(fallback, always, uncond[0]))
             else:
                 emits.append(_Emit(fallback, (), uncond[0]))
         if emits:
             plan[call] = emits
-    return plan, placeholder
+    return plan, placeholder, options
 
 
 def _origin_error(rule: SyscallRule, message: str) -> ProfileError:
@@ -157,21 +182,31 @@ def _origin_error(rule: SyscallRule, message: str) -> ProfileError:
     return ProfileError(message, file=o.file, line=o.line, column=o.column)
 
 
+class _Unexpressed(Exception):
+    """libseccomp refused, or mis-ordered, the rules of one call."""
+
+    def __init__(self, call: str, error: ProfileError) -> None:
+        super().__init__(str(error))
+        self.call = call
+        self.error = error
+
+
 def build_filter(policy: SeccompPolicy, *, kill_as_notify: bool = False) -> pyseccomp.SyscallFilter:
     """The libseccomp filter object for a policy (native arch only).
 
     If the policy needs the default-action stand-in (see PLACEHOLDER_DEFAULT),
     the object's default is that stand-in; compile_policy and pfc_text patch it.
     """
-    return _build(policy, kill_as_notify)[0]
+    return _compile(policy, kill_as_notify)[1]
 
 
-def _build(policy: SeccompPolicy, kill_as_notify: bool) -> tuple[pyseccomp.SyscallFilter, bool]:
+def _build(policy: SeccompPolicy, kill_as_notify: bool, choice: dict[str, int]
+           ) -> tuple[pyseccomp.SyscallFilter, bool, dict[str, int]]:
     default = effective(policy.default_action, kill_as_notify)
     bad_arch = policy.bad_arch_action
     if bad_arch.kind in (ActionKind.ALLOW, ActionKind.LOG, ActionKind.NOTIFY):
         raise ProfileError(f"foreign architectures must be refused, not {bad_arch}")
-    plan, placeholder = _plan(policy, kill_as_notify)
+    plan, placeholder, options = _plan(policy, kill_as_notify, choice)
     filt = pyseccomp.SyscallFilter(PLACEHOLDER_DEFAULT if placeholder else action_value(default))
     filt.set_attr(pyseccomp.Attr.ACT_BADARCH, action_value(bad_arch))
     # The sandbox sets no_new_privs itself, in its fixed place in the setup order.
@@ -186,9 +221,34 @@ def _build(policy: SeccompPolicy, kill_as_notify: bool) -> tuple[pyseccomp.Sysca
             try:
                 filt.add_rule_exactly(action_value(e.action), call, *args)
             except OSError as err:
-                raise _origin_error(e.rule, f'libseccomp rejected the rule for "{call}": '
-                                    f"{err.strerror}") from None
-    return filt, placeholder
+                raise _Unexpressed(call, _origin_error(
+                    e.rule, f'libseccomp rejected the rules for "{call}": {err.strerror}')
+                ) from None
+    return filt, placeholder, options
+
+
+def _compile(policy: SeccompPolicy, kill_as_notify: bool
+             ) -> tuple[bytes, pyseccomp.SyscallFilter, dict[str, int]]:
+    """Build, export, patch and verify, trying other always-true tests on trouble."""
+    choice: dict[str, int] = {}
+    while True:
+        try:
+            filt, placeholder, options = _build(policy, kill_as_notify, choice)
+            code = _export(filt, pfc=False)
+            if placeholder:
+                real = action_value(effective(policy.default_action, kill_as_notify))
+                code = b"".join(
+                    struct.pack("=HBBI", c, jt, jf,
+                                real if (c == _RET_K and k == PLACEHOLDER_DEFAULT) else k)
+                    for c, jt, jf, k in struct.iter_unpack("=HBBI", code))
+            _verify(policy, code, kill_as_notify)
+            return code, filt, choice
+        except _Unexpressed as trouble:
+            _, _, options = _plan(policy, kill_as_notify, choice)
+            tried = choice.get(trouble.call, 0)
+            if tried + 1 >= options.get(trouble.call, 0):
+                raise trouble.error from None
+            choice[trouble.call] = tried + 1
 
 
 @functools.cache
@@ -218,16 +278,7 @@ def _export(filt: pyseccomp.SyscallFilter, pfc: bool) -> bytes:
 
 def compile_policy(policy: SeccompPolicy, *, kill_as_notify: bool = False) -> bytes:
     """The policy as raw BPF for the native arch, checked against its own meaning."""
-    filt, placeholder = _build(policy, kill_as_notify)
-    code = _export(filt, pfc=False)
-    if placeholder:
-        real = action_value(effective(policy.default_action, kill_as_notify))
-        code = b"".join(
-            struct.pack("=HBBI", c, jt, jf, real if (c == _RET_K and k == PLACEHOLDER_DEFAULT)
-                        else k)
-            for c, jt, jf, k in struct.iter_unpack("=HBBI", code))
-    verify(policy, code, kill_as_notify=kill_as_notify)
-    return code
+    return _compile(policy, kill_as_notify)[0]
 
 
 _RET_K = bpf.BPF_RET | bpf.BPF_K
@@ -235,13 +286,11 @@ _RET_K = bpf.BPF_RET | bpf.BPF_K
 
 def pfc_text(policy: SeccompPolicy, *, kill_as_notify: bool = False) -> str:
     """libseccomp's pseudo-filter-code listing of the same filter."""
-    filt, placeholder = _build(policy, kill_as_notify)
+    _, filt, _ = _compile(policy, kill_as_notify)
     text = _export(filt, pfc=True).decode()
-    if placeholder:
-        real = effective(policy.default_action, kill_as_notify)
-        spelled = _PFC[real.kind] + (f"({real.errno})" if real.kind is ActionKind.ERRNO else "")
-        text = text.replace(f"action TRACE({PLACEHOLDER_DEFAULT & 0xFFFF})", f"action {spelled}")
-    return text
+    real = effective(policy.default_action, kill_as_notify)
+    spelled = _PFC[real.kind] + (f"({real.errno})" if real.kind is ActionKind.ERRNO else "")
+    return text.replace(f"action TRACE({PLACEHOLDER_DEFAULT & 0xFFFF})", f"action {spelled}")
 
 
 _PFC = {ActionKind.ALLOW: "ALLOW", ActionKind.KILL_PROCESS: "KILL_PROCESS",
@@ -283,6 +332,13 @@ def _near(c: ArgCondition) -> list[int]:
 
 def verify(policy: SeccompPolicy, code: bytes, *, kill_as_notify: bool = False) -> None:
     """Raise ProfileError if the BPF disagrees with the profile's meaning on any witness."""
+    try:
+        _verify(policy, code, kill_as_notify)
+    except _Unexpressed as e:
+        raise e.error from None
+
+
+def _verify(policy: SeccompPolicy, code: bytes, kill_as_notify: bool) -> None:
     insns = bpf.decode(code)
     by_call: dict[str, list[SyscallRule]] = {}
     for r in policy.rules:
@@ -299,7 +355,7 @@ def verify(policy: SeccompPolicy, code: bytes, *, kill_as_notify: bool = False) 
             want = intended(policy, call, args, kill_as_notify)
             if got not in want:
                 shown = ", ".join(f"{a:#x}" for a in args)
-                raise _origin_error(
+                raise _Unexpressed(call, _origin_error(
                     rules[-1], f'compiled filter gives {got} for {call}({shown}) but the profile '
                     f"means {' or '.join(sorted(map(str, want)))} (libseccomp does not order "
-                    "overlapping tests on one argument by action; make the conditions disjoint)")
+                    "overlapping tests on one argument by action; make the conditions disjoint)"))

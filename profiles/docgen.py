@@ -55,7 +55,8 @@ def render(text: str) -> str:
         pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
         if not pattern.search(text):
             raise ValueError(f"{DOC} lacks the markers {begin} ... {end}")
-        text = pattern.sub(lambda _m, b=begin, e=end, t=body: f"{b}\n{t}{e}", text)
+        replacement = f"{begin}\n{body}{end}"
+        text = pattern.sub(lambda _m: replacement, text)  # noqa: B023 - used at once
     return text
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
 import signal
 import struct
@@ -93,30 +94,38 @@ def run_python(code: bytes, fn: Callable[[], object]) -> ChildResult:
 
 
 def try_syscalls(code: bytes, calls: Sequence[tuple[int, Sequence[int]]]) -> ChildResult:
-    """Fork; load the filter; make each raw call; report [ret, errno] pairs.
+    """Fork; load the filter; make each raw call; report (ret, errno) pairs.
 
-    A call the filter kills ends the child with SIGSYS; the pairs for the
-    calls before it are already in the pipe (one 16-byte record per call).
+    Results go to shared memory mapped before the fork, so the child makes no
+    system call of its own between the filter and exit_group (which the
+    filter must allow, or kill). A call the filter kills ends the child with
+    SIGSYS; only the calls before it have records.
     """
-    r, w = os.pipe()
+    n = len(calls)
+    shm = mmap.mmap(-1, 8 + 16 * max(n, 1))
+    count = ctypes.c_int64.from_buffer(shm, 0)
+    slots = (ctypes.c_int64 * (2 * max(n, 1))).from_buffer(shm, 8)
     prepared = [(ctypes.c_long(nr), [ctypes.c_long(a if a < 1 << 63 else a - (1 << 64))
                                       for a in args]) for nr, args in calls]
     pid = os.fork()
     if pid == 0:
-        os.close(r)
         _load(code)
-        for nr, args in prepared:
+        for i, (nr, args) in enumerate(prepared):
             ctypes.set_errno(0)
             ret = _libc.syscall(nr, *args)
-            err = ctypes.get_errno()
-            os.write(w, struct.pack("=qq", ret, err if ret == -1 else 0))
+            slots[2 * i] = ret
+            slots[2 * i + 1] = ctypes.get_errno() if ret == -1 else 0
+            count.value = i + 1
         os._exit(0)
-    os.close(w)
-    return _wait(pid, r)
+    _, status = os.waitpid(pid, 0)
+    out = struct.pack(f"={2 * count.value}q", *slots[: 2 * count.value])
+    del count, slots
+    shm.close()
+    return ChildResult(status, out)
 
 
 def records(result: ChildResult) -> list[tuple[int, int]]:
-    return [tuple(rec) for rec in struct.iter_unpack("=qq", result.output)]  # type: ignore[misc]
+    return [(a, b) for a, b in struct.iter_unpack("=qq", result.output)]
 
 
 def exec_under(code: bytes, argv: Sequence[str], env: dict[str, str] | None = None) -> ChildResult:

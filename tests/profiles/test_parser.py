@@ -143,7 +143,8 @@ def error_of(text: str) -> str:
         ),
         (
             '[environment]\nset = { "BAD-NAME" = "x" }\n',
-            'x.toml:2:9: error: "BAD-NAME" is not a variable name (expected letters, digits and _)\n'
+            'x.toml:2:9: error: "BAD-NAME" is not a variable name '
+            "(expected letters, digits and _)\n"
             '    set = { "BAD-NAME" = "x" }\n'
             "            ^",
         ),
