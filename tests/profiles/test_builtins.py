@@ -226,7 +226,8 @@ def test_cpython_code_runs_under_python_worker_after_start_up() -> None:
     assert result.exit_code == 0, (result.status, result.output)
     out = result.json()
     assert out == {
-        "json": '{"a": [1, 2]}', "sha": hashlib.sha256(b"y" * 100_000).hexdigest()[:8], "big": 2_000_000, "thread": [499500],
+        "json": '{"a": [1, 2]}', "sha": hashlib.sha256(b"y" * 100_000).hexdigest()[:8],
+        "big": 2_000_000, "thread": [499500],
         "open": "EACCES", "listdir": "EACCES", "fork": "EPERM", "exec": "EACCES",
         "import": "refused", "pipe": "ping",
     }
