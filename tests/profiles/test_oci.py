@@ -12,9 +12,8 @@ from seccomp_child import exec_under
 from profiles import ProfileError, bpf, compiler, load_profile, load_text, oci, syscalls
 from profiles.model import ActionKind, ArgOp, SeccompPolicy
 
-DOCKER = Path("/work/shared/data/docker-default-seccomp.json")
-if not DOCKER.exists():  # the tests' own copy location, if the shared one moves
-    DOCKER = Path(__file__).with_name("docker-default-seccomp.json")
+# Docker/moby's default profile (moby/profiles seccomp/default.json, Apache-2.0).
+DOCKER = Path(__file__).with_name("docker-default-seccomp.json")
 
 
 def rule_set(policy: SeccompPolicy) -> set[tuple[str, str, tuple[object, ...]]]:
