@@ -66,7 +66,7 @@ def docker_runc_style() -> bytes:
     imported = oci.load_oci(DOCKER_JSON.read_text(), str(DOCKER_JSON))
     filt = compiler.build_filter(imported.policy)
     filt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 1)
-    return compiler._export(filt, pfc=False)
+    return compiler.export_bpf(filt)
 
 
 def main() -> int:

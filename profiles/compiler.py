@@ -264,6 +264,11 @@ def optimizer_supported() -> bool:
     return True
 
 
+def export_bpf(filt: pyseccomp.SyscallFilter) -> bytes:
+    """libseccomp's BPF for a filter object as it stands (no patching, no checks)."""
+    return _export(filt, pfc=False)
+
+
 def _export(filt: pyseccomp.SyscallFilter, pfc: bool) -> bytes:
     fd = os.memfd_create("warden-seccomp", os.MFD_CLOEXEC)
     try:
