@@ -20,6 +20,7 @@ unconditional, so export -> import returns the same rules.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -175,8 +176,6 @@ def _conditions(file: str, where: str, args: list[dict[str, object]]
     if len(args) == 1 and next(iter(by_index.values()))[0].op is ArgOp.GE and \
             next(iter(by_index.values()))[0].value == 0:
         return [()]
-    import itertools
-
     combos = itertools.product(*by_index.values())
     return [tuple(sorted(c, key=lambda x: x.index)) for c in combos]
 
