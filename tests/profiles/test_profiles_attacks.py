@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from seccomp_child import records, run_python, try_syscalls
+from profiles_child import records, run_python, try_syscalls
 
 from profiles import ProfileError, compiler, load_profile, syscalls
 from profiles.parser import parse_text

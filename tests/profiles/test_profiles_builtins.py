@@ -13,7 +13,7 @@ import socket
 import sys
 
 import pytest
-from seccomp_child import exec_under, records, run_python, try_syscalls
+from profiles_child import exec_under, records, run_python, try_syscalls
 
 from profiles import compiler, load_profile, syscalls
 
