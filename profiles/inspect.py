@@ -1,0 +1,154 @@
+"""What `warden profile show / explain / diff` report, as plain data.
+
+The CLI prints these; `--json` dumps them unchanged. `explain` judges the
+compiled BPF with profiles.bpf and only then looks up which rule produced
+that answer, so what it reports is what the kernel will do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from profiles import bpf, compiler, constants, syscalls
+from profiles.errors import ProfileError
+from profiles.model import Profile, SyscallRule
+from profiles.parser import format_action
+
+ARCHES = {"x86_64": bpf.AUDIT_ARCH_X86_64, "i386": bpf.AUDIT_ARCH_I386,
+          "x32": bpf.AUDIT_ARCH_X86_64}
+
+
+action_text = format_action
+
+
+def rule_data(rule: SyscallRule) -> dict[str, Any]:
+    return {
+        "syscall": rule.syscall,
+        "action": action_text(rule.action),
+        "conditions": [str(c) for c in rule.conditions],
+        "origin": str(rule.origin) if rule.origin else None,
+    }
+
+
+def show(profile: Profile) -> dict[str, Any]:
+    pol = profile.seccomp
+    code = compiler.compile_policy(pol)
+    rules = sorted(pol.rules, key=lambda r: (r.syscall, bool(not r.conditions)))
+    return {
+        "name": profile.name,
+        "source": profile.source,
+        "description": profile.description,
+        "seccomp": {
+            "default_action": action_text(pol.default_action),
+            "bad_arch_action": action_text(pol.bad_arch_action),
+            "instructions": compiler.instruction_count(code),
+            "rules": [rule_data(r) for r in rules],
+        },
+        "namespaces": asdict(profile.namespaces),
+        "filesystem": asdict(profile.filesystem),
+        "limits": asdict(profile.limits),
+        "environment": {"keep": list(profile.environment.keep),
+                        "set": dict(profile.environment.set)},
+    }
+
+
+def parse_syscall(text: str) -> tuple[str, int]:
+    if text.isdigit():
+        nr = int(text)
+        return syscalls.name_of(nr) or f"#{nr}", nr
+    nr_or_none = syscalls.number(text)
+    if nr_or_none is None:
+        guess = syscalls.suggest(text)
+        hint = f' (did you mean "{guess}"?)' if guess else ""
+        raise ProfileError(f'unknown system call "{text}"{hint}')
+    return text, nr_or_none
+
+
+def parse_args(texts: Sequence[str]) -> list[int]:
+    if len(texts) > 6:
+        raise ProfileError("a system call has at most 6 arguments")
+    out = []
+    for t in texts:
+        try:
+            out.append(constants.parse_value(t))
+        except constants.ConstantError as e:
+            raise ProfileError(str(e)) from None
+    return out
+
+
+def explain(profile: Profile, syscall: str, args: Sequence[str] = (), *,
+            arch: str = "x86_64") -> dict[str, Any]:
+    name, nr = parse_syscall(syscall)
+    values = parse_args(args)
+    if arch not in ARCHES:
+        raise ProfileError(f'unknown architecture "{arch}"', expected=", ".join(ARCHES))
+    if arch == "x32":
+        nr |= syscalls.X32_SYSCALL_BIT
+    code = compiler.compile_policy(profile.seccomp)
+    ret = bpf.evaluate(code, nr, values, arch=ARCHES[arch])
+    got = bpf.action_of(ret)
+    pol = profile.seccomp
+    decided_by: list[dict[str, Any]] = []
+    reason: str
+    if arch != "x86_64":
+        reason = f"foreign architecture {arch}: bad-arch action"
+    else:
+        rules = [r for r in compiler.deciding_rules(pol, name, values) if r.action == got]
+        if rules:
+            decided_by = [rule_data(r) for r in rules]
+            reason = "rule"
+        elif got == pol.default_action:
+            reason = "default action"
+        else:
+            reason = "no rule of the profile gives this answer (compiler bug?)"
+    return {
+        "profile": profile.name,
+        "syscall": name,
+        "nr": nr,
+        "arch": arch,
+        "args": [f"{v:#x}" for v in values],
+        "result": bpf.describe(ret),
+        "return_value": ret,
+        "reason": reason,
+        "decided_by": decided_by,
+    }
+
+
+def _rule_key(r: SyscallRule) -> tuple[str, str, tuple[str, ...]]:
+    return (r.syscall, action_text(r.action), tuple(str(c) for c in r.conditions))
+
+
+def diff(a: Profile, b: Profile) -> dict[str, Any]:
+    """Rules and settings only in a (removed), only in b (added), and changed settings."""
+    ka = {_rule_key(r): r for r in a.seccomp.rules}
+    kb = {_rule_key(r): r for r in b.seccomp.rules}
+    settings: list[dict[str, Any]] = []
+
+    def compare(section: str, x: dict[str, Any], y: dict[str, Any]) -> None:
+        for key in x.keys() | y.keys():
+            va, vb = x.get(key), y.get(key)
+            if va == vb:
+                continue
+            if isinstance(va, list | tuple) and isinstance(vb, list | tuple):
+                settings.extend({"setting": f"{section}.{key}", "a": item, "b": None}
+                                for item in va if item not in vb)
+                settings.extend({"setting": f"{section}.{key}", "a": None, "b": item}
+                                for item in vb if item not in va)
+            else:
+                settings.append({"setting": f"{section}.{key}", "a": va, "b": vb})
+
+    compare("seccomp", {"default_action": action_text(a.seccomp.default_action),
+                        "bad_arch_action": action_text(a.seccomp.bad_arch_action)},
+            {"default_action": action_text(b.seccomp.default_action),
+             "bad_arch_action": action_text(b.seccomp.bad_arch_action)})
+    for section in ("namespaces", "filesystem", "limits", "environment"):
+        compare(section, asdict(getattr(a, section)), asdict(getattr(b, section)))
+    return {
+        "a": a.name,
+        "b": b.name,
+        "removed": [rule_data(ka[k]) for k in sorted(ka.keys() - kb.keys())],
+        "added": [rule_data(kb[k]) for k in sorted(kb.keys() - ka.keys())],
+        "settings": sorted(settings, key=lambda s: str(s["setting"])),
+    }

@@ -1,0 +1,310 @@
+"""Find profile files, stack their layers (extends, includes) and flatten them.
+
+Merge order, lowest first: the `extends` parent (itself flattened), each
+`include` in order, then the file's own settings. Within one file the most
+explicit entry wins: a [[seccomp.rules]] entry, then a call named outright,
+then a group member; at equal explicitness `deny` beats `allow` (so "allow
+@process, deny unshare" denies unshare, and "deny @file-system, allow fstat"
+allows fstat). Across layers, a layer's unconditional rule for a call
+replaces the inherited one; conditional rules accumulate; `reset`
+drops everything inherited for the calls it names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from profiles.errors import ProfileError
+from profiles.model import (
+    Action,
+    Bind,
+    Environment,
+    Filesystem,
+    Limits,
+    Namespaces,
+    Profile,
+    SeccompPolicy,
+    SyscallRule,
+    Tmpfs,
+)
+from profiles.parser import RANK_RULE, Entry, Layer, Reference, parse_text
+
+BUILTIN_DIR = Path(__file__).resolve().parent
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
+
+
+def default_search_path() -> list[Path]:
+    """./profiles, $XDG_CONFIG_HOME/warden/profiles (~/.config/...), the built-ins."""
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return [Path("profiles"), Path(config) / "warden" / "profiles", BUILTIN_DIR]
+
+
+def is_path(name_or_path: str) -> bool:
+    return "/" in name_or_path or name_or_path.endswith(".toml")
+
+
+def find(name_or_path: str, search_path: Sequence[Path] | None = None,
+         relative_to: Path | None = None) -> Path:
+    """The file a profile name or path refers to; ProfileError if there is none."""
+    if is_path(name_or_path):
+        path = Path(name_or_path)
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
+        if not path.is_file():
+            raise ProfileError(f'no such profile file "{name_or_path}"', file=str(path))
+        return path
+    if not name_or_path or not all(c.isalnum() or c in "-_." for c in name_or_path):
+        raise ProfileError(f'"{name_or_path}" is not a profile name',
+                           expected="letters, digits, '-', '_' or a path")
+    # An explicit search path replaces the user directories; built-ins stay last.
+    dirs = default_search_path() if search_path is None else [*search_path, BUILTIN_DIR]
+    for directory in dirs:
+        candidate = directory / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
+    close = difflib.get_close_matches(name_or_path, known, n=1, cutoff=0.6)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    raise ProfileError(f'no profile named "{name_or_path}"{hint}',
+                       expected="one of " + ", ".join(known) if known else None)
+
+
+@dataclass
+class _Slot:
+    uncond: SyscallRule | None = None
+    cond: list[SyscallRule] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    """A profile being flattened."""
+
+    description: str = ""
+    default_action: Action | None = None
+    bad_arch_action: Action | None = None
+    slots: dict[str, _Slot] = field(default_factory=dict)
+    namespaces: dict[str, bool] = field(default_factory=dict)
+    binds: dict[str, Bind] = field(default_factory=dict)  # by dest: later wins
+    tmpfs: dict[str, Tmpfs] = field(default_factory=dict)
+    tmp_size: int | None = None
+    chdir: str | None = None
+    limits: dict[str, int | float] = field(default_factory=dict)
+    env_keep: list[str] = field(default_factory=list)
+    env_set: dict[str, str] = field(default_factory=dict)
+
+
+def _via(rule: SyscallRule, label: str) -> SyscallRule:
+    origin = rule.origin
+    if origin is None:
+        return rule
+    return replace(rule, origin=replace(origin, via=(label, *origin.via)))
+
+
+def _merge(into: _State, other: _State, label: str) -> None:
+    """Stack an already flattened `other` (a parent or include) onto `into`."""
+    if other.description and not into.description:
+        into.description = other.description
+    into.default_action = other.default_action or into.default_action
+    into.bad_arch_action = other.bad_arch_action or into.bad_arch_action
+    for name, slot in other.slots.items():
+        mine = into.slots.setdefault(name, _Slot())
+        if slot.uncond is not None:
+            mine.uncond = _via(slot.uncond, label)
+        for rule in slot.cond:
+            _add_cond(mine, _via(rule, label))
+    into.namespaces.update(other.namespaces)
+    into.binds.update(other.binds)
+    into.tmpfs.update(other.tmpfs)
+    into.tmp_size = other.tmp_size or into.tmp_size
+    into.chdir = other.chdir or into.chdir
+    into.limits.update(other.limits)
+    into.env_keep.extend(k for k in other.env_keep if k not in into.env_keep)
+    into.env_set.update(other.env_set)
+
+
+def _add_cond(slot: _Slot, rule: SyscallRule) -> None:
+    for existing in slot.cond:
+        if existing.action == rule.action and existing.conditions == rule.conditions:
+            return
+    slot.cond.append(rule)
+
+
+def _apply_own(state: _State, layer: Layer) -> None:
+    """The layer's own settings, on top of what it inherited."""
+    if layer.description is not None:
+        state.description = layer.description
+    state.default_action = layer.default_action or state.default_action
+    state.bad_arch_action = layer.bad_arch_action or state.bad_arch_action
+    for name in layer.reset:
+        state.slots.pop(name, None)
+    winners: dict[str, Entry] = {}
+    for entry in layer.entries:
+        if entry.conditions:
+            rule = SyscallRule(entry.syscall, entry.action, entry.conditions, entry.origin)
+            _add_cond(state.slots.setdefault(entry.syscall, _Slot()), rule)
+            continue
+        best = winners.get(entry.syscall)
+        if best is None or entry.rank > best.rank:
+            winners[entry.syscall] = entry
+        elif entry.rank == best.rank:
+            if entry.action != best.action and entry.rank >= RANK_RULE:
+                o = entry.origin
+                raise ProfileError(
+                    f'conflicting rules for "{entry.syscall}": {entry.action} here, '
+                    f"{best.action} at {best.origin}",
+                    file=o.file, line=o.line, column=o.column,
+                    source_line=_line_of(o.file, o.line))
+            if best.origin.via and not entry.origin.via:
+                winners[entry.syscall] = entry  # a name written out beats a group member
+    for name, entry in winners.items():
+        slot = state.slots.setdefault(name, _Slot())
+        slot.uncond = SyscallRule(name, entry.action, (), entry.origin)
+    state.namespaces.update(layer.namespaces)
+    state.binds.update({b.dest: b for b in layer.binds})
+    state.tmpfs.update({t.dest: t for t in layer.tmpfs})
+    state.tmp_size = layer.tmp_size or state.tmp_size
+    state.chdir = layer.chdir or state.chdir
+    state.limits.update(layer.limits)
+    state.env_keep.extend(k for k in layer.env_keep if k not in state.env_keep)
+    state.env_set.update(layer.env_set)
+
+
+def _line_of(file: str, line: int) -> str:
+    try:
+        lines = Path(file).read_text().splitlines()
+    except OSError:
+        return ""
+    return lines[line - 1] if 0 < line <= len(lines) else ""
+
+
+def _display(path: Path) -> str:
+    """Paths under the working directory are shown relative to it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+class _Resolver:
+    def __init__(self, search_path: Sequence[Path] | None) -> None:
+        self.search_path = search_path
+        self.stack: list[Path] = []
+
+    def load(self, path: Path) -> _State:
+        real = path.resolve()
+        try:
+            text = real.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ProfileError(f"cannot read profile: {e}", file=_display(path)) from None
+        self.stack.append(real)
+        try:
+            return self.flatten(parse_text(text, _display(path)), real.parent)
+        finally:
+            self.stack.pop()
+
+    def flatten(self, layer: Layer, base: Path) -> _State:
+        """Parent, then includes, then the layer itself; references resolve from `base`."""
+        state = _State()
+        if layer.extends is not None:
+            parent = self._follow(layer.extends, base, "extends")
+            _merge(state, parent, f"extends {layer.extends.target}")
+        for inc in layer.includes:
+            _merge(state, self._follow(inc, base, "include"), f"include {inc.target}")
+        _apply_own(state, layer)
+        return state
+
+    def _follow(self, ref: Reference, base: Path, kind: str) -> _State:
+        try:
+            if kind == "include" and not ref.target.endswith(".toml") and "/" not in ref.target:
+                target = find(ref.target + ".toml", relative_to=base)
+            else:
+                target = find(ref.target, self.search_path, relative_to=base)
+        except ProfileError as e:
+            raise ProfileError(e.message, file=ref.file, line=ref.line, column=ref.column,
+                               source_line=_line_of(ref.file, ref.line),
+                               expected=e.expected) from None
+        real = target.resolve()
+        if real in self.stack:
+            cycle = [*self.stack[self.stack.index(real):], real]
+            names = " -> ".join(_display(p) for p in cycle)
+            raise ProfileError(f"{kind} cycle: {names}", file=ref.file, line=ref.line,
+                               column=ref.column, source_line=_line_of(ref.file, ref.line))
+        try:
+            return self.load(target)
+        except ProfileError as e:
+            raise e.with_chain(ref.where) from None
+
+
+def _to_profile(name: str, source: str, state: _State) -> Profile:
+    rules: list[SyscallRule] = []
+    for slot in state.slots.values():
+        rules.extend(slot.cond)
+        if slot.uncond is not None:
+            rules.append(slot.uncond)
+    defaults = SeccompPolicy()
+    seccomp = SeccompPolicy(
+        default_action=state.default_action or defaults.default_action,
+        rules=tuple(rules),
+        bad_arch_action=state.bad_arch_action or defaults.bad_arch_action,
+    )
+    fs_defaults = Filesystem()
+    lim = state.limits
+    return Profile(
+        name=name,
+        source=source,
+        description=state.description,
+        seccomp=seccomp,
+        namespaces=Namespaces(**state.namespaces),
+        filesystem=Filesystem(
+            # Parents before children (/etc before /etc/ssl), so no bind hides another.
+            binds=tuple(sorted(state.binds.values(), key=lambda b: b.dest.rstrip("/").count("/"))),
+            tmpfs=tuple(state.tmpfs.values()),
+            tmp_size_bytes=state.tmp_size or fs_defaults.tmp_size_bytes,
+            chdir=state.chdir or fs_defaults.chdir,
+        ),
+        limits=Limits(
+            memory_bytes=_int(lim.get("memory")),
+            processes=_int(lim.get("processes")),
+            open_files=_int(lim.get("open-files")),
+            cpu_time_seconds=_float(lim.get("cpu-time")),
+            wall_time_seconds=_float(lim.get("wall-time")),
+        ),
+        environment=Environment(keep=tuple(state.env_keep), set=tuple(state.env_set.items())),
+    )
+
+
+def _int(value: int | float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value: int | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def load_profile(name_or_path: str, *, search_path: Sequence[Path] | None = None) -> Profile:
+    """Load and flatten a profile by name or by path.
+
+    A name is looked up in `search_path` (default: ./profiles, then
+    $XDG_CONFIG_HOME/warden/profiles) and then among the built-ins; a
+    string containing "/" or ending in ".toml" is a path.
+    """
+    path = find(name_or_path, search_path)
+    state = _Resolver(search_path).load(path)
+    return _to_profile(path.stem, _display(path), state)
+
+
+def load_text(text: str, *, name: str = "inline", file: str = "<string>",
+              search_path: Sequence[Path] | None = None) -> Profile:
+    """Flatten a profile given as text (extends/includes resolve from the cwd)."""
+    state = _Resolver(search_path).flatten(parse_text(text, file), Path.cwd())
+    return _to_profile(name, file, state)
+
+
+__all__ = ["builtin_names", "default_search_path", "find", "load_profile", "load_text"]

@@ -1,0 +1,503 @@
+"""One profile file's text -> a Layer: checked values, each with its source position.
+
+A Layer is one file on its own; `profiles.loader` stacks layers (extends,
+includes) and flattens them into a `Profile`. Every mistake raises
+`ProfileError` pointing at the key or array element at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from profiles import constants, syscalls
+from profiles.errors import ProfileError
+from profiles.locator import Locator, Path
+from profiles.model import Action, ActionKind, ArgCondition, ArgOp, Bind, Origin, Tmpfs
+
+TOP_KEYS = ("description", "extends", "include", "seccomp", "namespaces", "filesystem",
+            "limits", "environment")
+SECCOMP_KEYS = ("default-action", "bad-arch-action", "allow", "deny", "deny-action", "reset",
+                "rules")
+RULE_KEYS = ("syscall", "action", "args", "why")
+NAMESPACE_KEYS = ("user", "pid", "mount", "net", "ipc", "uts", "cgroup")
+FILESYSTEM_KEYS = ("ro", "rw", "tmpfs", "tmp-size", "chdir")
+BIND_KEYS = ("source", "dest", "optional")
+TMPFS_KEYS = ("dest", "size")
+LIMIT_KEYS = ("memory", "processes", "open-files", "cpu-time", "wall-time")
+ENVIRONMENT_KEYS = ("keep", "set")
+
+ACTION_EXPECTED = ('"allow", "kill-process", "kill-thread", "errno NAME", "trap", "log" '
+                   'or "user-notify"')
+# Within one file the most explicit entry for a call wins: a [[seccomp.rules]]
+# entry, then a name written out, then a group member; at equal explicitness
+# a denial beats an allowance.
+ERRNO_EXPECTED = "an errno name such as EPERM, EACCES or ENOSYS, or a number 0..4095"
+RANK_ALLOW, RANK_DENY, RANK_EXPLICIT, RANK_RULE = 0, 1, 2, 8
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One (syscall, action, conditions) a layer asks for, before layers are merged."""
+
+    syscall: str
+    action: Action
+    conditions: tuple[ArgCondition, ...]
+    origin: Origin
+    rank: int  # see RANK_*: the higher wins within one file
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An `extends` or `include` target and where it was written."""
+
+    target: str
+    file: str
+    line: int
+    column: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass
+class Layer:
+    file: str
+    description: str | None = None
+    extends: Reference | None = None
+    includes: list[Reference] = field(default_factory=list)
+    default_action: Action | None = None
+    bad_arch_action: Action | None = None
+    reset: list[str] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    namespaces: dict[str, bool] = field(default_factory=dict)
+    binds: list[Bind] = field(default_factory=list)
+    tmpfs: list[Tmpfs] = field(default_factory=list)
+    tmp_size: int | None = None
+    chdir: str | None = None
+    limits: dict[str, int | float] = field(default_factory=dict)
+    env_keep: list[str] = field(default_factory=list)
+    env_set: dict[str, str] = field(default_factory=dict)
+
+
+class _Context:
+    """The file being parsed: turns a key path into a positioned ProfileError."""
+
+    def __init__(self, file: str, text: str) -> None:
+        self.file = file
+        self.loc = Locator(text)
+
+    def error(self, path: Path, message: str, *, expected: str | None = None,
+              at_key: bool = False, column_offset: int = 0) -> NoReturn:
+        line, col = self.loc.key(path) if at_key else self.loc.value(path)
+        raise ProfileError(message, file=self.file, line=line, column=col + column_offset,
+                           source_line=self.loc.source_line(line), expected=expected)
+
+    def origin(self, path: Path, via: tuple[str, ...] = ()) -> Origin:
+        line, col = self.loc.value(path)
+        return Origin(self.file, line, col, via)
+
+    def reference(self, path: Path, target: str) -> Reference:
+        line, col = self.loc.value(path)
+        return Reference(target, self.file, line, col)
+
+    # ---- typed accessors ----------------------------------------------------
+    def table(self, path: Path, value: object) -> dict[str, object]:
+        if not isinstance(value, dict):
+            self.error(path, f'"{_dotted(path)}" must be a table', expected="a [table]")
+        return value
+
+    def check_keys(self, path: Path, table: dict[str, object], allowed: Sequence[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                where = f' in [{_dotted(path)}]' if path else ""
+                self.error((*path, key), f'unknown key "{key}"{where}{hint}',
+                           expected="one of " + ", ".join(allowed), at_key=True)
+
+    def string(self, path: Path, value: object) -> str:
+        if not isinstance(value, str):
+            self.error(path, f'"{_dotted(path)}" must be a string',
+                       expected=f"a string, not {_kind(value)}")
+        return value
+
+    def strings(self, path: Path, value: object) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            self.error(path, f'"{_dotted(path)}" must be a list of strings',
+                       expected=f"a list of strings, not {_kind(value)}")
+        return [self.string((*path, i), v) for i, v in enumerate(value)]
+
+    def boolean(self, path: Path, value: object) -> bool:
+        if not isinstance(value, bool):
+            self.error(path, f'"{_dotted(path)}" must be true or false',
+                       expected=f"true or false, not {_kind(value)}")
+        return value
+
+    def count(self, path: Path, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            self.error(path, f'"{_dotted(path)}" must be a positive integer',
+                       expected=f"a positive integer, not {value!r}")
+        return value
+
+    def seconds(self, path: Path, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            self.error(path, f'"{_dotted(path)}" must be a positive number of seconds',
+                       expected=f"a positive number, not {value!r}")
+        return float(value)
+
+    def size(self, path: Path, value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        if isinstance(value, str):
+            m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+            if m and int(m.group(1)) > 0:
+                scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+                return int(m.group(1)) * scale[m.group(2).upper()]
+        self.error(path, f'"{_dotted(path)}" must be a size',
+                   expected=f'a byte count or a string like "64M", not {value!r}')
+
+    def abspath(self, path: Path, value: object) -> str:
+        text = self.string(path, value)
+        if not text.startswith("/"):
+            self.error(path, f'path "{text}" must be absolute', expected='a path starting with "/"')
+        if "\0" in text:
+            self.error(path, "path contains a NUL byte")
+        return text
+
+
+def _dotted(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _kind(value: object) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def parse_action(text: str) -> Action:
+    """`"errno EPERM"` -> Action(ERRNO, 1); raises ValueError with the reason."""
+    words = text.split()
+    if len(words) == 1 and words[0] != "errno":
+        for kind in ActionKind:
+            if kind.value == words[0] and kind is not ActionKind.ERRNO:
+                return Action(kind)
+    if len(words) == 2 and words[0] == "errno":
+        name = words[1]
+        if name in constants.ERRNOS:
+            return Action(ActionKind.ERRNO, constants.ERRNOS[name])
+        if name.isdigit() and 0 <= int(name) <= 4095:
+            return Action(ActionKind.ERRNO, int(name))
+        raise ValueError(f'unknown errno "{name}"')
+    raise ValueError(f'unknown action "{text}"')
+
+
+def format_action(action: Action) -> str:
+    """The profile-language spelling of an action (the inverse of parse_action)."""
+    if action.kind is ActionKind.ERRNO and action.errno is not None:
+        return f"errno {constants.errno_name(action.errno)}"
+    return str(action)
+
+
+_COND = re.compile(
+    r"arg(?P<index>\d+)\s*(?:&\s*(?P<mask>[^=!<>]+?)\s*)?(?P<op>==|!=|<=|>=|<|>)\s*(?P<value>.+)"
+)
+_FLAGS = re.compile(r"arg(?P<index>\d+)\s+(?P<op>has-any|has-all|has-none)\s+(?P<value>.+)")
+_OPS = {"==": ArgOp.EQ, "!=": ArgOp.NE, "<": ArgOp.LT, "<=": ArgOp.LE, ">": ArgOp.GT,
+        ">=": ArgOp.GE}
+COND_EXPECTED = ('"argN OP VALUE" (OP one of == != < <= > >=), "argN & MASK == VALUE", '
+                 'or "argN has-any|has-all|has-none FLAGS"')
+
+
+def parse_condition(text: str) -> list[ArgCondition]:
+    """One condition string -> alternatives (more than one only for has-any).
+
+    Raises ValueError with the reason and the 0-based offset in `text` at fault.
+    """
+    stripped = text.strip()
+    m = _FLAGS.fullmatch(stripped) or _COND.fullmatch(stripped)
+    if m is None:
+        raise _CondError("cannot read this condition", 0, syntax=True)
+    index = int(m.group("index"))
+    if index > 5:
+        raise _CondError(f"argument index {index} out of range (a system call has arg0..arg5)", 0)
+    value = _value(m, "value")
+    op = m.group("op")
+    if op == "has-none":
+        return [ArgCondition(index, ArgOp.MASKED_EQ, 0, value)]
+    if op == "has-all":
+        return [ArgCondition(index, ArgOp.MASKED_EQ, value, value)]
+    if op == "has-any":
+        bits = [1 << b for b in range(64) if value >> b & 1]
+        if not bits:
+            raise _CondError("has-any with no flags can never match", m.start("value"))
+        return [ArgCondition(index, ArgOp.MASKED_EQ, bit, bit) for bit in bits]
+    if m.group("mask") is not None:
+        mask = _value(m, "mask")
+        if op != "==":
+            raise _CondError("a masked argument can only be compared with ==", m.start("op"))
+        if value & ~mask:
+            raise _CondError(f"{value:#x} has bits outside the mask {mask:#x}: it can never match",
+                             m.start("value"))
+        return [ArgCondition(index, ArgOp.MASKED_EQ, value, mask)]
+    return [ArgCondition(index, _OPS[op], value)]
+
+
+class _CondError(ValueError):
+    def __init__(self, message: str, offset: int, syntax: bool = False) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.syntax = syntax  # True: show the grammar as what was expected
+
+
+def _value(m: re.Match[str], group: str) -> int:
+    try:
+        return constants.parse_value(m.group(group))
+    except constants.ConstantError as e:
+        raise _CondError(str(e), m.start(group)) from None
+
+
+def parse_text(text: str, file: str) -> Layer:
+    """Parse one profile file's text. `file` is used in errors and origins."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        lines = text.splitlines()
+        if m:
+            line, col = int(m.group(1)), int(m.group(2))
+        else:  # "at end of document": point just past the last character
+            line = max(len(lines), 1)
+            col = len(lines[-1]) + 1 if lines else 1
+        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
+        raise ProfileError(f"invalid TOML: {message}", file=file, line=line, column=col,
+                           source_line=lines[line - 1] if 0 < line <= len(lines) else "") from None
+    ctx = _Context(file, text)
+    layer = Layer(file=file)
+    ctx.check_keys((), doc, TOP_KEYS)
+    if "description" in doc:
+        layer.description = ctx.string(("description",), doc["description"])
+    if "extends" in doc:
+        target = ctx.string(("extends",), doc["extends"])
+        layer.extends = ctx.reference(("extends",), target)
+    if "include" in doc:
+        for i, target in enumerate(ctx.strings(("include",), doc["include"])):
+            path: Path = ("include", i) if isinstance(doc["include"], list) else ("include",)
+            layer.includes.append(ctx.reference(path, target))
+    if "seccomp" in doc:
+        _seccomp(ctx, layer, ctx.table(("seccomp",), doc["seccomp"]))
+    if "namespaces" in doc:
+        table = ctx.table(("namespaces",), doc["namespaces"])
+        ctx.check_keys(("namespaces",), table, NAMESPACE_KEYS)
+        for key, value in table.items():
+            layer.namespaces[key] = ctx.boolean(("namespaces", key), value)
+    if "filesystem" in doc:
+        _filesystem(ctx, layer, ctx.table(("filesystem",), doc["filesystem"]))
+    if "limits" in doc:
+        _limits(ctx, layer, ctx.table(("limits",), doc["limits"]))
+    if "environment" in doc:
+        _environment(ctx, layer, ctx.table(("environment",), doc["environment"]))
+    return layer
+
+
+def _action(ctx: _Context, path: Path, value: object) -> Action:
+    text = ctx.string(path, value)
+    try:
+        return parse_action(text)
+    except ValueError as e:
+        if str(e).startswith("unknown errno"):
+            ctx.error(path, str(e), expected=ERRNO_EXPECTED)
+        ctx.error(path, str(e), expected=ACTION_EXPECTED)
+
+
+def _names(ctx: _Context, path: Path, value: object) -> list[tuple[str, tuple[str, ...], Path]]:
+    """Expand syscall and @group names: (syscall, groups that led to it, element path)."""
+    out: list[tuple[str, tuple[str, ...], Path]] = []
+    single = isinstance(value, str)
+    for i, name in enumerate(ctx.strings(path, value)):
+        where: Path = path if single else (*path, i)
+        if name.startswith("@"):
+            if name not in syscalls.GROUPS:
+                guess = syscalls.suggest(name)
+                hint = f' (did you mean "{guess}"?)' if guess else ""
+                ctx.error(where, f'unknown group "{name}"{hint}', column_offset=1)
+            out.extend((call, via, where) for call, via in syscalls.expand(name))
+        elif not syscalls.is_known(name):
+            guess = syscalls.suggest(name)
+            hint = f' (did you mean "{guess}"?)' if guess else ""
+            ctx.error(where, f'unknown system call "{name}"{hint}', column_offset=1)
+        elif syscalls.number(name) is not None:
+            out.append((name, (), where))
+        # else: a real call on another architecture only; nothing to filter here.
+    return out
+
+
+def _seccomp(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
+    base: Path = ("seccomp",)
+    ctx.check_keys(base, table, SECCOMP_KEYS)
+    if "default-action" in table:
+        layer.default_action = _action(ctx, (*base, "default-action"), table["default-action"])
+    if "bad-arch-action" in table:
+        act = _action(ctx, (*base, "bad-arch-action"), table["bad-arch-action"])
+        if act.kind in (ActionKind.ALLOW, ActionKind.LOG, ActionKind.NOTIFY):
+            ctx.error((*base, "bad-arch-action"),
+                      f'foreign architectures must be refused, not "{act}"',
+                      expected='"kill-process", "kill-thread", "errno NAME" or "trap"')
+        layer.bad_arch_action = act
+    deny_action = Action(ActionKind.ERRNO, constants.ERRNOS["EPERM"])
+    if "deny-action" in table:
+        deny_action = _action(ctx, (*base, "deny-action"), table["deny-action"])
+        if deny_action.kind is ActionKind.ALLOW:
+            ctx.error((*base, "deny-action"), '"deny-action" cannot be "allow"',
+                      expected=ACTION_EXPECTED)
+    if "reset" in table:
+        layer.reset.extend(n for n, _, _ in _names(ctx, (*base, "reset"), table["reset"]))
+    for key, action, rank in (("allow", Action(ActionKind.ALLOW), RANK_ALLOW),
+                              ("deny", deny_action, RANK_DENY)):
+        if key in table:
+            for call, via, where in _names(ctx, (*base, key), table[key]):
+                bonus = 0 if via else RANK_EXPLICIT
+                layer.entries.append(Entry(call, action, (), ctx.origin(where, via), rank + bonus))
+    if "rules" in table:
+        rules = table["rules"]
+        if not isinstance(rules, list):
+            ctx.error((*base, "rules"), '"seccomp.rules" must be an array of tables',
+                      expected="[[seccomp.rules]] entries")
+        for i, rule in enumerate(rules):
+            _rule(ctx, layer, (*base, "rules", i), rule)
+
+
+def _rule(ctx: _Context, layer: Layer, path: Path, value: object) -> None:
+    rule = ctx.table(path, value)
+    ctx.check_keys(path, rule, RULE_KEYS)
+    if "syscall" not in rule:
+        ctx.error(path, 'rule has no "syscall"', expected='syscall = "NAME" or ["NAME", "@group"]',
+                  at_key=True)
+    if "action" not in rule:
+        ctx.error(path, 'rule has no "action"', expected=ACTION_EXPECTED, at_key=True)
+    if "why" in rule:
+        ctx.string((*path, "why"), rule["why"])
+    action = _action(ctx, (*path, "action"), rule["action"])
+    alternatives: list[list[ArgCondition]] = []
+    used: dict[int, Path] = {}
+    for i, text in enumerate(ctx.strings((*path, "args"), rule.get("args", []))):
+        where = (*path, "args", i) if isinstance(rule.get("args"), list) else (*path, "args")
+        try:
+            alts = parse_condition(text)
+        except _CondError as e:
+            lead = len(text) - len(text.lstrip())
+            ctx.error(where, str(e), expected=COND_EXPECTED if e.syntax else None,
+                      column_offset=1 + lead + e.offset)
+        index = alts[0].index
+        if index in used:
+            ctx.error(where, f"arg{index} is already tested in this rule; libseccomp allows one "
+                      "test per argument in a rule (write a second rule instead)")
+        used[index] = where
+        alternatives.append(alts)
+    for call, via, where in _names(ctx, (*path, "syscall"), rule["syscall"]):
+        for combo in itertools.product(*alternatives):
+            conds = tuple(sorted(combo, key=lambda c: c.index))
+            layer.entries.append(Entry(call, action, conds, ctx.origin(where, via), RANK_RULE))
+
+
+def _bind(ctx: _Context, path: Path, value: object, writable: bool) -> Bind:
+    if isinstance(value, str):
+        src = ctx.abspath(path, value)
+        return Bind(src, src, writable)
+    entry = ctx.table(path, value)
+    ctx.check_keys(path, entry, BIND_KEYS)
+    if "source" not in entry:
+        ctx.error(path, 'bind has no "source"', expected='{ source = "/path" }')
+    src = ctx.abspath((*path, "source"), entry["source"])
+    dest = ctx.abspath((*path, "dest"), entry["dest"]) if "dest" in entry else src
+    optional = ctx.boolean((*path, "optional"), entry["optional"]) if "optional" in entry else False
+    return Bind(src, dest, writable, optional)
+
+
+def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
+    base: Path = ("filesystem",)
+    ctx.check_keys(base, table, FILESYSTEM_KEYS)
+    for key, writable in (("ro", False), ("rw", True)):
+        if key in table:
+            items = table[key]
+            if not isinstance(items, list):
+                ctx.error((*base, key), f'"filesystem.{key}" must be a list',
+                          expected='["/path", { source = "/path", optional = true }]')
+            layer.binds.extend(_bind(ctx, (*base, key, i), v, writable)
+                               for i, v in enumerate(items))
+    if "tmpfs" in table:
+        items = table["tmpfs"]
+        if not isinstance(items, list):
+            ctx.error((*base, "tmpfs"), '"filesystem.tmpfs" must be a list',
+                      expected='["/path", { dest = "/path", size = "16M" }]')
+        for i, item in enumerate(items):
+            p: Path = (*base, "tmpfs", i)
+            if isinstance(item, str):
+                layer.tmpfs.append(Tmpfs(ctx.abspath(p, item)))
+                continue
+            entry = ctx.table(p, item)
+            ctx.check_keys(p, entry, TMPFS_KEYS)
+            if "dest" not in entry:
+                ctx.error(p, 'tmpfs has no "dest"', expected='{ dest = "/path" }')
+            dest = ctx.abspath((*p, "dest"), entry["dest"])
+            if "size" in entry:
+                layer.tmpfs.append(Tmpfs(dest, ctx.size((*p, "size"), entry["size"])))
+            else:
+                layer.tmpfs.append(Tmpfs(dest))
+    if "tmp-size" in table:
+        layer.tmp_size = ctx.size((*base, "tmp-size"), table["tmp-size"])
+    if "chdir" in table:
+        layer.chdir = ctx.abspath((*base, "chdir"), table["chdir"])
+
+
+def _limits(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
+    base: Path = ("limits",)
+    ctx.check_keys(base, table, LIMIT_KEYS)
+    for key, value in table.items():
+        p = (*base, key)
+        if key == "memory":
+            layer.limits[key] = ctx.size(p, value)
+        elif key in ("processes", "open-files"):
+            layer.limits[key] = ctx.count(p, value)
+        else:
+            layer.limits[key] = ctx.seconds(p, value)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _environment(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
+    base: Path = ("environment",)
+    ctx.check_keys(base, table, ENVIRONMENT_KEYS)
+    if "keep" in table:
+        for i, name in enumerate(ctx.strings((*base, "keep"), table["keep"])):
+            if not _ENV_NAME.fullmatch(name):
+                ctx.error((*base, "keep", i), f'"{name}" is not a variable name',
+                          expected="letters, digits and _")
+            layer.env_keep.append(name)
+    if "set" in table:
+        values = ctx.table((*base, "set"), table["set"])
+        for name, value in values.items():
+            p: Path = (*base, "set", name)
+            if not _ENV_NAME.fullmatch(name):
+                ctx.error(p, f'"{name}" is not a variable name', expected="letters, digits and _",
+                          at_key=True)
+            text = ctx.string(p, value)
+            if "\0" in text:
+                ctx.error(p, "value contains a NUL byte")
+            layer.env_set[name] = text
+
+
+__all__ = ["Entry", "Layer", "Reference", "format_action", "parse_action", "parse_condition",
+           "parse_text"]
