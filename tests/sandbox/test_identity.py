@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from sandbox_util import MODE, PY, TEST_PROFILE, collect, py, start
 
 from supervisor.sandbox.spec import DEFAULT_OUTER_ID, INNER_ID
@@ -80,3 +81,19 @@ def test_setuid_binaries_are_inert() -> None:
             "'-c', 'import os; print(os.geteuid())']); sys.exit(r.returncode)")
     assert r2.out.strip() == str(INNER_ID)
     assert TEST_PROFILE.name == "test"
+
+
+def test_a_setuid_root_program_runs_with_the_sandbox_uid() -> None:
+    if MODE != "root":
+        pytest.skip("making a setuid-root file needs root")
+    import shutil
+
+    from sandbox_util import run, world_dir
+
+    d = world_dir()
+    target = os.path.join(d, "id")
+    shutil.copy("/usr/bin/id", target)
+    os.chown(target, 0, 0)
+    os.chmod(target, 0o4755)
+    r = run(["/opt/bin/id", "-u"], binds=[f"{d}:/opt/bin"])  # even a writable bind: nosuid
+    assert r.out.strip() == str(INNER_ID), r
