@@ -75,10 +75,12 @@ def test_terminate_forwards_sigterm_then_kills_after_grace() -> None:
     box, _out, _err = start(["/bin/sleep", "30"])
     st = box.terminate(grace=5)
     assert (st.outcome, st.signal) == (Outcome.SIGNALED, signal.SIGTERM)
-    box, _out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
-                           "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                           "print('ready', flush=True)\ntime.sleep(30)"])
-    time.sleep(0.3)
+    box, out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
+                            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                            "print('ready', flush=True)\ntime.sleep(30)"])
+    deadline = time.monotonic() + 20
+    while os.pread(out.fileno(), 16, 0) != b"ready\n" and time.monotonic() < deadline:
+        time.sleep(0.02)  # until SIGTERM is ignored, however slow the start
     st = box.terminate(grace=0.3)
     assert st.outcome is Outcome.KILLED
     assert st.reason == "did not exit within 0.3s of SIGTERM"
