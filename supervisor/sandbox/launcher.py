@@ -27,6 +27,7 @@ a zygote can run it right after its own fork.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import gc
 import os
@@ -247,10 +248,18 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         if plan.notify:
             _hand_over_listener(sock_fd, listener_fd)
         _close_all_but({status_fd})
+        _set_name(b"warden-init")
     except BaseException as e:
         _fail(sock_fd, step, e)
     pidns.run_init(pid, status_fd)
     os._exit(0)
+
+
+def _set_name(name: bytes) -> None:
+    """What ps shows for the init (it would otherwise look like the supervisor)."""
+    buf = ctypes.create_string_buffer(name[:15])
+    with contextlib.suppress(OSError):
+        _sys.prctl(_sys.PR_SET_NAME, ctypes.addressof(buf))
 
 
 def _lowest_free_fd() -> int:
