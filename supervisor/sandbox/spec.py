@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -332,10 +331,3 @@ def build_spec(
         channel=channel, pass_fds=tuple(pfds), files=tuple(grants), stdio=stdio,
         outer_uid=ouid, outer_gid=ogid, notify=uses_notify(seccomp_filter),
     )
-
-
-def is_directory(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except OSError:
-        return False
