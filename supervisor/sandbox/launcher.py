@@ -1,27 +1,31 @@
 """Starting a sandbox: the parent's preparation, the child's fixed setup order, the handle.
 
-Process shape (all three are created before the program runs):
+Process shape:
 
     supervisor (parent)
-      ├─ A   os.fork(): a plain fork, so libc and CPython are consistent;
-      │      it only clones B (CLONE_PARENT makes B the supervisor's own
-      │      child) and exits
-      └─ B   pid 1 of a new user+pid+mount+ipc+uts(+net) namespace set: sets up
-             the session, the parent-death signal, the filesystem, hostname,
-             loopback, cgroup namespace; forks C; then reaps as init (pidns)
-           └─ C  the workload: rlimits, fd map, ids and capabilities,
-                 no_new_privs, Landlock, seccomp, exec
+      ├─ A   only when the supervisor has other threads: os.fork(), so libc
+      │      and CPython are consistent; it clones B with CLONE_PARENT (B is
+      │      the supervisor's own child), sends B's pid, and exits. A
+      │      single-threaded supervisor clones B itself.
+      └─ B   pid 1 of a new user+pid+mount+ipc+uts(+net) namespace set, later
+             also cgroup: session, parent-death signal, ids, new root,
+             hostname, loopback, rlimits, fd map, Landlock ruleset, cgroup
+             namespace, capabilities to zero, no_new_privs; forks C; hands the
+             seccomp listener to the parent; then reaps as init (pidns)
+           └─ C  the workload: signal mask, own process group, Landlock,
+                 RLIMIT_AS/NOFILE, seccomp, exec
 
-The parent writes B's id maps and puts B in its cgroup while B builds the
+The parent writes B's id maps and moves B into its cgroup while B builds the
 new root. C shares B's descriptor table until its exec (CLONE_FILES, with
 CLONE_VFORK so B sleeps meanwhile), so the seccomp listener C creates right
-before exec stays in B's table, and B sends it to the parent. Every
-setup step in B or C that fails is sent to the parent as (step, errno) over
-a close-on-exec socket, which reaches end-of-file exactly when C has
+before exec stays in B's table, and B sends it to the parent. Every setup
+step in B or C that fails is sent to the parent as (step, errno, message)
+over a close-on-exec socket, which reaches end-of-file exactly when C has
 exec'ed; the parent then reports `setup_error` naming the step.
 
-`child_setup(plan, ...)` is the child side and takes only a prepared Plan, so
-a zygote can run it right after its own fork.
+`child_setup(plan, ...)` is the child side and takes only a prepared Plan;
+`prepare()` and `Launch.complete()` are the parent's side, split around the
+clone so that a zygote can do the clone.
 """
 
 from __future__ import annotations
