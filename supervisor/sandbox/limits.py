@@ -32,6 +32,42 @@ from typing import NamedTuple
 from supervisor.sandbox.spec import SandboxSpec
 
 _counter = itertools.count()
+_swept: set[str] = set()
+
+
+def _name() -> str:
+    # The pid says whose it was (for sweeping), the random part keeps a reused
+    # pid from colliding with a cgroup its earlier owner could not remove.
+    return f"warden-{os.getpid()}-{next(_counter)}-{os.urandom(4).hex()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(parent: str) -> None:
+    """Remove empty cgroups left by supervisors that died without cleaning up
+    (a SIGKILLed supervisor cannot); once per parent directory and process."""
+    if parent in _swept:
+        return
+    _swept.add(parent)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if parts[0] != "warden" or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(parent, name))  # refused while not empty
 
 
 class LimitsError(OSError):
@@ -128,7 +164,8 @@ class CgroupV2(Limiter):
 
     def __init__(self, spec: SandboxSpec, parent: str) -> None:
         super().__init__(spec)
-        self.dir = os.path.join(parent, f"warden-{os.getpid()}-{next(_counter)}")
+        sweep(parent)
+        self.dir = os.path.join(parent, _name())
 
     def create(self) -> None:
         try:
@@ -163,7 +200,9 @@ class CgroupV1(Limiter):
 
     def __init__(self, spec: SandboxSpec, mem_dir: str, pids_dir: str) -> None:
         super().__init__(spec)
-        name = f"warden-{os.getpid()}-{next(_counter)}"
+        sweep(mem_dir)
+        sweep(pids_dir)
+        name = _name()
         self.mem = os.path.join(mem_dir, name)
         self.pids = os.path.join(pids_dir, name)
 

@@ -98,3 +98,21 @@ def test_the_status_says_which_mechanism_held_the_limits(monkeypatch: pytest.Mon
     r = py("import resource; print(resource.getrlimit(resource.RLIMIT_NPROC)[0])", max_procs=33)
     assert r.status.limits_mechanism == "rlimit"
     assert r.out.strip() == "33"
+
+
+def test_cgroups_left_by_a_killed_supervisor_are_swept() -> None:
+    from supervisor.sandbox import limits
+
+    if not py("pass").status.limits_mechanism.startswith("cgroup"):
+        pytest.skip("no cgroup in use here")
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)  # a pid that no longer runs, like a SIGKILLed supervisor's
+    parents = [d for d in limits._swept if os.path.isdir(d)]
+    stale = [os.path.join(d, f"warden-{gone}-0-deadbeef") for d in parents]
+    for d in stale:
+        os.mkdir(d)
+    limits._swept.clear()
+    py("pass")
+    assert [d for d in stale if os.path.exists(d)] == []
