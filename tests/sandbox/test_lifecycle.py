@@ -304,3 +304,23 @@ def test_a_dropped_handle_kills_its_sandbox_and_warns() -> None:
     assert select.select([pidfd], [], [], 5)[0]
     os.close(pidfd)
     assert _leftover_cgroups() == [] or os.geteuid() != 0
+
+
+NON_DUMPABLE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from sandbox_util import collect, start
+    from supervisor.sandbox import _sys
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)  # as a supervisor marks itself
+    for _ in range(20):  # a race with the child's own start would show up here
+        box, out, err = start(["/bin/sh", "-c", "exit 4"])
+        assert collect(box, out, err).status.returncode == 4
+    print("ok")
+""")
+
+
+def test_a_non_dumpable_supervisor_can_start_sandboxes() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([PYTHON, "-c", NON_DUMPABLE, here], capture_output=True, text=True,
+                       env=supervisor_env(), timeout=120)
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
