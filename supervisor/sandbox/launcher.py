@@ -405,10 +405,18 @@ class _Setup:
 
     def recv(self) -> tuple[bytes, list[int]]:
         """Next message and any fds that came with it; (b"", []) at end-of-file."""
-        left = self.deadline - time.monotonic()
-        if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-            raise TimeoutError("sandbox setup did not finish in time")
-        data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError("sandbox setup did not finish in time")
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
+                break
+            except ConnectionResetError:
+                # The child side closed with a message of ours unread (it failed
+                # before reading "C"). Reading the error clears it; what the
+                # child sent before closing is still queued behind it.
+                continue
         fds: list[int] = []
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

@@ -324,3 +324,26 @@ def test_a_non_dumpable_supervisor_can_start_sandboxes() -> None:
     r = subprocess.run([PYTHON, "-c", NON_DUMPABLE, here], capture_output=True, text=True,
                        env=supervisor_env(), timeout=120)
     assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+
+
+def test_a_setup_error_is_reported_even_when_the_child_left_our_message_unread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a cgroup to join, "cgroup joined" is sent at once; the init fails
+    # (no such program) before reading it, and closes with it unread, which the
+    # kernel reports to the parent (ECONNRESET) ahead of the error message. A
+    # slow parent (every read late) meets that every time.
+    from supervisor.sandbox import launcher
+
+    monkeypatch.setenv("WARDEN_CGROUP", "none")
+    recv = launcher._Setup.recv
+
+    def slow_recv(self: launcher._Setup) -> tuple[bytes, list[int]]:
+        time.sleep(0.05)
+        return recv(self)
+
+    monkeypatch.setattr(launcher._Setup, "recv", slow_recv)
+    for _ in range(3):
+        with pytest.raises(SetupError) as e:
+            start(["no-such-program"])
+        assert e.value.status.setup is not None
+        assert (e.value.status.setup.step, e.value.status.exit_code) == ("exec", 127)
