@@ -347,3 +347,31 @@ def test_a_setup_error_is_reported_even_when_the_child_left_our_message_unread(
             start(["no-such-program"])
         assert e.value.status.setup is not None
         assert (e.value.status.setup.step, e.value.status.exit_code) == ("exec", 127)
+
+
+USERNS_FILTERED = textwrap.dedent("""
+    import sys, pyseccomp
+    sys.path.insert(0, sys.argv[1])
+    from sandbox_util import start
+    from supervisor.sandbox import PreflightError, _sys
+    # What a container runtime's filter does: clone with CLONE_NEWUSER refused.
+    f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    f.add_rule(pyseccomp.ERRNO(1), "clone",
+               pyseccomp.Arg(0, pyseccomp.MASKED_EQ, 0x10000000, 0x10000000))
+    f.add_rule(pyseccomp.ERRNO(1), "unshare")
+    f.load()
+    try:
+        start(["/bin/true"])
+    except PreflightError as e:
+        print(e)
+        sys.exit(e.exit_code)
+""")
+
+
+def test_clear_error_when_a_seccomp_filter_refuses_user_namespaces() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([PYTHON, "-c", USERNS_FILTERED, here], capture_output=True, text=True,
+                       env=supervisor_env(), timeout=60)
+    assert r.returncode == 125, r
+    assert r.stdout.startswith("this process runs under a seccomp filter that refuses to "
+                               "create user namespaces; run warden without that filter"), r
