@@ -207,6 +207,24 @@ def test_clear_error_when_user_namespaces_are_turned_off() -> None:
                                 "enable them with: sysctl -w user.max_user_namespaces=15000")
 
 
+def test_clear_error_when_the_user_namespace_limit_is_reached() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    # One user namespace allowed, and already taken by a sleeper: the next gets ENOSPC.
+    r = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c",
+         'echo 1 > /proc/sys/user/max_user_namespaces || exit 9; '
+         'unshare --user sleep 30 </dev/null >/dev/null 2>&1 & taken=$!; '
+         'while [ "$(readlink /proc/$taken/ns/user)" = "$(readlink /proc/$$/ns/user)" ]; '
+         'do sleep 0.01; done; '
+         '"$0" -c "$1" "$2"; rc=$?; kill $taken; exit $rc',
+         PYTHON, USERNS_OFF, here],
+        capture_output=True, text=True, env=supervisor_env(), timeout=60)
+    assert r.returncode == 125, r
+    assert r.stdout.strip() == ("the user namespace limit is reached (user.max_user_namespaces, "
+                                "or the nesting depth of 32); raise it with: sysctl -w "
+                                "user.max_user_namespaces=15000"), r
+
+
 def test_spawn_from_a_threaded_process() -> None:
     import threading
 
