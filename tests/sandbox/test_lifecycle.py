@@ -393,3 +393,35 @@ def test_clear_error_when_a_seccomp_filter_refuses_user_namespaces() -> None:
     assert r.returncode == 125, r
     assert r.stdout.startswith("this process runs under a seccomp filter that refuses to "
                                "create user namespaces; run warden without that filter"), r
+
+
+def test_an_event_loop_can_drive_the_handle_without_blocking() -> None:
+    """What an embedder's asyncio loop does: watch fds(), call service()."""
+    import asyncio
+
+    async def main() -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        bpf = filter_notifying("mkdir", "mkdirat")
+        boxes = [start([PY, "-I", "-S", "-c", code], bpf=bpf)[0] for code in
+                 ("import time; time.sleep(0.2)", "import os; os.mkdir('/tmp/x')",
+                  "import time; time.sleep(30)")]
+        boxes[2].kill(Outcome.KILLED, "cancelled by the loop")
+        done = asyncio.Event()
+
+        def on_ready() -> None:
+            for box in boxes:
+                box.service()
+            if all(b.status is not None for b in boxes):
+                done.set()
+
+        watched = {fd for b in boxes for fd in b.fds()}
+        for fd in watched:
+            loop.add_reader(fd, on_ready)
+        try:
+            await asyncio.wait_for(done.wait(), 20)
+        finally:
+            for fd in watched:
+                loop.remove_reader(fd)
+        return [b.status.outcome for b in boxes if b.status is not None]
+
+    assert asyncio.run(main()) == [Outcome.OK, Outcome.SECCOMP_VIOLATION, Outcome.KILLED]
