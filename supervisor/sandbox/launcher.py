@@ -176,6 +176,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     """B: the sandbox's pid 1, from the session to forking the workload, then init."""
     # A collection would touch every object and copy every page the parent shares.
     gc.disable()
+    _set_name(b"warden-init")
     step = "session"
     try:
         # A supervisor that made itself non-dumpable passed that on; until the
@@ -256,7 +257,6 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         if plan.notify:
             _hand_over_listener(sock_fd, listener_fd)
         _close_all_but({status_fd})
-        _set_name(b"warden-init")
     except BaseException as e:
         _fail(sock_fd, step, e)
     pidns.run_init(pid, status_fd)

@@ -163,6 +163,7 @@ def test_children_die_within_a_second_of_the_supervisor_being_killed(threads: st
                            env=supervisor_env())
     try:
         assert sup.stdout is not None
+        assert select.select([sup.stdout], [], [], 60)[0], "the supervisor never started"
         init_pid = int(sup.stdout.readline())
         workload = int(Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()[0])
         pidfds = [os.pidfd_open(init_pid), os.pidfd_open(workload)]
