@@ -1,0 +1,358 @@
+"""The asyncio front-end: the trusted side's channel end, one per peer, all in one loop.
+
+Reads happen in a reader callback, at most `Limits.max_reads_per_wakeup` frames per wakeup,
+so a flooding peer yields to the others. Sends never block: when the peer's socket is full,
+frames wait in a bounded queue; past the bound the peer is cut off (`CutOff`), never waited
+for. An invalid frame closes this channel only: the bad-message hook runs, pending calls
+fail with `ChannelClosed`, and every other channel in the loop carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from ipc.channel import FrameReader, close_fds, peer_credentials, send_frame
+from ipc.context import Context
+from ipc.dispatch import bind_handlers, failure_message
+from ipc.errors import BadMessage, ChannelClosed, ChannelError, CutOff, PeerError, RemoteError
+from ipc.interface import Interface, MethodSpec, interface_of
+from ipc.limits import DEFAULT_LIMITS, Limits
+from ipc.session import Session
+from ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
+
+log = logging.getLogger("ipc")
+
+
+class _AsyncProxy:
+    """``await channel.remote.method(args)`` for calls; one-way messages return at once."""
+
+    def __init__(self, channel: AsyncChannel) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        spec = self._channel._session.remote_spec(name)
+        channel = self._channel
+        if spec.oneway:
+
+            def send(*args: Any, **kwargs: Any) -> None:
+                channel._send_request(spec, args, kwargs)
+
+            fn: Callable[..., Any] = send
+        else:
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                return await channel._send_request(spec, args, kwargs)  # type: ignore[misc]
+
+            fn = call
+        fn.__name__ = name
+        setattr(self, name, fn)
+        return fn
+
+
+class AsyncChannel:
+    """The trusted side of one channel. Build with `attach` inside a running loop."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        peer_id: str,
+        serve: Interface | None,
+        remote: type[Interface] | None,
+        granted: frozenset[str],
+        context: Context,
+        limits: Limits,
+        on_bad_message: Callable[[BadMessage], object] | None,
+        on_cut_off: Callable[[CutOff], object] | None,
+        validate_outgoing: bool = False,
+    ) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop
+        self.peer_id = peer_id
+        self.context = context
+        self.limits = limits
+        serve_iface = interface_of(serve) if serve is not None else None
+        self._session = Session(
+            peer=peer_id, serve=serve_iface, remote=remote, granted=granted, limits=limits,
+            validate_outgoing=validate_outgoing,
+        )
+        self._reader = FrameReader(sock, limits, peer_id)
+        self._handlers = bind_handlers(serve)
+        self._is_async = {i: inspect.iscoroutinefunction(h) for i, h in self._handlers.items()}
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._queue: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        self._queued_bytes = 0
+        self._writing = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_bad_message = on_bad_message
+        self._on_cut_off = on_cut_off
+        self._closed_future: asyncio.Future[ChannelError | None] = loop.create_future()
+        self.close_reason: ChannelError | None = None
+        self.closed = False
+        self.remote: Any = _AsyncProxy(self)
+        loop.add_reader(self._fd, self._on_readable)
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        reader = self._reader
+        session = self._session
+        for _ in range(self.limits.max_reads_per_wakeup):
+            if self.closed:
+                return
+            try:
+                got = reader.read()
+                if got is None:
+                    self._close(None)
+                    return
+                kind, spec, rid, value = session.decode(*got)
+            except BlockingIOError:
+                return
+            except PeerError as e:
+                self._close(e)
+                return
+            except (ConnectionResetError, BrokenPipeError):
+                self._close(None)
+                return
+            except OSError as e:  # e.g. an endpoint a peer handed us that was never connected
+                self._close(None, f"receive failed: {e}")
+                return
+            if kind in (KIND_REPLY, KIND_ERROR):
+                fut = self._pending.pop(rid)  # present: the session checked rid was pending
+                if fut.done():  # the caller gave up (cancelled): drop the reply
+                    _close_value(value)
+                elif kind == KIND_REPLY:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(RemoteError(value))
+            else:
+                self._dispatch(kind, spec, rid, value)
+
+    def _dispatch(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
+        handler = self._handlers[spec.id]
+        if self._is_async[spec.id]:
+            task = self._loop.create_task(self._run_async(handler, kind, spec, rid, args))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        try:
+            result = handler(self.context, *args)
+        except Exception as exc:
+            self._finish(kind, spec, rid, None, exc)
+            return
+        self._finish(kind, spec, rid, result, None)
+
+    async def _run_async(
+        self, handler: Callable[..., Any], kind: int, spec: MethodSpec, rid: int,
+        args: tuple[Any, ...],
+    ) -> None:
+        try:
+            result = await handler(self.context, *args)
+        except asyncio.CancelledError:
+            if not self.closed and kind == KIND_CALL:
+                self._finish(kind, spec, rid, None, RuntimeError("handler cancelled"))
+            raise
+        except Exception as exc:
+            self._finish(kind, spec, rid, None, exc)
+            return
+        self._finish(kind, spec, rid, result, None)
+
+    def _finish(
+        self, kind: int, spec: MethodSpec, rid: int, result: Any, exc: BaseException | None
+    ) -> None:
+        if exc is not None:
+            msg = failure_message(spec, self.peer_id, exc)
+            if kind == KIND_CALL and not self.closed:
+                self._enqueue(self._session.encode_error(spec, rid, msg), [])
+            return
+        if kind == KIND_CALL and not self.closed:
+            try:
+                data, fds = self._session.encode_reply(spec, rid, result)
+            except Exception as e:
+                log.error("cannot encode reply of %s", spec.qualname, exc_info=e)
+                self._enqueue(self._session.encode_error(spec, rid, "internal error"), [])
+                return
+            self._enqueue(data, fds)
+
+    # ---- writing --------------------------------------------------------------------------
+
+    def _send_request(
+        self, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any] | None:
+        if self.closed:
+            raise ChannelClosed(f"channel to {self.peer_id!r} is closed")
+        data, fds, rid = self._session.encode_request(spec, args, kwargs)
+        fut: asyncio.Future[Any] | None = None
+        if not spec.oneway:
+            fut = self._loop.create_future()
+            self._pending[rid] = fut
+        self._enqueue(data, fds)
+        if self.closed and fut is None:  # a call's future already carries ChannelClosed
+            raise ChannelClosed(f"channel to {self.peer_id!r} closed: {self.close_reason}")
+        return fut
+
+    def _enqueue(self, data: bytes, fds: list[int]) -> None:
+        if not self._queue:
+            try:
+                send_frame(self._sock, data, fds)
+                return
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                self._close(None, f"send failed: {e}")
+                return
+        held = [os.dup(fd) for fd in fds]  # the caller may close its fds once we return
+        self._queue.append((data, held))
+        self._queued_bytes += len(data)
+        limits = self.limits
+        if self._queued_bytes > limits.max_send_queue_bytes:
+            self._close(CutOff(
+                self.peer_id,
+                f"peer does not read: send queue over {limits.max_send_queue_bytes} bytes",
+                limit="max_send_queue_bytes",
+            ))
+            return
+        if len(self._queue) > limits.max_send_queue_frames:
+            self._close(CutOff(
+                self.peer_id,
+                f"peer does not read: send queue over {limits.max_send_queue_frames} frames",
+                limit="max_send_queue_frames",
+            ))
+            return
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        queue = self._queue
+        while queue:
+            data, fds = queue[0]
+            try:
+                send_frame(self._sock, data, fds)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._close(None, f"send failed: {e}")
+                return
+            queue.popleft()
+            self._queued_bytes -= len(data)
+            close_fds(fds)
+        self._writing = False
+        self._loop.remove_writer(self._fd)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    # ---- closing --------------------------------------------------------------------------
+
+    def _close(self, reason: ChannelError | None, note: str | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        for _, fds in self._queue:
+            close_fds(fds)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._sock.close()
+        why = str(reason) if reason else (note or "channel closed")
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ChannelClosed(why))
+        self._pending.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        self._closed_future.set_result(reason)
+        hook: Callable[[Any], object] | None = None
+        if isinstance(reason, BadMessage):
+            log.warning("%s", reason)
+            hook = self._on_bad_message
+        elif isinstance(reason, CutOff):
+            log.warning("%s", reason)
+            hook = self._on_cut_off
+        if hook is not None:
+            try:
+                hook(reason)
+            except Exception as e:
+                log.error("ipc hook for peer %r raised", self.peer_id, exc_info=e)
+
+    def close(self) -> None:
+        """Close the channel from our side (pending calls fail with ChannelClosed)."""
+        self._close(None, "closed locally")
+
+    async def wait_closed(self) -> ChannelError | None:
+        """Wait until the channel closes; returns the BadMessage/CutOff that closed it, if any."""
+        return await asyncio.shield(self._closed_future)
+
+
+def _close_value(value: Any) -> None:
+    close = getattr(value, "close", None)
+    if callable(close):
+        close()
+
+
+def attach(
+    sock: socket.socket,
+    *,
+    peer_id: str,
+    serve: Interface | None = None,
+    remote: type[Interface] | None = None,
+    granted: Iterable[str] = (),
+    extra: Mapping[str, object] | None = None,
+    pid: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    on_bad_message: Callable[[BadMessage], object] | None = None,
+    on_cut_off: Callable[[CutOff], object] | None = None,
+    validate_outgoing: bool = True,
+) -> AsyncChannel:
+    """Attach our end of a channel to the running loop; takes ownership of `sock`.
+
+    peer_id: the embedder's name for the peer (handlers see it in ``ctx.peer_id``).
+    serve: the implementation whose methods the peer may call.
+    remote: the interface the peer serves (``await channel.remote.method(...)``).
+    granted: permissions the peer holds (default: none; methods with a permission fail).
+    extra: read-only fields for ``ctx.extra`` (e.g. the child's profile name).
+    pid: the peer's pid as the embedder knows it (SO_PEERCRED otherwise).
+    on_bad_message / on_cut_off: hooks run once when the peer is cut off.
+    validate_outgoing: check our arguments and replies against the declaration before
+        sending (ValueError here, not a confused peer); one extra encode+decode per frame.
+    """
+    loop = asyncio.get_running_loop()
+    if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
+        raise ValueError(f"a channel must be an AF_UNIX SOCK_SEQPACKET socket, got {sock!r}")
+    sock.setblocking(False)
+    cred_pid, uid, gid = peer_credentials(sock)
+    grant = frozenset(granted)
+    serve_iface = interface_of(serve) if serve is not None else None
+    context = Context(
+        peer_id=peer_id,
+        granted=grant,
+        pid=pid if pid is not None else cred_pid,
+        uid=uid,
+        gid=gid,
+        interface=serve_iface.__ipc_name__ if serve_iface else None,
+        extra=MappingProxyType(dict(extra or {})),
+    )
+    return AsyncChannel(
+        sock, loop=loop, peer_id=peer_id, serve=serve, remote=remote, granted=grant,
+        context=context, limits=limits, on_bad_message=on_bad_message, on_cut_off=on_cut_off,
+        validate_outgoing=validate_outgoing,
+    )
+
+
+__all__ = ["AsyncChannel", "attach"]

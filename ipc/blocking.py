@@ -1,0 +1,304 @@
+"""The blocking front-end, for the child side (and simple tools): one thread, no event loop.
+
+A child opens its channel with `connect_from_env`, serves its interface with
+`serve_forever` and calls the other side through `channel.remote`. While a call waits for
+its reply, incoming calls and messages are dispatched in order, so both sides may call each
+other. Not thread-safe: use one `Channel` from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ipc.channel import (
+    CHANNEL_FD_ENV,
+    SEND_FLAGS,
+    FrameReader,
+    peer_credentials,
+    send_frame,
+)
+from ipc.context import Context
+from ipc.dispatch import bind_handlers, failure_message
+from ipc.errors import ChannelClosed, PeerError, RemoteError
+from ipc.handles import Receiver, Remote, fd_to_int
+from ipc.interface import Interface, MethodSpec, interface_of
+from ipc.limits import DEFAULT_LIMITS, Limits
+from ipc.session import Session
+from ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
+
+
+class _Proxy:
+    """Calls the remote interface: ``channel.remote.method(args)`` blocks for the reply."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        spec = self._channel._session.remote_spec(name)
+        channel = self._channel
+
+        def invoke(*args: Any, **kwargs: Any) -> Any:
+            return channel._invoke(spec, args, kwargs)
+
+        invoke.__name__ = name
+        setattr(self, name, invoke)
+        return invoke
+
+
+class Channel:
+    """A blocking channel end. Build with `connect` or `connect_from_env`."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        serve: Interface | None,
+        remote: type[Interface] | None,
+        peer_id: str,
+        granted: Iterable[str] | None,
+        limits: Limits,
+        validate_outgoing: bool = False,
+    ) -> None:
+        sock.setblocking(True)
+        self._sock = sock
+        serve_iface = interface_of(serve) if serve is not None else None
+        if granted is None:
+            granted = (
+                {s.permission for s in serve_iface.__ipc_methods__.values() if s.permission}
+                if serve_iface
+                else set()
+            )
+        self._session = Session(
+            peer=peer_id, serve=serve_iface, remote=remote, granted=frozenset(granted),
+            limits=limits, validate_outgoing=validate_outgoing,
+        )
+        self._reader = FrameReader(sock, limits, peer_id)
+        self._read = self._reader.read
+        self._decode = self._session.decode
+        self._encode_request = self._session.encode_request
+        self._encode_reply = self._session.encode_reply
+        self._sock_send = sock.send
+        self._handlers = bind_handlers(serve)
+        pid, uid, gid = peer_credentials(sock)
+        self.context = Context(
+            peer_id=peer_id, granted=frozenset(granted), pid=pid, uid=uid, gid=gid,
+            interface=serve_iface.__ipc_name__ if serve_iface else None,
+        )
+        self._replies: dict[int, tuple[int, Any]] = {}
+        self.remote: Any = _Proxy(self)
+        self.closed = False
+
+    # ---- calling --------------------------------------------------------------------------
+
+    def _send(self, data: bytes, fds: list[int]) -> None:
+        try:
+            if fds:
+                send_frame(self._sock, data, fds)
+            else:
+                self._sock_send(data, SEND_FLAGS)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            self.close()
+            raise ChannelClosed(f"peer closed the channel: {e}") from None
+        except OSError:
+            if self.closed:
+                raise ChannelClosed("channel is closed") from None
+            raise
+
+    def _invoke(self, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.closed:
+            raise ChannelClosed("channel is closed")
+        data, fds, rid = self._encode_request(spec, args, kwargs)
+        self._send(data, fds)
+        if spec.oneway:
+            return None
+        replies = self._replies
+        read = self._read
+        decode = self._decode
+        # Handle frames until our reply arrives: calls from the peer run meanwhile, replies
+        # for outer (nested) calls are filed for their callers.
+        while rid not in replies:
+            try:
+                got = read()
+                if got is None:
+                    self.close()
+                    raise ChannelClosed(f"peer closed the channel before replying to {spec.name}")
+                kind, got_spec, got_rid, value = decode(*got)
+            except PeerError:
+                self.close()
+                raise
+            except OSError as e:
+                self.close()
+                raise ChannelClosed(f"channel failed before replying to {spec.name}: {e}") from None
+            if kind < KIND_REPLY:
+                self._run(kind, got_spec, got_rid, value)
+            elif got_rid == rid:
+                if kind == KIND_ERROR:
+                    raise RemoteError(value)
+                return value
+            else:
+                replies[got_rid] = (kind, value)
+        kind, value = replies.pop(rid)
+        if kind == KIND_ERROR:
+            raise RemoteError(value)
+        return value
+
+    # ---- serving --------------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Receive and handle one frame (replies are filed for their caller); False at EOF."""
+        if self.closed:
+            return False
+        try:
+            got = self._read()
+            if got is None:
+                self.close()
+                return False
+            kind, spec, rid, value = self._decode(*got)
+        except PeerError:
+            self.close()
+            raise
+        except ConnectionResetError:
+            self.close()
+            return False
+        except OSError as e:
+            self.close()
+            raise ChannelClosed(f"receive failed: {e}") from None
+        if kind < KIND_REPLY:
+            self._run(kind, spec, rid, value)
+        else:
+            self._replies[rid] = (kind, value)
+        return True
+
+    def _run(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
+        try:
+            result = self._handlers[spec.id](self.context, *args)
+        except Exception as exc:
+            msg = failure_message(spec, self._session.peer, exc)
+            if kind == KIND_CALL:
+                self._send(self._session.encode_error(spec, rid, msg), [])
+            return
+        if kind == KIND_CALL:
+            try:
+                data, fds = self._encode_reply(spec, rid, result)
+            except Exception as exc:
+                msg = failure_message(spec, self._session.peer, exc)
+                self._send(self._session.encode_error(spec, rid, msg), [])
+                return
+            self._send(data, fds)
+
+    def serve_forever(self) -> None:
+        """Handle incoming calls and messages until the peer closes the channel.
+
+        Raises BadMessage/CutOff (channel closed) if the peer breaks the protocol.
+        """
+        read = self._read
+        decode = self._decode
+        run = self._run
+        while not self.closed:
+            try:
+                got = read()
+                if got is None:
+                    self.close()
+                    return
+                kind, spec, rid, value = decode(*got)
+            except PeerError:
+                self.close()
+                raise
+            except ConnectionResetError:
+                self.close()
+                return
+            except OSError as e:
+                self.close()
+                raise ChannelClosed(f"receive failed: {e}") from None
+            if kind < KIND_REPLY:
+                run(kind, spec, rid, value)
+            else:
+                self._replies[rid] = (kind, value)
+
+    def serve_one(self) -> bool:
+        """Handle one incoming frame; False once the channel is closed."""
+        return self._step()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._sock.close()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    sock: socket.socket | Remote[Any] | Receiver[Any] | int,
+    *,
+    serve: Interface | None = None,
+    remote: type[Interface] | None = None,
+    peer_id: str = "supervisor",
+    granted: Iterable[str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    validate_outgoing: bool = True,
+) -> Channel:
+    """A blocking channel over `sock` (a socket, an fd number, or a received endpoint handle).
+
+    A `Remote[I]` handle sets ``remote=I``; a `Receiver[I]` handle requires `serve` to
+    implement `I`. `granted` is what the peer may call on `serve`; None grants every
+    permission `serve` declares (right for a child, whose peer is the trusted side).
+    validate_outgoing: check our own arguments and replies against the declaration before
+    sending (a ValueError here rather than being cut off by the peer); costs one extra
+    encode and decode per frame, so benchmarks turn it off.
+    """
+    if isinstance(sock, Remote | Receiver):
+        iface = sock.interface
+        if isinstance(sock, Remote):
+            if remote is not None and remote is not iface:
+                raise TypeError(f"endpoint is bound to {iface}, not {remote}")
+            remote = iface
+        elif serve is None or interface_of(serve) is not iface:
+            raise TypeError(f"endpoint expects an implementation of {iface}")
+        sock = sock.socket()
+    elif not isinstance(sock, socket.socket):
+        sock = socket.socket(fileno=fd_to_int(sock))
+    if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
+        raise ValueError(f"a channel must be an AF_UNIX SOCK_SEQPACKET socket, got {sock!r}")
+    return Channel(
+        sock, serve=serve, remote=remote, peer_id=peer_id, granted=granted, limits=limits,
+        validate_outgoing=validate_outgoing,
+    )
+
+
+def connect_from_env(
+    *,
+    serve: Interface | None = None,
+    remote: type[Interface] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    env_var: str = CHANNEL_FD_ENV,
+    validate_outgoing: bool = True,
+) -> Channel:
+    """Open the channel the supervisor handed us (fd number in $WARDEN_CHANNEL_FD, default 3)."""
+    raw = os.environ.get(env_var)
+    if raw is None:
+        raise RuntimeError(f"${env_var} is not set: not started by a warden supervisor")
+    try:
+        fd = int(raw)
+    except ValueError:
+        raise RuntimeError(f"${env_var}={raw!r} is not an fd number") from None
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        raise RuntimeError(f"${env_var}={fd}: fd is not open ({e.strerror})") from None
+    return connect(
+        fd, serve=serve, remote=remote, limits=limits, validate_outgoing=validate_outgoing
+    )
+
+
+__all__ = ["Channel", "connect", "connect_from_env"]
+

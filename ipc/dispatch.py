@@ -1,0 +1,29 @@
+"""Running a handler for an incoming call or message, shared by both front-ends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ipc.errors import CallFailed
+from ipc.interface import Interface, MethodSpec
+
+log = logging.getLogger("ipc")
+
+INTERNAL_ERROR = "internal error"
+
+
+def bind_handlers(impl: Interface | None) -> dict[int, Callable[..., Any]]:
+    """Method id → bound handler, resolved once per channel (not per message)."""
+    if impl is None:
+        return {}
+    return {spec.id: getattr(impl, name) for name, spec in type(impl).__ipc_methods__.items()}
+
+
+def failure_message(spec: MethodSpec, peer: str, exc: BaseException) -> str:
+    """What the caller learns about a failed handler: CallFailed's text, else nothing."""
+    if isinstance(exc, CallFailed):
+        return str(exc)
+    log.error("handler %s for peer %r raised", spec.qualname, peer, exc_info=exc)
+    return INTERNAL_ERROR

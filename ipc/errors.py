@@ -1,0 +1,87 @@
+"""The errors a channel raises, one type per way a channel can end or a call can fail.
+
+`BadMessage` and `CutOff` are what the trusted side reports about a peer: the first is an
+invalid message (the peer broke the protocol; the supervisor kills it), the second a peer
+that exceeded a quota or stopped reading. Both close the channel; nothing is delivered.
+"""
+
+from __future__ import annotations
+
+
+class ChannelError(Exception):
+    """Base class of every error this package raises about a channel."""
+
+
+class ChannelClosed(ChannelError):
+    """The channel is closed (by us, by the peer, or after a bad message or a cut-off)."""
+
+
+class PeerError(ChannelError):
+    """A peer broke the channel's rules; carries who and why. The channel is closed."""
+
+    def __init__(self, peer: str, reason: str) -> None:
+        super().__init__(peer, reason)
+        self.peer = peer
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"peer {self.peer!r}: {self.reason}"
+
+
+class BadMessage(PeerError):
+    """An invalid message: never delivered; the channel is closed and the peer is to blame.
+
+    `interface` and `method` name what the frame claimed to be (None when the frame could not
+    even be attributed to a method), `field` is the path inside the payload that failed (as
+    msgspec reports it, e.g. ``$.size``) and `reason` is the full sentence, msgspec's own wording
+    for decode errors.
+    """
+
+    def __init__(
+        self,
+        peer: str,
+        reason: str,
+        *,
+        interface: str | None = None,
+        method: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(peer, reason)
+        self.interface = interface
+        self.method = method
+        self.field = field
+
+    def __str__(self) -> str:
+        where = f" in {self.interface}.{self.method}" if self.method else ""
+        return f"bad message from peer {self.peer!r}{where}: {self.reason}"
+
+
+class CutOff(PeerError):
+    """The peer exceeded a quota or did not read what we sent; the channel was closed."""
+
+    def __init__(self, peer: str, reason: str, *, limit: str) -> None:
+        super().__init__(peer, reason)
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"peer {self.peer!r} cut off: {self.reason}"
+
+
+class RemoteError(ChannelError):
+    """The remote handler failed; carries only the message the remote chose to send."""
+
+
+class CallFailed(Exception):
+    """Raise in a handler to fail the call with this message sent back to the caller.
+
+    Any other exception in a handler is logged locally and reported to the caller only as
+    ``internal error``, so a trusted handler never leaks its internals to a child.
+    """
+
+
+class FrameTooLarge(ValueError):
+    """We tried to send a frame at or over the cap (nothing was sent; the channel is fine)."""
+
+
+class InterfaceError(TypeError):
+    """An interface declaration is wrong (raised when the class is defined, never at runtime)."""

@@ -1,0 +1,296 @@
+"""Declaring an interface: typed methods, permissions, protocol states, method ids.
+
+An interface is a class that subclasses `Interface` directly; its methods, decorated with
+`call` (expects a reply) or `message` (one-way), are the schema shared by both ends. Each
+method's first parameter after ``self`` is the trusted `Context`; the others are typed with
+msgspec-compatible types (frozen structs with ``forbid_unknown_fields=True``, Annotated
+constraints, Literal, Enum...) or handle kinds. An implementation subclasses the interface
+and overrides the methods; it adds no new ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, get_args, get_origin
+
+import msgspec
+import msgspec.inspect as mi
+
+from ipc.errors import InterfaceError
+from ipc.handles import Handle, Receiver, Remote, _Endpoint
+from ipc.wire import method_id
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ATTR = "__ipc_method_options__"
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    oneway: bool
+    permission: str | None
+    when: frozenset[str] | None
+    then: str | None
+
+
+def _options(
+    oneway: bool, permission: str | None, when: str | Iterable[str] | None, then: str | None
+) -> Callable[[F], F]:
+    states = frozenset([when] if isinstance(when, str) else when) if when is not None else None
+
+    def mark(func: F) -> F:
+        setattr(func, _ATTR, _Options(oneway, permission, states, then))
+        return func
+
+    return mark
+
+
+def call(
+    *, permission: str | None = None, when: str | Iterable[str] | None = None,
+    then: str | None = None,
+) -> Callable[[F], F]:
+    """Declare a method that is answered with a reply (its return annotation is the reply type).
+
+    permission: the name the peer must have been granted to call it (None: any peer).
+    when: the protocol state(s) in which it is valid (None: any state).
+    then: the state the receiver enters once the call is accepted.
+    """
+    return _options(False, permission, when, then)
+
+
+def message(
+    *, permission: str | None = None, when: str | Iterable[str] | None = None,
+    then: str | None = None,
+) -> Callable[[F], F]:
+    """Declare a one-way message (no reply; must return None). Same options as `call`."""
+    return _options(True, permission, when, then)
+
+
+def handle_type(annotation: Any) -> tuple[type[Handle], type[Interface] | None] | None:
+    """(handle class, bound interface) if `annotation` is a handle kind, else None."""
+    origin = get_origin(annotation)
+    if origin in (Remote, Receiver):
+        (iface,) = get_args(annotation)
+        if not (isinstance(iface, type) and issubclass(iface, Interface)):
+            raise InterfaceError(f"{annotation} must name an Interface class")
+        return origin, iface
+    if isinstance(annotation, type) and issubclass(annotation, Handle):
+        if issubclass(annotation, _Endpoint):
+            raise InterfaceError(
+                f"{annotation.__name__} must name its interface, e.g. {annotation.__name__}[Foo]"
+            )
+        return annotation, None
+    return None
+
+
+def _check_type(t: mi.Type, where: str) -> None:
+    """Refuse types that would let unchecked data through (Any, open structs, mutable structs)."""
+    if isinstance(t, mi.AnyType):
+        raise InterfaceError(f"{where}: `Any`/`object` is not allowed; declare a precise type")
+    if isinstance(t, mi.StructType):
+        if not t.forbid_unknown_fields:
+            raise InterfaceError(
+                f"{where}: struct {t.cls.__name__} must set forbid_unknown_fields=True"
+            )
+        if not t.cls.__struct_config__.frozen:
+            raise InterfaceError(f"{where}: struct {t.cls.__name__} must set frozen=True")
+        for f in t.fields:
+            _check_type(f.type, f"{where}.{f.name}")
+        return
+    for attr in ("item_type", "key_type", "value_type"):
+        sub = getattr(t, attr, None)
+        if sub is not None:
+            _check_type(sub, where)
+    for attr in ("item_types", "types"):
+        for sub in getattr(t, attr, ()) or ():
+            _check_type(sub, where)
+    if isinstance(t, (mi.TypedDictType, mi.DataclassType, mi.NamedTupleType)):
+        raise InterfaceError(
+            f"{where}: use a frozen msgspec Struct with forbid_unknown_fields=True instead of "
+            f"{type(t).__name__}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HandleParam:
+    name: str
+    cls: type[Handle]
+    interface: type[Interface] | None
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class MethodSpec:
+    """Everything the wire layer needs about one method, built once at declaration."""
+
+    interface: str
+    name: str
+    id: int
+    oneway: bool
+    permission: str | None
+    when: frozenset[str] | None
+    then: str | None
+    params: type[msgspec.Struct]  # the value (non-handle) parameters, in order
+    params_decoder: msgspec.msgpack.Decoder[Any]
+    handles: tuple[HandleParam, ...]  # handle parameters, in order (= fd order)
+    # per parameter in signature order: (is_handle, index into values or handles)
+    plan: tuple[tuple[bool, int], ...]
+    signature: inspect.Signature
+    result: Any
+    result_decoder: msgspec.msgpack.Decoder[Any]
+    result_handle: HandleParam | None
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.interface}.{self.name}"
+
+
+def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> MethodSpec:
+    where = f"{iface_name}.{func.__name__}"
+    try:
+        hints = typing.get_type_hints(func, include_extras=True)
+    except Exception as e:
+        raise InterfaceError(f"{where}: cannot resolve annotations: {e}") from e
+    sig = inspect.signature(func)
+    params = list(sig.parameters.values())
+    if len(params) < 2 or params[1].name != "ctx":
+        raise InterfaceError(f"{where}: first parameter after self must be `ctx: ipc.Context`")
+    values: list[tuple[Any, ...]] = []
+    handles: list[HandleParam] = []
+    plan: list[tuple[bool, int]] = []
+    for p in params[2:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise InterfaceError(f"{where}: parameter {p.name} must be a plain named parameter")
+        if p.name not in hints:
+            raise InterfaceError(f"{where}: parameter {p.name} has no type annotation")
+        ann = hints[p.name]
+        h = handle_type(ann)
+        if h is not None:
+            if p.default is not p.empty:
+                raise InterfaceError(f"{where}: handle parameter {p.name} cannot have a default")
+            plan.append((True, len(handles)))
+            handles.append(HandleParam(p.name, h[0], h[1]))
+            continue
+        try:
+            _check_type(mi.type_info(ann), f"{where}({p.name})")
+        except InterfaceError:
+            raise
+        except Exception as e:
+            raise InterfaceError(
+                f"{where}: parameter {p.name}: unsupported type {ann!r}: {e}"
+            ) from e
+        plan.append((False, len(values)))
+        values.append((p.name, ann) if p.default is p.empty else (p.name, ann, p.default))
+    try:
+        params_struct = msgspec.defstruct(
+            f"{iface_name}.{func.__name__}.params",
+            values,
+            frozen=True,
+            forbid_unknown_fields=True,
+            module=func.__module__,
+        )
+        params_decoder = msgspec.msgpack.Decoder(params_struct)
+    except Exception as e:
+        raise InterfaceError(f"{where}: cannot build parameter struct: {e}") from e
+    result = hints.get("return", type(None))
+    if result is None:
+        result = type(None)
+    if opts.oneway and result is not type(None):
+        raise InterfaceError(f"{where}: a one-way message must return None")
+    result_handle = None
+    h = handle_type(result)
+    if h is not None:
+        result_handle = HandleParam("return", h[0], h[1])
+        result_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(type(None))
+    else:
+        try:
+            _check_type(mi.type_info(result), f"{where}(return)")
+            result_decoder = msgspec.msgpack.Decoder(result)
+        except InterfaceError:
+            raise
+        except Exception as e:
+            raise InterfaceError(f"{where}: unsupported return type {result!r}: {e}") from e
+    return MethodSpec(
+        interface=iface_name,
+        name=func.__name__,
+        id=method_id(iface_name, func.__name__),
+        oneway=opts.oneway,
+        permission=opts.permission,
+        when=opts.when,
+        then=opts.then,
+        params=params_struct,
+        params_decoder=params_decoder,
+        handles=tuple(handles),
+        plan=tuple(plan),
+        signature=sig.replace(parameters=params[2:]),
+        result=result,
+        result_decoder=result_decoder,
+        result_handle=result_handle,
+    )
+
+
+class Interface:
+    """Base class of interface declarations. Subclass directly to declare one:
+
+        class Files(ipc.Interface, name="demo.Files", initial_state="new"):
+            @ipc.call(permission="files.read")
+            def read(self, ctx: ipc.Context, path: Path) -> bytes: ...
+
+    `name` is the wire name (method ids derive from it); default: the class name.
+    `initial_state` turns on protocol states; methods then say `when`/`then`.
+    """
+
+    __ipc_name__: ClassVar[str]
+    __ipc_methods__: ClassVar[dict[str, MethodSpec]]
+    __ipc_by_id__: ClassVar[dict[int, MethodSpec]]
+    __ipc_initial_state__: ClassVar[str | None]
+    __ipc_interface__: ClassVar[type[Interface]]
+
+    def __init_subclass__(
+        cls, *, name: str | None = None, initial_state: str | None = None, **kw: Any
+    ) -> None:
+        super().__init_subclass__(**kw)
+        if Interface not in cls.__bases__:
+            # An implementation: it must not add methods or rename the interface.
+            if name is not None or initial_state is not None:
+                raise InterfaceError(f"{cls.__name__}: only the declaration may set name/state")
+            for attr, value in vars(cls).items():
+                if hasattr(value, _ATTR) and attr not in cls.__ipc_methods__:
+                    raise InterfaceError(
+                        f"{cls.__name__}.{attr}: implementations cannot declare new methods"
+                    )
+            return
+        cls.__ipc_name__ = name or cls.__name__
+        cls.__ipc_initial_state__ = initial_state
+        cls.__ipc_interface__ = cls
+        methods: dict[str, MethodSpec] = {}
+        by_id: dict[int, MethodSpec] = {}
+        for attr, value in vars(cls).items():
+            opts = getattr(value, _ATTR, None)
+            if not isinstance(opts, _Options):
+                continue
+            if (opts.when or opts.then) and initial_state is None:
+                raise InterfaceError(
+                    f"{cls.__name__}.{attr}: `when`/`then` need initial_state= on the interface"
+                )
+            spec = _build_spec(cls.__ipc_name__, value, opts)
+            if spec.id in by_id:
+                raise InterfaceError(
+                    f"{cls.__name__}: method ids of {attr} and {by_id[spec.id].name} collide"
+                )
+            methods[attr] = spec
+            by_id[spec.id] = spec
+        if not methods:
+            raise InterfaceError(f"{cls.__name__}: an interface needs at least one method")
+        cls.__ipc_methods__ = methods
+        cls.__ipc_by_id__ = by_id
+
+
+def interface_of(obj: Interface | type[Interface]) -> type[Interface]:
+    """The declaring interface class of an implementation (instance or class)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    if not issubclass(cls, Interface) or cls is Interface:
+        raise TypeError(f"{cls.__name__} is not an ipc.Interface")
+    return cls.__ipc_interface__

@@ -1,0 +1,282 @@
+"""The protocol core, without I/O: turns frames into checked events and calls into frames.
+
+Both front-ends (asyncio and blocking) drive one `Session` per channel. `decode` applies the
+checks in a fixed order, each before any user code or payload decoding runs:
+
+    envelope shape → method known → call/message kind → request id order → permission →
+    protocol state → calls in flight → fd count → fds held → payload decode → fd kinds
+
+and only then wraps the fds into handles and moves the protocol state. Any failure raises
+`BadMessage` or `CutOff` with every fd of the frame already closed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ipc.channel import close_fds
+from ipc.errors import BadMessage, CutOff, FrameTooLarge
+from ipc.handles import FdAccount, Handle, _Endpoint, fd_to_int
+from ipc.interface import HandleParam, Interface, MethodSpec
+from ipc.limits import Limits
+from ipc.wire import (
+    ENVELOPE_DECODER,
+    ERROR_DECODER,
+    KIND_CALL,
+    KIND_ERROR,
+    KIND_MESSAGE,
+    KIND_NAMES,
+    KIND_REPLY,
+    MAX_ERROR_MESSAGE,
+    MAX_REQUEST_ID,
+    error_field,
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_astuple = msgspec.structs.astuple
+encode = _encoder.encode
+
+# An incoming event: (kind, spec, request id, value). For calls and messages value is the
+# handler's positional argument tuple; for replies the result; for errors the message.
+Event = tuple[int, MethodSpec, int, Any]
+
+
+def _make_handle(param: HandleParam, fd: int, account: FdAccount) -> Handle:
+    account.held += 1
+    if issubclass(param.cls, _Endpoint):
+        return param.cls(fd, _account=account, interface=param.interface)
+    return param.cls(fd, _account=account)
+
+
+class Session:
+    """Protocol state of one channel end: what we serve, what we call, what is in flight."""
+
+    def __init__(
+        self,
+        *,
+        peer: str,
+        serve: type[Interface] | None,
+        remote: type[Interface] | None,
+        granted: frozenset[str],
+        limits: Limits,
+        validate_outgoing: bool = False,
+    ) -> None:
+        self.peer = peer
+        self.validate_outgoing = validate_outgoing
+        self.serve = serve
+        self.remote = remote
+        self.granted = granted
+        self.limits = limits
+        self.account = FdAccount()
+        self._by_id: dict[int, MethodSpec] = serve.__ipc_by_id__ if serve else {}
+        self.state: str | None = serve.__ipc_initial_state__ if serve else None
+        self._last_incoming = 0
+        self.calls_in_flight = 0
+        self._next_request = 1
+        self.pending: dict[int, MethodSpec] = {}
+
+    # ---- incoming -------------------------------------------------------------------------
+
+    def _bad(
+        self, fds: list[int], reason: str, spec: MethodSpec | None = None,
+        field: str | None = None,
+    ) -> BadMessage:
+        close_fds(fds)
+        return BadMessage(
+            self.peer, reason,
+            interface=spec.interface if spec else (self.serve.__ipc_name__ if self.serve else None),
+            method=spec.name if spec else None,
+            field=field,
+        )
+
+    def decode(self, frame: memoryview | bytes, fds: list[int]) -> Event:
+        """Check and decode one frame; on failure every fd in `fds` is closed."""
+        try:
+            kind, method, rid, payload = ENVELOPE_DECODER.decode(frame)
+        except msgspec.ValidationError as e:
+            raise self._bad(fds, f"invalid envelope: {e}", field=error_field(str(e))) from None
+        except Exception as e:
+            raise self._bad(fds, f"invalid envelope: {e}") from None
+        if kind >= KIND_REPLY:
+            return self._decode_reply(kind, method, rid, payload, fds)
+        spec = self._by_id.get(method)
+        if spec is None:
+            raise self._bad(fds, f"unknown method id {method:#010x}")
+        if spec.oneway != (kind == KIND_MESSAGE):
+            expected = "one-way message" if spec.oneway else "call"
+            raise self._bad(fds, f"{spec.name} is a {expected}, sent as a {KIND_NAMES[kind]}", spec)
+        if kind == KIND_CALL:
+            if rid <= self._last_incoming:
+                raise self._bad(
+                    fds, f"request id {rid} repeated or out of order (last was "
+                    f"{self._last_incoming}; ids must increase)", spec,
+                )
+        elif rid != 0:
+            raise self._bad(fds, f"one-way message with request id {rid} (must be 0)", spec)
+        if spec.permission is not None and spec.permission not in self.granted:
+            raise self._bad(fds, f"permission {spec.permission!r} not granted", spec)
+        if spec.when is not None and self.state not in spec.when:
+            raise self._bad(
+                fds, f"{spec.name} not valid in state {self.state!r} "
+                f"(valid in {', '.join(sorted(spec.when))})", spec,
+            )
+        limits = self.limits
+        if kind == KIND_CALL and self.calls_in_flight >= limits.max_calls_in_flight:
+            close_fds(fds)
+            raise CutOff(
+                self.peer, f"more than {limits.max_calls_in_flight} calls in flight",
+                limit="max_calls_in_flight",
+            )
+        handles = spec.handles
+        if len(fds) != len(handles):
+            raise self._bad(fds, f"expected {len(handles)} fds, got {len(fds)}", spec)
+        if fds and self.account.held + len(fds) > limits.max_fds_held:
+            close_fds(fds)
+            raise CutOff(
+                self.peer, f"more than {limits.max_fds_held} received fds held open",
+                limit="max_fds_held",
+            )
+        try:
+            values = spec.params_decoder.decode(payload)
+        except msgspec.ValidationError as e:
+            raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+        except Exception as e:
+            raise self._bad(fds, f"invalid payload: {e}", spec) from None
+        args: tuple[Any, ...]
+        if handles:
+            for i, (param, fd) in enumerate(zip(handles, fds, strict=True)):
+                problem = param.cls.check(fd)
+                if problem is not None:
+                    raise self._bad(fds, f"fd {i} ({param.name}): {problem}", spec, param.name)
+            account = self.account
+            wrapped = [_make_handle(p, fd, account) for p, fd in zip(handles, fds, strict=True)]
+            vals = _astuple(values)
+            args = tuple(wrapped[i] if is_h else vals[i] for is_h, i in spec.plan)
+        else:
+            args = _astuple(values)
+        if kind == KIND_CALL:
+            self._last_incoming = rid
+            self.calls_in_flight += 1
+        if spec.then is not None:
+            self.state = spec.then
+        return kind, spec, rid, args
+
+    def _decode_reply(
+        self, kind: int, method: int, rid: int, payload: msgspec.Raw, fds: list[int]
+    ) -> Event:
+        spec = self.pending.pop(rid, None)
+        if spec is None:
+            raise self._bad(fds, f"reply to request id {rid}, which is not awaiting a reply")
+        if spec.id != method:
+            raise self._bad(
+                fds, f"reply carries method id {method:#010x}, but request {rid} called "
+                f"{spec.name}", spec,
+            )
+        if kind == KIND_ERROR:
+            if fds:
+                raise self._bad(fds, f"error reply with {len(fds)} fds (expected none)", spec)
+            try:
+                err = ERROR_DECODER.decode(payload)
+            except msgspec.ValidationError as e:
+                raise self._bad(
+                    fds, f"invalid error reply: {e}", spec, error_field(str(e))
+                ) from None
+            except Exception as e:
+                raise self._bad(fds, f"invalid error reply: {e}", spec) from None
+            return KIND_ERROR, spec, rid, err.message
+        rh = spec.result_handle
+        want = 1 if rh is not None else 0
+        if len(fds) != want:
+            raise self._bad(fds, f"expected {want} fds in the reply, got {len(fds)}", spec)
+        if fds and self.account.held + 1 > self.limits.max_fds_held:
+            close_fds(fds)
+            raise CutOff(
+                self.peer, f"more than {self.limits.max_fds_held} received fds held open",
+                limit="max_fds_held",
+            )
+        try:
+            value = spec.result_decoder.decode(payload)
+        except msgspec.ValidationError as e:
+            raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+        except Exception as e:
+            raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
+        if rh is not None:
+            problem = rh.cls.check(fds[0])
+            if problem is not None:
+                raise self._bad(fds, f"returned fd: {problem}", spec, "return")
+            value = _make_handle(rh, fds[0], self.account)
+        return KIND_REPLY, spec, rid, value
+
+    # ---- outgoing -------------------------------------------------------------------------
+
+    def remote_spec(self, name: str) -> MethodSpec:
+        if self.remote is None:
+            raise AttributeError("this channel has no remote interface")
+        try:
+            return self.remote.__ipc_methods__[name]
+        except KeyError:
+            raise AttributeError(f"{self.remote.__ipc_name__} has no method {name!r}") from None
+
+    def encode_request(
+        self, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[bytes, list[int], int]:
+        """Frame a call (registering it as pending) or a one-way message."""
+        params: Any
+        if spec.handles:
+            bound = spec.signature.bind(*args, **kwargs)
+            handle_names = {h.name for h in spec.handles}
+            vals = {k: v for k, v in bound.arguments.items() if k not in handle_names}
+            fds = [fd_to_int(bound.arguments[h.name]) for h in spec.handles]
+            params = spec.params(**vals)
+        else:
+            params = spec.params(*args, **kwargs)
+            fds = []
+        if self.validate_outgoing:
+            params = self._validated(spec, spec.params_decoder, params, "arguments")
+        if spec.oneway:
+            return self._checked(encode((KIND_MESSAGE, spec.id, 0, params)), spec), fds, 0
+        rid = self._next_request
+        if rid > MAX_REQUEST_ID:
+            raise OverflowError("request ids exhausted on this channel")
+        data = self._checked(encode((KIND_CALL, spec.id, rid, params)), spec)
+        self._next_request = rid + 1
+        self.pending[rid] = spec
+        return data, fds, rid
+
+    def encode_reply(self, spec: MethodSpec, rid: int, value: Any) -> tuple[bytes, list[int]]:
+        """Frame the reply to an incoming call (and count it as answered)."""
+        if spec.result_handle is not None:
+            data, fds = encode((KIND_REPLY, spec.id, rid, None)), [fd_to_int(value)]
+        else:
+            if self.validate_outgoing:
+                value = self._validated(spec, spec.result_decoder, value, "reply")
+            data, fds = self._checked(encode((KIND_REPLY, spec.id, rid, value)), spec), []
+        self.calls_in_flight -= 1
+        return data, fds
+
+    def _validated(
+        self, spec: MethodSpec, decoder: msgspec.msgpack.Decoder[Any], value: Any, what: str
+    ) -> msgspec.Raw:
+        """Check what we are about to send as the peer will, so our mistake fails here."""
+        raw = encode(value)
+        try:
+            decoder.decode(raw)
+        except msgspec.ValidationError as e:
+            raise ValueError(f"{spec.qualname}: invalid {what}: {e}") from None
+        return msgspec.Raw(raw)
+
+    def _checked(self, data: bytes, spec: MethodSpec) -> bytes:
+        """Refuse to send a frame the peer must reject (our bug, so the error is ours)."""
+        if len(data) >= self.limits.max_frame_bytes:
+            raise FrameTooLarge(
+                f"{spec.qualname}: frame of {len(data)} bytes is at or over the "
+                f"{self.limits.max_frame_bytes}-byte cap; pass large data as a SealedMemory"
+            )
+        return data
+
+    def encode_error(self, spec: MethodSpec, rid: int, message: str) -> bytes:
+        """Frame an error reply to an incoming call (and count it as answered)."""
+        self.calls_in_flight -= 1
+        return encode((KIND_ERROR, spec.id, rid, {"message": message[:MAX_ERROR_MESSAGE]}))

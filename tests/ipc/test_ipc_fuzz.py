@@ -1,0 +1,27 @@
+"""A short, bounded atheris run of the decoder harness (the long run: scripts/fuzz-ipc)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.ipc.helpers import ROOT
+
+pytest.importorskip("atheris")
+
+
+def test_bounded_fuzz_run_finds_nothing(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests/ipc/fuzz/fuzz_decoder.py"),
+         "--seeds", str(tmp_path / "corpus"), "-atheris_runs=4000", "-max_len=2048",
+         f"-artifact_prefix={tmp_path}/", "-seed=12345", str(tmp_path / "corpus")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done 4000 " in proc.stderr
+    assert not list(tmp_path.glob("crash-*"))
