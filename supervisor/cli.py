@@ -16,6 +16,7 @@ def _register() -> None:
     from profiles.cli import profile_group
 
     main.add_command(profile_group)
+    from supervisor.run_cli import run_command; main.add_command(run_command)  # noqa: E702, I001
 
 
 _register()

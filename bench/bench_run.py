@@ -1,0 +1,132 @@
+"""Spawn-to-exit of /bin/true: `warden run` and the API beside bwrap, subprocess and python3.
+
+Run from the repository root:  python bench/bench_run.py [--runs N]
+
+Every row is measured in this one run, interleaved round by round so that
+load from other processes hits all rows alike. Goals (issue 3):
+`warden run` <= 2x `python3 -c pass`; the API path <= bwrap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+def _bwrap_argv(bpf_fd: int) -> list[str]:
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+            "--ro-bind", "/usr", "/usr"]
+    for d in ("/bin", "/sbin", "/lib", "/lib64"):
+        if os.path.islink(d):
+            argv += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+             "--seccomp", str(bpf_fd), "/bin/true"]
+    return argv
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=40)
+    args = ap.parse_args()
+
+    from profiles.compiler import compile_policy
+
+    from profiles import load_profile
+    from supervisor.sandbox import build_spec, spawn
+
+    profile = load_profile("default")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    spec = build_spec(["/bin/true"], profile, stdio=(devnull, devnull, devnull))
+
+    def api_prebuilt() -> None:
+        st = spawn(spec).wait()
+        assert st is not None and st.outcome.value == "ok", st
+
+    def api_with_spec() -> None:
+        s = build_spec(["/bin/true"], load_profile("default"), stdio=(devnull, devnull, devnull))
+        st = spawn(s).wait()
+        assert st is not None and st.outcome.value == "ok", st
+
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    warden = [sys.executable, "-m", "supervisor", "run", "--", "/bin/true"]
+    env = _env()
+
+    def warden_run() -> None:
+        r = subprocess.run(warden, env=env, **quiet)  # type: ignore[call-overload]
+        assert r.returncode == 0, r
+
+    rows: dict[str, Callable[[], None]] = {
+        "warden run -- /bin/true (default profile)": warden_run,
+        f"{os.path.basename(sys.executable)} -c pass": lambda: subprocess.run(
+            [sys.executable, "-c", "pass"], check=True),
+        "subprocess.run(['/bin/true'])": lambda: subprocess.run(["/bin/true"], check=True),
+        "API: spawn(spec).wait(), spec built once": api_prebuilt,
+        "API: build_spec + spawn + wait": api_with_spec,
+    }
+    bpf_file = None
+    if shutil.which("bwrap"):
+        bpf_file = tempfile.TemporaryFile()  # noqa: SIM115 - lives for the whole run
+        bpf_file.write(compile_policy(profile.seccomp))
+        bpf_file.flush()
+
+        def bwrap() -> None:
+            assert bpf_file is not None
+            fd = os.dup(bpf_file.fileno())
+            os.lseek(fd, 0, os.SEEK_SET)
+            try:
+                r = subprocess.run(_bwrap_argv(fd), pass_fds=(fd,), **quiet)  # type: ignore[call-overload]
+            finally:
+                os.close(fd)
+            assert r.returncode == 0, r
+
+        rows["bwrap --unshare-all --die-with-parent --new-session + seccomp"] = bwrap
+    else:
+        print("bwrap not found (apt-get install -y bubblewrap): its row is skipped",
+              file=sys.stderr)
+
+    for fn in rows.values():  # warm caches, page in the binaries
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    for _ in range(args.runs):
+        for name, fn in rows.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t) * 1e3)
+
+    py_median = statistics.median(times[f"{os.path.basename(sys.executable)} -c pass"])
+    bw = times.get("bwrap --unshare-all --die-with-parent --new-session + seccomp")
+    bw_median = statistics.median(bw) if bw else None
+    print(f"spawn-to-exit of /bin/true, {args.runs} runs each, interleaved; "
+          f"{os.cpu_count()} CPUs, uid {os.geteuid()}, kernel {os.uname().release}")
+    print(f"limits mechanism: {spawn(spec).wait().limits_mechanism}")  # type: ignore[union-attr]
+    print()
+    print("| what | median ms | p90 ms | vs python -c pass | vs bwrap |")
+    print("|---|---:|---:|---:|---:|")
+    for name, ts in times.items():
+        ts.sort()
+        med = statistics.median(ts)
+        p90 = ts[int(len(ts) * 0.9) - 1]
+        vs_bw = f"{med / bw_median:.2f}x" if bw_median else "n/a"
+        print(f"| {name} | {med:.2f} | {p90:.2f} | {med / py_median:.2f}x | {vs_bw} |")
+
+
+if __name__ == "__main__":
+    main()

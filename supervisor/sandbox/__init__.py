@@ -1,0 +1,35 @@
+"""Run a program in a Linux sandbox: namespaces, a new root, limits, an fd map, seccomp.
+
+    from profiles import load_profile
+    from supervisor.sandbox import build_spec, spawn
+
+    spec = build_spec(["/bin/echo", "hi"], load_profile("default"), timeout=10)
+    with spawn(spec) as box:
+        ...                      # box.channel is the parent's end of fd 3
+    print(box.status.outcome)    # Outcome.OK
+
+`warden run` builds the same SandboxSpec from its options. See docs/sandbox.md.
+"""
+
+from supervisor.sandbox.launcher import Sandbox, SandboxError, SetupError, child_setup, spawn
+from supervisor.sandbox.preflight import PreflightError
+from supervisor.sandbox.spec import CHANNEL_FD, FileGrant, SandboxSpec, SpecError, build_spec
+from supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
+
+__all__ = [
+    "CHANNEL_FD",
+    "FileGrant",
+    "Outcome",
+    "PreflightError",
+    "Sandbox",
+    "SandboxError",
+    "SandboxSpec",
+    "SetupError",
+    "SetupFailure",
+    "SpecError",
+    "Status",
+    "Violation",
+    "build_spec",
+    "child_setup",
+    "spawn",
+]

@@ -1,0 +1,182 @@
+"""Raw Linux calls that Python 3.11's `os` lacks, through ctypes.
+
+Only what the sandbox needs: clone with namespace flags, unshare, mount,
+pivot_root, mount_setattr, close_range, seccomp, pidfd_getfd, landlock,
+capset and prctl. Each wrapper raises OSError with the kernel's errno, so the
+child-side steps can report (step, errno) without knowing ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# clone() must run with the GIL held: the child resumes inside this call and
+# must find the interpreter exactly as the parent left it.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+
+_MACHINE = platform.machine()
+
+# Per-architecture numbers for calls that glibc does not wrap. Numbers from
+# 424 up (pidfd_*, close_range, mount_setattr, landlock_*) are shared by all
+# architectures.
+_NR: dict[str, dict[str, int]] = {
+    "x86_64": {"clone": 56, "pivot_root": 155, "seccomp": 317, "getppid": 110, "capset": 126},
+    "aarch64": {"clone": 220, "pivot_root": 41, "seccomp": 277, "getppid": 173, "capset": 91},
+}
+# AUDIT_ARCH_* of the native architecture, as seen in seccomp_data.arch.
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(_MACHINE, 0)
+
+if _MACHINE not in _NR:  # pragma: no cover - only x86_64/aarch64 are supported
+    raise ImportError(f"supervisor.sandbox supports x86_64 and aarch64, not {_MACHINE}")
+
+NR = dict(_NR[_MACHINE])
+NR.update(
+    pidfd_open=434, pidfd_getfd=438, close_range=436, mount_setattr=442,
+    landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
+)
+
+# clone/unshare flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_PARENT = 0x00008000
+
+# mount flags
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+
+# prctl options
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def _fail(what: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def syscall(name: str, *args: object) -> int:
+    """Call syscall `name` with integer/pointer args; raise OSError on -1."""
+    ret = int(_libc.syscall(ctypes.c_long(NR[name]), *args))
+    if ret == -1:
+        raise _fail(name)
+    return ret
+
+
+def clone(flags: int) -> int:
+    """fork-like clone(2) with extra flags; returns 0 in the child, its pid in the parent."""
+    ret = int(_libc_gil.syscall(ctypes.c_long(NR["clone"]), ctypes.c_ulong(flags), None, None,
+                                None, None))
+    if ret == -1:
+        raise _fail("clone")
+    return ret
+
+
+def unshare(flags: int) -> None:
+    if _libc.unshare(ctypes.c_int(flags)) == -1:
+        raise _fail("unshare")
+
+
+def mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int,
+          data: bytes | None = None) -> None:
+    if _libc.mount(source, target, fstype, ctypes.c_ulong(flags), data) == -1:
+        raise _fail(f"mount {target.decode(errors='replace')}")
+
+
+def umount2(target: bytes, flags: int) -> None:
+    if _libc.umount2(target, ctypes.c_int(flags)) == -1:
+        raise _fail("umount2")
+
+
+def pivot_root(new_root: bytes, put_old: bytes) -> None:
+    syscall("pivot_root", new_root, put_old)
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(path: bytes, attr_set: int, recursive: bool) -> None:
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    syscall("mount_setattr", ctypes.c_int(AT_FDCWD), path, ctypes.c_uint(flags),
+            ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+
+
+def close_range(first: int, last: int) -> None:
+    """Close fds first..last; falls back to a loop on kernels before 5.9."""
+    if first > last:
+        return
+    try:
+        syscall("close_range", ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0))
+    except OSError:
+        os.closerange(first, min(last, 65535) + 1)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    ret = int(_libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
+                          ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)))
+    if ret == -1:
+        raise _fail(f"prctl({option})")
+    return ret
+
+
+def sethostname(name: bytes) -> None:
+    if _libc.sethostname(name, ctypes.c_size_t(len(name))) == -1:
+        raise _fail("sethostname")
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    return syscall("pidfd_getfd", ctypes.c_int(pidfd), ctypes.c_int(targetfd), ctypes.c_uint(0))
+
+
+def setgroups_empty() -> None:
+    if _libc.setgroups(ctypes.c_size_t(0), None) == -1:
+        raise _fail("setgroups")
+
+
+class PreparedExec:
+    """execve(2) with its C arrays built in advance, so that after seccomp is
+    loaded the child makes no call but execve itself."""
+
+    def __init__(self, path: bytes, argv: list[bytes], envp: list[bytes]) -> None:
+        self.path = ctypes.c_char_p(path)
+        self.argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+        self.envp = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+        self._execve = _libc.execve
+
+    def __call__(self) -> int:
+        """Returns only on failure, with the errno."""
+        self._execve(self.path, self.argv, self.envp)
+        return ctypes.get_errno()
+
+
+libc = _libc

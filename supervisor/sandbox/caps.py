@@ -1,0 +1,71 @@
+"""Dropping every privilege before exec: ids, capabilities in all five sets, no_new_privs.
+
+Runs in the child after the mounts (which need the namespace's
+capabilities). Order matters: the bounding set and securebits need
+CAP_SETPCAP, so they go first; then supplementary groups, gid and uid; then
+the permitted/effective/inheritable sets are cleared with capset and the
+ambient set emptied; finally no_new_privs, so no setuid binary or file
+capability can hand anything back.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from supervisor.sandbox import _sys
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED (without
+# KEEP_CAPS), SECBIT_NO_CAP_AMBIENT_RAISE, each with its lock bit.
+SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
+
+
+class CapsError(OSError):
+    """A privilege could not be dropped."""
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+def drop_bounding_set(last: int) -> None:
+    for cap in range(last + 1):
+        _sys.prctl(_sys.PR_CAPBSET_DROP, cap)
+
+
+def lock_securebits() -> None:
+    _sys.prctl(_sys.PR_SET_SECUREBITS, SECUREBITS)
+
+
+def set_ids(uid: int, gid: int, drop_groups: bool) -> None:
+    if drop_groups:
+        _sys.setgroups_empty()
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def clear_capabilities() -> None:
+    hdr = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    if _sys.libc.capset(ctypes.byref(hdr), data) == -1:
+        err = ctypes.get_errno()
+        raise CapsError(err, f"capset: {os.strerror(err)}")
+    _sys.prctl(_sys.PR_CAP_AMBIENT, _sys.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def no_new_privs() -> None:
+    _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)

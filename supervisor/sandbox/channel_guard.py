@@ -1,0 +1,71 @@
+"""The supervisor's end of fd 3 under `warden run`: every frame checked, the first bad one fatal.
+
+`warden run` serves no interface, so a well-formed ipc frame is still a
+call to a method nobody declared, and is refused like any other invalid
+message. Frame-level rules (size cap, ancillary data, fd count) and the
+envelope's shape are checked with the ipc package's own reader and decoder,
+so the reason recorded is the same sentence an embedded supervisor would
+record.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+
+class ChannelGuard:
+    """Reads the parent's channel end without blocking; check() returns a reason or None."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.open = True
+        sock.setblocking(False)
+        self._reader: Any = None
+        try:
+            from ipc.channel import FrameReader
+            from ipc.limits import Limits
+
+            self._reader = FrameReader(sock, Limits(), "child")
+        except ImportError:  # the ipc package is not installed: no frame is valid
+            self._reader = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def check(self) -> str | None:
+        """Consume what is readable; the reason for killing the child, if any."""
+        try:
+            if self._reader is None:
+                data = self.sock.recv(1)
+                if not data:
+                    self.open = False
+                    return None
+                return "message on fd 3, but warden run serves no interface"
+            return self._check_ipc()
+        except BlockingIOError:
+            return None
+        except ConnectionError:
+            self.open = False
+            return None
+
+    def _check_ipc(self) -> str | None:
+        from ipc.errors import BadMessage
+        from ipc.wire import ENVELOPE_DECODER
+
+        try:
+            got = self._reader.read()
+        except BadMessage as e:
+            return str(e)
+        if got is None:
+            self.open = False
+            return None
+        frame, fds = got
+        for fd in fds:
+            os.close(fd)
+        try:
+            env = ENVELOPE_DECODER.decode(frame)
+        except Exception as e:
+            return f"invalid envelope: {e}"
+        return f"method id {env.method} is not served (warden run serves no interface)"

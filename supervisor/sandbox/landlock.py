@@ -1,0 +1,111 @@
+"""Landlock on top of the mount namespace: access rights per mounted path, kernel-checked.
+
+The mount namespace decides what exists; Landlock decides, path by path,
+what may be done there, so a bind cannot be escaped through a path the mount
+namespace missed (a magic link, a submount, a later mount). Read-only binds
+get read/execute rights, writable binds and tmpfs mounts get full rights,
+/proc and /dev get read/write of files, and "/" itself only directory
+listing. With ABI 6 and later the child is also scoped: no abstract unix
+socket or signal reaches a process outside its domain. The ABI is probed;
+a kernel without Landlock gets none (the status records abi 0).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Sequence
+
+from supervisor.sandbox import _sys
+
+EXECUTE = 1 << 0
+WRITE_FILE = 1 << 1
+READ_FILE = 1 << 2
+READ_DIR = 1 << 3
+REMOVE_DIR = 1 << 4
+REMOVE_FILE = 1 << 5
+MAKE_CHAR = 1 << 6
+MAKE_DIR = 1 << 7
+MAKE_REG = 1 << 8
+MAKE_SOCK = 1 << 9
+MAKE_FIFO = 1 << 10
+MAKE_BLOCK = 1 << 11
+MAKE_SYM = 1 << 12
+REFER = 1 << 13  # ABI 2
+TRUNCATE = 1 << 14  # ABI 3
+
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+_CREATE_RULESET_VERSION = 1
+_RULE_PATH_BENEATH = 1
+
+READ = READ_FILE | READ_DIR | EXECUTE
+ALL_ABI1 = (EXECUTE | WRITE_FILE | READ_FILE | READ_DIR | REMOVE_DIR | REMOVE_FILE | MAKE_CHAR
+            | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK | MAKE_SYM)
+
+
+class LandlockError(OSError):
+    """Landlock refused a ruleset, a rule or the restriction."""
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
+                ("scoped", ctypes.c_uint64)]
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+def abi_version() -> int:
+    """The kernel's Landlock ABI (0 when unavailable or disabled)."""
+    try:
+        return _sys.syscall("landlock_create_ruleset", None, ctypes.c_size_t(0),
+                            ctypes.c_uint32(_CREATE_RULESET_VERSION))
+    except OSError:
+        return 0
+
+
+def handled_fs(abi: int) -> int:
+    h = ALL_ABI1
+    if abi >= 2:
+        h |= REFER
+    if abi >= 3:
+        h |= TRUNCATE
+    return h
+
+
+def restrict(abi: int, rules: Sequence[tuple[bytes, int]]) -> None:
+    """Restrict this process to `rules` [(path, rights)]; no_new_privs must be set."""
+    handled = handled_fs(abi)
+    attr = _RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
+    size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
+    rfd = _sys.syscall("landlock_create_ruleset", ctypes.byref(attr), ctypes.c_size_t(size),
+                       ctypes.c_uint32(0))
+    try:
+        for path, rights in rules:
+            try:
+                pfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                is_dir = os.path.isdir(path)
+                allowed = rights & handled
+                if not is_dir:
+                    allowed &= EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE
+                pb = _PathBeneath(allowed, pfd)
+                _sys.syscall("landlock_add_rule", ctypes.c_int(rfd),
+                             ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(pb), ctypes.c_uint32(0))
+            finally:
+                os.close(pfd)
+        _sys.syscall("landlock_restrict_self", ctypes.c_int(rfd), ctypes.c_uint32(0))
+    except OSError as e:
+        raise LandlockError(e.errno or errno.EIO, str(e)) from None
+    finally:
+        os.close(rfd)
+
+
+FULL = ALL_ABI1 & ~(MAKE_CHAR | MAKE_BLOCK) | REFER | TRUNCATE

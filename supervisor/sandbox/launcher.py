@@ -1,0 +1,774 @@
+"""Starting a sandbox: the parent's preparation, the child's fixed setup order, the handle.
+
+Process shape (all three are created before the program runs):
+
+    supervisor (parent)
+      ├─ A   os.fork(): a plain fork, so libc and CPython are consistent;
+      │      it only clones B (CLONE_PARENT makes B the supervisor's own
+      │      child) and exits
+      └─ B   pid 1 of a new user+pid+mount+ipc+uts(+net) namespace set: sets up
+             the session, the parent-death signal, the filesystem, hostname,
+             loopback, cgroup namespace; forks C; then reaps as init (pidns)
+           └─ C  the workload: rlimits, fd map, ids and capabilities,
+                 no_new_privs, Landlock, seccomp, exec
+
+The parent writes B's id maps and puts B in its cgroup while B waits, and
+takes C's seccomp listener during the handshake (see seccomp.py). Every
+setup step in B or C that fails is sent to the parent as (step, errno) over
+a close-on-exec socket, which reaches end-of-file exactly when C has
+exec'ed; the parent then reports `setup_error` naming the step.
+
+`child_setup(plan, ...)` is the child side and takes only a prepared Plan, so
+a zygote can run it right after its own fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, NoReturn
+
+from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
+from supervisor.sandbox.notify import Listener, NotifyError
+from supervisor.sandbox.preflight import PreflightError, explain
+from supervisor.sandbox.seccomp import PreparedFilter, with_handshake
+from supervisor.sandbox.spec import INNER_ID, SandboxSpec
+from supervisor.sandbox.status import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_SETUP,
+    Outcome,
+    SetupFailure,
+    Status,
+    Violation,
+)
+
+STEPS = ("session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup", "cgroupns",
+         "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock", "exec",
+         "seccomp")
+_ERR = struct.Struct("=Bi")
+_FDNUM = struct.Struct("=i")
+SETUP_TIMEOUT = 30.0
+_KILLED_EXIT = 128 + signal.SIGKILL
+
+
+class SandboxError(Exception):
+    """Base of errors raised by spawn()."""
+
+
+class SetupError(SandboxError):
+    """The sandbox could not be set up; `.status` is the setup_error record."""
+
+    def __init__(self, status: Status) -> None:
+        super().__init__(status.reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the child needs, prepared and encoded by the parent before fork."""
+
+    clone_flags: int
+    parent_pidfd: int
+    mount_ops: tuple[mounts.MountOp, ...]
+    tmp_size: int
+    chdir: bytes
+    hostname: bytes
+    share_net: bool
+    early_rlimits: tuple[tuple[int, int, int], ...]
+    late_rlimits: tuple[tuple[int, int, int], ...]
+    fd_pairs: tuple[tuple[int, int], ...]
+    landlock_abi: int
+    landlock_rules: tuple[tuple[bytes, int], ...]
+    argv: tuple[bytes, ...]
+    envp: tuple[bytes, ...]
+    search_path: tuple[bytes, ...]
+    seccomp_filter: bytes
+    notify: bool
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- child side
+
+def _report(sock_fd: int, step: str, err: int, message: str = "") -> None:
+    with contextlib.suppress(OSError):
+        os.write(sock_fd, b"E" + _ERR.pack(STEPS.index(step), err) + message.encode()[:300])
+
+
+def _fail(sock_fd: int, step: str, e: BaseException) -> NoReturn:
+    err = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    _report(sock_fd, step, err, text)
+    os._exit(EXIT_SETUP)
+
+
+def _resolve(plan: Plan) -> bytes:
+    """execvp's search, done before seccomp so ENOENT/EACCES are setup errors."""
+    prog = plan.argv[0]
+    candidates = [prog] if b"/" in prog else [d + b"/" + prog for d in plan.search_path]
+    found_noexec = False
+    for c in candidates:
+        if os.path.isfile(c):
+            if os.access(c, os.X_OK):
+                return c
+            found_noexec = True
+    raise OSError(errno.EACCES if found_noexec else errno.ENOENT,
+                  f"{prog.decode(errors='replace')}: "
+                  f"{'not executable' if found_noexec else 'not found in the sandbox'}")
+
+
+def _workload(plan: Plan, sock_fd: int) -> NoReturn:
+    """C: from the fd map to exec. Runs only in the freshly forked workload."""
+    step = "signals"
+    try:
+        pidns.reset_signals()
+        # Its own process group: kill(0, ...) from the workload reaches only itself
+        # and its children, not the init.
+        os.setpgid(0, 0)
+        step = "rlimits"
+        limits.apply_rlimits(plan.early_rlimits)
+        step = "fds"
+        sock_fd = fds.install(plan.fd_pairs, sock_fd)
+        step = "caps"
+        caps.drop_bounding_set(caps.last_cap())
+        caps.lock_securebits()
+        caps.clear_capabilities()
+        step = "no_new_privs"
+        caps.no_new_privs()
+        step = "landlock"
+        if plan.landlock_abi:
+            landlock.restrict(plan.landlock_abi, plan.landlock_rules)
+        step = "exec"
+        path = _resolve(plan)
+        execute = _sys.PreparedExec(path, list(plan.argv), list(plan.envp))
+        step = "rlimits"
+        limits.apply_rlimits(plan.late_rlimits)
+        step = "seccomp"
+        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
+        if plan.notify:
+            expected = os.dup(0)
+            os.close(expected)
+            os.write(sock_fd, b"S" + _FDNUM.pack(expected))
+            got = filt.load()
+            if got != expected or not filt.handshake():
+                os._exit(EXIT_SETUP)
+        else:
+            filt.load()
+    except BaseException as e:
+        _fail(sock_fd, step, e)
+    err = execute()
+    os._exit(EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE)
+
+
+def _parent_death_signal(parent_pidfd: int) -> None:
+    """SIGKILL when the parent dies, with the race closed: if the parent died
+    before prctl, nobody would ever send it, so its pidfd is checked after."""
+    _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if select.select([parent_pidfd], [], [], 0)[0]:
+        os._exit(EXIT_SETUP)
+
+
+def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
+    """B: the sandbox's pid 1, from the session to forking the workload, then init."""
+    step = "session"
+    try:
+        os.setsid()
+        step = "pdeathsig"
+        _parent_death_signal(plan.parent_pidfd)
+        # Hold none of the parent's descriptors but those this sandbox needs.
+        _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
+                        *(src for _t, src in plan.fd_pairs)})
+        step = "userns"
+        os.write(sock_fd, b"R")
+        if os.read(sock_fd, 16) != b"G":
+            os._exit(EXIT_SETUP)
+        # Become the sandbox's id now: files in the new root must be created by
+        # an id the namespace maps. Inner 0 is unmapped, so the namespace's
+        # capabilities survive this until the caps step drops them.
+        step = "ids"
+        caps.set_ids(INNER_ID, INNER_ID, drop_groups=bool(plan.extra.get("drop_groups")))
+        # Changing the effective ids cleared the parent-death signal: set it again.
+        step = "pdeathsig"
+        _parent_death_signal(plan.parent_pidfd)
+        os.close(plan.parent_pidfd)
+        step = "mount"
+        mounts.setup_root(plan.mount_ops, plan.tmp_size, plan.chdir)
+        step = "uts"
+        net.set_hostname(plan.hostname)
+        step = "net"
+        if not plan.share_net:
+            net.loopback_up()
+        step = "cgroup"
+        if os.read(sock_fd, 16) != b"C":
+            os._exit(EXIT_SETUP)
+        step = "cgroupns"
+        _sys.unshare(_sys.CLONE_NEWCGROUP)
+        step = "pidns"
+        pidns.block_signals()
+        pid = _sys.clone(signal.SIGCHLD)
+        if pid == 0:
+            _workload(plan, sock_fd)
+        # Nothing in the sandbox may read this process's memory: it is a copy of the parent's.
+        _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+        _close_all_but({status_fd})
+        # init, too, runs as the sandbox's unprivileged id with no capabilities.
+        caps.drop_bounding_set(caps.last_cap())
+        caps.clear_capabilities()
+        caps.no_new_privs()
+    except BaseException as e:
+        _fail(sock_fd, step, e)
+    pidns.run_init(pid, status_fd)
+    os._exit(0)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    prev = -1
+    for fd in sorted(keep):
+        _sys.close_range(prev + 1, fd - 1)
+        prev = fd
+    _sys.close_range(prev + 1, 0xFFFFFFFF)
+
+
+def _stage_a(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
+    """A: clone B into its namespaces as the parent's own child, then exit."""
+    try:
+        pid = _sys.clone(plan.clone_flags | _sys.CLONE_PARENT)
+    except OSError as e:
+        _report(sock_fd, "userns", e.errno or errno.EPERM, str(e))
+        os._exit(EXIT_SETUP)
+    if pid == 0:
+        child_setup(plan, sock_fd, status_fd)
+    os._exit(0)
+
+
+# ---------------------------------------------------------------- parent side
+
+_own_pidfd = -1
+
+
+def _parent_pidfd() -> int:
+    global _own_pidfd
+    if _own_pidfd < 0 or _own_pid != os.getpid():
+        _set_own_pidfd()
+    return _own_pidfd
+
+
+_own_pid = -1
+
+
+def _set_own_pidfd() -> None:
+    global _own_pidfd, _own_pid
+    _own_pidfd = os.pidfd_open(os.getpid())
+    os.set_inheritable(_own_pidfd, False)
+    _own_pid = os.getpid()
+
+
+def _landlock_rules(spec: SandboxSpec) -> tuple[tuple[bytes, int], ...]:
+    rules: list[tuple[bytes, int]] = [(b"/", landlock.READ_DIR)]
+    for b in spec.binds:
+        rules.append((os.fsencode(b.dest), landlock.FULL if b.writable else landlock.READ))
+    for t in spec.tmpfs:
+        rules.append((os.fsencode(t.dest), landlock.FULL))
+    rules.append((b"/tmp", landlock.FULL))
+    rules.append((b"/proc", landlock.READ_FILE | landlock.READ_DIR | landlock.WRITE_FILE))
+    rules.append((b"/dev", landlock.READ_FILE | landlock.READ_DIR | landlock.WRITE_FILE))
+    return tuple(rules)
+
+
+_landlock_abi: int | None = None
+
+
+def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, int], ...]) \
+        -> Plan:
+    global _landlock_abi
+    if _landlock_abi is None:
+        _landlock_abi = landlock.abi_version()
+    flags = (_sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | _sys.CLONE_NEWNS | _sys.CLONE_NEWIPC
+             | _sys.CLONE_NEWUTS | signal.SIGCHLD)
+    if not spec.share_net:
+        flags |= _sys.CLONE_NEWNET
+    rl = limiter.rlimits()
+    late_kinds = {resource.RLIMIT_AS, resource.RLIMIT_NOFILE}
+    env = dict(spec.env)
+    path_dirs = tuple(os.fsencode(d) for d in env.get("PATH", "").split(":") if d)
+    return Plan(
+        clone_flags=flags,
+        parent_pidfd=_parent_pidfd(),
+        mount_ops=mounts.plan_binds(tuple((b.source, b.dest, b.writable) for b in spec.binds),
+                                    tuple((t.dest, t.size_bytes) for t in spec.tmpfs)),
+        tmp_size=spec.tmp_size_bytes,
+        chdir=os.fsencode(spec.chdir),
+        hostname=spec.hostname.encode(),
+        share_net=spec.share_net,
+        early_rlimits=tuple(r for r in rl if r[0] not in late_kinds),
+        late_rlimits=tuple(r for r in rl if r[0] in late_kinds),
+        fd_pairs=pairs,
+        landlock_abi=_landlock_abi if spec.landlock else 0,
+        landlock_rules=_landlock_rules(spec),
+        argv=tuple(os.fsencode(a) for a in spec.argv),
+        envp=tuple(os.fsencode(f"{k}={v}") for k, v in spec.env),
+        search_path=path_dirs,
+        seccomp_filter=with_handshake(spec.seccomp_filter) if spec.notify else spec.seccomp_filter,
+        notify=spec.notify,
+        extra={"drop_groups": os.geteuid() == 0},
+    )
+
+
+class _Setup:
+    """The parent's side of one child's setup conversation."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+
+    def recv(self) -> tuple[bytes, int | None]:
+        """Next message and the sender's host pid; (b"", None) at end-of-file."""
+        left = self.deadline - time.monotonic()
+        if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            raise TimeoutError("sandbox setup did not finish in time")
+        data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(12))
+        pid = None
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = struct.unpack("=iII", payload[:12])[0]
+        return data, pid
+
+
+def _setup_failure(data: bytes) -> SetupFailure:
+    idx, err = _ERR.unpack_from(data, 1)
+    step = STEPS[idx] if idx < len(STEPS) else f"step{idx}"
+    msg = data[1 + _ERR.size:].decode(errors="replace")
+    return SetupFailure(step, err, msg or os.strerror(err))
+
+
+def spawn(spec: SandboxSpec) -> Sandbox:
+    """Start `spec`'s program in a new sandbox; returns once it has exec'ed.
+
+    Raises PreflightError when this machine cannot create user namespaces,
+    SetupError when a setup step failed (its `.status` is the setup_error
+    record), and limits.LimitsError / fds.FdError for resources the parent
+    could not prepare.
+    """
+    started = time.monotonic()
+    limiter = limits.choose(spec)
+    limiter.create()
+    opened: list[int] = []
+    to_close: list[int] = []
+    try:
+        pairs: list[tuple[int, int]] = []
+        channel_parent = channel_child = None
+        for target, source in sorted(spec.fd_map().items()):
+            if isinstance(source, int):
+                pairs.append((target, source))
+            elif source == "channel":
+                channel_parent, channel_child = socket.socketpair(
+                    socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+                pairs.append((target, channel_child.fileno()))
+            else:
+                assert not isinstance(source, str)
+                fd = fds.open_grant(source.path, source.mode)
+                opened.append(fd)
+                pairs.append((target, fd))
+        setup_parent, setup_child = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        setup_parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        to_close = [status_w, *opened]
+        plan = _plan(spec, limiter, tuple(pairs))
+    except BaseException:
+        limiter.destroy()
+        for fd in opened:
+            os.close(fd)
+        raise
+
+    if _single_threaded():
+        # Nothing else runs in this process, so a raw clone straight into the
+        # namespaces finds libc and CPython consistent: one fork fewer.
+        a = None
+        try:
+            b = _sys.clone(plan.clone_flags)
+        except OSError as e:
+            b = -1
+            _report(setup_child.fileno(), "userns", e.errno or errno.EPERM, str(e))
+        if b == 0:
+            try:
+                child_setup(plan, setup_child.fileno(), status_w)
+            finally:
+                os._exit(EXIT_SETUP)
+    else:
+        a = os.fork()
+        if a == 0:
+            try:
+                _stage_a(plan, setup_child.fileno(), status_w)
+            finally:
+                os._exit(EXIT_SETUP)
+    setup_child.close()
+    if channel_child is not None:
+        channel_child.close()
+    for fd in to_close:
+        os.close(fd)
+
+    conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
+    init_pid: int | None = None
+    pidfd = -1
+    listener: Listener | None = None
+    failure: SetupFailure | None = None
+    try:
+        try:
+            data, sender = conv.recv()
+            if a is not None:
+                os.waitpid(a, 0)
+            if data[:1] == b"E":
+                failure = _setup_failure(data)
+                if failure.step == "userns":
+                    raise PreflightError(explain(failure.errno))
+                init_pid = sender
+            elif data[:1] == b"R" and sender is not None:
+                init_pid = sender
+                pidfd = os.pidfd_open(init_pid)
+                uid, gid = userns.outer_ids(spec)
+                userns.write_maps(init_pid, uid, gid)
+                setup_parent.send(b"G")
+                # Moving a task between cgroups waits for an RCU grace period
+                # (about a millisecond per hierarchy): the child builds its root
+                # meanwhile and waits for "C" before it unshares its cgroup
+                # namespace and forks the workload.
+                try:
+                    limiter.attach(init_pid)
+                except OSError as e:
+                    failure = SetupFailure("cgroup", e.errno or errno.EIO,
+                                           f"joining the cgroup: {e.strerror}")
+                    raise
+                with contextlib.suppress(OSError):
+                    setup_parent.send(b"C")
+            while failure is None:
+                data, sender = conv.recv()
+                if not data:
+                    break
+                if data[:1] == b"E":
+                    failure = _setup_failure(data)
+                elif data[:1] == b"S" and sender is not None:
+                    listener = _take_listener(sender, _FDNUM.unpack_from(data, 1)[0], conv)
+        except (OSError, TimeoutError, NotifyError) as e:
+            if isinstance(e, PreflightError):
+                raise
+            step = "seccomp" if isinstance(e, NotifyError) else "userns"
+            failure = failure or SetupFailure(step, getattr(e, "errno", None) or errno.EIO, str(e))
+        if failure is not None:
+            raise SetupError(_setup_status(failure, init_pid, pidfd, limiter, started))
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        if init_pid is not None and failure is None:
+            _kill_and_reap(init_pid, pidfd)
+        if pidfd >= 0:
+            os.close(pidfd)
+        limiter.destroy()
+        setup_parent.close()
+        os.close(status_r)
+        if channel_parent is not None:
+            channel_parent.close()
+        raise
+    setup_parent.close()
+    assert init_pid is not None
+    return Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent, limiter,
+                           started, plan.landlock_abi)
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _take_listener(pid: int, target_fd: int, conv: _Setup) -> Listener:
+    """Take C's seccomp listener once it exists, then answer C's handshake call."""
+    cpidfd = os.pidfd_open(pid)
+    try:
+        spins = 0
+        while True:
+            try:
+                listener = Listener.take(cpidfd, target_fd)
+                break
+            except OSError as e:
+                if e.errno != errno.EBADF or time.monotonic() > conv.deadline:
+                    raise NotifyError(e.errno or errno.EIO, f"taking the listener: {e}") from None
+                if select.select([cpidfd], [], [], 0)[0]:
+                    raise NotifyError(errno.ESRCH, "workload exited during the seccomp "
+                                      "handshake") from None
+                spins += 1
+                if spins > 50:
+                    time.sleep(0.0002)
+        left = max(0.0, conv.deadline - time.monotonic())
+        ready = select.select([listener.fd, cpidfd], [], [], left)[0]
+        n = listener.receive() if listener.fd in ready else None
+        if n is None or not n.is_handshake():
+            listener.close()
+            raise NotifyError(errno.EPROTO, "seccomp handshake: unexpected notification")
+        listener.answer_handshake(n)
+        return listener
+    finally:
+        os.close(cpidfd)
+
+
+def _kill_and_reap(pid: int, pidfd: int) -> tuple[int, object]:
+    try:
+        if pidfd >= 0:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _pid, status, ru = os.wait4(pid, 0)
+    return status, ru
+
+
+def _setup_status(failure: SetupFailure, init_pid: int | None, pidfd: int,
+                  limiter: limits.Limiter, started: float) -> Status:
+    if init_pid is not None:
+        _kill_and_reap(init_pid, pidfd)
+    code = EXIT_SETUP
+    if failure.step == "exec":
+        code = EXIT_NOT_FOUND if failure.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
+    name = errno.errorcode.get(failure.errno, str(failure.errno))
+    return Status(
+        outcome=Outcome.SETUP_ERROR, exit_code=code, setup=failure,
+        reason=f"sandbox setup failed at step '{failure.step}' ({name}): {failure.message}",
+        wall_time=time.monotonic() - started, limits_mechanism=limiter.mechanism,
+    )
+
+
+_TOKEN = object()
+
+
+class Sandbox:
+    """A running sandbox. Made only by spawn(); no public constructor.
+
+    The handle owns the sandbox: `kill()` ends all of it (SIGKILL to its
+    init, which takes the whole PID namespace down) and records why, the
+    first cause winning. Seccomp violations and timeouts are acted on
+    whenever the handle is serviced: by `wait()`, `poll()`, or an event loop
+    that watches `fds()` and calls `service()`.
+    """
+
+    pid: int
+    channel: socket.socket | None
+    spec: SandboxSpec
+    _pidfd: int
+    _status_r: int
+    _listener: Listener | None
+    _limiter: limits.Limiter
+    _started: float
+    _landlock_abi: int
+    _deadline: float | None
+    _cause: tuple[Outcome, str, Violation | None] | None
+    _status: Status | None
+
+    def __init__(self, token: object) -> None:
+        if token is not _TOKEN:
+            raise TypeError("Sandbox has no public constructor; use supervisor.sandbox.spawn()")
+
+    @classmethod
+    def _create(cls, spec: SandboxSpec, pid: int, pidfd: int, status_r: int,
+                listener: Listener | None, channel: socket.socket | None,
+                limiter: limits.Limiter, started: float, landlock_abi: int) -> Sandbox:
+        self = cls(_TOKEN)
+        self.spec = spec
+        self.pid = pid
+        self.channel = channel
+        self._pidfd = pidfd
+        self._status_r = status_r
+        self._listener = listener
+        self._limiter = limiter
+        self._started = started
+        self._landlock_abi = landlock_abi
+        self._deadline = (started + spec.wall_time_seconds
+                          if spec.wall_time_seconds is not None else None)
+        self._cause = None
+        self._status = None
+        return self
+
+    def __repr__(self) -> str:
+        state = self._status.outcome.value if self._status else "running"
+        return f"<Sandbox pid={self.pid} {self.spec.argv[0]!r} {state}>"
+
+    # -- state
+    @property
+    def status(self) -> Status | None:
+        return self._status
+
+    @property
+    def outcome(self) -> Outcome | None:
+        return self._status.outcome if self._status else None
+
+    def fds(self) -> tuple[int, ...]:
+        """Descriptors an event loop should watch for readability, then call service()."""
+        if self._status is not None:
+            return ()
+        fds = [self._pidfd]
+        if self._listener is not None and self._listener.fd >= 0:
+            fds.append(self._listener.fd)
+        return tuple(fds)
+
+    def time_left(self) -> float | None:
+        """Seconds until the wall-clock timeout, or None without one."""
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - time.monotonic())
+
+    # -- acting on it
+    def kill(self, outcome: Outcome = Outcome.KILLED, reason: str = "killed by the supervisor") \
+            -> None:
+        """Kill the whole sandbox and record why (the first recorded cause wins)."""
+        if self._status is not None:
+            return
+        if self._cause is None:
+            self._cause = (outcome, reason, None)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def send_signal(self, sig: int) -> None:
+        """Deliver `sig` to the workload (through its init, which forwards it)."""
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
+
+    def terminate(self, grace: float = 5.0) -> Status:
+        """SIGTERM, wait up to `grace` seconds, then kill."""
+        self.send_signal(signal.SIGTERM)
+        st = self.wait(grace)
+        if st is None:
+            self.kill(Outcome.KILLED, f"did not exit within {grace:g}s of SIGTERM")
+            st = self.wait()
+        assert st is not None
+        return st
+
+    def service(self) -> Status | None:
+        """Handle what is pending without blocking: violations, timeout, exit."""
+        if self._status is not None:
+            return self._status
+        if self._listener is not None and self._listener.fd >= 0:
+            for _ in range(64):
+                state = self._listener.state()
+                if state == "hup":  # no process uses the filter any more
+                    self._listener.close()
+                    break
+                if state != "pending":
+                    break
+                try:
+                    n = self._listener.receive()
+                except OSError:
+                    self._listener.close()
+                    break
+                if n is None:
+                    continue
+                if self._cause is None:
+                    v = n.violation()
+                    self._cause = (Outcome.SECCOMP_VIOLATION,
+                                   f"seccomp refused {v.syscall}", v)
+                self.kill()
+                break
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.kill(Outcome.TIMEOUT, f"wall-clock timeout of {self.spec.wall_time_seconds:g}s")
+        if select.select([self._pidfd], [], [], 0)[0]:
+            self._reap()
+        return self._status
+
+    def poll(self) -> Status | None:
+        return self.service()
+
+    def wait(self, timeout: float | None = None) -> Status | None:
+        """Block until the sandbox ends (or `timeout` seconds pass: then None)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = self.service()
+            if st is not None:
+                return st
+            waits = [t for t in (self.time_left(),
+                                 None if end is None else end - time.monotonic())
+                     if t is not None]
+            left = max(0.0, min(waits)) if waits else None
+            if end is not None and time.monotonic() >= end:
+                return None
+            select.select(list(self.fds()), [], [], left)
+
+    # -- the end
+    def _reap(self) -> None:
+        _pid, raw, ru = os.wait4(self.pid, 0)
+        wall = time.monotonic() - self._started
+        data = b""
+        with contextlib.suppress(OSError):
+            data = os.read(self._status_r, 64)
+        usage = self._limiter.usage()
+        self._limiter.destroy()
+        self._close()
+        cpu = ru.ru_utime + ru.ru_stime
+        peak = usage.peak_memory_bytes if usage.peak_memory_bytes is not None \
+            else ru.ru_maxrss * 1024
+        common: dict[str, Any] = dict(
+            wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
+            limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi)
+        st: Status
+        if self._cause is not None:
+            outcome, reason, violation = self._cause
+            code = 128 + signal.SIGSYS if outcome is Outcome.SECCOMP_VIOLATION else _KILLED_EXIT
+            st = Status(outcome=outcome, exit_code=code, reason=reason, violation=violation,
+                        signal=signal.SIGKILL, **common)
+        elif len(data) >= pidns.STATUS.size:
+            ws = pidns.STATUS.unpack_from(data)[0]
+            if os.WIFEXITED(ws):
+                rc = os.WEXITSTATUS(ws)
+                st = Status(outcome=Outcome.OK if rc == 0 else Outcome.EXITED, exit_code=rc,
+                            returncode=rc, **common)
+            else:
+                sig = os.WTERMSIG(ws)
+                if usage.oom_killed and sig == signal.SIGKILL:
+                    st = Status(outcome=Outcome.OUT_OF_MEMORY, exit_code=128 + sig, signal=sig,
+                                reason="killed by the OOM killer at the memory limit",
+                                **common)
+                else:
+                    st = Status(outcome=Outcome.SIGNALED, exit_code=128 + sig, signal=sig,
+                                **common)
+        elif usage.oom_killed:
+            st = Status(outcome=Outcome.OUT_OF_MEMORY, exit_code=_KILLED_EXIT,
+                        signal=signal.SIGKILL, reason="killed by the OOM killer at the memory "
+                        "limit", **common)
+        else:
+            st = Status(outcome=Outcome.KILLED, exit_code=_KILLED_EXIT,
+                        signal=os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else None,
+                        reason=f"the sandbox's init ended without a status (wait status {raw})",
+                        **common)
+        self._status = st
+
+    def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for fd in (self._pidfd, self._status_r):
+            if fd >= 0:
+                os.close(fd)
+        self._pidfd = self._status_r = -1
+
+    def close_channel(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+
+    # -- context manager: wait on success, kill on failure (trio's rule)
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if et is not None and self._status is None:
+            self.kill(Outcome.KILLED, f"the embedder raised {et.__name__}")
+        self.wait()
+        self.close_channel()

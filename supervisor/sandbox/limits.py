@@ -1,0 +1,260 @@
+"""Resource limits: cgroup v2, else cgroup v1 (as root), else rlimits; the status says which.
+
+Memory and process counts are best held by a cgroup: it covers the whole
+sandbox (every process in it), counts real memory, and reports the peak and
+whether the OOM killer struck. The parent creates the cgroup, writes the
+limits and moves the child's init into it before the child goes on, so
+nothing in the sandbox ever runs outside it.
+
+- cgroup v2: in `$WARDEN_CGROUP` if set, else in the supervisor's own
+  cgroup, which must be writable with memory and pids enabled for its
+  children (a delegated subtree; see docs/sandbox.md).
+- cgroup v1: the memory and pids hierarchies, when writable (root).
+- rlimits: RLIMIT_AS for memory and RLIMIT_NPROC for processes, counted per
+  user namespace by the kernel (5.14+), so per sandbox.
+
+RLIMIT_NOFILE, RLIMIT_CPU and RLIMIT_CORE (0) are always set in the child.
+Rlimits only ever go down: the parent clamps each to its own hard limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import resource
+import time
+from dataclasses import dataclass
+
+from supervisor.sandbox.spec import SandboxSpec
+
+_counter = itertools.count()
+
+
+class LimitsError(OSError):
+    """A cgroup could not be created, limited or joined."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    peak_memory_bytes: int | None
+    oom_killed: bool
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _own_cgroups() -> dict[str, str]:
+    """{controller or '' for v2: path} from /proc/self/cgroup."""
+    out: dict[str, str] = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        _hid, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(",") if ctrls else [""]:
+            out[c] = path
+    return out
+
+
+def _mounts(fstype: str) -> dict[str, str]:
+    """{mount point: super options} of mounted filesystems of `fstype`."""
+    out: dict[str, str] = {}
+    for line in _read("/proc/self/mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        fields = right.split()
+        if fields and fields[0] == fstype:
+            out[left.split()[4]] = fields[2] if len(fields) > 2 else ""
+    return out
+
+
+class Limiter:
+    """Rlimits only (the fallback); the cgroup limiters extend it."""
+
+    mechanism = "rlimit"
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+
+    def rlimits(self) -> tuple[tuple[int, int, int], ...]:
+        """(resource, soft, hard) for the child, clamped to what this process may set."""
+        s = self.spec
+        wanted: list[tuple[int, int, int]] = [
+            (resource.RLIMIT_NOFILE, s.open_files, s.open_files),
+            (resource.RLIMIT_CORE, 0, 0),
+        ]
+        if s.cpu_time_seconds is not None:
+            secs = max(1, int(s.cpu_time_seconds + 0.999))
+            wanted.append((resource.RLIMIT_CPU, secs, secs + 1))
+        if self.mechanism == "rlimit":
+            wanted.append((resource.RLIMIT_AS, s.memory_bytes, s.memory_bytes))
+            wanted.append((resource.RLIMIT_NPROC, s.processes, s.processes))
+        out = []
+        for res, soft, hard in wanted:
+            _cur_soft, cur_hard = resource.getrlimit(res)
+            if cur_hard != resource.RLIM_INFINITY:
+                hard = min(hard, cur_hard)
+                soft = min(soft, hard)
+            out.append((res, soft, hard))
+        return tuple(out)
+
+    def create(self) -> None:
+        """Prepare before fork (cgroups: mkdir and write the limits)."""
+
+    def attach(self, pid: int) -> None:
+        """Move `pid` (the child's init) in, before it runs anything of the workload."""
+
+    def usage(self) -> Usage:
+        return Usage(None, False)
+
+    def destroy(self) -> None:
+        """Remove what create() made; the sandbox is gone by then."""
+
+
+class CgroupV2(Limiter):
+    mechanism = "cgroup-v2"
+
+    def __init__(self, spec: SandboxSpec, parent: str) -> None:
+        super().__init__(spec)
+        self.dir = os.path.join(parent, f"warden-{os.getpid()}-{next(_counter)}")
+
+    def create(self) -> None:
+        try:
+            os.mkdir(self.dir, 0o755)
+            _write(f"{self.dir}/memory.max", str(self.spec.memory_bytes))
+            if os.path.exists(f"{self.dir}/memory.swap.max"):
+                _write(f"{self.dir}/memory.swap.max", "0")
+            _write(f"{self.dir}/pids.max", str(self.spec.processes))
+        except OSError as e:
+            self.destroy()
+            raise LimitsError(e.errno or errno.EIO, f"cgroup v2 {self.dir}: {e.strerror}") \
+                from None
+
+    def attach(self, pid: int) -> None:
+        _write(f"{self.dir}/cgroup.procs", str(pid))
+
+    def usage(self) -> Usage:
+        peak = _read(f"{self.dir}/memory.peak").strip()
+        oom = False
+        for line in _read(f"{self.dir}/memory.events").splitlines():
+            k, _, v = line.partition(" ")
+            if k == "oom_kill" and int(v) > 0:
+                oom = True
+        return Usage(int(peak) if peak.isdigit() else None, oom)
+
+    def destroy(self) -> None:
+        _rmdir(self.dir)
+
+
+class CgroupV1(Limiter):
+    mechanism = "cgroup-v1"
+
+    def __init__(self, spec: SandboxSpec, mem_dir: str, pids_dir: str) -> None:
+        super().__init__(spec)
+        name = f"warden-{os.getpid()}-{next(_counter)}"
+        self.mem = os.path.join(mem_dir, name)
+        self.pids = os.path.join(pids_dir, name)
+
+    def create(self) -> None:
+        try:
+            os.mkdir(self.mem, 0o755)
+            os.mkdir(self.pids, 0o755)
+            _write(f"{self.mem}/memory.limit_in_bytes", str(self.spec.memory_bytes))
+            if os.path.exists(f"{self.mem}/memory.memsw.limit_in_bytes"):
+                _write(f"{self.mem}/memory.memsw.limit_in_bytes", str(self.spec.memory_bytes))
+            _write(f"{self.pids}/pids.max", str(self.spec.processes))
+        except OSError as e:
+            self.destroy()
+            raise LimitsError(e.errno or errno.EIO, f"cgroup v1: {e.strerror}") from None
+
+    def attach(self, pid: int) -> None:
+        _write(f"{self.mem}/cgroup.procs", str(pid))
+        _write(f"{self.pids}/cgroup.procs", str(pid))
+
+    def usage(self) -> Usage:
+        peak = _read(f"{self.mem}/memory.max_usage_in_bytes").strip()
+        oom = False
+        for line in _read(f"{self.mem}/memory.oom_control").splitlines():
+            k, _, v = line.partition(" ")
+            if k == "oom_kill" and int(v) > 0:
+                oom = True
+        return Usage(int(peak) if peak.isdigit() else None, oom)
+
+    def destroy(self) -> None:
+        _rmdir(self.mem)
+        _rmdir(self.pids)
+
+
+def _rmdir(path: str) -> None:
+    # The sandbox's processes are reaped by now, but the kernel may take a
+    # moment to let go of the cgroup.
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                return
+            time.sleep(0.002)
+
+
+def _v2_parent() -> str | None:
+    explicit = os.environ.get("WARDEN_CGROUP")
+    mounts = _mounts("cgroup2")
+    if explicit:
+        return explicit
+    own = _own_cgroups().get("")
+    if own is None:
+        return None
+    for mnt in mounts:
+        d = os.path.normpath(mnt + own)
+        ctl = _read(f"{d}/cgroup.subtree_control").split()
+        if "memory" in ctl and "pids" in ctl and os.access(d, os.W_OK):
+            return d
+    return None
+
+
+def _v1_dirs() -> tuple[str, str] | None:
+    mounts = _mounts("cgroup")
+    own = _own_cgroups()
+    found: dict[str, str] = {}
+    for mnt, opts in mounts.items():
+        for ctrl in ("memory", "pids"):
+            if ctrl in opts.split(","):
+                d = os.path.normpath(mnt + own.get(ctrl, "/"))
+                if os.access(d, os.W_OK):
+                    found[ctrl] = d
+    if "memory" in found and "pids" in found:
+        return found["memory"], found["pids"]
+    return None
+
+
+def choose(spec: SandboxSpec) -> Limiter:
+    """The strongest mechanism this process can use."""
+    v2 = _v2_parent()
+    if v2 is not None:
+        with contextlib.suppress(OSError):
+            return CgroupV2(spec, v2)
+    v1 = _v1_dirs()
+    if v1 is not None:
+        return CgroupV1(spec, *v1)
+    return Limiter(spec)
+
+
+def apply_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
+    """Child side."""
+    for res, soft, hard in limits:
+        resource.setrlimit(res, (soft, hard))

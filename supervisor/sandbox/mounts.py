@@ -1,0 +1,194 @@
+"""The child's filesystem view: a fresh tmpfs root holding only what was bound in.
+
+Runs in the child, inside its new mount namespace, in bubblewrap's order:
+make every mount private; mount a scratch tmpfs and pivot into it with the
+host root kept at /oldroot; build the new root (a tmpfs) from /oldroot
+paths; pivot into the new root and detach the old one, so nothing of the
+host stays reachable. Read-only binds are made read-only recursively
+(mount_setattr), every bind gets nosuid and nodev, /proc is a fresh procfs
+of the new PID namespace, /dev holds five device binds and /tmp is a
+size-capped tmpfs. The root itself ends read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from supervisor.sandbox import _sys
+
+DEV_NODES = ("null", "zero", "full", "random", "urandom")
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
+
+
+class MountError(OSError):
+    """A mount step failed; `str()` names the path."""
+
+
+@dataclass(frozen=True)
+class MountOp:
+    """One prepared mount, with paths already encoded; built in the parent."""
+
+    kind: str  # "bind", "symlink", "tmpfs"
+    source: bytes  # host path (bind), link target (symlink), b"" (tmpfs)
+    dest: bytes  # path inside the sandbox
+    writable: bool = False
+    is_dir: bool = True
+    size: int = 0
+
+
+def plan_binds(binds: tuple[tuple[str, str, bool], ...],
+               tmpfs: tuple[tuple[str, int], ...]) -> tuple[MountOp, ...]:
+    """Order mounts parents-first; a bind whose source is a symlink becomes that symlink."""
+    ops: list[MountOp] = []
+    for src, dst, writable in binds:
+        st = os.lstat(src)
+        if stat.S_ISLNK(st.st_mode):
+            ops.append(MountOp("symlink", os.fsencode(os.readlink(src)), os.fsencode(dst)))
+        else:
+            ops.append(MountOp("bind", os.fsencode(src), os.fsencode(dst), writable,
+                               stat.S_ISDIR(os.stat(src).st_mode)))
+    ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
+    ops.sort(key=lambda op: op.dest.count(b"/"))
+    return tuple(ops)
+
+
+def _mkdirs(path: bytes) -> None:
+    with contextlib.suppress(FileExistsError):
+        os.makedirs(path, 0o755, exist_ok=True)
+
+
+def _touch(path: bytes) -> None:
+    _mkdirs(os.path.dirname(path))
+    if not os.path.lexists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+
+def _lock_down(path: bytes, readonly: bool, exec_ok: bool = True) -> None:
+    """Make a mount (and its submounts) nosuid+nodev, and read-only when asked."""
+    attrs = _sys.MOUNT_ATTR_NOSUID | _sys.MOUNT_ATTR_NODEV
+    if readonly:
+        attrs |= _sys.MOUNT_ATTR_RDONLY
+    if not exec_ok:
+        attrs |= _sys.MOUNT_ATTR_NOEXEC
+    try:
+        _sys.mount_setattr(path, attrs, recursive=True)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL):
+            raise
+        # Before Linux 5.12: remount the top mount only, keeping the flags the
+        # kernel locked on it (remounting without them is refused in a userns).
+        flags = _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_NOSUID | _sys.MS_NODEV
+        vfs = os.statvfs(path)
+        for st_flag, ms_flag in ((os.ST_NOEXEC, _sys.MS_NOEXEC), (os.ST_RDONLY, _sys.MS_RDONLY)):
+            if vfs.f_flag & st_flag:
+                flags |= ms_flag
+        if readonly:
+            flags |= _sys.MS_RDONLY
+        if not exec_ok:
+            flags |= _sys.MS_NOEXEC
+        _sys.mount(None, path, None, flags)
+
+
+def _readonly(path: bytes) -> None:
+    """Make one mount read-only (not its submounts), keeping its other flags."""
+    try:
+        _sys.mount_setattr(path, _sys.MOUNT_ATTR_RDONLY, recursive=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EINVAL):
+            raise
+        flags = _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY
+        vfs = os.statvfs(path)
+        for st_flag, ms_flag in ((os.ST_NOSUID, _sys.MS_NOSUID), (os.ST_NODEV, _sys.MS_NODEV),
+                                 (os.ST_NOEXEC, _sys.MS_NOEXEC)):
+            if vfs.f_flag & st_flag:
+                flags |= ms_flag
+        _sys.mount(None, path, None, flags)
+
+
+def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
+    """Build the new root and pivot into it. Raises MountError naming the path."""
+    try:
+        _setup_root(ops, tmp_size, chdir)
+    except MountError:
+        raise
+    except OSError as e:
+        raise MountError(e.errno or errno.EIO, str(e)) from None
+
+
+def _step(what: str, fn: object, *args: object) -> None:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except OSError as e:
+        raise MountError(e.errno or errno.EIO, f"{what}: {os.strerror(e.errno or errno.EIO)}") \
+            from None
+
+
+def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
+    m = _sys.mount
+    _step("make / private", m, None, b"/", None, _sys.MS_REC | _sys.MS_PRIVATE)
+    # Scratch root on /tmp (private to this namespace); the host stays at /oldroot.
+    _step("tmpfs scratch", m, b"tmpfs", b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+          b"mode=0700,size=1m")
+    os.mkdir(b"/tmp/oldroot")
+    os.mkdir(b"/tmp/newroot")
+    _step("pivot_root to scratch", _sys.pivot_root, b"/tmp", b"/tmp/oldroot")
+    os.chdir(b"/")
+    _step("tmpfs /", m, b"tmpfs", b"/newroot", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+          b"mode=0755,size=1m")
+    new = b"/newroot"
+
+    for op in ops:
+        target = new + op.dest
+        if op.kind == "symlink":
+            what = f"symlink {op.dest.decode()}"
+            _step(what, _mkdirs, os.path.dirname(target))
+            _step(what, os.symlink, op.source, target)
+        elif op.kind == "tmpfs":
+            what = f"tmpfs {op.dest.decode()}"
+            _step(what, _mkdirs, target)
+            _step(what, m, b"tmpfs", target, b"tmpfs",
+                  _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=0755,size=%d" % op.size)
+        else:
+            what = f"bind {op.source.decode()} on {op.dest.decode()}"
+            _step(what, _mkdirs if op.is_dir else _touch, target)
+            _step(what, m, b"/oldroot" + op.source, target, None, _sys.MS_BIND | _sys.MS_REC)
+            _step(what, _lock_down, target, not op.writable)
+
+    # /proc: a fresh procfs, which shows only the new PID namespace.
+    _mkdirs(new + b"/proc")
+    _step("proc on /proc", m, b"proc", new + b"/proc", b"proc",
+          _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC)
+
+    # /dev: a small tmpfs with five device binds and the usual links, then read-only.
+    dev = new + b"/dev"
+    _mkdirs(dev)
+    _step("tmpfs /dev", m, b"tmpfs", dev, b"tmpfs", _sys.MS_NOSUID | _sys.MS_NOEXEC,
+          b"mode=0755,size=64k")
+    for name in DEV_NODES:
+        node = dev + b"/" + name.encode()
+        _touch(node)
+        _step(f"bind /dev/{name}", m, b"/oldroot/dev/" + name.encode(), node, None, _sys.MS_BIND)
+    for link, points_to in DEV_LINKS:
+        os.symlink(points_to.encode(), dev + b"/" + link.encode())
+    _step("read-only /dev", _readonly, dev)
+
+    # /tmp: size-capped, world-writable with the sticky bit.
+    _mkdirs(new + b"/tmp")
+    _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+          b"mode=1777,size=%d" % tmp_size)
+
+    if chdir != b"/":
+        _mkdirs(new + chdir)
+
+    # Into the new root; stack the old one on it and detach it.
+    os.chdir(new)
+    _step("pivot_root to new root", _sys.pivot_root, b".", b".")
+    _step("detach old root", _sys.umount2, b".", _sys.MNT_DETACH)
+    os.chdir(b"/")
+    _step("read-only /", _readonly, b"/")
+    _step(f"chdir {chdir.decode()}", os.chdir, chdir)

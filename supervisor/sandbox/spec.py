@@ -1,0 +1,335 @@
+"""The one frozen description of a sandbox, built by both `warden run` and the Python API.
+
+`build_spec()` merges a profile with overrides, validates everything a user
+can get wrong, and compiles the seccomp filter, all in the parent and before
+any fork, so a bad option fails with a sentence naming the option (and the
+option it conflicts with) instead of a half-built child.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from profiles.model import Bind, Profile, Tmpfs
+
+# The workload's uid/gid inside its user namespace: an ordinary user, never 0.
+INNER_ID = 1000
+# When warden runs as root, children run outside as this dedicated uid/gid
+# (chosen far above the ranges distributions hand out and distinct from
+# nobody/65534, which other daemons share). `--outer-uid`/`--outer-gid` or
+# WARDEN_OUTER_UID/WARDEN_OUTER_GID change it.
+DEFAULT_OUTER_ID = 2_147_400_000
+
+CHANNEL_FD = 3
+
+# Built-in caps for limits neither the profile nor the caller set.
+DEFAULT_MEMORY = 2 << 30
+DEFAULT_PROCESSES = 256
+DEFAULT_OPEN_FILES = 1024
+
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+_RESERVED = ("/proc", "/dev")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FILE_MODES = ("r", "w", "rw", "a")
+
+
+class SpecError(ValueError):
+    """A sandbox option is invalid or conflicts with another; the message names them."""
+
+
+@dataclass(frozen=True)
+class FileGrant:
+    """A file the parent opens with its own rights and hands to the child at `fd`."""
+
+    path: str
+    mode: str  # r, w, rw, a
+    fd: int
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    argv: tuple[str, ...]
+    profile: str
+    seccomp_filter: bytes  # raw struct sock_filter[] for the native architecture
+    binds: tuple[Bind, ...] = ()
+    tmpfs: tuple[Tmpfs, ...] = ()
+    tmp_size_bytes: int = 64 << 20
+    chdir: str = "/"
+    share_net: bool = False
+    memory_bytes: int = DEFAULT_MEMORY
+    processes: int = DEFAULT_PROCESSES
+    open_files: int = DEFAULT_OPEN_FILES
+    cpu_time_seconds: float | None = None
+    wall_time_seconds: float | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    channel: bool = True
+    pass_fds: tuple[int, ...] = ()
+    files: tuple[FileGrant, ...] = ()
+    stdio: tuple[int, int, int] = (0, 1, 2)  # caller fds that become the child's 0, 1, 2
+    outer_uid: int = DEFAULT_OUTER_ID  # used only when the supervisor runs as root
+    outer_gid: int = DEFAULT_OUTER_ID
+    hostname: str = "warden"
+    landlock: bool = True
+    notify: bool = field(default=True)  # filter reports kill actions to the supervisor
+
+    def fd_map(self) -> dict[int, int | FileGrant | str]:
+        """{child_fd: source}: a caller fd, a file to open, or "channel"."""
+        m: dict[int, int | FileGrant | str] = {0: self.stdio[0], 1: self.stdio[1],
+                                              2: self.stdio[2]}
+        if self.channel:
+            m[CHANNEL_FD] = "channel"
+        for fd in self.pass_fds:
+            m[fd] = fd
+        for f in self.files:
+            m[f.fd] = f
+        return m
+
+
+def parse_size(text: str, option: str) -> int:
+    """'512M', '2G', '65536' -> bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
+    if not m:
+        raise SpecError(f"{option} {text!r}: expected a size such as 512M, 2G or 65536")
+    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
+    return int(m.group(1)) * mult
+
+
+def split_bind(text: str, option: str) -> tuple[str, str]:
+    """'SRC[:DST]' -> (absolute source, destination)."""
+    if not text:
+        raise SpecError(f"{option}: empty path")
+    src, sep, dst = text.partition(":")
+    if not sep:
+        dst = src
+    return os.path.abspath(src), dst
+
+
+def _clean_dest(dest: str, what: str) -> str:
+    if not dest.startswith("/"):
+        raise SpecError(f"{what}: destination {dest!r} must be an absolute path")
+    if ".." in dest.split("/"):
+        raise SpecError(f"{what}: destination {dest!r} must not contain '..'")
+    clean = os.path.normpath(dest)
+    if clean.startswith("//"):
+        clean = clean[1:]
+    if clean == "/":
+        raise SpecError(f"{what}: cannot replace the sandbox root '/'")
+    for r in _RESERVED:
+        if clean == r or clean.startswith(r + "/"):
+            raise SpecError(f"{what}: {clean} is reserved (the sandbox mounts its own {r})")
+    return clean
+
+
+def _env(profile: Profile, keep_env: Sequence[str], set_env: Sequence[str],
+         source_env: Mapping[str, str], extra: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    env: dict[str, str] = {"PATH": BASE_PATH, "HOME": "/tmp",
+                           "LANG": source_env.get("LANG", "C.UTF-8")}
+    if "TERM" in source_env:
+        env["TERM"] = source_env["TERM"]
+    for k in profile.environment.keep:
+        if k in source_env:
+            env[k] = source_env[k]
+    for k, v in profile.environment.set:
+        env[k] = v
+    for k in keep_env:
+        if not _ENV_NAME.match(k):
+            raise SpecError(f"--keep-env {k!r}: not a variable name")
+        if k in source_env:
+            env[k] = source_env[k]
+    for item in set_env:
+        k, sep, v = item.partition("=")
+        if not sep or not _ENV_NAME.match(k):
+            raise SpecError(f"--env {item!r}: expected NAME=VALUE")
+        env[k] = v
+    for k, v in extra.items():
+        if k in env and k.startswith("WARDEN_"):
+            raise SpecError(f"--env {k}: {k} is set by warden itself")
+        env[k] = v
+    return tuple(env.items())
+
+
+def _positive(value: float | int | None, option: str) -> None:
+    if value is not None and value <= 0:
+        raise SpecError(f"{option} {value}: must be greater than zero")
+
+
+def build_spec(
+    argv: Sequence[str],
+    profile: Profile,
+    *,
+    seccomp_filter: bytes | None = None,
+    ro_binds: Iterable[str] = (),
+    binds: Iterable[str] = (),
+    tmpfs: Iterable[str] = (),
+    chdir: str | None = None,
+    memory: int | None = None,
+    max_procs: int | None = None,
+    max_open_files: int | None = None,
+    cpu_time: float | None = None,
+    timeout: float | None = None,
+    tmp_size: int | None = None,
+    share_net: bool = False,
+    channel: bool = True,
+    pass_fds: Iterable[int] = (),
+    files: Iterable[str] = (),
+    env: Sequence[str] = (),
+    keep_env: Sequence[str] = (),
+    stdio: tuple[int, int, int] = (0, 1, 2),
+    outer_uid: int | None = None,
+    outer_gid: int | None = None,
+    source_env: Mapping[str, str] | None = None,
+) -> SandboxSpec:
+    """Merge `profile` with overrides (CLI spelling in errors) into a validated SandboxSpec.
+
+    `seccomp_filter` replaces the profile's compiled filter (tests, custom filters);
+    by default the profile's policy is compiled here, with kill actions turned
+    into user-notify so the supervisor observes violations.
+    """
+    if not argv:
+        raise SpecError("no program given: warden run [OPTIONS] -- PROGRAM [ARGS...]")
+    src_env = dict(os.environ if source_env is None else source_env)
+
+    # Namespaces: everything is new; only the network may be shared.
+    ns = profile.namespaces
+    for name in ("user", "pid", "mount", "ipc", "uts", "cgroup"):
+        if not getattr(ns, name):
+            raise SpecError(f"profile {profile.name}: namespaces.{name} = false is not "
+                            "supported; only the network namespace can be shared")
+    share = share_net or not ns.net
+
+    # Filesystem.
+    all_binds: list[tuple[Bind, str]] = [(b, f"profile {profile.name} bind {b.source}")
+                                         for b in profile.filesystem.binds]
+    for opt, items, writable in (("--ro-bind", ro_binds, False), ("--bind", binds, True)):
+        for text in items:
+            src, dst = split_bind(text, f"{opt} {text}")
+            all_binds.append((Bind(src, dst, writable=writable), f"{opt} {text}"))
+    seen: dict[str, str] = {"/tmp": "the built-in /tmp"}
+    out_binds: list[Bind] = []
+    for b, what in all_binds:
+        dest = _clean_dest(b.dest, what)
+        if not os.path.isabs(b.source):
+            raise SpecError(f"{what}: source {b.source!r} must be an absolute path")
+        if not os.path.lexists(b.source):
+            if b.optional:
+                continue
+            raise SpecError(f"{what}: source {b.source} does not exist")
+        if dest in seen:
+            raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
+        seen[dest] = what
+        out_binds.append(Bind(b.source, dest, writable=b.writable))
+    out_tmpfs: list[Tmpfs] = []
+    for t in profile.filesystem.tmpfs:
+        what = f"profile {profile.name} tmpfs {t.dest}"
+        dest = _clean_dest(t.dest, what)
+        if dest in seen:
+            raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
+        seen[dest] = what
+        out_tmpfs.append(Tmpfs(dest, t.size_bytes))
+    for text in tmpfs:
+        what = f"--tmpfs {text}"
+        dest = _clean_dest(text, what)
+        if dest in seen:
+            hint = "; use --tmp-size to size it" if dest == "/tmp" else ""
+            raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}{hint}")
+        seen[dest] = what
+        out_tmpfs.append(Tmpfs(dest))
+    cwd = chdir if chdir is not None else profile.filesystem.chdir
+    if not cwd.startswith("/"):
+        raise SpecError(f"--chdir {cwd!r}: must be an absolute path inside the sandbox")
+
+    # Limits: option, then profile, then the built-in cap.
+    lim = profile.limits
+    for opt, val in (("--memory", memory), ("--max-procs", max_procs),
+                     ("--max-open-files", max_open_files), ("--cpu-time", cpu_time),
+                     ("--timeout", timeout), ("--tmp-size", tmp_size)):
+        _positive(val, opt)
+    mem = memory or lim.memory_bytes or DEFAULT_MEMORY
+    procs = max_procs or lim.processes or DEFAULT_PROCESSES
+    nofile = max_open_files or lim.open_files or DEFAULT_OPEN_FILES
+    tmp = tmp_size or profile.filesystem.tmp_size_bytes
+
+    # fds: 0-2 stdio, 3 the channel, then --pass-fd, then --file at the next free numbers.
+    used: dict[int, str] = {0: "stdin", 1: "stdout", 2: "stderr"}
+    if channel:
+        used[CHANNEL_FD] = "the channel"
+    pfds: list[int] = []
+    for fd in pass_fds:
+        if fd in used:
+            hint = "; add --no-channel to free it" if fd == CHANNEL_FD and channel else ""
+            raise SpecError(f"--pass-fd {fd}: fd {fd} is already {used[fd]}{hint}")
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise SpecError(f"--pass-fd {fd}: not an open file descriptor in this process") \
+                from None
+        used[fd] = f"passed by --pass-fd {fd}"
+        pfds.append(fd)
+    grants: list[FileGrant] = []
+    nxt = max(used) + 1
+    for text in files:
+        path, mode = text, "r"
+        head, sep, tail = text.rpartition(":")
+        if sep and tail in _FILE_MODES:
+            path, mode = head, tail
+        path = os.path.abspath(path)
+        if mode == "r" and not os.path.exists(path):
+            raise SpecError(f"--file {text}: {path} does not exist")
+        if os.path.isdir(path):
+            raise SpecError(f"--file {text}: {path} is a directory")
+        grants.append(FileGrant(path, mode, nxt))
+        nxt += 1
+    if nxt + 1 > nofile:
+        raise SpecError(f"--max-open-files {nofile}: too low for the {nxt} fds handed to the child")
+    for i, fd in enumerate(stdio):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise SpecError(f"{('stdin', 'stdout', 'stderr')[i]}: fd {fd} is not open") from None
+
+    extra: dict[str, str] = {}
+    if channel:
+        extra["WARDEN_CHANNEL_FD"] = str(CHANNEL_FD)
+    if grants:
+        extra["WARDEN_FILES"] = " ".join(f"{g.fd}:{g.path}" for g in grants)
+    environment = _env(profile, keep_env, env, src_env, extra)
+
+    # Identity when running as root.
+    ouid = outer_uid if outer_uid is not None else int(
+        src_env.get("WARDEN_OUTER_UID", DEFAULT_OUTER_ID))
+    ogid = outer_gid if outer_gid is not None else int(
+        src_env.get("WARDEN_OUTER_GID", DEFAULT_OUTER_ID))
+    for opt, v in (("--outer-uid", ouid), ("--outer-gid", ogid)):
+        if v <= 0 or v >= 2**32 - 1:
+            raise SpecError(f"{opt} {v}: must be an unprivileged id (not 0, below 4294967295)")
+    if os.geteuid() == 0 and ouid == os.getuid():
+        raise SpecError(f"--outer-uid {ouid}: must differ from the supervisor's own uid")
+
+    if seccomp_filter is None:
+        from profiles.compiler import compile_policy
+
+        seccomp_filter = compile_policy(profile.seccomp, kill_as_notify=True)
+    if len(seccomp_filter) % 8 or not seccomp_filter:
+        raise SpecError("seccomp filter: not a whole number of 8-byte BPF instructions")
+    from supervisor.sandbox.seccomp import uses_notify
+
+    return SandboxSpec(
+        argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
+        binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), tmp_size_bytes=tmp, chdir=cwd,
+        share_net=share, memory_bytes=mem, processes=procs, open_files=nofile,
+        cpu_time_seconds=cpu_time or lim.cpu_time_seconds,
+        wall_time_seconds=timeout or lim.wall_time_seconds, env=environment,
+        channel=channel, pass_fds=tuple(pfds), files=tuple(grants), stdio=stdio,
+        outer_uid=ouid, outer_gid=ogid, notify=uses_notify(seccomp_filter),
+    )
+
+
+def is_directory(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        return False

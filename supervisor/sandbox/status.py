@@ -1,0 +1,97 @@
+"""How a sandboxed child ended: one outcome, the first cause winning, as a frozen record.
+
+The record is what `warden run --json-status` prints and what the API's
+`Sandbox.wait()` returns. Every field is sourced by the supervisor (kernel
+wait status, seccomp user-notify, cgroup counters), never by the child.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import signal
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    EXITED = "exited"
+    SIGNALED = "signaled"
+    SECCOMP_VIOLATION = "seccomp_violation"
+    BAD_MESSAGE = "bad_message"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out_of_memory"
+    KILLED = "killed"
+    SETUP_ERROR = "setup_error"
+
+
+# Exit codes of `warden run` for outcomes where the supervisor ended the child.
+EXIT_SETUP = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A system call the seccomp filter refused, as the kernel reported it to the supervisor."""
+
+    syscall: str  # name, or "unknown(NR)"
+    nr: int
+    arch: str  # "x86_64", "i386", "x32", ... or hex
+    args: tuple[int, ...]
+    pid: int  # host pid of the calling process
+
+
+@dataclass(frozen=True)
+class SetupFailure:
+    """A setup step in the child that the kernel refused."""
+
+    step: str
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Status:
+    outcome: Outcome
+    exit_code: int  # what `warden run` exits with
+    returncode: int | None = None  # program's own exit code, when it exited
+    signal: int | None = None  # signal that ended the program, when signaled
+    reason: str = ""  # human sentence: bad message reason, kill reason, setup error
+    violation: Violation | None = None
+    setup: SetupFailure | None = None
+    wall_time: float = 0.0
+    cpu_time: float = 0.0
+    peak_memory_bytes: int | None = None
+    limits_mechanism: str = ""  # "cgroup-v2", "cgroup-v1" or "rlimit"
+    landlock_abi: int = 0  # 0: not applied (kernel lacks Landlock)
+    weakened: tuple[str, ...] = field(default_factory=tuple)  # confinement explicitly dropped
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outcome"] = self.outcome.value
+        if self.signal is not None:
+            d["signal_name"] = signal.Signals(self.signal).name
+        d["weakened"] = list(self.weakened)
+        if self.violation is not None:
+            d["violation"]["args"] = list(self.violation.args)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def describe(self) -> str:
+        """One line for humans (stderr of `warden run`)."""
+        o = self.outcome
+        if o is Outcome.OK:
+            return "ok"
+        if o is Outcome.EXITED:
+            return f"exited with code {self.returncode}"
+        if o is Outcome.SIGNALED and self.signal is not None:
+            return f"killed by signal {signal.Signals(self.signal).name}"
+        if o is Outcome.SECCOMP_VIOLATION and self.violation is not None:
+            v = self.violation
+            args = ", ".join(hex(a) for a in v.args)
+            return f"seccomp violation: {v.syscall}({args}); sandbox killed"
+        return f"{o.value}: {self.reason}" if self.reason else o.value

@@ -1,0 +1,124 @@
+"""`warden run` end to end, as a user runs it: exit codes, --json-status, the channel guard."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+
+import pytest
+from sandbox_util import PYTHON, supervisor_env
+
+pytestmark = pytest.mark.usefixtures("needs_profiles")
+
+
+@pytest.fixture
+def needs_profiles() -> None:
+    try:
+        from profiles import load_profile  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError:
+        pytest.skip("the profiles package (load_profile) is not on this branch yet")
+
+
+def warden(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, "-m", "supervisor", "run", *args], capture_output=True,
+                          text=True, env=supervisor_env(), timeout=timeout)
+
+
+def test_runs_a_program_and_passes_its_exit_code() -> None:
+    r = warden("--", "/bin/echo", "hi")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "hi\n", "")
+    r = warden("--json-status", "-", "--", "/bin/sh", "-c", "exit 7")
+    assert r.returncode == 7
+    st = json.loads(r.stdout)
+    assert (st["outcome"], st["exit_code"], st["returncode"]) == ("exited", 7, 7)
+    assert st["limits_mechanism"] in ("cgroup-v2", "cgroup-v1", "rlimit")
+
+
+def test_seccomp_violation_exit_code_and_status(tmp_path: object) -> None:
+    r = warden("--json-status", "-", "--", "/usr/bin/python3", "-I", "-S", "-c",
+               "import socket; socket.sethostname('evil')")
+    assert r.returncode == 128 + signal.SIGSYS
+    st = json.loads(r.stdout)
+    assert st["outcome"] == "seccomp_violation"
+    assert st["violation"]["syscall"] == "sethostname"
+    assert r.stderr.startswith("warden: seccomp violation: sethostname(")
+
+
+def test_timeout_not_found_and_bad_option_codes() -> None:
+    r = warden("--timeout", "0.3", "--", "/bin/sleep", "30")
+    assert (r.returncode, r.stderr) == (137, "warden: timeout: wall-clock timeout of 0.3s\n")
+    r = warden("--", "no-such-program")
+    assert r.returncode == 127
+    assert "step 'exec' (ENOENT)" in r.stderr
+    r = warden("--pass-fd", "3", "--", "/bin/true")
+    assert r.returncode == 125
+    assert "--pass-fd 3: fd 3 is already the channel; add --no-channel to free it" in r.stderr
+    r = warden("--profile", "no-such-profile", "--", "/bin/true")
+    assert r.returncode == 125
+    assert "--profile no-such-profile" in r.stderr
+
+
+def test_invalid_message_on_the_channel_kills_with_bad_message() -> None:
+    r = warden("--json-status", "-", "--", "/usr/bin/python3", "-I", "-S", "-c",
+               "import os, time; os.write(3, b'\\xc1 not msgpack'); time.sleep(30)")
+    assert r.returncode == 137
+    st = json.loads(r.stdout)
+    assert st["outcome"] == "bad_message"
+    assert st["reason"]
+
+
+def test_sigterm_to_warden_is_forwarded_to_the_program() -> None:
+    p = subprocess.Popen([PYTHON, "-m", "supervisor", "run", "--", "/bin/sleep", "30"],
+                         env=supervisor_env())
+    try:
+        deadline = time.monotonic() + 20
+        while not _children(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 128 + signal.SIGTERM
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_killing_warden_run_kills_the_sandbox() -> None:
+    p = subprocess.Popen([PYTHON, "-m", "supervisor", "run", "--", "/bin/sleep", "60"],
+                         env=supervisor_env())
+    try:
+        deadline = time.monotonic() + 20
+        while not _children(p.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        init = _children(p.pid)[0]
+        fd = os.pidfd_open(init)
+        p.kill()
+        p.wait()
+        assert select.select([fd], [], [], 1.0)[0], "the sandbox outlived warden run"
+        os.close(fd)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def test_user_namespaces_off_is_one_clear_sentence_and_125() -> None:
+    r = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c",
+         'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"', "sh",
+         PYTHON, "-m", "supervisor", "run", "--", "/bin/true"],
+        capture_output=True, text=True, env=supervisor_env(), timeout=60)
+    assert r.returncode == 125
+    assert r.stderr == ("warden: user namespaces are disabled: user.max_user_namespaces is 0; "
+                        "enable them with: sysctl -w user.max_user_namespaces=15000\n")

@@ -1,0 +1,229 @@
+"""How sandboxes end: outcomes and exit codes, violations observed by the supervisor, kill
+and terminate, setup errors, the supervisor's death, and the clear error when user
+namespaces are off."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from sandbox_util import (
+    PERMISSIVE,
+    PY,
+    PYTHON,
+    TEST_PROFILE,
+    collect,
+    filter_notifying,
+    py,
+    run,
+    start,
+    supervisor_env,
+    world_dir,
+)
+
+from supervisor.sandbox import Outcome, Sandbox, SetupError, build_spec, spawn
+
+
+def test_outcomes_and_exit_codes() -> None:
+    assert run(["/bin/true"]).status.outcome is Outcome.OK
+    st = run(["/bin/sh", "-c", "exit 3"]).status
+    assert (st.outcome, st.exit_code, st.returncode) == (Outcome.EXITED, 3, 3)
+    st = run(["/bin/sh", "-c", "kill -SEGV $$"]).status
+    assert (st.outcome, st.exit_code, st.signal) == (Outcome.SIGNALED, 139, signal.SIGSEGV)
+
+
+def test_seccomp_violation_is_reported_by_the_supervisor_with_name_and_args() -> None:
+    bpf = filter_notifying("mkdir", "mkdirat")
+    r = py("import os\nprint('before', flush=True)\nos.mkdir('/tmp/x', 0o712)\nprint('after')",
+           bpf=bpf)
+    st = r.status
+    assert st.outcome is Outcome.SECCOMP_VIOLATION
+    assert st.violation is not None
+    assert st.violation.syscall in ("mkdir", "mkdirat")
+    mode_arg = st.violation.args[1] if st.violation.syscall == "mkdir" else st.violation.args[2]
+    assert mode_arg == 0o712
+    assert st.violation.arch == "x86_64" or st.violation.arch == "aarch64"
+    assert st.exit_code == 128 + signal.SIGSYS
+    assert r.out == "before\n"  # the call never ran and nothing after it did
+
+
+def test_violation_in_a_grandchild_kills_the_whole_sandbox() -> None:
+    bpf = filter_notifying("mkdir", "mkdirat")
+    r = py("import os, time\n"
+           "if os.fork() == 0:\n    os.mkdir('/tmp/y')\n    os._exit(0)\n"
+           "time.sleep(30)", bpf=bpf)
+    assert r.status.outcome is Outcome.SECCOMP_VIOLATION
+    assert r.status.wall_time < 20
+
+
+def test_the_handshake_call_after_exec_is_a_violation_too() -> None:
+    # The marker the sandbox uses to take the listener cannot be replayed by the workload.
+    r = py("import ctypes, platform\n"
+           "nr = 110 if platform.machine() == 'x86_64' else 173\n"
+           "print(ctypes.CDLL(None).syscall(nr, 0x77617264))")
+    assert r.status.outcome is Outcome.SECCOMP_VIOLATION
+    assert r.status.violation is not None and r.status.violation.syscall == "getppid"
+
+
+def test_kill_records_the_first_cause() -> None:
+    box, out, err = start(["/bin/sleep", "30"])
+    box.kill(Outcome.BAD_MESSAGE, "field x out of range")
+    box.kill(Outcome.KILLED, "second cause loses")
+    r = collect(box, out, err)
+    assert (r.status.outcome, r.status.reason) == (Outcome.BAD_MESSAGE, "field x out of range")
+    assert r.status.exit_code == 137
+
+
+def test_terminate_forwards_sigterm_then_kills_after_grace() -> None:
+    box, _out, _err = start(["/bin/sleep", "30"])
+    st = box.terminate(grace=5)
+    assert (st.outcome, st.signal) == (Outcome.SIGNALED, signal.SIGTERM)
+    box, _out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
+                           "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                           "print('ready', flush=True)\ntime.sleep(30)"])
+    time.sleep(0.3)
+    st = box.terminate(grace=0.3)
+    assert st.outcome is Outcome.KILLED
+    assert st.reason == "did not exit within 0.3s of SIGTERM"
+
+
+def test_handle_has_no_public_constructor() -> None:
+    with pytest.raises(TypeError, match="no public constructor"):
+        Sandbox(object())
+
+
+def test_context_manager_kills_on_failure_and_waits_on_success() -> None:
+    spec = build_spec(["/bin/sleep", "30"], TEST_PROFILE, seccomp_filter=PERMISSIVE)
+    with pytest.raises(RuntimeError), spawn(spec) as box:
+        raise RuntimeError("embedder failed")
+    assert box.status is not None and box.status.outcome is Outcome.KILLED
+    assert box.status.reason == "the embedder raised RuntimeError"
+    with spawn(build_spec(["/bin/true"], TEST_PROFILE, seccomp_filter=PERMISSIVE)) as box:
+        pass
+    assert box.outcome is Outcome.OK
+
+
+@pytest.mark.parametrize(("argv", "step", "code"), [
+    (["/no/such/program"], "exec", 127),
+    (["no-such-program-on-path"], "exec", 127),
+    (["/etc/passwd"], "exec", 126),
+])
+def test_exec_failures_are_setup_errors_with_shell_codes(argv: list[str], step: str,
+                                                         code: int) -> None:
+    with pytest.raises(SetupError) as e:
+        start(argv)
+    st = e.value.status
+    assert st.outcome is Outcome.SETUP_ERROR
+    assert st.setup is not None and st.setup.step == step
+    assert st.exit_code == code
+
+
+def test_mount_failure_names_the_step_path_and_errno() -> None:
+    with pytest.raises(SetupError) as e:
+        start(["/bin/true"], ro_binds=["/usr/bin/env:/usr/newdir/env"])
+    st = e.value.status
+    assert st.setup is not None and (st.setup.step, st.setup.errno) == ("mount", 30)
+    assert st.reason == ("sandbox setup failed at step 'mount' (EROFS): bind /usr/bin/env on "
+                         "/usr/newdir/env: Read-only file system")
+    assert st.exit_code == 125
+
+
+def test_binds_use_the_sandbox_identity_never_root() -> None:
+    d = world_dir()
+    os.chmod(d, 0o700)  # the sandbox's outer id cannot traverse it
+    inner = os.path.join(d, "sub")
+    os.mkdir(inner)
+    if os.geteuid() != 0:
+        pytest.skip("as an ordinary user the directory is the user's own, so it can be bound")
+    with pytest.raises(SetupError) as e:
+        start(["/bin/true"], ro_binds=[inner + ":/data"])
+    st = e.value.status
+    assert st.setup is not None and (st.setup.step, st.setup.errno) == ("mount", 13)
+    assert st.reason == (f"sandbox setup failed at step 'mount' (EACCES): bind {inner} on /data: "
+                         "Permission denied")
+    assert st.exit_code == 125
+
+
+SUPERVISOR = textwrap.dedent("""
+    import sys, threading, time
+    sys.path.insert(0, sys.argv[1])
+    from sandbox_util import start
+    if sys.argv[2] == "threaded":  # spawn() then takes its fork-then-clone path
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+    box, out, err = start(["/bin/sleep", "60"])
+    print(box.pid, flush=True)
+    import time
+    time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("threads", ["single", "threaded"])
+def test_children_die_within_a_second_of_the_supervisor_being_killed(threads: str) -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    sup = subprocess.Popen([PYTHON, "-c", SUPERVISOR, here, threads], stdout=subprocess.PIPE,
+                           env=supervisor_env())
+    try:
+        assert sup.stdout is not None
+        init_pid = int(sup.stdout.readline())
+        workload = int(Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()[0])
+        pidfds = [os.pidfd_open(init_pid), os.pidfd_open(workload)]
+        sup.kill()
+        sup.wait()
+        deadline = time.monotonic() + 1.0
+        for fd in pidfds:
+            left = max(0.0, deadline - time.monotonic())
+            assert select.select([fd], [], [], left)[0], "a sandbox process outlived its supervisor"
+            os.close(fd)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+
+
+USERNS_OFF = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from sandbox_util import start
+    from supervisor.sandbox import PreflightError
+    try:
+        start(["/bin/true"])
+    except PreflightError as e:
+        print(e)
+        sys.exit(e.exit_code)
+""")
+
+
+def test_clear_error_when_user_namespaces_are_turned_off() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    # A private user namespace in which creating further user namespaces is
+    # switched off through the real sysctl: the kernel refuses, as on a host
+    # with user.max_user_namespaces=0.
+    r = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c",
+         'echo 0 > /proc/sys/user/max_user_namespaces && exec "$0" -c "$1" "$2"',
+         PYTHON, USERNS_OFF, here],
+        capture_output=True, text=True, env=supervisor_env(), timeout=60)
+    assert r.returncode == 125, r
+    assert r.stdout.strip() == ("user namespaces are disabled: user.max_user_namespaces is 0; "
+                                "enable them with: sysctl -w user.max_user_namespaces=15000")
+
+
+def test_spawn_from_a_threaded_process() -> None:
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, args=(30,))
+    t.start()
+    try:
+        r = py("import os; print(os.getpid(), os.getppid())")
+    finally:
+        stop.set()
+        t.join()
+    assert r.out.split() == ["2", "1"]
+    assert r.status.outcome is Outcome.OK

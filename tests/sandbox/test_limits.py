@@ -1,0 +1,86 @@
+"""Fork and memory bombs are stopped by the limits, --timeout kills, the host stays responsive."""
+
+from __future__ import annotations
+
+import subprocess
+
+from sandbox_util import MODE, py
+
+FORK_BOMB = """
+import os, json, time
+n = 0
+err = None
+while n < 10000:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = e.errno
+        break
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    n += 1
+print(json.dumps([n, err]))
+"""
+
+MEMORY_BOMB = """
+import json, sys
+held = []
+try:
+    while len(held) < 256:
+        held.append(bytearray(16 << 20))
+        for i in range(0, 16 << 20, 4096):
+            held[-1][i] = 1
+except MemoryError:
+    print(json.dumps(['MemoryError', len(held) * 16]))
+    sys.exit(3)
+print(json.dumps(['allocated', len(held) * 16]))
+"""
+
+
+def _host_responsive() -> None:
+    r = subprocess.run(["/bin/sh", "-c", "echo alive"], capture_output=True, timeout=10)
+    assert r.stdout == b"alive\n"
+
+
+def test_fork_bomb_hits_the_process_limit() -> None:
+    r = py(FORK_BOMB, max_procs=16)
+    _host_responsive()
+    forked, err = r.json()
+    assert err == 11  # EAGAIN
+    assert 8 <= forked < 16  # the limit is this sandbox's own, not shared with the host
+    assert r.status.outcome.value == "ok"
+    assert r.status.limits_mechanism in ("cgroup-v2", "cgroup-v1", "rlimit")
+
+
+def test_memory_bomb_is_stopped_at_the_memory_limit() -> None:
+    r = py(MEMORY_BOMB, memory=96 << 20)
+    _host_responsive()
+    st = r.status
+    if st.limits_mechanism.startswith("cgroup"):
+        assert st.outcome.value == "out_of_memory", st
+        assert st.exit_code == 137
+        assert st.peak_memory_bytes is not None and st.peak_memory_bytes <= 96 << 20
+    else:
+        what, mib = r.json()
+        assert (what, st.outcome.value, st.returncode) == ("MemoryError", "exited", 3)
+        assert mib < 96
+    assert MODE in ("root", "user")
+
+
+def test_timeout_kills_the_whole_sandbox() -> None:
+    r = py("import os, time\nif os.fork() == 0:\n    time.sleep(60)\ntime.sleep(60)",
+           timeout=0.5)
+    st = r.status
+    assert st.outcome.value == "timeout"
+    assert st.exit_code == 137
+    assert st.reason == "wall-clock timeout of 0.5s"
+    assert 0.5 <= st.wall_time < 10
+
+
+def test_cpu_time_limit() -> None:
+    r = py("while True: pass", cpu_time=1)
+    st = r.status
+    assert st.outcome.value == "signaled", st
+    assert st.signal in (24, 9), st  # SIGXCPU at the soft limit, SIGKILL at the hard one
+    assert st.cpu_time >= 0.9, st
