@@ -1,0 +1,110 @@
+"""Forking a worker that confines itself: used by the zygote and by the `fork` start method.
+
+The forked worker is pid 1 of its own PID namespace inside its own user
+namespace (clone(CLONE_NEWUSER|CLONE_NEWPID)): it cannot name, signal or
+ptrace its siblings, the zygote or the supervisor, because none of them
+exists in its PID namespace, and the capabilities the new user namespace
+grants are dropped before anything else runs. Then, still running trusted
+code: its own session (so kill(0, ...) reaches nobody else), the
+parent-death signal, only the channel (at fd 3) left open, capabilities
+cleared, and the worker runtime takes over (rlimits, non-dumpable,
+no_new_privs, the profile's seccomp filter; see worker_main).
+
+A quirk of being a namespace's init: signals the worker sends itself with
+no handler installed are ignored by the kernel (faults such as SIGSEGV and
+seccomp kills still end it; SIGKILL from the supervisor always does).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import signal
+import struct
+from typing import NoReturn
+
+from supervisor.sandbox import _sys, caps
+
+FLAGS = _sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | signal.SIGCHLD
+EXIT_SETUP = 125
+_PID = struct.Struct("=i")
+
+
+class ConfineError(OSError):
+    """The worker could not be forked into its namespaces."""
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _child(channel_fd: int, parent_pidfd: int) -> NoReturn:
+    code = EXIT_SETUP
+    try:
+        gc.disable()  # objects inherited from the parent must never be finalized here
+        os.setsid()
+        _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if select.select([parent_pidfd], [], [], 0)[0]:
+            os._exit(EXIT_SETUP)  # the parent died before PDEATHSIG was armed
+        if channel_fd != 3:
+            os.dup2(channel_fd, 3)
+        _sys.close_range(0, 2)
+        devnull = os.open("/dev/null", os.O_RDWR)  # 0, 1, 2 point nowhere
+        for fd in (1, 2):
+            if devnull != fd:
+                os.dup2(devnull, fd)
+        _sys.close_range(4, 0xFFFFFFFF)
+        os.set_inheritable(3, False)
+        caps.drop_bounding_set(caps.last_cap())
+        caps.clear_capabilities()
+        from supervisor import worker_main
+        code = worker_main.run(3)
+    except BaseException:
+        code = EXIT_SETUP
+    os._exit(code)
+
+
+def fork_worker(channel_fd: int, parent_pidfd: int) -> int:
+    """Start a confined worker serving on `channel_fd`; returns its pid in our namespace.
+
+    The caller keeps ownership of `channel_fd` (close it after this returns).
+    `parent_pidfd` is a pidfd of the process whose death must kill the worker
+    (the caller itself): the worker checks it right after arming PDEATHSIG.
+    """
+    if _single_threaded():
+        try:
+            pid = _sys.clone(FLAGS)
+        except OSError as e:
+            raise ConfineError(e.errno, f"clone into new user+pid namespaces: {e.strerror}") \
+                from None
+        if pid == 0:
+            _child(channel_fd, parent_pidfd)
+        return pid
+    # Threads run here: fork first (CPython's fork handles the locks), then the
+    # raw clone from a single-threaded copy, as our own child (CLONE_PARENT).
+    r, w = os.pipe2(os.O_CLOEXEC)
+    a = os.fork()
+    if a == 0:
+        try:
+            os.close(r)
+            pid = _sys.clone(FLAGS | _sys.CLONE_PARENT)
+            if pid == 0:
+                os.close(w)
+                _child(channel_fd, parent_pidfd)
+            os.write(w, _PID.pack(pid))
+        except BaseException:
+            os._exit(EXIT_SETUP)
+        os._exit(0)
+    os.close(w)
+    try:
+        data = os.read(r, _PID.size)
+    finally:
+        os.close(r)
+        os.waitpid(a, 0)
+    if len(data) != _PID.size:
+        raise ConfineError(11, "clone into new user+pid namespaces failed")
+    return int(_PID.unpack(data)[0])

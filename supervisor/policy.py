@@ -1,0 +1,56 @@
+"""A worker profile's seccomp filter as the worker loads it on itself.
+
+Python workers load their profile's filter in-process, after start-up (the
+`strict` profile is written for exactly that). Two adaptations, both here so
+the profile files stay as written:
+
+- kill actions stay `kill-process`: a worker's filter is stacked on the
+  sandbox's launch filter, which already owns the seccomp listener (the
+  kernel allows one per stack), so the supervisor learns of these kills
+  from the wait status (SIGSYS) rather than from user-notify;
+- the calls the ipc channel on fd 3 needs are allowed when the profile says
+  nothing about them: a worker that cannot receive its calls is no worker.
+  They act only on descriptors the worker already holds.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from profiles import load_profile
+from profiles.compiler import compile_policy
+from profiles.model import ALLOW, Origin, Profile, SeccompPolicy, SyscallRule
+
+CHANNEL_CALLS = ("recvmsg", "sendmsg", "recvfrom", "sendto", "fcntl", "poll", "ppoll",
+                 "getpid", "gettid", "rt_sigprocmask", "rt_sigreturn", "exit_group", "exit",
+                 "futex", "close", "read", "write", "madvise", "munmap", "mmap", "brk",
+                 "mremap", "fstat", "newfstatat", "lseek", "getrandom")
+_ORIGIN = Origin("supervisor/policy.py", 1, 1, ("the worker's ipc channel",))
+
+
+def worker_policy(policy: SeccompPolicy) -> SeccompPolicy:
+    """`policy` plus an allow rule for each channel call it does not mention."""
+    named = {r.syscall for r in policy.rules}
+    extra = tuple(SyscallRule(name, ALLOW, (), _ORIGIN) for name in CHANNEL_CALLS
+                  if name not in named)
+    return SeccompPolicy(default_action=policy.default_action, rules=policy.rules + extra,
+                         bad_arch_action=policy.bad_arch_action)
+
+
+@functools.lru_cache(maxsize=32)
+def _profile(name: str) -> Profile:
+    return load_profile(name)
+
+
+def resolve_profile(profile: str | Profile) -> Profile:
+    return _profile(profile) if isinstance(profile, str) else profile
+
+
+@functools.lru_cache(maxsize=32)
+def _filter_for(profile: Profile) -> bytes:
+    return compile_policy(worker_policy(profile.seccomp), kill_as_notify=False)
+
+
+def worker_filter(profile: Profile) -> bytes:
+    """Compiled once per profile (profiles are frozen and hashable)."""
+    return _filter_for(profile)

@@ -1,0 +1,134 @@
+"""The three ways a worker process is held, behind one small interface.
+
+- `SandboxProcess`: a `warden run` sandbox (the `spawn` start method and
+  programs); its init is our child and the sandbox module classifies the end.
+- `ForkedProcess`: a confined worker we forked ourselves (`fork`); our child.
+- `ZygoteProcess`: a confined worker the zygote forked; we hold a pidfd for
+  killing and learn its wait status from the zygote.
+
+Each exposes the fds to watch, a non-blocking `service()` that returns the
+final Status once known, and `kill(outcome, reason)` (first cause wins).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+from supervisor.sandbox import Outcome, Sandbox, Status
+
+EXIT_SETUP = 125
+
+
+def status_from_wait(ws: int, cause: tuple[Outcome, str] | None, started: float,
+                     setup_done: bool) -> Status:
+    """Classify a worker's wait status; a recorded cause (ours) wins."""
+    wall = time.monotonic() - started
+    if cause is not None:
+        outcome, reason = cause
+        return Status(outcome=outcome, exit_code=128 + signal.SIGKILL, signal=signal.SIGKILL,
+                      reason=reason, wall_time=wall, limits_mechanism="rlimit")
+    if os.WIFEXITED(ws):
+        rc = os.WEXITSTATUS(ws)
+        if rc == EXIT_SETUP and not setup_done:
+            return Status(outcome=Outcome.SETUP_ERROR, exit_code=rc, returncode=rc,
+                          reason="the worker failed before it was ready", wall_time=wall,
+                          limits_mechanism="rlimit")
+        return Status(outcome=Outcome.OK if rc == 0 else Outcome.EXITED, exit_code=rc,
+                      returncode=rc, wall_time=wall, limits_mechanism="rlimit")
+    sig = os.WTERMSIG(ws) if os.WIFSIGNALED(ws) else signal.SIGKILL
+    if sig == signal.SIGSYS:
+        return Status(outcome=Outcome.SECCOMP_VIOLATION, exit_code=128 + sig, signal=sig,
+                      reason="the worker's seccomp filter killed it (SIGSYS); the call is "
+                             "not recorded for in-process filters", wall_time=wall,
+                      limits_mechanism="rlimit")
+    return Status(outcome=Outcome.SIGNALED, exit_code=128 + sig, signal=sig, wall_time=wall,
+                  limits_mechanism="rlimit")
+
+
+class WorkerProcess:
+    pid: int
+    setup_done: bool = False
+
+    def fds(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def service(self) -> Status | None:
+        raise NotImplementedError
+
+    def kill(self, outcome: Outcome, reason: str) -> None:
+        raise NotImplementedError
+
+    def send_signal(self, sig: int) -> None:
+        raise NotImplementedError
+
+
+class SandboxProcess(WorkerProcess):
+    def __init__(self, box: Sandbox) -> None:
+        self.box = box
+        self.pid = box.pid
+
+    def fds(self) -> tuple[int, ...]:
+        return self.box.fds()
+
+    def service(self) -> Status | None:
+        st = self.box.service()
+        if st is None:
+            return None
+        if (st.outcome is Outcome.SIGNALED and st.signal == signal.SIGSYS):
+            return Status(**{**st.__dict__, "outcome": Outcome.SECCOMP_VIOLATION,
+                             "reason": "the worker's in-process seccomp filter killed it "
+                                       "(SIGSYS); the call is not recorded"})
+        if st.outcome is Outcome.EXITED and st.returncode == EXIT_SETUP and not self.setup_done:
+            return Status(**{**st.__dict__, "outcome": Outcome.SETUP_ERROR,
+                             "reason": "the worker failed before it was ready"})
+        return st
+
+    def kill(self, outcome: Outcome, reason: str) -> None:
+        self.box.kill(outcome, reason)
+
+    def send_signal(self, sig: int) -> None:
+        self.box.send_signal(sig)
+
+
+class ForkedProcess(WorkerProcess):
+    """Our own child, pid 1 of its namespace; reaped with waitpid on its pid only."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.started = time.monotonic()
+        self.cause: tuple[Outcome, str] | None = None
+        self.status: Status | None = None
+
+    def fds(self) -> tuple[int, ...]:
+        return () if self.status is not None else (self.pidfd,)
+
+    def service(self) -> Status | None:
+        if self.status is not None:
+            return self.status
+        try:
+            pid, ws = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else's waitpid(-1): no status to read
+            pid, ws = self.pid, signal.SIGKILL
+        if pid == 0:
+            return None
+        self.status = status_from_wait(ws, self.cause, self.started, self.setup_done)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        return self.status
+
+    def kill(self, outcome: Outcome, reason: str) -> None:
+        if self.status is not None:
+            return
+        if self.cause is None:
+            self.cause = (outcome, reason)
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def send_signal(self, sig: int) -> None:
+        if self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)

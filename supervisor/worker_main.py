@@ -1,0 +1,108 @@
+"""The child side of a Python worker: read the bootstrap, load the target, lock down, serve.
+
+Runs inside the worker whatever its start method: after exec'ing a fresh
+interpreter in a sandbox (`python -m supervisor.worker_main`), or right
+after a fork from the zygote or from the supervisor. Order matters:
+
+1. read the bootstrap from fd 3 (trusted data, written by the supervisor);
+2. import the target and build the implementation (may need files);
+3. open the ipc channel on fd 3;
+4. rlimits, non-dumpable, no_new_privs, then the profile's seccomp filter;
+5. send HELLO (stamped by the kernel with our pid), then serve until the
+   supervisor closes the channel.
+
+Nothing the implementation does can widen what step 4 set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import resource
+import socket
+import sys
+from typing import Any, NoReturn
+
+import ipc
+from supervisor import bootstrap
+from supervisor.sandbox import _sys, caps
+from supervisor.sandbox.seccomp import PreparedFilter
+
+CHANNEL_FD = 3
+EXIT_SETUP = 125
+
+_host: Any = None
+
+
+def host() -> Any:
+    """The typed remote of the interface the supervisor serves to this worker (or None)."""
+    return _host
+
+
+def resolve(target: str) -> Any:
+    """'package.module:Attr' -> the attribute (imported)."""
+    mod_name, _, attr = target.partition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"target {target!r} must look like 'package.module:Attribute'")
+    obj: Any = importlib.import_module(mod_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _read_bootstrap(fd: int) -> bootstrap.Bootstrap:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.setblocking(True)
+        data = sock.recv(bootstrap.MAX_BOOTSTRAP_BYTES)
+    finally:
+        sock.close()
+    return bootstrap.decode(data)
+
+
+def run(fd: int = CHANNEL_FD) -> int:
+    """Serve the target named by the bootstrap on channel `fd`; returns the exit code."""
+    global _host
+    boot = _read_bootstrap(fd)
+    factory = resolve(boot.target)
+    impl = factory()
+    host_iface = resolve(boot.host_interface) if boot.host_interface else None
+    limits = ipc.Limits(max_frame_bytes=boot.max_frame_bytes)
+    channel = ipc.connect(fd, serve=impl, remote=host_iface, limits=limits,
+                          validate_outgoing=False)
+    _host = channel.remote if host_iface is not None else None
+    lock_down(boot)
+    os.write(fd, bootstrap.HELLO)
+    try:
+        channel.serve_forever()
+    except ipc.ChannelError:
+        return 1
+    return 0
+
+
+def lock_down(boot: bootstrap.Bootstrap) -> None:
+    """The worker's own confinement, applied before it sees any input."""
+    for kind, value in boot.rlimits:
+        soft, hard = resource.getrlimit(kind)
+        cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (cap, cap))
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    caps.no_new_privs()
+    if boot.seccomp_filter:
+        PreparedFilter(boot.seccomp_filter, listener=False).load()
+
+
+def main() -> NoReturn:
+    try:
+        code = run()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException as e:  # setup failed: say why on stderr, exit as a setup error
+        print(f"warden worker: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        os._exit(EXIT_SETUP)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Interfaces and worker implementations for the supervisor tests (imported by both sides)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from typing import Annotated
+
+import msgspec
+
+import ipc
+from supervisor import worker_main
+
+Small = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
+Name = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class Calc(ipc.Interface, name="test.Calc"):
+    @ipc.call()
+    def square(self, ctx: ipc.Context, n: Small) -> Small:
+        raise NotImplementedError
+
+    @ipc.call()
+    def sleep(self, ctx: ipc.Context, ms: Small) -> Small:
+        raise NotImplementedError
+
+    @ipc.call()
+    def act(self, ctx: ipc.Context, what: Name, arg: int = 0) -> int:
+        """Do something hostile (see Hostile.act); returns an errno or a result."""
+        raise NotImplementedError
+
+    @ipc.call()
+    def whoami(self, ctx: ipc.Context) -> Name:
+        raise NotImplementedError
+
+
+class Host(ipc.Interface, name="test.Host"):
+    """Served by the supervisor to workers."""
+
+    @ipc.call(permission="host.secret")
+    def secret(self, ctx: ipc.Context) -> Name:
+        raise NotImplementedError
+
+    @ipc.call()
+    def whoami(self, ctx: ipc.Context) -> Name:
+        raise NotImplementedError
+
+
+class CalcImpl(Calc):
+    def square(self, ctx: ipc.Context, n: int) -> int:
+        return n * n
+
+    def sleep(self, ctx: ipc.Context, ms: int) -> int:
+        time.sleep(ms / 1000)
+        return ms
+
+    def whoami(self, ctx: ipc.Context) -> str:
+        remote = worker_main.host()
+        return str(remote.whoami()) if remote is not None else "no host"
+
+    def act(self, ctx: ipc.Context, what: str, arg: int = 0) -> int:
+        return _act(what, arg)
+
+
+def _errno_of(fn: object) -> int:
+    try:
+        fn()  # type: ignore[operator]
+    except OSError as e:
+        return e.errno or -1
+    return 0
+
+
+def _act(what: str, arg: int) -> int:
+    """Hostile actions; each returns 0 if it worked or the errno the kernel gave."""
+    if what == "bad_frame":  # garbage on the channel: a bad message
+        os.write(worker_main.CHANNEL_FD, b"\xff" * 40)
+        time.sleep(5)
+        return 0
+    if what == "half_frame":  # a frame claiming more than it holds
+        os.write(worker_main.CHANNEL_FD, b"\x01")
+        time.sleep(5)
+        return 0
+    if what == "flood":  # one-way frames as fast as it can
+        while True:
+            os.write(worker_main.CHANNEL_FD, b"\x00" * 64)
+    if what == "kill":  # signal a pid (the supervisor's, a sibling's)
+        return _errno_of(lambda: os.kill(arg, signal.SIGKILL))
+    if what == "kill_all":
+        return _errno_of(lambda: os.kill(-1, signal.SIGKILL))
+    if what == "kill_group":
+        return _errno_of(lambda: os.kill(0, signal.SIGKILL))
+    if what == "ptrace":  # PTRACE_ATTACH = 16
+        libc = ctypes.CDLL(None, use_errno=True)
+        r = libc.ptrace(16, arg, 0, 0)
+        return ctypes.get_errno() if r == -1 else 0
+    if what == "exit":
+        os._exit(arg)
+    if what == "segv":
+        ctypes.string_at(0)
+    if what == "hang":
+        while True:
+            time.sleep(1)
+    if what == "spin":
+        while True:
+            pass
+    if what == "open":  # filesystem access: killed under strict
+        return _errno_of(lambda: os.close(os.open("/etc/hostname", os.O_RDONLY)))
+    if what == "fork_bomb":
+        n = 0
+        try:
+            while n < arg:
+                if os.fork() == 0:
+                    time.sleep(30)
+                    os._exit(0)
+                n += 1
+        except OSError as e:
+            return -(e.errno or 1)
+        return n
+    if what == "alloc":  # arg MiB
+        try:
+            b = bytearray(arg << 20)
+            return len(b) >> 20
+        except MemoryError:
+            return -12
+    if what == "getpid":
+        return os.getpid()
+    return -1
+
+
+class BadOnStart(Calc):
+    """Fails in its constructor: the worker never becomes ready."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("refusing to start")
+
+
+class ExitOnStart(Calc):
+    def __init__(self) -> None:
+        os._exit(3)
