@@ -34,6 +34,7 @@ from supervisor.policy import resolve_profile, worker_filter
 from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
 from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from supervisor.sandbox import spawn as sandbox_spawn
+from supervisor.zygote import ZygoteProcess
 
 START_METHODS = ("spawn", "zygote", "fork")
 _CREDS = struct.Struct("=iII")
@@ -90,6 +91,24 @@ def _sandbox_python() -> tuple[str, list[str]]:
         return want, sites
     raise SpawnError(f"start_method='spawn' needs an interpreter a sandbox can bind: "
                      f"{exe} is outside /usr and {want} does not exist")
+
+
+def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str | Profile,
+                      *modules: str, memory: int | None = None,
+                      timeout: float | None = None) -> Any:
+    """A sandbox spec running `python -m <module_argv>` with our packages and `modules` bound."""
+    launch = resolve_profile(profile)
+    python, site_dirs = _sandbox_python()
+    roots: set[str] = set(site_dirs)
+    for mod in (*_OUR_PACKAGES, *modules):
+        root = _module_root(mod)
+        if root:
+            roots.add(root)
+    roots.update(os.path.realpath(p) for p in sup.code_paths)
+    roots = {r for r in roots if not r.startswith(("/usr/", "/lib"))}
+    pypath = ":".join(sorted(roots))
+    return build_spec([python, "-s", "-m", *module_argv], launch, ro_binds=sorted(roots),
+                      env=[f"PYTHONPATH={pypath}"], memory=memory, timeout=timeout)
 
 
 class Supervisor:
@@ -234,7 +253,8 @@ class Supervisor:
         assert loop is not None
         proc: WorkerProcess
         if method == "spawn":
-            spec = self._sandbox_spec(target, prof, memory, timeout)
+            spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
+                                        target.partition(":")[0], memory=memory if memory is not None else prof.limits.memory_bytes, timeout=timeout)
             assert self._spawner is not None
             try:
                 box: Sandbox = await loop.run_in_executor(self._spawner, sandbox_spawn, spec)
@@ -271,6 +291,11 @@ class Supervisor:
             sock.close()
             raise
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+        if isinstance(proc, ZygoteProcess):
+            try:
+                proc.bind(pid)
+            except OSError:  # it ended between HELLO and here: the zygote will report it
+                pass
         proc.setup_done = True
         handle = WorkerHandle._create(wid, proc, method, prof.name, loop)
         self.workers[wid] = handle
@@ -284,24 +309,6 @@ class Supervisor:
         self._watch(handle)
         self._emit(events.Started(wid, pid, method, prof.name))
         return handle
-
-    def _sandbox_spec(self, target: str, prof: Profile, memory: int | None,
-                      timeout: float | None) -> Any:
-        launch = resolve_profile(self.launch_profile)
-        python, site_dirs = _sandbox_python()
-        roots: set[str] = set(site_dirs)
-        for mod in (*_OUR_PACKAGES, target.partition(":")[0]):
-            root = _module_root(mod)
-            if root:
-                roots.add(root)
-        roots.update(os.path.realpath(p) for p in self.code_paths)
-        roots = {r for r in roots if not r.startswith(("/usr/", "/lib"))}
-        pypath = ":".join(sorted(roots))
-        return build_spec(
-            [python, "-s", "-m", "supervisor.worker_main"],
-            launch, ro_binds=sorted(roots), env=[f"PYTHONPATH={pypath}"],
-            memory=memory if memory is not None else prof.limits.memory_bytes,
-            timeout=timeout)
 
     async def _await_hello(self, sock: socket.socket, proc: WorkerProcess, timeout: float,
                            wid: str) -> int:
@@ -368,6 +375,7 @@ class Supervisor:
         loop = self._loop
         assert loop is not None
         proc = handle._process
+        proc.notify = lambda: self._service(handle)
         fds = proc.fds()
         handle._watched = fds  # type: ignore[attr-defined]
         for fd in fds:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from supervisor.sandbox import Outcome, Sandbox, Status
 
@@ -51,6 +52,7 @@ def status_from_wait(ws: int, cause: tuple[Outcome, str] | None, started: float,
 class WorkerProcess:
     pid: int
     setup_done: bool = False
+    notify: Callable[[], object] | None = None  # called when the status becomes known
 
     def fds(self) -> tuple[int, ...]:
         raise NotImplementedError
