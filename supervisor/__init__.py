@@ -1,1 +1,30 @@
-"""warden's supervisor: sandboxes children and runs them under a profile."""
+"""warden's supervisor: runs sandboxed workers, serves them typed channels, survives them.
+
+    import supervisor
+    async with supervisor.Supervisor(start_method="zygote") as sup:
+        w = await sup.spawn(MyInterface, "mypkg.worker:Impl", profile="strict")
+        print(await w.remote.method(...))
+
+See docs/supervisor.md. `supervisor.sandbox` is the single-sandbox machinery
+behind `warden run`.
+"""
+
+from supervisor.core import START_METHODS, SpawnError, Supervisor
+from supervisor.events import BadMessageEvent, Event, Exited, Restarted, SeccompViolation, Started
+from supervisor.handle import WorkerDied, WorkerHandle
+from supervisor.protections import CapacityError
+
+__all__ = [
+    "START_METHODS",
+    "BadMessageEvent",
+    "CapacityError",
+    "Event",
+    "Exited",
+    "Restarted",
+    "SeccompViolation",
+    "SpawnError",
+    "Started",
+    "Supervisor",
+    "WorkerDied",
+    "WorkerHandle",
+]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import msgspec
 
 HELLO = b"warden-worker-ready"
-MAX_BOOTSTRAP_BYTES = 1 << 17
+MAX_BOOTSTRAP_BYTES = 48 << 10  # a filter is at most 4096 instructions (32 KiB)
 
 
 class Bootstrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -17,6 +17,7 @@ seccomp kills still end it; SIGKILL from the supervisor always does).
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 import os
 import select
@@ -46,6 +47,7 @@ def _child(channel_fd: int, parent_pidfd: int) -> NoReturn:
     code = EXIT_SETUP
     try:
         gc.disable()  # objects inherited from the parent must never be finalized here
+        faulthandler.disable()  # an inherited crash handler would outlive the parent's intent
         os.setsid()
         _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
         if select.select([parent_pidfd], [], [], 0)[0]:
@@ -59,7 +61,9 @@ def _child(channel_fd: int, parent_pidfd: int) -> NoReturn:
                 os.dup2(devnull, fd)
         _sys.close_range(4, 0xFFFFFFFF)
         os.set_inheritable(3, False)
-        caps.drop_bounding_set(caps.last_cap())
+        # The new user namespace gave us every capability in it: clear them all.
+        # (The bounding set is left as is: with no_new_privs, set before the
+        # filter, and an unmapped uid, no exec can raise capabilities again.)
         caps.clear_capabilities()
         from supervisor import worker_main
         code = worker_main.run(3)

@@ -120,13 +120,16 @@ class Supervisor:
     memory) or "fork" (fastest; inherits this process's memory, knowingly).
     max_workers / fd_headroom / memory_headroom: beyond these, spawn() raises
     CapacityError instead of letting the supervisor run short.
+    validate_outgoing: check our own arguments against the declaration before
+    sending (a local ValueError instead of a confused worker); off for speed.
     """
 
     def __init__(self, *, start_method: str = "spawn", zygote: bool | None = None,
                  zygote_preload: Sequence[str] = (), max_workers: int = 4096,
                  fd_headroom: int = 64, memory_headroom: int = 256 << 20,
                  launch_profile: str = "default", code_paths: Sequence[str] = (),
-                 limits: ipc.Limits = ipc.DEFAULT_LIMITS) -> None:
+                 limits: ipc.Limits = ipc.DEFAULT_LIMITS,
+                 validate_outgoing: bool = True) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"start_method={start_method!r}: expected one of "
                              f"{', '.join(START_METHODS)}")
@@ -139,6 +142,7 @@ class Supervisor:
         self.launch_profile = launch_profile
         self.code_paths = tuple(code_paths)
         self.limits = limits
+        self.validate_outgoing = validate_outgoing
         self.workers: dict[str, WorkerHandle] = {}
         self._ids = itertools.count(1)
         self._subscribers: list[Callable[[events.Event], object]] = []
@@ -298,6 +302,7 @@ class Supervisor:
                 pass
         proc.setup_done = True
         handle = WorkerHandle._create(wid, proc, method, prof.name, loop)
+        handle.pid = pid  # the worker itself (for `spawn`, the sandbox's init is proc.pid)
         self.workers[wid] = handle
         handle.channel = ipc.attach(
             sock, peer_id=wid, serve=host, remote=interface, granted=granted,
@@ -305,7 +310,7 @@ class Supervisor:
             pid=pid, limits=limits or self.limits,
             on_bad_message=lambda bad: self._on_bad_message(handle, bad),
             on_cut_off=lambda cut: self._on_cut_off(handle, cut),
-            validate_outgoing=False)
+            validate_outgoing=self.validate_outgoing)
         self._watch(handle)
         self._emit(events.Started(wid, pid, method, prof.name))
         return handle

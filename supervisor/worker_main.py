@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import os
 import resource
-import socket
 import sys
 from typing import Any, NoReturn
 
@@ -51,12 +50,8 @@ def resolve(target: str) -> Any:
 
 
 def _read_bootstrap(fd: int) -> bootstrap.Bootstrap:
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        sock.setblocking(True)
-        data = sock.recv(bootstrap.MAX_BOOTSTRAP_BYTES)
-    finally:
-        sock.close()
+    os.set_blocking(fd, True)
+    data = os.read(fd, bootstrap.MAX_BOOTSTRAP_BYTES)  # one whole datagram (SOCK_SEQPACKET)
     return bootstrap.decode(data)
 
 
@@ -105,4 +100,7 @@ def main() -> NoReturn:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module, not this __main__ copy, so host() is one global.
+    from supervisor import worker_main as _module
+
+    _module.main()

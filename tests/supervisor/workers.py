@@ -35,6 +35,15 @@ class Calc(ipc.Interface, name="test.Calc"):
     def whoami(self, ctx: ipc.Context) -> Name:
         raise NotImplementedError
 
+    @ipc.message()
+    def note(self, ctx: ipc.Context, data: bytes) -> None:
+        raise NotImplementedError
+
+    @ipc.call()
+    def give_file(self, ctx: ipc.Context, kind: Name) -> ipc.ReadFile:
+        """Hand back an fd claimed to be a readable regular file (a pipe when hostile)."""
+        raise NotImplementedError
+
 
 class Host(ipc.Interface, name="test.Host"):
     """Served by the supervisor to workers."""
@@ -61,7 +70,28 @@ class CalcImpl(Calc):
         return str(remote.whoami()) if remote is not None else "no host"
 
     def act(self, ctx: ipc.Context, what: str, arg: int = 0) -> int:
+        if what == "secret":
+            return len(worker_main.host().secret())
         return _act(what, arg)
+
+    def note(self, ctx: ipc.Context, data: bytes) -> None:
+        pass
+
+    def give_file(self, ctx: ipc.Context, kind: str) -> ipc.ReadFile:
+        r, w = os.pipe()
+        return ipc.ReadFile(r)
+
+
+class HostImpl(Host):
+    def __init__(self) -> None:
+        self.contexts: list[ipc.Context] = []
+
+    def secret(self, ctx: ipc.Context) -> str:
+        return "s3cret"
+
+    def whoami(self, ctx: ipc.Context) -> str:
+        self.contexts.append(ctx)
+        return f"{ctx.peer_id} {ctx.extra['profile']} {ctx.pid}"
 
 
 def _errno_of(fn: object) -> int:
