@@ -26,6 +26,7 @@ import struct
 from typing import NoReturn
 
 from supervisor.sandbox import _sys, caps
+from supervisor.sandbox.spec import DEFAULT_OUTER_ID
 
 FLAGS = _sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | signal.SIGCHLD
 EXIT_SETUP = 125
@@ -72,14 +73,26 @@ def _child(channel_fd: int, parent_pidfd: int) -> NoReturn:
     os._exit(code)
 
 
-def fork_worker(channel_fd: int, parent_pidfd: int) -> int:
+def outer_ids() -> tuple[int, int] | None:
+    """As root: the unprivileged id forked workers run as (the sandbox's outer id); else None."""
+    if os.geteuid() != 0:
+        return None
+    uid = int(os.environ.get("WARDEN_OUTER_UID", DEFAULT_OUTER_ID))
+    gid = int(os.environ.get("WARDEN_OUTER_GID", DEFAULT_OUTER_ID))
+    return uid, gid
+
+
+def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | None = None) -> int:
     """Start a confined worker serving on `channel_fd`; returns its pid in our namespace.
 
     The caller keeps ownership of `channel_fd` (close it after this returns).
     `parent_pidfd` is a pidfd of the process whose death must kill the worker
     (the caller itself): the worker checks it right after arming PDEATHSIG.
+    `as_ids` (uid, gid): become this unprivileged id before entering the new
+    user namespace, so the kernel's own checks keep the worker away from
+    root's files and processes (needed when the caller is root).
     """
-    if _single_threaded():
+    if as_ids is None and _single_threaded():
         try:
             pid = _sys.clone(FLAGS)
         except OSError as e:
@@ -88,13 +101,18 @@ def fork_worker(channel_fd: int, parent_pidfd: int) -> int:
         if pid == 0:
             _child(channel_fd, parent_pidfd)
         return pid
-    # Threads run here: fork first (CPython's fork handles the locks), then the
-    # raw clone from a single-threaded copy, as our own child (CLONE_PARENT).
+    # Threads may run here, or ids must change first: fork (CPython's fork
+    # handles the locks), change ids, then the raw clone from that
+    # single-threaded copy, as our own child (CLONE_PARENT).
     r, w = os.pipe2(os.O_CLOEXEC)
     a = os.fork()
     if a == 0:
         try:
             os.close(r)
+            if as_ids is not None:
+                os.setgroups([])
+                os.setresgid(as_ids[1], as_ids[1], as_ids[1])
+                os.setresuid(as_ids[0], as_ids[0], as_ids[0])
             pid = _sys.clone(FLAGS | _sys.CLONE_PARENT)
             if pid == 0:
                 os.close(w)

@@ -28,7 +28,7 @@ import ipc
 from ipc.interface import interface_of
 from profiles.model import Profile
 from supervisor import bootstrap, events, protections
-from supervisor.confine import fork_worker
+from supervisor.confine import fork_worker, outer_ids
 from supervisor.handle import WorkerHandle
 from supervisor.policy import resolve_profile, worker_filter
 from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
@@ -69,6 +69,10 @@ def _rlimits(profile: Profile) -> tuple[tuple[int, int], ...]:
     lim = profile.limits
     if lim.open_files is not None:
         out.append((resource.RLIMIT_NOFILE, lim.open_files))
+    if lim.processes is not None:
+        out.append((resource.RLIMIT_NPROC, lim.processes))
+    if lim.memory_bytes is not None:  # `spawn` also gets a cgroup; forked workers only this
+        out.append((resource.RLIMIT_AS, lim.memory_bytes))
     if lim.cpu_time_seconds is not None:
         out.append((resource.RLIMIT_CPU, int(lim.cpu_time_seconds)))
     return tuple(out)
@@ -274,7 +278,7 @@ class Supervisor:
             sock = parent
             try:
                 if method == "fork":
-                    pid = fork_worker(child.fileno(), self._own_pidfd)
+                    pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids())
                     proc = ForkedProcess(pid)
                 else:
                     if self._zygote is None:
