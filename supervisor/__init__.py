@@ -12,14 +12,19 @@ behind `warden run`.
 from supervisor.core import START_METHODS, SpawnError, Supervisor
 from supervisor.events import BadMessageEvent, Event, Exited, Restarted, SeccompViolation, Started
 from supervisor.handle import WorkerDied, WorkerHandle
+from supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
 from supervisor.protections import CapacityError
 
 __all__ = [
     "START_METHODS",
     "BadMessageEvent",
     "CapacityError",
+    "DeadlineExceeded",
     "Event",
     "Exited",
+    "Pool",
+    "PoolError",
+    "RestartPolicy",
     "Restarted",
     "SeccompViolation",
     "SpawnError",

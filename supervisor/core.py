@@ -148,6 +148,7 @@ class Supervisor:
         self.limits = limits
         self.validate_outgoing = validate_outgoing
         self.workers: dict[str, WorkerHandle] = {}
+        self.pools: dict[str, Any] = {}
         self._ids = itertools.count(1)
         self._subscribers: list[Callable[[events.Event], object]] = []
         self._queues: list[asyncio.Queue[events.Event]] = []
@@ -182,6 +183,8 @@ class Supervisor:
     async def aclose(self, grace: float = 1.0) -> None:
         """Terminate every worker (grace, then kill), stop the zygote, reap everything."""
         self._closing = True
+        for p in list(self.pools.values()):
+            await p.aclose(grace)
         live = [w for w in self.workers.values() if w.alive]
         if live:
             await asyncio.gather(*(w.terminate(grace) for w in live), return_exceptions=True)
@@ -216,6 +219,38 @@ class Supervisor:
                 cb(event)
             except Exception:
                 events.logger.exception("event subscriber %r failed", cb)
+
+    # ---------------------------------------------------------------- pools
+    async def pool(self, interface: type[ipc.Interface], target: str, *, size: int = 2,
+                   name: str | None = None, restart: Any = None,
+                   call_timeout: float | None = None, health_check: str | None = None,
+                   health_interval: float = 5.0, **spawn_kwargs: Any) -> Any:
+        """Start a Pool of `size` workers (see supervisor.pool); spawn_kwargs go to spawn()."""
+        from supervisor.pool import Pool, RestartPolicy
+        pname = name or f"pool{next(self._ids)}"
+        if pname in self.pools:
+            raise ValueError(f"pool name {pname!r} is already in use")
+        p = Pool(self, pname, interface, target, size, restart or RestartPolicy(), call_timeout,
+                 health_check, health_interval, spawn_kwargs)
+        self.pools[pname] = p
+        try:
+            await p._start()
+        except BaseException:
+            await p.aclose()
+            del self.pools[pname]
+            raise
+        return p
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for `warden status` and SIGUSR1: workers, pools, zygote."""
+        return {
+            "pid": os.getpid(),
+            "workers": sum(1 for w in self.workers.values() if w.alive),
+            "open_fds": protections.open_fd_count(),
+            "zygote": None if self._zygote is None else {"pid": self._zygote.box.pid,
+                                                         "alive": not self._zygote.dead},
+            "pools": {n: p.status() for n, p in self.pools.items()},
+        }
 
     # ---------------------------------------------------------------- spawning
     def _check_capacity(self) -> None:
@@ -421,6 +456,8 @@ class Supervisor:
             self._emit(events.SeccompViolation(handle.id, handle.pid,
                                                v.syscall if v else None, status.reason))
         handle.channel.close()
+        if self.workers.get(handle.id) is handle:
+            del self.workers[handle.id]  # ended workers are not kept: a soak must not grow
         handle._done.set_result(status)
         self._emit(events.Exited(handle.id, handle.pid, status))
 

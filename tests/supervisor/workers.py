@@ -35,6 +35,10 @@ class Calc(ipc.Interface, name="test.Calc"):
     def whoami(self, ctx: ipc.Context) -> Name:
         raise NotImplementedError
 
+    @ipc.call()
+    def ping(self, ctx: ipc.Context) -> Small:
+        raise NotImplementedError
+
     @ipc.message()
     def note(self, ctx: ipc.Context, data: bytes) -> None:
         raise NotImplementedError
@@ -76,6 +80,9 @@ class CalcImpl(Calc):
 
     def note(self, ctx: ipc.Context, data: bytes) -> None:
         pass
+
+    def ping(self, ctx: ipc.Context) -> int:
+        return 1
 
     def give_file(self, ctx: ipc.Context, kind: str) -> ipc.ReadFile:
         r, w = os.pipe()
@@ -169,3 +176,11 @@ class BadOnStart(Calc):
 class ExitOnStart(Calc):
     def __init__(self) -> None:
         os._exit(3)
+
+
+class SickImpl(CalcImpl):
+    """Answers calls but not its health check."""
+
+    def ping(self, ctx: ipc.Context) -> int:
+        time.sleep(30)
+        return 0
