@@ -221,11 +221,14 @@ class Supervisor:
                 events.logger.exception("event subscriber %r failed", cb)
 
     # ---------------------------------------------------------------- pools
-    async def pool(self, interface: type[ipc.Interface], target: str, *, size: int = 2,
+    async def pool(self, interface: type[ipc.Interface], target: str | Sequence[str], *,
+                   size: int = 2,
                    name: str | None = None, restart: Any = None,
                    call_timeout: float | None = None, health_check: str | None = None,
                    health_interval: float = 5.0, **spawn_kwargs: Any) -> Any:
-        """Start a Pool of `size` workers (see supervisor.pool); spawn_kwargs go to spawn()."""
+        """Start a Pool of `size` workers (see supervisor.pool). `target` is a Python
+        worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
+        spawn() or spawn_program()."""
         from supervisor.pool import Pool, RestartPolicy
         pname = name or f"pool{next(self._ids)}"
         if pname in self.pools:
@@ -352,6 +355,50 @@ class Supervisor:
             validate_outgoing=self.validate_outgoing)
         self._watch(handle)
         self._emit(events.Started(wid, pid, method, prof.name))
+        return handle
+
+    async def spawn_program(self, argv: Sequence[str], *,
+                            interface: type[ipc.Interface] | None = None,
+                            profile: str | Profile = "default", host: ipc.Interface | None = None,
+                            granted: Iterable[str] = (), worker_id: str | None = None,
+                            limits: ipc.Limits | None = None, **sandbox_options: Any
+                            ) -> WorkerHandle:
+        """Start any program (the `warden run` machinery) that speaks ipc on fd 3.
+
+        interface: what the program serves (handle.remote), or None. The
+        profile's filter is loaded by the sandbox right before exec (its kill
+        actions reported through user-notify, with the call's name and
+        arguments). sandbox_options are build_spec keywords (ro_binds=,
+        memory=, timeout=, files=, ...).
+        """
+        self._check_capacity()
+        prof = resolve_profile(profile)
+        wid = worker_id or f"w{next(self._ids)}"
+        spec = build_spec(list(argv), prof, **sandbox_options)
+        loop = self._loop
+        assert loop is not None and self._spawner is not None
+        try:
+            box: Sandbox = await loop.run_in_executor(self._spawner, sandbox_spawn, spec)
+        except SetupError as e:
+            raise SpawnError(f"worker {wid}: {e}", e.status) from None
+        proc = SandboxProcess(box)
+        proc.setup_done = True
+        handle = WorkerHandle._create(wid, proc, "program", prof.name, loop)
+        self.workers[wid] = handle
+        sock = box.channel
+        box.channel = None
+        if sock is None:
+            sock, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            other.close()  # no channel: a closed one, so handle.channel always exists
+        handle.channel = ipc.attach(
+            sock, peer_id=wid, serve=host, remote=interface, granted=granted,
+            extra={"worker_id": wid, "profile": prof.name, "start_method": "program"},
+            pid=box.pid, limits=limits or self.limits,
+            on_bad_message=lambda bad: self._on_bad_message(handle, bad),
+            on_cut_off=lambda cut: self._on_cut_off(handle, cut),
+            validate_outgoing=self.validate_outgoing)
+        self._watch(handle)
+        self._emit(events.Started(wid, box.pid, "program", prof.name))
         return handle
 
     async def _await_hello(self, sock: socket.socket, proc: WorkerProcess, timeout: float,

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +70,8 @@ class RestartPolicy:
 class Pool:
     """Made by Supervisor.pool(); see the module docstring."""
 
-    def __init__(self, sup: Supervisor, name: str, interface: type[ipc.Interface], target: str,
+    def __init__(self, sup: Supervisor, name: str, interface: type[ipc.Interface],
+                 target: str | Sequence[str],
                  size: int, restart: RestartPolicy, call_timeout: float | None,
                  health_check: str | None, health_interval: float,
                  spawn_kwargs: dict[str, Any]) -> None:
@@ -115,8 +116,12 @@ class Pool:
                           delay: float = 0.0) -> WorkerHandle:
         self._serial += 1
         wid = f"{self.name}-{self._serial}"
-        w = await self.sup.spawn(self.interface, self.target, worker_id=wid,
-                                 **self._spawn_kwargs)
+        if isinstance(self.target, str):
+            w = await self.sup.spawn(self.interface, self.target, worker_id=wid,
+                                     **self._spawn_kwargs)
+        else:
+            w = await self.sup.spawn_program(self.target, interface=self.interface,
+                                             worker_id=wid, **self._spawn_kwargs)
         self.workers[wid] = w
         if replaces is not None:
             self.sup._emit(events.Restarted(wid, w.pid, self.name, replaces, attempt, delay))
@@ -270,7 +275,8 @@ class Pool:
 
     def status(self) -> dict[str, Any]:
         return {
-            "name": self.name, "target": self.target, "size": self.size,
+            "name": self.name,
+            "target": self.target if isinstance(self.target, str) else list(self.target), "size": self.size,
             "alive": sum(1 for w in self.workers.values() if w.alive),
             "idle": len(self._idle), "waiting_calls": len(self._waiters),
             "restarts": self.restarts, "calls_ok": self.calls_ok,

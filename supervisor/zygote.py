@@ -199,7 +199,7 @@ class ZygoteClient:
         from supervisor.core import _sandbox_spec_for
         from supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
-        spec = _sandbox_spec_for(sup, ["supervisor.zygote", *preload], PROFILE_PATH,
+        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", *preload], PROFILE_PATH,
                                  "supervisor.zygote", *preload)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         sock = box.channel
@@ -320,6 +320,3 @@ def _recv_ready(sock: socket.socket, box: Any) -> bool:
         if box.service() is not None:
             return False
 
-
-if __name__ == "__main__":
-    main()
