@@ -153,3 +153,25 @@ def test_remote_error_is_not_death() -> None:
             assert await w.remote.square(4) == 16
             assert isinstance(w.channel, ipc.AsyncChannel)
     run(main())
+
+
+def test_program_speaking_on_fd3() -> None:
+    """Any program under the sandbox: here a tiny Python script serving Calc on fd 3."""
+    from tests.supervisor.util import WORKTREE
+
+    async def main() -> None:
+        async with sup("spawn") as s:
+            code = ("import ipc; from tests.supervisor.workers import CalcImpl; "
+                    "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
+            import site
+            paths = [WORKTREE, *site.getsitepackages()]
+            w = await s.spawn_program(
+                ["/usr/bin/python3", "-c", code], interface=Calc, profile="default",
+                ro_binds=paths, env=[f"PYTHONPATH={':'.join(paths)}"])
+            assert w.start_method == "program"
+            assert await w.remote.square(21) == 441
+            with pytest.raises(WorkerDied):
+                await w.remote.act("bad_frame")
+            st = await w.wait()
+            assert st.outcome is Outcome.BAD_MESSAGE
+    run(main())
