@@ -299,8 +299,9 @@ class Supervisor:
         assert loop is not None
         proc: WorkerProcess
         if method == "spawn":
+            mem = memory if memory is not None else prof.limits.memory_bytes
             spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
-                                        target.partition(":")[0], memory=memory if memory is not None else prof.limits.memory_bytes, timeout=timeout)
+                                     target.partition(":")[0], memory=mem, timeout=timeout)
             assert self._spawner is not None
             try:
                 box: Sandbox = await loop.run_in_executor(self._spawner, sandbox_spawn, spec)
@@ -338,10 +339,9 @@ class Supervisor:
             raise
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
         if isinstance(proc, ZygoteProcess):
-            try:
+            # OSError: it ended between HELLO and here; the zygote reports that.
+            with contextlib.suppress(OSError):
                 proc.bind(pid)
-            except OSError:  # it ended between HELLO and here: the zygote will report it
-                pass
         proc.setup_done = True
         handle = WorkerHandle._create(wid, proc, method, prof.name, loop)
         handle.pid = pid  # the worker itself (for `spawn`, the sandbox's init is proc.pid)
@@ -468,7 +468,7 @@ class Supervisor:
         proc = handle._process
         proc.notify = lambda: self._service(handle)
         fds = proc.fds()
-        handle._watched = fds  # type: ignore[attr-defined]
+        handle._watched = fds
         for fd in fds:
             loop.add_reader(fd, self._service, handle)
         self._service(handle)
@@ -482,11 +482,11 @@ class Supervisor:
         if status is None:
             # the listener may have closed (fd set changes): re-register
             now = handle._process.fds()
-            if now != handle._watched:  # type: ignore[attr-defined]
-                for fd in handle._watched:  # type: ignore[attr-defined]
+            if now != handle._watched:
+                for fd in handle._watched:
                     if fd not in now:
                         self._loop.remove_reader(fd)  # type: ignore[union-attr]
-                handle._watched = now  # type: ignore[attr-defined]
+                handle._watched = now
             return
         self._finish(handle, status)
 
@@ -495,9 +495,9 @@ class Supervisor:
             return
         loop = self._loop
         assert loop is not None
-        for fd in handle._watched:  # type: ignore[attr-defined]
+        for fd in handle._watched:
             loop.remove_reader(fd)
-        handle._watched = ()  # type: ignore[attr-defined]
+        handle._watched = ()
         if status.outcome is Outcome.SECCOMP_VIOLATION:
             v = status.violation
             self._emit(events.SeccompViolation(handle.id, handle.pid,

@@ -66,6 +66,9 @@ class WorkerHandle:
     profile: str
     channel: ipc.AsyncChannel
     remote: Any
+    _process: WorkerProcess
+    _done: asyncio.Future[Status]
+    _watched: tuple[int, ...]
 
     def __init__(self, token: object) -> None:
         if token is not _TOKEN:
@@ -80,9 +83,9 @@ class WorkerHandle:
         self.pid = process.pid
         self.start_method = start_method
         self.profile = profile
-        self._done: asyncio.Future[Status] = loop.create_future()
+        self._done = loop.create_future()
         self.remote = _Remote(self)
-        self.busy = 0
+        self._watched = ()
         return self
 
     def __repr__(self) -> str:
@@ -103,7 +106,7 @@ class WorkerHandle:
         return not self._done.done()
 
     def kill(self, reason: str = "killed by the embedder") -> None:
-        """SIGKILL to the worker's whole sandbox, now; outcome `killed` unless a cause came first."""
+        """SIGKILL to the worker's whole sandbox now; outcome `killed` unless a cause came first."""
         self._process.kill(Outcome.KILLED, reason)
 
     def _kill_for(self, outcome: Outcome, reason: str) -> None:

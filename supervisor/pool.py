@@ -276,7 +276,8 @@ class Pool:
     def status(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "target": self.target if isinstance(self.target, str) else list(self.target), "size": self.size,
+            "target": self.target if isinstance(self.target, str) else list(self.target),
+            "size": self.size,
             "alive": sum(1 for w in self.workers.values() if w.alive),
             "idle": len(self._idle), "waiting_calls": len(self._waiters),
             "restarts": self.restarts, "calls_ok": self.calls_ok,

@@ -7,7 +7,7 @@
 
     [pools.thumbs]
     interface = "examples.thumbnailer.api:Thumbnailer"
-    module = "examples.thumbnailer.worker:ThumbnailerImpl"    # or: program = ["/usr/bin/x", "--serve"]
+    module = "examples.thumbnailer.worker:ThumbnailerImpl"  # or: program = ["/usr/bin/x"]
     profile = "strict"
     count = 2
     restart = "on-failure"                  # never | on-failure | always

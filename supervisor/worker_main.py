@@ -78,7 +78,7 @@ def run(fd: int = CHANNEL_FD) -> int:
 def lock_down(boot: bootstrap.Bootstrap) -> None:
     """The worker's own confinement, applied before it sees any input."""
     for kind, value in boot.rlimits:
-        soft, hard = resource.getrlimit(kind)
+        _soft, hard = resource.getrlimit(kind)
         cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(kind, (cap, cap))
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0)

@@ -67,7 +67,7 @@ def _serve(sock: socket.socket) -> None:
     sock.send(b"R")
     children: set[int] = set()
     while True:
-        ready = select.select([sock, wake_r], [], [])[0]
+        ready = select.select([sock.fileno(), wake_r], [], [])[0]
         if wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 512)
@@ -80,7 +80,7 @@ def _serve(sock: socket.socket) -> None:
                     break
                 children.discard(pid)
                 sock.send(b"X" + _II.pack(pid, ws))
-        if sock in ready:
+        if sock.fileno() in ready:
             fds = array.array("i")
             data, anc, _fl, _ad = sock.recvmsg(_MAX, socket.CMSG_SPACE(4 * fds.itemsize))
             for level, kind, payload in anc:
@@ -193,6 +193,7 @@ class ZygoteClient:
         self.pending: dict[bytes, asyncio.Future[int]] = {}
         self.exited_early: dict[int, int] = {}
         self.dead = False
+        self._box_fds: tuple[int, ...] = ()
 
     @classmethod
     async def start(cls, sup: Supervisor, preload: Sequence[str]) -> ZygoteClient:
@@ -204,6 +205,9 @@ class ZygoteClient:
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         sock = box.channel
         box.channel = None
+        if sock is None:
+            box.kill()
+            raise ZygoteError("the zygote's sandbox has no channel")
         sock.setblocking(True)
         ready = await loop.run_in_executor(None, _recv_ready, sock, box)
         if not ready:

@@ -1,4 +1,4 @@
-"""Supervisor basics with real sandboxes: each start method serves calls; every way a worker ends."""
+"""Supervisor basics in real sandboxes: each start method serves calls; every way a worker ends."""
 
 from __future__ import annotations
 

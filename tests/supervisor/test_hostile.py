@@ -24,8 +24,16 @@ from profiles.model import Limits
 from supervisor import CapacityError, Supervisor, WorkerDied
 from supervisor.protections import is_dumpable
 from supervisor.sandbox import Outcome
-from tests.supervisor.util import CALC, METHODS, PRELOAD, WORKTREE, alive, eventually, run, \
-    zombie_children
+from tests.supervisor.util import (
+    CALC,
+    METHODS,
+    PRELOAD,
+    WORKTREE,
+    alive,
+    eventually,
+    run,
+    zombie_children,
+)
 from tests.supervisor.workers import Calc
 
 

@@ -93,7 +93,7 @@ def test_deadline_kills_the_stuck_worker_and_others_go_on() -> None:
         async with sup() as s:
             pool = await s.pool(Calc, CALC, size=2, restart=FAST, profile="python-worker")
             stuck_ids = set(pool.workers)
-            with pytest.raises(DeadlineExceeded, match="exceeded its 0.2s deadline"):
+            with pytest.raises(DeadlineExceeded, match=r"exceeded its 0\.2s deadline"):
                 await pool.call("sleep", 60000, deadline=0.2)
             assert await pool.call("square", 5) == 25
             await eventually(lambda: len(pool.workers) == 2 and pool.restarts == 1,

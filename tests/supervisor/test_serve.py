@@ -1,4 +1,4 @@
-"""`warden serve`: config errors name file and key; a real server answers status and stops cleanly."""
+"""`warden serve`: config errors name file and key; a real server answers and stops cleanly."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_config_parses(tmp_path: Path) -> None:
     (("profile = \"strict\"", "colour = \"red\""), "pools.calc.colour: unknown key"),
     (("start_method = \"zygote\"", "start_method = \"vfork\""),
      "supervisor.start_method: expected one of spawn, zygote, fork, got 'vfork'"),
-    (("module = \"tests.supervisor.workers:CalcImpl\"", "program = [\"/bin/true\"]\nmodule = \"x:y\""),
+    (("module = \"tests.supervisor.workers:CalcImpl\"",
+      "program = [\"/bin/true\"]\nmodule = \"x:y\""),
      "pools.calc: give exactly one of module"),
     (("count = 2", "count = ["), "Invalid"),
 ])

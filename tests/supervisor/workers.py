@@ -85,7 +85,7 @@ class CalcImpl(Calc):
         return 1
 
     def give_file(self, ctx: ipc.Context, kind: str) -> ipc.ReadFile:
-        r, w = os.pipe()
+        r, _w = os.pipe()
         return ipc.ReadFile(r)
 
 
