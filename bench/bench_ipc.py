@@ -11,7 +11,7 @@ Parent ↔ forked child, both pinned to one CPU and unpinned, at 64 B / 4 KiB / 
 
 then one-way validated message throughput at 64 B, and 1 GiB through a sealed memfd.
 
-    python bench/bench_ipc.py            # full run (about 2 minutes)
+    python bench/bench_ipc.py            # full run (under a minute)
     python bench/bench_ipc.py --quick    # fewer iterations
 """
 
@@ -24,7 +24,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import socket
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -353,14 +352,17 @@ def memfd_gib(cpu: int | None) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the median is shown")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="runs per cell; the best is shown (as timeit does: other jobs on"
+                             " the machine only ever add time)")
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
     cpu = min(os.sched_getaffinity(0))
     all_cpus = os.sched_getaffinity(0)
     print(f"python {sys.version.split()[0]}, msgspec {msgspec.__version__}, "
           f"{os.cpu_count()} CPUs, pinned runs use CPU {cpu}\n")
-    print("Round trip, µs per call (lower is better); ratios: ipc / raw and ipc / mp-pickle")
+    print(f"Round trip, µs per call, best of {args.repeat} (lower is better); "
+          "ratios: ipc / raw and ipc / mp-pickle")
     header = (f"{'mode':9} {'size':7} " + " ".join(f"{k:>9}" for k in KINDS)
               + f" {'ipc/raw':>8} {'ipc/pkl':>8}")
     print(header)
@@ -369,7 +371,7 @@ def main() -> None:
         pinned(mode_cpu)
         for label, size in SIZES.items():
             data = os.urandom(size)
-            n = int((10000 if size <= 4096 else 2000) * scale)
+            n = int((5000 if size <= 4096 else 1000) * scale)
             runs: dict[str, list[float]] = {k: [] for k in KINDS}
             for _ in range(args.repeat):  # interleaved, so drift hits every column alike
                 runs["raw"].append(rt_raw(data, n, mode_cpu))
@@ -378,20 +380,18 @@ def main() -> None:
                 runs["ipc+fd"].append(rt_ipc(data, n, mode_cpu, with_fd=True))
                 runs["mp-bytes"].append(rt_mp(data, n, mode_cpu, pickle=False))
                 runs["mp-pickle"].append(rt_mp(data, n, mode_cpu, pickle=True))
-            row = {k: statistics.median(v) for k, v in runs.items()}
+            row = {k: min(v) for k, v in runs.items()}
             print(f"{mode:9} {label:7} " + " ".join(f"{v:9.1f}" for v in row.values())
                   + f" {row['ipc'] / row['raw']:8.2f} {row['ipc'] / row['mp-pickle']:8.2f}",
                   flush=True)
         os.sched_setaffinity(0, all_cpus)
-    print("\nOne-way 64 B messages per second, child → parent (higher is better; median)")
-    n = int(200_000 * scale)
+    print("\nOne-way 64 B messages per second, child → parent (higher is better; best run)")
+    n = int(100_000 * scale)
     for mode, mode_cpu in (("pinned", cpu), ("unpinned", None)):
         pinned(mode_cpu)
-        raw = statistics.median(oneway_raw(n, mode_cpu) for _ in range(args.repeat))
-        blocking = statistics.median(
-            oneway_ipc(n, mode_cpu, use_async=False) for _ in range(args.repeat)
-        )
-        aio = statistics.median(oneway_ipc(n, mode_cpu, use_async=True) for _ in range(args.repeat))
+        raw = max(oneway_raw(n, mode_cpu) for _ in range(args.repeat))
+        blocking = max(oneway_ipc(n, mode_cpu, use_async=False) for _ in range(args.repeat))
+        aio = max(oneway_ipc(n, mode_cpu, use_async=True) for _ in range(args.repeat))
         print(f"{mode:9} raw {raw:>10,.0f}/s   ipc (blocking receiver) {blocking:>10,.0f}/s   "
               f"ipc (asyncio receiver) {aio:>10,.0f}/s", flush=True)
         os.sched_setaffinity(0, all_cpus)

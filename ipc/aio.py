@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from ipc.channel import FrameReader, close_fds, peer_credentials, send_frame
+from ipc.channel import (
+    NO_FDS,
+    RECV_FLAGS,
+    TRUNCATED,
+    FrameReader,
+    close_fds,
+    peer_credentials,
+    send_frame,
+)
 from ipc.context import Context
 from ipc.dispatch import bind_handlers, failure_message
 from ipc.errors import BadMessage, ChannelClosed, ChannelError, CutOff, PeerError, RemoteError
@@ -32,29 +40,25 @@ log = logging.getLogger("ipc")
 
 
 class _AsyncProxy:
-    """``await channel.remote.method(args)`` for calls; one-way messages return at once."""
+    """``await channel.remote.method(args)``.
+
+    A call sends its frame at once and returns a Future for the reply (so calls go out in
+    the order they are made); a one-way message is sent and returns None.
+    """
 
     def __init__(self, channel: AsyncChannel) -> None:
         self._channel = channel
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         spec = self._channel._session.remote_spec(name)
-        channel = self._channel
-        if spec.oneway:
+        send = self._channel._send_request
 
-            def send(*args: Any, **kwargs: Any) -> None:
-                channel._send_request(spec, args, kwargs)
+        def invoke(*args: Any, **kwargs: Any) -> asyncio.Future[Any] | None:
+            return send(spec, args, kwargs)
 
-            fn: Callable[..., Any] = send
-        else:
-
-            async def call(*args: Any, **kwargs: Any) -> Any:
-                return await channel._send_request(spec, args, kwargs)  # type: ignore[misc]
-
-            fn = call
-        fn.__name__ = name
-        setattr(self, name, fn)
-        return fn
+        invoke.__name__ = name
+        setattr(self, name, invoke)
+        return invoke
 
 
 class AsyncChannel:
@@ -106,16 +110,23 @@ class AsyncChannel:
 
     def _on_readable(self) -> None:
         reader = self._reader
-        session = self._session
+        recv, bufs, anc_size, cap, view = (
+            reader.recv, reader.bufs, reader.anc_size, reader.cap, reader.view
+        )
+        decode = self._session.decode
         for _ in range(self.limits.max_reads_per_wakeup):
             if self.closed:
                 return
             try:
-                got = reader.read()
-                if got is None:
-                    self._close(None)
-                    return
-                kind, spec, rid, value = session.decode(*got)
+                n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
+                if anc or flags & TRUNCATED or not 0 < n < cap:  # FrameReader.read, inlined
+                    got = reader.check(n, anc, flags)
+                    if got is None:
+                        self._close(None)
+                        return
+                    kind, spec, rid, value = decode(*got)
+                else:
+                    kind, spec, rid, value = decode(view[:n], NO_FDS)
             except BlockingIOError:
                 return
             except PeerError as e:
@@ -126,6 +137,10 @@ class AsyncChannel:
                 return
             except OSError as e:  # e.g. an endpoint a peer handed us that was never connected
                 self._close(None, f"receive failed: {e}")
+                return
+            except Exception as e:  # our bug, not the peer's: never let the loop spin on it
+                log.error("ipc channel %r failed", self.peer_id, exc_info=e)
+                self._close(None, f"internal error: {e}")
                 return
             if kind in (KIND_REPLY, KIND_ERROR):
                 fut = self._pending.pop(rid)  # present: the session checked rid was pending
@@ -141,6 +156,17 @@ class AsyncChannel:
     def _dispatch(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
         handler = self._handlers[spec.id]
         if self._is_async[spec.id]:
+            # Calls are bounded by the session; one-way messages to async handlers would not
+            # be, so bound the running handlers of this peer as a whole.
+            if len(self._tasks) >= self.limits.max_calls_in_flight:
+                for value in args:
+                    _close_value(value)
+                self._close(CutOff(
+                    self.peer_id,
+                    f"more than {self.limits.max_calls_in_flight} handlers running",
+                    limit="max_calls_in_flight",
+                ))
+                return
             task = self._loop.create_task(self._run_async(handler, kind, spec, rid, args))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -208,7 +234,8 @@ class AsyncChannel:
                 return
             except BlockingIOError:
                 pass
-            except OSError as e:
+            except OSError as e:  # peer gone, or EMSGSIZE: a cap above the socket's buffer
+                log.warning("ipc channel %r: send failed: %s", self.peer_id, e)
                 self._close(None, f"send failed: {e}")
                 return
         held = [os.dup(fd) for fd in fds]  # the caller may close its fds once we return
@@ -241,7 +268,8 @@ class AsyncChannel:
                 send_frame(self._sock, data, fds)
             except BlockingIOError:
                 return
-            except OSError as e:
+            except OSError as e:  # peer gone, or EMSGSIZE: a cap above the socket's buffer
+                log.warning("ipc channel %r: send failed: %s", self.peer_id, e)
                 self._close(None, f"send failed: {e}")
                 return
             queue.popleft()

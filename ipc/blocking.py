@@ -15,7 +15,10 @@ from typing import Any
 
 from ipc.channel import (
     CHANNEL_FD_ENV,
+    NO_FDS,
+    RECV_FLAGS,
     SEND_FLAGS,
+    TRUNCATED,
     FrameReader,
     peer_credentials,
     send_frame,
@@ -76,7 +79,6 @@ class Channel:
             limits=limits, validate_outgoing=validate_outgoing,
         )
         self._reader = FrameReader(sock, limits, peer_id)
-        self._read = self._reader.read
         self._decode = self._session.decode
         self._encode_request = self._session.encode_request
         self._encode_reply = self._session.encode_reply
@@ -115,17 +117,26 @@ class Channel:
         if spec.oneway:
             return None
         replies = self._replies
-        read = self._read
+        reader = self._reader
+        recv, bufs, anc_size, cap, view = (
+            reader.recv, reader.bufs, reader.anc_size, reader.cap, reader.view
+        )
         decode = self._decode
         # Handle frames until our reply arrives: calls from the peer run meanwhile, replies
         # for outer (nested) calls are filed for their callers.
         while rid not in replies:
             try:
-                got = read()
-                if got is None:
-                    self.close()
-                    raise ChannelClosed(f"peer closed the channel before replying to {spec.name}")
-                kind, got_spec, got_rid, value = decode(*got)
+                n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
+                if anc or flags & TRUNCATED or not 0 < n < cap:  # FrameReader.read, inlined
+                    got = reader.check(n, anc, flags)
+                    if got is None:
+                        self.close()
+                        raise ChannelClosed(
+                            f"peer closed the channel before replying to {spec.name}"
+                        )
+                    kind, got_spec, got_rid, value = decode(*got)
+                else:
+                    kind, got_spec, got_rid, value = decode(view[:n], NO_FDS)
             except PeerError:
                 self.close()
                 raise
@@ -152,7 +163,7 @@ class Channel:
         if self.closed:
             return False
         try:
-            got = self._read()
+            got = self._reader.read()
             if got is None:
                 self.close()
                 return False
@@ -175,35 +186,38 @@ class Channel:
     def _run(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
         try:
             result = self._handlers[spec.id](self.context, *args)
+            if kind != KIND_CALL:
+                return
+            data, fds = self._encode_reply(spec, rid, result)
         except Exception as exc:
             msg = failure_message(spec, self._session.peer, exc)
             if kind == KIND_CALL:
                 self._send(self._session.encode_error(spec, rid, msg), [])
             return
-        if kind == KIND_CALL:
-            try:
-                data, fds = self._encode_reply(spec, rid, result)
-            except Exception as exc:
-                msg = failure_message(spec, self._session.peer, exc)
-                self._send(self._session.encode_error(spec, rid, msg), [])
-                return
-            self._send(data, fds)
+        self._send(data, fds)
 
     def serve_forever(self) -> None:
         """Handle incoming calls and messages until the peer closes the channel.
 
         Raises BadMessage/CutOff (channel closed) if the peer breaks the protocol.
         """
-        read = self._read
+        reader = self._reader
+        recv, bufs, anc_size, cap, view = (
+            reader.recv, reader.bufs, reader.anc_size, reader.cap, reader.view
+        )
         decode = self._decode
         run = self._run
         while not self.closed:
             try:
-                got = read()
-                if got is None:
-                    self.close()
-                    return
-                kind, spec, rid, value = decode(*got)
+                n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
+                if anc or flags & TRUNCATED or not 0 < n < cap:  # FrameReader.read, inlined
+                    got = reader.check(n, anc, flags)
+                    if got is None:
+                        self.close()
+                        return
+                    kind, spec, rid, value = decode(*got)
+                else:
+                    kind, spec, rid, value = decode(view[:n], NO_FDS)
             except PeerError:
                 self.close()
                 raise

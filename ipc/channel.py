@@ -21,12 +21,13 @@ from ipc.limits import Limits
 
 CHANNEL_FD_ENV = "WARDEN_CHANNEL_FD"
 # Plain ints: socket.MSG_* are IntFlag members, whose `&` runs Python code on every frame.
-_RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
+RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)
 SEND_FLAGS = int(socket.MSG_NOSIGNAL)
 _MSG_TRUNC = int(socket.MSG_TRUNC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
-_TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC  # returned flags also echo MSG_CMSG_CLOEXEC: ignore it
+TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC  # returned flags also echo MSG_CMSG_CLOEXEC: ignore it
 _FD_SIZE = array.array("i").itemsize
+NO_FDS: tuple[int, ...] = ()
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
@@ -57,33 +58,35 @@ def close_fds(fds: Sequence[int]) -> None:
 class FrameReader:
     """Reads frames from one socket into a reused buffer of max_frame_bytes + 1."""
 
-    __slots__ = ("_anc", "_buf", "_bufs", "_cap", "_max_fds", "_peer", "_recv", "_sock", "_view")
+    __slots__ = ("_buf", "_max_fds", "_peer", "_sock", "anc_size", "bufs", "cap", "recv", "view")
 
     def __init__(self, sock: socket.socket, limits: Limits, peer: str) -> None:
         self._sock = sock
-        self._cap = limits.max_frame_bytes
+        self.cap = limits.max_frame_bytes
         self._max_fds = limits.max_fds_per_frame
-        self._buf = bytearray(self._cap + 1)
-        self._view = memoryview(self._buf)
-        self._bufs = [self._buf]
-        self._anc = socket.CMSG_SPACE(self._max_fds * _FD_SIZE)
+        self._buf = bytearray(self.cap + 1)
+        self.view = memoryview(self._buf)
+        self.bufs = [self._buf]
+        self.anc_size = socket.CMSG_SPACE(self._max_fds * _FD_SIZE)
         self._peer = peer
-        self._recv = sock.recvmsg_into
+        # Hot loops inline `read`: recv(bufs, anc_size, RECV_FLAGS), and unless the result is a
+        # plain frame (no ancillary data, no TRUNCATED flag, 0 < n < cap) hand it to `check`.
+        self.recv = sock.recvmsg_into
 
-    def read(self) -> tuple[memoryview, list[int]] | None:
+    def read(self) -> tuple[memoryview, Sequence[int]] | None:
         """The next frame and its fds, or None at end of stream.
 
         Raises BlockingIOError when a non-blocking socket has nothing, BadMessage (fds
         already closed) when the frame breaks a frame-level rule.
         """
-        n, anc, flags, _ = self._recv(self._bufs, self._anc, _RECV_FLAGS)
-        if anc or flags & _TRUNCATED or not 0 < n < self._cap:
-            return self._check(n, anc, flags)
-        return self._view[:n], []  # the common case: a well-sized frame, no fds
+        n, anc, flags, _ = self.recv(self.bufs, self.anc_size, RECV_FLAGS)
+        if anc or flags & TRUNCATED or not 0 < n < self.cap:
+            return self.check(n, anc, flags)
+        return self.view[:n], NO_FDS  # the common case: a well-sized frame, no fds
 
-    def _check(
+    def check(
         self, n: int, anc: list[tuple[int, int, bytes]], flags: int
-    ) -> tuple[memoryview, list[int]] | None:
+    ) -> tuple[memoryview, Sequence[int]] | None:
         fds: list[int] = []
         foreign = None
         for level, kind, data in anc:
@@ -103,12 +106,12 @@ class FrameReader:
             close_fds(fds)
             raise BadMessage(self._peer, f"unexpected ancillary data (level {foreign[0]}, "
                              f"type {foreign[1]})")
-        if flags & _MSG_TRUNC or n > self._cap:
+        if flags & _MSG_TRUNC or n > self.cap:
             close_fds(fds)
-            raise BadMessage(self._peer, f"frame truncated: larger than the {self._cap}-byte cap")
-        if n == self._cap:
+            raise BadMessage(self._peer, f"frame truncated: larger than the {self.cap}-byte cap")
+        if n == self.cap:
             close_fds(fds)
-            raise BadMessage(self._peer, f"frame of {n} bytes is at the {self._cap}-byte cap")
+            raise BadMessage(self._peer, f"frame of {n} bytes is at the {self.cap}-byte cap")
         if len(fds) > self._max_fds:
             close_fds(fds)
             raise BadMessage(self._peer, f"{len(fds)} fds in one frame (at most {self._max_fds})")
@@ -117,7 +120,7 @@ class FrameReader:
                 return None
             close_fds(fds)
             raise BadMessage(self._peer, "empty frame")
-        return self._view[:n], fds
+        return self.view[:n], fds
 
 
 def _hung_up(sock: socket.socket) -> bool:

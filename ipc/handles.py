@@ -238,10 +238,10 @@ class SealedMemory(Handle):
         return os.fstat(self.fileno()).st_size
 
     def map(self) -> mmap.mmap:
-        """A read-only shared mapping of the whole region (empty regions map as b'')."""
+        """A read-only shared mapping of the whole region (ValueError if it is empty)."""
         size = self.size
         if size == 0:
-            return mmap.mmap(-1, 1, prot=mmap.PROT_READ)
+            raise ValueError("an empty SealedMemory cannot be mapped; read() returns b''")
         return mmap.mmap(self.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ)
 
     def read(self) -> bytes:
@@ -293,7 +293,8 @@ def _seqpacket_unix(fd: int) -> str | None:
         probe.close()
     if family != socket.AF_UNIX or kind != socket.SOCK_SEQPACKET:
         return (
-            f"expected a channel endpoint (AF_UNIX SOCK_SEQPACKET), got {family.name} {kind.name}"
+            "expected a channel endpoint (AF_UNIX SOCK_SEQPACKET), "
+            f"got {getattr(family, 'name', family)} {getattr(kind, 'name', kind)}"
         )
     return None
 

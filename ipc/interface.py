@@ -86,8 +86,9 @@ def handle_type(annotation: Any) -> tuple[type[Handle], type[Interface] | None] 
     return None
 
 
-def _check_type(t: mi.Type, where: str) -> None:
+def _check_type(t: mi.Type, where: str, seen: set[type] | None = None) -> None:
     """Refuse types that would let unchecked data through (Any, open structs, mutable structs)."""
+    seen = set() if seen is None else seen
     if isinstance(t, mi.AnyType):
         raise InterfaceError(f"{where}: `Any`/`object` is not allowed; declare a precise type")
     if isinstance(t, mi.StructType):
@@ -97,16 +98,19 @@ def _check_type(t: mi.Type, where: str) -> None:
             )
         if not t.cls.__struct_config__.frozen:
             raise InterfaceError(f"{where}: struct {t.cls.__name__} must set frozen=True")
+        if t.cls in seen:  # a recursive struct: already being checked
+            return
+        seen.add(t.cls)
         for f in t.fields:
-            _check_type(f.type, f"{where}.{f.name}")
+            _check_type(f.type, f"{where}.{f.name}", seen)
         return
     for attr in ("item_type", "key_type", "value_type"):
         sub = getattr(t, attr, None)
         if sub is not None:
-            _check_type(sub, where)
+            _check_type(sub, where, seen)
     for attr in ("item_types", "types"):
         for sub in getattr(t, attr, ()) or ():
-            _check_type(sub, where)
+            _check_type(sub, where, seen)
     if isinstance(t, (mi.TypedDictType, mi.DataclassType, mi.NamedTupleType)):
         raise InterfaceError(
             f"{where}: use a frozen msgspec Struct with forbid_unknown_fields=True instead of "
@@ -141,6 +145,7 @@ class MethodSpec:
     result: Any
     result_decoder: msgspec.msgpack.Decoder[Any]
     result_handle: HandleParam | None
+    guarded: bool  # needs a permission or a protocol state: checked off the fast path
 
     @property
     def qualname(self) -> str:
@@ -228,6 +233,7 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
         result=result,
         result_decoder=result_decoder,
         result_handle=result_handle,
+        guarded=opts.permission is not None or opts.when is not None,
     )
 
 

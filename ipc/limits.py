@@ -11,14 +11,18 @@ class Limits:
 
     max_frame_bytes: a frame of this many bytes or more is invalid (`BadMessage`). The kernel
         caps one SEQPACKET datagram at about the socket send buffer (~208 KiB by default), so
-        larger data goes through a sealed memfd.
+        keep this below that (or raise SO_SNDBUF on both ends); larger data goes through a
+        sealed memfd.
     max_fds_per_frame: more fds than this in one frame is invalid.
-    max_calls_in_flight: calls from the peer not yet answered; one more is a `CutOff`.
+    max_calls_in_flight: calls from the peer not yet answered, and (asyncio side) handlers
+        of the peer still running, one-way messages included; one more is a `CutOff`.
     max_fds_held: received fds from this peer still open in our process; more is a `CutOff`.
     max_send_queue_bytes / max_send_queue_frames: what we queue for a peer whose socket is
         full; past either the peer is cut off rather than waited for (asyncio side only).
     max_reads_per_wakeup: frames read from one peer per event-loop wakeup, so a flooding peer
         cannot starve the others.
+    max_sealed_memory_bytes: largest SealedMemory a peer may pass (bigger is a `BadMessage`):
+        reading it faults its pages into the receiver's memory.
     """
 
     max_frame_bytes: int = 128 * 1024
@@ -28,6 +32,7 @@ class Limits:
     max_send_queue_bytes: int = 1024 * 1024
     max_send_queue_frames: int = 1024
     max_reads_per_wakeup: int = 16
+    max_sealed_memory_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -12,13 +12,15 @@ and only then wraps the fds into handles and moves the protocol state. Any failu
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
 from ipc.channel import close_fds
 from ipc.errors import BadMessage, CutOff, FrameTooLarge
-from ipc.handles import FdAccount, Handle, _Endpoint, fd_to_int
+from ipc.handles import FdAccount, Handle, SealedMemory, _Endpoint, fd_to_int
 from ipc.interface import HandleParam, Interface, MethodSpec
 from ipc.limits import Limits
 from ipc.wire import (
@@ -27,7 +29,6 @@ from ipc.wire import (
     KIND_CALL,
     KIND_ERROR,
     KIND_MESSAGE,
-    KIND_NAMES,
     KIND_REPLY,
     MAX_ERROR_MESSAGE,
     MAX_REQUEST_ID,
@@ -48,6 +49,23 @@ def _make_handle(param: HandleParam, fd: int, account: FdAccount) -> Handle:
     if issubclass(param.cls, _Endpoint):
         return param.cls(fd, _account=account, interface=param.interface)
     return param.cls(fd, _account=account)
+
+
+def _check_fd(param: HandleParam, fd: int, limits: Limits) -> str | None:
+    try:
+        problem = param.cls.check(fd)
+        if problem is None and param.cls is SealedMemory:
+            # Reading a region faults its pages into *our* memory: bound what a peer can make
+            # us hold (a sparse memfd costs the sender nothing).
+            size = os.fstat(fd).st_size
+            if size > limits.max_sealed_memory_bytes:
+                problem = (
+                    f"sealed memory of {size} bytes is over the "
+                    f"{limits.max_sealed_memory_bytes}-byte limit"
+                )
+        return problem
+    except Exception as e:  # whatever the fd is, failing to inspect it means "wrong kind"
+        return f"cannot inspect the fd: {e}"
 
 
 class Session:
@@ -74,13 +92,14 @@ class Session:
         self.state: str | None = serve.__ipc_initial_state__ if serve else None
         self._last_incoming = 0
         self.calls_in_flight = 0
+        self._max_calls = limits.max_calls_in_flight
         self._next_request = 1
         self.pending: dict[int, MethodSpec] = {}
 
     # ---- incoming -------------------------------------------------------------------------
 
     def _bad(
-        self, fds: list[int], reason: str, spec: MethodSpec | None = None,
+        self, fds: Sequence[int], reason: str, spec: MethodSpec | None = None,
         field: str | None = None,
     ) -> BadMessage:
         close_fds(fds)
@@ -91,7 +110,7 @@ class Session:
             field=field,
         )
 
-    def decode(self, frame: memoryview | bytes, fds: list[int]) -> Event:
+    def decode(self, frame: memoryview | bytes, fds: Sequence[int]) -> Event:
         """Check and decode one frame; on failure every fd in `fds` is closed."""
         try:
             kind, method, rid, payload = ENVELOPE_DECODER.decode(frame)
@@ -104,58 +123,36 @@ class Session:
         spec = self._by_id.get(method)
         if spec is None:
             raise self._bad(fds, f"unknown method id {method:#010x}")
-        if spec.oneway != (kind == KIND_MESSAGE):
-            expected = "one-way message" if spec.oneway else "call"
-            raise self._bad(fds, f"{spec.name} is a {expected}, sent as a {KIND_NAMES[kind]}", spec)
         if kind == KIND_CALL:
+            if spec.oneway:
+                raise self._bad(fds, f"{spec.name} is a one-way message, sent as a call", spec)
             if rid <= self._last_incoming:
                 raise self._bad(
                     fds, f"request id {rid} repeated or out of order (last was "
                     f"{self._last_incoming}; ids must increase)", spec,
                 )
-        elif rid != 0:
-            raise self._bad(fds, f"one-way message with request id {rid} (must be 0)", spec)
-        if spec.permission is not None and spec.permission not in self.granted:
-            raise self._bad(fds, f"permission {spec.permission!r} not granted", spec)
-        if spec.when is not None and self.state not in spec.when:
-            raise self._bad(
-                fds, f"{spec.name} not valid in state {self.state!r} "
-                f"(valid in {', '.join(sorted(spec.when))})", spec,
-            )
-        limits = self.limits
-        if kind == KIND_CALL and self.calls_in_flight >= limits.max_calls_in_flight:
+        else:
+            if not spec.oneway:
+                raise self._bad(fds, f"{spec.name} is a call, sent as a message", spec)
+            if rid != 0:
+                raise self._bad(fds, f"one-way message with request id {rid} (must be 0)", spec)
+        if spec.guarded:
+            self._check_guards(spec, fds)
+        if kind == KIND_CALL and self.calls_in_flight >= self._max_calls:
             close_fds(fds)
             raise CutOff(
-                self.peer, f"more than {limits.max_calls_in_flight} calls in flight",
+                self.peer, f"more than {self._max_calls} calls in flight",
                 limit="max_calls_in_flight",
             )
-        handles = spec.handles
-        if len(fds) != len(handles):
-            raise self._bad(fds, f"expected {len(handles)} fds, got {len(fds)}", spec)
-        if fds and self.account.held + len(fds) > limits.max_fds_held:
-            close_fds(fds)
-            raise CutOff(
-                self.peer, f"more than {limits.max_fds_held} received fds held open",
-                limit="max_fds_held",
-            )
-        try:
-            values = spec.params_decoder.decode(payload)
-        except msgspec.ValidationError as e:
-            raise self._bad(fds, str(e), spec, error_field(str(e))) from None
-        except Exception as e:
-            raise self._bad(fds, f"invalid payload: {e}", spec) from None
-        args: tuple[Any, ...]
-        if handles:
-            for i, (param, fd) in enumerate(zip(handles, fds, strict=True)):
-                problem = param.cls.check(fd)
-                if problem is not None:
-                    raise self._bad(fds, f"fd {i} ({param.name}): {problem}", spec, param.name)
-            account = self.account
-            wrapped = [_make_handle(p, fd, account) for p, fd in zip(handles, fds, strict=True)]
-            vals = _astuple(values)
-            args = tuple(wrapped[i] if is_h else vals[i] for is_h, i in spec.plan)
+        if fds or spec.handles:
+            args = self._decode_with_handles(spec, payload, fds)
         else:
-            args = _astuple(values)
+            try:
+                args = _astuple(spec.params_decoder.decode(payload))
+            except msgspec.ValidationError as e:
+                raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+            except Exception as e:
+                raise self._bad(fds, f"invalid payload: {e}", spec) from None
         if kind == KIND_CALL:
             self._last_incoming = rid
             self.calls_in_flight += 1
@@ -163,8 +160,43 @@ class Session:
             self.state = spec.then
         return kind, spec, rid, args
 
+    def _check_guards(self, spec: MethodSpec, fds: Sequence[int]) -> None:
+        if spec.permission is not None and spec.permission not in self.granted:
+            raise self._bad(fds, f"permission {spec.permission!r} not granted", spec)
+        if spec.when is not None and self.state not in spec.when:
+            raise self._bad(
+                fds, f"{spec.name} not valid in state {self.state!r} "
+                f"(valid in {', '.join(sorted(spec.when))})", spec,
+            )
+
+    def _decode_with_handles(
+        self, spec: MethodSpec, payload: msgspec.Raw, fds: Sequence[int]
+    ) -> tuple[Any, ...]:
+        handles = spec.handles
+        if len(fds) != len(handles):
+            raise self._bad(fds, f"expected {len(handles)} fds, got {len(fds)}", spec)
+        if self.account.held + len(fds) > self.limits.max_fds_held:
+            close_fds(fds)
+            raise CutOff(
+                self.peer, f"more than {self.limits.max_fds_held} received fds held open",
+                limit="max_fds_held",
+            )
+        try:
+            values = _astuple(spec.params_decoder.decode(payload))
+        except msgspec.ValidationError as e:
+            raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+        except Exception as e:
+            raise self._bad(fds, f"invalid payload: {e}", spec) from None
+        for i, (param, fd) in enumerate(zip(handles, fds, strict=True)):
+            problem = _check_fd(param, fd, self.limits)
+            if problem is not None:
+                raise self._bad(fds, f"fd {i} ({param.name}): {problem}", spec, param.name)
+        account = self.account
+        wrapped = [_make_handle(p, fd, account) for p, fd in zip(handles, fds, strict=True)]
+        return tuple(wrapped[i] if is_h else values[i] for is_h, i in spec.plan)
+
     def _decode_reply(
-        self, kind: int, method: int, rid: int, payload: msgspec.Raw, fds: list[int]
+        self, kind: int, method: int, rid: int, payload: msgspec.Raw, fds: Sequence[int]
     ) -> Event:
         spec = self.pending.pop(rid, None)
         if spec is None:
@@ -203,7 +235,7 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
         if rh is not None:
-            problem = rh.cls.check(fds[0])
+            problem = _check_fd(rh, fds[0], self.limits)
             if problem is not None:
                 raise self._bad(fds, f"returned fd: {problem}", spec, "return")
             value = _make_handle(rh, fds[0], self.account)
@@ -224,12 +256,17 @@ class Session:
     ) -> tuple[bytes, list[int], int]:
         """Frame a call (registering it as pending) or a one-way message."""
         params: Any
-        if spec.handles:
+        if spec.handles and not kwargs and len(args) == len(spec.plan):  # all positional
+            plan = spec.plan
+            fds = [fd_to_int(a) for (is_h, _), a in zip(plan, args, strict=True) if is_h]
+            params = spec.params(*[a for (is_h, _), a in zip(plan, args, strict=True) if not is_h])
+        elif spec.handles:
             bound = spec.signature.bind(*args, **kwargs)
             handle_names = {h.name for h in spec.handles}
-            vals = {k: v for k, v in bound.arguments.items() if k not in handle_names}
             fds = [fd_to_int(bound.arguments[h.name]) for h in spec.handles]
-            params = spec.params(**vals)
+            params = spec.params(
+                **{k: v for k, v in bound.arguments.items() if k not in handle_names}
+            )
         else:
             params = spec.params(*args, **kwargs)
             fds = []

@@ -59,14 +59,17 @@ def list_cmd(as_json: bool) -> None:
     """Profiles on the search path: ./profiles, ~/.config/warden/profiles, built-ins."""
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
+    visited: set[Path] = set()
     for directory in loader.default_search_path():
-        if not directory.is_dir():
+        # ./profiles is the built-in directory itself when run from a checkout
+        if not directory.is_dir() or directory.resolve() in visited:
             continue
+        visited.add(directory.resolve())
         for path in sorted(directory.glob("*.toml")):
             shadowed = path.stem in seen
             seen.add(path.stem)
             row: dict[str, Any] = {"name": path.stem, "path": str(path), "shadowed": shadowed,
-                                   "builtin": directory == loader.BUILTIN_DIR}
+                                   "builtin": directory.resolve() == loader.BUILTIN_DIR}
             try:
                 row["description"] = loader.load_profile(str(path)).description
             except ProfileError as e:

@@ -20,9 +20,11 @@ witness arguments with our own BPF interpreter.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import random
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import pyseccomp
@@ -262,6 +264,11 @@ def optimizer_supported() -> bool:
     return True
 
 
+def export_bpf(filt: pyseccomp.SyscallFilter) -> bytes:
+    """libseccomp's BPF for a filter object as it stands (no patching, no checks)."""
+    return _export(filt, pfc=False)
+
+
 def _export(filt: pyseccomp.SyscallFilter, pfc: bool) -> bytes:
     fd = os.memfd_create("warden-seccomp", os.MFD_CLOEXEC)
     try:
@@ -302,14 +309,62 @@ def instruction_count(code: bytes) -> int:
     return bpf.instruction_count(code)
 
 
-def witnesses(rule: SyscallRule) -> Iterable[list[int]]:
-    """Arguments that satisfy the rule, then ones that miss each test or set high bits."""
+PROBE_LIMIT = 4096  # argument vectors tried per call before sampling
+
+
+def interesting_values(c: ArgCondition) -> set[int]:
+    """Values on and around a test's boundary, in both 32-bit halves."""
+    v = c.value
+    out = {v, (v + 1) & _U64, (v - 1) & _U64, v ^ (1 << 32), v | 0xFFFFFFFF00000000,
+           v & 0xFFFFFFFF}
+    if c.op is ArgOp.MASKED_EQ:
+        low = c.mask & -c.mask
+        out |= {v ^ low, v | (~c.mask & _U64), v ^ c.mask, c.mask}
+    return out
+
+
+def probes(rules: Sequence[SyscallRule]) -> Iterator[list[int]]:
+    """Argument vectors that exercise every boundary of every rule for one call.
+
+    The cross product of each tested argument's interesting values (capped at
+    PROBE_LIMIT, beyond which a fixed-seed sample is added to each rule's own
+    witnesses), so a tree libseccomp merged wrongly shows up.
+    """
+    per_index: dict[int, set[int]] = {}
+    for r in rules:
+        for c in r.conditions:
+            per_index.setdefault(c.index, {0, _U64}).update(interesting_values(c))
+    indexes = sorted(per_index)
+    choices = [sorted(per_index[i]) for i in indexes]
+    total = 1
+    for ch in choices:
+        total *= len(ch)
+
+    def vector(values: Sequence[int]) -> list[int]:
+        out = [0] * 6
+        for i, v in zip(indexes, values, strict=True):
+            out[i] = v
+        return out
+
+    if total <= PROBE_LIMIT:
+        for combo in itertools.product(*choices):
+            yield vector(combo)
+        return
+    rng = random.Random(0x5EC)
+    for r in rules:
+        yield from witnesses(r)
+    for _ in range(PROBE_LIMIT):
+        yield vector([rng.choice(ch) for ch in choices])
+
+
+def witnesses(rule: SyscallRule) -> Iterator[list[int]]:
+    """Arguments that satisfy the rule, then ones that move each test to its edges."""
     base = [0] * 6
     for c in rule.conditions:
         base[c.index] = _satisfy(c)
     yield base
     for c in rule.conditions:
-        for v in _near(c):
+        for v in sorted(interesting_values(c)):
             alt = list(base)
             alt[c.index] = v
             yield alt
@@ -320,14 +375,6 @@ def _satisfy(c: ArgCondition) -> int:
         return c.value
     return {ArgOp.EQ: c.value, ArgOp.NE: c.value ^ 1, ArgOp.LT: max(c.value - 1, 0),
             ArgOp.LE: c.value, ArgOp.GT: min(c.value + 1, _U64), ArgOp.GE: c.value}[c.op]
-
-
-def _near(c: ArgCondition) -> list[int]:
-    v = c.value
-    out = [(v + 1) & _U64, (v - 1) & _U64, v ^ (1 << 32), v | 0xFFFFFFFF00000000, 0, _U64]
-    if c.op is ArgOp.MASKED_EQ:
-        out += [v ^ (c.mask & -c.mask), v | (~c.mask & _U64)]
-    return out
 
 
 def verify(policy: SeccompPolicy, code: bytes, *, kill_as_notify: bool = False) -> None:
@@ -347,10 +394,7 @@ def _verify(policy: SeccompPolicy, code: bytes, kill_as_notify: bool) -> None:
         nr = syscalls.number(call)
         if nr is None:
             continue
-        probes = [[0] * 6]
-        for r in rules:
-            probes.extend(witnesses(r))
-        for args in probes:
+        for args in probes(rules):
             got = bpf.action_of(bpf.run(insns, bpf.seccomp_data(nr, args)))
             want = intended(policy, call, args, kill_as_notify)
             if got not in want:

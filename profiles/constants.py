@@ -8,6 +8,7 @@ those define them. A value is written as NAME, a number (decimal, 0x, 0o,
 
 from __future__ import annotations
 
+import difflib
 import errno as _errno
 
 CONSTANTS: dict[str, int] = {
@@ -180,8 +181,6 @@ class ConstantError(ValueError):
 
 def parse_value(text: str) -> int:
     """Parse `NAME|0x10|...` into one unsigned 64-bit integer."""
-    import difflib
-
     total = 0
     for raw in text.split("|"):
         token = raw.strip()

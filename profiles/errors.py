@@ -16,7 +16,8 @@ from collections.abc import Sequence
 class ProfileError(Exception):
     """A profile could not be read, parsed, resolved or compiled.
 
-    Attributes: `file`, `line` and `column` (1-based; 0 when unknown),
+    Attributes: `file` ("" when no file is involved), `line` and `column`
+    (1-based; 0 when unknown),
     `source_line` (the text of that line, or ""), `message`, `expected`
     (what would have been valid, or None) and `include_chain` (where this file
     was pulled in, innermost first, as "file:line:col" strings).
@@ -26,7 +27,7 @@ class ProfileError(Exception):
         self,
         message: str,
         *,
-        file: str = "<profile>",
+        file: str = "",
         line: int = 0,
         column: int = 0,
         source_line: str = "",
@@ -56,6 +57,9 @@ class ProfileError(Exception):
 
     @property
     def location(self) -> str:
+        """"file:line:col", or just the file, or "warden" when no file is involved."""
+        if not self.file:
+            return "warden"
         if self.line:
             return f"{self.file}:{self.line}:{self.column}"
         return self.file

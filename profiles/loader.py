@@ -12,6 +12,7 @@ drops everything inherited for the calls it names.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -68,8 +69,6 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
         candidate = directory / f"{name_or_path}.toml"
         if candidate.is_file():
             return candidate
-    import difflib
-
     known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
     close = difflib.get_close_matches(name_or_path, known, n=1, cutoff=0.6)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
@@ -206,17 +205,20 @@ class _Resolver:
             raise ProfileError(f"cannot read profile: {e}", file=_display(path)) from None
         self.stack.append(real)
         try:
-            layer = parse_text(text, _display(path))
-            state = _State()
-            if layer.extends is not None:
-                parent = self._follow(layer.extends, real.parent, "extends")
-                _merge(state, parent, f"extends {layer.extends.target}")
-            for inc in layer.includes:
-                _merge(state, self._follow(inc, real.parent, "include"), f"include {inc.target}")
-            _apply_own(state, layer)
-            return state
+            return self.flatten(parse_text(text, _display(path)), real.parent)
         finally:
             self.stack.pop()
+
+    def flatten(self, layer: Layer, base: Path) -> _State:
+        """Parent, then includes, then the layer itself; references resolve from `base`."""
+        state = _State()
+        if layer.extends is not None:
+            parent = self._follow(layer.extends, base, "extends")
+            _merge(state, parent, f"extends {layer.extends.target}")
+        for inc in layer.includes:
+            _merge(state, self._follow(inc, base, "include"), f"include {inc.target}")
+        _apply_own(state, layer)
+        return state
 
     def _follow(self, ref: Reference, base: Path, kind: str) -> _State:
         try:
@@ -301,16 +303,7 @@ def load_profile(name_or_path: str, *, search_path: Sequence[Path] | None = None
 def load_text(text: str, *, name: str = "inline", file: str = "<string>",
               search_path: Sequence[Path] | None = None) -> Profile:
     """Flatten a profile given as text (extends/includes resolve from the cwd)."""
-    resolver = _Resolver(search_path)
-    layer = parse_text(text, file)
-    state = _State()
-    base = Path.cwd()
-    if layer.extends is not None:
-        _merge(state, resolver._follow(layer.extends, base, "extends"),
-               f"extends {layer.extends.target}")
-    for inc in layer.includes:
-        _merge(state, resolver._follow(inc, base, "include"), f"include {inc.target}")
-    _apply_own(state, layer)
+    state = _Resolver(search_path).flatten(parse_text(text, file), Path.cwd())
     return _to_profile(name, file, state)
 
 

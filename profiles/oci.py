@@ -20,6 +20,7 @@ unconditional, so export -> import returns the same rules.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -79,15 +80,15 @@ def _kernel_at_least(version: str) -> bool:
     return parts(os.uname().release) >= parts(version)
 
 
-def _action(where: str, name: object, errno_ret: object) -> Action:
+def _action(file: str, where: str, name: object, errno_ret: object) -> Action:
     if name not in _ACTIONS:
-        raise ProfileError(f'{where}: unsupported action {name!r}',
+        raise ProfileError(f"{where}: unsupported action {name!r}", file=file,
                            expected="one of " + ", ".join(_ACTIONS))
     kind = _ACTIONS[str(name)]
     if kind is ActionKind.ERRNO:
         errno = EPERM if errno_ret is None else errno_ret
         if not isinstance(errno, int) or not 0 <= errno <= 4095:
-            raise ProfileError(f"{where}: errnoRet must be 0..4095, got {errno!r}")
+            raise ProfileError(f"{where}: errnoRet must be 0..4095, got {errno!r}", file=file)
         return Action(kind, errno)
     return Action(kind)
 
@@ -103,18 +104,18 @@ def load_oci(text: str, file: str = "<json>") -> Imported:
                            ) from None
     if not isinstance(doc, dict) or "defaultAction" not in doc:
         raise ProfileError("not an OCI seccomp profile (no defaultAction)", file=file)
-    default = _action(f"{file}: defaultAction", doc["defaultAction"], doc.get("defaultErrnoRet"))
+    default = _action(file, "defaultAction", doc["defaultAction"], doc.get("defaultErrnoRet"))
     rules: list[SyscallRule] = []
     notes: list[str] = []
     for i, entry in enumerate(doc.get("syscalls") or []):
-        where = f"{file}: syscalls[{i}]"
+        where = f"syscalls[{i}]"
         names = entry.get("names") or ([entry["name"]] if "name" in entry else [])
         reason = _skip_reason(entry)
         if reason:
             notes.append(f"syscalls[{i}] ({', '.join(names)}): left out, {reason}")
             continue
-        action = _action(where, entry.get("action"), entry.get("errnoRet"))
-        for alternative in _conditions(where, entry.get("args") or []):
+        action = _action(file, where, entry.get("action"), entry.get("errnoRet"))
+        for alternative in _conditions(file, where, entry.get("args") or []):
             for name in names:
                 if not syscalls.is_known(name):
                     notes.append(f"syscalls[{i}]: {name}: unknown to libseccomp, left out")
@@ -152,14 +153,15 @@ def _skip_reason(entry: dict[str, object]) -> str | None:
     return None
 
 
-def _conditions(where: str, args: list[dict[str, object]]) -> list[tuple[ArgCondition, ...]]:
+def _conditions(file: str, where: str, args: list[dict[str, object]]
+                ) -> list[tuple[ArgCondition, ...]]:
     by_index: dict[int, list[ArgCondition]] = {}
     for a in args:
         index, op = a.get("index"), a.get("op")
         if not isinstance(index, int) or not 0 <= index <= 5:
-            raise ProfileError(f"{where}: argument index must be 0..5, got {index!r}")
+            raise ProfileError(f"{where}: argument index must be 0..5, got {index!r}", file=file)
         if op not in _OPS:
-            raise ProfileError(f"{where}: unknown comparison {op!r}",
+            raise ProfileError(f"{where}: unknown comparison {op!r}", file=file,
                                expected="one of " + ", ".join(_OPS))
         value = int(a.get("value") or 0) & 0xFFFFFFFFFFFFFFFF  # type: ignore[call-overload]
         two = int(a.get("valueTwo") or 0) & 0xFFFFFFFFFFFFFFFF  # type: ignore[call-overload]
@@ -174,8 +176,6 @@ def _conditions(where: str, args: list[dict[str, object]]) -> list[tuple[ArgCond
     if len(args) == 1 and next(iter(by_index.values()))[0].op is ArgOp.GE and \
             next(iter(by_index.values()))[0].value == 0:
         return [()]
-    import itertools
-
     combos = itertools.product(*by_index.values())
     return [tuple(sorted(c, key=lambda x: x.index)) for c in combos]
 

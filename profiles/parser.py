@@ -7,6 +7,7 @@ includes) and flattens them into a `Profile`. Every mistake raises
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 import tomllib
@@ -113,8 +114,6 @@ class _Context:
         return value
 
     def check_keys(self, path: Path, table: dict[str, object], allowed: Sequence[str]) -> None:
-        import difflib
-
         for key in table:
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)

@@ -92,7 +92,34 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
     sys.exit(status.exit_code)
 
 
+class _Forwarder:
+    """SIGINT/SIGTERM/SIGHUP go to the program; those that arrive while the sandbox is
+    still being set up are delivered as soon as it runs."""
+
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self) -> None:
+        import signal
+
+        self.box: Sandbox | None = None
+        self.pending: list[int] = []
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.box is None:
+            self.pending.append(signum)
+        else:
+            self.box.send_signal(signum)
+
+    def attach(self, box: Sandbox) -> None:
+        self.box = box
+        for signum in self.pending:
+            box.send_signal(signum)
+
+
 def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
+    forwarder = _Forwarder()
     from supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
 
     try:
@@ -115,6 +142,10 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
         )
     except SpecError as e:
         raise OptionError(str(e)) from None
+    # The supervisor's memory is not for anyone to read, the sandbox least of all.
+    from supervisor.sandbox import _sys
+
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     try:
         box = spawn(spec)
     except PreflightError as e:
@@ -125,22 +156,17 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
     except OSError as e:
         click.echo(f"warden: {e}", err=True)
         sys.exit(125)
+    forwarder.attach(box)
     return _supervise(box)
 
 
 def _supervise(box: Sandbox) -> Status:
-    """Wait for the sandbox while guarding its channel and forwarding SIGINT/SIGTERM."""
+    """Wait for the sandbox while guarding its channel."""
     import select
-    import signal
 
     from supervisor.sandbox.channel_guard import ChannelGuard
     from supervisor.sandbox.status import Outcome
 
-    def forward(signum: int, _frame: object) -> None:
-        box.send_signal(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
     guard = ChannelGuard(box.channel) if box.channel is not None else None
     while True:
         st = box.service()

@@ -11,7 +11,15 @@
 `warden run` builds the same SandboxSpec from its options. See docs/sandbox.md.
 """
 
-from supervisor.sandbox.launcher import Sandbox, SandboxError, SetupError, child_setup, spawn
+from supervisor.sandbox.launcher import (
+    Launch,
+    Sandbox,
+    SandboxError,
+    SetupError,
+    child_setup,
+    prepare,
+    spawn,
+)
 from supervisor.sandbox.preflight import PreflightError
 from supervisor.sandbox.spec import CHANNEL_FD, FileGrant, SandboxSpec, SpecError, build_spec
 from supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
@@ -19,6 +27,7 @@ from supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
 __all__ = [
     "CHANNEL_FD",
     "FileGrant",
+    "Launch",
     "Outcome",
     "PreflightError",
     "Sandbox",
@@ -31,5 +40,6 @@ __all__ = [
     "Violation",
     "build_spec",
     "child_setup",
+    "prepare",
     "spawn",
 ]

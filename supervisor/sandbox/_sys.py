@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # clone() must run with the GIL held: the child resumes inside this call and
 # must find the interpreter exactly as the parent left it.
 _libc_gil = ctypes.PyDLL(None, use_errno=True)
 
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine
 
 # Per-architecture numbers for calls that glibc does not wrap. Numbers from
 # 424 up (pidfd_*, close_range, mount_setattr, landlock_*) are shared by all
@@ -47,6 +46,8 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 CLONE_PARENT = 0x00008000
+CLONE_FILES = 0x00000400
+CLONE_VFORK = 0x00004000
 
 # mount flags
 MS_RDONLY = 1

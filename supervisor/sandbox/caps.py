@@ -42,20 +42,33 @@ def last_cap() -> int:
         return 40
 
 
+def _as_caps_error(what: str, e: OSError) -> CapsError:
+    return CapsError(e.errno or 0, f"{what}: {os.strerror(e.errno or 0)}")
+
+
 def drop_bounding_set(last: int) -> None:
     for cap in range(last + 1):
-        _sys.prctl(_sys.PR_CAPBSET_DROP, cap)
+        try:
+            _sys.prctl(_sys.PR_CAPBSET_DROP, cap)
+        except OSError as e:
+            raise _as_caps_error(f"dropping capability {cap} from the bounding set", e) from None
 
 
 def lock_securebits() -> None:
-    _sys.prctl(_sys.PR_SET_SECUREBITS, SECUREBITS)
+    try:
+        _sys.prctl(_sys.PR_SET_SECUREBITS, SECUREBITS)
+    except OSError as e:
+        raise _as_caps_error("locking securebits", e) from None
 
 
 def set_ids(uid: int, gid: int, drop_groups: bool) -> None:
-    if drop_groups:
-        _sys.setgroups_empty()
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
+    try:
+        if drop_groups:
+            _sys.setgroups_empty()
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    except OSError as e:
+        raise _as_caps_error(f"switching to uid/gid {uid}/{gid}", e) from None
 
 
 def clear_capabilities() -> None:
@@ -68,4 +81,7 @@ def clear_capabilities() -> None:
 
 
 def no_new_privs() -> None:
-    _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)
+    try:
+        _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as e:
+        raise _as_caps_error("setting no_new_privs", e) from None

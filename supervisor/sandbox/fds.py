@@ -6,7 +6,8 @@ hands the child a list of (target, source) pairs. In the child, every source
 is first copied above the highest target (so no dup2 overwrites a source
 that is still needed), then each copy is dup2'ed onto its target without
 close-on-exec, and every other fd is closed with close_range, except the
-setup socket, which is close-on-exec and vanishes at exec.
+sandbox's own setup and status descriptors, which are close-on-exec and
+vanish at the workload's exec.
 """
 
 from __future__ import annotations
@@ -37,20 +38,25 @@ def open_grant(path: str, mode: str) -> int:
             from None
 
 
-def install(pairs: tuple[tuple[int, int], ...], keep: int) -> int:
-    """Make the fd table exactly `pairs` plus `keep`; returns keep's new number."""
+def install(pairs: tuple[tuple[int, int], ...], keep: tuple[int, ...]) -> tuple[int, ...]:
+    """Make the fd table exactly `pairs` plus `keep` (close-on-exec, parked right
+    above the targets); returns keep's new numbers."""
     top = max(t for t, _ in pairs) + 1
-    copies = [(t, fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, top)) for t, s in pairs]
-    keep_copy = fcntl.fcntl(keep, fcntl.F_DUPFD_CLOEXEC, top)
+    # Copies go above both the targets and the parking slots, so no dup2 below
+    # overwrites a copy that is still to be used.
+    base = top + len(keep)
+    copies = [(t, fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, base)) for t, s in pairs]
+    keep_copies = [fcntl.fcntl(k, fcntl.F_DUPFD_CLOEXEC, base) for k in keep]
     for target, copy in copies:
         os.dup2(copy, target, inheritable=True)
-    # Park the setup socket right above the targets, then close everything else.
-    os.dup2(keep_copy, top, inheritable=False)
+    parked = tuple(range(top, top + len(keep)))
+    for number, copy in zip(parked, keep_copies, strict=True):
+        os.dup2(copy, number, inheritable=False)
     targets = sorted(t for t, _ in pairs)
     prev = -1
     for t in targets:
         _sys.close_range(prev + 1, t - 1)
         prev = t
     _sys.close_range(prev + 1, top - 1)
-    _sys.close_range(top + 1, 0xFFFFFFFF)
-    return top
+    _sys.close_range(top + len(keep), 0xFFFFFFFF)
+    return parked

@@ -78,8 +78,9 @@ def handled_fs(abi: int) -> int:
     return h
 
 
-def restrict(abi: int, rules: Sequence[tuple[bytes, int]]) -> None:
-    """Restrict this process to `rules` [(path, rights)]; no_new_privs must be set."""
+def build_ruleset(abi: int, rules: Sequence[tuple[bytes, int]]) -> int:
+    """A ruleset fd (close-on-exec) for `rules` [(path, rights)], resolved in this mount
+    namespace; `restrict_self()` applies it. Paths that do not exist are skipped."""
     handled = handled_fs(abi)
     attr = _RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
     size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
@@ -101,11 +102,18 @@ def restrict(abi: int, rules: Sequence[tuple[bytes, int]]) -> None:
                              ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(pb), ctypes.c_uint32(0))
             finally:
                 os.close(pfd)
-        _sys.syscall("landlock_restrict_self", ctypes.c_int(rfd), ctypes.c_uint32(0))
+    except OSError as e:
+        os.close(rfd)
+        raise LandlockError(e.errno or errno.EIO, str(e)) from None
+    return rfd
+
+
+def restrict_self(ruleset_fd: int) -> None:
+    """Enter the ruleset's domain (no_new_privs must be set); one syscall, for the workload."""
+    try:
+        _sys.syscall("landlock_restrict_self", ctypes.c_int(ruleset_fd), ctypes.c_uint32(0))
     except OSError as e:
         raise LandlockError(e.errno or errno.EIO, str(e)) from None
-    finally:
-        os.close(rfd)
 
 
 FULL = ALL_ABI1 & ~(MAKE_CHAR | MAKE_BLOCK) | REFER | TRUNCATE

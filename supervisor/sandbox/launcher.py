@@ -12,8 +12,10 @@ Process shape (all three are created before the program runs):
            └─ C  the workload: rlimits, fd map, ids and capabilities,
                  no_new_privs, Landlock, seccomp, exec
 
-The parent writes B's id maps and puts B in its cgroup while B waits, and
-takes C's seccomp listener during the handshake (see seccomp.py). Every
+The parent writes B's id maps and puts B in its cgroup while B builds the
+new root. C shares B's descriptor table until its exec (CLONE_FILES, with
+CLONE_VFORK so B sleeps meanwhile), so the seccomp listener C creates right
+before exec stays in B's table, and B sends it to the parent. Every
 setup step in B or C that fails is sent to the parent as (step, errno) over
 a close-on-exec socket, which reaches end-of-file exactly when C has
 exec'ed; the parent then reports `setup_error` naming the step.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import resource
 import select
@@ -38,9 +41,9 @@ from types import TracebackType
 from typing import Any, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
-from supervisor.sandbox.notify import Listener, NotifyError
+from supervisor.sandbox.notify import Listener
 from supervisor.sandbox.preflight import PreflightError, explain
-from supervisor.sandbox.seccomp import PreparedFilter, with_handshake
+from supervisor.sandbox.seccomp import PreparedFilter
 from supervisor.sandbox.spec import INNER_ID, SandboxSpec
 from supervisor.sandbox.status import (
     EXIT_NOT_EXECUTABLE,
@@ -52,11 +55,10 @@ from supervisor.sandbox.status import (
     Violation,
 )
 
-STEPS = ("session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup", "cgroupns",
-         "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock", "exec",
-         "seccomp")
+STEPS = ("clone", "session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup",
+         "cgroupns", "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock",
+         "exec", "seccomp", "supervisor")
 _ERR = struct.Struct("=Bi")
-_FDNUM = struct.Struct("=i")
 SETUP_TIMEOUT = 30.0
 _KILLED_EXIT = 128 + signal.SIGKILL
 
@@ -94,6 +96,7 @@ class Plan:
     search_path: tuple[bytes, ...]
     seccomp_filter: bytes
     notify: bool
+    last_cap: int
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -126,43 +129,26 @@ def _resolve(plan: Plan) -> bytes:
                   f"{'not executable' if found_noexec else 'not found in the sandbox'}")
 
 
-def _workload(plan: Plan, sock_fd: int) -> NoReturn:
-    """C: from the fd map to exec. Runs only in the freshly forked workload."""
+def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
+              filt: PreparedFilter, ruleset_fd: int) -> NoReturn:
+    """C: what only the workload may carry, from its signal mask to exec.
+
+    Everything both init and the workload must have (rlimits, fd map,
+    capabilities, no_new_privs) init already did before forking: less to do
+    in a freshly forked process, where every first write copies a page."""
     step = "signals"
     try:
-        pidns.reset_signals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         # Its own process group: kill(0, ...) from the workload reaches only itself
         # and its children, not the init.
         os.setpgid(0, 0)
-        step = "rlimits"
-        limits.apply_rlimits(plan.early_rlimits)
-        step = "fds"
-        sock_fd = fds.install(plan.fd_pairs, sock_fd)
-        step = "caps"
-        caps.drop_bounding_set(caps.last_cap())
-        caps.lock_securebits()
-        caps.clear_capabilities()
-        step = "no_new_privs"
-        caps.no_new_privs()
         step = "landlock"
-        if plan.landlock_abi:
-            landlock.restrict(plan.landlock_abi, plan.landlock_rules)
-        step = "exec"
-        path = _resolve(plan)
-        execute = _sys.PreparedExec(path, list(plan.argv), list(plan.envp))
+        if ruleset_fd >= 0:
+            landlock.restrict_self(ruleset_fd)
         step = "rlimits"
         limits.apply_rlimits(plan.late_rlimits)
         step = "seccomp"
-        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
-        if plan.notify:
-            expected = os.dup(0)
-            os.close(expected)
-            os.write(sock_fd, b"S" + _FDNUM.pack(expected))
-            got = filt.load()
-            if got != expected or not filt.handshake():
-                os._exit(EXIT_SETUP)
-        else:
-            filt.load()
+        filt.load()
     except BaseException as e:
         _fail(sock_fd, step, e)
     err = execute()
@@ -179,8 +165,13 @@ def _parent_death_signal(parent_pidfd: int) -> None:
 
 def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     """B: the sandbox's pid 1, from the session to forking the workload, then init."""
+    # A collection would touch every object and copy every page the parent shares.
+    gc.disable()
     step = "session"
     try:
+        # A supervisor that made itself non-dumpable passed that on; until the
+        # workload exists, let the parent write this process's /proc id maps.
+        _sys.prctl(_sys.PR_SET_DUMPABLE, 1)
         os.setsid()
         step = "pdeathsig"
         _parent_death_signal(plan.parent_pidfd)
@@ -212,22 +203,74 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
             os._exit(EXIT_SETUP)
         step = "cgroupns"
         _sys.unshare(_sys.CLONE_NEWCGROUP)
-        step = "pidns"
-        pidns.block_signals()
-        pid = _sys.clone(signal.SIGCHLD)
-        if pid == 0:
-            _workload(plan, sock_fd)
-        # Nothing in the sandbox may read this process's memory: it is a copy of the parent's.
+        step = "rlimits"
+        limits.apply_rlimits(plan.early_rlimits)
+        step = "fds"
+        # The fd map is built in init's own table, which the workload then
+        # shares (CLONE_FILES) until its exec gives it a private copy without
+        # the close-on-exec descriptors. So the seccomp listener the workload
+        # creates stays in init's table after the exec; init hands it to the parent.
+        sock_fd, status_fd = fds.install(plan.fd_pairs, (sock_fd, status_fd))
+        step = "landlock"
+        ruleset_fd = (landlock.build_ruleset(plan.landlock_abi, plan.landlock_rules)
+                      if plan.landlock_abi else -1)
+        listener_fd = _lowest_free_fd()
+        # Nothing in the sandbox may read this process's memory: it is a copy
+        # of the parent's. (The workload's exec makes the workload dumpable again.)
         _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
-        _close_all_but({status_fd})
-        # init, too, runs as the sandbox's unprivileged id with no capabilities.
-        caps.drop_bounding_set(caps.last_cap())
+        step = "caps"
+        # init and workload alike: no capability in any set, securebits locked.
+        caps.drop_bounding_set(plan.last_cap)
+        caps.lock_securebits()
         caps.clear_capabilities()
+        step = "no_new_privs"
         caps.no_new_privs()
+        step = "exec"
+        execute = _sys.PreparedExec(_resolve(plan), list(plan.argv), list(plan.envp))
+        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
+        step = "signals"
+        pidns.reset_signals()
+        pidns.block_signals()
+        step = "pidns"
+        # CLONE_VFORK: init sleeps until the workload has exec'ed (or died), so
+        # nothing touches the shared table meanwhile.
+        pid = _sys.clone(_sys.CLONE_FILES | _sys.CLONE_VFORK | signal.SIGCHLD)
+        if pid == 0:
+            _workload(plan, sock_fd, execute, filt, ruleset_fd)
+        # The workload has exec'ed, or died during its setup (having said why on
+        # sock_fd, which the parent reads first). Either way init now waits for
+        # it like for any end; only the listener needs handing over.
+        if plan.notify:
+            _hand_over_listener(sock_fd, listener_fd)
+        _close_all_but({status_fd})
     except BaseException as e:
         _fail(sock_fd, step, e)
     pidns.run_init(pid, status_fd)
     os._exit(0)
+
+
+def _lowest_free_fd() -> int:
+    fd = os.dup(0)
+    os.close(fd)
+    return fd
+
+
+def _hand_over_listener(sock_fd: int, fd: int) -> None:
+    """Send the workload's seccomp listener (left in init's table) to the parent.
+
+    Absent when the workload died before loading its filter: then it never
+    ran anything of its own, and its error is already on its way."""
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return
+    if "seccomp" in link:
+        sock = socket.socket(fileno=sock_fd)
+        try:
+            sock.sendmsg([b"L"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+        finally:
+            sock.detach()
+        os.close(fd)
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -243,7 +286,7 @@ def _stage_a(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     try:
         pid = _sys.clone(plan.clone_flags | _sys.CLONE_PARENT)
     except OSError as e:
-        _report(sock_fd, "userns", e.errno or errno.EPERM, str(e))
+        _report(sock_fd, "clone", e.errno or errno.EPERM, str(e))
         os._exit(EXIT_SETUP)
     if pid == 0:
         child_setup(plan, sock_fd, status_fd)
@@ -317,8 +360,9 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         argv=tuple(os.fsencode(a) for a in spec.argv),
         envp=tuple(os.fsencode(f"{k}={v}") for k, v in spec.env),
         search_path=path_dirs,
-        seccomp_filter=with_handshake(spec.seccomp_filter) if spec.notify else spec.seccomp_filter,
+        seccomp_filter=spec.seccomp_filter,
         notify=spec.notify,
+        last_cap=caps.last_cap(),
         extra={"drop_groups": os.geteuid() == 0},
     )
 
@@ -330,17 +374,21 @@ class _Setup:
         self.sock = sock
         self.deadline = deadline
 
-    def recv(self) -> tuple[bytes, int | None]:
-        """Next message and the sender's host pid; (b"", None) at end-of-file."""
+    def recv(self) -> tuple[bytes, int | None, list[int]]:
+        """Next message, the sender's host pid and any fds; (b"", None, []) at end-of-file."""
         left = self.deadline - time.monotonic()
         if left <= 0 or not select.select([self.sock], [], [], left)[0]:
             raise TimeoutError("sandbox setup did not finish in time")
-        data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(12))
+        data, anc, _flags, _addr = self.sock.recvmsg(
+            512, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * 4))
         pid = None
+        fds: list[int] = []
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid = struct.unpack("=iII", payload[:12])[0]
-        return data, pid
+            elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4]))
+        return data, pid, fds
 
 
 def _setup_failure(data: bytes) -> SetupFailure:
@@ -348,6 +396,166 @@ def _setup_failure(data: bytes) -> SetupFailure:
     step = STEPS[idx] if idx < len(STEPS) else f"step{idx}"
     msg = data[1 + _ERR.size:].decode(errors="replace")
     return SetupFailure(step, err, msg or os.strerror(err))
+
+
+class Launch:
+    """One sandbox start, prepared: the child's plan and the parent's end of its setup.
+
+    `prepare(spec)` makes it. Some process then clones the sandbox's init into
+    its namespaces and runs `child_setup(launch.plan, launch.child_sock,
+    launch.child_status)` there: `spawn()` does it itself (or through a
+    short-lived fork that clones with CLONE_PARENT); a zygote that holds the
+    descriptors of `launch.child_fds()` can do it too, with CLONE_PARENT so the
+    init is still the supervisor's child. After the clone,
+    `release_child_fds()` drops the parent's copies and `complete()` runs the
+    parent's side of the setup and returns the Sandbox. `abort()` undoes
+    prepare() if no child was started.
+    """
+
+    def __init__(self, spec: SandboxSpec) -> None:
+        self.spec = spec
+        self.started = time.monotonic()
+        self.limiter = limits.choose(spec)
+        self.limiter.create()
+        self.channel: socket.socket | None = None
+        self._opened: list[int] = []
+        self._child_channel: socket.socket | None = None
+        try:
+            pairs: list[tuple[int, int]] = []
+            for target, source in sorted(spec.fd_map().items()):
+                if isinstance(source, int):
+                    pairs.append((target, source))
+                elif source == "channel":
+                    self.channel, self._child_channel = socket.socketpair(
+                        socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+                    pairs.append((target, self._child_channel.fileno()))
+                else:
+                    assert not isinstance(source, str)
+                    fd = fds.open_grant(source.path, source.mode)
+                    self._opened.append(fd)
+                    pairs.append((target, fd))
+            self._setup, self._child_setup = socket.socketpair(
+                socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            self._setup.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._status_r, self.child_status = os.pipe2(os.O_CLOEXEC)
+            self.child_sock = self._child_setup.fileno()
+            self.plan = _plan(spec, self.limiter, tuple(pairs))
+        except BaseException:
+            self.abort()
+            raise
+
+    def child_fds(self) -> tuple[int, ...]:
+        """Descriptors the process that clones the init must hold (same numbers as here)."""
+        return (self.child_sock, self.child_status, self.plan.parent_pidfd,
+                *(src for _t, src in self.plan.fd_pairs))
+
+    def report_clone_failure(self, err: int, message: str) -> None:
+        _report(self.child_sock, "clone", err, message)
+
+    def release_child_fds(self) -> None:
+        """Close this process's copies of what only the child needs."""
+        self._child_setup.close()
+        if self._child_channel is not None:
+            self._child_channel.close()
+            self._child_channel = None
+        for fd in (self.child_status, *self._opened):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._opened = []
+        self.child_status = -1
+
+    def abort(self) -> None:
+        """Undo prepare(): no child exists."""
+        self.limiter.destroy()
+        for obj in ("_setup", "_child_setup", "channel", "_child_channel"):
+            sock = getattr(self, obj, None)
+            if sock is not None:
+                sock.close()
+        for fd in (getattr(self, "_status_r", -1), getattr(self, "child_status", -1),
+                   *self._opened):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._opened = []
+
+    def complete(self, helper_pid: int | None = None) -> Sandbox:
+        """The parent's side of the setup; returns once the program has exec'ed.
+
+        `helper_pid`: a short-lived child of this process that cloned the init
+        and exits; it is reaped here."""
+        spec, limiter, started = self.spec, self.limiter, self.started
+        setup_parent, status_r, channel_parent = self._setup, self._status_r, self.channel
+        conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
+        init_pid: int | None = None
+        pidfd = -1
+        listener: Listener | None = None
+        failure: SetupFailure | None = None
+        try:
+            try:
+                data, sender, _fds = conv.recv()
+                if helper_pid is not None:
+                    os.waitpid(helper_pid, 0)
+                if data[:1] == b"E":
+                    failure = _setup_failure(data)
+                    if failure.step == "clone":
+                        raise PreflightError(explain(failure.errno))
+                    init_pid = sender
+                elif data[:1] == b"R" and sender is not None:
+                    init_pid = sender
+                    pidfd = os.pidfd_open(init_pid)
+                    uid, gid = userns.outer_ids(spec)
+                    try:
+                        userns.write_maps(init_pid, uid, gid)
+                    except OSError as e:
+                        failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
+                        raise
+                    setup_parent.send(b"G")
+                    # Moving a task between cgroups waits for an RCU grace period
+                    # (about a millisecond per hierarchy): the child builds its root
+                    # meanwhile and waits for "C" before it unshares its cgroup
+                    # namespace and forks the workload.
+                    try:
+                        limiter.attach(init_pid)
+                    except OSError as e:
+                        failure = SetupFailure("cgroup", e.errno or errno.EIO,
+                                               f"joining the cgroup: {e.strerror}")
+                        raise
+                    with contextlib.suppress(OSError):
+                        setup_parent.send(b"C")
+                while failure is None:
+                    data, sender, got = conv.recv()
+                    if not data:
+                        break
+                    if data[:1] == b"E":
+                        failure = _setup_failure(data)
+                    elif data[:1] == b"L" and len(got) == 1 and listener is None:
+                        listener = Listener(got.pop())
+                    for fd in got:  # nothing else may arrive with a descriptor
+                        os.close(fd)
+            except TimeoutError as e:
+                failure = failure or SetupFailure("supervisor", errno.ETIMEDOUT, str(e))
+            except OSError as e:
+                failure = failure or SetupFailure("supervisor", e.errno or errno.EIO, str(e))
+            if failure is not None:
+                raise SetupError(_setup_status(failure, init_pid, pidfd, limiter, started))
+        except BaseException:
+            if listener is not None:
+                listener.close()
+            if init_pid is not None and failure is None:
+                _kill_and_reap(init_pid, pidfd)
+            if pidfd >= 0:
+                os.close(pidfd)
+            self.abort()
+            raise
+        setup_parent.close()
+        assert init_pid is not None
+        return Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent,
+                               limiter, started, self.plan.landlock_abi)
+
+
+def prepare(spec: SandboxSpec) -> Launch:
+    """Everything before the clone: cgroup, files, sockets, the child's plan."""
+    return Launch(spec)
 
 
 def spawn(spec: SandboxSpec) -> Sandbox:
@@ -358,130 +566,35 @@ def spawn(spec: SandboxSpec) -> Sandbox:
     record), and limits.LimitsError / fds.FdError for resources the parent
     could not prepare.
     """
-    started = time.monotonic()
-    limiter = limits.choose(spec)
-    limiter.create()
-    opened: list[int] = []
-    to_close: list[int] = []
-    try:
-        pairs: list[tuple[int, int]] = []
-        channel_parent = channel_child = None
-        for target, source in sorted(spec.fd_map().items()):
-            if isinstance(source, int):
-                pairs.append((target, source))
-            elif source == "channel":
-                channel_parent, channel_child = socket.socketpair(
-                    socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-                pairs.append((target, channel_child.fileno()))
-            else:
-                assert not isinstance(source, str)
-                fd = fds.open_grant(source.path, source.mode)
-                opened.append(fd)
-                pairs.append((target, fd))
-        setup_parent, setup_child = socket.socketpair(
-            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        setup_parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        status_r, status_w = os.pipe2(os.O_CLOEXEC)
-        to_close = [status_w, *opened]
-        plan = _plan(spec, limiter, tuple(pairs))
-    except BaseException:
-        limiter.destroy()
-        for fd in opened:
-            os.close(fd)
-        raise
-
+    launch = prepare(spec)
+    plan = launch.plan
+    helper: int | None = None
     if _single_threaded():
         # Nothing else runs in this process, so a raw clone straight into the
         # namespaces finds libc and CPython consistent: one fork fewer.
-        a = None
         try:
             b = _sys.clone(plan.clone_flags)
         except OSError as e:
             b = -1
-            _report(setup_child.fileno(), "userns", e.errno or errno.EPERM, str(e))
+            launch.report_clone_failure(e.errno or errno.EPERM, str(e))
         if b == 0:
             try:
-                child_setup(plan, setup_child.fileno(), status_w)
+                child_setup(plan, launch.child_sock, launch.child_status)
             finally:
                 os._exit(EXIT_SETUP)
     else:
-        a = os.fork()
-        if a == 0:
+        try:
+            helper = os.fork()
+        except BaseException:
+            launch.abort()
+            raise
+        if helper == 0:
             try:
-                _stage_a(plan, setup_child.fileno(), status_w)
+                _stage_a(plan, launch.child_sock, launch.child_status)
             finally:
                 os._exit(EXIT_SETUP)
-    setup_child.close()
-    if channel_child is not None:
-        channel_child.close()
-    for fd in to_close:
-        os.close(fd)
-
-    conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
-    init_pid: int | None = None
-    pidfd = -1
-    listener: Listener | None = None
-    failure: SetupFailure | None = None
-    try:
-        try:
-            data, sender = conv.recv()
-            if a is not None:
-                os.waitpid(a, 0)
-            if data[:1] == b"E":
-                failure = _setup_failure(data)
-                if failure.step == "userns":
-                    raise PreflightError(explain(failure.errno))
-                init_pid = sender
-            elif data[:1] == b"R" and sender is not None:
-                init_pid = sender
-                pidfd = os.pidfd_open(init_pid)
-                uid, gid = userns.outer_ids(spec)
-                userns.write_maps(init_pid, uid, gid)
-                setup_parent.send(b"G")
-                # Moving a task between cgroups waits for an RCU grace period
-                # (about a millisecond per hierarchy): the child builds its root
-                # meanwhile and waits for "C" before it unshares its cgroup
-                # namespace and forks the workload.
-                try:
-                    limiter.attach(init_pid)
-                except OSError as e:
-                    failure = SetupFailure("cgroup", e.errno or errno.EIO,
-                                           f"joining the cgroup: {e.strerror}")
-                    raise
-                with contextlib.suppress(OSError):
-                    setup_parent.send(b"C")
-            while failure is None:
-                data, sender = conv.recv()
-                if not data:
-                    break
-                if data[:1] == b"E":
-                    failure = _setup_failure(data)
-                elif data[:1] == b"S" and sender is not None:
-                    listener = _take_listener(sender, _FDNUM.unpack_from(data, 1)[0], conv)
-        except (OSError, TimeoutError, NotifyError) as e:
-            if isinstance(e, PreflightError):
-                raise
-            step = "seccomp" if isinstance(e, NotifyError) else "userns"
-            failure = failure or SetupFailure(step, getattr(e, "errno", None) or errno.EIO, str(e))
-        if failure is not None:
-            raise SetupError(_setup_status(failure, init_pid, pidfd, limiter, started))
-    except BaseException:
-        if listener is not None:
-            listener.close()
-        if init_pid is not None and failure is None:
-            _kill_and_reap(init_pid, pidfd)
-        if pidfd >= 0:
-            os.close(pidfd)
-        limiter.destroy()
-        setup_parent.close()
-        os.close(status_r)
-        if channel_parent is not None:
-            channel_parent.close()
-        raise
-    setup_parent.close()
-    assert init_pid is not None
-    return Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent, limiter,
-                           started, plan.landlock_abi)
+    launch.release_child_fds()
+    return launch.complete(helper)
 
 
 def _single_threaded() -> bool:
@@ -489,36 +602,6 @@ def _single_threaded() -> bool:
         return len(os.listdir("/proc/self/task")) == 1
     except OSError:
         return False
-
-
-def _take_listener(pid: int, target_fd: int, conv: _Setup) -> Listener:
-    """Take C's seccomp listener once it exists, then answer C's handshake call."""
-    cpidfd = os.pidfd_open(pid)
-    try:
-        spins = 0
-        while True:
-            try:
-                listener = Listener.take(cpidfd, target_fd)
-                break
-            except OSError as e:
-                if e.errno != errno.EBADF or time.monotonic() > conv.deadline:
-                    raise NotifyError(e.errno or errno.EIO, f"taking the listener: {e}") from None
-                if select.select([cpidfd], [], [], 0)[0]:
-                    raise NotifyError(errno.ESRCH, "workload exited during the seccomp "
-                                      "handshake") from None
-                spins += 1
-                if spins > 50:
-                    time.sleep(0.0002)
-        left = max(0.0, conv.deadline - time.monotonic())
-        ready = select.select([listener.fd, cpidfd], [], [], left)[0]
-        n = listener.receive() if listener.fd in ready else None
-        if n is None or not n.is_handshake():
-            listener.close()
-            raise NotifyError(errno.EPROTO, "seccomp handshake: unexpected notification")
-        listener.answer_handshake(n)
-        return listener
-    finally:
-        os.close(cpidfd)
 
 
 def _kill_and_reap(pid: int, pidfd: int) -> tuple[int, object]:

@@ -25,12 +25,18 @@ class NetError(OSError):
 
 
 def loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        req = bytearray(_IFREQ.pack(b"lo", 0))
-        fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req, True)
-        _name, flags = _IFREQ.unpack(req)
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            req = bytearray(_IFREQ.pack(b"lo", 0))
+            fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req, True)
+            _name, flags = _IFREQ.unpack(req)
+            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, _IFREQ.pack(b"lo", flags | IFF_UP))
+    except OSError as e:
+        raise NetError(e.errno or 0, f"bringing up loopback: {e.strerror}") from None
 
 
 def set_hostname(name: bytes) -> None:
-    _sys.sethostname(name)
+    try:
+        _sys.sethostname(name)
+    except OSError as e:
+        raise NetError(e.errno or 0, f"sethostname: {e.strerror}") from None

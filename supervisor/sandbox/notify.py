@@ -16,14 +16,10 @@ import select
 import struct
 from dataclasses import dataclass
 
-from supervisor.sandbox import _sys
-from supervisor.sandbox.seccomp import HANDSHAKE_ARG, HANDSHAKE_REPLY
 from supervisor.sandbox.status import Violation
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, nr, arch, ip, args[6]
-_RESP = struct.Struct("=QqiI")  # id, val, error, flags
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
-SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 
 _X32_BIT = 0x40000000
 _ARCH_NAMES = {0xC000003E: "x86_64", 0x40000003: "i386", 0xC00000B7: "aarch64",
@@ -41,10 +37,6 @@ class Notification:
     nr: int
     arch: int
     args: tuple[int, ...]
-
-    def is_handshake(self) -> bool:
-        return (self.arch == _sys.AUDIT_ARCH and self.nr == _sys.NR["getppid"]
-                and self.args[0] & 0xFFFFFFFF == HANDSHAKE_ARG)
 
     def violation(self) -> Violation:
         arch_name = _ARCH_NAMES.get(self.arch, hex(self.arch))
@@ -71,21 +63,7 @@ class Listener:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-
-    @classmethod
-    def take(cls, pidfd: int, target_fd: int) -> Listener:
-        """Duplicate the child's listener fd into this process (pidfd_getfd)."""
-        fd = _sys.pidfd_getfd(pidfd, target_fd)
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            link = ""
-        if "seccomp" not in link:
-            os.close(fd)
-            raise NotifyError(errno.EBADF, f"child fd {target_fd} is {link!r}, "
-                                           "not a seccomp listener")
         os.set_blocking(fd, False)
-        return cls(fd)
 
     def state(self) -> str:
         """'pending' (a notification waits), 'hup' (no process uses the filter) or 'idle'."""
@@ -106,12 +84,10 @@ class Listener:
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.ENOENT, errno.EINTR):
                 return None
-            raise
+            raise NotifyError(e.errno or 0, f"reading the seccomp listener: {e.strerror}") \
+                from None
         nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
         return Notification(nid, pid, nr, arch, tuple(args))
-
-    def answer_handshake(self, n: Notification) -> None:
-        fcntl.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, _RESP.pack(n.id, HANDSHAKE_REPLY, 0, 0))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -28,7 +28,8 @@ def block_signals() -> None:
 
 
 def reset_signals() -> None:
-    """In the workload before exec: empty mask, default dispositions (CPython ignores some)."""
+    """Default dispositions (CPython ignores some, and ignored ones survive exec); the
+    workload then empties its mask right before exec."""
     # exec resets caught signals by itself; only ignored ones would survive it.
     for sig in signal.valid_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
@@ -38,7 +39,6 @@ def reset_signals() -> None:
                 signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError):
             pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def run_init(workload: int, status_fd: int) -> None:

@@ -313,9 +313,11 @@ def build_spec(
         from profiles.compiler import compile_policy
 
         seccomp_filter = compile_policy(profile.seccomp, kill_as_notify=True)
-    if len(seccomp_filter) % 8 or not seccomp_filter:
-        raise SpecError("seccomp filter: not a whole number of 8-byte BPF instructions")
-    from supervisor.sandbox.seccomp import uses_notify
+    from supervisor.sandbox.seccomp import problem, uses_notify
+
+    bad = problem(seccomp_filter)
+    if bad:
+        raise SpecError(f"profile {profile.name}: seccomp filter: {bad}")
 
     return SandboxSpec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,

@@ -8,7 +8,6 @@ wait status, seccomp user-notify, cgroup counters), never by the child.
 from __future__ import annotations
 
 import enum
-import json
 import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -79,6 +78,8 @@ class Status:
         return d
 
     def to_json(self) -> str:
+        import json
+
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def describe(self) -> str:

@@ -15,3 +15,10 @@ class Mutable(msgspec.Struct, forbid_unknown_fields=True):
 
 class Good(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inner: list[Open]
+
+
+class Node(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A recursive struct (a tree): declarations must not recurse forever over it."""
+
+    name: str
+    children: list[Node] = []

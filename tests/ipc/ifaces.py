@@ -113,6 +113,10 @@ class Service(ipc.Interface, name="test.Service"):
         raise NotImplementedError
 
     @ipc.call()
+    def adopt(self, ctx: ipc.Context, endpoint: ipc.Receiver[Narrow]) -> str:
+        raise NotImplementedError
+
+    @ipc.call()
     def fail(self, ctx: ipc.Context, how: Literal["call_failed", "crash"]) -> None:
         raise NotImplementedError
 

@@ -81,6 +81,14 @@ class ServiceImpl(Service):
                                                serve=NarrowImpl()))
         return ipc.Remote(b.detach())
 
+    def adopt(self, ctx: ipc.Context, endpoint: ipc.Receiver[Narrow]) -> str:
+        """The peer hands us a channel and expects us to serve Narrow on it."""
+        assert endpoint.interface is Narrow
+        self.narrow_channels.append(
+            ipc.attach(endpoint.socket(), peer_id=ctx.peer_id + "/adopted", serve=NarrowImpl())
+        )
+        return "adopted"
+
     def fail(self, ctx: ipc.Context, how: str) -> None:
         if how == "call_failed":
             raise ipc.CallFailed("nope: not allowed today")

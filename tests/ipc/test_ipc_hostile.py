@@ -355,3 +355,19 @@ def test_error_reply_too_long() -> None:
     )
     assert reason == "invalid error reply: Expected `str` of length <= 1024 - at `$.message`"
 
+
+
+def test_sparse_sealed_memory_over_the_limit() -> None:
+    def build() -> FrameList:
+        fd = os.memfd_create("sparse", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, 1 << 40)  # a terabyte that costs the sender nothing
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+        return [(call("digest", 1, {}), [fd])]
+
+    b = bad(run_hostile(build))
+    assert b.reason == (
+        "fd 0 (mem): sealed memory of 1099511627776 bytes is over the 1073741824-byte limit"
+    )

@@ -10,7 +10,7 @@ import pytest
 
 import ipc
 from ipc.wire import method_id
-from tests.ipc.decl_cases import Good, Mutable, Open
+from tests.ipc.decl_cases import Good, Mutable, Node, Open
 from tests.ipc.ifaces import Service, Staged
 
 
@@ -125,3 +125,34 @@ def test_limits_are_validated() -> None:
         ipc.Limits(max_fds_held=0)
     with pytest.raises(ValueError, match="max_fds_per_frame must be at most 253"):
         ipc.Limits(max_fds_per_frame=300)
+
+
+def test_recursive_struct_is_accepted_and_decoded() -> None:
+    def m(self: Any, ctx: ipc.Context, tree: Node) -> int:
+        raise NotImplementedError
+
+    iface = declare({"m": ipc.call()(m)})
+    spec = iface.__ipc_methods__["m"]
+    import msgspec
+
+    tree = Node("a", [Node("b"), Node("c", [Node("d")])])
+    assert spec.params_decoder.decode(msgspec.msgpack.encode({"tree": tree})).tree == tree
+
+
+def test_deeply_nested_payload_is_a_bad_message_not_a_crash() -> None:
+    from ipc.session import Session
+    from ipc.wire import method_id
+
+    def m(self: Any, ctx: ipc.Context, tree: Node) -> int:
+        raise NotImplementedError
+
+    iface = declare({"m": ipc.call()(m)}, name="deep.Tree")
+    server = Session(peer="p", serve=iface, remote=None, granted=frozenset(),
+                     limits=ipc.DEFAULT_LIMITS)
+    level = b"\x82\xa4name\xa1a\xa8children\x91"
+    payload = b"\x81\xa4tree" + level * 5000 + b"\x81\xa4name\xa1a"
+    import msgspec
+
+    frame = msgspec.msgpack.encode((0, method_id("deep.Tree", "m"), 1, msgspec.Raw(payload)))
+    with pytest.raises(ipc.BadMessage, match="maximum recursion depth exceeded"):
+        server.decode(frame, [])

@@ -240,3 +240,18 @@ def test_reads_per_wakeup_are_bounded_so_backlogs_interleave() -> None:
     runs = [len(list(g)) for _, g in __import__("itertools").groupby(order)]
     assert max(runs) <= 8
     assert len(runs) >= 200 // 8
+
+
+class StuckLogService(ServiceImpl):
+    """An async one-way handler that never finishes."""
+
+    async def log(self, ctx: ipc.Context, line: str) -> None:  # type: ignore[override]
+        await asyncio.Event().wait()
+
+
+def test_one_way_messages_to_async_handlers_are_bounded_too() -> None:
+    limits = ipc.Limits(max_calls_in_flight=5)
+    frames: FrameList = [(message("log", {"line": "x"}), []) for _ in range(20)]
+    out = run_hostile(lambda: frames, serve=StuckLogService(), limits=limits)
+    assert isinstance(out.reason, ipc.CutOff)
+    assert out.reason.reason == "more than 5 handlers running"

@@ -17,7 +17,7 @@ import pytest
 
 import ipc
 from tests.ipc.helpers import HANG_GUARD, ROOT, open_fds
-from tests.ipc.ifaces import Circle, Color, Point, Service, Square, Worker
+from tests.ipc.ifaces import Circle, Color, Narrow, Point, Service, Square, Worker
 from tests.ipc.impls import ServiceImpl, WorkerImpl
 
 
@@ -41,7 +41,7 @@ def exercise(c: ipc.Channel, scratch: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         out["read_file"] = r.read_file(f)
     with open(os.path.join(scratch, "out.txt"), "wb") as f:
-        out["write_file"] = r.write_file(f, b"written")
+        out["write_file"] = r.write_file(f, data=b"written")  # handle + keyword: bind path
     with open(os.path.join(scratch, "out.txt"), "rb") as f:
         out["written"] = f.read()
     d = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
@@ -58,6 +58,11 @@ def exercise(c: ipc.Channel, scratch: str) -> dict[str, Any]:
     with r.open_data() as h:
         assert isinstance(h, ipc.ReadFile)
         out["open_data"] = os.pread(h.fileno(), 100, 0)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    out["adopt"] = r.adopt(theirs)  # we keep `ours` and call Narrow on it
+    theirs.close()
+    with ipc.connect(ours, remote=Narrow) as adopted:
+        out["adopted_ping"] = adopted.remote.ping(9)
     try:
         r.fail("call_failed")
     except ipc.RemoteError as e:
@@ -87,6 +92,8 @@ EXPECTED = {
     "socket": b"over the socket",
     "digest": 4096 + 10_000,
     "open_data": b"served data",
+    "adopt": "adopted",
+    "adopted_ping": 10,
     "call_failed": "nope: not allowed today",
     "crash": "internal error",
 }
@@ -117,6 +124,8 @@ def serve_peer(
             asyncio.get_running_loop().run_in_executor(None, wait), HANG_GUARD
         )
         await asyncio.wait_for(ch.wait_closed(), HANG_GUARD)
+        for adopted in impl.narrow_channels:  # channels the child handed us
+            assert await asyncio.wait_for(adopted.wait_closed(), HANG_GUARD) is None
         assert not bad
         assert ch.close_reason is None
         assert open_fds() == before
@@ -340,3 +349,57 @@ def test_without_validate_outgoing_the_peer_rejects_it() -> None:
     reason = asyncio.run(scenario())
     assert isinstance(reason, ipc.BadMessage)
     assert reason.reason == "Expected `int` <= 1024 - at `$.size`"
+
+
+def test_late_reply_after_caller_gave_up_is_dropped_not_fatal() -> None:
+    async def scenario() -> None:
+        ours, theirs = ipc.channel_pair()
+        ch = ipc.attach(ours, peer_id="slow", remote=Worker)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ch.remote.square(3), 0.05)
+        c = ipc.connect(theirs, serve=WorkerImpl())
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, c.serve_one)  # answers the abandoned call
+        second = asyncio.ensure_future(ch.remote.square(4))
+        await asyncio.sleep(0)
+        assert await loop.run_in_executor(None, c.serve_one)
+        assert await asyncio.wait_for(second, HANG_GUARD) == 16
+        assert not ch.closed
+        c.close()
+        await ch.wait_closed()
+
+    asyncio.run(scenario())
+
+
+class CallsBack(ServiceImpl):
+    """Answers `echo` only after calling back into the child that asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channel: Any = None
+
+    async def echo(self, ctx: ipc.Context, data: bytes) -> bytes:  # type: ignore[override]
+        squared = await self.channel.remote.square(len(data))
+        return data + b":%d" % squared
+
+
+def test_calls_cross_while_a_blocking_call_waits() -> None:
+    """The child's blocking call serves the trusted side's calls that arrive meanwhile,
+    including one made by the very handler the child is waiting on."""
+
+    async def scenario() -> list[Any]:
+        ours, theirs = ipc.channel_pair()
+        impl = CallsBack()
+        ch = ipc.attach(ours, peer_id="p", serve=impl, remote=Worker)
+        impl.channel = ch
+        early = ch.remote.square(5)  # already queued before the child calls
+        c = ipc.connect(theirs, serve=WorkerImpl(), remote=Service)
+        loop = asyncio.get_running_loop()
+        got = await asyncio.wait_for(loop.run_in_executor(None, c.remote.echo, b"abc"),
+                                     HANG_GUARD)
+        result = [got, await early]
+        c.close()
+        await ch.wait_closed()
+        return result
+
+    assert asyncio.run(scenario()) == [b"abc:9", 25]

@@ -111,7 +111,10 @@ def collect(box: Sandbox, out: Any, err: Any, timeout: float | None = 60) -> Res
     box.close_channel()
     out.seek(0)
     err.seek(0)
-    return Result(st, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    result = Result(st, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+    out.close()
+    err.close()
+    return result
 
 
 def run(argv: Sequence[str], profile: Profile = TEST_PROFILE, **kw: Any) -> Result:

@@ -138,3 +138,35 @@ def test_share_net_opts_in_to_the_host_network() -> None:
 
 def test_mode_is_known() -> None:
     assert MODE in ("root", "user")
+
+
+def test_landlock_stops_a_passed_directory_fd_from_reaching_unbound_files() -> None:
+    """A directory fd from outside the new root is a path the mount namespace
+    missed; Landlock refuses to open anything beneath it."""
+    import tempfile
+
+    d = tempfile.mkdtemp(dir="/tmp")
+    os.chmod(d, 0o755)
+    with open(os.path.join(d, "host-file"), "w") as f:
+        f.write("host data")
+    os.chmod(os.path.join(d, "host-file"), 0o644)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    passed = os.dup2(dfd, next(n for n in range(50, 300) if not _open(n)))
+    try:
+        r = py("import os, json\n"
+               f"try:\n    os.open('host-file', os.O_RDONLY, dir_fd={passed}); got = 'opened'\n"
+               "except OSError as e:\n    got = e.errno\n"
+               "print(json.dumps([got, len(os.listdir('/usr/bin')) > 0]))", pass_fds=[passed])
+    finally:
+        os.close(passed)
+        os.close(dfd)
+    assert r.status.landlock_abi > 0
+    assert r.json() == [13, True]  # EACCES from Landlock; bound paths still readable
+
+
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
