@@ -343,7 +343,7 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 proc.bind(pid)
         proc.setup_done = True
-        handle = WorkerHandle._create(wid, proc, method, prof.name, loop)
+        handle = WorkerHandle._create(wid, proc, method, prof.name, loop, interface)
         handle.pid = pid  # the worker itself (for `spawn`, the sandbox's init is proc.pid)
         self.workers[wid] = handle
         handle.channel = ipc.attach(
@@ -383,7 +383,7 @@ class Supervisor:
             raise SpawnError(f"worker {wid}: {e}", e.status) from None
         proc = SandboxProcess(box)
         proc.setup_done = True
-        handle = WorkerHandle._create(wid, proc, "program", prof.name, loop)
+        handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
         self.workers[wid] = handle
         sock = box.channel
         box.channel = None

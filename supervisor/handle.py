@@ -10,7 +10,7 @@ names the worker, the method and how it ended.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ipc
@@ -40,17 +40,28 @@ class _Remote:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         handle = self._handle
         inner = getattr(handle.channel.remote, name)
-        if not asyncio.iscoroutinefunction(inner):
+        spec = handle.interface.__ipc_methods__.get(name) if handle.interface else None
+        if spec is None or spec.oneway:
             return inner  # type: ignore[no-any-return]
 
-        async def call(*args: Any, **kwargs: Any) -> Any:
+        async def reply(sent: Awaitable[Any] | None) -> Any:
             try:
-                return await inner(*args, **kwargs)
+                if sent is None:
+                    raise ipc.ChannelClosed("closed")
+                return await sent
             except ipc.ChannelClosed as e:
                 if isinstance(e, WorkerDied):
                     raise
                 status = await handle._status_soon()
                 raise WorkerDied(handle.id, name, status) from None
+
+        def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
+            # Sent now (calls leave in the order they are made); awaited later.
+            try:
+                sent = inner(*args, **kwargs)
+            except ipc.ChannelClosed:
+                sent = None
+            return reply(sent)
 
         call.__name__ = name
         setattr(self, name, call)
@@ -65,6 +76,7 @@ class WorkerHandle:
     start_method: str
     profile: str
     channel: ipc.AsyncChannel
+    interface: type[ipc.Interface] | None
     remote: Any
     _process: WorkerProcess
     _done: asyncio.Future[Status]
@@ -76,8 +88,10 @@ class WorkerHandle:
 
     @classmethod
     def _create(cls, worker_id: str, process: WorkerProcess, start_method: str, profile: str,
-                loop: asyncio.AbstractEventLoop) -> WorkerHandle:
+                loop: asyncio.AbstractEventLoop, interface: type[ipc.Interface] | None
+                ) -> WorkerHandle:
         self = cls(_TOKEN)
+        self.interface = interface
         self.id = worker_id
         self._process = process
         self.pid = process.pid
