@@ -111,6 +111,11 @@ def main() -> None:
     import supervisor.worker_main  # noqa: F401
     for name in sys.argv[1:]:
         importlib.import_module(name)
+    from supervisor import bootstrap
+    # Build msgspec's decoder for the bootstrap once, here, not in every worker.
+    bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
+        worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
+        rlimits=())))
     from supervisor.sandbox import _sys
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     import gc
