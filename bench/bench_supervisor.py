@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,10 +187,8 @@ async def kill_latency(reps: int, others: int
             lat.append(time.perf_counter() - t)
             react.append(killed_at[-1] - t)
             assert st.outcome is Outcome.BAD_MESSAGE
-            try:
+            with contextlib.suppress(supervisor.WorkerDied):
                 await call
-            except supervisor.WorkerDied:
-                pass
         stop = True
         await asyncio.gather(*bg)
         return react, lat, done, failed
@@ -246,6 +243,5 @@ def main() -> None:
           "(goal: p99 <= 5 ms, 0 failed)")
 
 
-_ = Callable
 if __name__ == "__main__":
     main()

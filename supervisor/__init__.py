@@ -14,6 +14,7 @@ from supervisor.events import BadMessageEvent, Event, Exited, Restarted, Seccomp
 from supervisor.handle import WorkerDied, WorkerHandle
 from supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
 from supervisor.protections import CapacityError
+from supervisor.sync import SyncPool, SyncSupervisor, SyncWorker
 
 __all__ = [
     "START_METHODS",
@@ -30,6 +31,9 @@ __all__ = [
     "SpawnError",
     "Started",
     "Supervisor",
+    "SyncPool",
+    "SyncSupervisor",
+    "SyncWorker",
     "WorkerDied",
     "WorkerHandle",
 ]

@@ -175,3 +175,16 @@ def test_program_speaking_on_fd3() -> None:
             st = await w.wait()
             assert st.outcome is Outcome.BAD_MESSAGE
     run(main())
+
+
+def test_sync_face() -> None:
+    from supervisor import SyncSupervisor
+
+    with SyncSupervisor(start_method="zygote", zygote_preload=PRELOAD) as s:
+        w = s.spawn(Calc, CALC)
+        assert w.call("square", 12) == 144
+        pool = s.pool(Calc, CALC, size=2)
+        assert [pool.call("square", i) for i in range(4)] == [0, 1, 4, 9]
+        with pytest.raises(WorkerDied):
+            w.call("act", "bad_frame")
+        assert w.wait().outcome is Outcome.BAD_MESSAGE
