@@ -239,3 +239,25 @@ def test_supervisor_sigkill_leaves_no_worker_alive() -> None:
 
 
 _ = eventually
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_worker_cannot_reach_zygote_or_siblings_through_proc(method: str) -> None:
+    """Under a profile that lets it try (default: /proc readable, pidfd_send_signal allowed),
+    a worker opens every /proc entry it can see, signals it through the directory fd and
+    reads its memory. Everything fails: the targets' PID namespaces are not below its own
+    and every worker (and the zygote) is non-dumpable."""
+    async def main() -> None:
+        async with sup(method, zygote=True) as s:
+            zygote_pid = s._zygote.box.pid
+            sibling = await s.spawn(Calc, CALC, profile="default")
+            evil = await s.spawn(Calc, CALC, profile="default")
+            result = await evil.remote.act("proc_attack")
+            assert result < 0, f"{result} attacks succeeded"  # -(targets tried): all failed
+            if method == "zygote":  # it sees the sandbox's init, the zygote and its sibling
+                assert result <= -3
+            assert alive(zygote_pid) and not s._zygote.dead
+            assert await sibling.remote.square(4) == 16
+            fresh = await s.spawn(Calc, CALC, start_method="zygote")
+            assert await fresh.remote.square(5) == 25
+    run(main())

@@ -109,6 +109,34 @@ def _errno_of(fn: object) -> int:
     return 0
 
 
+def _proc_attack() -> int:
+    """Successes against processes other than itself, or -(targets tried) if all failed."""
+    me = os.readlink("/proc/self")
+    wins = seen = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == me:
+            continue
+        try:
+            fd = os.open(f"/proc/{name}", os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue
+        seen += 1
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+            wins += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        try:
+            with open(f"/proc/{name}/mem", "rb") as f:
+                f.read(1)
+            wins += 1
+        except OSError:
+            pass
+    return wins or -seen
+
+
 def _act(what: str, arg: int) -> int:
     """Hostile actions; each returns 0 if it worked or the errno the kernel gave."""
     if what == "bad_frame":  # garbage on the channel: a bad message
@@ -163,6 +191,8 @@ def _act(what: str, arg: int) -> int:
             return -12
     if what == "getpid":
         return os.getpid()
+    if what == "proc_attack":  # every process its /proc shows: signal it, read its memory
+        return _proc_attack()
     return -1
 
 
