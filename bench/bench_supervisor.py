@@ -163,7 +163,7 @@ async def kill_latency(reps: int, others: int
         killed_at: list[float] = []
         sup.subscribe(lambda e: killed_at.append(time.perf_counter())
                       if isinstance(e, supervisor.BadMessageEvent) else None)
-        pool = await sup.pool(Calc, CALC, size=others)
+        pool = await sup.pool(Calc, CALC, size=others, start_method="zygote")
         stop = False
         done = failed = 0
 
@@ -180,7 +180,7 @@ async def kill_latency(reps: int, others: int
         lat = []
         react = []
         for _ in range(reps):
-            w = await sup.spawn(Calc, CALC)
+            w = await sup.spawn(Calc, CALC, start_method="zygote")
             t = time.perf_counter()
             call = w.remote.act("bad_frame")
             st = await w.wait()

@@ -118,17 +118,19 @@ def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str 
 class Supervisor:
     """Runs workers on the current asyncio loop. Use `async with Supervisor() as sup:`.
 
-    start_method: default for spawn(): "spawn" (a fresh interpreter exec'ed in a
-    new sandbox: nothing of this process's memory), "zygote" (forked from a
-    clean, pre-confined template started with the supervisor: fast, no parent
-    memory) or "fork" (fastest; inherits this process's memory, knowingly).
+    start_method: default for spawn(): "zygote" (the default: forked from a
+    clean, pre-confined template started with the supervisor, so start
+    Supervisor before loading secrets; fast, no parent memory), "spawn" (a
+    fresh interpreter exec'ed in a new sandbox: slow, nothing of this
+    process's memory) or "fork" (inherits this process's memory, knowingly).
+    zygote: start the zygote even when the default method is another one.
     max_workers / fd_headroom / memory_headroom: beyond these, spawn() raises
     CapacityError instead of letting the supervisor run short.
     validate_outgoing: check our own arguments against the declaration before
     sending (a local ValueError instead of a confused worker); off for speed.
     """
 
-    def __init__(self, *, start_method: str = "spawn", zygote: bool | None = None,
+    def __init__(self, *, start_method: str = "zygote", zygote: bool | None = None,
                  zygote_preload: Sequence[str] = (), max_workers: int = 4096,
                  fd_headroom: int = 64, memory_headroom: int = 256 << 20,
                  launch_profile: str = "default", code_paths: Sequence[str] = (),
