@@ -227,7 +227,8 @@ class Supervisor:
                    size: int = 2,
                    name: str | None = None, restart: Any = None,
                    call_timeout: float | None = None, health_check: str | None = None,
-                   health_interval: float = 5.0, **spawn_kwargs: Any) -> Any:
+                   health_interval: float = 5.0, per_worker: int = 1,
+                   **spawn_kwargs: Any) -> Any:
         """Start a Pool of `size` workers (see supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
         spawn() or spawn_program()."""
@@ -236,7 +237,7 @@ class Supervisor:
         if pname in self.pools:
             raise ValueError(f"pool name {pname!r} is already in use")
         p = Pool(self, pname, interface, target, size, restart or RestartPolicy(), call_timeout,
-                 health_check, health_interval, spawn_kwargs)
+                 health_check, health_interval, spawn_kwargs, per_worker)
         self.pools[pname] = p
         try:
             await p._start()

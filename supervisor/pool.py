@@ -4,7 +4,9 @@
                           restart=RestartPolicy("on-failure"), call_timeout=5.0)
     result = await pool.call("parse", ipc.ReadFile(fd))
 
-A call that outlives its deadline gets its worker killed (outcome `timeout`:
+Each worker takes `per_worker` calls at a time (default 1; more pipelines
+calls, and a death then fails all of that worker's calls). A call that
+outlives its deadline gets its worker killed (outcome `timeout`:
 a stuck worker is not trusted to recover) and raises DeadlineExceeded. A
 worker that dies mid-call fails that call with WorkerDied; calls on other
 workers go on. Calls are never retried on another worker: the pool cannot
@@ -74,9 +76,12 @@ class Pool:
                  target: str | Sequence[str],
                  size: int, restart: RestartPolicy, call_timeout: float | None,
                  health_check: str | None, health_interval: float,
-                 spawn_kwargs: dict[str, Any]) -> None:
+                 spawn_kwargs: dict[str, Any], per_worker: int = 1) -> None:
         if size < 1:
             raise ValueError(f"pool {name!r}: size must be >= 1, got {size}")
+        if per_worker < 1:
+            raise ValueError(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
+        self.per_worker = per_worker
         self.sup = sup
         self.name = name
         self.interface = interface
@@ -126,13 +131,14 @@ class Pool:
         if replaces is not None:
             self.sup._emit(events.Restarted(wid, w.pid, self.name, replaces, attempt, delay))
         self._spawn_task(self._watch(w))
-        self._release(w)
+        for _ in range(self.per_worker):
+            self._release(w)
         return w
 
     async def _watch(self, w: WorkerHandle) -> None:
         status = await w.wait()
         self.workers.pop(w.id, None)
-        with contextlib.suppress(ValueError):
+        while w in self._idle:
             self._idle.remove(w)
         if self.closed:
             return

@@ -123,3 +123,21 @@ def test_health_check_replaces_a_worker_that_does_not_answer() -> None:
 def test_restart_policy_validation() -> None:
     with pytest.raises(ValueError, match="restart mode 'sometimes'"):
         RestartPolicy("sometimes")
+
+
+def test_per_worker_pipelines_calls_and_a_death_fails_only_that_workers_calls() -> None:
+    async def main() -> None:
+        async with sup() as s:
+            pool = await s.pool(Calc, CALC, size=2, per_worker=4, restart=FAST,
+                                profile="python-worker")
+            assert await asyncio.gather(*(pool.call("square", i) for i in range(40))) == \
+                [i * i for i in range(40)]
+            victim = next(iter(pool.workers.values()))
+            calls = [asyncio.ensure_future(pool.call("sleep", 200)) for _ in range(8)]
+            await asyncio.sleep(0.05)
+            victim.kill()
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            died = [d for d in done if isinstance(d, WorkerDied)]
+            assert len(died) == 4 and all(d == 200 for d in done if d not in died)
+            assert all(e.worker_id == victim.id for e in died)
+    run(main())
