@@ -22,6 +22,7 @@ import gc
 import os
 import select
 import signal
+import socket
 import struct
 from typing import NoReturn
 
@@ -44,7 +45,9 @@ def _single_threaded() -> bool:
         return False
 
 
-def _child(channel_fd: int, parent_pidfd: int) -> NoReturn:
+def _child(channel_fd: int, parent_pidfd: int, warm: bool = False) -> NoReturn:
+    """The worker, from the fork to serving. With `warm`, `channel_fd` is a socket on
+    which the zygote will hand over the real channel once the worker is assigned."""
     code = EXIT_SETUP
     try:
         gc.disable()  # objects inherited from the parent must never be finalized here
@@ -67,10 +70,50 @@ def _child(channel_fd: int, parent_pidfd: int) -> NoReturn:
         # filter, and an unmapped uid, no exec can raise capabilities again.)
         caps.clear_capabilities()
         from supervisor import worker_main
+        if warm:
+            worker_main.warm_up()
+            if not _receive_channel():
+                os._exit(0)  # retired unassigned by the zygote
         code = worker_main.run(3)
     except BaseException:
         code = EXIT_SETUP
     os._exit(code)
+
+
+def _receive_channel() -> bool:
+    """Wait on fd 3 (the zygote's socket) for the worker's channel; put it at fd 3."""
+    sock = socket.socket(fileno=os.dup(3))
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+    finally:
+        sock.close()
+    if len(fds) != 1:
+        return False
+    os.dup2(fds[0], 3)  # replaces (and so closes) the zygote's socket
+    os.close(fds[0])
+    os.set_inheritable(3, False)
+    return True
+
+
+def fork_warm(parent_pidfd: int) -> tuple[int, socket.socket]:
+    """A worker confined and warmed up ahead of demand, waiting for its channel.
+
+    Returns its pid and the socket on which to send the channel (one fd,
+    SCM_RIGHTS); closing that socket instead retires it. Only for a
+    single-threaded caller (the zygote).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        pid = _sys.clone(FLAGS)
+    except OSError as e:
+        ours.close()
+        theirs.close()
+        raise ConfineError(e.errno, f"clone into new user+pid namespaces: {e.strerror}") \
+            from None
+    if pid == 0:
+        _child(theirs.fileno(), parent_pidfd, warm=True)
+    theirs.close()
+    return pid, ours
 
 
 def outer_ids() -> tuple[int, int] | None:

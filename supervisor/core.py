@@ -124,6 +124,9 @@ class Supervisor:
     fresh interpreter exec'ed in a new sandbox: slow, nothing of this
     process's memory) or "fork" (inherits this process's memory, knowingly).
     zygote: start the zygote even when the default method is another one.
+    zygote_preload: modules the zygote imports before forking (your workers').
+    zygote_warm: workers the zygote keeps pre-forked, confined and warmed up,
+    waiting for a channel (0: fork each on demand).
     max_workers / fd_headroom / memory_headroom: beyond these, spawn() raises
     CapacityError instead of letting the supervisor run short.
     validate_outgoing: check our own arguments against the declaration before
@@ -131,7 +134,8 @@ class Supervisor:
     """
 
     def __init__(self, *, start_method: str = "zygote", zygote: bool | None = None,
-                 zygote_preload: Sequence[str] = (), max_workers: int = 4096,
+                 zygote_preload: Sequence[str] = (), zygote_warm: int = 2,
+                 max_workers: int = 4096,
                  fd_headroom: int = 64, memory_headroom: int = 256 << 20,
                  launch_profile: str = "default", code_paths: Sequence[str] = (),
                  limits: ipc.Limits = ipc.DEFAULT_LIMITS,
@@ -142,6 +146,7 @@ class Supervisor:
         self.start_method = start_method
         self._want_zygote = start_method == "zygote" if zygote is None else zygote
         self._zygote_preload = tuple(zygote_preload)
+        self._zygote_warm = zygote_warm
         self.max_workers = max_workers
         self.fd_headroom = fd_headroom
         self.memory_headroom = memory_headroom
@@ -180,7 +185,8 @@ class Supervisor:
         self._spawner = concurrent.futures.ThreadPoolExecutor(1, "warden-spawner")
         if self._want_zygote:
             from supervisor.zygote import ZygoteClient
-            self._zygote = await ZygoteClient.start(self, self._zygote_preload)
+            self._zygote = await ZygoteClient.start(self, self._zygote_preload,
+                                                    self._zygote_warm)
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Terminate every worker (grace, then kill), stop the zygote, reap everything."""

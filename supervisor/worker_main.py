@@ -75,6 +75,20 @@ def run(fd: int = CHANNEL_FD) -> int:
     return 0
 
 
+def warm_up() -> None:
+    """Run the runtime's code paths once before the real work, in a pre-forked worker:
+    the copy-on-write faults and lazy initialisation happen here, off the critical path."""
+    import socket
+
+    bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
+        worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
+        rlimits=())))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    channel = ipc.connect(a, validate_outgoing=False)
+    channel.close()
+    b.close()
+
+
 def lock_down(boot: bootstrap.Bootstrap) -> None:
     """The worker's own confinement, applied before it sees any input."""
     for kind, value in boot.rlimits:

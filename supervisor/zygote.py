@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import errno
 import importlib
@@ -57,8 +58,8 @@ _MAX = 256
 
 # ------------------------------------------------------------------ zygote side
 
-def _serve(sock: socket.socket) -> None:
-    from supervisor.confine import fork_worker
+def _serve(sock: socket.socket, warm_target: int) -> None:
+    from supervisor.confine import fork_warm, fork_worker
 
     own = os.pidfd_open(os.getpid())
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -66,8 +67,18 @@ def _serve(sock: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     sock.send(b"R")
     children: set[int] = set()
+    # Pre-forked, confined, warmed-up workers waiting for a channel (Android's
+    # "unspecialized app process" pool): a request then costs one fd handover.
+    warm: collections.deque[tuple[int, socket.socket]] = collections.deque()
     while True:
-        ready = select.select([sock.fileno(), wake_r], [], [])[0]
+        idle = len(warm) < warm_target
+        ready = select.select([sock.fileno(), wake_r], [], [], 0 if idle else None)[0]
+        if not ready and idle:
+            try:
+                warm.append(fork_warm(own))
+            except OSError:
+                warm_target = len(warm)  # cannot pre-fork: serve cold forks only
+            continue
         if wake_r in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 512)
@@ -78,8 +89,14 @@ def _serve(sock: socket.socket) -> None:
                     break
                 if pid == 0:
                     break
-                children.discard(pid)
-                sock.send(b"X" + _II.pack(pid, ws))
+                for entry in warm:
+                    if entry[0] == pid:  # a waiting worker died unassigned: not reported
+                        warm.remove(entry)
+                        entry[1].close()
+                        break
+                else:
+                    children.discard(pid)
+                    sock.send(b"X" + _II.pack(pid, ws))
         if sock.fileno() in ready:
             fds = array.array("i")
             data, anc, _fl, _ad = sock.recvmsg(_MAX, socket.CMSG_SPACE(4 * fds.itemsize))
@@ -91,7 +108,9 @@ def _serve(sock: socket.socket) -> None:
             if data[:1] == b"F" and len(fds) == 1:
                 wid = data[1:]
                 try:
-                    pid = fork_worker(fds[0], own)
+                    pid = _assign_warm(warm, fds[0])
+                    if pid is None:
+                        pid = fork_worker(fds[0], own)
                     children.add(pid)
                     sock.send(b"P" + _I.pack(pid) + wid)
                 except OSError as e:
@@ -105,12 +124,31 @@ def _serve(sock: socket.socket) -> None:
                 os.close(fd)
 
 
+def _assign_warm(warm: collections.deque[tuple[int, socket.socket]], channel_fd: int) \
+        -> int | None:
+    """Hand `channel_fd` to a waiting worker; its pid, or None if none could take it."""
+    while warm:
+        pid, s = warm.popleft()
+        try:
+            socket.send_fds(s, [b"G"], [channel_fd])
+            return pid
+        except OSError:
+            continue  # it died meanwhile; its exit is reaped (unreported) as a warm one
+        finally:
+            s.close()
+    return None
+
+
 def main() -> None:
     """Entry point inside the zygote's sandbox: preload, then serve fork requests."""
     import ipc  # noqa: F401  (preloaded so forked workers start warm)
     import supervisor.worker_main  # noqa: F401
-    for name in sys.argv[1:]:
-        importlib.import_module(name)
+    warm = 0
+    for arg in sys.argv[1:]:
+        if arg.startswith("--warm="):
+            warm = int(arg.partition("=")[2])
+        else:
+            importlib.import_module(arg)
     from supervisor import bootstrap
     # Build msgspec's decoder for the bootstrap once, here, not in every worker.
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
@@ -123,7 +161,7 @@ def main() -> None:
     gc.freeze()  # keep the collector off the shared pages: fewer copy-on-write faults per fork
     sock = socket.socket(fileno=3)
     sock.setblocking(True)
-    _serve(sock)
+    _serve(sock, warm)
 
 
 # ------------------------------------------------------------------ supervisor side
@@ -201,11 +239,13 @@ class ZygoteClient:
         self._box_fds: tuple[int, ...] = ()
 
     @classmethod
-    async def start(cls, sup: Supervisor, preload: Sequence[str]) -> ZygoteClient:
+    async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
+                    ) -> ZygoteClient:
         from supervisor.core import _sandbox_spec_for
         from supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
-        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", *preload], PROFILE_PATH,
+        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
+                                 PROFILE_PATH,
                                  "supervisor.zygote", *preload)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         sock = box.channel

@@ -261,3 +261,16 @@ def test_worker_cannot_reach_zygote_or_siblings_through_proc(method: str) -> Non
             fresh = await s.spawn(Calc, CALC, start_method="zygote")
             assert await fresh.remote.square(5) == 25
     run(main())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_worker_holds_only_stdio_and_its_channel(method: str) -> None:
+    """No fd of the supervisor's, the zygote's, or a sibling's leaks into a worker
+    (the zygote holds its own channel and the sockets of pre-forked workers)."""
+    async def main() -> None:
+        async with sup(method) as s:
+            ws = [await s.spawn(Calc, CALC, profile="default") for _ in range(3)]
+            for w in ws:
+                # 0-2, the channel at 3, and the directory being listed at 4
+                assert await w.remote.act("fd_mask") == 0b11111
+    run(main())
