@@ -108,9 +108,8 @@ def _serve(sock: socket.socket, warm_target: int) -> None:
             if data[:1] == b"F" and len(fds) == 1:
                 wid = data[1:]
                 try:
-                    pid = _assign_warm(warm, fds[0])
-                    if pid is None:
-                        pid = fork_worker(fds[0], own)
+                    assigned = _assign_warm(warm, fds[0])
+                    pid = assigned if assigned is not None else fork_worker(fds[0], own)
                     children.add(pid)
                     sock.send(b"P" + _I.pack(pid) + wid)
                 except OSError as e:
