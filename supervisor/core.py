@@ -99,7 +99,8 @@ def _sandbox_python() -> tuple[str, list[str]]:
 
 def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str | Profile,
                       *modules: str, memory: int | None = None,
-                      timeout: float | None = None) -> Any:
+                      timeout: float | None = None, seccomp_filter: bytes | None = None
+                      ) -> Any:
     """A sandbox spec running `python -m <module_argv>` with our packages and `modules` bound."""
     launch = resolve_profile(profile)
     python, site_dirs = _sandbox_python()
@@ -112,7 +113,8 @@ def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str 
     roots = {r for r in roots if not r.startswith(("/usr/", "/lib"))}
     pypath = ":".join(sorted(roots))
     return build_spec([python, "-s", "-m", *module_argv], launch, ro_binds=sorted(roots),
-                      env=[f"PYTHONPATH={pypath}"], memory=memory, timeout=timeout)
+                      env=[f"PYTHONPATH={pypath}"], memory=memory, timeout=timeout,
+                      seccomp_filter=seccomp_filter)
 
 
 class Supervisor:

@@ -12,7 +12,9 @@ user and PID namespaces (it cannot see, signal or ptrace the zygote or a
 sibling), its own session, capabilities dropped, non-dumpable (as is the
 zygote), then its profile's filter stacked on the zygote's. A compromised
 worker therefore cannot name the zygote at all, and the zygote's filter still
-binds it. When the supervisor dies the zygote's sandbox dies (parent-death
+binds it. That filter kills with SECCOMP_RET_KILL_PROCESS rather than
+reporting through user-notify: the kernel then ends only the caller, where a
+notification would have the sandbox kill the zygote and every sibling. When the supervisor dies the zygote's sandbox dies (parent-death
 signal on its init) and takes every worker with it: they live in PID
 namespaces nested inside the zygote's.
 
@@ -240,12 +242,19 @@ class ZygoteClient:
     @classmethod
     async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
                     ) -> ZygoteClient:
+        from profiles.compiler import compile_policy
         from supervisor.core import _sandbox_spec_for
+        from supervisor.policy import resolve_profile
         from supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
+        # Kill actions as plain SECCOMP_RET_KILL_PROCESS, not user-notify: every
+        # worker runs under this filter too, and a notification would make the
+        # sandbox kill the zygote (and every sibling) for one worker's call.
+        # The kernel kills just the caller instead.
+        zfilter = compile_policy(resolve_profile(PROFILE_PATH).seccomp, kill_as_notify=False)
         spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
-                                 PROFILE_PATH,
-                                 "supervisor.zygote", *preload)
+                                 PROFILE_PATH, "supervisor.zygote", *preload,
+                                 seccomp_filter=zfilter)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         sock = box.channel
         box.channel = None

@@ -274,3 +274,26 @@ def test_worker_holds_only_stdio_and_its_channel(method: str) -> None:
                 # 0-2, the channel at 3, and the directory being listed at 4
                 assert await w.remote.act("fd_mask") == 0b11111
     run(main())
+
+
+def test_a_worker_breaking_the_zygotes_filter_dies_alone() -> None:
+    """A worker whose own profile allows everything still runs under the zygote's filter.
+    A call that filter kills (pkey_alloc) must end that worker only, never the zygote's
+    sandbox and with it every sibling."""
+    from profiles.model import ALLOW, SeccompPolicy
+
+    anything = dataclasses.replace(load_profile("default"), name="anything",
+                                   seccomp=SeccompPolicy(default_action=ALLOW))
+
+    async def main() -> None:
+        async with sup("zygote") as s:
+            sibling = await s.spawn(Calc, CALC)
+            evil = await s.spawn(Calc, CALC, profile=anything)
+            with pytest.raises(WorkerDied):
+                await evil.remote.act("syscall", 330)  # pkey_alloc on x86_64
+            st = await evil.wait()
+            assert st.outcome is Outcome.SECCOMP_VIOLATION, st
+            assert not s._zygote.dead
+            assert await sibling.remote.square(3) == 9
+            assert await (await s.spawn(Calc, CALC)).remote.square(4) == 16
+    run(main())
