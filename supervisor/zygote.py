@@ -179,6 +179,7 @@ class ZygoteProcess(WorkerProcess):
         self.cause: tuple[Outcome, str] | None = None
         self.status: Status | None = None
         self.notify: Any = None
+        self._gone = False
 
     def bind(self, host_pid: int) -> None:
         """The worker's pid as we see it (from the kernel's credentials on its HELLO)."""
@@ -186,9 +187,18 @@ class ZygoteProcess(WorkerProcess):
         self.pidfd = os.pidfd_open(host_pid)
 
     def fds(self) -> tuple[int, ...]:
-        return ()  # the zygote's exit report drives it
+        # Its pidfd turns readable when it dies; the wait status comes from the
+        # zygote's exit record, which then calls notify.
+        return (self.pidfd,) if self.pidfd >= 0 and not self._gone else ()
 
     def service(self) -> Status | None:
+        if (self.status is None and self.pidfd >= 0 and not self._gone
+                and select.select([self.pidfd], [], [], 0)[0]):
+            self._gone = True
+            if self.cause is not None:  # we killed it: our cause is the outcome, known now
+                self.status = status_from_wait(0, self.cause, self.started, self.setup_done)
+                os.close(self.pidfd)
+                self.pidfd = -1
         return self.status
 
     def ended(self, ws: int | None, reason: str = "") -> None:
