@@ -14,9 +14,16 @@ zygote), then its profile's filter stacked on the zygote's. A compromised
 worker therefore cannot name the zygote at all, and the zygote's filter still
 binds it. That filter kills with SECCOMP_RET_KILL_PROCESS rather than
 reporting through user-notify: the kernel then ends only the caller, where a
-notification would have the sandbox kill the zygote and every sibling. When the supervisor dies the zygote's sandbox dies (parent-death
-signal on its init) and takes every worker with it: they live in PID
-namespaces nested inside the zygote's.
+notification would have the sandbox kill the zygote and every sibling.
+
+When the supervisor dies the zygote's sandbox dies (parent-death signal on
+its init) and takes every worker with it: they live in PID namespaces nested
+inside the zygote's.
+
+To answer fast, the zygote keeps `warm` workers pre-forked, confined and
+warmed up (Android's unspecialized-process pool): each waits on a private
+socket for its channel, which replaces that socket at fd 3 before any of
+the worker's own code runs.
 
 Protocol on the zygote's fd 3 (SOCK_SEQPACKET, supervisor <-> zygote):
   zygote -> supervisor  b"R"                             ready
