@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 
@@ -164,7 +165,7 @@ def test_program_speaking_on_fd3() -> None:
             code = ("import ipc; from tests.supervisor.workers import CalcImpl; "
                     "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
             import site
-            paths = [WORKTREE, *site.getsitepackages()]
+            paths = [WORKTREE, *(p for p in site.getsitepackages() if os.path.isdir(p))]
             w = await s.spawn_program(
                 ["/usr/bin/python3", "-c", code], interface=Calc, profile="default",
                 ro_binds=paths, env=[f"PYTHONPATH={':'.join(paths)}"])
