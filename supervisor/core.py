@@ -165,6 +165,7 @@ class Supervisor:
         self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._own_pidfd = -1
         self._zygote: Any = None
+        self._zygote_restart: asyncio.Future[Any] | None = None
         self._closing = False
 
     # ---------------------------------------------------------------- lifetime
@@ -334,7 +335,8 @@ class Supervisor:
                     if self._zygote is None:
                         raise SpawnError("start_method='zygote' needs Supervisor(zygote=True) "
                                          "or Supervisor(start_method='zygote')")
-                    proc = await self._zygote.fork(wid, child)
+                    zygote = await self._live_zygote()
+                    proc = await zygote.fork(wid, child)
             except BaseException:
                 parent.close()
                 raise
@@ -411,6 +413,29 @@ class Supervisor:
         self._watch(handle)
         self._emit(events.Started(wid, box.pid, "program", prof.name))
         return handle
+
+    async def _live_zygote(self) -> Any:
+        """The zygote, replaced by a new one if it has ended.
+
+        A new zygote is as clean as the first: it is a fresh interpreter
+        exec'ed in a new sandbox, never a fork of this process.
+        """
+        if self._zygote.dead:
+            if self._zygote_restart is None:
+                from supervisor.zygote import ZygoteClient
+                events.logger.warning("the zygote ended; starting a new one")
+                self._zygote_restart = asyncio.ensure_future(ZygoteClient.start(
+                    self, self._zygote_preload, self._zygote_warm))
+            restart = self._zygote_restart
+            try:
+                new = await asyncio.shield(restart)
+            finally:
+                if self._zygote_restart is restart and restart.done():
+                    self._zygote_restart = None
+            if self._zygote.dead:
+                old, self._zygote = self._zygote, new
+                await old.stop()
+        return self._zygote
 
     async def _await_hello(self, sock: socket.socket, proc: WorkerProcess, timeout: float,
                            wid: str) -> int:

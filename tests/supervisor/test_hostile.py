@@ -297,3 +297,22 @@ def test_a_worker_breaking_the_zygotes_filter_dies_alone() -> None:
             assert await sibling.remote.square(3) == 9
             assert await (await s.spawn(Calc, CALC)).remote.square(4) == 16
     run(main())
+
+
+def test_zygote_death_is_survived() -> None:
+    """If the zygote dies, its workers are reported ended and the next spawn gets a new one."""
+    async def main() -> None:
+        async with sup("zygote") as s:
+            ws = [await s.spawn(Calc, CALC) for _ in range(3)]
+            other = await s.spawn(Calc, CALC, start_method="fork")
+            first = s._zygote
+            os.kill(first.box.pid, signal.SIGKILL)
+            for w in ws:
+                st = await w.wait()
+                assert st.outcome is Outcome.KILLED and "zygote" in st.reason, st
+            assert await other.remote.square(2) == 4
+            fresh = await asyncio.gather(*(s.spawn(Calc, CALC) for _ in range(3)))
+            assert [await w.remote.square(3) for w in fresh] == [9, 9, 9]
+            assert s._zygote is not first and not s._zygote.dead
+            assert not alive(first.box.pid)
+    run(main())
