@@ -20,12 +20,12 @@ from __future__ import annotations
 import faulthandler
 import gc
 import os
-import select
 import signal
 import socket
 import struct
 from typing import NoReturn
 
+from supervisor.process import readable
 from supervisor.sandbox import _sys, caps
 from supervisor.sandbox.spec import DEFAULT_OUTER_ID
 
@@ -54,7 +54,7 @@ def _child(channel_fd: int, parent_pidfd: int, warm: bool = False) -> NoReturn:
         faulthandler.disable()  # an inherited crash handler would outlive the parent's intent
         os.setsid()
         _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if select.select([parent_pidfd], [], [], 0)[0]:
+        if readable([parent_pidfd]):
             os._exit(EXIT_SETUP)  # the parent died before PDEATHSIG was armed
         if channel_fd != 3:
             os.dup2(channel_fd, 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -21,6 +22,16 @@ from collections.abc import Callable
 from supervisor.sandbox import Outcome, Sandbox, Status
 
 EXIT_SETUP = 125
+
+
+def readable(fds: list[int], timeout: float | None = 0) -> list[int]:
+    """The fds among `fds` that are readable (poll: select() breaks on fds >= 1024,
+    which a supervisor holding a thousand workers has)."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else int(timeout * 1000)
+    return [fd for fd, _ev in p.poll(ms)]
 
 
 def status_from_wait(ws: int, cause: tuple[Outcome, str] | None, started: float,

@@ -43,7 +43,6 @@ import contextlib
 import errno
 import importlib
 import os
-import select
 import signal
 import socket
 import struct
@@ -53,7 +52,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.process import WorkerProcess, status_from_wait
+from supervisor.process import WorkerProcess, readable, status_from_wait
 from supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
@@ -81,7 +80,7 @@ def _serve(sock: socket.socket, warm_target: int) -> None:
     warm: collections.deque[tuple[int, socket.socket]] = collections.deque()
     while True:
         idle = len(warm) < warm_target
-        ready = select.select([sock.fileno(), wake_r], [], [], 0 if idle else None)[0]
+        ready = readable([sock.fileno(), wake_r], 0 if idle else None)
         if not ready and idle:
             try:
                 warm.append(fork_warm(own))
@@ -200,7 +199,7 @@ class ZygoteProcess(WorkerProcess):
 
     def service(self) -> Status | None:
         if (self.status is None and self.pidfd >= 0 and not self._gone
-                and select.select([self.pidfd], [], [], 0)[0]):
+                and readable([self.pidfd])):
             self._gone = True
             if self.cause is not None:  # we killed it: our cause is the outcome, known now
                 self.status = status_from_wait(0, self.cause, self.started, self.setup_done)
@@ -383,10 +382,10 @@ class ZygoteClient:
 
 def _recv_ready(sock: socket.socket, box: Any) -> bool:
     while True:
-        r = select.select([sock, *box.fds()], [], [], 30)[0]
+        r = readable([sock.fileno(), *box.fds()], 30)
         if not r:
             return False
-        if sock in r:
+        if sock.fileno() in r:
             try:
                 return sock.recv(16) == b"R"
             except OSError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import errno
 import os
 import signal
@@ -316,3 +317,28 @@ def test_zygote_death_is_survived() -> None:
             assert s._zygote is not first and not s._zygote.dead
             assert not alive(first.box.pid)
     run(main())
+
+
+@pytest.mark.parametrize("method", ["zygote", "fork"])
+def test_workers_with_fd_numbers_above_1024(method: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A supervisor holding a thousand workers has fds past select()'s limit: deaths are
+    still noticed and reported. (The `spawn` method's sandbox setup still uses select():
+    see the report.)"""
+    async def main() -> None:
+        async with sup(method) as s:
+            filler = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+            try:
+                ws = [await s.spawn(Calc, CALC) for _ in range(3)]
+                assert min(w.channel._fd for w in ws) > 1024
+                ws[0].kill()
+                assert (await ws[0].wait()).outcome is Outcome.KILLED
+                with pytest.raises(WorkerDied):
+                    await ws[1].remote.act("exit", 4)
+                assert (await ws[1].wait()).returncode == 4
+                assert await ws[2].remote.square(8) == 64
+            finally:
+                for fd in filler:
+                    os.close(fd)
+    with caplog.at_level(logging.ERROR):
+        run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
