@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import errno
+import logging
 import os
 import signal
 import subprocess
