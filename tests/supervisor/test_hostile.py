@@ -141,6 +141,9 @@ def test_capacity_is_refused_not_exhausted() -> None:
         async with sup("fork", fd_headroom=10**9) as s:
             with pytest.raises(CapacityError, match="file descriptors free"):
                 await s.spawn(Calc, CALC)
+        async with sup("fork", memory_headroom=1 << 60) as s:
+            with pytest.raises(CapacityError, match="MiB of memory available"):
+                await s.spawn(Calc, CALC)
     run(main())
 
 
