@@ -21,7 +21,7 @@ extends = "{parent}"
 
 [seccomp]
 # default-action = "kill-process"   # or "errno ENOSYS", "trap", "log", "user-notify"
-# System calls and @groups to allow (see `docs/profiles.md` for every group):
+# System calls and @groups to allow (see docs/profiles.md for every group):
 # allow = ["@network-io"]
 # Explicit denials win over groups; they answer deny-action (default EPERM):
 # deny = ["ptrace"]

@@ -6,6 +6,8 @@ compiler load when the command runs, so `warden run` starts quickly.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -89,7 +91,12 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
                 f.write(text)
     if not quiet and status.outcome.value not in ("ok", "exited"):
         click.echo(f"warden: {status.describe()}", err=True)
-    sys.exit(status.exit_code)
+    # Everything is written and the sandbox is gone (reaped, cgroup removed):
+    # skip the interpreter's teardown of every loaded module (~10 ms).
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(status.exit_code)
 
 
 class _Forwarder:

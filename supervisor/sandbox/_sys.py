@@ -1,7 +1,7 @@
 """Raw Linux calls that Python 3.11's `os` lacks, through ctypes.
 
 Only what the sandbox needs: clone with namespace flags, unshare, mount,
-pivot_root, mount_setattr, close_range, seccomp, pidfd_getfd, landlock,
+pivot_root, mount_setattr, close_range, seccomp, landlock,
 capset and prctl. Each wrapper raises OSError with the kernel's errno, so the
 child-side steps can report (step, errno) without knowing ctypes.
 """
@@ -22,8 +22,8 @@ _MACHINE = os.uname().machine
 # 424 up (pidfd_*, close_range, mount_setattr, landlock_*) are shared by all
 # architectures.
 _NR: dict[str, dict[str, int]] = {
-    "x86_64": {"clone": 56, "pivot_root": 155, "seccomp": 317, "getppid": 110, "capset": 126},
-    "aarch64": {"clone": 220, "pivot_root": 41, "seccomp": 277, "getppid": 173, "capset": 91},
+    "x86_64": {"clone": 56, "pivot_root": 155, "seccomp": 317, "execve": 59},
+    "aarch64": {"clone": 220, "pivot_root": 41, "seccomp": 277, "execve": 221},
 }
 # AUDIT_ARCH_* of the native architecture, as seen in seccomp_data.arch.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(_MACHINE, 0)
@@ -33,7 +33,7 @@ if _MACHINE not in _NR:  # pragma: no cover - only x86_64/aarch64 are supported
 
 NR = dict(_NR[_MACHINE])
 NR.update(
-    pidfd_open=434, pidfd_getfd=438, close_range=436, mount_setattr=442,
+    close_range=436, mount_setattr=442,
     landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
 )
 
@@ -69,11 +69,11 @@ AT_FDCWD = -100
 
 # prctl options
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
-PR_GET_NO_NEW_PRIVS = 39
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
@@ -153,10 +153,6 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 def sethostname(name: bytes) -> None:
     if _libc.sethostname(name, ctypes.c_size_t(len(name))) == -1:
         raise _fail("sethostname")
-
-
-def pidfd_getfd(pidfd: int, targetfd: int) -> int:
-    return syscall("pidfd_getfd", ctypes.c_int(pidfd), ctypes.c_int(targetfd), ctypes.c_uint(0))
 
 
 def setgroups_empty() -> None:

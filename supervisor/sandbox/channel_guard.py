@@ -11,6 +11,7 @@ record.
 from __future__ import annotations
 
 import os
+import select
 import socket
 from typing import Any
 
@@ -23,11 +24,17 @@ class ChannelGuard:
         self.open = True
         sock.setblocking(False)
         self._reader: Any = None
+        self._loaded = False
+
+    def _load(self) -> None:
+        # Only when the child first writes: most programs never do, and the
+        # ipc package is not free to import.
+        self._loaded = True
         try:
             from ipc.channel import FrameReader
             from ipc.limits import Limits
 
-            self._reader = FrameReader(sock, Limits(), "child")
+            self._reader = FrameReader(self.sock, Limits(), "child")
         except ImportError:  # the ipc package is not installed: no frame is valid
             self._reader = None
 
@@ -37,6 +44,13 @@ class ChannelGuard:
     def check(self) -> str | None:
         """Consume what is readable; the reason for killing the child, if any."""
         try:
+            if not self._loaded:
+                # The end of the stream is not worth importing ipc for (but an
+                # empty frame, which also reads as b"", is judged like any other).
+                if not self.sock.recv(1, socket.MSG_PEEK) and self._hung_up():
+                    self.open = False
+                    return None
+                self._load()
             if self._reader is None:
                 data = self.sock.recv(1)
                 if not data:
@@ -50,14 +64,22 @@ class ChannelGuard:
             self.open = False
             return None
 
+    def _hung_up(self) -> bool:
+        p = select.poll()
+        p.register(self.sock.fileno(), select.POLLIN | select.POLLRDHUP)
+        events = p.poll(0)
+        return bool(events and events[0][1] & (select.POLLHUP | select.POLLRDHUP))
+
     def _check_ipc(self) -> str | None:
+        import msgspec
+
         from ipc.errors import BadMessage
         from ipc.wire import ENVELOPE_DECODER
 
         try:
             got = self._reader.read()
         except BadMessage as e:
-            return str(e)
+            return str(e.reason)
         if got is None:
             self.open = False
             return None
@@ -65,7 +87,7 @@ class ChannelGuard:
         for fd in fds:
             os.close(fd)
         try:
-            env = ENVELOPE_DECODER.decode(frame)
-        except Exception as e:
+            _kind, method, _request, _payload = ENVELOPE_DECODER.decode(frame)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
             return f"invalid envelope: {e}"
-        return f"method id {env.method} is not served (warden run serves no interface)"
+        return f"method id {method} is not served (warden run serves no interface)"

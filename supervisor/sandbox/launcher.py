@@ -1,32 +1,37 @@
 """Starting a sandbox: the parent's preparation, the child's fixed setup order, the handle.
 
-Process shape (all three are created before the program runs):
+Process shape:
 
     supervisor (parent)
-      ├─ A   os.fork(): a plain fork, so libc and CPython are consistent;
-      │      it only clones B (CLONE_PARENT makes B the supervisor's own
-      │      child) and exits
-      └─ B   pid 1 of a new user+pid+mount+ipc+uts(+net) namespace set: sets up
-             the session, the parent-death signal, the filesystem, hostname,
-             loopback, cgroup namespace; forks C; then reaps as init (pidns)
-           └─ C  the workload: rlimits, fd map, ids and capabilities,
-                 no_new_privs, Landlock, seccomp, exec
+      ├─ A   only when the supervisor has other threads: os.fork(), so libc
+      │      and CPython are consistent; it clones B with CLONE_PARENT (B is
+      │      the supervisor's own child), sends B's pid, and exits. A
+      │      single-threaded supervisor clones B itself.
+      └─ B   pid 1 of a new user+pid+mount+ipc+uts(+net) namespace set, later
+             also cgroup: session, parent-death signal, ids, new root,
+             hostname, loopback, rlimits, fd map, Landlock ruleset, cgroup
+             namespace, capabilities to zero, no_new_privs; forks C; hands the
+             seccomp listener to the parent; then reaps as init (pidns)
+           └─ C  the workload: signal mask, own process group, Landlock,
+                 RLIMIT_AS/NOFILE, seccomp, exec
 
-The parent writes B's id maps and puts B in its cgroup while B builds the
+The parent writes B's id maps and moves B into its cgroup while B builds the
 new root. C shares B's descriptor table until its exec (CLONE_FILES, with
 CLONE_VFORK so B sleeps meanwhile), so the seccomp listener C creates right
-before exec stays in B's table, and B sends it to the parent. Every
-setup step in B or C that fails is sent to the parent as (step, errno) over
-a close-on-exec socket, which reaches end-of-file exactly when C has
+before exec stays in B's table, and B sends it to the parent. Every setup
+step in B or C that fails is sent to the parent as (step, errno, message)
+over a close-on-exec socket, which reaches end-of-file exactly when C has
 exec'ed; the parent then reports `setup_error` naming the step.
 
-`child_setup(plan, ...)` is the child side and takes only a prepared Plan, so
-a zygote can run it right after its own fork.
+`child_setup(plan, ...)` is the child side and takes only a prepared Plan;
+`prepare()` and `Launch.complete()` are the parent's side, split around the
+clone so that a zygote can do the clone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import gc
 import os
@@ -36,9 +41,8 @@ import signal
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
 from supervisor.sandbox.notify import Listener
@@ -59,6 +63,7 @@ STEPS = ("clone", "session", "pdeathsig", "userns", "pidns", "mount", "uts", "ne
          "cgroupns", "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock",
          "exec", "seccomp", "supervisor")
 _ERR = struct.Struct("=Bi")
+_PID = struct.Struct("=i")
 SETUP_TIMEOUT = 30.0
 _KILLED_EXIT = 128 + signal.SIGKILL
 
@@ -75,9 +80,11 @@ class SetupError(SandboxError):
         self.status = status
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Everything the child needs, prepared and encoded by the parent before fork."""
+class Plan(NamedTuple):
+    """Everything the child needs, prepared and encoded by the parent before fork.
+
+    (A NamedTuple rather than a dataclass: as immutable, and cheaper to define
+    on `warden run`'s start-up path.)"""
 
     clone_flags: int
     parent_pidfd: int
@@ -97,7 +104,7 @@ class Plan:
     seccomp_filter: bytes
     notify: bool
     last_cap: int
-    extra: dict[str, object] = field(default_factory=dict)
+    drop_groups: bool  # root: drop the supplementary groups (setgroups is allowed)
 
 
 # ---------------------------------------------------------------- child side
@@ -179,14 +186,13 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
                         *(src for _t, src in plan.fd_pairs)})
         step = "userns"
-        os.write(sock_fd, b"R")
         if os.read(sock_fd, 16) != b"G":
             os._exit(EXIT_SETUP)
         # Become the sandbox's id now: files in the new root must be created by
         # an id the namespace maps. Inner 0 is unmapped, so the namespace's
         # capabilities survive this until the caps step drops them.
         step = "ids"
-        caps.set_ids(INNER_ID, INNER_ID, drop_groups=bool(plan.extra.get("drop_groups")))
+        caps.set_ids(INNER_ID, INNER_ID, drop_groups=plan.drop_groups)
         # Changing the effective ids cleared the parent-death signal: set it again.
         step = "pdeathsig"
         _parent_death_signal(plan.parent_pidfd)
@@ -198,11 +204,6 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         step = "net"
         if not plan.share_net:
             net.loopback_up()
-        step = "cgroup"
-        if os.read(sock_fd, 16) != b"C":
-            os._exit(EXIT_SETUP)
-        step = "cgroupns"
-        _sys.unshare(_sys.CLONE_NEWCGROUP)
         step = "rlimits"
         limits.apply_rlimits(plan.early_rlimits)
         step = "fds"
@@ -215,6 +216,17 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         ruleset_fd = (landlock.build_ruleset(plan.landlock_abi, plan.landlock_rules)
                       if plan.landlock_abi else -1)
         listener_fd = _lowest_free_fd()
+        step = "exec"
+        execute = _sys.PreparedExec(_resolve(plan), list(plan.argv), list(plan.envp))
+        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
+        # Only now wait for the parent to have moved this process into its
+        # cgroup: moving waits for an RCU grace period, which the work above
+        # overlaps. The workload, forked below, is born in the cgroup.
+        step = "cgroup"
+        if os.read(sock_fd, 16) != b"C":
+            os._exit(EXIT_SETUP)
+        step = "cgroupns"
+        _sys.unshare(_sys.CLONE_NEWCGROUP)
         # Nothing in the sandbox may read this process's memory: it is a copy
         # of the parent's. (The workload's exec makes the workload dumpable again.)
         _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
@@ -225,9 +237,6 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         caps.clear_capabilities()
         step = "no_new_privs"
         caps.no_new_privs()
-        step = "exec"
-        execute = _sys.PreparedExec(_resolve(plan), list(plan.argv), list(plan.envp))
-        filt = PreparedFilter(plan.seccomp_filter, plan.notify)
         step = "signals"
         pidns.reset_signals()
         pidns.block_signals()
@@ -243,10 +252,18 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         if plan.notify:
             _hand_over_listener(sock_fd, listener_fd)
         _close_all_but({status_fd})
+        _set_name(b"warden-init")
     except BaseException as e:
         _fail(sock_fd, step, e)
     pidns.run_init(pid, status_fd)
     os._exit(0)
+
+
+def _set_name(name: bytes) -> None:
+    """What ps shows for the init (it would otherwise look like the supervisor)."""
+    buf = ctypes.create_string_buffer(name[:15])
+    with contextlib.suppress(OSError):
+        _sys.prctl(_sys.PR_SET_NAME, ctypes.addressof(buf))
 
 
 def _lowest_free_fd() -> int:
@@ -290,7 +307,13 @@ def _stage_a(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         os._exit(EXIT_SETUP)
     if pid == 0:
         child_setup(plan, sock_fd, status_fd)
+    announce_init(sock_fd, pid)
     os._exit(0)
+
+
+def announce_init(child_sock: int, pid: int) -> None:
+    """From the process that cloned the init (not the supervisor): tell the supervisor its pid."""
+    os.write(child_sock, b"P" + _PID.pack(pid))
 
 
 # ---------------------------------------------------------------- parent side
@@ -363,7 +386,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         seccomp_filter=spec.seccomp_filter,
         notify=spec.notify,
         last_cap=caps.last_cap(),
-        extra={"drop_groups": os.geteuid() == 0},
+        drop_groups=os.geteuid() == 0,
     )
 
 
@@ -374,21 +397,17 @@ class _Setup:
         self.sock = sock
         self.deadline = deadline
 
-    def recv(self) -> tuple[bytes, int | None, list[int]]:
-        """Next message, the sender's host pid and any fds; (b"", None, []) at end-of-file."""
+    def recv(self) -> tuple[bytes, list[int]]:
+        """Next message and any fds that came with it; (b"", []) at end-of-file."""
         left = self.deadline - time.monotonic()
         if left <= 0 or not select.select([self.sock], [], [], left)[0]:
             raise TimeoutError("sandbox setup did not finish in time")
-        data, anc, _flags, _addr = self.sock.recvmsg(
-            512, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * 4))
-        pid = None
+        data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
         fds: list[int] = []
         for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid = struct.unpack("=iII", payload[:12])[0]
-            elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4]))
-        return data, pid, fds
+        return data, fds
 
 
 def _setup_failure(data: bytes) -> SetupFailure:
@@ -436,7 +455,6 @@ class Launch:
                     pairs.append((target, fd))
             self._setup, self._child_setup = socket.socketpair(
                 socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            self._setup.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             self._status_r, self.child_status = os.pipe2(os.O_CLOEXEC)
             self.child_sock = self._child_setup.fileno()
             self.plan = _plan(spec, self.limiter, tuple(pairs))
@@ -478,30 +496,37 @@ class Launch:
                     os.close(fd)
         self._opened = []
 
-    def complete(self, helper_pid: int | None = None) -> Sandbox:
+    def complete(self, helper_pid: int | None = None, init_pid: int | None = None) -> Sandbox:
         """The parent's side of the setup; returns once the program has exec'ed.
 
-        `helper_pid`: a short-lived child of this process that cloned the init
-        and exits; it is reaped here."""
+        `init_pid`: the init's pid when this process cloned it; otherwise the
+        process that did sends it as b"P" + pid on `child_sock` (`helper_pid`,
+        a short-lived child of this process that does so and exits, is reaped
+        here)."""
         spec, limiter, started = self.spec, self.limiter, self.started
         setup_parent, status_r, channel_parent = self._setup, self._status_r, self.channel
         conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
-        init_pid: int | None = None
         pidfd = -1
         listener: Listener | None = None
         failure: SetupFailure | None = None
         try:
             try:
-                data, sender, _fds = conv.recv()
-                if helper_pid is not None:
-                    os.waitpid(helper_pid, 0)
-                if data[:1] == b"E":
-                    failure = _setup_failure(data)
-                    if failure.step == "clone":
-                        raise PreflightError(explain(failure.errno))
-                    init_pid = sender
-                elif data[:1] == b"R" and sender is not None:
-                    init_pid = sender
+                if init_pid is None:
+                    data, _fds = conv.recv()
+                    if helper_pid is not None:
+                        os.waitpid(helper_pid, 0)
+                    if data[:1] == b"E":
+                        failure = _setup_failure(data)
+                        if failure.step == "clone":
+                            raise PreflightError(explain(failure.errno))
+                    elif data[:1] == b"P" and len(data) == 1 + _PID.size:
+                        init_pid = _PID.unpack_from(data, 1)[0]
+                    else:
+                        raise OSError(errno.EPROTO, "expected the init's pid first")
+                if init_pid is not None:
+                    # Straight away: the maps, then the cgroup, whose first move
+                    # waits for an RCU grace period (1 to 10 ms) while the init
+                    # builds its root; it waits for "C" before forking the workload.
                     pidfd = os.pidfd_open(init_pid)
                     uid, gid = userns.outer_ids(spec)
                     try:
@@ -510,10 +535,6 @@ class Launch:
                         failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
                         raise
                     setup_parent.send(b"G")
-                    # Moving a task between cgroups waits for an RCU grace period
-                    # (about a millisecond per hierarchy): the child builds its root
-                    # meanwhile and waits for "C" before it unshares its cgroup
-                    # namespace and forks the workload.
                     try:
                         limiter.attach(init_pid)
                     except OSError as e:
@@ -523,7 +544,7 @@ class Launch:
                     with contextlib.suppress(OSError):
                         setup_parent.send(b"C")
                 while failure is None:
-                    data, sender, got = conv.recv()
+                    data, got = conv.recv()
                     if not data:
                         break
                     if data[:1] == b"E":
@@ -569,15 +590,15 @@ def spawn(spec: SandboxSpec) -> Sandbox:
     launch = prepare(spec)
     plan = launch.plan
     helper: int | None = None
+    init: int | None = None
     if _single_threaded():
         # Nothing else runs in this process, so a raw clone straight into the
         # namespaces finds libc and CPython consistent: one fork fewer.
         try:
-            b = _sys.clone(plan.clone_flags)
+            init = _sys.clone(plan.clone_flags)
         except OSError as e:
-            b = -1
             launch.report_clone_failure(e.errno or errno.EPERM, str(e))
-        if b == 0:
+        if init == 0:
             try:
                 child_setup(plan, launch.child_sock, launch.child_status)
             finally:
@@ -594,7 +615,7 @@ def spawn(spec: SandboxSpec) -> Sandbox:
             finally:
                 os._exit(EXIT_SETUP)
     launch.release_child_fds()
-    return launch.complete(helper)
+    return launch.complete(helper, init)
 
 
 def _single_threaded() -> bool:
@@ -787,7 +808,13 @@ class Sandbox:
 
     # -- the end
     def _reap(self) -> None:
-        _pid, raw, ru = os.wait4(self.pid, 0)
+        try:
+            _pid, raw, ru = os.wait4(self.pid, 0)
+            cpu, maxrss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+        except ChildProcessError:
+            # Someone else reaped it (an embedder's waitpid(-1) SIGCHLD handler);
+            # the init's own report on the status pipe still says how it ended.
+            raw, cpu, maxrss = 0, 0.0, 0
         wall = time.monotonic() - self._started
         data = b""
         with contextlib.suppress(OSError):
@@ -795,12 +822,11 @@ class Sandbox:
         usage = self._limiter.usage()
         self._limiter.destroy()
         self._close()
-        cpu = ru.ru_utime + ru.ru_stime
-        peak = usage.peak_memory_bytes if usage.peak_memory_bytes is not None \
-            else ru.ru_maxrss * 1024
+        peak = usage.peak_memory_bytes if usage.peak_memory_bytes is not None else maxrss
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
-            limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi)
+            limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,
+            weakened=self._weakened())
         st: Status
         if self._cause is not None:
             outcome, reason, violation = self._cause
@@ -833,6 +859,16 @@ class Sandbox:
                         **common)
         self._status = st
 
+    def _weakened(self) -> tuple[str, ...]:
+        """Confinement this sandbox went without, each named with the reason."""
+        out = []
+        if self.spec.share_net:
+            out.append("network namespace (shared with the host: --share-net or the profile)")
+        if not self._landlock_abi:
+            out.append("landlock (disabled for this sandbox)" if not self.spec.landlock
+                       else "landlock (this kernel has none)")
+        return tuple(out)
+
     def _close(self) -> None:
         if self._listener is not None:
             self._listener.close()
@@ -840,6 +876,18 @@ class Sandbox:
             if fd >= 0:
                 os.close(fd)
         self._pidfd = self._status_r = -1
+
+    def __del__(self) -> None:
+        # A handle dropped while its sandbox runs: the embedder lost track of it.
+        # Kill it rather than leave it and its cgroup behind, and say so.
+        if getattr(self, "_status", True) is None:
+            import warnings
+
+            warnings.warn(f"{self!r} was dropped while running; killed", ResourceWarning,
+                          stacklevel=1)
+            self.kill(Outcome.KILLED, "the handle was dropped while the sandbox ran")
+            with contextlib.suppress(OSError):
+                self._reap()
 
     def close_channel(self) -> None:
         if self.channel is not None:

@@ -6,6 +6,8 @@ whether the OOM killer struck. The parent creates the cgroup, writes the
 limits and moves the child's init into it before the child goes on, so
 nothing in the sandbox ever runs outside it.
 
+`WARDEN_CGROUP=none` chooses rlimits deliberately (the status says so).
+
 - cgroup v2: in `$WARDEN_CGROUP` if set, else in the supervisor's own
   cgroup, which must be writable with memory and pids enabled for its
   children (a delegated subtree; see docs/sandbox.md).
@@ -25,19 +27,54 @@ import itertools
 import os
 import resource
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from supervisor.sandbox.spec import SandboxSpec
 
 _counter = itertools.count()
+_swept: set[str] = set()
+
+
+def _name() -> str:
+    # The pid says whose it was (for sweeping), the random part keeps a reused
+    # pid from colliding with a cgroup its earlier owner could not remove.
+    return f"warden-{os.getpid()}-{next(_counter)}-{os.urandom(4).hex()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(parent: str) -> None:
+    """Remove empty cgroups left by supervisors that died without cleaning up
+    (a SIGKILLed supervisor cannot); once per parent directory and process."""
+    if parent in _swept:
+        return
+    _swept.add(parent)
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if parts[0] != "warden" or len(parts) < 3 or not parts[1].isdigit():
+            continue
+        if int(parts[1]) != os.getpid() and not _pid_alive(int(parts[1])):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(parent, name))  # refused while not empty
 
 
 class LimitsError(OSError):
     """A cgroup could not be created, limited or joined."""
 
 
-@dataclass(frozen=True)
-class Usage:
+class Usage(NamedTuple):
     peak_memory_bytes: int | None
     oom_killed: bool
 
@@ -127,7 +164,8 @@ class CgroupV2(Limiter):
 
     def __init__(self, spec: SandboxSpec, parent: str) -> None:
         super().__init__(spec)
-        self.dir = os.path.join(parent, f"warden-{os.getpid()}-{next(_counter)}")
+        sweep(parent)
+        self.dir = os.path.join(parent, _name())
 
     def create(self) -> None:
         try:
@@ -162,7 +200,9 @@ class CgroupV1(Limiter):
 
     def __init__(self, spec: SandboxSpec, mem_dir: str, pids_dir: str) -> None:
         super().__init__(spec)
-        name = f"warden-{os.getpid()}-{next(_counter)}"
+        sweep(mem_dir)
+        sweep(pids_dir)
+        name = _name()
         self.mem = os.path.join(mem_dir, name)
         self.pids = os.path.join(pids_dir, name)
 
@@ -213,9 +253,9 @@ def _rmdir(path: str) -> None:
 
 def _v2_parent() -> str | None:
     explicit = os.environ.get("WARDEN_CGROUP")
-    mounts = _mounts("cgroup2")
     if explicit:
         return explicit
+    mounts = _mounts("cgroup2")
     own = _own_cgroups().get("")
     if own is None:
         return None
@@ -243,7 +283,9 @@ def _v1_dirs() -> tuple[str, str] | None:
 
 
 def choose(spec: SandboxSpec) -> Limiter:
-    """The strongest mechanism this process can use."""
+    """The strongest mechanism this process can use (WARDEN_CGROUP=none: rlimits only)."""
+    if os.environ.get("WARDEN_CGROUP") == "none":
+        return Limiter(spec)
     v2 = _v2_parent()
     if v2 is not None:
         with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ import contextlib
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from supervisor.sandbox import _sys
 
@@ -29,8 +29,7 @@ class MountError(OSError):
     """A mount step failed; `str()` names the path."""
 
 
-@dataclass(frozen=True)
-class MountOp:
+class MountOp(NamedTuple):
     """One prepared mount, with paths already encoded; built in the parent."""
 
     kind: str  # "bind", "symlink", "tmpfs"

@@ -14,7 +14,7 @@ import fcntl
 import os
 import select
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from supervisor.sandbox.status import Violation
 
@@ -30,8 +30,7 @@ class NotifyError(OSError):
     """The listener could not be taken or read."""
 
 
-@dataclass(frozen=True)
-class Notification:
+class Notification(NamedTuple):
     id: int
     pid: int
     nr: int

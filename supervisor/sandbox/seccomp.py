@@ -41,6 +41,20 @@ def _insns(data: bytes) -> list[tuple[int, int, int, int]]:
     return [_INSN.unpack_from(data, i) for i in range(0, len(data), _INSN.size)]
 
 
+def allows_execve(bpf: bytes) -> bool | None:
+    """Whether the filter lets execve through (None: no BPF interpreter to ask).
+
+    The filter is loaded right before exec, so a profile that refuses execve
+    can start nothing; and a refusal reported through user-notify would wait
+    for a listener that only exists after the exec."""
+    try:
+        from profiles.bpf import evaluate
+    except ImportError:
+        return None
+    ret = int(evaluate(bpf, _sys.NR["execve"], (0,) * 6, arch=_sys.AUDIT_ARCH))
+    return (ret & RET_ACTION_FULL) == 0x7FFF0000
+
+
 def uses_notify(bpf: bytes) -> bool:
     """True if some path of the filter returns SECCOMP_RET_USER_NOTIF."""
     return any(code == _BPF_RET_K and (k & RET_ACTION_FULL) == RET_USER_NOTIF

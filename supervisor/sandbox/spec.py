@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -313,11 +312,15 @@ def build_spec(
         from profiles.compiler import compile_policy
 
         seccomp_filter = compile_policy(profile.seccomp, kill_as_notify=True)
-    from supervisor.sandbox.seccomp import problem, uses_notify
+    from supervisor.sandbox.seccomp import allows_execve, problem, uses_notify
 
     bad = problem(seccomp_filter)
     if bad:
         raise SpecError(f"profile {profile.name}: seccomp filter: {bad}")
+    if allows_execve(seccomp_filter) is False:
+        raise SpecError(f"profile {profile.name}: its seccomp filter refuses execve, and the "
+                        "filter is loaded right before the program is executed; choose a "
+                        "profile that allows execve (such as default)")
 
     return SandboxSpec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
@@ -328,10 +331,3 @@ def build_spec(
         channel=channel, pass_fds=tuple(pfds), files=tuple(grants), stdio=stdio,
         outer_uid=ouid, outer_gid=ogid, notify=uses_notify(seccomp_filter),
     )
-
-
-def is_directory(path: str) -> bool:
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except OSError:
-        return False

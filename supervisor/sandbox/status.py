@@ -65,7 +65,9 @@ class Status:
     peak_memory_bytes: int | None = None
     limits_mechanism: str = ""  # "cgroup-v2", "cgroup-v1" or "rlimit"
     landlock_abi: int = 0  # 0: not applied (kernel lacks Landlock)
-    weakened: tuple[str, ...] = field(default_factory=tuple)  # confinement explicitly dropped
+    # Confinement this sandbox went without, each with why: an explicit opt-out
+    # (--share-net) or what the kernel lacks (Landlock). Never silent.
+    weakened: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

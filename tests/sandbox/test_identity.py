@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from sandbox_util import MODE, PY, TEST_PROFILE, collect, py, start
 
 from supervisor.sandbox.spec import DEFAULT_OUTER_ID, INNER_ID
@@ -53,8 +54,10 @@ def test_outer_uid_of_every_sandbox_process_is_the_dedicated_or_own_id() -> None
                             if ln.startswith("Uid:"))
             assert set(map(int, uid_line.split()[1:])) == {expected}, (pid, uid_line)
             assert expected != 0
-        # The init holds a copy of the supervisor's memory: it must not be dumpable/readable.
-        assert os.stat(f"/proc/{init}/mem").st_uid != expected or MODE == "user"
+        # The init holds a copy of the supervisor's memory: it is not dumpable, so its
+        # /proc files belong to root, not to the id the workload shares with it.
+        assert os.stat(f"/proc/{init}/mem").st_uid == 0
+        assert Path(f"/proc/{init}/comm").read_text() == "warden-init\n"
     finally:
         box.kill()
         collect(box, out, err)
@@ -80,3 +83,19 @@ def test_setuid_binaries_are_inert() -> None:
             "'-c', 'import os; print(os.geteuid())']); sys.exit(r.returncode)")
     assert r2.out.strip() == str(INNER_ID)
     assert TEST_PROFILE.name == "test"
+
+
+def test_a_setuid_root_program_runs_with_the_sandbox_uid() -> None:
+    if MODE != "root":
+        pytest.skip("making a setuid-root file needs root")
+    import shutil
+
+    from sandbox_util import run, world_dir
+
+    d = world_dir()
+    target = os.path.join(d, "id")
+    shutil.copy("/usr/bin/id", target)
+    os.chown(target, 0, 0)
+    os.chmod(target, 0o4755)
+    r = run(["/opt/bin/id", "-u"], binds=[f"{d}:/opt/bin"])  # even a writable bind: nosuid
+    assert r.out.strip() == str(INNER_ID), r

@@ -170,3 +170,36 @@ def _open(fd: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def test_the_status_names_what_the_sandbox_went_without() -> None:
+    assert py("pass").status.weakened == ()
+    assert py("pass", share_net=True).status.weakened == (
+        "network namespace (shared with the host: --share-net or the profile)",)
+
+
+def test_binds_tmpfs_and_chdir_options() -> None:
+    from sandbox_util import MODE, world_dir
+
+    from supervisor.sandbox.spec import DEFAULT_OUTER_ID
+
+    rw = world_dir()
+    os.chmod(rw, 0o777)
+    ro = world_dir()
+    with open(os.path.join(ro, "in.txt"), "w") as f:
+        f.write("input")
+    os.chmod(os.path.join(ro, "in.txt"), 0o644)
+    r = py("import os, json\n"
+           "open('/out/result.txt', 'w').write(open('/data/in.txt').read().upper())\n"
+           "open('/scratch/x', 'w').write('x')\n"
+           "try:\n    open('/data/new', 'w'); ro = 'writable'\n"
+           "except OSError as e:\n    ro = e.errno\n"
+           "print(json.dumps([os.getcwd(), ro, os.statvfs('/scratch').f_blocks > 0]))",
+           ro_binds=[f"{ro}:/data"], binds=[f"{rw}:/out"], tmpfs=["/scratch"], chdir="/out")
+    assert r.json() == ["/out", 30, True], r
+    with open(os.path.join(rw, "result.txt")) as f:
+        assert f.read() == "INPUT"
+    # Files the sandbox writes belong to its outer id: never root.
+    owner = os.stat(os.path.join(rw, "result.txt")).st_uid
+    assert owner == (DEFAULT_OUTER_ID if MODE == "root" else os.getuid())
+    assert owner != 0

@@ -75,10 +75,12 @@ def test_terminate_forwards_sigterm_then_kills_after_grace() -> None:
     box, _out, _err = start(["/bin/sleep", "30"])
     st = box.terminate(grace=5)
     assert (st.outcome, st.signal) == (Outcome.SIGNALED, signal.SIGTERM)
-    box, _out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
-                           "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                           "print('ready', flush=True)\ntime.sleep(30)"])
-    time.sleep(0.3)
+    box, out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
+                            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                            "print('ready', flush=True)\ntime.sleep(30)"])
+    deadline = time.monotonic() + 20
+    while os.pread(out.fileno(), 16, 0) != b"ready\n" and time.monotonic() < deadline:
+        time.sleep(0.02)  # until SIGTERM is ignored, however slow the start
     st = box.terminate(grace=0.3)
     assert st.outcome is Outcome.KILLED
     assert st.reason == "did not exit within 0.3s of SIGTERM"
@@ -253,3 +255,52 @@ def test_many_sandboxes_leave_no_fd_zombie_or_cgroup_behind() -> None:
     assert _leftover_cgroups() == []
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)  # every sandbox's init was reaped
+
+
+def test_prepare_and_complete_let_another_process_do_the_clone() -> None:
+    """What a zygote does: a helper that holds launch.child_fds() clones the init with
+    CLONE_PARENT, so the init is still this process's child."""
+    from supervisor.sandbox import _sys, child_setup, prepare
+    from supervisor.sandbox.launcher import announce_init
+
+    out = os.open(os.devnull, os.O_WRONLY)
+    spec = build_spec([PY, "-I", "-S", "-c", "import os; os._exit(7)"], TEST_PROFILE,
+                      seccomp_filter=PERMISSIVE, stdio=(out, out, out))
+    launch = prepare(spec)
+    helper = os.fork()
+    if helper == 0:
+        try:
+            pid = _sys.clone(launch.plan.clone_flags | _sys.CLONE_PARENT)
+            if pid == 0:
+                child_setup(launch.plan, launch.child_sock, launch.child_status)
+            announce_init(launch.child_sock, pid)
+        finally:
+            os._exit(0)
+    launch.release_child_fds()
+    box = launch.complete(helper)
+    st = box.wait(30)
+    os.close(out)
+    assert st is not None and (st.outcome, st.returncode) == (Outcome.EXITED, 7)
+
+
+def test_an_embedder_that_reaps_every_child_does_not_lose_the_outcome() -> None:
+    box, out, err = start(["/bin/sh", "-c", "exit 5"])
+    os.waitid(os.P_PIDFD, box.fds()[0], os.WEXITED)  # like a SIGCHLD handler's waitpid(-1)
+    r = collect(box, out, err)
+    assert (r.status.outcome, r.status.returncode) == (Outcome.EXITED, 5)
+
+
+def test_a_dropped_handle_kills_its_sandbox_and_warns() -> None:
+    import gc
+    import warnings
+
+    box, _out, _err = start(["/bin/sleep", "30"])
+    pidfd = os.pidfd_open(box.pid)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del box
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+    assert select.select([pidfd], [], [], 5)[0]
+    os.close(pidfd)
+    assert _leftover_cgroups() == [] or os.geteuid() != 0

@@ -77,3 +77,11 @@ def test_status_json_shape() -> None:
             "exit_code", "returncode", "setup", "reason", "weakened"} <= set(d)
     assert st.describe() == ("seccomp violation: mkdir(0x1, 0x2, 0x3, 0x4, 0x5, 0x6); "
                              "sandbox killed")
+
+
+def test_a_filter_that_refuses_execve_is_refused_before_fork() -> None:
+    pytest.importorskip("profiles.bpf", reason="needs the profiles package's BPF interpreter")
+    from sandbox_util import filter_notifying
+
+    with pytest.raises(SpecError, match=r"^profile test: its seccomp filter refuses execve"):
+        build_spec(["/bin/true"], TEST_PROFILE, seccomp_filter=filter_notifying("execve"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyseccomp
 import pytest
-from seccomp_child import exec_under
+from profiles_child import exec_under
 
 from profiles import ProfileError, bpf, compiler, load_profile, load_text, oci, syscalls
 from profiles.model import ActionKind, ArgOp, SeccompPolicy

@@ -11,7 +11,7 @@ import pyseccomp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from seccomp_child import records, try_syscalls
+from profiles_child import records, try_syscalls
 
 from profiles import ProfileError, bpf, compiler, load_profile, syscalls
 from profiles.model import (

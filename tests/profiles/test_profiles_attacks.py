@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from seccomp_child import records, run_python, try_syscalls
+from profiles_child import records, run_python, try_syscalls
 
-from profiles import ProfileError, compiler, load_profile, syscalls
+from profiles import ProfileError, compiler, load_profile, load_text, syscalls
 from profiles.parser import parse_text
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "profiles"
@@ -83,7 +83,7 @@ def test_a_child_cannot_lift_its_filter() -> None:
     code = compiler.compile_policy(load_profile("default").seccomp)
     mount = syscalls.number("mount") or 0
     allow_mount = compiler.compile_policy(
-        parse_layer_policy('[seccomp]\ndefault-action = "allow"\n'))
+        load_text('[seccomp]\ndefault-action = "allow"\n').seccomp)
 
     def job() -> list[int]:
         import ctypes as c
@@ -106,12 +106,6 @@ def test_a_child_cannot_lift_its_filter() -> None:
     loaded, mode_off, rc, err = result.json()  # type: ignore[misc]
     assert loaded == 0 and mode_off == -1
     assert (rc, err) == (-1, 1)
-
-
-def parse_layer_policy(text: str):  # type: ignore[no-untyped-def]
-    from profiles import load_text
-
-    return load_text(text).seccomp
 
 
 @settings(max_examples=150, deadline=None)

@@ -18,6 +18,7 @@ from profiles.cli import profile_group
 from profiles.constants import CONSTANTS, ConstantError, parse_value
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "profiles.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_generated_sections_are_current() -> None:
@@ -34,7 +35,7 @@ def test_every_group_and_member_is_documented() -> None:
 
 
 def test_documented_explain_example_matches_the_cli() -> None:
-    text = DOC.read_text()
+    text = README.read_text()
     block = text.split("$ warden profile explain default ioctl 0 TIOCSTI\n", 1)[1]
     expected = [line.strip() for line in block.split("```", 1)[0].splitlines() if line.strip()]
     out = CliRunner().invoke(profile_group, ["explain", "default", "ioctl", "0", "TIOCSTI"])

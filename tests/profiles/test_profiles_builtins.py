@@ -13,7 +13,7 @@ import socket
 import sys
 
 import pytest
-from seccomp_child import exec_under, records, run_python, try_syscalls
+from profiles_child import exec_under, records, run_python, try_syscalls
 
 from profiles import compiler, load_profile, syscalls
 
@@ -150,6 +150,27 @@ def test_unlisted_call_kills_the_process() -> None:
 def test_shell_and_coreutils_run_under_default(argv: list[str], expected: str) -> None:
     result = exec_under(code_for("default"), argv)
     assert (result.exit_code, result.output.decode()) == (0, expected)
+
+
+COREUTILS_TOUR = r"""
+set -e
+d=$(mktemp -d); cd "$d"
+ls -l / >/dev/null; id >/dev/null; nproc >/dev/null; df / >/dev/null
+seq 20000 | sort -r --parallel=2 -S 1M | tail -n 1
+timeout 5 sleep 0.01; echo timeout
+touch a; ln -s a b; chmod 600 a; cp a c; mv c e; stat a >/dev/null; rm e
+mkfifo f; rm f
+tar cf t.tar a b; tar tf t.tar | wc -l
+find /usr/lib -maxdepth 1 >/dev/null
+printf 'x\n' | awk '{print $1}' | sed s/x/y/ | grep y | tr y z
+nice -n 5 true; echo nice
+cd /; rm -rf "$d"; echo done
+"""
+
+
+def test_a_tour_of_coreutils_runs_under_default() -> None:
+    result = exec_under(code_for("default"), ["/bin/sh", "-c", COREUTILS_TOUR])
+    assert (result.exit_code, result.output.decode()) == (0, "1\ntimeout\n2\nz\nnice\ndone\n")
 
 
 PY = shutil.which("python3") or sys.executable
