@@ -166,6 +166,7 @@ class Supervisor:
         self._own_pidfd = -1
         self._zygote: Any = None
         self._zygote_restart: asyncio.Future[Any] | None = None
+        self._orphans: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # ---------------------------------------------------------------- lifetime
@@ -199,6 +200,8 @@ class Supervisor:
         live = [w for w in self.workers.values() if w.alive]
         if live:
             await asyncio.gather(*(w.terminate(grace) for w in live), return_exceptions=True)
+        if self._orphans:
+            await asyncio.gather(*self._orphans, return_exceptions=True)
         if self._zygote is not None:
             await self._zygote.stop()
             self._zygote = None
@@ -314,11 +317,7 @@ class Supervisor:
             mem = memory if memory is not None else prof.limits.memory_bytes
             spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
                                      target.partition(":")[0], memory=mem, timeout=timeout)
-            assert self._spawner is not None
-            try:
-                box: Sandbox = await loop.run_in_executor(self._spawner, sandbox_spawn, spec)
-            except SetupError as e:
-                raise SpawnError(f"worker {wid}: {e}", e.status) from None
+            box = await self._start_sandbox(spec, wid)
             assert box.channel is not None
             sock = box.channel
             box.channel = None  # the handle owns it now
@@ -349,6 +348,9 @@ class Supervisor:
             pid = await self._await_hello(sock, proc, ready_timeout, wid)
         except BaseException:
             sock.close()
+            if proc.service() is None:  # cancelled (or failed) while it starts: end it
+                proc.kill(Outcome.KILLED, f"worker {wid}: spawn() did not complete")
+                self._reap_later(proc)
             raise
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
         if isinstance(proc, ZygoteProcess):
@@ -389,11 +391,8 @@ class Supervisor:
         wid = worker_id or f"w{next(self._ids)}"
         spec = build_spec(list(argv), prof, **sandbox_options)
         loop = self._loop
-        assert loop is not None and self._spawner is not None
-        try:
-            box: Sandbox = await loop.run_in_executor(self._spawner, sandbox_spawn, spec)
-        except SetupError as e:
-            raise SpawnError(f"worker {wid}: {e}", e.status) from None
+        assert loop is not None
+        box = await self._start_sandbox(spec, wid)
         proc = SandboxProcess(box)
         proc.setup_done = True
         handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
@@ -413,6 +412,35 @@ class Supervisor:
         self._watch(handle)
         self._emit(events.Started(wid, box.pid, "program", prof.name))
         return handle
+
+    async def _start_sandbox(self, spec: Any, wid: str) -> Sandbox:
+        """sandbox.spawn() on the spawner thread; if we are cancelled meanwhile, the
+        sandbox it still makes is killed and reaped, never left running unowned."""
+        loop = self._loop
+        assert loop is not None and self._spawner is not None
+        fut = loop.run_in_executor(self._spawner, sandbox_spawn, spec)
+        try:
+            return await asyncio.shield(fut)
+        except SetupError as e:
+            raise SpawnError(f"worker {wid}: {e}", e.status) from None
+        except asyncio.CancelledError:
+            def orphan(f: asyncio.Future[Sandbox]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    box = f.result()
+                    box.kill(Outcome.KILLED, f"worker {wid}: spawn() was cancelled")
+                    self._reap_later(SandboxProcess(box))
+            fut.add_done_callback(orphan)
+            raise
+
+    def _reap_later(self, proc: WorkerProcess) -> None:
+        """Collect a process nobody holds a handle to (so it cannot become a zombie)."""
+        async def reap() -> None:
+            await self._final_status(proc)
+            if isinstance(proc, SandboxProcess) and proc.box.channel is not None:
+                proc.box.channel.close()
+        task = asyncio.ensure_future(reap())
+        self._orphans.add(task)
+        task.add_done_callback(self._orphans.discard)
 
     async def _live_zygote(self) -> Any:
         """The zygote, replaced by a new one if it has ended.

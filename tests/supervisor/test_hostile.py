@@ -345,3 +345,25 @@ def test_workers_with_fd_numbers_above_1024(method: str, caplog: pytest.LogCaptu
     with caplog.at_level(logging.ERROR):
         run(main())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_cancelled_spawn_leaves_nothing_running(method: str, delay: float) -> None:
+    from tests.supervisor.util import children
+
+    async def main() -> None:
+        async with sup(method) as s:
+            before = children()
+            task = asyncio.ensure_future(s.spawn(Calc, "tests.supervisor.workers:SlowStart"))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await eventually(lambda: children() <= before, "the half-started worker is gone")
+            if method == "zygote":
+                await eventually(lambda: not s._zygote.by_zpid, "the zygote reported its end")
+            assert zombie_children() == []
+            w = await s.spawn(Calc, CALC)
+            assert await w.remote.square(2) == 4
+    run(main())

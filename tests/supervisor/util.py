@@ -38,6 +38,18 @@ def alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def children() -> set[int]:
+    """Our live children (any thread's)."""
+    out: set[int] = set()
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as f:
+                out.update(int(p) for p in f.read().split())
+        except OSError:
+            continue
+    return {p for p in out if alive(p)}
+
+
 def zombie_children() -> list[int]:
     """Our children (any thread's) that have ended and were never reaped."""
     out = []

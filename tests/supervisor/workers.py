@@ -220,3 +220,10 @@ class SickImpl(CalcImpl):
     def ping(self, ctx: ipc.Context) -> int:
         time.sleep(30)
         return 0
+
+
+class SlowStart(CalcImpl):
+    """Takes 10 s to build: a spawn() of it can be cancelled while it starts."""
+
+    def __init__(self) -> None:
+        time.sleep(10)
