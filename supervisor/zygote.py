@@ -345,8 +345,10 @@ class ZygoteClient:
                 proc = self.by_zpid.pop(zpid, None)
                 if proc is not None:
                     proc.ended(ws)
-                else:
+                else:  # its fork reply is still on its way (or its spawn was cancelled)
                     self.exited_early[zpid] = ws
+                    if len(self.exited_early) > 256:  # cancelled spawns never claim theirs
+                        del self.exited_early[next(iter(self.exited_early))]
             else:
                 self.box.kill(Outcome.BAD_MESSAGE, f"zygote sent an unknown record {data[:8]!r}")
                 self._died("the zygote sent an unknown record")
