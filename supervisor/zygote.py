@@ -250,8 +250,8 @@ class ZygoteClient:
         self.box = box
         self.sock = sock
         self.by_zpid: dict[int, ZygoteProcess] = {}
-        self.pending: dict[bytes, asyncio.Future[int]] = {}
-        self.exited_early: dict[int, int] = {}
+        self.pending: dict[bytes, asyncio.Future[ZygoteProcess]] = {}
+        self._serial = 0
         self.dead = False
         self._box_fds: tuple[int, ...] = ()
 
@@ -303,19 +303,15 @@ class ZygoteClient:
     async def fork(self, wid: str, child: socket.socket) -> ZygoteProcess:
         if self.dead:
             raise ZygoteError("the zygote has ended; no more zygote workers")
-        key = wid.encode()
-        fut: asyncio.Future[int] = self.loop.create_future()
+        self._serial += 1
+        key = b"%d" % self._serial  # the request's own key: worker ids are the embedder's
+        fut: asyncio.Future[ZygoteProcess] = self.loop.create_future()
         self.pending[key] = fut
         self.send(b"F" + key, [child.fileno()])
         try:
-            zpid = await fut
+            return await fut
         finally:
             self.pending.pop(key, None)
-        proc = ZygoteProcess(self, zpid)
-        self.by_zpid[zpid] = proc
-        if zpid in self.exited_early:
-            proc.ended(self.exited_early.pop(zpid))
-        return proc
 
     def _on_readable(self) -> None:
         for _ in range(64):
@@ -331,9 +327,15 @@ class ZygoteClient:
                 return
             kind = data[:1]
             if kind == b"P" and len(data) > 1 + _I.size:
+                zpid = _I.unpack_from(data, 1)[0]
                 fut = self.pending.get(data[1 + _I.size:])
                 if fut is not None and not fut.done():
-                    fut.set_result(_I.unpack_from(data, 1)[0])
+                    # Registered now, so its exit record (maybe in this same batch) finds it.
+                    proc = ZygoteProcess(self, zpid)
+                    self.by_zpid[zpid] = proc
+                    fut.set_result(proc)
+                else:  # its spawn was cancelled: it must not run
+                    self.send(b"K" + _I.pack(zpid))
             elif kind == b"E" and len(data) > 1 + _I.size:
                 fut = self.pending.get(data[1 + _I.size:])
                 err = _I.unpack_from(data, 1)[0]
@@ -342,13 +344,9 @@ class ZygoteClient:
                                                   f"{os.strerror(err)}"))
             elif kind == b"X" and len(data) == 1 + _II.size:
                 zpid, ws = _II.unpack_from(data, 1)
-                proc = self.by_zpid.pop(zpid, None)
-                if proc is not None:
-                    proc.ended(ws)
-                else:  # its fork reply is still on its way (or its spawn was cancelled)
-                    self.exited_early[zpid] = ws
-                    if len(self.exited_early) > 256:  # cancelled spawns never claim theirs
-                        del self.exited_early[next(iter(self.exited_early))]
+                ended = self.by_zpid.pop(zpid, None)
+                if ended is not None:  # else: a worker whose spawn was cancelled
+                    ended.ended(ws)
             else:
                 self.box.kill(Outcome.BAD_MESSAGE, f"zygote sent an unknown record {data[:8]!r}")
                 self._died("the zygote sent an unknown record")

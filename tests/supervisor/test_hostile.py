@@ -363,7 +363,7 @@ def test_cancelled_spawn_leaves_nothing_running(method: str, delay: float) -> No
             await eventually(lambda: children() <= before, "the half-started worker is gone")
             if method == "zygote":
                 await eventually(lambda: not s._zygote.by_zpid, "the zygote reported its end")
-            assert zombie_children() == []
+            await eventually(lambda: zombie_children() == [], "it was reaped")
             w = await s.spawn(Calc, CALC)
             assert await w.remote.square(2) == 4
     run(main())
