@@ -279,6 +279,19 @@ class Pool:
                     continue
                 self._release(w)
 
+    async def full(self, timeout: float = 30.0) -> bool:
+        """Wait until the pool has all `size` workers again (after restarts); False if it
+        failed, closed or the timeout passed first."""
+        end = time.monotonic() + timeout
+        while len(self.workers) < self.size or self._holds_dead_workers():
+            if self.failed or self.closed or time.monotonic() > end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _holds_dead_workers(self) -> bool:
+        return any(not w.alive for w in self.workers.values())
+
     def status(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -59,6 +59,7 @@ async def main() -> None:
                     print(f"{os.path.basename(path):12} rejected by the decoder: {e}")
                 finally:
                     os.close(fd)
+        await pool.full()    # replacements for the killed workers are up
         print(f"served {pool.calls_ok} thumbnails; {pool.restarts} worker(s) replaced; "
               f"{len(pool.workers)} alive")
 

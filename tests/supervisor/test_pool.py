@@ -141,3 +141,20 @@ def test_per_worker_pipelines_calls_and_a_death_fails_only_that_workers_calls() 
             assert len(died) == 4 and all(d == 200 for d in done if d not in died)
             assert all(e.worker_id == victim.id for e in died)
     run(main())
+
+
+def test_full_waits_for_replacements() -> None:
+    async def main() -> None:
+        async with sup() as s:
+            pool = await s.pool(Calc, CALC, size=2, restart=RestartPolicy("on-failure",
+                                                                          backoff=0.2))
+            with pytest.raises(WorkerDied):
+                await pool.call("act", "exit", 1)
+            assert len(pool.workers) == 1
+            assert await pool.full(timeout=30)
+            assert len(pool.workers) == 2 and pool.restarts == 1
+            never = await s.pool(Calc, CALC, size=1, restart=RestartPolicy("never"))
+            with pytest.raises(WorkerDied):
+                await never.call("act", "exit", 1)
+            assert not await never.full(timeout=0.2)
+    run(main())
