@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from supervisor import Restarted, Supervisor, WorkerDied
+from supervisor import Exited, Restarted, Supervisor, WorkerDied
 from supervisor.pool import DeadlineExceeded, PoolError, RestartPolicy
 from supervisor.sandbox import Outcome
 from tests.supervisor.util import CALC, PRELOAD, eventually, run
@@ -113,7 +113,7 @@ def test_health_check_replaces_a_worker_that_does_not_answer() -> None:
             exits = []
             while not q.empty():
                 e = q.get_nowait()
-                if type(e).__name__ == "Exited":
+                if isinstance(e, Exited):
                     exits.append(e)
             assert exits and exits[0].status.outcome is Outcome.TIMEOUT
             assert "health check ping()" in exits[0].status.reason

@@ -52,7 +52,7 @@ def children() -> set[int]:
 
 def zombie_children() -> list[int]:
     """Our children (any thread's) that have ended and were never reaped."""
-    out = []
+    out: list[int] = []
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/children") as f:
