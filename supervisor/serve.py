@@ -8,6 +8,7 @@
     [pools.thumbs]
     interface = "examples.thumbnailer.api:Thumbnailer"
     module = "examples.thumbnailer.worker:ThumbnailerImpl"  # or: program = ["/usr/bin/x"]
+    # ro_binds = ["/opt/x"]; env = ["MODE=fast"]   (program pools: what to bind, set)
     profile = "strict"
     count = 2
     restart = "on-failure"                  # never | on-failure | always
@@ -59,6 +60,8 @@ class PoolConfig:
     restart: RestartPolicy
     call_timeout: float | None
     memory: int | None
+    ro_binds: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class ServeConfig:
 
 
 _SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_POOL_KEYS = {"interface", "module", "program", "profile", "count", "restart", "backoff",
+_POOL_KEYS = {"interface", "module", "program", "ro_binds", "env", "profile", "count",
+              "restart", "backoff",
               "max_backoff", "crash_loop_limit", "crash_loop_window", "call_timeout", "memory"}
 
 
@@ -155,6 +159,18 @@ def load_config(path: str) -> ServeConfig:
                                   integer=True, minimum=1),
             crash_loop_window=float(_num(f"{where}.crash_loop_window",
                                          p.get("crash_loop_window", 30.0), minimum=0.001)))
+        extra: dict[str, tuple[str, ...]] = {}
+        for key in ("ro_binds", "env"):
+            v = p.get(key, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"{where}.{key}: expected a list of strings")
+            if v and program is None:
+                raise ConfigError(f"{where}.{key}: only for program pools (module workers "
+                                  "get their code bound in by the supervisor)")
+            extra[key] = tuple(v)
+        bad_env = [e for e in extra["env"] if "=" not in e]
+        if bad_env:
+            raise ConfigError(f"{where}.env: {bad_env[0]!r} is not NAME=VALUE")
         timeout = p.get("call_timeout")
         pools.append(PoolConfig(
             name=name, interface=iface, module=module,
@@ -164,7 +180,8 @@ def load_config(path: str) -> ServeConfig:
             restart=restart,
             call_timeout=None if timeout is None else float(_num(f"{where}.call_timeout",
                                                                  timeout, minimum=0.001)),
-            memory=None if p.get("memory") is None else _size(f"{where}.memory", p["memory"])))
+            memory=None if p.get("memory") is None else _size(f"{where}.memory", p["memory"]),
+            ro_binds=extra["ro_binds"], env=extra["env"]))
     return ServeConfig(path=path, start_method=method, preload=tuple(preload),
                        status_socket=status_socket, pools=tuple(pools))
 
@@ -185,6 +202,9 @@ async def serve(cfg: ServeConfig, *, ready: asyncio.Event | None = None) -> int:
             kw: dict[str, Any] = {"profile": pc.profile}
             if pc.memory is not None:
                 kw["memory"] = pc.memory
+            if pc.program:
+                kw["ro_binds"] = list(pc.ro_binds)
+                kw["env"] = list(pc.env)
             await sup.pool(iface, pc.module if pc.module else list(pc.program or ()),
                            size=pc.count, name=pc.name, restart=pc.restart,
                            call_timeout=pc.call_timeout, **kw)

@@ -59,6 +59,9 @@ def test_config_parses(tmp_path: Path) -> None:
       "program = [\"/bin/true\"]\nmodule = \"x:y\""),
      "pools.calc: give exactly one of module"),
     (("count = 2", "count = ["), "Invalid"),
+    (("count = 2", "count = 2\nro_binds = [\"/opt\"]"),
+     "pools.calc.ro_binds: only for program pools"),
+
 ])
 def test_config_errors_name_file_and_key(tmp_path: Path, change: tuple[str, str],
                                          message: str) -> None:
@@ -105,3 +108,43 @@ def test_serve_status_sigusr1_and_clean_shutdown(tmp_path: Path) -> None:
     assert "status: {" in err and "shutting down" in err
     assert not any(alive(p) for p in pids)
     assert not sock.exists()
+
+
+def test_program_pool_in_process(tmp_path: Path) -> None:
+    """A pool of programs (any executable speaking ipc on fd 3) from a config, served
+    in-process until SIGTERM."""
+    import asyncio
+    import site
+
+    from supervisor.serve import serve
+
+    paths = [WORKTREE, *(p for p in site.getsitepackages() if os.path.isdir(p))]
+    code = ("import ipc; from tests.supervisor.workers import CalcImpl; "
+            "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
+    path = write(tmp_path, f"""
+[supervisor]
+start_method = "spawn"
+status_socket = "{tmp_path / 's.sock'}"
+
+[pools.prog]
+interface = "tests.supervisor.workers:Calc"
+program = ["/usr/bin/python3", "-c", {json.dumps(code)}]
+ro_binds = {json.dumps(paths)}
+env = ["PYTHONPATH={':'.join(paths)}"]
+count = 2
+""")
+    cfg = load_config(path)
+
+    async def main() -> None:
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(serve(cfg, ready=ready))
+        await asyncio.wait_for(ready.wait(), 60)
+        from supervisor.serve import query_status
+        snap = await asyncio.get_running_loop().run_in_executor(
+            None, query_status, str(tmp_path / "s.sock"))
+        assert snap["pools"]["prog"]["alive"] == 2
+        assert snap["pools"]["prog"]["target"][0] == "/usr/bin/python3"
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(server, 60) == 0
+
+    asyncio.run(main())
