@@ -326,6 +326,10 @@ class Supervisor:
             parent, child = socket.socketpair(socket.AF_UNIX,
                                               socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             sock = parent
+            # The bootstrap waits in the channel before the worker exists, so a
+            # pre-forked worker reads it the moment it is handed its channel.
+            parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            parent.send(bootstrap.encode(boot))
             try:
                 if method == "fork":
                     pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids())
@@ -341,10 +345,11 @@ class Supervisor:
                 raise
             finally:
                 child.close()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         sock.setblocking(False)
         try:
-            sock.send(bootstrap.encode(boot))
+            if method == "spawn":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                sock.send(bootstrap.encode(boot))
             pid = await self._await_hello(sock, proc, ready_timeout, wid)
         except BaseException:
             sock.close()

@@ -83,10 +83,15 @@ def warm_up() -> None:
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
         worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
         rlimits=())))
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    channel = ipc.connect(a, validate_outgoing=False)
-    channel.close()
-    b.close()
+    # Twice: the first 128 KiB frame buffer is an mmap, whose free raises glibc's
+    # mmap threshold; the second comes from the heap and, freed, stays there,
+    # already faulted in, for the real channel's buffer.
+    for _ in range(2):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel = ipc.connect(a, validate_outgoing=False)
+        channel.close()
+        b.close()
+    PreparedFilter(b"\0" * 8, listener=False)  # ctypes' call paths, without loading it
 
 
 def lock_down(boot: bootstrap.Bootstrap) -> None:
