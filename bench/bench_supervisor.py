@@ -260,7 +260,7 @@ def main() -> None:
     print("| from the call that makes the worker send a bad frame to... | median | p90 | p99 "
           "| runs |\n|---|---|---|---|---|")
     print(row("SIGKILL sent (frame read, rejected, sandbox killed)", react))
-    print(row("death observed and reported (zygote reaps, exit record)", lat))
+    print(row("death observed and reported (pidfd readable, Exited event)", lat))
     print(f"\nother workers meanwhile: {done} calls ok, {failed} failed "
           "(goal: p99 <= 5 ms, 0 failed)")
 
