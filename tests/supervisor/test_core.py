@@ -189,3 +189,23 @@ def test_sync_face() -> None:
         with pytest.raises(WorkerDied):
             w.call("act", "bad_frame")
         assert w.wait().outcome is Outcome.BAD_MESSAGE
+
+
+def test_program_seccomp_violation_names_the_call() -> None:
+    """Programs get the sandbox's user-notify reporting: the event names the system call."""
+    async def main() -> None:
+        async with sup("spawn") as s:
+            q = s.event_queue()
+            w = await s.spawn_program(
+                ["/usr/bin/python3", "-c",
+                 "import ctypes, time; ctypes.CDLL(None).syscall(330, 0, 0); time.sleep(30)"],
+                profile="default")
+            st = await w.wait()
+            assert st.outcome is Outcome.SECCOMP_VIOLATION
+            assert st.violation is not None and st.violation.syscall == "pkey_alloc"
+            evs = []
+            while not q.empty():
+                evs.append(q.get_nowait())
+            viol = [e for e in evs if isinstance(e, SeccompViolation)]
+            assert len(viol) == 1 and viol[0].syscall == "pkey_alloc"
+    run(main())
