@@ -23,7 +23,12 @@ class Bootstrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     target: str  # "package.module:Attribute": an ipc.Interface implementation class/factory
     host_interface: str | None  # "module:Class" the supervisor serves to this worker, or None
     profile: str  # name, for the worker's own record and error messages
-    seccomp_filter: bytes  # struct sock_filter[], kill actions as SECCOMP_RET_KILL_PROCESS
+    seccomp_filter: bytes  # struct sock_filter[]
+    # True: kill actions are SECCOMP_RET_USER_NOTIF; the worker loads the filter with a
+    # new listener and sends it to the supervisor with HELLO (zygote and fork workers).
+    # False: SECCOMP_RET_KILL_PROCESS (spawn: the sandbox's filter already owns the
+    # stack's one listener).
+    notify: bool
     rlimits: tuple[tuple[int, int], ...]  # (RLIMIT_*, value): soft = hard
     max_frame_bytes: int = 1 << 17
 

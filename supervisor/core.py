@@ -78,6 +78,13 @@ def _rlimits(profile: Profile) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _is_seccomp_listener(fd: int) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:seccomp notify"
+    except OSError:
+        return False
+
+
 def _sandbox_python() -> tuple[str, list[str]]:
     """An interpreter a sandbox can run, and the site dirs to put on its path.
 
@@ -308,7 +315,8 @@ class Supervisor:
             host_iface = f"{iface.__module__}:{iface.__qualname__}"
         boot = bootstrap.Bootstrap(
             worker_id=wid, target=target, host_interface=host_iface, profile=prof.name,
-            seccomp_filter=worker_filter(prof), rlimits=_rlimits(prof),
+            seccomp_filter=worker_filter(prof, notify=method != "spawn"),
+            notify=method != "spawn", rlimits=_rlimits(prof),
             max_frame_bytes=(limits or self.limits).max_frame_bytes)
         loop = self._loop
         assert loop is not None
@@ -350,7 +358,8 @@ class Supervisor:
             if method == "spawn":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 sock.send(bootstrap.encode(boot))
-            pid = await self._await_hello(sock, proc, ready_timeout, wid)
+            pid = await self._await_hello(sock, proc, ready_timeout, wid,
+                                          want_listener=method != "spawn")
         except BaseException:
             sock.close()
             if proc.service() is None:  # cancelled (or failed) while it starts: end it
@@ -471,7 +480,7 @@ class Supervisor:
         return self._zygote
 
     async def _await_hello(self, sock: socket.socket, proc: WorkerProcess, timeout: float,
-                           wid: str) -> int:
+                           wid: str, want_listener: bool) -> int:
         """Wait for the worker's HELLO; the kernel's credentials give its pid as we see it."""
         loop = self._loop
         assert loop is not None
@@ -479,7 +488,9 @@ class Supervisor:
 
         def on_sock() -> None:
             try:
-                data, anc, _flags, _addr = sock.recvmsg(64, socket.CMSG_SPACE(_CREDS.size))
+                data, anc, _flags, _addr = sock.recvmsg(
+                    64, socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(4),
+                    socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -487,14 +498,31 @@ class Supervisor:
                 if not fut.done():
                     fut.set_exception(e)
                     return
-            if fut.done():
-                return
             pid = None
+            fds: list[int] = []
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     pid = _CREDS.unpack(payload[:_CREDS.size])[0]
-            if data == bootstrap.HELLO and pid:
+                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.extend(struct.unpack(f"={len(payload) // 4}i",
+                                             payload[:len(payload) - len(payload) % 4]))
+            listener = fds.pop() if want_listener and len(fds) == 1 else None
+            for extra in fds:
+                os.close(extra)
+            if listener is not None and not _is_seccomp_listener(listener):
+                os.close(listener)
+                listener = None
+            if fut.done():
+                if listener is not None:
+                    os.close(listener)
+                return
+            if data == bootstrap.HELLO and pid and (listener is not None or not want_listener):
+                if listener is not None:
+                    proc.adopt_listener(listener)
                 fut.set_result(pid)
+            elif data == bootstrap.HELLO and pid:
+                fut.set_exception(ConnectionError("the worker did not hand over its seccomp "
+                                                  "listener"))
             else:
                 fut.set_exception(ConnectionError("the worker closed its channel before it "
                                                   "was ready" if not data else

@@ -4,10 +4,12 @@ Python workers load their profile's filter in-process, after start-up (the
 `strict` profile is written for exactly that). Two adaptations, both here so
 the profile files stay as written:
 
-- kill actions stay `kill-process`: a worker's filter is stacked on the
-  sandbox's launch filter, which already owns the seccomp listener (the
-  kernel allows one per stack), so the supervisor learns of these kills
-  from the wait status (SIGSYS) rather than from user-notify;
+- kill actions become user-notify for zygote and fork workers, which load
+  the filter with a new listener and hand it to the supervisor (so it
+  records the refused call); `spawn` workers keep `kill-process`: their
+  filter is stacked on the sandbox's launch filter, which already owns the
+  stack's one listener, so the supervisor learns of those kills from the
+  wait status (SIGSYS);
 - the calls the ipc channel on fd 3 needs are allowed when the profile says
   nothing about them: a worker that cannot receive its calls is no worker.
   They act only on descriptors the worker already holds.
@@ -46,11 +48,12 @@ def resolve_profile(profile: str | Profile) -> Profile:
     return _profile(profile) if isinstance(profile, str) else profile
 
 
-@functools.lru_cache(maxsize=32)
-def _filter_for(profile: Profile) -> bytes:
-    return compile_policy(worker_policy(profile.seccomp), kill_as_notify=False)
+@functools.lru_cache(maxsize=64)
+def _filter_for(profile: Profile, notify: bool) -> bytes:
+    return compile_policy(worker_policy(profile.seccomp), kill_as_notify=notify)
 
 
-def worker_filter(profile: Profile) -> bytes:
-    """Compiled once per profile (profiles are frozen and hashable)."""
-    return _filter_for(profile)
+def worker_filter(profile: Profile, notify: bool = False) -> bytes:
+    """Compiled once per profile (profiles are frozen and hashable). notify: kill actions
+    as user-notify, for a worker that hands its own listener to the supervisor."""
+    return _filter_for(profile, notify)

@@ -19,7 +19,8 @@ import signal
 import time
 from collections.abc import Callable
 
-from supervisor.sandbox import Outcome, Sandbox, Status
+from supervisor.sandbox import Outcome, Sandbox, Status, Violation
+from supervisor.sandbox.notify import Listener
 
 EXIT_SETUP = 125
 
@@ -35,13 +36,14 @@ def readable(fds: list[int], timeout: float | None = 0) -> list[int]:
 
 
 def status_from_wait(ws: int, cause: tuple[Outcome, str] | None, started: float,
-                     setup_done: bool) -> Status:
+                     setup_done: bool, violation: Violation | None = None) -> Status:
     """Classify a worker's wait status; a recorded cause (ours) wins."""
     wall = time.monotonic() - started
     if cause is not None:
         outcome, reason = cause
-        return Status(outcome=outcome, exit_code=128 + signal.SIGKILL, signal=signal.SIGKILL,
-                      reason=reason, wall_time=wall, limits_mechanism="rlimit")
+        code = 128 + (signal.SIGSYS if outcome is Outcome.SECCOMP_VIOLATION else signal.SIGKILL)
+        return Status(outcome=outcome, exit_code=code, signal=signal.SIGKILL, reason=reason,
+                      violation=violation, wall_time=wall, limits_mechanism="rlimit")
     if os.WIFEXITED(ws):
         rc = os.WEXITSTATUS(ws)
         if rc == EXIT_SETUP and not setup_done:
@@ -64,6 +66,40 @@ class WorkerProcess:
     pid: int
     setup_done: bool = False
     notify: Callable[[], object] | None = None  # called when the status becomes known
+    # The worker's own seccomp listener (zygote and fork workers): what its filter
+    # refuses blocks in the kernel and is reported here, with the call's name.
+    listener: Listener | None = None
+    violation: Violation | None = None
+
+    def adopt_listener(self, fd: int) -> None:
+        self.listener = Listener(fd)
+
+    def listener_fds(self) -> tuple[int, ...]:
+        return (self.listener.fd,) if self.listener is not None and self.listener.fd >= 0 else ()
+
+    def check_listener(self) -> None:
+        """A refused call waiting on the listener: record it and kill the worker."""
+        lst = self.listener
+        if lst is None or lst.fd < 0:
+            return
+        state = lst.state()
+        if state == "hup":
+            lst.close()
+            return
+        if state != "pending":
+            return
+        try:
+            n = lst.receive()
+        except OSError:
+            lst.close()
+            return
+        if n is not None and self.violation is None:
+            self.violation = n.violation()
+            self.kill(Outcome.SECCOMP_VIOLATION, f"seccomp refused {self.violation.syscall}")
+
+    def close_listener(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
 
     def fds(self) -> tuple[int, ...]:
         raise NotImplementedError
@@ -117,20 +153,23 @@ class ForkedProcess(WorkerProcess):
         self.status: Status | None = None
 
     def fds(self) -> tuple[int, ...]:
-        return () if self.status is not None else (self.pidfd,)
+        return () if self.status is not None else (self.pidfd, *self.listener_fds())
 
     def service(self) -> Status | None:
         if self.status is not None:
             return self.status
+        self.check_listener()
         try:
             pid, ws = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:  # reaped by someone else's waitpid(-1): no status to read
             pid, ws = self.pid, signal.SIGKILL
         if pid == 0:
             return None
-        self.status = status_from_wait(ws, self.cause, self.started, self.setup_done)
+        self.status = status_from_wait(ws, self.cause, self.started, self.setup_done,
+                                       self.violation)
         os.close(self.pidfd)
         self.pidfd = -1
+        self.close_listener()
         return self.status
 
     def kill(self, outcome: Outcome, reason: str) -> None:

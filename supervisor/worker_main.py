@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import resource
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -66,8 +67,14 @@ def run(fd: int = CHANNEL_FD) -> int:
     channel = ipc.connect(fd, serve=impl, remote=host_iface, limits=limits,
                           validate_outgoing=False)
     _host = channel.remote if host_iface is not None else None
-    lock_down(boot)
-    os.write(fd, bootstrap.HELLO)
+    hello = socket.socket(fileno=os.dup(fd))  # made now: no new fds once the filter is on
+    listener = lock_down(boot)
+    if listener is not None:  # the supervisor reads what our filter refuses
+        socket.send_fds(hello, [bootstrap.HELLO], [listener])
+        os.close(listener)
+    else:
+        hello.send(bootstrap.HELLO)
+    hello.close()
     try:
         channel.serve_forever()
     except ipc.ChannelError:
@@ -78,11 +85,9 @@ def run(fd: int = CHANNEL_FD) -> int:
 def warm_up() -> None:
     """Run the runtime's code paths once before the real work, in a pre-forked worker:
     the copy-on-write faults and lazy initialisation happen here, off the critical path."""
-    import socket
-
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
         worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
-        rlimits=())))
+        notify=False, rlimits=())))
     # Twice: the first 128 KiB frame buffer is an mmap, whose free raises glibc's
     # mmap threshold; the second comes from the heap and, freed, stays there,
     # already faulted in, for the real channel's buffer.
@@ -94,8 +99,9 @@ def warm_up() -> None:
     PreparedFilter(b"\0" * 8, listener=False)  # ctypes' call paths, without loading it
 
 
-def lock_down(boot: bootstrap.Bootstrap) -> None:
-    """The worker's own confinement, applied before it sees any input."""
+def lock_down(boot: bootstrap.Bootstrap) -> int | None:
+    """The worker's own confinement, applied before it sees any input. Returns the
+    filter's seccomp listener when the bootstrap asks for one."""
     for kind, value in boot.rlimits:
         _soft, hard = resource.getrlimit(kind)
         cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
@@ -103,7 +109,9 @@ def lock_down(boot: bootstrap.Bootstrap) -> None:
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     caps.no_new_privs()
     if boot.seccomp_filter:
-        PreparedFilter(boot.seccomp_filter, listener=False).load()
+        fd = PreparedFilter(boot.seccomp_filter, listener=boot.notify).load()
+        return fd if boot.notify else None
+    return None
 
 
 def main() -> NoReturn:

@@ -13,8 +13,10 @@ sibling), its own session, capabilities dropped, non-dumpable (as is the
 zygote), then its profile's filter stacked on the zygote's. A compromised
 worker therefore cannot name the zygote at all, and the zygote's filter still
 binds it. That filter kills with SECCOMP_RET_KILL_PROCESS rather than
-reporting through user-notify: the kernel then ends only the caller, where a
-notification would have the sandbox kill the zygote and every sibling.
+reporting through user-notify (see zygote_policy): the kernel then ends only
+the caller, where a notification would have the sandbox kill the zygote and
+every sibling. Each worker reports its own profile's refusals through a
+listener of its own, which it hands to the supervisor.
 
 When the supervisor dies the zygote's sandbox dies (parent-death signal on
 its init) and takes every worker with it: they live in PID namespaces nested
@@ -40,6 +42,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import importlib
 import os
@@ -52,6 +55,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from profiles.model import KILL_PROCESS, ActionKind, SeccompPolicy, SyscallRule
 from supervisor.process import WorkerProcess, readable, status_from_wait
 from supervisor.sandbox import Outcome, Status
 
@@ -160,7 +164,7 @@ def main() -> None:
     # Build msgspec's decoder for the bootstrap once, here, not in every worker.
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
         worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
-        rlimits=())))
+        notify=False, rlimits=())))
     from supervisor.sandbox import _sys
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     import gc
@@ -195,16 +199,21 @@ class ZygoteProcess(WorkerProcess):
     def fds(self) -> tuple[int, ...]:
         # Its pidfd turns readable when it dies; the wait status comes from the
         # zygote's exit record, which then calls notify.
-        return (self.pidfd,) if self.pidfd >= 0 and not self._gone else ()
+        return ((self.pidfd, *self.listener_fds()) if self.pidfd >= 0 and not self._gone
+                else ())
 
     def service(self) -> Status | None:
+        if self.status is None:
+            self.check_listener()
         if (self.status is None and self.pidfd >= 0 and not self._gone
                 and readable([self.pidfd])):
             self._gone = True
             if self.cause is not None:  # we killed it: our cause is the outcome, known now
-                self.status = status_from_wait(0, self.cause, self.started, self.setup_done)
+                self.status = status_from_wait(0, self.cause, self.started, self.setup_done,
+                                               self.violation)
                 os.close(self.pidfd)
                 self.pidfd = -1
+                self.close_listener()
         return self.status
 
     def ended(self, ws: int | None, reason: str = "") -> None:
@@ -214,7 +223,9 @@ class ZygoteProcess(WorkerProcess):
             self.status = Status(outcome=Outcome.KILLED, exit_code=137, reason=reason,
                                  limits_mechanism="rlimit")
         else:
-            self.status = status_from_wait(ws, self.cause, self.started, self.setup_done)
+            self.status = status_from_wait(ws, self.cause, self.started, self.setup_done,
+                                           self.violation)
+        self.close_listener()
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
@@ -263,11 +274,8 @@ class ZygoteClient:
         from supervisor.policy import resolve_profile
         from supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
-        # Kill actions as plain SECCOMP_RET_KILL_PROCESS, not user-notify: every
-        # worker runs under this filter too, and a notification would make the
-        # sandbox kill the zygote (and every sibling) for one worker's call.
-        # The kernel kills just the caller instead.
-        zfilter = compile_policy(resolve_profile(PROFILE_PATH).seccomp, kill_as_notify=False)
+        zfilter = compile_policy(zygote_policy(resolve_profile(PROFILE_PATH).seccomp),
+                                 kill_as_notify=False)
         spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
                                  PROFILE_PATH, "supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
@@ -378,6 +386,28 @@ class ZygoteClient:
     async def stop(self) -> None:
         self._died("the supervisor stopped the zygote")
         await self.loop.run_in_executor(None, self.box.wait)
+
+
+def zygote_policy(policy: SeccompPolicy) -> SeccompPolicy:
+    """The zygote profile as the filter every zygote worker also runs under.
+
+    - Kill actions stay SECCOMP_RET_KILL_PROCESS, not user-notify: a
+      notification would make the sandbox kill the zygote (and every sibling)
+      for one worker's call; the kernel kills just the caller instead.
+    - Refusals with EPERM/EACCES/... become kills too. A worker's own filter
+      reports its refusals through user-notify, and the kernel lets an errno
+      verdict of any filter in the stack win over user-notify: ptrace, mount,
+      unshare, ... would answer EPERM to a `strict` worker instead of killing
+      it. ENOSYS answers stay (clone3 -> ENOSYS is how glibc falls back to
+      clone, whose flags the filters can check).
+    """
+    def harden(rule: SyscallRule) -> SyscallRule:
+        a = rule.action
+        if a.kind is ActionKind.ERRNO and a.errno != errno.ENOSYS:
+            return dataclasses.replace(rule, action=KILL_PROCESS)
+        return rule
+
+    return dataclasses.replace(policy, rules=tuple(harden(r) for r in policy.rules))
 
 
 def _recv_ready(sock: socket.socket, box: Any) -> bool:

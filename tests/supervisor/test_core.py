@@ -209,3 +209,26 @@ def test_program_seccomp_violation_names_the_call() -> None:
             viol = [e for e in evs if isinstance(e, SeccompViolation)]
             assert len(viol) == 1 and viol[0].syscall == "pkey_alloc"
     run(main())
+
+
+@pytest.mark.parametrize("method", ["zygote", "fork"])
+def test_python_worker_violation_names_the_call(method: str) -> None:
+    """Zygote and fork workers hand their filter's listener to the supervisor: a refused
+    call blocks in the kernel, is recorded with its name and arguments, and the worker dies."""
+    async def main() -> None:
+        async with sup(method) as s:
+            q = s.event_queue()
+            w = await s.spawn(Calc, CALC)   # strict: no open at all
+            with pytest.raises(WorkerDied, match=r"seccomp violation: openat\(0xffffff9c, "):
+                await w.remote.act("open")
+            st = await w.wait()
+            assert st.outcome is Outcome.SECCOMP_VIOLATION
+            assert st.violation is not None and st.violation.syscall == "openat"
+            assert st.violation.args[0] & 0xFFFFFFFF == 0xFFFFFF9C  # AT_FDCWD
+            evs = []
+            while not q.empty():
+                evs.append(q.get_nowait())
+            assert [e.syscall for e in evs if isinstance(e, SeccompViolation)] == ["openat"]
+            other = await s.spawn(Calc, CALC)
+            assert await other.remote.square(3) == 9
+    run(main())
