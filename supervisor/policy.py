@@ -24,6 +24,12 @@ from profiles.compiler import compile_policy
 from profiles.model import ALLOW, Origin, Profile, SeccompPolicy, SyscallRule
 
 CHANNEL_CALLS = ("recvmsg", "sendmsg", "recvfrom", "sendto", "fcntl", "poll", "ppoll",
+                 # CPython formats a socket's repr (getsockname) whenever a socket object
+                 # is finalized unclosed, even when the ResourceWarning is then ignored
+                 "getsockname", "getpeername", "getsockopt",
+                 # the runtime lowers RLIMIT_NOFILE after it has handed over its seccomp
+                 # listener; limits can only go down (hard = soft, no CAP_SYS_RESOURCE)
+                 "prlimit64",
                  "getpid", "gettid", "rt_sigprocmask", "rt_sigreturn", "exit_group", "exit",
                  "futex", "close", "read", "write", "madvise", "munmap", "mmap", "brk",
                  "mremap", "fstat", "newfstatat", "lseek", "getrandom")

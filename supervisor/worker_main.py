@@ -16,6 +16,7 @@ Nothing the implementation does can widen what step 4 set.
 
 from __future__ import annotations
 
+import array
 import importlib
 import os
 import resource
@@ -67,14 +68,25 @@ def run(fd: int = CHANNEL_FD) -> int:
     channel = ipc.connect(fd, serve=impl, remote=host_iface, limits=limits,
                           validate_outgoing=False)
     _host = channel.remote if host_iface is not None else None
-    hello = socket.socket(fileno=os.dup(fd))  # made now: no new fds once the filter is on
+    # Everything the ready message needs is built before the filter goes on: until the
+    # supervisor holds the listener, a refused call would wait for it forever.
+    hello = socket.socket(fileno=os.dup(fd))
+    expected = os.dup(0)  # the listener will take the lowest free fd: this one
+    os.close(expected)
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [expected]))]
+    message = [bootstrap.HELLO]
     listener = lock_down(boot)
     if listener is not None:  # the supervisor reads what our filter refuses
-        socket.send_fds(hello, [bootstrap.HELLO], [listener])
+        if listener != expected:
+            os._exit(EXIT_SETUP)
+        hello.sendmsg(message, rights)
         os.close(listener)
     else:
         hello.send(bootstrap.HELLO)
     hello.close()
+    # Only now: the kernel refuses to pass an fd (the listener) while the sender's uid
+    # has more fds in flight than its RLIMIT_NOFILE, and every worker shares one uid.
+    _set_rlimits(boot, only=resource.RLIMIT_NOFILE)
     try:
         channel.serve_forever()
     except ipc.ChannelError:
@@ -99,13 +111,21 @@ def warm_up() -> None:
     PreparedFilter(b"\0" * 8, listener=False)  # ctypes' call paths, without loading it
 
 
-def lock_down(boot: bootstrap.Bootstrap) -> int | None:
-    """The worker's own confinement, applied before it sees any input. Returns the
-    filter's seccomp listener when the bootstrap asks for one."""
+def _set_rlimits(boot: bootstrap.Bootstrap, only: int | None = None,
+                 skip: int | None = None) -> None:
+    """soft = hard = the profile's value (never above the current hard limit)."""
     for kind, value in boot.rlimits:
+        if (only is not None and kind != only) or kind == skip:
+            continue
         _soft, hard = resource.getrlimit(kind)
         cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(kind, (cap, cap))
+
+
+def lock_down(boot: bootstrap.Bootstrap) -> int | None:
+    """The worker's own confinement, applied before it sees any input. Returns the
+    filter's seccomp listener when the bootstrap asks for one."""
+    _set_rlimits(boot, skip=resource.RLIMIT_NOFILE)  # RLIMIT_NOFILE: see run()
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
     caps.no_new_privs()
     if boot.seccomp_filter:
