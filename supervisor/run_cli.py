@@ -79,6 +79,12 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
     message); 125 when the sandbox could not be set up (bad option, profile
     error, setup step refused); 126/127 when PROGRAM is not executable / not
     found inside the sandbox.
+
+    \b
+    Environment:
+      WARDEN_CGROUP      cgroup v2 directory for the sandboxes' cgroups, or
+                         "none" for rlimits only
+      WARDEN_OUTER_UID   as root: default for --outer-uid (and _GID)
     """
     status = _run(list(program), profile, options)
     if json_status:

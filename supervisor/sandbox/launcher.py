@@ -105,6 +105,8 @@ class Plan(NamedTuple):
     notify: bool
     last_cap: int
     drop_groups: bool  # root: drop the supplementary groups (setgroups is allowed)
+    map_ids: tuple[int, int]  # outer (uid, gid) that INNER_ID maps to
+    self_maps: bool  # the init writes its own maps (ordinary user) instead of the parent
 
 
 # ---------------------------------------------------------------- child side
@@ -186,7 +188,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
                         *(src for _t, src in plan.fd_pairs)})
         step = "userns"
-        if os.read(sock_fd, 16) != b"G":
+        if plan.self_maps:
+            userns.write_maps("self", *plan.map_ids, deny_setgroups=True)
+        elif os.read(sock_fd, 16) != b"G":
             os._exit(EXIT_SETUP)
         # Become the sandbox's id now: files in the new root must be created by
         # an id the namespace maps. Inner 0 is unmapped, so the namespace's
@@ -387,6 +391,8 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         notify=spec.notify,
         last_cap=caps.last_cap(),
         drop_groups=os.geteuid() == 0,
+        map_ids=userns.outer_ids(spec),
+        self_maps=os.geteuid() != 0,
     )
 
 
@@ -399,10 +405,18 @@ class _Setup:
 
     def recv(self) -> tuple[bytes, list[int]]:
         """Next message and any fds that came with it; (b"", []) at end-of-file."""
-        left = self.deadline - time.monotonic()
-        if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-            raise TimeoutError("sandbox setup did not finish in time")
-        data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError("sandbox setup did not finish in time")
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
+                break
+            except ConnectionResetError:
+                # The child side closed with a message of ours unread (it failed
+                # before reading "C"). Reading the error clears it; what the
+                # child sent before closing is still queued behind it.
+                continue
         fds: list[int] = []
         for level, kind, payload in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -528,13 +542,14 @@ class Launch:
                     # waits for an RCU grace period (1 to 10 ms) while the init
                     # builds its root; it waits for "C" before forking the workload.
                     pidfd = os.pidfd_open(init_pid)
-                    uid, gid = userns.outer_ids(spec)
-                    try:
-                        userns.write_maps(init_pid, uid, gid)
-                    except OSError as e:
-                        failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
-                        raise
-                    setup_parent.send(b"G")
+                    if not self.plan.self_maps:
+                        try:
+                            userns.write_maps(init_pid, *self.plan.map_ids,
+                                              deny_setgroups=False)
+                        except OSError as e:
+                            failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
+                            raise
+                        setup_parent.send(b"G")
                     try:
                         limiter.attach(init_pid)
                     except OSError as e:

@@ -67,6 +67,18 @@ def _touch(path: bytes) -> None:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
 
 
+_LOCKABLE = ((os.ST_RDONLY, _sys.MS_RDONLY), (os.ST_NOSUID, _sys.MS_NOSUID),
+             (os.ST_NODEV, _sys.MS_NODEV), (os.ST_NOEXEC, _sys.MS_NOEXEC),
+             (os.ST_NOATIME, _sys.MS_NOATIME), (os.ST_NODIRATIME, _sys.MS_NODIRATIME),
+             (os.ST_RELATIME, _sys.MS_RELATIME))
+
+
+def _locked(path: bytes) -> int:
+    """The MS_* flags a mount has now (those a remount in a userns must keep)."""
+    f = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _LOCKABLE if f & st)
+
+
 def _lock_down(path: bytes, readonly: bool, exec_ok: bool = True) -> None:
     """Make a mount (and its submounts) nosuid+nodev, and read-only when asked."""
     attrs = _sys.MOUNT_ATTR_NOSUID | _sys.MOUNT_ATTR_NODEV
@@ -79,13 +91,10 @@ def _lock_down(path: bytes, readonly: bool, exec_ok: bool = True) -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL):
             raise
-        # Before Linux 5.12: remount the top mount only, keeping the flags the
-        # kernel locked on it (remounting without them is refused in a userns).
-        flags = _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_NOSUID | _sys.MS_NODEV
-        vfs = os.statvfs(path)
-        for st_flag, ms_flag in ((os.ST_NOEXEC, _sys.MS_NOEXEC), (os.ST_RDONLY, _sys.MS_RDONLY)):
-            if vfs.f_flag & st_flag:
-                flags |= ms_flag
+        # Before Linux 5.12: remount the top mount only (its submounts keep
+        # their flags), keeping the flags the kernel locked on it (remounting
+        # without them is refused in a user namespace).
+        flags = _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_NOSUID | _sys.MS_NODEV | _locked(path)
         if readonly:
             flags |= _sys.MS_RDONLY
         if not exec_ok:
@@ -100,13 +109,8 @@ def _readonly(path: bytes) -> None:
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL):
             raise
-        flags = _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY
-        vfs = os.statvfs(path)
-        for st_flag, ms_flag in ((os.ST_NOSUID, _sys.MS_NOSUID), (os.ST_NODEV, _sys.MS_NODEV),
-                                 (os.ST_NOEXEC, _sys.MS_NOEXEC)):
-            if vfs.f_flag & st_flag:
-                flags |= ms_flag
-        _sys.mount(None, path, None, flags)
+        _sys.mount(None, path, None, _sys.MS_BIND | _sys.MS_REMOUNT | _sys.MS_RDONLY
+                   | _locked(path))
 
 
 def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:

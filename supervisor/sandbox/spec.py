@@ -151,6 +151,16 @@ def _env(profile: Profile, keep_env: Sequence[str], set_env: Sequence[str],
     return tuple(env.items())
 
 
+def _env_id(env: Mapping[str, str], name: str) -> int:
+    text = env.get(name)
+    if text is None:
+        return DEFAULT_OUTER_ID
+    try:
+        return int(text)
+    except ValueError:
+        raise SpecError(f"{name}={text!r}: not a numeric id") from None
+
+
 def _positive(value: float | int | None, option: str) -> None:
     if value is not None and value <= 0:
         raise SpecError(f"{option} {value}: must be greater than zero")
@@ -298,10 +308,8 @@ def build_spec(
     environment = _env(profile, keep_env, env, src_env, extra)
 
     # Identity when running as root.
-    ouid = outer_uid if outer_uid is not None else int(
-        src_env.get("WARDEN_OUTER_UID", DEFAULT_OUTER_ID))
-    ogid = outer_gid if outer_gid is not None else int(
-        src_env.get("WARDEN_OUTER_GID", DEFAULT_OUTER_ID))
+    ouid = outer_uid if outer_uid is not None else _env_id(src_env, "WARDEN_OUTER_UID")
+    ogid = outer_gid if outer_gid is not None else _env_id(src_env, "WARDEN_OUTER_GID")
     for opt, v in (("--outer-uid", ouid), ("--outer-gid", ogid)):
         if v <= 0 or v >= 2**32 - 1:
             raise SpecError(f"{opt} {v}: must be an unprivileged id (not 0, below 4294967295)")

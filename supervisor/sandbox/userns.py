@@ -6,8 +6,10 @@ Outside, that id is the invoking user's own uid when warden runs as an
 ordinary user (the only mapping the kernel allows it), and a dedicated
 unprivileged id (spec.outer_uid/outer_gid) when warden runs as root, so the
 kernel's own uid checks keep the child away from root's files and from the
-supervisor. The parent writes the maps (root needs to: mapping another id
-takes CAP_SETUID in the parent namespace); the child waits for them.
+supervisor. As root, the parent writes the maps (mapping another id takes
+CAP_SETUID in the parent namespace) and the child waits for them; as an
+ordinary user, the child writes its own (the one mapping the kernel allows
+it), so the parent's own dumpability never stands in the way.
 """
 
 from __future__ import annotations
@@ -27,17 +29,16 @@ def outer_ids(spec: SandboxSpec) -> tuple[int, int]:
     return os.geteuid(), os.getegid()
 
 
-def write_maps(pid: int, uid: int, gid: int) -> bool:
-    """Map INNER_ID to (uid, gid) for `pid`; True when setgroups stays allowed (root)."""
-    privileged = os.geteuid() == 0
+def write_maps(pid: int | str, uid: int, gid: int, *, deny_setgroups: bool) -> None:
+    """Map INNER_ID to (uid, gid) for `pid` ("self" for the caller). Without
+    CAP_SETGID in the parent namespace, setgroups must be denied first."""
     try:
-        if not privileged:
+        if deny_setgroups:
             _write(f"/proc/{pid}/setgroups", b"deny")
         _write(f"/proc/{pid}/uid_map", b"%d %d 1\n" % (INNER_ID, uid))
         _write(f"/proc/{pid}/gid_map", b"%d %d 1\n" % (INNER_ID, gid))
     except OSError as e:
         raise UserNsError(e.errno or 0, f"id maps for pid {pid}: {e.strerror}") from None
-    return privileged
 
 
 def _write(path: str, data: bytes) -> None:

@@ -112,6 +112,9 @@ def test_environment_is_clean_but_for_named_variables() -> None:
     ({"tmpfs": ["/tmp"]}, "--tmpfs /tmp: destination /tmp is already used by the built-in /tmp; "
                           "use --tmp-size to size it"),
     ({"memory": -1}, "--memory -1: must be greater than zero"),
+    ({"source_env": {"WARDEN_OUTER_UID": "nobody"}},
+     "WARDEN_OUTER_UID='nobody': not a numeric id"),
+    ({"outer_uid": 0}, "--outer-uid 0: must be an unprivileged id (not 0, below 4294967295)"),
     ({"max_open_files": 3, "files": ["/etc/passwd"]},
      "--max-open-files 3: too low for the 5 fds handed to the child"),
 ])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 from sandbox_util import MODE, WORKTREE, py, run
 
 NS = ("user", "pid", "mnt", "net", "ipc", "uts", "cgroup")
@@ -203,3 +204,22 @@ def test_binds_tmpfs_and_chdir_options() -> None:
     owner = os.stat(os.path.join(rw, "result.txt")).st_uid
     assert owner == (DEFAULT_OUTER_ID if MODE == "root" else os.getuid())
     assert owner != 0
+
+
+def test_binds_stay_readonly_nosuid_nodev_through_the_pre_5_12_remount_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels before 5.12 have no mount_setattr(2): the sandbox then remounts,
+    keeping the flags the kernel locked. That path runs here by making our
+    wrapper answer ENOSYS (the remounts themselves are real)."""
+    import errno as errno_
+
+    from supervisor.sandbox import _sys
+
+    def no_mount_setattr(*_args: object, **_kw: object) -> None:
+        raise OSError(errno_.ENOSYS, "mount_setattr")
+
+    monkeypatch.setattr(_sys, "mount_setattr", no_mount_setattr)
+    r = py("import os, json; v = os.statvfs('/usr'); r = os.statvfs('/'); "
+           "print(json.dumps([bool(v.f_flag & f) for f in (os.ST_RDONLY, os.ST_NOSUID, "
+           "os.ST_NODEV)] + [bool(r.f_flag & os.ST_RDONLY)]))")
+    assert r.json() == [True, True, True, True], r

@@ -207,6 +207,24 @@ def test_clear_error_when_user_namespaces_are_turned_off() -> None:
                                 "enable them with: sysctl -w user.max_user_namespaces=15000")
 
 
+def test_clear_error_when_the_user_namespace_limit_is_reached() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    # One user namespace allowed, and already taken by a sleeper: the next gets ENOSPC.
+    r = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c",
+         'echo 1 > /proc/sys/user/max_user_namespaces || exit 9; '
+         'unshare --user sleep 30 </dev/null >/dev/null 2>&1 & taken=$!; '
+         'while [ "$(readlink /proc/$taken/ns/user)" = "$(readlink /proc/$$/ns/user)" ]; '
+         'do sleep 0.01; done; '
+         '"$0" -c "$1" "$2"; rc=$?; kill $taken; exit $rc',
+         PYTHON, USERNS_OFF, here],
+        capture_output=True, text=True, env=supervisor_env(), timeout=60)
+    assert r.returncode == 125, r
+    assert r.stdout.strip() == ("the user namespace limit is reached (user.max_user_namespaces, "
+                                "or the nesting depth of 32); raise it with: sysctl -w "
+                                "user.max_user_namespaces=15000"), r
+
+
 def test_spawn_from_a_threaded_process() -> None:
     import threading
 
@@ -304,3 +322,106 @@ def test_a_dropped_handle_kills_its_sandbox_and_warns() -> None:
     assert select.select([pidfd], [], [], 5)[0]
     os.close(pidfd)
     assert _leftover_cgroups() == [] or os.geteuid() != 0
+
+
+NON_DUMPABLE = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from sandbox_util import collect, start
+    from supervisor.sandbox import _sys
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)  # as a supervisor marks itself
+    for _ in range(20):  # a race with the child's own start would show up here
+        box, out, err = start(["/bin/sh", "-c", "exit 4"])
+        assert collect(box, out, err).status.returncode == 4
+    print("ok")
+""")
+
+
+def test_a_non_dumpable_supervisor_can_start_sandboxes() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([PYTHON, "-c", NON_DUMPABLE, here], capture_output=True, text=True,
+                       env=supervisor_env(), timeout=120)
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+
+
+def test_a_setup_error_is_reported_even_when_the_child_left_our_message_unread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without a cgroup to join, "cgroup joined" is sent at once; the init fails
+    # (no such program) before reading it, and closes with it unread, which the
+    # kernel reports to the parent (ECONNRESET) ahead of the error message. A
+    # slow parent (every read late) meets that every time.
+    from supervisor.sandbox import launcher
+
+    monkeypatch.setenv("WARDEN_CGROUP", "none")
+    recv = launcher._Setup.recv
+
+    def slow_recv(self: launcher._Setup) -> tuple[bytes, list[int]]:
+        time.sleep(0.05)
+        return recv(self)
+
+    monkeypatch.setattr(launcher._Setup, "recv", slow_recv)
+    for _ in range(3):
+        with pytest.raises(SetupError) as e:
+            start(["no-such-program"])
+        assert e.value.status.setup is not None
+        assert (e.value.status.setup.step, e.value.status.exit_code) == ("exec", 127)
+
+
+USERNS_FILTERED = textwrap.dedent("""
+    import sys, pyseccomp
+    sys.path.insert(0, sys.argv[1])
+    from sandbox_util import start
+    from supervisor.sandbox import PreflightError, _sys
+    # What a container runtime's filter does: clone with CLONE_NEWUSER refused.
+    f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    f.add_rule(pyseccomp.ERRNO(1), "clone",
+               pyseccomp.Arg(0, pyseccomp.MASKED_EQ, 0x10000000, 0x10000000))
+    f.add_rule(pyseccomp.ERRNO(1), "unshare")
+    f.load()
+    try:
+        start(["/bin/true"])
+    except PreflightError as e:
+        print(e)
+        sys.exit(e.exit_code)
+""")
+
+
+def test_clear_error_when_a_seccomp_filter_refuses_user_namespaces() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run([PYTHON, "-c", USERNS_FILTERED, here], capture_output=True, text=True,
+                       env=supervisor_env(), timeout=60)
+    assert r.returncode == 125, r
+    assert r.stdout.startswith("this process runs under a seccomp filter that refuses to "
+                               "create user namespaces; run warden without that filter"), r
+
+
+def test_an_event_loop_can_drive_the_handle_without_blocking() -> None:
+    """What an embedder's asyncio loop does: watch fds(), call service()."""
+    import asyncio
+
+    async def main() -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        bpf = filter_notifying("mkdir", "mkdirat")
+        boxes = [start([PY, "-I", "-S", "-c", code], bpf=bpf)[0] for code in
+                 ("import time; time.sleep(0.2)", "import os; os.mkdir('/tmp/x')",
+                  "import time; time.sleep(30)")]
+        boxes[2].kill(Outcome.KILLED, "cancelled by the loop")
+        done = asyncio.Event()
+
+        def on_ready() -> None:
+            for box in boxes:
+                box.service()
+            if all(b.status is not None for b in boxes):
+                done.set()
+
+        watched = {fd for b in boxes for fd in b.fds()}
+        for fd in watched:
+            loop.add_reader(fd, on_ready)
+        try:
+            await asyncio.wait_for(done.wait(), 20)
+        finally:
+            for fd in watched:
+                loop.remove_reader(fd)
+        return [b.status.outcome for b in boxes if b.status is not None]
+
+    assert asyncio.run(main()) == [Outcome.OK, Outcome.SECCOMP_VIOLATION, Outcome.KILLED]
