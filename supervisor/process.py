@@ -6,6 +6,10 @@
 - `ZygoteProcess`: a confined worker the zygote forked; we hold a pidfd for
   killing and learn its wait status from the zygote.
 
+Zygote and fork workers also hand us their seccomp listener: a call their
+filter refuses waits in the kernel until we read it here, record it and kill
+the worker (`check_listener`).
+
 Each exposes the fds to watch, a non-blocking `service()` that returns the
 final Status once known, and `kill(outcome, reason)` (first cause wins).
 """

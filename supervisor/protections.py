@@ -5,8 +5,9 @@ attacks each one. Protections that live elsewhere, by design:
 
 - own session, process group, PID namespace of every worker:
   supervisor.sandbox (spawn) and supervisor.confine (zygote, fork);
-- seccomp on every worker: the launch filter (sandbox) plus the worker's
-  profile loaded in-process (worker_main.lock_down);
+- seccomp on every worker: the launch filter (sandbox) or the zygote's
+  filter, plus the worker's profile loaded in-process (worker_main.lock_down),
+  whose refusals the supervisor reads from the worker's own listener;
 - non-blocking channels, bounded reads per wakeup, bounded send queues,
   per-peer quotas on calls in flight and fds held: ipc.Limits, enforced by
   ipc.attach; a worker that breaches one is cut off and killed here;
