@@ -17,6 +17,8 @@ def _register() -> None:
 
     main.add_command(profile_group)
     from supervisor.run_cli import run_command; main.add_command(run_command)  # noqa: E702, I001
+    from supervisor.serve_cli import serve_command; main.add_command(serve_command)  # noqa: E702, I001
+    from supervisor.serve_cli import status_command; main.add_command(status_command)  # noqa: E702, I001
 
 
 _register()

@@ -1,0 +1,175 @@
+"""Forking a worker that confines itself: used by the zygote and by the `fork` start method.
+
+The forked worker is pid 1 of its own PID namespace inside its own user
+namespace (clone(CLONE_NEWUSER|CLONE_NEWPID)): it cannot name, signal or
+ptrace its siblings, the zygote or the supervisor, because none of them
+exists in its PID namespace, and the capabilities the new user namespace
+grants are dropped before anything else runs. Then, still running trusted
+code: its own session (so kill(0, ...) reaches nobody else), the
+parent-death signal, only the channel (at fd 3) left open, capabilities
+cleared, and the worker runtime takes over (rlimits, non-dumpable,
+no_new_privs, the profile's seccomp filter; see worker_main).
+
+A quirk of being a namespace's init: signals the worker sends itself with
+no handler installed are ignored by the kernel (faults such as SIGSEGV and
+seccomp kills still end it; SIGKILL from the supervisor always does).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import gc
+import os
+import signal
+import socket
+import struct
+from typing import NoReturn
+
+from supervisor.process import readable
+from supervisor.sandbox import _sys, caps
+from supervisor.sandbox.spec import DEFAULT_OUTER_ID
+
+FLAGS = _sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | signal.SIGCHLD
+EXIT_SETUP = 125
+_PID = struct.Struct("=i")
+
+
+class ConfineError(OSError):
+    """The worker could not be forked into its namespaces."""
+
+
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _child(channel_fd: int, parent_pidfd: int, warm: bool = False) -> NoReturn:
+    """The worker, from the fork to serving. With `warm`, `channel_fd` is a socket on
+    which the zygote will hand over the real channel once the worker is assigned."""
+    code = EXIT_SETUP
+    try:
+        gc.disable()  # objects inherited from the parent must never be finalized here
+        faulthandler.disable()  # an inherited crash handler would outlive the parent's intent
+        os.setsid()
+        _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if readable([parent_pidfd]):
+            os._exit(EXIT_SETUP)  # the parent died before PDEATHSIG was armed
+        if channel_fd != 3:
+            os.dup2(channel_fd, 3)
+        _sys.close_range(0, 2)
+        devnull = os.open("/dev/null", os.O_RDWR)  # 0, 1, 2 point nowhere
+        for fd in (1, 2):
+            if devnull != fd:
+                os.dup2(devnull, fd)
+        _sys.close_range(4, 0xFFFFFFFF)
+        os.set_inheritable(3, False)
+        # The new user namespace gave us every capability in it: clear them all.
+        # (The bounding set is left as is: with no_new_privs, set before the
+        # filter, and an unmapped uid, no exec can raise capabilities again.)
+        caps.clear_capabilities()
+        from supervisor import worker_main
+        if warm:
+            worker_main.warm_up()
+            if not _receive_channel():
+                os._exit(0)  # retired unassigned by the zygote
+        code = worker_main.run(3)
+    except BaseException:
+        code = EXIT_SETUP
+    os._exit(code)
+
+
+def _receive_channel() -> bool:
+    """Wait on fd 3 (the zygote's socket) for the worker's channel; put it at fd 3."""
+    sock = socket.socket(fileno=os.dup(3))
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+    finally:
+        sock.close()
+    if len(fds) != 1:
+        return False
+    os.dup2(fds[0], 3)  # replaces (and so closes) the zygote's socket
+    os.close(fds[0])
+    os.set_inheritable(3, False)
+    return True
+
+
+def fork_warm(parent_pidfd: int) -> tuple[int, socket.socket]:
+    """A worker confined and warmed up ahead of demand, waiting for its channel.
+
+    Returns its pid and the socket on which to send the channel (one fd,
+    SCM_RIGHTS); closing that socket instead retires it. Only for a
+    single-threaded caller (the zygote).
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        pid = _sys.clone(FLAGS)
+    except OSError as e:
+        ours.close()
+        theirs.close()
+        raise ConfineError(e.errno, f"clone into new user+pid namespaces: {e.strerror}") \
+            from None
+    if pid == 0:
+        _child(theirs.fileno(), parent_pidfd, warm=True)
+    theirs.close()
+    return pid, ours
+
+
+def outer_ids() -> tuple[int, int] | None:
+    """As root: the unprivileged id forked workers run as (the sandbox's outer id); else None."""
+    if os.geteuid() != 0:
+        return None
+    uid = int(os.environ.get("WARDEN_OUTER_UID", DEFAULT_OUTER_ID))
+    gid = int(os.environ.get("WARDEN_OUTER_GID", DEFAULT_OUTER_ID))
+    return uid, gid
+
+
+def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | None = None) -> int:
+    """Start a confined worker serving on `channel_fd`; returns its pid in our namespace.
+
+    The caller keeps ownership of `channel_fd` (close it after this returns).
+    `parent_pidfd` is a pidfd of the process whose death must kill the worker
+    (the caller itself): the worker checks it right after arming PDEATHSIG.
+    `as_ids` (uid, gid): become this unprivileged id before entering the new
+    user namespace, so the kernel's own checks keep the worker away from
+    root's files and processes (needed when the caller is root).
+    """
+    if as_ids is None and _single_threaded():
+        try:
+            pid = _sys.clone(FLAGS)
+        except OSError as e:
+            raise ConfineError(e.errno, f"clone into new user+pid namespaces: {e.strerror}") \
+                from None
+        if pid == 0:
+            _child(channel_fd, parent_pidfd)
+        return pid
+    # Threads may run here, or ids must change first: fork (CPython's fork
+    # handles the locks), change ids, then the raw clone from that
+    # single-threaded copy, as our own child (CLONE_PARENT).
+    r, w = os.pipe2(os.O_CLOEXEC)
+    a = os.fork()
+    if a == 0:
+        try:
+            os.close(r)
+            if as_ids is not None:
+                os.setgroups([])
+                os.setresgid(as_ids[1], as_ids[1], as_ids[1])
+                os.setresuid(as_ids[0], as_ids[0], as_ids[0])
+            pid = _sys.clone(FLAGS | _sys.CLONE_PARENT)
+            if pid == 0:
+                os.close(w)
+                _child(channel_fd, parent_pidfd)
+            os.write(w, _PID.pack(pid))
+        except BaseException:
+            os._exit(EXIT_SETUP)
+        os._exit(0)
+    os.close(w)
+    try:
+        data = os.read(r, _PID.size)
+    finally:
+        os.close(r)
+        os.waitpid(a, 0)
+    if len(data) != _PID.size:
+        raise ConfineError(11, "clone into new user+pid namespaces failed")
+    return int(_PID.unpack(data)[0])

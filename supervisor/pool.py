@@ -1,0 +1,306 @@
+"""Pools: N workers of one spec, a queue that routes each call to an idle worker, restarts.
+
+    pool = await sup.pool(Parser, "myapp.parser:Impl", size=4, profile="strict",
+                          restart=RestartPolicy("on-failure"), call_timeout=5.0)
+    result = await pool.call("parse", ipc.ReadFile(fd))
+
+Each worker takes `per_worker` calls at a time (default 1; more pipelines
+calls, and a death then fails all of that worker's calls). A call that
+outlives its deadline gets its worker killed (outcome `timeout`:
+a stuck worker is not trusted to recover) and raises DeadlineExceeded. A
+worker that dies mid-call fails that call with WorkerDied; calls on other
+workers go on. Calls are never retried on another worker: the pool cannot
+know whether a call is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ipc
+from supervisor import events
+from supervisor.handle import WorkerDied, WorkerHandle
+from supervisor.sandbox import Outcome, Status
+
+if TYPE_CHECKING:
+    from supervisor.core import Supervisor
+
+RESTART_MODES = ("never", "on-failure", "always")
+
+
+class PoolError(RuntimeError):
+    """The pool cannot take the call (closed, or stopped by its crash-loop limit)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A call did not finish within its deadline; its worker was killed."""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When to replace a worker that ended, and how fast.
+
+    mode: "never", "on-failure" (any outcome but ok), or "always".
+    backoff: first delay before a restart, doubled after each consecutive
+    failure up to max_backoff; reset by a worker that served a call.
+    crash_loop_limit restarts within crash_loop_window seconds stop the pool's
+    restarts (the pool then fails calls with PoolError until closed).
+    """
+
+    mode: str = "on-failure"
+    backoff: float = 0.05
+    max_backoff: float = 5.0
+    crash_loop_limit: int = 10
+    crash_loop_window: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESTART_MODES:
+            raise ValueError(f"restart mode {self.mode!r}: expected one of "
+                             f"{', '.join(RESTART_MODES)}")
+        if self.backoff < 0 or self.max_backoff < self.backoff:
+            raise ValueError("restart backoff must be >= 0 and <= max_backoff")
+        if self.crash_loop_limit < 1 or self.crash_loop_window <= 0:
+            raise ValueError("crash_loop_limit must be >= 1 and crash_loop_window > 0")
+
+
+class Pool:
+    """Made by Supervisor.pool(); see the module docstring."""
+
+    def __init__(self, sup: Supervisor, name: str, interface: type[ipc.Interface],
+                 target: str | Sequence[str],
+                 size: int, restart: RestartPolicy, call_timeout: float | None,
+                 health_check: str | None, health_interval: float,
+                 spawn_kwargs: dict[str, Any], per_worker: int = 1) -> None:
+        if size < 1:
+            raise ValueError(f"pool {name!r}: size must be >= 1, got {size}")
+        if per_worker < 1:
+            raise ValueError(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
+        self.per_worker = per_worker
+        self.sup = sup
+        self.name = name
+        self.interface = interface
+        self.target = target
+        self.size = size
+        self.restart = restart
+        self.call_timeout = call_timeout
+        self.health_check = health_check
+        self.health_interval = health_interval
+        self._spawn_kwargs = spawn_kwargs
+        self.workers: dict[str, WorkerHandle] = {}
+        self._idle: deque[WorkerHandle] = deque()
+        self._waiters: deque[asyncio.Future[WorkerHandle]] = deque()
+        self._restarts: deque[float] = deque()
+        self._consecutive_failures = 0
+        self._serial = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.failed: str | None = None
+        self.closed = False
+        self.calls_ok = 0
+        self.calls_failed = 0
+        self.restarts = 0
+
+    # ------------------------------------------------------------ lifecycle
+    async def _start(self) -> None:
+        await asyncio.gather(*(self._add_worker() for _ in range(self.size)))
+        if self.health_check is not None:
+            self._spawn_task(self._health_loop())
+
+    def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _add_worker(self, replaces: str | None = None, attempt: int = 0,
+                          delay: float = 0.0) -> WorkerHandle:
+        self._serial += 1
+        wid = f"{self.name}-{self._serial}"
+        if isinstance(self.target, str):
+            w = await self.sup.spawn(self.interface, self.target, worker_id=wid,
+                                     **self._spawn_kwargs)
+        else:
+            w = await self.sup.spawn_program(self.target, interface=self.interface,
+                                             worker_id=wid, **self._spawn_kwargs)
+        self.workers[wid] = w
+        if replaces is not None:
+            self.sup._emit(events.Restarted(wid, w.pid, self.name, replaces, attempt, delay))
+        self._spawn_task(self._watch(w))
+        for _ in range(self.per_worker):
+            self._release(w)
+        return w
+
+    async def _watch(self, w: WorkerHandle) -> None:
+        status = await w.wait()
+        self.workers.pop(w.id, None)
+        while w in self._idle:
+            self._idle.remove(w)
+        if self.closed:
+            return
+        if self._should_restart(status):
+            self._spawn_task(self._replace(w.id))
+
+    def _should_restart(self, status: Status) -> bool:
+        mode = self.restart.mode
+        if mode == "never":
+            return False
+        return mode == "always" or status.outcome is not Outcome.OK
+
+    async def _replace(self, old: str) -> None:
+        now = time.monotonic()
+        window = self.restart.crash_loop_window
+        while self._restarts and now - self._restarts[0] > window:
+            self._restarts.popleft()
+        if len(self._restarts) >= self.restart.crash_loop_limit:
+            self._fail(f"pool {self.name!r} stopped restarting: {len(self._restarts)} restarts "
+                       f"within {window:g}s (crash-loop limit)")
+            return
+        self._restarts.append(now)
+        delay = min(self.restart.backoff * (2 ** self._consecutive_failures),
+                    self.restart.max_backoff)
+        self._consecutive_failures += 1
+        await asyncio.sleep(delay)
+        if self.closed or self.failed:
+            return
+        self.restarts += 1
+        try:
+            await self._add_worker(replaces=old, attempt=len(self._restarts), delay=delay)
+        except Exception as e:  # a failed restart counts as a crash: try again, loop-limited
+            events.logger.warning("pool %s: restart failed: %s", self.name, e)
+            if not self.closed:
+                self._spawn_task(self._replace(old))
+
+    def _fail(self, reason: str) -> None:
+        self.failed = reason
+        events.logger.error("%s", reason)
+        if not self.workers:
+            while self._waiters:
+                fut = self._waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(PoolError(reason))
+
+    async def aclose(self, grace: float = 1.0) -> None:
+        """Terminate the workers; calls waiting for one fail with PoolError."""
+        self.closed = True
+        for t in list(self._tasks):
+            t.cancel()
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(PoolError(f"pool {self.name!r} is closed"))
+        await asyncio.gather(*(w.terminate(grace) for w in list(self.workers.values())),
+                             return_exceptions=True)
+
+    # ------------------------------------------------------------ routing
+    def _release(self, w: WorkerHandle) -> None:
+        if not w.alive or self.closed:
+            return
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(w)
+                return
+        self._idle.append(w)
+
+    async def _acquire(self) -> WorkerHandle:
+        while self._idle:
+            w = self._idle.popleft()
+            if w.alive:
+                return w
+        if self.closed:
+            raise PoolError(f"pool {self.name!r} is closed")
+        if self.failed and not self.workers:
+            raise PoolError(self.failed)
+        fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    async def call(self, method: str, *args: Any, deadline: float | None = None,
+                   **kwargs: Any) -> Any:
+        """Run `method` on an idle worker. deadline (seconds, default call_timeout) covers
+        the wait for a worker and the call; past it the worker is killed."""
+        limit = deadline if deadline is not None else self.call_timeout
+        end = None if limit is None else time.monotonic() + limit
+        try:
+            w = await asyncio.wait_for(self._acquire(), limit)
+        except TimeoutError:
+            self.calls_failed += 1
+            raise DeadlineExceeded(f"pool {self.name!r}: no worker free within {limit:g}s "
+                                   f"for {method}()") from None
+        fn: Callable[..., Awaitable[Any]] = getattr(w.remote, method)
+        try:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            result = await asyncio.wait_for(fn(*args, **kwargs), left)
+        except TimeoutError:
+            self.calls_failed += 1
+            w._kill_for(Outcome.TIMEOUT, f"call {method}() exceeded its {limit:g}s deadline")
+            raise DeadlineExceeded(f"worker {w.id}: {method}() exceeded its {limit:g}s "
+                                   "deadline; the worker was killed") from None
+        except WorkerDied:
+            self.calls_failed += 1
+            raise
+        except BaseException:
+            self.calls_failed += 1
+            self._release(w)
+            raise
+        self.calls_ok += 1
+        self._consecutive_failures = 0
+        self._release(w)
+        return result
+
+    # ------------------------------------------------------------ health
+    async def _health_loop(self) -> None:
+        assert self.health_check is not None
+        while not self.closed:
+            await asyncio.sleep(self.health_interval)
+            for w in list(self._idle):
+                if not w.alive or w not in self._idle:
+                    continue
+                self._idle.remove(w)
+                try:
+                    await asyncio.wait_for(getattr(w.remote, self.health_check)(),
+                                           self.health_interval)
+                except TimeoutError:
+                    w._kill_for(Outcome.TIMEOUT, f"health check {self.health_check}() "
+                                "did not answer in time")
+                    continue
+                except Exception as e:
+                    w._kill_for(Outcome.KILLED, f"health check {self.health_check}() "
+                                f"failed: {e}")
+                    continue
+                self._release(w)
+
+    async def full(self, timeout: float = 30.0) -> bool:
+        """Wait until the pool has all `size` workers again (after restarts); False if it
+        failed, closed or the timeout passed first."""
+        end = time.monotonic() + timeout
+        while len(self.workers) < self.size or self._holds_dead_workers():
+            if self.failed or self.closed or time.monotonic() > end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _holds_dead_workers(self) -> bool:
+        return any(not w.alive for w in self.workers.values())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target if isinstance(self.target, str) else list(self.target),
+            "size": self.size,
+            "alive": sum(1 for w in self.workers.values() if w.alive),
+            "idle": len(self._idle), "waiting_calls": len(self._waiters),
+            "restarts": self.restarts, "calls_ok": self.calls_ok,
+            "calls_failed": self.calls_failed, "failed": self.failed,
+            "workers": {w.id: {"pid": w.pid, "start_method": w.start_method,
+                               "profile": w.profile} for w in self.workers.values()},
+        }

@@ -1,0 +1,260 @@
+"""`warden serve CONFIG.toml`: named worker pools from a file, in the foreground.
+
+    [supervisor]
+    start_method = "zygote"                 # spawn | zygote | fork
+    preload = ["examples.thumbnailer.worker"]   # modules the zygote imports up front
+    status_socket = "/run/warden/thumbs.sock"   # for `warden status` (default: beside CONFIG)
+
+    [pools.thumbs]
+    interface = "examples.thumbnailer.api:Thumbnailer"
+    module = "examples.thumbnailer.worker:ThumbnailerImpl"  # or: program = ["/usr/bin/x"]
+    # ro_binds = ["/opt/x"]; env = ["MODE=fast"]   (program pools: what to bind, set)
+    profile = "strict"
+    count = 2
+    restart = "on-failure"                  # never | on-failure | always
+    backoff = 0.1                           # seconds, doubled per consecutive failure
+    max_backoff = 5
+    crash_loop_limit = 10                   # restarts within crash_loop_window seconds
+    crash_loop_window = 30
+    call_timeout = 5                        # seconds per call (pool.call)
+    memory = "256M"                         # spawn/program workers: cgroup; others: RLIMIT_AS
+
+Status: SIGUSR1 logs a JSON snapshot; `warden status CONFIG.toml` asks the
+running server over its unix socket (mode 0600). SIGTERM/SIGINT shut down
+cleanly: every pool is terminated (grace, then kill) and the zygote stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.core import START_METHODS, Supervisor
+from supervisor.pool import RESTART_MODES, RestartPolicy
+from supervisor.worker_main import resolve
+
+log = logging.getLogger("warden.serve")
+
+
+class ConfigError(ValueError):
+    """A serve config is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str
+    interface: str
+    module: str | None
+    program: tuple[str, ...] | None
+    profile: str
+    count: int
+    restart: RestartPolicy
+    call_timeout: float | None
+    memory: int | None
+    ro_binds: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    path: str
+    start_method: str
+    preload: tuple[str, ...]
+    status_socket: str
+    pools: tuple[PoolConfig, ...] = field(default_factory=tuple)
+
+
+_SIZES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_POOL_KEYS = {"interface", "module", "program", "ro_binds", "env", "profile", "count",
+              "restart", "backoff",
+              "max_backoff", "crash_loop_limit", "crash_loop_window", "call_timeout", "memory"}
+
+
+def _size(where: str, v: object) -> int:
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    if isinstance(v, str) and v[:-1].isdigit() and v[-1].lower() in _SIZES:
+        return int(v[:-1]) * _SIZES[v[-1].lower()]
+    raise ConfigError(f"{where}: expected a size like 256M or a byte count, got {v!r}")
+
+
+def _num(where: str, v: object, *, integer: bool = False, minimum: float = 0) -> Any:
+    ok = isinstance(v, int) if integer else isinstance(v, int | float)
+    if not ok or isinstance(v, bool) or v < minimum:  # type: ignore[operator]
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: expected {kind} >= {minimum:g}, got {v!r}")
+    return v
+
+
+def load_config(path: str) -> ServeConfig:
+    """Parse and check CONFIG.toml; every error names the file and the key."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    top = set(data) - {"supervisor", "pools"}
+    if top:
+        raise ConfigError(f"{path}: unknown section {sorted(top)[0]!r} "
+                          "(expected [supervisor] and [pools.NAME])")
+    sup = data.get("supervisor", {})
+    unknown = set(sup) - {"start_method", "preload", "status_socket"}
+    if unknown:
+        raise ConfigError(f"{path}: supervisor.{sorted(unknown)[0]}: unknown key")
+    method = sup.get("start_method", "zygote")
+    if method not in START_METHODS:
+        raise ConfigError(f"{path}: supervisor.start_method: expected one of "
+                          f"{', '.join(START_METHODS)}, got {method!r}")
+    preload = sup.get("preload", [])
+    if not isinstance(preload, list) or not all(isinstance(p, str) for p in preload):
+        raise ConfigError(f"{path}: supervisor.preload: expected a list of module names")
+    default_sock = str(Path(path).resolve().with_suffix(".sock"))
+    status_socket = sup.get("status_socket", default_sock)
+    pools_raw = data.get("pools", {})
+    if not pools_raw:
+        raise ConfigError(f"{path}: no [pools.NAME] section: nothing to serve")
+    pools = []
+    for name, p in pools_raw.items():
+        where = f"{path}: pools.{name}"
+        if not isinstance(p, dict):
+            raise ConfigError(f"{where}: expected a table")
+        unknown = set(p) - _POOL_KEYS
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key")
+        module, program = p.get("module"), p.get("program")
+        if (module is None) == (program is None):
+            raise ConfigError(f"{where}: give exactly one of module = \"pkg.mod:Impl\" or "
+                              "program = [argv...]")
+        if module is not None and (not isinstance(module, str) or ":" not in module):
+            raise ConfigError(f"{where}.module: expected \"package.module:Implementation\", "
+                              f"got {module!r}")
+        if program is not None and (not isinstance(program, list) or not program
+                                    or not all(isinstance(a, str) for a in program)):
+            raise ConfigError(f"{where}.program: expected a non-empty list of strings")
+        iface = p.get("interface")
+        if not isinstance(iface, str) or ":" not in iface:
+            raise ConfigError(f"{where}.interface: expected \"package.module:Interface\", "
+                              f"got {iface!r}")
+        mode = p.get("restart", "on-failure")
+        if mode not in RESTART_MODES:
+            raise ConfigError(f"{where}.restart: expected one of {', '.join(RESTART_MODES)}, "
+                              f"got {mode!r}")
+        backoff = float(_num(f"{where}.backoff", p.get("backoff", 0.1)))
+        max_backoff = float(_num(f"{where}.max_backoff", p.get("max_backoff", 5.0),
+                                 minimum=backoff))
+        restart = RestartPolicy(
+            mode, backoff=backoff, max_backoff=max_backoff,
+            crash_loop_limit=_num(f"{where}.crash_loop_limit", p.get("crash_loop_limit", 10),
+                                  integer=True, minimum=1),
+            crash_loop_window=float(_num(f"{where}.crash_loop_window",
+                                         p.get("crash_loop_window", 30.0), minimum=0.001)))
+        extra: dict[str, tuple[str, ...]] = {}
+        for key in ("ro_binds", "env"):
+            v = p.get(key, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError(f"{where}.{key}: expected a list of strings")
+            if v and program is None:
+                raise ConfigError(f"{where}.{key}: only for program pools (module workers "
+                                  "get their code bound in by the supervisor)")
+            extra[key] = tuple(v)
+        bad_env = [e for e in extra["env"] if "=" not in e]
+        if bad_env:
+            raise ConfigError(f"{where}.env: {bad_env[0]!r} is not NAME=VALUE")
+        timeout = p.get("call_timeout")
+        pools.append(PoolConfig(
+            name=name, interface=iface, module=module,
+            program=tuple(program) if program is not None else None,
+            profile=str(p.get("profile", "strict" if module else "default")),
+            count=_num(f"{where}.count", p.get("count", 1), integer=True, minimum=1),
+            restart=restart,
+            call_timeout=None if timeout is None else float(_num(f"{where}.call_timeout",
+                                                                 timeout, minimum=0.001)),
+            memory=None if p.get("memory") is None else _size(f"{where}.memory", p["memory"]),
+            ro_binds=extra["ro_binds"], env=extra["env"]))
+    return ServeConfig(path=path, start_method=method, preload=tuple(preload),
+                       status_socket=status_socket, pools=tuple(pools))
+
+
+async def serve(cfg: ServeConfig, *, ready: asyncio.Event | None = None) -> int:
+    """Run the pools until SIGTERM/SIGINT; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    preload = list(cfg.preload) + [p.module.partition(":")[0] for p in cfg.pools if p.module]
+    sup = Supervisor(start_method=cfg.start_method, zygote=cfg.start_method == "zygote",
+                     zygote_preload=preload)
+    async with sup:
+        for pc in cfg.pools:
+            try:
+                iface = resolve(pc.interface)
+            except (ImportError, AttributeError, ValueError) as e:
+                raise ConfigError(f"{cfg.path}: pools.{pc.name}.interface: {e}") from None
+            kw: dict[str, Any] = {"profile": pc.profile}
+            if pc.memory is not None:
+                kw["memory"] = pc.memory
+            if pc.program:
+                kw["ro_binds"] = list(pc.ro_binds)
+                kw["env"] = list(pc.env)
+            await sup.pool(iface, pc.module if pc.module else list(pc.program or ()),
+                           size=pc.count, name=pc.name, restart=pc.restart,
+                           call_timeout=pc.call_timeout, **kw)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning(
+            "status: %s", json.dumps(sup.status(), sort_keys=True)))
+        server = await _status_server(cfg.status_socket, sup)
+        log.info("serving %d pool(s); status socket %s", len(cfg.pools), cfg.status_socket)
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(cfg.status_socket)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+async def _status_server(path: str, sup: Supervisor) -> asyncio.AbstractServer:
+    async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            w.write(json.dumps(sup.status(), sort_keys=True).encode() + b"\n")
+            await w.drain()
+        finally:
+            w.close()
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    old = os.umask(0o177)
+    try:
+        return await asyncio.start_unix_server(answer, path)
+    finally:
+        os.umask(old)
+
+
+def query_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
+    """What `warden status` prints: the running server's snapshot."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+    result: dict[str, Any] = json.loads(b"".join(chunks))
+    return result

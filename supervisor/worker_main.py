@@ -1,0 +1,153 @@
+"""The child side of a Python worker: read the bootstrap, load the target, lock down, serve.
+
+Runs inside the worker whatever its start method: after exec'ing a fresh
+interpreter in a sandbox (`python -m supervisor.worker_main`), or right
+after a fork from the zygote or from the supervisor. Order matters:
+
+1. read the bootstrap from fd 3 (trusted data, written by the supervisor);
+2. import the target and build the implementation (may need files);
+3. open the ipc channel on fd 3;
+4. rlimits, non-dumpable, no_new_privs, then the profile's seccomp filter;
+5. send HELLO (stamped by the kernel with our pid), then serve until the
+   supervisor closes the channel.
+
+Nothing the implementation does can widen what step 4 set.
+"""
+
+from __future__ import annotations
+
+import array
+import importlib
+import os
+import resource
+import socket
+import sys
+from typing import Any, NoReturn
+
+import ipc
+from supervisor import bootstrap
+from supervisor.sandbox import _sys, caps
+from supervisor.sandbox.seccomp import PreparedFilter
+
+CHANNEL_FD = 3
+EXIT_SETUP = 125
+
+_host: Any = None
+
+
+def host() -> Any:
+    """The typed remote of the interface the supervisor serves to this worker (or None)."""
+    return _host
+
+
+def resolve(target: str) -> Any:
+    """'package.module:Attr' -> the attribute (imported)."""
+    mod_name, _, attr = target.partition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"target {target!r} must look like 'package.module:Attribute'")
+    obj: Any = importlib.import_module(mod_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _read_bootstrap(fd: int) -> bootstrap.Bootstrap:
+    os.set_blocking(fd, True)
+    data = os.read(fd, bootstrap.MAX_BOOTSTRAP_BYTES)  # one whole datagram (SOCK_SEQPACKET)
+    return bootstrap.decode(data)
+
+
+def run(fd: int = CHANNEL_FD) -> int:
+    """Serve the target named by the bootstrap on channel `fd`; returns the exit code."""
+    global _host
+    boot = _read_bootstrap(fd)
+    factory = resolve(boot.target)
+    impl = factory()
+    host_iface = resolve(boot.host_interface) if boot.host_interface else None
+    limits = ipc.Limits(max_frame_bytes=boot.max_frame_bytes)
+    channel = ipc.connect(fd, serve=impl, remote=host_iface, limits=limits,
+                          validate_outgoing=False)
+    _host = channel.remote if host_iface is not None else None
+    # Everything the ready message needs is built before the filter goes on: until the
+    # supervisor holds the listener, a refused call would wait for it forever.
+    hello = socket.socket(fileno=os.dup(fd))
+    expected = os.dup(0)  # the listener will take the lowest free fd: this one
+    os.close(expected)
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [expected]))]
+    message = [bootstrap.HELLO]
+    listener = lock_down(boot)
+    if listener is not None:  # the supervisor reads what our filter refuses
+        if listener != expected:
+            os._exit(EXIT_SETUP)
+        hello.sendmsg(message, rights)
+        os.close(listener)
+    else:
+        hello.send(bootstrap.HELLO)
+    hello.close()
+    # Only now: the kernel refuses to pass an fd (the listener) while the sender's uid
+    # has more fds in flight than its RLIMIT_NOFILE, and every worker shares one uid.
+    _set_rlimits(boot, only=resource.RLIMIT_NOFILE)
+    try:
+        channel.serve_forever()
+    except ipc.ChannelError:
+        return 1
+    return 0
+
+
+def warm_up() -> None:
+    """Run the runtime's code paths once before the real work, in a pre-forked worker:
+    the copy-on-write faults and lazy initialisation happen here, off the critical path."""
+    bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
+        worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
+        notify=False, rlimits=())))
+    # Twice: the first 128 KiB frame buffer is an mmap, whose free raises glibc's
+    # mmap threshold; the second comes from the heap and, freed, stays there,
+    # already faulted in, for the real channel's buffer.
+    for _ in range(2):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        channel = ipc.connect(a, validate_outgoing=False)
+        channel.close()
+        b.close()
+    PreparedFilter(b"\0" * 8, listener=False)  # ctypes' call paths, without loading it
+
+
+def _set_rlimits(boot: bootstrap.Bootstrap, only: int | None = None,
+                 skip: int | None = None) -> None:
+    """soft = hard = the profile's value (never above the current hard limit)."""
+    for kind, value in boot.rlimits:
+        if (only is not None and kind != only) or kind == skip:
+            continue
+        _soft, hard = resource.getrlimit(kind)
+        cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (cap, cap))
+
+
+def lock_down(boot: bootstrap.Bootstrap) -> int | None:
+    """The worker's own confinement, applied before it sees any input. Returns the
+    filter's seccomp listener when the bootstrap asks for one."""
+    _set_rlimits(boot, skip=resource.RLIMIT_NOFILE)  # RLIMIT_NOFILE: see run()
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    caps.no_new_privs()
+    if boot.seccomp_filter:
+        fd = PreparedFilter(boot.seccomp_filter, listener=boot.notify).load()
+        return fd if boot.notify else None
+    return None
+
+
+def main() -> NoReturn:
+    try:
+        code = run()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException as e:  # setup failed: say why on stderr, exit as a setup error
+        print(f"warden worker: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        os._exit(EXIT_SETUP)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    # Run the importable module, not this __main__ copy, so host() is one global.
+    from supervisor import worker_main as _module
+
+    _module.main()

@@ -1,0 +1,425 @@
+"""The zygote: a small, clean, pre-confined template process that forks workers fast.
+
+Started by the Supervisor when it starts (before the embedding application
+loads secrets) as a `spawn`ed sandbox of its own: a fresh interpreter in new
+namespaces under `supervisor/zygote.toml` (the default profile plus
+clone(CLONE_NEWUSER|CLONE_NEWPID) and capset). It imports the worker runtime
+and any modules named in `preload`, then waits for fork requests. It never
+runs untrusted code and never reads anything but the supervisor's requests.
+
+Each worker it forks is confined by supervisor.confine: pid 1 of its own
+user and PID namespaces (it cannot see, signal or ptrace the zygote or a
+sibling), its own session, capabilities dropped, non-dumpable (as is the
+zygote), then its profile's filter stacked on the zygote's. A compromised
+worker therefore cannot name the zygote at all, and the zygote's filter still
+binds it. That filter kills with SECCOMP_RET_KILL_PROCESS rather than
+reporting through user-notify (see zygote_policy): the kernel then ends only
+the caller, where a notification would have the sandbox kill the zygote and
+every sibling. Each worker reports its own profile's refusals through a
+listener of its own, which it hands to the supervisor.
+
+When the supervisor dies the zygote's sandbox dies (parent-death signal on
+its init) and takes every worker with it: they live in PID namespaces nested
+inside the zygote's.
+
+To answer fast, the zygote keeps `warm` workers pre-forked, confined and
+warmed up (Android's unspecialized-process pool): each waits on a private
+socket for its channel, which replaces that socket at fd 3 before any of
+the worker's own code runs.
+
+Protocol on the zygote's fd 3 (SOCK_SEQPACKET, supervisor <-> zygote):
+  zygote -> supervisor  b"R"                             ready
+  supervisor -> zygote  b"F" + worker id, fd: channel    fork a worker
+  zygote -> supervisor  b"P" + pid + worker id           forked (pid in the zygote's namespace)
+  zygote -> supervisor  b"E" + errno + worker id         fork failed
+  supervisor -> zygote  b"K" + pid                       SIGKILL a worker not yet ready
+  zygote -> supervisor  b"X" + pid + wait status         a worker ended (reaped)
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import errno
+import importlib
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from profiles.model import KILL_PROCESS, ActionKind, SeccompPolicy, SyscallRule
+from supervisor.process import WorkerProcess, readable, status_from_wait
+from supervisor.sandbox import Outcome, Status
+
+if TYPE_CHECKING:
+    from supervisor.core import Supervisor
+
+PROFILE_PATH = str(Path(__file__).with_name("zygote.toml"))
+_I = struct.Struct("=i")
+_II = struct.Struct("=ii")
+_MAX = 256
+
+
+# ------------------------------------------------------------------ zygote side
+
+def _serve(sock: socket.socket, warm_target: int) -> None:
+    from supervisor.confine import fork_warm, fork_worker
+
+    own = os.pidfd_open(os.getpid())
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sock.send(b"R")
+    children: set[int] = set()
+    # Pre-forked, confined, warmed-up workers waiting for a channel (Android's
+    # "unspecialized app process" pool): a request then costs one fd handover.
+    warm: collections.deque[tuple[int, socket.socket]] = collections.deque()
+    while True:
+        idle = len(warm) < warm_target
+        ready = readable([sock.fileno(), wake_r], 0 if idle else None)
+        if not ready and idle:
+            try:
+                warm.append(fork_warm(own))
+            except OSError:
+                warm_target = len(warm)  # cannot pre-fork: serve cold forks only
+            continue
+        if wake_r in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 512)
+            while children:
+                try:
+                    pid, ws = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                for entry in warm:
+                    if entry[0] == pid:  # a waiting worker died unassigned: not reported
+                        warm.remove(entry)
+                        entry[1].close()
+                        break
+                else:
+                    children.discard(pid)
+                    sock.send(b"X" + _II.pack(pid, ws))
+        if sock.fileno() in ready:
+            fds = array.array("i")
+            data, anc, _fl, _ad = sock.recvmsg(_MAX, socket.CMSG_SPACE(4 * fds.itemsize))
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+            if not data:
+                return  # the supervisor closed: we are done
+            if data[:1] == b"F" and len(fds) == 1:
+                wid = data[1:]
+                try:
+                    assigned = _assign_warm(warm, fds[0])
+                    pid = assigned if assigned is not None else fork_worker(fds[0], own)
+                    children.add(pid)
+                    sock.send(b"P" + _I.pack(pid) + wid)
+                except OSError as e:
+                    sock.send(b"E" + _I.pack(e.errno or errno.EIO) + wid)
+            elif data[:1] == b"K" and len(data) == 1 + _I.size:
+                pid = _I.unpack_from(data, 1)[0]
+                if pid in children:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            for fd in fds:
+                os.close(fd)
+
+
+def _assign_warm(warm: collections.deque[tuple[int, socket.socket]], channel_fd: int) \
+        -> int | None:
+    """Hand `channel_fd` to a waiting worker; its pid, or None if none could take it."""
+    while warm:
+        pid, s = warm.popleft()
+        try:
+            socket.send_fds(s, [b"G"], [channel_fd])
+            return pid
+        except OSError:
+            continue  # it died meanwhile; its exit is reaped (unreported) as a warm one
+        finally:
+            s.close()
+    return None
+
+
+def main() -> None:
+    """Entry point inside the zygote's sandbox: preload, then serve fork requests."""
+    import ipc  # noqa: F401  (preloaded so forked workers start warm)
+    import supervisor.worker_main  # noqa: F401
+    warm = 0
+    for arg in sys.argv[1:]:
+        if arg.startswith("--warm="):
+            warm = int(arg.partition("=")[2])
+        else:
+            importlib.import_module(arg)
+    from supervisor import bootstrap
+    # Build msgspec's decoder for the bootstrap once, here, not in every worker.
+    bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
+        worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
+        notify=False, rlimits=())))
+    from supervisor.sandbox import _sys
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    import gc
+    gc.collect()
+    gc.freeze()  # keep the collector off the shared pages: fewer copy-on-write faults per fork
+    sock = socket.socket(fileno=3)
+    sock.setblocking(True)
+    _serve(sock, warm)
+
+
+# ------------------------------------------------------------------ supervisor side
+
+class ZygoteProcess(WorkerProcess):
+    """A worker the zygote forked: killed through its pidfd, its status reported by the zygote."""
+
+    def __init__(self, client: ZygoteClient, zpid: int) -> None:
+        self.client = client
+        self.zpid = zpid
+        self.pid = -1
+        self.pidfd = -1
+        self.started = time.monotonic()
+        self.cause: tuple[Outcome, str] | None = None
+        self.status: Status | None = None
+        self.notify: Any = None
+        self._gone = False
+
+    def bind(self, host_pid: int) -> None:
+        """The worker's pid as we see it (from the kernel's credentials on its HELLO)."""
+        self.pid = host_pid
+        self.pidfd = os.pidfd_open(host_pid)
+
+    def fds(self) -> tuple[int, ...]:
+        # Its pidfd turns readable when it dies; the wait status comes from the
+        # zygote's exit record, which then calls notify.
+        return ((self.pidfd, *self.listener_fds()) if self.pidfd >= 0 and not self._gone
+                else ())
+
+    def service(self) -> Status | None:
+        if self.status is None:
+            self.check_listener()
+        if (self.status is None and self.pidfd >= 0 and not self._gone
+                and readable([self.pidfd])):
+            self._gone = True
+            if self.cause is not None:  # we killed it: our cause is the outcome, known now
+                self.status = status_from_wait(0, self.cause, self.started, self.setup_done,
+                                               self.violation)
+                os.close(self.pidfd)
+                self.pidfd = -1
+                self.close_listener()
+        return self.status
+
+    def ended(self, ws: int | None, reason: str = "") -> None:
+        if self.status is not None:
+            return
+        if ws is None:
+            self.status = Status(outcome=Outcome.KILLED, exit_code=137, reason=reason,
+                                 limits_mechanism="rlimit")
+        else:
+            self.status = status_from_wait(ws, self.cause, self.started, self.setup_done,
+                                           self.violation)
+        self.close_listener()
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        if self.notify is not None:
+            self.notify()
+
+    def kill(self, outcome: Outcome, reason: str) -> None:
+        if self.status is not None:
+            return
+        if self.cause is None:
+            self.cause = (outcome, reason)
+        if self.pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        else:
+            self.client.send(b"K" + _I.pack(self.zpid))
+
+    def send_signal(self, sig: int) -> None:
+        if self.pidfd >= 0 and self.status is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+
+
+class ZygoteError(RuntimeError):
+    """The zygote could not be started, or it ended."""
+
+
+class ZygoteClient:
+    """The supervisor's end of the zygote: fork requests, exit reports, the zygote's sandbox."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, box: Any, sock: socket.socket) -> None:
+        self.loop = loop
+        self.box = box
+        self.sock = sock
+        self.by_zpid: dict[int, ZygoteProcess] = {}
+        self.pending: dict[bytes, asyncio.Future[ZygoteProcess]] = {}
+        self._serial = 0
+        self.dead = False
+        self._box_fds: tuple[int, ...] = ()
+
+    @classmethod
+    async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
+                    ) -> ZygoteClient:
+        from profiles.compiler import compile_policy
+        from supervisor.core import _sandbox_spec_for
+        from supervisor.policy import resolve_profile
+        from supervisor.sandbox import spawn as sandbox_spawn
+        loop = asyncio.get_running_loop()
+        zfilter = compile_policy(zygote_policy(resolve_profile(PROFILE_PATH).seccomp),
+                                 kill_as_notify=False)
+        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
+                                 PROFILE_PATH, "supervisor.zygote", *preload,
+                                 seccomp_filter=zfilter)
+        box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
+        sock = box.channel
+        box.channel = None
+        if sock is None:
+            box.kill()
+            raise ZygoteError("the zygote's sandbox has no channel")
+        sock.setblocking(True)
+        ready = await loop.run_in_executor(None, _recv_ready, sock, box)
+        if not ready:
+            box.kill()
+            st = await loop.run_in_executor(None, box.wait)
+            raise ZygoteError(f"the zygote failed to start: {st.describe() if st else '?'}")
+        sock.setblocking(False)
+        self = cls(loop, box, sock)
+        loop.add_reader(sock.fileno(), self._on_readable)
+        for fd in box.fds():
+            loop.add_reader(fd, self._on_box)
+        self._box_fds = box.fds()
+        return self
+
+    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        if self.dead:
+            return
+        try:
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            self.sock.sendmsg([data], anc)
+        except OSError as e:
+            self._died(f"the zygote's channel failed: {e}")
+
+    async def fork(self, wid: str, child: socket.socket) -> ZygoteProcess:
+        if self.dead:
+            raise ZygoteError("the zygote has ended; no more zygote workers")
+        self._serial += 1
+        key = b"%d" % self._serial  # the request's own key: worker ids are the embedder's
+        fut: asyncio.Future[ZygoteProcess] = self.loop.create_future()
+        self.pending[key] = fut
+        self.send(b"F" + key, [child.fileno()])
+        try:
+            return await fut
+        finally:
+            self.pending.pop(key, None)
+
+    def _on_readable(self) -> None:
+        for _ in range(64):
+            try:
+                data = self.sock.recv(_MAX)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                self._died(f"the zygote's channel failed: {e}")
+                return
+            if not data:
+                self._died("the zygote closed its channel")
+                return
+            kind = data[:1]
+            if kind == b"P" and len(data) > 1 + _I.size:
+                zpid = _I.unpack_from(data, 1)[0]
+                fut = self.pending.get(data[1 + _I.size:])
+                if fut is not None and not fut.done():
+                    # Registered now, so its exit record (maybe in this same batch) finds it.
+                    proc = ZygoteProcess(self, zpid)
+                    self.by_zpid[zpid] = proc
+                    fut.set_result(proc)
+                else:  # its spawn was cancelled: it must not run
+                    self.send(b"K" + _I.pack(zpid))
+            elif kind == b"E" and len(data) > 1 + _I.size:
+                fut = self.pending.get(data[1 + _I.size:])
+                err = _I.unpack_from(data, 1)[0]
+                if fut is not None and not fut.done():
+                    fut.set_exception(ZygoteError(f"the zygote could not fork: "
+                                                  f"{os.strerror(err)}"))
+            elif kind == b"X" and len(data) == 1 + _II.size:
+                zpid, ws = _II.unpack_from(data, 1)
+                ended = self.by_zpid.pop(zpid, None)
+                if ended is not None:  # else: a worker whose spawn was cancelled
+                    ended.ended(ws)
+            else:
+                self.box.kill(Outcome.BAD_MESSAGE, f"zygote sent an unknown record {data[:8]!r}")
+                self._died("the zygote sent an unknown record")
+                return
+
+    def _on_box(self) -> None:
+        if self.box.service() is not None:
+            self._died(f"the zygote ended: {self.box.status.describe()}")
+
+    def _died(self, reason: str) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        events_reason = f"{reason}; its workers ended with it"
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.sock.fileno())
+        for fd in self._box_fds:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(fd)
+        self.box.kill(Outcome.KILLED, reason)
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ZygoteError(reason))
+        for proc in list(self.by_zpid.values()):
+            proc.ended(None, events_reason)
+        self.by_zpid.clear()
+        self.sock.close()
+
+    async def stop(self) -> None:
+        self._died("the supervisor stopped the zygote")
+        await self.loop.run_in_executor(None, self.box.wait)
+
+
+def zygote_policy(policy: SeccompPolicy) -> SeccompPolicy:
+    """The zygote profile as the filter every zygote worker also runs under.
+
+    - Kill actions stay SECCOMP_RET_KILL_PROCESS, not user-notify: a
+      notification would make the sandbox kill the zygote (and every sibling)
+      for one worker's call; the kernel kills just the caller instead.
+    - Refusals with EPERM/EACCES/... become kills too. A worker's own filter
+      reports its refusals through user-notify, and the kernel lets an errno
+      verdict of any filter in the stack win over user-notify: ptrace, mount,
+      unshare, ... would answer EPERM to a `strict` worker instead of killing
+      it. ENOSYS answers stay (clone3 -> ENOSYS is how glibc falls back to
+      clone, whose flags the filters can check).
+    """
+    def harden(rule: SyscallRule) -> SyscallRule:
+        a = rule.action
+        if a.kind is ActionKind.ERRNO and a.errno != errno.ENOSYS:
+            return dataclasses.replace(rule, action=KILL_PROCESS)
+        return rule
+
+    return dataclasses.replace(policy, rules=tuple(harden(r) for r in policy.rules))
+
+
+def _recv_ready(sock: socket.socket, box: Any) -> bool:
+    while True:
+        r = readable([sock.fileno(), *box.fds()], 30)
+        if not r:
+            return False
+        if sock.fileno() in r:
+            try:
+                return sock.recv(16) == b"R"
+            except OSError:
+                return False
+        if box.service() is not None:
+            return False
+

@@ -1,0 +1,6 @@
+"""`python -m supervisor.zygote_main [MODULE...]`: the zygote's entry point inside its sandbox."""
+
+from supervisor.zygote import main
+
+if __name__ == "__main__":
+    main()

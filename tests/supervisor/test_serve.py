@@ -1,0 +1,150 @@
+"""`warden serve`: config errors name file and key; a real server answers and stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from supervisor.cli import main as cli
+from supervisor.serve import ConfigError, load_config
+from tests.supervisor.util import WORKTREE, alive
+
+GOOD = """
+[supervisor]
+start_method = "zygote"
+preload = ["tests.supervisor.workers"]
+status_socket = "{sock}"
+
+[pools.calc]
+interface = "tests.supervisor.workers:Calc"
+module = "tests.supervisor.workers:CalcImpl"
+profile = "strict"
+count = 2
+restart = "on-failure"
+call_timeout = 5
+memory = "512M"
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "serve.toml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_config_parses(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.format(sock=tmp_path / "s.sock")))
+    (pool,) = cfg.pools
+    assert (pool.name, pool.count, pool.profile, pool.memory) == ("calc", 2, "strict", 512 << 20)
+    assert pool.restart.mode == "on-failure" and cfg.start_method == "zygote"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("count = 2", "count = 0"), "pools.calc.count: expected an integer >= 1, got 0"),
+    (("restart = \"on-failure\"", "restart = \"sometimes\""),
+     "pools.calc.restart: expected one of never, on-failure, always, got 'sometimes'"),
+    (("memory = \"512M\"", "memory = \"lots\""), "pools.calc.memory: expected a size"),
+    (("profile = \"strict\"", "colour = \"red\""), "pools.calc.colour: unknown key"),
+    (("start_method = \"zygote\"", "start_method = \"vfork\""),
+     "supervisor.start_method: expected one of spawn, zygote, fork, got 'vfork'"),
+    (("module = \"tests.supervisor.workers:CalcImpl\"",
+      "program = [\"/bin/true\"]\nmodule = \"x:y\""),
+     "pools.calc: give exactly one of module"),
+    (("count = 2", "count = ["), "Invalid"),
+    (("count = 2", "count = 2\nro_binds = [\"/opt\"]"),
+     "pools.calc.ro_binds: only for program pools"),
+
+])
+def test_config_errors_name_file_and_key(tmp_path: Path, change: tuple[str, str],
+                                         message: str) -> None:
+    path = write(tmp_path, GOOD.format(sock="s").replace(*change))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(path + ":")
+    assert message in str(info.value)
+
+
+def test_cli_reports_config_errors(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.format(sock="s").replace("count = 2", "count = -1"))
+    r = CliRunner().invoke(cli, ["serve", path])
+    assert r.exit_code == 1
+    assert f"Error: {path}: pools.calc.count: expected an integer >= 1, got -1" in r.output
+
+
+def test_serve_status_sigusr1_and_clean_shutdown(tmp_path: Path) -> None:
+    sock = tmp_path / "status.sock"
+    path = write(tmp_path, GOOD.format(sock=sock))
+    env = {**os.environ, "PYTHONPATH": WORKTREE}
+    srv = subprocess.Popen([sys.executable, "-m", "supervisor", "serve", "-v", path],
+                           env=env, cwd=WORKTREE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline and srv.poll() is None:
+            time.sleep(0.05)
+        r = subprocess.run([sys.executable, "-m", "supervisor", "status", path], env=env,
+                           cwd=WORKTREE, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        snap = json.loads(r.stdout)
+        assert snap["pools"]["calc"]["alive"] == 2
+        pids = [w["pid"] for w in snap["pools"]["calc"]["workers"].values()]
+        assert all(alive(p) for p in pids)
+        assert (os.stat(sock).st_mode & 0o777) == 0o600
+        srv.send_signal(signal.SIGUSR1)
+        srv.send_signal(signal.SIGTERM)
+        _out, err = srv.communicate(timeout=30)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+    assert srv.returncode == 0, err
+    assert "status: {" in err and "shutting down" in err
+    assert not any(alive(p) for p in pids)
+    assert not sock.exists()
+
+
+def test_program_pool_in_process(tmp_path: Path) -> None:
+    """A pool of programs (any executable speaking ipc on fd 3) from a config, served
+    in-process until SIGTERM."""
+    import asyncio
+    import site
+
+    from supervisor.serve import serve
+
+    paths = [WORKTREE, *(p for p in site.getsitepackages() if os.path.isdir(p))]
+    code = ("import ipc; from tests.supervisor.workers import CalcImpl; "
+            "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
+    path = write(tmp_path, f"""
+[supervisor]
+start_method = "spawn"
+status_socket = "{tmp_path / 's.sock'}"
+
+[pools.prog]
+interface = "tests.supervisor.workers:Calc"
+program = ["/usr/bin/python3", "-c", {json.dumps(code)}]
+ro_binds = {json.dumps(paths)}
+env = ["PYTHONPATH={':'.join(paths)}"]
+count = 2
+""")
+    cfg = load_config(path)
+
+    async def main() -> None:
+        ready = asyncio.Event()
+        server = asyncio.ensure_future(serve(cfg, ready=ready))
+        await asyncio.wait_for(ready.wait(), 60)
+        from supervisor.serve import query_status
+        snap = await asyncio.get_running_loop().run_in_executor(
+            None, query_status, str(tmp_path / "s.sock"))
+        assert snap["pools"]["prog"]["alive"] == 2
+        assert snap["pools"]["prog"]["target"][0] == "/usr/bin/python3"
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(server, 60) == 0
+
+    asyncio.run(main())
