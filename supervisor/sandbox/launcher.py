@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import errno
 import gc
+import math
 import os
 import resource
 import select
@@ -164,11 +165,24 @@ def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
     os._exit(EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE)
 
 
+def _readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The fds among `fds` that are readable within `timeout` seconds (None: no limit).
+
+    poll, never select: select() raises ValueError for descriptors >= 1024,
+    which a supervisor holding hundreds of workers has."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    # Round up, so a wait for 0.4 ms is not a busy poll(0).
+    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return [fd for fd, _ev in p.poll(ms)]
+
+
 def _parent_death_signal(parent_pidfd: int) -> None:
     """SIGKILL when the parent dies, with the race closed: if the parent died
     before prctl, nobody would ever send it, so its pidfd is checked after."""
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if select.select([parent_pidfd], [], [], 0)[0]:
+    if _readable([parent_pidfd], 0):
         os._exit(EXIT_SETUP)
 
 
@@ -407,7 +421,7 @@ class _Setup:
         """Next message and any fds that came with it; (b"", []) at end-of-file."""
         while True:
             left = self.deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            if left <= 0 or not _readable([self.sock.fileno()], left):
                 raise TimeoutError("sandbox setup did not finish in time")
             try:
                 data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
@@ -799,7 +813,7 @@ class Sandbox:
                 break
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self.kill(Outcome.TIMEOUT, f"wall-clock timeout of {self.spec.wall_time_seconds:g}s")
-        if select.select([self._pidfd], [], [], 0)[0]:
+        if _readable([self._pidfd], 0):
             self._reap()
         return self._status
 
@@ -819,7 +833,7 @@ class Sandbox:
             left = max(0.0, min(waits)) if waits else None
             if end is not None and time.monotonic() >= end:
                 return None
-            select.select(list(self.fds()), [], [], left)
+            _readable(list(self.fds()), left)
 
     # -- the end
     def _reap(self) -> None:
