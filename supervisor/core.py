@@ -326,9 +326,7 @@ class Supervisor:
             spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
                                      target.partition(":")[0], memory=mem, timeout=timeout)
             box = await self._start_sandbox(spec, wid)
-            assert box.channel is not None
-            sock = box.channel
-            box.channel = None  # the handle owns it now
+            sock = box.take_channel()  # the worker's handle owns it from here
             proc = SandboxProcess(box)
         else:
             parent, child = socket.socketpair(socket.AF_UNIX,
@@ -411,8 +409,7 @@ class Supervisor:
         proc.setup_done = True
         handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
         self.workers[wid] = handle
-        sock = box.channel
-        box.channel = None
+        sock = box.take_channel() if box.channel is not None else None
         if sock is None:
             sock, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             other.close()  # no channel: a closed one, so handle.channel always exists
@@ -450,8 +447,8 @@ class Supervisor:
         """Collect a process nobody holds a handle to (so it cannot become a zombie)."""
         async def reap() -> None:
             await self._final_status(proc)
-            if isinstance(proc, SandboxProcess) and proc.box.channel is not None:
-                proc.box.channel.close()
+            if isinstance(proc, SandboxProcess):
+                proc.box.close_channel()
         task = asyncio.ensure_future(reap())
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)

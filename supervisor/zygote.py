@@ -165,8 +165,8 @@ def main() -> None:
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
         worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
         notify=False, rlimits=())))
-    from supervisor.sandbox import _sys
-    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    from supervisor.sandbox import self_confine
+    self_confine.set_dumpable(False)
     import gc
     gc.collect()
     gc.freeze()  # keep the collector off the shared pages: fewer copy-on-write faults per fork
@@ -280,11 +280,10 @@ class ZygoteClient:
                                  PROFILE_PATH, "supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
-        sock = box.channel
-        box.channel = None
-        if sock is None:
+        if box.channel is None:
             box.kill()
             raise ZygoteError("the zygote's sandbox has no channel")
+        sock = box.take_channel()
         sock.setblocking(True)
         ready = await loop.run_in_executor(None, _recv_ready, sock, box)
         if not ready:

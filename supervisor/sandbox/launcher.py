@@ -695,8 +695,9 @@ class Sandbox:
     """
 
     pid: int
-    channel: socket.socket | None
     spec: SandboxSpec
+    _channel: socket.socket | None
+    _channel_taken: bool
     _pidfd: int
     _status_r: int
     _listener: Listener | None
@@ -718,7 +719,8 @@ class Sandbox:
         self = cls(_TOKEN)
         self.spec = spec
         self.pid = pid
-        self.channel = channel
+        self._channel = channel
+        self._channel_taken = False
         self._pidfd = pidfd
         self._status_r = status_r
         self._listener = listener
@@ -736,6 +738,24 @@ class Sandbox:
         return f"<Sandbox pid={self.pid} {self.spec.argv[0]!r} {state}>"
 
     # -- state
+    @property
+    def channel(self) -> socket.socket | None:
+        """The parent's end of the sandbox's channel (fd 3), while this handle owns it:
+        None without one or once take_channel() has handed it over."""
+        return self._channel
+
+    def take_channel(self) -> socket.socket:
+        """Hand the channel over to the caller: the handle no longer closes it.
+
+        For code that outlives the handle's interest in the channel (the
+        supervisor attaches it to an ipc endpoint). Raises SandboxError for a
+        sandbox started without a channel, or when it was already taken."""
+        if self._channel is None:
+            raise SandboxError("the channel was already taken" if self._channel_taken
+                               else "this sandbox was started without a channel")
+        sock, self._channel, self._channel_taken = self._channel, None, True
+        return sock
+
     @property
     def status(self) -> Status | None:
         return self._status
@@ -919,8 +939,9 @@ class Sandbox:
                 self._reap()
 
     def close_channel(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        """Close the channel if this handle still owns it (see take_channel())."""
+        if self._channel is not None:
+            self._channel.close()
 
     # -- context manager: wait on success, kill on failure (trio's rule)
     def __enter__(self) -> Sandbox:

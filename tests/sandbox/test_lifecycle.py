@@ -27,7 +27,7 @@ from sandbox_util import (
     world_dir,
 )
 
-from supervisor.sandbox import Outcome, Sandbox, SetupError, build_spec, spawn
+from supervisor.sandbox import Outcome, Sandbox, SandboxError, SetupError, build_spec, spawn
 
 
 def test_outcomes_and_exit_codes() -> None:
@@ -100,6 +100,32 @@ def test_context_manager_kills_on_failure_and_waits_on_success() -> None:
     with spawn(build_spec(["/bin/true"], TEST_PROFILE, seccomp_filter=PERMISSIVE)) as box:
         pass
     assert box.outcome is Outcome.OK
+
+
+def test_take_channel_hands_over_ownership_once() -> None:
+    box, out, err = start([PY, "-I", "-S", "-c",
+                           "import os, socket; s = socket.socket(fileno=int("
+                           "os.environ['WARDEN_CHANNEL_FD'])); s.send(b'hello'); "
+                           "print(s.recv(100).decode())"])
+    sock = box.take_channel()
+    assert box.channel is None
+    with pytest.raises(SandboxError, match=r"^the channel was already taken$"):
+        box.take_channel()
+    with pytest.raises(AttributeError):
+        box.channel = None  # type: ignore[misc]  # read-only: take_channel() is the way
+    assert sock.recv(100) == b"hello"
+    sock.send(b"back")
+    r = collect(box, out, err)  # waits and closes the box's channel: not ours any more
+    assert r.out.strip() == "back"
+    assert sock.fileno() >= 0 and sock.recv(100) == b""  # still open, the peer gone
+    sock.close()
+
+
+def test_take_channel_without_a_channel_says_so() -> None:
+    box, out, err = start(["/bin/true"], channel=False)
+    with pytest.raises(SandboxError, match=r"^this sandbox was started without a channel$"):
+        box.take_channel()
+    assert collect(box, out, err).status.outcome is Outcome.OK
 
 
 @pytest.mark.parametrize(("argv", "step", "code"), [
