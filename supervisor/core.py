@@ -30,7 +30,7 @@ from profiles.model import Profile
 from supervisor import bootstrap, events, protections
 from supervisor.confine import fork_worker, outer_ids
 from supervisor.handle import WorkerHandle
-from supervisor.policy import resolve_profile, worker_filter
+from supervisor.policy import launch_filter, resolve_profile, worker_filter
 from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
 from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from supervisor.sandbox import spawn as sandbox_spawn
@@ -315,16 +315,20 @@ class Supervisor:
             host_iface = f"{iface.__module__}:{iface.__qualname__}"
         boot = bootstrap.Bootstrap(
             worker_id=wid, target=target, host_interface=host_iface, profile=prof.name,
-            seccomp_filter=worker_filter(prof, notify=method != "spawn"),
-            notify=method != "spawn", rlimits=_rlimits(prof),
+            seccomp_filter=worker_filter(prof, notify=True),
+            notify=True, rlimits=_rlimits(prof),
             max_frame_bytes=(limits or self.limits).max_frame_bytes)
         loop = self._loop
         assert loop is not None
         proc: WorkerProcess
         if method == "spawn":
             mem = memory if memory is not None else prof.limits.memory_bytes
+            # Its launch filter holds no listener (launch_filter), so the worker's
+            # own filter can take the stack's one and hand it over like the others.
             spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
-                                     target.partition(":")[0], memory=mem, timeout=timeout)
+                                     target.partition(":")[0], memory=mem, timeout=timeout,
+                                     seccomp_filter=launch_filter(
+                                         resolve_profile(self.launch_profile), prof))
             box = await self._start_sandbox(spec, wid)
             sock = box.take_channel()  # the worker's handle owns it from here
             proc = SandboxProcess(box)
@@ -356,8 +360,7 @@ class Supervisor:
             if method == "spawn":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 sock.send(bootstrap.encode(boot))
-            pid = await self._await_hello(sock, proc, ready_timeout, wid,
-                                          want_listener=method != "spawn")
+            pid = await self._await_hello(sock, proc, ready_timeout, wid, want_listener=True)
         except BaseException:
             sock.close()
             if proc.service() is None:  # cancelled (or failed) while it starts: end it
