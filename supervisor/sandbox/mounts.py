@@ -191,6 +191,12 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
           b"mode=0755,size=1m")
     new = b"/newroot"
 
+    # /tmp first: size-capped, world-writable with the sticky bit, and under
+    # the binds, so a bind below /tmp (a checkout in /tmp/...) stays visible.
+    _mkdirs(new + b"/tmp")
+    _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+          b"mode=1777,size=%d" % tmp_size)
+
     for op in ops:
         target = new + op.dest
         if op.kind == "symlink":
@@ -229,11 +235,6 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     for link, points_to in DEV_LINKS:
         os.symlink(points_to.encode(), dev + b"/" + link.encode())
     _step("read-only /dev", _readonly, dev)
-
-    # /tmp: size-capped, world-writable with the sticky bit.
-    _mkdirs(new + b"/tmp")
-    _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
-          b"mode=1777,size=%d" % tmp_size)
 
     if chdir != b"/":
         _mkdirs(new + chdir)
