@@ -201,7 +201,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _parent_death_signal(plan.parent_pidfd)
         # Hold none of the parent's descriptors but those this sandbox needs.
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
-                        *(src for _t, src in plan.fd_pairs)})
+                        *(src for _t, src in plan.fd_pairs), *mounts.tree_fds(plan.mount_ops)})
         step = "userns"
         if plan.self_maps:
             userns.write_maps("self", *plan.map_ids, deny_setgroups=True)
@@ -384,7 +384,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
     late_kinds = {resource.RLIMIT_AS, resource.RLIMIT_NOFILE}
     env = dict(spec.env)
     path_dirs = tuple(os.fsencode(d) for d in env.get("PATH", "").split(":") if d)
-    return Plan(
+    plan = Plan(
         clone_flags=flags,
         parent_pidfd=_parent_pidfd(),
         mount_ops=mounts.plan_binds(tuple((b.source, b.dest, b.writable) for b in spec.binds),
@@ -408,6 +408,8 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         map_ids=userns.outer_ids(spec),
         self_maps=os.geteuid() != 0,
     )
+    # Last, so that nothing after it can fail and leak the detached trees.
+    return plan._replace(mount_ops=mounts.detach_sources(plan.mount_ops))
 
 
 class _Setup:
@@ -493,7 +495,7 @@ class Launch:
     def child_fds(self) -> tuple[int, ...]:
         """Descriptors the process that clones the init must hold (same numbers as here)."""
         return (self.child_sock, self.child_status, self.plan.parent_pidfd,
-                *(src for _t, src in self.plan.fd_pairs))
+                *(src for _t, src in self.plan.fd_pairs), *mounts.tree_fds(self.plan.mount_ops))
 
     def report_clone_failure(self, err: int, message: str) -> None:
         _report(self.child_sock, "clone", err, message)
@@ -509,6 +511,7 @@ class Launch:
                 os.close(fd)
         self._opened = []
         self.child_status = -1
+        self.plan = self.plan._replace(mount_ops=mounts.close_trees(self.plan.mount_ops))
 
     def abort(self) -> None:
         """Undo prepare(): no child exists."""
@@ -523,6 +526,9 @@ class Launch:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._opened = []
+        plan: Plan | None = getattr(self, "plan", None)
+        if plan is not None:
+            self.plan = plan._replace(mount_ops=mounts.close_trees(plan.mount_ops))
 
     def complete(self, helper_pid: int | None = None, init_pid: int | None = None) -> Sandbox:
         """The parent's side of the setup; returns once the program has exec'ed.
