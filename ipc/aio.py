@@ -14,8 +14,9 @@ import collections
 import inspect
 import logging
 import os
+import select
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -34,7 +35,7 @@ from ipc.errors import BadMessage, ChannelClosed, ChannelError, CutOff, PeerErro
 from ipc.interface import Interface, MethodSpec, interface_of
 from ipc.limits import DEFAULT_LIMITS, Limits
 from ipc.session import Session
-from ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
+from ipc.wire import KIND_CALL, KIND_REPLY
 
 log = logging.getLogger("ipc")
 
@@ -104,6 +105,10 @@ class AsyncChannel:
         self.close_reason: ChannelError | None = None
         self.closed = False
         self.remote: Any = _AsyncProxy(self)
+        self._max_reads = limits.max_reads_per_wakeup
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        self._poll = poller.poll
         loop.add_reader(self._fd, self._on_readable)
 
     # ---- reading --------------------------------------------------------------------------
@@ -114,8 +119,16 @@ class AsyncChannel:
             reader.recv, reader.bufs, reader.anc_size, reader.cap, reader.view
         )
         decode = self._session.decode
-        for _ in range(self.limits.max_reads_per_wakeup):
+        pending = self._pending
+        first = True
+        for _ in range(self._max_reads):
             if self.closed:
+                return
+            if first:
+                first = False
+            elif not self._poll(0):
+                # Drained: asking poll is far cheaper than the BlockingIOError a recv on an
+                # empty socket raises, and most wakeups carry a single frame.
                 return
             try:
                 n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
@@ -142,8 +155,8 @@ class AsyncChannel:
                 log.error("ipc channel %r failed", self.peer_id, exc_info=e)
                 self._close(None, f"internal error: {e}")
                 return
-            if kind in (KIND_REPLY, KIND_ERROR):
-                fut = self._pending.pop(rid)  # present: the session checked rid was pending
+            if kind >= KIND_REPLY:  # a reply or an error reply
+                fut = pending.pop(rid)  # present: the session checked rid was pending
                 if fut.done():  # the caller gave up (cancelled): drop the reply
                     _close_value(value)
                 elif kind == KIND_REPLY:
@@ -227,7 +240,7 @@ class AsyncChannel:
             raise ChannelClosed(f"channel to {self.peer_id!r} closed: {self.close_reason}")
         return fut
 
-    def _enqueue(self, data: bytes, fds: list[int]) -> None:
+    def _enqueue(self, data: bytes, fds: Sequence[int]) -> None:
         if not self._queue:
             try:
                 send_frame(self._sock, data, fds)

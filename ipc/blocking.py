@@ -8,10 +8,11 @@ other. Not thread-safe: use one `Channel` from one thread at a time.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 from ipc.channel import (
     CHANNEL_FD_ENV,
@@ -41,12 +42,8 @@ class _Proxy:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         spec = self._channel._session.remote_spec(name)
-        channel = self._channel
-
-        def invoke(*args: Any, **kwargs: Any) -> Any:
-            return channel._invoke(spec, args, kwargs)
-
-        invoke.__name__ = name
+        # A partial (C) rather than a closure: one Python frame less per call.
+        invoke = functools.partial(self._channel._call, spec)
         setattr(self, name, invoke)
         return invoke
 
@@ -95,25 +92,35 @@ class Channel:
 
     # ---- calling --------------------------------------------------------------------------
 
-    def _send(self, data: bytes, fds: list[int]) -> None:
+    def _send(self, data: bytes, fds: Sequence[int]) -> None:
         try:
             if fds:
                 send_frame(self._sock, data, fds)
             else:
                 self._sock_send(data, SEND_FLAGS)
-        except (BrokenPipeError, ConnectionResetError) as e:
+        except OSError as e:
+            self._send_failed(e)
+
+    def _send_failed(self, e: OSError) -> NoReturn:
+        if isinstance(e, BrokenPipeError | ConnectionResetError):
             self.close()
             raise ChannelClosed(f"peer closed the channel: {e}") from None
-        except OSError:
-            if self.closed:
-                raise ChannelClosed("channel is closed") from None
-            raise
+        if self.closed:
+            raise ChannelClosed("channel is closed") from None
+        raise e
 
-    def _invoke(self, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(self, spec: MethodSpec, /, *args: Any, **kwargs: Any) -> Any:
+        """``remote.<method>(*args)``: send the request, then serve frames until its reply."""
         if self.closed:
             raise ChannelClosed("channel is closed")
         data, fds, rid = self._encode_request(spec, args, kwargs)
-        self._send(data, fds)
+        try:
+            if fds:
+                send_frame(self._sock, data, fds)
+            else:
+                self._sock_send(data, SEND_FLAGS)  # Channel._send, inlined
+        except OSError as e:
+            self._send_failed(e)
         if spec.oneway:
             return None
         replies = self._replies
@@ -192,9 +199,15 @@ class Channel:
         except Exception as exc:
             msg = failure_message(spec, self._session.peer, exc)
             if kind == KIND_CALL:
-                self._send(self._session.encode_error(spec, rid, msg), [])
+                self._send(self._session.encode_error(spec, rid, msg), NO_FDS)
             return
-        self._send(data, fds)
+        try:
+            if fds:
+                send_frame(self._sock, data, fds)
+            else:
+                self._sock_send(data, SEND_FLAGS)  # Channel._send, inlined
+        except OSError as e:
+            self._send_failed(e)
 
     def serve_forever(self) -> None:
         """Handle incoming calls and messages until the peer closes the channel.

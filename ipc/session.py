@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
-from ipc.channel import close_fds
+from ipc.channel import NO_FDS, close_fds
 from ipc.errors import BadMessage, CutOff, FrameTooLarge
 from ipc.handles import FdAccount, Handle, SealedMemory, _Endpoint, fd_to_int
 from ipc.interface import HandleParam, Interface, MethodSpec
@@ -93,6 +93,7 @@ class Session:
         self._last_incoming = 0
         self.calls_in_flight = 0
         self._max_calls = limits.max_calls_in_flight
+        self._max_frame = limits.max_frame_bytes
         self._next_request = 1
         self.pending: dict[int, MethodSpec] = {}
 
@@ -273,23 +274,34 @@ class Session:
         if self.validate_outgoing:
             params = self._validated(spec, spec.params_decoder, params, "arguments")
         if spec.oneway:
-            return self._checked(encode((KIND_MESSAGE, spec.id, 0, params)), spec), fds, 0
+            data = encode((KIND_MESSAGE, spec.id, 0, params))
+            if len(data) >= self._max_frame:
+                self._too_large(data, spec)
+            return data, fds, 0
         rid = self._next_request
         if rid > MAX_REQUEST_ID:
             raise OverflowError("request ids exhausted on this channel")
-        data = self._checked(encode((KIND_CALL, spec.id, rid, params)), spec)
+        data = encode((KIND_CALL, spec.id, rid, params))
+        if len(data) >= self._max_frame:
+            self._too_large(data, spec)
         self._next_request = rid + 1
         self.pending[rid] = spec
         return data, fds, rid
 
-    def encode_reply(self, spec: MethodSpec, rid: int, value: Any) -> tuple[bytes, list[int]]:
+    def encode_reply(
+        self, spec: MethodSpec, rid: int, value: Any
+    ) -> tuple[bytes, Sequence[int]]:
         """Frame the reply to an incoming call (and count it as answered)."""
+        fds: Sequence[int]
         if spec.result_handle is not None:
             data, fds = encode((KIND_REPLY, spec.id, rid, None)), [fd_to_int(value)]
         else:
             if self.validate_outgoing:
                 value = self._validated(spec, spec.result_decoder, value, "reply")
-            data, fds = self._checked(encode((KIND_REPLY, spec.id, rid, value)), spec), []
+            data = encode((KIND_REPLY, spec.id, rid, value))
+            if len(data) >= self._max_frame:
+                self._too_large(data, spec)
+            fds = NO_FDS
         self.calls_in_flight -= 1
         return data, fds
 
@@ -304,14 +316,12 @@ class Session:
             raise ValueError(f"{spec.qualname}: invalid {what}: {e}") from None
         return msgspec.Raw(raw)
 
-    def _checked(self, data: bytes, spec: MethodSpec) -> bytes:
+    def _too_large(self, data: bytes, spec: MethodSpec) -> NoReturn:
         """Refuse to send a frame the peer must reject (our bug, so the error is ours)."""
-        if len(data) >= self.limits.max_frame_bytes:
-            raise FrameTooLarge(
-                f"{spec.qualname}: frame of {len(data)} bytes is at or over the "
-                f"{self.limits.max_frame_bytes}-byte cap; pass large data as a SealedMemory"
-            )
-        return data
+        raise FrameTooLarge(
+            f"{spec.qualname}: frame of {len(data)} bytes is at or over the "
+            f"{self.limits.max_frame_bytes}-byte cap; pass large data as a SealedMemory"
+        )
 
     def encode_error(self, spec: MethodSpec, rid: int, message: str) -> bytes:
         """Frame an error reply to an incoming call (and count it as answered)."""
