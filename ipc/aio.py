@@ -120,15 +120,13 @@ class AsyncChannel:
         )
         decode = self._session.decode
         pending = self._pending
-        first = True
-        for _ in range(self._max_reads):
+        for i in range(self._max_reads):
             if self.closed:
                 return
-            if first:
-                first = False
-            elif not self._poll(0):
-                # Drained: asking poll is far cheaper than the BlockingIOError a recv on an
-                # empty socket raises, and most wakeups carry a single frame.
+            if i == 1 and not self._poll(0):
+                # Most wakeups carry one frame: asking poll once whether another waits is far
+                # cheaper than the BlockingIOError a recv on an empty socket raises. A peer
+                # with more queued is drained until that error (or the per-wakeup bound).
                 return
             try:
                 n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)

@@ -31,7 +31,7 @@ from ipc.handles import Receiver, Remote, fd_to_int
 from ipc.interface import Interface, MethodSpec, interface_of
 from ipc.limits import DEFAULT_LIMITS, Limits
 from ipc.session import Session
-from ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
+from ipc.wire import KIND_CALL, KIND_ERROR, KIND_MESSAGE, KIND_REPLY
 
 
 class _Proxy:
@@ -197,9 +197,7 @@ class Channel:
                 return
             data, fds = self._encode_reply(spec, rid, result)
         except Exception as exc:
-            msg = failure_message(spec, self._session.peer, exc)
-            if kind == KIND_CALL:
-                self._send(self._session.encode_error(spec, rid, msg), NO_FDS)
+            self._failed(kind, spec, rid, exc)
             return
         try:
             if fds:
@@ -208,6 +206,12 @@ class Channel:
                 self._sock_send(data, SEND_FLAGS)  # Channel._send, inlined
         except OSError as e:
             self._send_failed(e)
+
+    def _failed(self, kind: int, spec: MethodSpec, rid: int, exc: Exception) -> None:
+        """A handler (or encoding its reply) raised: log it; a caller gets an error reply."""
+        msg = failure_message(spec, self._session.peer, exc)
+        if kind == KIND_CALL:
+            self._send(self._session.encode_error(spec, rid, msg), NO_FDS)
 
     def serve_forever(self) -> None:
         """Handle incoming calls and messages until the peer closes the channel.
@@ -219,7 +223,10 @@ class Channel:
             reader.recv, reader.bufs, reader.anc_size, reader.cap, reader.view
         )
         decode = self._decode
-        run = self._run
+        handlers = self._handlers
+        context = self.context
+        encode_reply = self._encode_reply
+        sock_send = self._sock_send
         while not self.closed:
             try:
                 n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
@@ -240,10 +247,28 @@ class Channel:
             except OSError as e:
                 self.close()
                 raise ChannelClosed(f"receive failed: {e}") from None
-            if kind < KIND_REPLY:
-                run(kind, spec, rid, value)
-            else:
-                self._replies[rid] = (kind, value)
+            if kind != KIND_CALL:
+                if kind == KIND_MESSAGE:
+                    try:
+                        handlers[spec.id](context, *value)
+                    except Exception as exc:
+                        self._failed(kind, spec, rid, exc)
+                else:
+                    self._replies[rid] = (kind, value)
+                continue
+            # Channel._run for a call, inlined: the server half of every round trip.
+            try:
+                data, fds = encode_reply(spec, rid, handlers[spec.id](context, *value))
+            except Exception as exc:
+                self._failed(kind, spec, rid, exc)
+                continue
+            try:
+                if fds:
+                    send_frame(self._sock, data, fds)
+                else:
+                    sock_send(data, SEND_FLAGS)
+            except OSError as e:
+                self._send_failed(e)
 
     def serve_one(self) -> bool:
         """Handle one incoming frame; False once the channel is closed."""

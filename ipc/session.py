@@ -120,7 +120,34 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid envelope: {e}") from None
         if kind >= KIND_REPLY:
-            return self._decode_reply(kind, method, rid, payload, fds)
+            if kind == KIND_REPLY and not fds:  # the common reply, its checks inlined
+                spec = self.pending.pop(rid, None)
+                if spec is None:
+                    raise self._bad(
+                        fds, f"reply to request id {rid}, which is not awaiting a reply"
+                    )
+                if spec.id != method:
+                    raise self._bad(
+                        fds, f"reply carries method id {method:#010x}, but request {rid} "
+                        f"called {spec.name}", spec,
+                    )
+                if spec.result_handle is None:
+                    try:
+                        return kind, spec, rid, spec.result_decoder.decode(payload)
+                    except msgspec.ValidationError as e:
+                        raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+                    except Exception as e:
+                        raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
+                return self._decode_reply(kind, spec, rid, payload, fds)
+            spec = self.pending.pop(rid, None)
+            if spec is None:
+                raise self._bad(fds, f"reply to request id {rid}, which is not awaiting a reply")
+            if spec.id != method:
+                raise self._bad(
+                    fds, f"reply carries method id {method:#010x}, but request {rid} called "
+                    f"{spec.name}", spec,
+                )
+            return self._decode_reply(kind, spec, rid, payload, fds)
         spec = self._by_id.get(method)
         if spec is None:
             raise self._bad(fds, f"unknown method id {method:#010x}")
@@ -197,16 +224,9 @@ class Session:
         return tuple(wrapped[i] if is_h else values[i] for is_h, i in spec.plan)
 
     def _decode_reply(
-        self, kind: int, method: int, rid: int, payload: msgspec.Raw, fds: Sequence[int]
+        self, kind: int, spec: MethodSpec, rid: int, payload: msgspec.Raw, fds: Sequence[int]
     ) -> Event:
-        spec = self.pending.pop(rid, None)
-        if spec is None:
-            raise self._bad(fds, f"reply to request id {rid}, which is not awaiting a reply")
-        if spec.id != method:
-            raise self._bad(
-                fds, f"reply carries method id {method:#010x}, but request {rid} called "
-                f"{spec.name}", spec,
-            )
+        """The rest of a reply's checks, once `decode` matched it to the pending call `spec`."""
         if kind == KIND_ERROR:
             if fds:
                 raise self._bad(fds, f"error reply with {len(fds)} fds (expected none)", spec)
