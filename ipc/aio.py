@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 from ipc.channel import (
     NO_FDS,
     RECV_FLAGS,
+    SEND_FLAGS,
     TRUNCATED,
     FrameReader,
     close_fds,
@@ -52,12 +54,8 @@ class _AsyncProxy:
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         spec = self._channel._session.remote_spec(name)
-        send = self._channel._send_request
-
-        def invoke(*args: Any, **kwargs: Any) -> asyncio.Future[Any] | None:
-            return send(spec, args, kwargs)
-
-        invoke.__name__ = name
+        # A partial (C) rather than a closure: one Python frame less per call.
+        invoke = functools.partial(self._channel._send_request, spec)
         setattr(self, name, invoke)
         return invoke
 
@@ -106,6 +104,8 @@ class AsyncChannel:
         self.closed = False
         self.remote: Any = _AsyncProxy(self)
         self._max_reads = limits.max_reads_per_wakeup
+        self._encode_request = self._session.encode_request
+        self._sock_send = sock.send
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         self._poll = poller.poll
@@ -224,16 +224,25 @@ class AsyncChannel:
     # ---- writing --------------------------------------------------------------------------
 
     def _send_request(
-        self, spec: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self, spec: MethodSpec, /, *args: Any, **kwargs: Any
     ) -> asyncio.Future[Any] | None:
+        """``remote.<method>(*args)``: send now; a call returns the future of its reply."""
         if self.closed:
             raise ChannelClosed(f"channel to {self.peer_id!r} is closed")
-        data, fds, rid = self._session.encode_request(spec, args, kwargs)
+        data, fds, rid = self._encode_request(spec, args, kwargs)
         fut: asyncio.Future[Any] | None = None
         if not spec.oneway:
             fut = self._loop.create_future()
             self._pending[rid] = fut
-        self._enqueue(data, fds)
+        if fds or self._queue:
+            self._enqueue(data, fds)
+        else:
+            try:
+                self._sock_send(data, SEND_FLAGS)  # _enqueue's first step, inlined
+            except BlockingIOError:
+                self._enqueue(data, fds)
+            except OSError as e:
+                self._send_failed(e)
         if self.closed and fut is None:  # a call's future already carries ChannelClosed
             raise ChannelClosed(f"channel to {self.peer_id!r} closed: {self.close_reason}")
         return fut
@@ -245,9 +254,8 @@ class AsyncChannel:
                 return
             except BlockingIOError:
                 pass
-            except OSError as e:  # peer gone, or EMSGSIZE: a cap above the socket's buffer
-                log.warning("ipc channel %r: send failed: %s", self.peer_id, e)
-                self._close(None, f"send failed: {e}")
+            except OSError as e:
+                self._send_failed(e)
                 return
         held = [os.dup(fd) for fd in fds]  # the caller may close its fds once we return
         self._queue.append((data, held))
@@ -270,6 +278,11 @@ class AsyncChannel:
         if not self._writing:
             self._writing = True
             self._loop.add_writer(self._fd, self._on_writable)
+
+    def _send_failed(self, e: OSError) -> None:
+        # The peer is gone, or EMSGSIZE: a frame cap above the socket's buffer.
+        log.warning("ipc channel %r: send failed: %s", self.peer_id, e)
+        self._close(None, f"send failed: {e}")
 
     def _on_writable(self) -> None:
         queue = self._queue
