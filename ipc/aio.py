@@ -105,6 +105,7 @@ class AsyncChannel:
         self.remote: Any = _AsyncProxy(self)
         self._max_reads = limits.max_reads_per_wakeup
         self._encode_request = self._session.encode_request
+        self._encode_reply = self._session.encode_reply
         self._sock_send = sock.send
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
@@ -187,7 +188,23 @@ class AsyncChannel:
         except Exception as exc:
             self._finish(kind, spec, rid, None, exc)
             return
-        self._finish(kind, spec, rid, result, None)
+        if kind != KIND_CALL or self.closed:
+            return
+        # _finish's success path, inlined: encode the reply and send it at once.
+        try:
+            data, fds = self._encode_reply(spec, rid, result)
+        except Exception as e:
+            self._unencodable(spec, rid, e)
+            return
+        if fds or self._queue:
+            self._enqueue(data, fds)
+            return
+        try:
+            self._sock_send(data, SEND_FLAGS)
+        except BlockingIOError:
+            self._enqueue(data, fds)
+        except OSError as e:
+            self._send_failed(e)
 
     async def _run_async(
         self, handler: Callable[..., Any], kind: int, spec: MethodSpec, rid: int,
@@ -214,12 +231,16 @@ class AsyncChannel:
             return
         if kind == KIND_CALL and not self.closed:
             try:
-                data, fds = self._session.encode_reply(spec, rid, result)
+                data, fds = self._encode_reply(spec, rid, result)
             except Exception as e:
-                log.error("cannot encode reply of %s", spec.qualname, exc_info=e)
-                self._enqueue(self._session.encode_error(spec, rid, "internal error"), [])
+                self._unencodable(spec, rid, e)
                 return
             self._enqueue(data, fds)
+
+    def _unencodable(self, spec: MethodSpec, rid: int, e: Exception) -> None:
+        """The handler returned what its declaration does not allow: our bug, logged."""
+        log.error("cannot encode reply of %s", spec.qualname, exc_info=e)
+        self._enqueue(self._session.encode_error(spec, rid, "internal error"), [])
 
     # ---- writing --------------------------------------------------------------------------
 
