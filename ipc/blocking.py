@@ -258,7 +258,10 @@ class Channel:
                 continue
             # Channel._run for a call, inlined: the server half of every round trip.
             try:
-                data, fds = encode_reply(spec, rid, handlers[spec.id](context, *value))
+                # `result` stays bound until the frame is sent: a returned handle that
+                # nothing else references would otherwise close its fd before sendmsg.
+                result = handlers[spec.id](context, *value)
+                data, fds = encode_reply(spec, rid, result)
             except Exception as exc:
                 self._failed(kind, spec, rid, exc)
                 continue

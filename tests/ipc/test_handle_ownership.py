@@ -64,3 +64,43 @@ def test_a_handle_built_from_your_fd_owns_it_and_closes_it() -> None:
         t.join(10)
         server.close()
     assert not t.is_alive()
+
+
+class Source(ipc.Interface, name="test.Source"):
+    @ipc.call()
+    def fresh(self, ctx: ipc.Context) -> ipc.ReadFile:
+        raise NotImplementedError
+
+
+class SourceImpl(Source):
+    def fresh(self, ctx: ipc.Context) -> ipc.ReadFile:
+        return ipc.ReadFile(_open_file())  # nothing else holds this handle
+
+
+def test_a_returned_handle_lives_until_its_reply_is_sent() -> None:
+    """serve_forever's inlined reply path must keep the handler's result alive until
+    sendmsg: dropped earlier, the handle closes its fd and the reply cannot carry it."""
+    ours, theirs = ipc.channel_pair()
+    server = ipc.connect(theirs, serve=SourceImpl())
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except BaseException as e:  # surfaced below, not lost in the thread
+            failures.append(e)
+            server.close()  # the client's wait ends in ChannelClosed, not a hang
+
+    t = threading.Thread(target=serve)
+    t.start()
+    client = ipc.connect(ours, remote=Source)
+    try:
+        for _ in range(3):
+            with client.remote.fresh() as h:
+                assert os.pread(h.fileno(), 10, 0) == b"12345"
+    finally:
+        client.close()
+        t.join(10)
+        server.close()
+    assert not t.is_alive()
+    assert failures == []
