@@ -22,7 +22,6 @@ Set WARDEN_NO_CACHE=1 to bypass the cache entirely (never read, never written).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import hashlib
 import os
@@ -33,7 +32,7 @@ from profiles.model import SeccompPolicy
 
 MAGIC = b"warden-bpf-cache 1\n"
 DISABLE_VAR = "WARDEN_NO_CACHE"
-_SOURCES = ("compiler.py", "bpf.py", "syscalls.py", "model.py", "cache.py")
+_SOURCES = ("compiler.py", "bpf.py", "syscalls.py", "libseccomp.py", "model.py", "cache.py")
 
 
 def cache_dir() -> Path | None:
@@ -51,20 +50,14 @@ def enabled() -> bool:
     return os.environ.get(DISABLE_VAR, "") in ("", "0")
 
 
-class _Version(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
-
-
 @functools.cache
 def _toolchain() -> bytes:
     """What, besides the policy, decides the filter: libseccomp and our compiler's code."""
-    import pyseccomp
+    from profiles import libseccomp
 
     h = hashlib.sha256(MAGIC)
-    fn = pyseccomp._libseccomp.seccomp_version
-    fn.restype = ctypes.POINTER(_Version)
-    v = fn().contents
-    h.update(f"libseccomp {v.major}.{v.minor}.{v.micro} {os.uname().machine}\n".encode())
+    major, minor, micro = libseccomp.version()
+    h.update(f"libseccomp {major}.{minor}.{micro} {os.uname().machine}\n".encode())
     here = Path(__file__).resolve().parent
     for name in _SOURCES:
         h.update(name.encode() + b"\0" + (here / name).read_bytes())

@@ -15,7 +15,7 @@ import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pyseccomp
+from profiles import libseccomp
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -247,13 +247,13 @@ GROUPS: dict[str, Group] = {
 
 def number(name: str) -> int | None:
     """The native syscall number of `name`, or None if it has none on this arch."""
-    nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    nr = libseccomp.resolve_name(name)
     return nr if nr >= 0 else None
 
 
 def is_known(name: str) -> bool:
     """True if libseccomp knows the name on any architecture."""
-    return bool(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) != _NR_SCMP_ERROR)
+    return libseccomp.resolve_name(name) != _NR_SCMP_ERROR
 
 
 @functools.cache
@@ -261,10 +261,9 @@ def native_table() -> dict[int, str]:
     """Every syscall number libseccomp knows for the native arch, with its name."""
     table: dict[int, str] = {}
     for nr in range(0, 1024):
-        try:
-            table[nr] = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr).decode()
-        except ValueError:
-            continue
+        name = libseccomp.resolve_number(nr)
+        if name is not None:
+            table[nr] = name
     return table
 
 
