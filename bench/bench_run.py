@@ -93,8 +93,11 @@ def main() -> None:
     env = _env()
 
     def warden_run(env: dict[str, str]) -> Callable[[], None]:
+        # `python -m` puts the current directory first on sys.path: run from the
+        # checkout being measured.
         def run() -> None:
-            r = subprocess.run(warden, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            r = subprocess.run(warden, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
             assert r.returncode == 0, (r.returncode, r.stderr.decode(errors="replace"))
 
         return run
