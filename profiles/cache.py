@@ -4,13 +4,13 @@
 (that check caught a real libseccomp bug), which costs 10-17 ms per compile.
 The result depends only on the flattened policy, `kill_as_notify`, the
 libseccomp version and warden's compiler, so `cached_compile` keys a file on
-a hash of exactly those and keeps the verified bytes under
-$XDG_CACHE_HOME/warden (default ~/.cache/warden).
+a hash of exactly those and keeps the verified bytes in
+$XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp).
 
 Trust rules: the directory must be a real directory owned by this user with
 no group/other access (it is created 0700), each file a regular file owned
 by this user, mode 0600, written atomically (temporary file + rename). A file
-is used only if it names the same key and its digest (sha256 over key and
+is used only if it names the same key and its digest (BLAKE2b over key and
 filter) matches; anything else — missing, unreadable, foreign, corrupted —
 means compile and verify as usual, silently. The digest makes a damaged file
 harmless; the owner-only directory is what keeps other users out (anyone
@@ -23,27 +23,31 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import stat
 from pathlib import Path
 
 from profiles.model import SeccompPolicy
 
-MAGIC = b"warden-bpf-cache 1\n"
+try:  # CPython's built-in module: `import hashlib` loads OpenSSL first (~2 ms)
+    from _blake2 import blake2b
+except ImportError:  # pragma: no cover - other interpreters
+    from hashlib import blake2b
+
+MAGIC = b"warden-bpf-cache 2\n"
 DISABLE_VAR = "WARDEN_NO_CACHE"
 _SOURCES = ("compiler.py", "bpf.py", "syscalls.py", "libseccomp.py", "model.py", "cache.py")
 
 
 def cache_dir() -> Path | None:
-    """$XDG_CACHE_HOME/warden, or ~/.cache/warden; None when there is no home."""
+    """$XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp); None without a home."""
     base = os.environ.get("XDG_CACHE_HOME")
     if not base or not os.path.isabs(base):
         home = os.environ.get("HOME")
         if not home or not os.path.isabs(home):
             return None
         base = os.path.join(home, ".cache")
-    return Path(base) / "warden"
+    return Path(base) / "warden" / "seccomp"
 
 
 def enabled() -> bool:
@@ -55,7 +59,7 @@ def _toolchain() -> bytes:
     """What, besides the policy, decides the filter: libseccomp and our compiler's code."""
     from profiles import libseccomp
 
-    h = hashlib.sha256(MAGIC)
+    h = blake2b(MAGIC, digest_size=32)
     major, minor, micro = libseccomp.version()
     h.update(f"libseccomp {major}.{minor}.{micro} {os.uname().machine}\n".encode())
     here = Path(__file__).resolve().parent
@@ -68,30 +72,43 @@ def policy_key(policy: SeccompPolicy, kill_as_notify: bool) -> str:
     """Hash of the flattened policy (rule origins left out) and everything else that matters."""
     rules = tuple((r.syscall, r.action, r.conditions) for r in policy.rules)
     text = repr((policy.default_action, policy.bad_arch_action, rules, kill_as_notify))
-    return hashlib.sha256(_toolchain() + text.encode()).hexdigest()
+    return blake2b(_toolchain() + text.encode(), digest_size=32).hexdigest()
 
 
 def _digest(key: str, code: bytes) -> str:
-    return hashlib.sha256(key.encode() + b"\n" + code).hexdigest()
+    return blake2b(key.encode() + b"\n" + code, digest_size=32).hexdigest()
 
 
-def _private_dir(path: Path) -> bool:
+def _open_private_dir(path: Path) -> int | None:
+    """An fd for `path` if it is a real directory of ours with no group/other access.
+
+    Later steps work relative to this fd, so the directory checked is the
+    one used even if someone renames things around it meanwhile."""
     try:
-        st = os.lstat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
-        return False
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-            and st.st_mode & 0o077 == 0)
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        st = None
+    if st is None or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        return None
+    return fd
 
 
 def load(directory: Path, key: str) -> bytes | None:
     """The cached filter for `key`, or None unless every check passes."""
-    if not _private_dir(directory):
+    dfd = _open_private_dir(directory)
+    if dfd is None:
         return None
     try:
-        fd = os.open(directory / key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
     except OSError:
         return None
+    finally:
+        os.close(dfd)
     try:
         st = os.fstat(fd)
         if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
@@ -119,20 +136,27 @@ def store(directory: Path, key: str, code: bytes) -> None:
         directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.mkdir(directory, 0o700)
-        if not _private_dir(directory):
-            return
-        tmp = directory / f".{key}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
     except OSError:
         return
+    dfd = _open_private_dir(directory)
+    if dfd is None:
+        return
+    tmp = f".{key}.{os.getpid()}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + key.encode() + b"\n" + _digest(key, code).encode() + b"\n\n" + code)
-        os.replace(tmp, directory / key)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(MAGIC + key.encode() + b"\n" + _digest(key, code).encode() + b"\n\n"
+                        + code)
+            os.replace(tmp, key, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        pass
+    finally:
+        os.close(dfd)
 
 
 def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,

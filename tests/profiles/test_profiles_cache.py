@@ -104,7 +104,7 @@ def test_a_damaged_entry_is_recompiled(where: Path, policy: SeccompPolicy, truth
 
 
 @pytest.mark.parametrize("problem", ["file group-readable", "file is a symlink",
-                                     "dir group-readable", "dir owned by another user",
+                                     "dir group-readable", "dir is a symlink", "dir owned by another user",
                                      "file owned by another user"])
 def test_an_entry_that_is_not_private_is_ignored(where: Path, policy: SeccompPolicy,
                                                  truth: bytes, problem: str,
@@ -119,6 +119,10 @@ def test_an_entry_that_is_not_private_is_ignored(where: Path, policy: SeccompPol
         f.symlink_to(real)
     elif problem == "dir group-readable":
         where.chmod(0o750)
+    elif problem == "dir is a symlink":
+        real = where.parent / "real-dir"
+        where.rename(real)
+        where.symlink_to(real)
     elif os.geteuid() != 0:
         pytest.skip("needs root to chown")
     elif problem == "dir owned by another user":
@@ -172,9 +176,9 @@ def test_the_cache_can_be_turned_off(where: Path, policy: SeccompPolicy, truth: 
 
 def test_the_default_location_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", "/x/cache")
-    assert cache.cache_dir() == Path("/x/cache/warden")
+    assert cache.cache_dir() == Path("/x/cache/warden/seccomp")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", "/home/u")
-    assert cache.cache_dir() == Path("/home/u/.cache/warden")
+    assert cache.cache_dir() == Path("/home/u/.cache/warden/seccomp")
     monkeypatch.delenv("HOME")
     assert cache.cache_dir() is None
