@@ -107,6 +107,8 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
 
 @dataclass
 class _Slot:
+    """The rules for one call: its unconditional rule and its conditional ones."""
+
     uncond: SyscallRule | None = None
     cond: list[SyscallRule] = field(default_factory=list)
 

@@ -68,6 +68,8 @@ class Reference:
 
 @dataclass
 class Layer:
+    """One profile file as parsed: its own settings, before extends and includes."""
+
     file: str
     description: str | None = None
     extends: Reference | None = None

@@ -29,6 +29,8 @@ _NR_SCMP_ERROR = -1
 
 @dataclass(frozen=True)
 class Group:
+    """A named set of syscalls ("@file-system"), possibly built from other groups."""
+
     name: str  # with the leading "@"
     help: str
     members: tuple[str, ...]  # call names and "@group" references

@@ -51,6 +51,8 @@ class FileGrant:
 
 @dataclass(frozen=True)
 class SandboxSpec:
+    """The one frozen description of a sandbox; build_spec() makes and validates it."""
+
     argv: tuple[str, ...]
     profile: str
     seccomp_filter: bytes  # raw struct sock_filter[] for the native architecture
