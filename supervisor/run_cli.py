@@ -85,6 +85,8 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
       WARDEN_CGROUP      cgroup v2 directory for the sandboxes' cgroups, or
                          "none" for rlimits only
       WARDEN_OUTER_UID   as root: default for --outer-uid (and _GID)
+      WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
+                         using ~/.cache/warden/seccomp
     """
     status = _run(list(program), profile, options)
     if json_status:

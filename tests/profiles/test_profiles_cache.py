@@ -104,8 +104,8 @@ def test_a_damaged_entry_is_recompiled(where: Path, policy: SeccompPolicy, truth
 
 
 @pytest.mark.parametrize("problem", ["file group-readable", "file is a symlink",
-                                     "dir group-readable", "dir is a symlink", "dir owned by another user",
-                                     "file owned by another user"])
+                                     "dir group-readable", "dir is a symlink",
+                                     "dir owned by another user", "file owned by another user"])
 def test_an_entry_that_is_not_private_is_ignored(where: Path, policy: SeccompPolicy,
                                                  truth: bytes, problem: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
