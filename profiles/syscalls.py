@@ -10,7 +10,6 @@ A group may name calls that do not exist on this architecture (for example
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -281,6 +280,8 @@ def native_names() -> frozenset[str]:
 def suggest(name: str) -> str | None:
     """The closest valid syscall or group name, for "did you mean" messages."""
     pool = list(GROUPS) if name.startswith("@") else sorted(native_names())
+    import difflib  # only to word an error
+
     close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return close[0] if close else None
 
