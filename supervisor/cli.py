@@ -7,7 +7,9 @@ the serve machinery or asyncio just to start.
 
 from __future__ import annotations
 
+import gc
 import importlib
+from typing import Any
 
 import click
 
@@ -18,14 +20,41 @@ COMMANDS = {
     "serve": "supervisor.serve_cli:serve_command",
     "status": "supervisor.serve_cli:status_command",
 }
+# Commands that call start_up_done() themselves once their start-up is over.
+START_UP_WITHOUT_GC = frozenset({"run"})
+
+_gc_paused = False
+
+
+def start_up_done() -> None:
+    """Turn garbage collection back on if the group paused it for start-up."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.enable()
 
 
 class LazyGroup(click.Group):
-    """A group whose sub-commands are imported on first use."""
+    """A group whose sub-commands are imported on first use.
 
-    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    While it dispatches, garbage collection is paused: start-up builds
+    thousands of long-lived objects (modules, classes, the profile) and no
+    cycles, so collecting then only costs time (~4 ms of `warden run`).
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.lazy = dict(lazy)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        global _gc_paused
+        if gc.isenabled():
+            gc.disable()
+            _gc_paused = True
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            start_up_done()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
@@ -37,6 +66,8 @@ class LazyGroup(click.Group):
             if not isinstance(command, click.Command):
                 raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
             self.add_command(command, cmd_name)
+        if cmd_name not in START_UP_WITHOUT_GC:
+            start_up_done()
         return super().get_command(ctx, cmd_name)
 
 

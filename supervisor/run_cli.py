@@ -179,6 +179,10 @@ def _supervise(box: Sandbox) -> Status:
     """Wait for the sandbox while guarding its channel."""
     import select
 
+    from supervisor.cli import start_up_done
+
+    start_up_done()  # collection back on, if the `warden` group paused it
+
     from supervisor.sandbox.channel_guard import ChannelGuard
     from supervisor.sandbox.status import Outcome
 
