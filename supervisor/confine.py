@@ -26,10 +26,9 @@ import struct
 from typing import NoReturn
 
 from supervisor.process import readable
-from supervisor.sandbox import _sys, caps
+from supervisor.sandbox import self_confine
 from supervisor.sandbox.spec import DEFAULT_OUTER_ID
 
-FLAGS = _sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | signal.SIGCHLD
 EXIT_SETUP = 125
 _PID = struct.Struct("=i")
 
@@ -53,22 +52,22 @@ def _child(channel_fd: int, parent_pidfd: int, warm: bool = False) -> NoReturn:
         gc.disable()  # objects inherited from the parent must never be finalized here
         faulthandler.disable()  # an inherited crash handler would outlive the parent's intent
         os.setsid()
-        _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+        self_confine.set_parent_death_signal(signal.SIGKILL)
         if readable([parent_pidfd]):
             os._exit(EXIT_SETUP)  # the parent died before PDEATHSIG was armed
         if channel_fd != 3:
             os.dup2(channel_fd, 3)
-        _sys.close_range(0, 2)
+        self_confine.close_fds(0, 2)
         devnull = os.open("/dev/null", os.O_RDWR)  # 0, 1, 2 point nowhere
         for fd in (1, 2):
             if devnull != fd:
                 os.dup2(devnull, fd)
-        _sys.close_range(4, 0xFFFFFFFF)
+        self_confine.close_fds(4)
         os.set_inheritable(3, False)
         # The new user namespace gave us every capability in it: clear them all.
         # (The bounding set is left as is: with no_new_privs, set before the
         # filter, and an unmapped uid, no exec can raise capabilities again.)
-        caps.clear_capabilities()
+        self_confine.clear_capabilities()
         from supervisor import worker_main
         if warm:
             worker_main.warm_up()
@@ -104,7 +103,7 @@ def fork_warm(parent_pidfd: int) -> tuple[int, socket.socket]:
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        pid = _sys.clone(FLAGS)
+        pid = self_confine.fork_into_new_namespaces()
     except OSError as e:
         ours.close()
         theirs.close()
@@ -137,7 +136,7 @@ def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | No
     """
     if as_ids is None and _single_threaded():
         try:
-            pid = _sys.clone(FLAGS)
+            pid = self_confine.fork_into_new_namespaces()
         except OSError as e:
             raise ConfineError(e.errno, f"clone into new user+pid namespaces: {e.strerror}") \
                 from None
@@ -156,7 +155,7 @@ def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | No
                 os.setgroups([])
                 os.setresgid(as_ids[1], as_ids[1], as_ids[1])
                 os.setresuid(as_ids[0], as_ids[0], as_ids[0])
-            pid = _sys.clone(FLAGS | _sys.CLONE_PARENT)
+            pid = self_confine.fork_into_new_namespaces(as_sibling=True)
             if pid == 0:
                 os.close(w)
                 _child(channel_fd, parent_pidfd)

@@ -30,7 +30,7 @@ from profiles.model import Profile
 from supervisor import bootstrap, events, protections
 from supervisor.confine import fork_worker, outer_ids
 from supervisor.handle import WorkerHandle
-from supervisor.policy import resolve_profile, worker_filter
+from supervisor.policy import launch_filter, resolve_profile, worker_filter
 from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
 from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from supervisor.sandbox import spawn as sandbox_spawn
@@ -315,20 +315,22 @@ class Supervisor:
             host_iface = f"{iface.__module__}:{iface.__qualname__}"
         boot = bootstrap.Bootstrap(
             worker_id=wid, target=target, host_interface=host_iface, profile=prof.name,
-            seccomp_filter=worker_filter(prof, notify=method != "spawn"),
-            notify=method != "spawn", rlimits=_rlimits(prof),
+            seccomp_filter=worker_filter(prof, notify=True),
+            notify=True, rlimits=_rlimits(prof),
             max_frame_bytes=(limits or self.limits).max_frame_bytes)
         loop = self._loop
         assert loop is not None
         proc: WorkerProcess
         if method == "spawn":
             mem = memory if memory is not None else prof.limits.memory_bytes
+            # Its launch filter holds no listener (launch_filter), so the worker's
+            # own filter can take the stack's one and hand it over like the others.
             spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
-                                     target.partition(":")[0], memory=mem, timeout=timeout)
+                                     target.partition(":")[0], memory=mem, timeout=timeout,
+                                     seccomp_filter=launch_filter(
+                                         resolve_profile(self.launch_profile), prof))
             box = await self._start_sandbox(spec, wid)
-            assert box.channel is not None
-            sock = box.channel
-            box.channel = None  # the handle owns it now
+            sock = box.take_channel()  # the worker's handle owns it from here
             proc = SandboxProcess(box)
         else:
             parent, child = socket.socketpair(socket.AF_UNIX,
@@ -358,8 +360,7 @@ class Supervisor:
             if method == "spawn":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
                 sock.send(bootstrap.encode(boot))
-            pid = await self._await_hello(sock, proc, ready_timeout, wid,
-                                          want_listener=method != "spawn")
+            pid = await self._await_hello(sock, proc, ready_timeout, wid, want_listener=True)
         except BaseException:
             sock.close()
             if proc.service() is None:  # cancelled (or failed) while it starts: end it
@@ -411,8 +412,7 @@ class Supervisor:
         proc.setup_done = True
         handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
         self.workers[wid] = handle
-        sock = box.channel
-        box.channel = None
+        sock = box.take_channel() if box.channel is not None else None
         if sock is None:
             sock, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             other.close()  # no channel: a closed one, so handle.channel always exists
@@ -450,8 +450,8 @@ class Supervisor:
         """Collect a process nobody holds a handle to (so it cannot become a zombie)."""
         async def reap() -> None:
             await self._final_status(proc)
-            if isinstance(proc, SandboxProcess) and proc.box.channel is not None:
-                proc.box.channel.close()
+            if isinstance(proc, SandboxProcess):
+                proc.box.close_channel()
         task = asyncio.ensure_future(reap())
         self._orphans.add(task)
         task.add_done_callback(self._orphans.discard)

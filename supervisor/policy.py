@@ -4,12 +4,12 @@ Python workers load their profile's filter in-process, after start-up (the
 `strict` profile is written for exactly that). Two adaptations, both here so
 the profile files stay as written:
 
-- kill actions become user-notify for zygote and fork workers, which load
-  the filter with a new listener and hand it to the supervisor (so it
-  records the refused call); `spawn` workers keep `kill-process`: their
-  filter is stacked on the sandbox's launch filter, which already owns the
-  stack's one listener, so the supervisor learns of those kills from the
-  wait status (SIGSYS);
+- kill actions become user-notify: every Python worker loads its filter
+  with a new listener and hands it to the supervisor, which records the
+  refused call (name and arguments) and kills the worker. The kernel allows
+  one listener per filter stack, so the filter a worker's filter is stacked
+  on (the zygote's sandbox filter, or a `spawn` worker's launch filter) is
+  compiled by `launch_filter()`: no listener, plain kills;
 - the calls the ipc channel on fd 3 needs are allowed when the profile says
   nothing about them: a worker that cannot receive its calls is no worker.
   They act only on descriptors the worker already holds.
@@ -17,11 +17,22 @@ the profile files stay as written:
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import functools
 
 from profiles import load_profile
 from profiles.compiler import compile_policy
-from profiles.model import ALLOW, Origin, Profile, SeccompPolicy, SyscallRule
+from profiles.model import (
+    ALLOW,
+    KILL_PROCESS,
+    Action,
+    ActionKind,
+    Origin,
+    Profile,
+    SeccompPolicy,
+    SyscallRule,
+)
 
 CHANNEL_CALLS = ("recvmsg", "sendmsg", "recvfrom", "sendto", "fcntl", "poll", "ppoll",
                  # CPython formats a socket's repr (getsockname) whenever a socket object
@@ -63,3 +74,58 @@ def worker_filter(profile: Profile, notify: bool = False) -> bytes:
     """Compiled once per profile (profiles are frozen and hashable). notify: kill actions
     as user-notify, for a worker that hands its own listener to the supervisor."""
     return _filter_for(profile, notify)
+
+
+_KILLS = (ActionKind.KILL_PROCESS, ActionKind.KILL_THREAD)
+
+
+def _may_kill(policy: SeccompPolicy, syscall: str) -> bool:
+    """Whether `policy` can kill some call of `syscall` (conservative: True if unsure)."""
+    rules = [r for r in policy.rules if r.syscall == syscall]
+    if any(r.action.kind in _KILLS for r in rules):
+        return True
+    # Calls no unconditional rule catches fall to the default action.
+    return all(r.conditions for r in rules) and policy.default_action.kind in _KILLS
+
+
+def errno_as_kill(policy: SeccompPolicy, stacked: SeccompPolicy | None = None) -> SeccompPolicy:
+    """`policy` with its errno refusals (EPERM, EACCES, ...) turned into kills.
+
+    For a filter that a worker's own, notifying filter is stacked on: the
+    kernel lets an errno verdict of any filter in the stack win over
+    user-notify, so ptrace, mount, unshare, ... would answer EPERM to a
+    `strict` worker instead of getting it killed. With `stacked` (the one
+    worker policy that will be stacked on it), only the calls that policy
+    may kill are hardened; the others keep their errno answer, so a worker
+    under a permissive profile still reads EPERM from ptrace. ENOSYS answers
+    stay (clone3 -> ENOSYS is how glibc falls back to clone, whose flags
+    the filters can check).
+    """
+    def harden(a: Action, syscall: str | None) -> Action:
+        if a.kind is not ActionKind.ERRNO or a.errno == errno.ENOSYS:
+            return a
+        if stacked is not None and syscall is not None and not _may_kill(stacked, syscall):
+            return a
+        return KILL_PROCESS
+
+    return dataclasses.replace(
+        policy, default_action=harden(policy.default_action, None),
+        rules=tuple(dataclasses.replace(r, action=harden(r.action, r.syscall))
+                    for r in policy.rules))
+
+
+@functools.lru_cache(maxsize=32)
+def launch_filter(profile: Profile, worker: Profile | None = None) -> bytes:
+    """The filter of a sandbox whose workers stack their own notifying filter on it.
+
+    Kill actions stay SECCOMP_RET_KILL_PROCESS and the sandbox gets no
+    listener: the kernel allows one listener per filter stack
+    (has_duplicate_listener walks the whole chain), so the worker's filter
+    can only take one if this filter holds none. Errno refusals become
+    kills (errno_as_kill; with `worker`, the one profile stacked on it, only
+    those for calls that profile may kill). A call both filters refuse is
+    killed by this one, without a name; a call only the worker's filter
+    refuses is reported by the worker's listener with its name and arguments.
+    """
+    stacked = worker_policy(worker.seccomp) if worker is not None else None
+    return compile_policy(errno_as_kill(profile.seccomp, stacked), kill_as_notify=False)

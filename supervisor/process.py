@@ -6,7 +6,7 @@
 - `ZygoteProcess`: a confined worker the zygote forked; we hold a pidfd for
   killing and learn its wait status from the zygote.
 
-Zygote and fork workers also hand us their seccomp listener: a call their
+Python workers (every start method) hand us their seccomp listener: a call their
 filter refuses waits in the kernel until we read it here, record it and kill
 the worker (`check_listener`).
 
@@ -124,16 +124,23 @@ class SandboxProcess(WorkerProcess):
         self.pid = box.pid
 
     def fds(self) -> tuple[int, ...]:
-        return self.box.fds()
+        fds = self.box.fds()
+        return (*fds, *self.listener_fds()) if fds else ()
 
     def service(self) -> Status | None:
+        self.check_listener()
         st = self.box.service()
         if st is None:
             return None
+        self.close_listener()
+        if self.violation is not None and st.outcome is Outcome.SECCOMP_VIOLATION:
+            return Status(**{**st.__dict__, "violation": self.violation})
         if (st.outcome is Outcome.SIGNALED and st.signal == signal.SIGSYS):
             return Status(**{**st.__dict__, "outcome": Outcome.SECCOMP_VIOLATION,
-                             "reason": "the worker's in-process seccomp filter killed it "
-                                       "(SIGSYS); the call is not recorded"})
+                             "reason": "the sandbox's launch filter killed the worker "
+                                       "(SIGSYS): a call it refuses as well as the worker's "
+                                       "own filter, or one made before that filter was "
+                                       "loaded; the call is not recorded"})
         if st.outcome is Outcome.EXITED and st.returncode == EXIT_SETUP and not self.setup_done:
             return Status(**{**st.__dict__, "outcome": Outcome.SETUP_ERROR,
                              "reason": "the worker failed before it was ready"})

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import resource
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import self_confine
 
 
 class CapacityError(RuntimeError):
@@ -30,11 +30,11 @@ class CapacityError(RuntimeError):
 
 def make_non_dumpable() -> None:
     """No core dumps of the supervisor, and no ptrace/proc-mem access by same-uid processes."""
-    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    self_confine.set_dumpable(False)
 
 
 def is_dumpable() -> bool:
-    return bool(_sys.prctl(3))  # PR_GET_DUMPABLE
+    return self_confine.is_dumpable()
 
 
 def raise_fd_limit() -> int:

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 import ipc
 from supervisor import bootstrap
-from supervisor.sandbox import _sys, caps
+from supervisor.sandbox import self_confine
 from supervisor.sandbox.seccomp import PreparedFilter
 
 CHANNEL_FD = 3
@@ -126,8 +126,8 @@ def lock_down(boot: bootstrap.Bootstrap) -> int | None:
     """The worker's own confinement, applied before it sees any input. Returns the
     filter's seccomp listener when the bootstrap asks for one."""
     _set_rlimits(boot, skip=resource.RLIMIT_NOFILE)  # RLIMIT_NOFILE: see run()
-    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
-    caps.no_new_privs()
+    self_confine.set_dumpable(False)
+    self_confine.set_no_new_privs()
     if boot.seccomp_filter:
         fd = PreparedFilter(boot.seccomp_filter, listener=boot.notify).load()
         return fd if boot.notify else None

@@ -13,7 +13,7 @@ sibling), its own session, capabilities dropped, non-dumpable (as is the
 zygote), then its profile's filter stacked on the zygote's. A compromised
 worker therefore cannot name the zygote at all, and the zygote's filter still
 binds it. That filter kills with SECCOMP_RET_KILL_PROCESS rather than
-reporting through user-notify (see zygote_policy): the kernel then ends only
+reporting through user-notify (see policy.launch_filter): the kernel ends only
 the caller, where a notification would have the sandbox kill the zygote and
 every sibling. Each worker reports its own profile's refusals through a
 listener of its own, which it hands to the supervisor.
@@ -42,7 +42,6 @@ import array
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import errno
 import importlib
 import os
@@ -55,7 +54,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from profiles.model import KILL_PROCESS, ActionKind, SeccompPolicy, SyscallRule
 from supervisor.process import WorkerProcess, readable, status_from_wait
 from supervisor.sandbox import Outcome, Status
 
@@ -165,8 +163,8 @@ def main() -> None:
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
         worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
         notify=False, rlimits=())))
-    from supervisor.sandbox import _sys
-    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    from supervisor.sandbox import self_confine
+    self_confine.set_dumpable(False)
     import gc
     gc.collect()
     gc.freeze()  # keep the collector off the shared pages: fewer copy-on-write faults per fork
@@ -269,22 +267,22 @@ class ZygoteClient:
     @classmethod
     async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
                     ) -> ZygoteClient:
-        from profiles.compiler import compile_policy
         from supervisor.core import _sandbox_spec_for
-        from supervisor.policy import resolve_profile
+        from supervisor.policy import launch_filter, resolve_profile
         from supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
-        zfilter = compile_policy(zygote_policy(resolve_profile(PROFILE_PATH).seccomp),
-                                 kill_as_notify=False)
+        # Plain kills, no listener: each worker's own filter takes the stack's one
+        # listener, and a refusal here kills only the calling worker, never the
+        # zygote's whole sandbox (as a notification to the sandbox would).
+        zfilter = launch_filter(resolve_profile(PROFILE_PATH))
         spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
                                  PROFILE_PATH, "supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
-        sock = box.channel
-        box.channel = None
-        if sock is None:
+        if box.channel is None:
             box.kill()
             raise ZygoteError("the zygote's sandbox has no channel")
+        sock = box.take_channel()
         sock.setblocking(True)
         ready = await loop.run_in_executor(None, _recv_ready, sock, box)
         if not ready:
@@ -386,28 +384,6 @@ class ZygoteClient:
     async def stop(self) -> None:
         self._died("the supervisor stopped the zygote")
         await self.loop.run_in_executor(None, self.box.wait)
-
-
-def zygote_policy(policy: SeccompPolicy) -> SeccompPolicy:
-    """The zygote profile as the filter every zygote worker also runs under.
-
-    - Kill actions stay SECCOMP_RET_KILL_PROCESS, not user-notify: a
-      notification would make the sandbox kill the zygote (and every sibling)
-      for one worker's call; the kernel kills just the caller instead.
-    - Refusals with EPERM/EACCES/... become kills too. A worker's own filter
-      reports its refusals through user-notify, and the kernel lets an errno
-      verdict of any filter in the stack win over user-notify: ptrace, mount,
-      unshare, ... would answer EPERM to a `strict` worker instead of killing
-      it. ENOSYS answers stay (clone3 -> ENOSYS is how glibc falls back to
-      clone, whose flags the filters can check).
-    """
-    def harden(rule: SyscallRule) -> SyscallRule:
-        a = rule.action
-        if a.kind is ActionKind.ERRNO and a.errno != errno.ENOSYS:
-            return dataclasses.replace(rule, action=KILL_PROCESS)
-        return rule
-
-    return dataclasses.replace(policy, rules=tuple(harden(r) for r in policy.rules))
 
 
 def _recv_ready(sock: socket.socket, box: Any) -> bool:

@@ -9,8 +9,13 @@
     print(box.status.outcome)    # Outcome.OK
 
 `warden run` builds the same SandboxSpec from its options. See docs/sandbox.md.
+
+A process that confines itself instead (the supervisor's zygote and the
+workers it forks) uses the steps in `supervisor.sandbox.self_confine`; see
+docs/supervisor.md.
 """
 
+from supervisor.sandbox import self_confine
 from supervisor.sandbox.launcher import (
     Launch,
     Sandbox,
@@ -41,5 +46,6 @@ __all__ = [
     "build_spec",
     "child_setup",
     "prepare",
+    "self_confine",
     "spawn",
 ]

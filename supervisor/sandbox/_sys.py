@@ -33,7 +33,7 @@ if _MACHINE not in _NR:  # pragma: no cover - only x86_64/aarch64 are supported
 
 NR = dict(_NR[_MACHINE])
 NR.update(
-    close_range=436, mount_setattr=442,
+    open_tree=428, move_mount=429, close_range=436, mount_setattr=442,
     landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
 )
 
@@ -133,6 +133,26 @@ def mount_setattr(path: bytes, attr_set: int, recursive: bool) -> None:
     flags = AT_RECURSIVE if recursive else 0
     syscall("mount_setattr", ctypes.c_int(AT_FDCWD), path, ctypes.c_uint(flags),
             ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+
+
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def open_tree_clone(path: bytes) -> int:
+    """A detached, recursive copy of the mount tree at `path` (Linux 5.2+), as an fd.
+
+    The path is resolved with the caller's rights, here and now; the copy can
+    then be attached in another mount namespace with `move_mount_fd`."""
+    return syscall("open_tree", ctypes.c_int(AT_FDCWD), path,
+                   ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE))
+
+
+def move_mount_fd(tree_fd: int, target: bytes) -> None:
+    """Attach a detached mount tree (from `open_tree_clone`) at `target`."""
+    syscall("move_mount", ctypes.c_int(tree_fd), b"", ctypes.c_int(AT_FDCWD), target,
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH))
 
 
 def close_range(first: int, last: int) -> None:

@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import errno
 import gc
+import math
 import os
 import resource
 import select
@@ -164,11 +165,24 @@ def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
     os._exit(EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE)
 
 
+def _readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The fds among `fds` that are readable within `timeout` seconds (None: no limit).
+
+    poll, never select: select() raises ValueError for descriptors >= 1024,
+    which a supervisor holding hundreds of workers has."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    # Round up, so a wait for 0.4 ms is not a busy poll(0).
+    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return [fd for fd, _ev in p.poll(ms)]
+
+
 def _parent_death_signal(parent_pidfd: int) -> None:
     """SIGKILL when the parent dies, with the race closed: if the parent died
     before prctl, nobody would ever send it, so its pidfd is checked after."""
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if select.select([parent_pidfd], [], [], 0)[0]:
+    if _readable([parent_pidfd], 0):
         os._exit(EXIT_SETUP)
 
 
@@ -187,7 +201,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _parent_death_signal(plan.parent_pidfd)
         # Hold none of the parent's descriptors but those this sandbox needs.
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
-                        *(src for _t, src in plan.fd_pairs)})
+                        *(src for _t, src in plan.fd_pairs), *mounts.tree_fds(plan.mount_ops)})
         step = "userns"
         if plan.self_maps:
             userns.write_maps("self", *plan.map_ids, deny_setgroups=True)
@@ -370,7 +384,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
     late_kinds = {resource.RLIMIT_AS, resource.RLIMIT_NOFILE}
     env = dict(spec.env)
     path_dirs = tuple(os.fsencode(d) for d in env.get("PATH", "").split(":") if d)
-    return Plan(
+    plan = Plan(
         clone_flags=flags,
         parent_pidfd=_parent_pidfd(),
         mount_ops=mounts.plan_binds(tuple((b.source, b.dest, b.writable) for b in spec.binds),
@@ -394,6 +408,8 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         map_ids=userns.outer_ids(spec),
         self_maps=os.geteuid() != 0,
     )
+    # Last, so that nothing after it can fail and leak the detached trees.
+    return plan._replace(mount_ops=mounts.detach_sources(plan.mount_ops))
 
 
 class _Setup:
@@ -407,7 +423,7 @@ class _Setup:
         """Next message and any fds that came with it; (b"", []) at end-of-file."""
         while True:
             left = self.deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            if left <= 0 or not _readable([self.sock.fileno()], left):
                 raise TimeoutError("sandbox setup did not finish in time")
             try:
                 data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
@@ -479,7 +495,7 @@ class Launch:
     def child_fds(self) -> tuple[int, ...]:
         """Descriptors the process that clones the init must hold (same numbers as here)."""
         return (self.child_sock, self.child_status, self.plan.parent_pidfd,
-                *(src for _t, src in self.plan.fd_pairs))
+                *(src for _t, src in self.plan.fd_pairs), *mounts.tree_fds(self.plan.mount_ops))
 
     def report_clone_failure(self, err: int, message: str) -> None:
         _report(self.child_sock, "clone", err, message)
@@ -495,6 +511,7 @@ class Launch:
                 os.close(fd)
         self._opened = []
         self.child_status = -1
+        self.plan = self.plan._replace(mount_ops=mounts.close_trees(self.plan.mount_ops))
 
     def abort(self) -> None:
         """Undo prepare(): no child exists."""
@@ -509,6 +526,9 @@ class Launch:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._opened = []
+        plan: Plan | None = getattr(self, "plan", None)
+        if plan is not None:
+            self.plan = plan._replace(mount_ops=mounts.close_trees(plan.mount_ops))
 
     def complete(self, helper_pid: int | None = None, init_pid: int | None = None) -> Sandbox:
         """The parent's side of the setup; returns once the program has exec'ed.
@@ -681,8 +701,9 @@ class Sandbox:
     """
 
     pid: int
-    channel: socket.socket | None
     spec: SandboxSpec
+    _channel: socket.socket | None
+    _channel_taken: bool
     _pidfd: int
     _status_r: int
     _listener: Listener | None
@@ -704,7 +725,8 @@ class Sandbox:
         self = cls(_TOKEN)
         self.spec = spec
         self.pid = pid
-        self.channel = channel
+        self._channel = channel
+        self._channel_taken = False
         self._pidfd = pidfd
         self._status_r = status_r
         self._listener = listener
@@ -722,6 +744,24 @@ class Sandbox:
         return f"<Sandbox pid={self.pid} {self.spec.argv[0]!r} {state}>"
 
     # -- state
+    @property
+    def channel(self) -> socket.socket | None:
+        """The parent's end of the sandbox's channel (fd 3), while this handle owns it:
+        None without one or once take_channel() has handed it over."""
+        return self._channel
+
+    def take_channel(self) -> socket.socket:
+        """Hand the channel over to the caller: the handle no longer closes it.
+
+        For code that outlives the handle's interest in the channel (the
+        supervisor attaches it to an ipc endpoint). Raises SandboxError for a
+        sandbox started without a channel, or when it was already taken."""
+        if self._channel is None:
+            raise SandboxError("the channel was already taken" if self._channel_taken
+                               else "this sandbox was started without a channel")
+        sock, self._channel, self._channel_taken = self._channel, None, True
+        return sock
+
     @property
     def status(self) -> Status | None:
         return self._status
@@ -799,7 +839,7 @@ class Sandbox:
                 break
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self.kill(Outcome.TIMEOUT, f"wall-clock timeout of {self.spec.wall_time_seconds:g}s")
-        if select.select([self._pidfd], [], [], 0)[0]:
+        if _readable([self._pidfd], 0):
             self._reap()
         return self._status
 
@@ -819,7 +859,7 @@ class Sandbox:
             left = max(0.0, min(waits)) if waits else None
             if end is not None and time.monotonic() >= end:
                 return None
-            select.select(list(self.fds()), [], [], left)
+            _readable(list(self.fds()), left)
 
     # -- the end
     def _reap(self) -> None:
@@ -905,8 +945,9 @@ class Sandbox:
                 self._reap()
 
     def close_channel(self) -> None:
-        if self.channel is not None:
-            self.channel.close()
+        """Close the channel if this handle still owns it (see take_channel())."""
+        if self._channel is not None:
+            self._channel.close()
 
     # -- context manager: wait on success, kill on failure (trio's rule)
     def __enter__(self) -> Sandbox:

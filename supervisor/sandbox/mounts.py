@@ -38,6 +38,9 @@ class MountOp(NamedTuple):
     writable: bool = False
     is_dir: bool = True
     size: int = 0
+    # A bind's source as a detached mount tree the parent cloned with its own
+    # rights (open_tree), or -1: the child binds the path itself.
+    tree_fd: int = -1
 
 
 def plan_binds(binds: tuple[tuple[str, str, bool], ...],
@@ -54,6 +57,49 @@ def plan_binds(binds: tuple[tuple[str, str, bool], ...],
     ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
     ops.sort(key=lambda op: op.dest.count(b"/"))
     return tuple(ops)
+
+
+def detach_sources(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
+    """Clone each bind's source tree here, in the parent, with the parent's rights.
+
+    The child then attaches the clone instead of looking the path up as its
+    own unprivileged id, so a root supervisor can bind a directory that lies
+    under a path only root may traverse (a checkout in /root, a 0700 temporary
+    directory), exactly as `--file` opens files with the parent's rights. The
+    bound directory's own permissions still apply to the child. Where the
+    kernel or the caller's privilege does not allow open_tree (an ordinary
+    user, Linux before 5.2), the op keeps tree_fd -1 and the child binds the
+    path: an ordinary user's child resolves paths with that user's own rights
+    anyway. Close the returned fds with `close_trees` once the child has them.
+    """
+    out: list[MountOp] = []
+    try:
+        for op in ops:
+            if op.kind == "bind":
+                try:
+                    op = op._replace(tree_fd=_sys.open_tree_clone(op.source))
+                except OSError as e:
+                    if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
+                        raise MountError(e.errno or errno.EIO,
+                                         f"bind source {op.source.decode()}: {e.strerror}") \
+                            from None
+            out.append(op)
+    except BaseException:
+        close_trees(tuple(out))
+        raise
+    return tuple(out)
+
+
+def tree_fds(ops: tuple[MountOp, ...]) -> tuple[int, ...]:
+    return tuple(op.tree_fd for op in ops if op.tree_fd >= 0)
+
+
+def close_trees(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
+    """Close the detached trees' fds; returns the ops without them (closing twice is safe)."""
+    for fd in tree_fds(ops):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    return tuple(op._replace(tree_fd=-1) for op in ops)
 
 
 def _mkdirs(path: bytes) -> None:
@@ -145,6 +191,12 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
           b"mode=0755,size=1m")
     new = b"/newroot"
 
+    # /tmp first: size-capped, world-writable with the sticky bit, and under
+    # the binds, so a bind below /tmp (a checkout in /tmp/...) stays visible.
+    _mkdirs(new + b"/tmp")
+    _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+          b"mode=1777,size=%d" % tmp_size)
+
     for op in ops:
         target = new + op.dest
         if op.kind == "symlink":
@@ -159,7 +211,11 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
         else:
             what = f"bind {op.source.decode()} on {op.dest.decode()}"
             _step(what, _mkdirs if op.is_dir else _touch, target)
-            _step(what, m, b"/oldroot" + op.source, target, None, _sys.MS_BIND | _sys.MS_REC)
+            if op.tree_fd >= 0:
+                _step(what, _sys.move_mount_fd, op.tree_fd, target)
+                os.close(op.tree_fd)
+            else:
+                _step(what, m, b"/oldroot" + op.source, target, None, _sys.MS_BIND | _sys.MS_REC)
             _step(what, _lock_down, target, not op.writable)
 
     # /proc: a fresh procfs, which shows only the new PID namespace.
@@ -179,11 +235,6 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     for link, points_to in DEV_LINKS:
         os.symlink(points_to.encode(), dev + b"/" + link.encode())
     _step("read-only /dev", _readonly, dev)
-
-    # /tmp: size-capped, world-writable with the sticky bit.
-    _mkdirs(new + b"/tmp")
-    _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
-          b"mode=1777,size=%d" % tmp_size)
 
     if chdir != b"/":
         _mkdirs(new + chdir)

@@ -223,3 +223,19 @@ def test_binds_stay_readonly_nosuid_nodev_through_the_pre_5_12_remount_path(
            "print(json.dumps([bool(v.f_flag & f) for f in (os.ST_RDONLY, os.ST_NOSUID, "
            "os.ST_NODEV)] + [bool(r.f_flag & os.ST_RDONLY)]))")
     assert r.json() == [True, True, True, True], r
+
+
+def test_a_bind_below_tmp_is_visible_on_the_private_tmp() -> None:
+    """The private /tmp lies under the binds: a checkout in /tmp/... can be bound at its path."""
+    from sandbox_util import world_dir
+
+    d = world_dir()  # itself under the host's /tmp
+    with open(os.path.join(d, "note"), "w") as f:
+        f.write("bound")
+    os.chmod(os.path.join(d, "note"), 0o644)
+    r = py("import json, os\n"
+           f"note = open({d!r} + '/note').read()\n"
+           "open('/tmp/mine', 'w').write('x')\n"
+           "print(json.dumps([note, sorted(os.listdir('/tmp'))]))",
+           ro_binds=[d])
+    assert r.json() == ["bound", sorted([os.path.basename(d), "mine"])], r

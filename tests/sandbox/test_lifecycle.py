@@ -27,7 +27,7 @@ from sandbox_util import (
     world_dir,
 )
 
-from supervisor.sandbox import Outcome, Sandbox, SetupError, build_spec, spawn
+from supervisor.sandbox import Outcome, Sandbox, SandboxError, SetupError, build_spec, spawn
 
 
 def test_outcomes_and_exit_codes() -> None:
@@ -102,6 +102,32 @@ def test_context_manager_kills_on_failure_and_waits_on_success() -> None:
     assert box.outcome is Outcome.OK
 
 
+def test_take_channel_hands_over_ownership_once() -> None:
+    box, out, err = start([PY, "-I", "-S", "-c",
+                           "import os, socket; s = socket.socket(fileno=int("
+                           "os.environ['WARDEN_CHANNEL_FD'])); s.send(b'hello'); "
+                           "print(s.recv(100).decode())"])
+    sock = box.take_channel()
+    assert box.channel is None
+    with pytest.raises(SandboxError, match=r"^the channel was already taken$"):
+        box.take_channel()
+    with pytest.raises(AttributeError):
+        box.channel = None  # type: ignore[misc]  # read-only: take_channel() is the way
+    assert sock.recv(100) == b"hello"
+    sock.send(b"back")
+    r = collect(box, out, err)  # waits and closes the box's channel: not ours any more
+    assert r.out.strip() == "back"
+    assert sock.fileno() >= 0 and sock.recv(100) == b""  # still open, the peer gone
+    sock.close()
+
+
+def test_take_channel_without_a_channel_says_so() -> None:
+    box, out, err = start(["/bin/true"], channel=False)
+    with pytest.raises(SandboxError, match=r"^this sandbox was started without a channel$"):
+        box.take_channel()
+    assert collect(box, out, err).status.outcome is Outcome.OK
+
+
 @pytest.mark.parametrize(("argv", "step", "code"), [
     (["/no/such/program"], "exec", 127),
     (["no-such-program-on-path"], "exec", 127),
@@ -127,20 +153,35 @@ def test_mount_failure_names_the_step_path_and_errno() -> None:
     assert st.exit_code == 125
 
 
-def test_binds_use_the_sandbox_identity_never_root() -> None:
+def test_bind_sources_are_resolved_with_the_callers_rights() -> None:
+    """The parent finds a bind's source (like --file): its ancestors may be closed to the child.
+
+    As root the sandbox's outer uid could not traverse the 0700 directory, so
+    this passes only because the parent clones the tree (open_tree) and the
+    child attaches it; as an ordinary user the directory is the user's own.
+    """
     d = world_dir()
-    os.chmod(d, 0o700)  # the sandbox's outer id cannot traverse it
+    os.chmod(d, 0o700)
     inner = os.path.join(d, "sub")
-    os.mkdir(inner)
+    os.mkdir(inner, 0o755)
+    Path(inner, "note").write_text("reached\n")
+    os.chmod(os.path.join(inner, "note"), 0o644)
+    box, out, err = start(["/bin/cat", "/data/note"], ro_binds=[inner + ":/data"])
+    r = collect(box, out, err)
+    assert (r.status.outcome, r.out) == (Outcome.OK, "reached\n"), r
+
+
+def test_the_childs_own_identity_still_applies_inside_a_bind() -> None:
+    """Resolving the source with the parent's rights grants nothing inside the tree."""
     if os.geteuid() != 0:
-        pytest.skip("as an ordinary user the directory is the user's own, so it can be bound")
-    with pytest.raises(SetupError) as e:
-        start(["/bin/true"], ro_binds=[inner + ":/data"])
-    st = e.value.status
-    assert st.setup is not None and (st.setup.step, st.setup.errno) == ("mount", 13), st
-    assert st.reason == (f"sandbox setup failed at step 'mount' (EACCES): bind {inner} on /data: "
-                         "Permission denied")
-    assert st.exit_code == 125
+        pytest.skip("needs a file the ordinary test uid cannot read")
+    d = world_dir()
+    Path(d, "secret").write_text("root only\n")
+    os.chmod(os.path.join(d, "secret"), 0o600)
+    box, out, err = start(["/bin/cat", "/data/secret"], ro_binds=[d + ":/data"])
+    r = collect(box, out, err)
+    assert r.status.outcome == Outcome.EXITED and r.out == "", r
+    assert "Permission denied" in r.err
 
 
 SUPERVISOR = textwrap.dedent("""

@@ -211,10 +211,11 @@ def test_program_seccomp_violation_names_the_call() -> None:
     run(main())
 
 
-@pytest.mark.parametrize("method", ["zygote", "fork"])
+@pytest.mark.parametrize("method", METHODS)
 def test_python_worker_violation_names_the_call(method: str) -> None:
-    """Zygote and fork workers hand their filter's listener to the supervisor: a refused
-    call blocks in the kernel, is recorded with its name and arguments, and the worker dies."""
+    """Every Python worker hands its filter's listener to the supervisor (a spawn-method
+    worker's sandbox holds none, so its own filter can take it): a refused call blocks
+    in the kernel, is recorded with its name and arguments, and the worker dies."""
     async def main() -> None:
         async with sup(method) as s:
             q = s.event_queue()

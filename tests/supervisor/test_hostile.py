@@ -71,7 +71,7 @@ def test_cannot_ptrace_supervisor_or_sibling(method: str) -> None:
             evil = await s.spawn(Calc, CALC, profile="default")
             if method == "zygote":
                 # The zygote's filter, which every zygote worker runs under, kills
-                # ptrace outright (its refusals are kills: see zygote_policy).
+                # ptrace outright (its refusals are kills: see policy.launch_filter).
                 with pytest.raises(WorkerDied):
                     await evil.remote.act("ptrace", os.getpid())
                 assert (await evil.wait()).outcome is Outcome.SECCOMP_VIOLATION
