@@ -3,7 +3,7 @@
 `compile_policy` checks every filter it builds in our own BPF interpreter
 (that check caught a real libseccomp bug), which costs 10-17 ms per compile.
 The result depends only on the flattened policy, `kill_as_notify`, the
-libseccomp version and warden's compiler, so `cached_compile` keys a file on
+libseccomp version and native architecture, and warden's compiler, so `cached_compile` keys a file on
 a hash of exactly those and keeps the verified bytes in
 $XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp).
 
@@ -55,24 +55,33 @@ def enabled() -> bool:
 
 
 @functools.cache
-def _toolchain() -> bytes:
-    """What, besides the policy, decides the filter: libseccomp and our compiler's code."""
+def _toolchain() -> bytes | None:
+    """What, besides the policy, decides the filter: libseccomp (version, native
+    architecture) and our compiler's code. None if any of it cannot be read."""
     from profiles import libseccomp
 
-    h = blake2b(MAGIC, digest_size=32)
-    major, minor, micro = libseccomp.version()
-    h.update(f"libseccomp {major}.{minor}.{micro} {os.uname().machine}\n".encode())
-    here = Path(__file__).resolve().parent
-    for name in _SOURCES:
-        h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    try:
+        h = blake2b(MAGIC, digest_size=32)
+        major, minor, micro = libseccomp.version()
+        h.update(f"libseccomp {major}.{minor}.{micro} arch {libseccomp.native_arch():#x}\n"
+                 .encode())
+        here = Path(__file__).resolve().parent
+        for name in _SOURCES:
+            h.update(name.encode() + b"\0" + (here / name).read_bytes())
+    except (OSError, AttributeError, RuntimeError):
+        return None
     return h.digest()
 
 
-def policy_key(policy: SeccompPolicy, kill_as_notify: bool) -> str:
-    """Hash of the flattened policy (rule origins left out) and everything else that matters."""
+def policy_key(policy: SeccompPolicy, kill_as_notify: bool) -> str | None:
+    """Hash of the flattened policy (rule origins left out) and everything else that
+    matters; None when the toolchain cannot be identified (then nothing is cached)."""
+    toolchain = _toolchain()
+    if toolchain is None:
+        return None
     rules = tuple((r.syscall, r.action, r.conditions) for r in policy.rules)
     text = repr((policy.default_action, policy.bad_arch_action, rules, kill_as_notify))
-    return blake2b(_toolchain() + text.encode(), digest_size=32).hexdigest()
+    return blake2b(toolchain + text.encode(), digest_size=32).hexdigest()
 
 
 def _digest(key: str, code: bytes) -> str:

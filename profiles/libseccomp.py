@@ -35,6 +35,8 @@ def _lib() -> ctypes.CDLL:
     lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p
     lib.seccomp_version.argtypes = ()
     lib.seccomp_version.restype = ctypes.POINTER(_Version)
+    lib.seccomp_arch_native.argtypes = ()
+    lib.seccomp_arch_native.restype = ctypes.c_uint32
     return lib
 
 
@@ -66,3 +68,9 @@ def resolve_number(nr: int) -> str | None:
 def version() -> tuple[int, int, int]:
     v = _lib().seccomp_version().contents
     return (v.major, v.minor, v.micro)
+
+
+@functools.cache
+def native_arch() -> int:
+    """libseccomp's token (AUDIT_ARCH_*) for this process's architecture."""
+    return int(_lib().seccomp_arch_native())

@@ -41,8 +41,14 @@ def no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(profiles.compiler, "compile_policy", refuse)
 
 
+def key(policy: SeccompPolicy, kill_as_notify: bool = True) -> str:
+    k = policy_key(policy, kill_as_notify)
+    assert k is not None
+    return k
+
+
 def entry(where: Path, policy: SeccompPolicy) -> Path:
-    return where / policy_key(policy, True)
+    return where / key(policy)
 
 
 def test_a_miss_compiles_and_stores_privately(where: Path, policy: SeccompPolicy,
@@ -94,7 +100,7 @@ def test_a_damaged_entry_is_recompiled(where: Path, policy: SeccompPolicy, truth
         data = bytearray()
     else:
         # A valid entry, but for another policy (kill_as_notify off): renamed into place.
-        other = cache.policy_key(policy, False)
+        other = key(policy, False)
         cached_compile(policy, kill_as_notify=False, directory=where)
         data = bytearray((where / other).read_bytes())
     f.write_bytes(bytes(data))
@@ -129,7 +135,7 @@ def test_an_entry_that_is_not_private_is_ignored(where: Path, policy: SeccompPol
         os.chown(where, 4242, 4242)
     else:
         os.chown(f, 4242, 4242)
-    assert cache.load(where, policy_key(policy, True)) is None
+    assert cache.load(where, key(policy)) is None
     assert cached_compile(policy, kill_as_notify=True, directory=where) == truth
 
 
@@ -165,6 +171,15 @@ def test_an_unwritable_cache_falls_back_silently(policy: SeccompPolicy, truth: b
         assert not (cwd / ".cache").exists()
     finally:
         cwd.rmdir()
+
+
+def test_an_unidentifiable_toolchain_means_no_cache(
+        where: Path, policy: SeccompPolicy, truth: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the compiler's sources or libseccomp cannot be identified, nothing is keyed on them."""
+    monkeypatch.setattr(cache, "_toolchain", lambda: None)
+    assert policy_key(policy, True) is None
+    assert cached_compile(policy, kill_as_notify=True, directory=where) == truth
+    assert not where.exists()
 
 
 def test_the_cache_can_be_turned_off(where: Path, policy: SeccompPolicy, truth: bytes,

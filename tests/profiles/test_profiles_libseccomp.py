@@ -28,10 +28,11 @@ def test_numbers_and_names_agree_with_pyseccomp() -> None:
     assert syscalls.number("no_such_call") is None
 
 
-def test_the_version_is_libseccomps() -> None:
+def test_the_version_and_arch_are_libseccomps() -> None:
     major, minor, micro = libseccomp.version()
     assert (major, minor) >= (2, 5)
     assert micro >= 0
+    assert libseccomp.native_arch() == pyseccomp.system_arch()
 
 
 def test_loading_a_profile_does_not_import_pyseccomp() -> None:
