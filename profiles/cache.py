@@ -3,8 +3,9 @@
 `compile_policy` checks every filter it builds in our own BPF interpreter
 (that check caught a real libseccomp bug), which costs 10-17 ms per compile.
 The result depends only on the flattened policy, `kill_as_notify`, the
-libseccomp version and native architecture, and warden's compiler, so `cached_compile` keys a file on
-a hash of exactly those and keeps the verified bytes in
+libseccomp version and native architecture, and warden's compiler, so
+`cached_compile` keys a file on a hash of exactly those and keeps the
+verified bytes in
 $XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp).
 
 Trust rules: the directory must be a real directory owned by this user with
