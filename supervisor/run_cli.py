@@ -85,6 +85,8 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
       WARDEN_CGROUP      cgroup v2 directory for the sandboxes' cgroups, or
                          "none" for rlimits only
       WARDEN_OUTER_UID   as root: default for --outer-uid (and _GID)
+      WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
+                         using ~/.cache/warden/seccomp
     """
     status = _run(list(program), profile, options)
     if json_status:
@@ -176,6 +178,10 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
 def _supervise(box: Sandbox) -> Status:
     """Wait for the sandbox while guarding its channel."""
     import select
+
+    from supervisor.cli import start_up_done
+
+    start_up_done()  # collection back on, if the `warden` group paused it
 
     from supervisor.sandbox.channel_guard import ChannelGuard
     from supervisor.sandbox.status import Outcome
