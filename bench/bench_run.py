@@ -22,6 +22,8 @@ from collections.abc import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from reference_tools import bwrap_true_argv  # noqa: E402
+
 
 def _env(root: str = ROOT, **extra: str) -> dict[str, str]:
     """Like an installed warden: the project on the path, bytecode cached."""
@@ -37,19 +39,6 @@ def _compile_bytecode(root: str = ROOT) -> None:
     # project from source; an installed package has its bytecode.
     subprocess.run([sys.executable, "-m", "compileall", "-q", "supervisor", "profiles", "ipc"],
                    cwd=root, env=_env(root), check=True, stdout=subprocess.DEVNULL)
-
-
-def _bwrap_argv(bpf_fd: int) -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-            "--ro-bind", "/usr", "/usr"]
-    for d in ("/bin", "/sbin", "/lib", "/lib64"):
-        if os.path.islink(d):
-            argv += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            argv += ["--ro-bind", d, d]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-             "--seccomp", str(bpf_fd), "/bin/true"]
-    return argv
 
 
 def main() -> None:
@@ -136,7 +125,7 @@ def main() -> None:
             fd = os.dup(bpf_file.fileno())
             os.lseek(fd, 0, os.SEEK_SET)
             try:
-                r = subprocess.run(_bwrap_argv(fd), pass_fds=(fd,), **quiet)  # type: ignore[call-overload]
+                r = subprocess.run(bwrap_true_argv(fd), pass_fds=(fd,), **quiet)  # type: ignore[call-overload]
             finally:
                 os.close(fd)
             assert r.returncode == 0, r
