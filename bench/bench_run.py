@@ -22,41 +22,36 @@ from collections.abc import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from reference_tools import bwrap_true_argv  # noqa: E402
 
-def _env() -> dict[str, str]:
+
+def _env(root: str = ROOT, **extra: str) -> dict[str, str]:
     """Like an installed warden: the project on the path, bytecode cached."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT
+    env["PYTHONPATH"] = root
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(extra)
     return env
 
 
-def _compile_bytecode() -> None:
+def _compile_bytecode(root: str = ROOT) -> None:
     # With PYTHONDONTWRITEBYTECODE set (CI), every start would compile the
     # project from source; an installed package has its bytecode.
     subprocess.run([sys.executable, "-m", "compileall", "-q", "supervisor", "profiles", "ipc"],
-                   cwd=ROOT, env=_env(), check=True, stdout=subprocess.DEVNULL)
-
-
-def _bwrap_argv(bpf_fd: int) -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-            "--ro-bind", "/usr", "/usr"]
-    for d in ("/bin", "/sbin", "/lib", "/lib64"):
-        if os.path.islink(d):
-            argv += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            argv += ["--ro-bind", d, d]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-             "--seccomp", str(bpf_fd), "/bin/true"]
-    return argv
+                   cwd=root, env=_env(root), check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--before", metavar="DIR",
+                    help="another checkout of warden (e.g. `git archive` of an older commit) "
+                         "whose `warden run` gets a row of its own, for before/after numbers")
     args = ap.parse_args()
 
     _compile_bytecode()
+    if args.before:
+        _compile_bytecode(os.path.abspath(args.before))
     from profiles import load_profile
     from profiles.compiler import compile_policy
     from supervisor.sandbox import build_spec, spawn
@@ -86,12 +81,27 @@ def main() -> None:
     warden = [sys.executable, "-m", "supervisor", "run", "--", "/bin/true"]
     env = _env()
 
-    def warden_run() -> None:
-        r = subprocess.run(warden, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert r.returncode == 0, (r.returncode, r.stderr.decode(errors="replace"))
+    def warden_run(env: dict[str, str]) -> Callable[[], None]:
+        # `python -m` puts the current directory first on sys.path: run from the
+        # checkout being measured.
+        def run() -> None:
+            r = subprocess.run(warden, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+            assert r.returncode == 0, (r.returncode, r.stderr.decode(errors="replace"))
 
-    rows: dict[str, Callable[[], None]] = {
-        "warden run -- /bin/true (default profile)": warden_run,
+        return run
+
+    rows: dict[str, Callable[[], object]] = {
+        "warden run -- /bin/true (default profile, filter cache warm)": warden_run(env),
+        "warden run, no filter cache (WARDEN_NO_CACHE=1)": warden_run(
+            _env(WARDEN_NO_CACHE="1")),
+        "warden run, rlimits instead of a cgroup (WARDEN_CGROUP=none)": warden_run(
+            _env(WARDEN_CGROUP="none")),
+    }
+    if args.before:
+        rows[f"before: warden run from {args.before}"] = warden_run(
+            _env(os.path.abspath(args.before)))
+    rows |= {
         f"{os.path.basename(sys.executable)} -c pass": lambda: subprocess.run(
             [sys.executable, "-c", "pass"], env=env, check=True),
         "subprocess.run(['/bin/true'])": lambda: subprocess.run(["/bin/true"], check=True),
@@ -115,7 +125,7 @@ def main() -> None:
             fd = os.dup(bpf_file.fileno())
             os.lseek(fd, 0, os.SEEK_SET)
             try:
-                r = subprocess.run(_bwrap_argv(fd), pass_fds=(fd,), **quiet)  # type: ignore[call-overload]
+                r = subprocess.run(bwrap_true_argv(fd), pass_fds=(fd,), **quiet)  # type: ignore[call-overload]
             finally:
                 os.close(fd)
             assert r.returncode == 0, r

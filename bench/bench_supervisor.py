@@ -30,6 +30,8 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from reference_tools import bwrap_true_argv  # noqa: E402
+
 import supervisor  # noqa: E402
 from supervisor.sandbox import Outcome  # noqa: E402
 from tests.supervisor.workers import Calc  # noqa: E402
@@ -68,14 +70,7 @@ def mp_fork_pipe() -> float:
 
 
 def bwrap_true() -> float:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-            "--ro-bind", "/usr", "/usr"]
-    for d in ("/bin", "/sbin", "/lib", "/lib64"):
-        if os.path.islink(d):
-            argv += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            argv += ["--ro-bind", d, d]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"]
+    argv = bwrap_true_argv()
     t = time.perf_counter()
     subprocess.run(argv, check=True)
     return time.perf_counter() - t

@@ -8,7 +8,6 @@ those define them. A value is written as NAME, a number (decimal, 0x, 0o,
 
 from __future__ import annotations
 
-import difflib
 import errno as _errno
 
 CONSTANTS: dict[str, int] = {
@@ -192,6 +191,8 @@ def parse_value(text: str) -> int:
         try:
             num = int(token, 0)
         except ValueError:
+            import difflib  # only to word an error
+
             close = difflib.get_close_matches(token, list(CONSTANTS), n=1, cutoff=0.6)
             raise ConstantError(token, close[0] if close else None) from None
         if num < 0:

@@ -12,7 +12,6 @@ drops everything inherited for the calls it names.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -41,9 +40,32 @@ def builtin_names() -> list[str]:
 
 
 def default_search_path() -> list[Path]:
-    """./profiles, $XDG_CONFIG_HOME/warden/profiles (~/.config/...), the built-ins."""
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return [Path("profiles"), Path(config) / "warden" / "profiles", BUILTIN_DIR]
+    """./profiles, $XDG_CONFIG_HOME/warden/profiles (~/.config/...), the built-ins.
+
+    With neither XDG_CONFIG_HOME nor a home directory (no HOME, no passwd
+    entry) there is no user directory to search.
+    """
+    config = os.environ.get("XDG_CONFIG_HOME")
+    if not config:
+        home = os.path.expanduser("~")
+        config = os.path.join(home, ".config") if home != "~" else None
+    user = [Path(config) / "warden" / "profiles"] if config else []
+    return [Path("profiles"), *user, BUILTIN_DIR]
+
+
+def _is_file(path: Path) -> bool:
+    """Like Path.is_file, but a directory we may not search counts as absent."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _profiles_in(directory: Path) -> list[str]:
+    try:
+        return [p.stem for p in directory.glob("*.toml")] if directory.is_dir() else []
+    except OSError:
+        return []
 
 
 def is_path(name_or_path: str) -> bool:
@@ -57,7 +79,12 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
         path = Path(name_or_path)
         if relative_to is not None and not path.is_absolute():
             path = relative_to / path
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as e:
+            raise ProfileError(f'cannot read profile file "{name_or_path}": {e.strerror}',
+                               file=str(path)) from None
+        if not found:
             raise ProfileError(f'no such profile file "{name_or_path}"', file=str(path))
         return path
     if not name_or_path or not all(c.isalnum() or c in "-_." for c in name_or_path):
@@ -67,9 +94,11 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
     dirs = default_search_path() if search_path is None else [*search_path, BUILTIN_DIR]
     for directory in dirs:
         candidate = directory / f"{name_or_path}.toml"
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
-    known = sorted({p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml")})
+    known = sorted({stem for d in dirs for stem in _profiles_in(d)})
+    import difflib
+
     close = difflib.get_close_matches(name_or_path, known, n=1, cutoff=0.6)
     hint = f' (did you mean "{close[0]}"?)' if close else ""
     raise ProfileError(f'no profile named "{name_or_path}"{hint}',
@@ -78,6 +107,8 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
 
 @dataclass
 class _Slot:
+    """The rules for one call: its unconditional rule and its conditional ones."""
+
     uncond: SyscallRule | None = None
     cond: list[SyscallRule] = field(default_factory=list)
 

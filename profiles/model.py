@@ -132,12 +132,16 @@ class Bind:
 
 @dataclass(frozen=True)
 class Tmpfs:
+    """An empty tmpfs mounted at `dest` inside the sandbox."""
+
     dest: str
     size_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Filesystem:
+    """What the sandbox's new root holds besides /proc, /dev and /tmp."""
+
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[Tmpfs, ...] = ()
     # Size of the private /tmp tmpfs every sandbox gets.
@@ -166,6 +170,8 @@ class Environment:
 
 @dataclass(frozen=True)
 class Profile:
+    """A flattened profile: everything a sandbox needs, extends and includes applied."""
+
     name: str
     source: str  # file path, or "<builtin:NAME>"-style label
     description: str = ""

@@ -7,7 +7,6 @@ includes) and flattens them into a `Profile`. Every mistake raises
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 import tomllib
@@ -68,6 +67,8 @@ class Reference:
 
 @dataclass
 class Layer:
+    """One profile file as parsed: its own settings, before extends and includes."""
+
     file: str
     description: str | None = None
     extends: Reference | None = None
@@ -116,6 +117,8 @@ class _Context:
     def check_keys(self, path: Path, table: dict[str, object], allowed: Sequence[str]) -> None:
         for key in table:
             if key not in allowed:
+                import difflib  # only to word an error
+
                 close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 where = f' in [{_dotted(path)}]' if path else ""

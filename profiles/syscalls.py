@@ -10,12 +10,11 @@ A group may name calls that do not exist on this architecture (for example
 
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pyseccomp
+from profiles import libseccomp
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -29,6 +28,8 @@ _NR_SCMP_ERROR = -1
 
 @dataclass(frozen=True)
 class Group:
+    """A named set of syscalls ("@file-system"), possibly built from other groups."""
+
     name: str  # with the leading "@"
     help: str
     members: tuple[str, ...]  # call names and "@group" references
@@ -247,13 +248,13 @@ GROUPS: dict[str, Group] = {
 
 def number(name: str) -> int | None:
     """The native syscall number of `name`, or None if it has none on this arch."""
-    nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    nr = libseccomp.resolve_name(name)
     return nr if nr >= 0 else None
 
 
 def is_known(name: str) -> bool:
     """True if libseccomp knows the name on any architecture."""
-    return bool(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) != _NR_SCMP_ERROR)
+    return libseccomp.resolve_name(name) != _NR_SCMP_ERROR
 
 
 @functools.cache
@@ -261,10 +262,9 @@ def native_table() -> dict[int, str]:
     """Every syscall number libseccomp knows for the native arch, with its name."""
     table: dict[int, str] = {}
     for nr in range(0, 1024):
-        try:
-            table[nr] = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr).decode()
-        except ValueError:
-            continue
+        name = libseccomp.resolve_number(nr)
+        if name is not None:
+            table[nr] = name
     return table
 
 
@@ -280,6 +280,8 @@ def native_names() -> frozenset[str]:
 def suggest(name: str) -> str | None:
     """The closest valid syscall or group name, for "did you mean" messages."""
     pool = list(GROUPS) if name.startswith("@") else sorted(native_names())
+    import difflib  # only to word an error
+
     close = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
     return close[0] if close else None
 

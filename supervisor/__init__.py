@@ -7,14 +7,52 @@
 
 See docs/supervisor.md. `supervisor.sandbox` is the single-sandbox machinery
 behind `warden run`.
+
+The public names load on first use (PEP 562), so `warden run`, which needs
+none of asyncio or the ipc package, does not pay for them at start-up.
 """
 
-from supervisor.core import START_METHODS, SpawnError, Supervisor
-from supervisor.events import BadMessageEvent, Event, Exited, Restarted, SeccompViolation, Started
-from supervisor.handle import WorkerDied, WorkerHandle
-from supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
-from supervisor.protections import CapacityError
-from supervisor.sync import SyncPool, SyncSupervisor, SyncWorker
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from supervisor.core import START_METHODS, SpawnError, Supervisor
+    from supervisor.events import (
+        BadMessageEvent,
+        Event,
+        Exited,
+        Restarted,
+        SeccompViolation,
+        Started,
+    )
+    from supervisor.handle import WorkerDied, WorkerHandle
+    from supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
+    from supervisor.protections import CapacityError
+    from supervisor.sync import SyncPool, SyncSupervisor, SyncWorker
+
+_WHERE = {
+    "START_METHODS": "supervisor.core",
+    "SpawnError": "supervisor.core",
+    "Supervisor": "supervisor.core",
+    "BadMessageEvent": "supervisor.events",
+    "Event": "supervisor.events",
+    "Exited": "supervisor.events",
+    "Restarted": "supervisor.events",
+    "SeccompViolation": "supervisor.events",
+    "Started": "supervisor.events",
+    "WorkerDied": "supervisor.handle",
+    "WorkerHandle": "supervisor.handle",
+    "DeadlineExceeded": "supervisor.pool",
+    "Pool": "supervisor.pool",
+    "PoolError": "supervisor.pool",
+    "RestartPolicy": "supervisor.pool",
+    "CapacityError": "supervisor.protections",
+    "SyncPool": "supervisor.sync",
+    "SyncSupervisor": "supervisor.sync",
+    "SyncWorker": "supervisor.sync",
+}
 
 __all__ = [
     "START_METHODS",
@@ -37,3 +75,16 @@ __all__ = [
     "WorkerDied",
     "WorkerHandle",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,24 +1,77 @@
-"""The `warden` command: one click group; each concern registers its own commands."""
+"""The `warden` command: one click group; each concern registers its own commands.
+
+Sub-commands are registered by name and imported only when one is invoked (or
+when help lists them all), so `warden run` does not load the profile tools,
+the serve machinery or asyncio just to start.
+"""
 
 from __future__ import annotations
 
+import gc
+import importlib
+from typing import Any
+
 import click
 
+# name -> "module:attribute"; each command lives beside the code it drives.
+COMMANDS = {
+    "profile": "profiles.cli:profile_group",
+    "run": "supervisor.run_cli:run_command",
+    "serve": "supervisor.serve_cli:serve_command",
+    "status": "supervisor.serve_cli:status_command",
+}
+# Commands that call start_up_done() themselves once their start-up is over.
+START_UP_WITHOUT_GC = frozenset({"run"})
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_gc_paused = False
+
+
+def start_up_done() -> None:
+    """Turn garbage collection back on if the group paused it for start-up."""
+    global _gc_paused
+    if _gc_paused:
+        _gc_paused = False
+        gc.enable()
+
+
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported on first use.
+
+    While it dispatches, garbage collection is paused: start-up builds
+    thousands of long-lived objects (modules, classes, the profile) and no
+    cycles, so collecting then only costs time (~4 ms of `warden run`).
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        global _gc_paused
+        if gc.isenabled():
+            gc.disable()
+            _gc_paused = True
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            start_up_done()
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        if cmd_name not in START_UP_WITHOUT_GC:
+            start_up_done()
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="warden")
 def main() -> None:
     """warden: run untrusted programs and workers in Linux sandboxes."""
-
-
-def _register() -> None:
-    """Attach sub-commands; each lives beside the code it drives."""
-    from profiles.cli import profile_group
-
-    main.add_command(profile_group)
-    from supervisor.run_cli import run_command; main.add_command(run_command)  # noqa: E702, I001
-    from supervisor.serve_cli import serve_command; main.add_command(serve_command)  # noqa: E702, I001
-    from supervisor.serve_cli import status_command; main.add_command(status_command)  # noqa: E702, I001
-
-
-_register()

@@ -85,6 +85,8 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
       WARDEN_CGROUP      cgroup v2 directory for the sandboxes' cgroups, or
                          "none" for rlimits only
       WARDEN_OUTER_UID   as root: default for --outer-uid (and _GID)
+      WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
+                         using ~/.cache/warden/seccomp
     """
     status = _run(list(program), profile, options)
     if json_status:
@@ -156,9 +158,9 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
     except SpecError as e:
         raise OptionError(str(e)) from None
     # The supervisor's memory is not for anyone to read, the sandbox least of all.
-    from supervisor.sandbox import _sys
+    from supervisor.sandbox.self_confine import set_dumpable
 
-    _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
+    set_dumpable(False)
     try:
         box = spawn(spec)
     except PreflightError as e:
@@ -175,7 +177,10 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
 
 def _supervise(box: Sandbox) -> Status:
     """Wait for the sandbox while guarding its channel."""
-    import select
+    from supervisor.cli import start_up_done
+    from supervisor.sandbox.launcher import wait_readable
+
+    start_up_done()  # collection back on, if the `warden` group paused it
 
     from supervisor.sandbox.channel_guard import ChannelGuard
     from supervisor.sandbox.status import Outcome
@@ -189,7 +194,7 @@ def _supervise(box: Sandbox) -> Status:
         if guard is not None and guard.open:
             watch.append(guard.fileno())
         left = box.time_left()
-        ready = select.select(watch, [], [], None if left is None else max(left, 0.01))[0]
+        ready = wait_readable(watch, None if left is None else max(left, 0.01))
         if guard is not None and guard.open and guard.fileno() in ready:
             problem = guard.check()
             if problem is not None:

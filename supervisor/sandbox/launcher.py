@@ -165,7 +165,7 @@ def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
     os._exit(EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE)
 
 
-def _readable(fds: list[int], timeout: float | None) -> list[int]:
+def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
     """The fds among `fds` that are readable within `timeout` seconds (None: no limit).
 
     poll, never select: select() raises ValueError for descriptors >= 1024,
@@ -182,7 +182,7 @@ def _parent_death_signal(parent_pidfd: int) -> None:
     """SIGKILL when the parent dies, with the race closed: if the parent died
     before prctl, nobody would ever send it, so its pidfd is checked after."""
     _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if _readable([parent_pidfd], 0):
+    if wait_readable([parent_pidfd], 0):
         os._exit(EXIT_SETUP)
 
 
@@ -423,7 +423,7 @@ class _Setup:
         """Next message and any fds that came with it; (b"", []) at end-of-file."""
         while True:
             left = self.deadline - time.monotonic()
-            if left <= 0 or not _readable([self.sock.fileno()], left):
+            if left <= 0 or not wait_readable([self.sock.fileno()], left):
                 raise TimeoutError("sandbox setup did not finish in time")
             try:
                 data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
@@ -839,7 +839,7 @@ class Sandbox:
                 break
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self.kill(Outcome.TIMEOUT, f"wall-clock timeout of {self.spec.wall_time_seconds:g}s")
-        if _readable([self._pidfd], 0):
+        if wait_readable([self._pidfd], 0):
             self._reap()
         return self._status
 
@@ -859,7 +859,7 @@ class Sandbox:
             left = max(0.0, min(waits)) if waits else None
             if end is not None and time.monotonic() >= end:
                 return None
-            _readable(list(self.fds()), left)
+            wait_readable(list(self.fds()), left)
 
     # -- the end
     def _reap(self) -> None:

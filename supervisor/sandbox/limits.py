@@ -105,14 +105,14 @@ def _own_cgroups() -> dict[str, str]:
     return out
 
 
-def _mounts(fstype: str) -> dict[str, str]:
-    """{mount point: super options} of mounted filesystems of `fstype`."""
-    out: dict[str, str] = {}
+def _mounts() -> dict[str, dict[str, str]]:
+    """{fstype: {mount point: super options}} for the cgroup filesystems (one read)."""
+    out: dict[str, dict[str, str]] = {"cgroup": {}, "cgroup2": {}}
     for line in _read("/proc/self/mountinfo").splitlines():
         left, _, right = line.partition(" - ")
         fields = right.split()
-        if fields and fields[0] == fstype:
-            out[left.split()[4]] = fields[2] if len(fields) > 2 else ""
+        if fields and fields[0] in out:
+            out[fields[0]][left.split()[4]] = fields[2] if len(fields) > 2 else ""
     return out
 
 
@@ -251,12 +251,8 @@ def _rmdir(path: str) -> None:
             time.sleep(0.002)
 
 
-def _v2_parent() -> str | None:
-    explicit = os.environ.get("WARDEN_CGROUP")
-    if explicit:
-        return explicit
-    mounts = _mounts("cgroup2")
-    own = _own_cgroups().get("")
+def _v2_parent(mounts: dict[str, str], own_all: dict[str, str]) -> str | None:
+    own = own_all.get("")
     if own is None:
         return None
     for mnt in mounts:
@@ -267,9 +263,7 @@ def _v2_parent() -> str | None:
     return None
 
 
-def _v1_dirs() -> tuple[str, str] | None:
-    mounts = _mounts("cgroup")
-    own = _own_cgroups()
+def _v1_dirs(mounts: dict[str, str], own: dict[str, str]) -> tuple[str, str] | None:
     found: dict[str, str] = {}
     for mnt, opts in mounts.items():
         for ctrl in ("memory", "pids"):
@@ -284,13 +278,18 @@ def _v1_dirs() -> tuple[str, str] | None:
 
 def choose(spec: SandboxSpec) -> Limiter:
     """The strongest mechanism this process can use (WARDEN_CGROUP=none: rlimits only)."""
-    if os.environ.get("WARDEN_CGROUP") == "none":
+    explicit = os.environ.get("WARDEN_CGROUP")
+    if explicit == "none":
         return Limiter(spec)
-    v2 = _v2_parent()
+    if explicit:
+        with contextlib.suppress(OSError):
+            return CgroupV2(spec, explicit)
+    mounts, own = _mounts(), _own_cgroups()  # each read once
+    v2 = None if explicit else _v2_parent(mounts["cgroup2"], own)
     if v2 is not None:
         with contextlib.suppress(OSError):
             return CgroupV2(spec, v2)
-    v1 = _v1_dirs()
+    v1 = _v1_dirs(mounts["cgroup"], own)
     if v1 is not None:
         return CgroupV1(spec, *v1)
     return Limiter(spec)

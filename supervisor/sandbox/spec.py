@@ -51,6 +51,8 @@ class FileGrant:
 
 @dataclass(frozen=True)
 class SandboxSpec:
+    """The one frozen description of a sandbox; build_spec() makes and validates it."""
+
     argv: tuple[str, ...]
     profile: str
     seccomp_filter: bytes  # raw struct sock_filter[] for the native architecture
@@ -317,9 +319,9 @@ def build_spec(
         raise SpecError(f"--outer-uid {ouid}: must differ from the supervisor's own uid")
 
     if seccomp_filter is None:
-        from profiles.compiler import compile_policy
+        from profiles.cache import cached_compile
 
-        seccomp_filter = compile_policy(profile.seccomp, kill_as_notify=True)
+        seccomp_filter = cached_compile(profile.seccomp, kill_as_notify=True)
     from supervisor.sandbox.seccomp import allows_execve, problem, uses_notify
 
     bad = problem(seccomp_filter)

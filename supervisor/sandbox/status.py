@@ -53,6 +53,8 @@ class SetupFailure:
 
 @dataclass(frozen=True)
 class Status:
+    """How a sandbox ended: one outcome, with the facts behind it."""
+
     outcome: Outcome
     exit_code: int  # what `warden run` exits with
     returncode: int | None = None  # program's own exit code, when it exited

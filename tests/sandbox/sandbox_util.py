@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,6 +17,8 @@ import pytest
 
 from profiles.model import Bind, Filesystem, Profile
 from supervisor.sandbox import Sandbox, Status, build_spec, spawn
+from tests.interpreter import PYTHON as PYTHON  # re-exported for the sandbox tests
+from tests.interpreter import python_env
 
 MODE = "root" if os.geteuid() == 0 else "user"
 WORKTREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -132,26 +133,7 @@ def with_binds(profile: Profile, *binds: Bind) -> Profile:
                                                binds=profile.filesystem.binds + binds))
 
 
-def _python() -> tuple[str, str]:
-    """An interpreter this uid can exec, and the site-packages it must be told about.
-
-    Under setpriv the venv's base interpreter may sit where the ordinary uid
-    cannot reach it (a pyenv build under /root): then use the system python3
-    of the same minor version with the venv's packages on PYTHONPATH.
-    """
-    import sysconfig
-
-    exe = os.path.realpath(sys.executable)
-    if os.access(exe, os.X_OK) and os.access(os.path.dirname(exe), os.X_OK):
-        return sys.executable, ""
-    return f"/usr/bin/python3.{sys.version_info.minor}", sysconfig.get_paths()["purelib"]
-
-
-PYTHON, _EXTRA_PATH = _python()
-
-
 def supervisor_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (WORKTREE, _EXTRA_PATH) if p)
+    env = python_env(WORKTREE)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
+from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import WORKTREE
 
 
 def test_thumbnailer_example() -> None:
-    env = {**os.environ, "PYTHONPATH": WORKTREE}
-    r = subprocess.run([sys.executable, "-m", "examples.thumbnailer.service"], cwd=WORKTREE,
+    env = python_env(WORKTREE)
+    r = subprocess.run([PYTHON, "-m", "examples.thumbnailer.service"], cwd=WORKTREE,
                        env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     out = r.stdout

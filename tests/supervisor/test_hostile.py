@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -25,6 +24,7 @@ from profiles.model import Limits
 from supervisor import CapacityError, Supervisor, WorkerDied
 from supervisor.protections import is_dumpable
 from supervisor.sandbox import Outcome
+from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import (
     CALC,
     METHODS,
@@ -234,8 +234,8 @@ asyncio.run(main())
 
 
 def test_supervisor_sigkill_leaves_no_worker_alive() -> None:
-    env = {**os.environ, "PYTHONPATH": WORKTREE}
-    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT.format(root=WORKTREE)],
+    env = python_env(WORKTREE)
+    proc = subprocess.Popen([PYTHON, "-c", _SCRIPT.format(root=WORKTREE)],
                             stdout=subprocess.PIPE, env=env, cwd="/")
     try:
         assert proc.stdout is not None

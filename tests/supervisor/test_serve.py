@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 
 from supervisor.cli import main as cli
 from supervisor.serve import ConfigError, load_config
+from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import WORKTREE, alive
 
 GOOD = """
@@ -82,14 +82,14 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
 def test_serve_status_sigusr1_and_clean_shutdown(tmp_path: Path) -> None:
     sock = tmp_path / "status.sock"
     path = write(tmp_path, GOOD.format(sock=sock))
-    env = {**os.environ, "PYTHONPATH": WORKTREE}
-    srv = subprocess.Popen([sys.executable, "-m", "supervisor", "serve", "-v", path],
+    env = python_env(WORKTREE)
+    srv = subprocess.Popen([PYTHON, "-m", "supervisor", "serve", "-v", path],
                            env=env, cwd=WORKTREE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not sock.exists() and time.monotonic() < deadline and srv.poll() is None:
             time.sleep(0.05)
-        r = subprocess.run([sys.executable, "-m", "supervisor", "status", path], env=env,
+        r = subprocess.run([PYTHON, "-m", "supervisor", "status", path], env=env,
                            cwd=WORKTREE, capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         snap = json.loads(r.stdout)

@@ -1,0 +1,70 @@
+"""`warden` loads only what the invoked command needs, and still lists every command."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+ROOT = str(Path(__file__).resolve().parents[1])
+
+# Runs `warden run -- /bin/true` in-process and, as it leaves, reports which modules it loaded.
+_PROBE = """
+import json, os, sys
+real_exit, out = os._exit, sys.argv[1]
+def report(code):
+    with open(out, "w") as f:
+        json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+    real_exit(code)
+os._exit = report
+sys.argv = ["warden", "run", "--", "/bin/true"]
+from supervisor.cli import main
+main()
+"""
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_CACHE_HOME": str(tmp / "cache")}
+    env.pop("WARDEN_NO_CACHE", None)
+    return env
+
+
+def test_help_lists_every_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "supervisor", "--help"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
+    assert listed == ["profile", "run", "serve", "status"]
+
+
+def test_warden_run_loads_neither_asyncio_nor_the_profile_tools(tmp_path: Path) -> None:
+    report = tmp_path / "modules.json"
+    for _ in range(2):  # the second run finds its filter in the cache
+        subprocess.run([sys.executable, "-c", _PROBE, str(report)], env=_env(tmp_path),
+                       check=True, cwd=tmp_path, timeout=60)
+    got = json.loads(report.read_text())
+    assert got["code"] == 0
+    loaded = set(got["modules"])
+    assert "supervisor.sandbox" in loaded and "profiles.loader" in loaded
+    for heavy in ("asyncio", "ipc", "msgspec", "profiles.cli", "supervisor.core",
+                  "supervisor.serve_cli", "pyseccomp", "profiles.compiler", "hashlib"):
+        assert heavy not in loaded, heavy
+
+
+def test_collection_is_back_on_after_a_command() -> None:
+    from supervisor.cli import main
+
+    assert gc.isenabled()
+    result = CliRunner().invoke(main, ["profile", "list"])
+    assert result.exit_code == 0, result.output
+    assert gc.isenabled()
+    gc.disable()  # an embedder that keeps it off keeps it off
+    try:
+        CliRunner().invoke(main, ["profile", "list"])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
