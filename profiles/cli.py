@@ -56,24 +56,34 @@ def profile_group() -> None:
 @json_option
 @_reports_errors
 def list_cmd(as_json: bool) -> None:
-    """Profiles on the search path: ./profiles, ~/.config/warden/profiles, built-ins."""
+    """Profiles by name: $WARDEN_PROFILE_PATH, ~/.config/warden/profiles, then the built-ins.
+
+    A user file named like a built-in is listed with the error that refuses it.
+    """
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     visited: set[Path] = set()
-    for directory in loader.default_search_path():
-        # ./profiles is the built-in directory itself when run from a checkout
-        if not directory.is_dir() or directory.resolve() in visited:
+    builtins = set(loader.builtin_names())
+    for directory in [loader.BUILTIN_DIR, *loader.user_search_path()]:
+        try:
+            if not directory.is_dir() or directory.resolve() in visited:
+                continue
+        except OSError:
             continue
         visited.add(directory.resolve())
+        is_builtin = directory.resolve() == loader.BUILTIN_DIR
         for path in sorted(directory.glob("*.toml")):
-            shadowed = path.stem in seen
+            shadowed = path.stem in seen and path.stem not in builtins
             seen.add(path.stem)
             row: dict[str, Any] = {"name": path.stem, "path": str(path), "shadowed": shadowed,
-                                   "builtin": directory.resolve() == loader.BUILTIN_DIR}
-            try:
-                row["description"] = loader.load_profile(str(path)).description
-            except ProfileError as e:
-                row["error"] = str(e).splitlines()[0]
+                                   "builtin": is_builtin}
+            if not is_builtin and path.stem in builtins:
+                row["error"] = loader.shadow_error(path).message
+            else:
+                try:
+                    row["description"] = loader.load_profile(str(path)).description
+                except ProfileError as e:
+                    row["error"] = str(e).splitlines()[0]
             rows.append(row)
     if as_json:
         _emit_json(rows)
@@ -184,6 +194,8 @@ def explain_cmd(name: str, syscall: str, args: tuple[str, ...], arch: str, as_js
             click.echo(f"  decided by: {r['syscall']} {r['action']}{cond}  [{r['origin']}]")
     else:
         click.echo(f"  decided by: {data['reason']}")
+    for note in data["notes"]:
+        click.echo(f"  note: {note}")
 
 
 @profile_group.command("diff")
@@ -224,14 +236,18 @@ def new_cmd(name: str, parent: str, directory: str, force: bool) -> None:
     """Write a commented starter profile NAME.toml that extends --from."""
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         raise ProfileError(f'"{name}" is not a profile name', expected="letters, digits, - and _")
-    loader.load_profile(parent)  # the parent must exist and be valid
     path = Path(directory) / f"{name}.toml"
+    if name in loader.builtin_names():
+        raise ProfileError(f'"{name}" is the name of a built-in profile, which always means '
+                           f'the built-in; choose another name (for example "my-{name}")')
+    loader.load_profile(parent)  # the parent must exist and be valid
     if path.exists() and not force:
         raise ProfileError(f"{path} already exists (use --force to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(starter(name, parent, str(path)))
     loader.load_profile(str(path))
-    click.echo(f"wrote {path} (extends {parent}); check it with: warden profile check {path}")
+    click.echo(f"wrote {path} (extends {parent}); check it with: warden profile check {path}; "
+               f"use it with: warden run -p {path}")
 
 
 @profile_group.command("import")

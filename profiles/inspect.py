@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from profiles import bpf, compiler, constants, syscalls
+from profiles import argwidth, bpf, compiler, constants, syscalls
 from profiles.errors import ProfileError
 from profiles.model import Profile, SyscallRule
 from profiles.parser import format_action
@@ -89,6 +89,7 @@ def explain(profile: Profile, syscall: str, args: Sequence[str] = (), *,
     code = compiler.compile_policy(profile.seccomp)
     ret = bpf.evaluate(code, nr, values, arch=ARCHES[arch])
     got = bpf.action_of(ret)
+    notes = _width_notes(profile, code, name, nr, values, ret, arch)
     pol = profile.seccomp
     decided_by: list[dict[str, Any]] = []
     reason: str
@@ -113,7 +114,31 @@ def explain(profile: Profile, syscall: str, args: Sequence[str] = (), *,
         "return_value": ret,
         "reason": reason,
         "decided_by": decided_by,
+        "notes": notes,
     }
+
+
+def _width_notes(profile: Profile, code: bytes, name: str, nr: int, values: Sequence[int],
+                 ret: int, arch: str) -> list[str]:
+    """Where an argument has bits the kernel ignores (profiles.argwidth), say so, and
+    check that the filter answers the same for the value the kernel will act on."""
+    if arch != "x86_64":
+        return []
+    notes: list[str] = []
+    kernel_values = list(values)
+    for i, v in enumerate(values):
+        width, what = argwidth.argument(name, i)
+        if width < 64 and v >> width:
+            kernel_values[i] = v & ((1 << width) - 1)
+            notes.append(f"{what} is {width} bits wide: the kernel acts on "
+                         f"{kernel_values[i]:#x}, the filter sees {v:#x}")
+    if kernel_values != list(values):
+        narrow = bpf.evaluate(code, nr, kernel_values, arch=ARCHES[arch])
+        if narrow != ret:
+            notes.append(f"the filter answers {bpf.describe(narrow)} for {name} with "
+                         f"{', '.join(f'{v:#x}' for v in kernel_values)}: profile "
+                         f"{profile.name} tests bits the kernel ignores, so the two differ")
+    return notes
 
 
 def _rule_key(r: SyscallRule) -> tuple[str, str, tuple[str, ...]]:

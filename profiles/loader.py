@@ -17,9 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from profiles import argwidth
 from profiles.errors import ProfileError
 from profiles.model import (
     Action,
+    ArgCondition,
     Bind,
     Environment,
     Filesystem,
@@ -30,27 +32,55 @@ from profiles.model import (
     SyscallRule,
     Tmpfs,
 )
-from profiles.parser import RANK_RULE, Entry, Layer, Reference, parse_text
+from profiles.parser import RANK_RULE, Entry, Layer, Reference, parse_condition, parse_text
 
+# The built-ins are found next to this module, never through the working directory:
+# a checkout's ./profiles is this directory, an untrusted one's is not.
 BUILTIN_DIR = Path(__file__).resolve().parent
+# Directories to search for profile names, ':'-separated, before the user's own
+# directory (for example "./profiles" to use a project's profiles by name).
+PATH_VAR = "WARDEN_PROFILE_PATH"
 
 
 def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.toml"))
 
 
-def default_search_path() -> list[Path]:
-    """./profiles, $XDG_CONFIG_HOME/warden/profiles (~/.config/...), the built-ins.
+def user_search_path() -> list[Path]:
+    """$WARDEN_PROFILE_PATH's directories, then $XDG_CONFIG_HOME/warden/profiles.
 
-    With neither XDG_CONFIG_HOME nor a home directory (no HOME, no passwd
+    The current directory is never searched unless WARDEN_PROFILE_PATH names
+    it. With neither XDG_CONFIG_HOME nor a home directory (no HOME, no passwd
     entry) there is no user directory to search.
     """
+    extra = [Path(d) for d in os.environ.get(PATH_VAR, "").split(":") if d]
     config = os.environ.get("XDG_CONFIG_HOME")
     if not config:
         home = os.path.expanduser("~")
         config = os.path.join(home, ".config") if home != "~" else None
     user = [Path(config) / "warden" / "profiles"] if config else []
-    return [Path("profiles"), *user, BUILTIN_DIR]
+    return [*extra, *user]
+
+
+def default_search_path() -> list[Path]:
+    """The user's directories (user_search_path), then the built-ins."""
+    return [*user_search_path(), BUILTIN_DIR]
+
+
+def _is_builtin_dir(directory: Path) -> bool:
+    try:
+        return directory.resolve() == BUILTIN_DIR
+    except OSError:
+        return False
+
+
+def shadow_error(path: Path) -> ProfileError:
+    """The one error for a user profile that carries a built-in's name."""
+    name = path.stem
+    return ProfileError(
+        f'{path} has the name of the built-in profile "{name}", and a built-in name always '
+        f'means the built-in; rename the file (for example to "my-{name}.toml") and use that '
+        "name, or pass its path", file=str(path))
 
 
 def _is_file(path: Path) -> bool:
@@ -90,12 +120,22 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
     if not name_or_path or not all(c.isalnum() or c in "-_." for c in name_or_path):
         raise ProfileError(f'"{name_or_path}" is not a profile name',
                            expected="letters, digits, '-', '_' or a path")
-    # An explicit search path replaces the user directories; built-ins stay last.
-    dirs = default_search_path() if search_path is None else [*search_path, BUILTIN_DIR]
-    for directory in dirs:
+    # An explicit search path replaces the user directories. A built-in name is
+    # the built-in; a same-named file on the user's path is refused, not skipped,
+    # so nobody runs under a profile other than the one they think they named.
+    users = user_search_path() if search_path is None else list(search_path)
+    builtin = BUILTIN_DIR / f"{name_or_path}.toml"
+    if _is_file(builtin):
+        for directory in users:
+            candidate = directory / f"{name_or_path}.toml"
+            if _is_file(candidate) and not _is_builtin_dir(directory):
+                raise shadow_error(candidate)
+        return builtin
+    for directory in users:
         candidate = directory / f"{name_or_path}.toml"
         if _is_file(candidate):
             return candidate
+    dirs = [*users, BUILTIN_DIR]
     known = sorted({stem for d in dirs for stem in _profiles_in(d)})
     import difflib
 
@@ -223,6 +263,50 @@ def _display(path: Path) -> str:
         return str(path.resolve())
 
 
+def _parse(text: str, file: str) -> Layer:
+    """parse_text, then refuse argument tests the kernel would not see (profiles.argwidth)."""
+    layer = parse_text(text, file)
+    for entry in layer.entries:
+        for cond in entry.conditions:
+            if not argwidth.covers_only_read_bits(entry.syscall, cond):
+                raise _width_error(entry, cond, text)
+    return layer
+
+
+def _width_error(entry: Entry, cond: ArgCondition, text: str) -> ProfileError:
+    """The error for `cond`, pointing at the condition string that wrote it."""
+    import tomllib
+
+    from profiles.locator import Locator
+
+    o = entry.origin
+    loc = Locator(text)
+    rules = tomllib.loads(text).get("seccomp", {}).get("rules", [])
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        names = rule.get("syscall")
+        base = ("seccomp", "rules", i, "syscall")
+        at = [base] if isinstance(names, str) else [(*base, j) for j in range(len(names or []))]
+        if not any(loc.value(p) == (o.line, o.column) for p in at):
+            continue
+        args = rule.get("args", [])
+        for j, written in enumerate([args] if isinstance(args, str) else args):
+            try:
+                index = parse_condition(written)[0].index
+            except ValueError:
+                continue
+            if index != cond.index:
+                continue
+            path = ("seccomp", "rules", i, "args") if isinstance(args, str) else \
+                ("seccomp", "rules", i, "args", j)
+            line, col = loc.value(path)
+            col += 1 + len(written) - len(written.lstrip())
+            return ProfileError(argwidth.problem(entry.syscall, cond, written) or "",
+                                file=o.file, line=line, column=col,
+                                source_line=loc.source_line(line))
+    return ProfileError(argwidth.problem(entry.syscall, cond, str(cond)) or "", file=o.file,
+                        line=o.line, column=o.column, source_line=loc.source_line(o.line))
+
+
 class _Resolver:
     def __init__(self, search_path: Sequence[Path] | None) -> None:
         self.search_path = search_path
@@ -236,7 +320,7 @@ class _Resolver:
             raise ProfileError(f"cannot read profile: {e}", file=_display(path)) from None
         self.stack.append(real)
         try:
-            return self.flatten(parse_text(text, _display(path)), real.parent)
+            return self.flatten(_parse(text, _display(path)), real.parent)
         finally:
             self.stack.pop()
 
@@ -334,7 +418,7 @@ def load_profile(name_or_path: str, *, search_path: Sequence[Path] | None = None
 def load_text(text: str, *, name: str = "inline", file: str = "<string>",
               search_path: Sequence[Path] | None = None) -> Profile:
     """Flatten a profile given as text (extends/includes resolve from the cwd)."""
-    state = _Resolver(search_path).flatten(parse_text(text, file), Path.cwd())
+    state = _Resolver(search_path).flatten(_parse(text, file), Path.cwd())
     return _to_profile(name, file, state)
 
 

@@ -27,7 +27,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from profiles import syscalls
+from profiles import argwidth, syscalls
 from profiles.errors import ProfileError
 from profiles.model import (
     Action,
@@ -123,7 +123,12 @@ def load_oci(text: str, file: str = "<json>") -> Imported:
                 if syscalls.number(name) is None:
                     continue  # another architecture's call
                 origin = Origin(file, 0, 0, (f"syscalls[{i}]",))
-                rules.append(SyscallRule(name, action, alternative, origin))
+                # runc compares all 64 bits; test only those the kernel reads
+                narrowed = argwidth.as_kernel_reads(name, alternative)
+                if narrowed != [alternative]:
+                    notes.append(f"syscalls[{i}]: {name}: a test on a 32-bit argument is "
+                                 "written as masked tests of the bits the kernel reads")
+                rules.extend(SyscallRule(name, action, conds, origin) for conds in narrowed)
     return Imported(SeccompPolicy(default_action=default, rules=_dedupe(rules)), notes)
 
 

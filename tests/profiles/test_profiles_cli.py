@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from profiles import bpf, compiler, load_profile, oci
+from profiles import ProfileError, bpf, compiler, load_profile, oci
 from profiles.cli import profile_group
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def test_compile_writes_loadable_bpf(tmp_path: Path) -> None:
          "decided by: socket errno EPERM"),
         (["default", "socket", "AF_UNIX", "SOCK_STREAM|SOCK_CLOEXEC"],
          "socket(0x1, 0x80001) [x86_64] under default: allow",
-         "decided by: socket allow if arg0 == 0x1"),
+         "decided by: socket allow if arg0 & 0xffffffff == 0x1"),
         (["default", "ioctl", "0", "TIOCSTI"],
          "ioctl(0x0, 0x5412) [x86_64] under default: errno EPERM",
          "if arg1 & 0xffffffff == 0x5412"),
@@ -112,7 +112,8 @@ def test_explain_json_and_errors() -> None:
 def test_diff() -> None:
     code, out, _ = run("diff", "default", "network-client")
     assert code == 0
-    assert "+ socket allow if arg0 == 0x2" in out and "+ socket allow if arg0 == 0xa" in out
+    assert "+ socket allow if arg0 & 0xffffffff == 0x2" in out
+    assert "+ socket allow if arg0 & 0xffffffff == 0xa" in out
     assert "~ namespaces.net: True -> False" in out
     data = json.loads(run("diff", "default", "default", "--json")[1])
     assert data["added"] == data["removed"] == data["settings"] == []
@@ -126,11 +127,16 @@ def test_new_writes_a_valid_commented_starter(tmp_path: Path,
     assert code == 0 and "wrote profiles/mine.toml" in out
     text = (tmp_path / "profiles" / "mine.toml").read_text()
     assert 'extends = "default"' in text and "# [[seccomp.rules]]" in text
-    prof = load_profile("mine")
+    assert "warden run -p profiles/mine.toml" in out
+    # The working directory is not searched by name: the file is used by its path.
+    with pytest.raises(ProfileError, match='no profile named "mine"'):
+        load_profile("mine")
+    prof = load_profile("profiles/mine.toml")
+
     def meaning(name: str) -> list[object]:
         return [(r.syscall, r.action, r.conditions) for r in load_profile(name).seccomp.rules]
 
-    assert meaning("mine") == meaning("default")
+    assert meaning("profiles/mine.toml") == meaning("default")
     assert prof.description == "Describe what runs under this profile"
     code, _, err = run("new", "mine")
     assert code == 1 and "already exists" in err
@@ -193,19 +199,35 @@ def test_real_subprocess_and_bwrap_accepts_the_bpf(tmp_path: Path) -> None:
     assert proc.stdout.splitlines()[-1] != "0"  # unshare refused by the filter
 
 
-def test_list_shows_user_profiles_shadowing_builtins(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_shows_user_profiles_and_refuses_builtin_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = tmp_path / "xdg" / "warden" / "profiles"
+    user.mkdir(parents=True)
+    (user / "default.toml").write_text('description = "my own default"\n')
+    (user / "broken.toml").write_text('[seccomp]\nallow = ["nope"]\n')
+    (user / "mine.toml").write_text('description = "mine"\n')
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "default.toml").write_text('description = "my own default"\n')
-    (tmp_path / "profiles" / "broken.toml").write_text('[seccomp]\nallow = ["nope"]\n')
+    (tmp_path / "profiles" / "cwd-only.toml").write_text('description = "not searched"\n')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     code, out, _ = run("list")
     assert code == 0
-    lines = {line.split()[0]: line for line in out.splitlines()}
-    assert "my own default (profiles/default.toml)" in lines["default"]
-    assert 'unknown system call "nope"' in lines["broken"]
-    assert lines["strict"].endswith("(built-in)")
+    lines: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        lines.setdefault(line.split()[0], []).append(line)
+    assert "cwd-only" not in lines
+    assert lines["mine"] == [f"mine            mine ({user / 'mine.toml'})"]
+    assert 'unknown system call "nope"' in lines["broken"][0]
+    builtin, mine = lines["default"]
+    assert builtin.endswith("(built-in)")
+    assert "has the name of the built-in profile" in mine and "rename" in mine
     rows = json.loads(run("list", "--json")[1])
-    shadowed = [r for r in rows if r["name"] == "default" and r["shadowed"]]
-    assert len(shadowed) == 1 and shadowed[0]["builtin"]
+    defaults = [r for r in rows if r["name"] == "default"]
+    assert [r["builtin"] for r in defaults] == [True, False] and "error" in defaults[1]
+
+
+def test_new_refuses_a_builtin_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("new", "strict")
+    assert code == 1 and '"strict" is the name of a built-in profile' in err
+    assert not (tmp_path / "profiles").exists()

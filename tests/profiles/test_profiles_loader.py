@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from profiles import ProfileError, load_profile
+from profiles.loader import PATH_VAR
 from profiles.model import ALLOW, Action, ActionKind, ArgOp, Profile
 
 EPERM = Action(ActionKind.ERRNO, 1)
@@ -54,10 +55,10 @@ def test_rules_beat_lists_and_conflicting_rules_are_rejected(tmp_path: Path) -> 
 
 def test_extends_overrides_unconditional_and_accumulates_conditional(tmp_path: Path) -> None:
     write(tmp_path / "base.toml", '[seccomp]\nallow = ["read", "ptrace"]\n[[seccomp.rules]]\n'
-          'syscall = "socket"\naction = "allow"\nargs = ["arg0 == AF_UNIX"]\n')
+          'syscall = "socket"\naction = "allow"\nargs = ["arg0 & U32_MAX == AF_UNIX"]\n')
     child = write(tmp_path / "child.toml", 'extends = "./base.toml"\n[seccomp]\ndeny = ["ptrace"]\n'
                   '[[seccomp.rules]]\nsyscall = "socket"\naction = "allow"\n'
-                  'args = ["arg0 == AF_INET"]\n')
+                  'args = ["arg0 & U32_MAX == AF_INET"]\n')
     prof = load_profile(str(child))
     assert uncond(prof, "ptrace") == EPERM
     assert uncond(prof, "read") == ALLOW
@@ -119,22 +120,77 @@ def test_unknown_parent_suggests_a_name(tmp_path: Path) -> None:
 
 
 def test_search_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$WARDEN_PROFILE_PATH, then $XDG_CONFIG_HOME; ./profiles only when named."""
     xdg = tmp_path / "xdg"
     write(xdg / "warden" / "profiles" / "mine.toml", 'description = "from xdg"\n')
-    write(xdg / "warden" / "profiles" / "default.toml", 'description = "xdg default"\n')
     work = tmp_path / "work"
     write(work / "profiles" / "mine.toml", 'description = "from cwd"\n')
     monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    monkeypatch.delenv(PATH_VAR, raising=False)
     monkeypatch.chdir(work)
-    assert load_profile("mine").description == "from cwd"
-    assert load_profile("default").description == "xdg default"
-    os.remove(work / "profiles" / "mine.toml")
     assert load_profile("mine").description == "from xdg"
-    write(tmp_path / "only" / "strict.toml", 'description = "shadow"\n')
-    assert load_profile("strict", search_path=[tmp_path / "only"]).description == "shadow"
+    monkeypatch.setenv(PATH_VAR, "./profiles")
+    assert load_profile("mine").description == "from cwd"
+    monkeypatch.delenv(PATH_VAR)
+    assert load_profile("./profiles/mine.toml").description == "from cwd"
+    os.remove(xdg / "warden" / "profiles" / "mine.toml")
+    with pytest.raises(ProfileError, match='no profile named "mine"'):
+        load_profile("mine")
+    write(tmp_path / "only" / "mine.toml", 'description = "explicit"\n')
+    assert load_profile("mine", search_path=[tmp_path / "only"]).description == "explicit"
     assert load_profile("strict", search_path=[tmp_path]).source.endswith("profiles/strict.toml")
     with pytest.raises(ProfileError, match='no profile named "nope"'):
         load_profile("nope", search_path=[tmp_path])
+
+
+@pytest.mark.parametrize("where", ["cwd", "cwd-opted-in", "xdg", "search_path"])
+@pytest.mark.parametrize("name", ["default", "strict"])
+def test_a_builtin_name_is_always_the_builtin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              where: str, name: str) -> None:
+    """A same-named file never replaces a built-in: in ./profiles it is not even looked
+    at; on a path the user set up it is refused, naming the file and the fix."""
+    allow_all = '[seccomp]\ndefault-action = "allow"\n'
+    work, xdg = tmp_path / "work", tmp_path / "xdg"
+    monkeypatch.chdir(write(work / "profiles" / f"{name}.toml", allow_all).parent.parent)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    monkeypatch.delenv(PATH_VAR, raising=False)
+    search = None
+    shadow = None
+    if where == "cwd-opted-in":
+        monkeypatch.setenv(PATH_VAR, "profiles")
+        shadow = Path("profiles") / f"{name}.toml"
+    elif where == "xdg":
+        shadow = write(xdg / "warden" / "profiles" / f"{name}.toml", allow_all)
+    elif where == "search_path":
+        shadow = write(tmp_path / "mine" / f"{name}.toml", allow_all)
+        search = [tmp_path / "mine"]
+    if shadow is None:
+        prof = load_profile(name, search_path=search)
+        assert prof.source.endswith(f"profiles/{name}.toml") and prof.source.startswith("/")
+        assert prof.seccomp.default_action.kind is not ActionKind.ALLOW
+        return
+    with pytest.raises(ProfileError) as info:
+        load_profile(name, search_path=search)
+    assert info.value.message == (
+        f'{shadow} has the name of the built-in profile "{name}", and a built-in name always '
+        f'means the built-in; rename the file (for example to "my-{name}.toml") and use that '
+        "name, or pass its path")
+    # The same file, asked for by its path, is what the user gets.
+    assert load_profile(str(shadow)).seccomp.default_action.kind is ActionKind.ALLOW
+
+
+def test_extends_of_a_builtin_name_is_the_builtin(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`extends = "default"` next to a planted default.toml still means the built-in."""
+    write(tmp_path / "profiles" / "default.toml", '[seccomp]\ndefault-action = "allow"\n')
+    mine = write(tmp_path / "profiles" / "mine.toml", 'extends = "default"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(PATH_VAR, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    prof = load_profile(str(mine))
+    assert prof.seccomp.default_action == load_profile("default").seccomp.default_action
+    assert {r.syscall for r in prof.seccomp.rules} == \
+        {r.syscall for r in load_profile("default").seccomp.rules}
 
 
 def test_builtins_flatten_with_origins() -> None:
