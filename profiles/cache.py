@@ -1,31 +1,49 @@
-"""A per-user cache of compiled and verified seccomp filters.
+"""A per-user cache of compiled and verified seccomp filters, authenticated with a key.
 
 `compile_policy` checks every filter it builds in our own BPF interpreter
 (that check caught a real libseccomp bug), which costs 10-17 ms per compile.
 The result depends only on the flattened policy, `kill_as_notify`, the
 libseccomp version and native architecture, and warden's compiler, so
-`cached_compile` keys a file on a hash of exactly those and keeps the
-verified bytes in
-$XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp).
+`cached_compile` names a file after a hash of exactly those and keeps the
+verified bytes in $XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp).
 
-Trust rules: the directory must be a real directory owned by this user with
-no group/other access (it is created 0700), each file a regular file owned
-by this user, mode 0600, written atomically (temporary file + rename). A file
-is used only if it names the same key and its digest (BLAKE2b over key and
-filter) matches; anything else — missing, unreadable, foreign, corrupted —
-means compile and verify as usual, silently. The digest makes a damaged file
-harmless; the owner-only directory is what keeps other users out (anyone
-who can write as you can edit your profiles too).
+A sandbox may have been given a writable bind of that directory (an earlier
+one rewrote an entry as a one-instruction RET_ALLOW filter and recomputed its
+plain digest, and every later run went unfiltered). So each entry carries a
+keyed BLAKE2b MAC, and the key lives elsewhere, in
+$XDG_STATE_HOME/warden/cache.key (default ~/.local/state/warden/cache.key):
+32 random bytes, created 0600 with O_EXCL|O_NOFOLLOW in a 0700 directory of
+ours. Both directories are opened once and checked through that fd (a real
+directory owned by us, no group/other access), every file in them likewise
+(regular, ours, 0600, one link), and entries are written atomically
+(temporary file + rename).
 
-Set WARDEN_NO_CACHE=1 to bypass the cache entirely (never read, never written).
+What a run's sandbox can reach decides whether the cache is used at all:
+
+- a writable bind (or --file) at, above or inside the cache directory: the
+  cache is neither read nor written for that run;
+- any bind or --file at, above or inside the key's directory: the same, and
+  since the sandbox would see the key, the key is discarded before the
+  sandbox starts and no new one is made while that supervisor lives (a note
+  in the key directory names it). As root this does not arise: sandboxes run
+  as another uid, which cannot open root's 0600 key.
+
+An entry that exists but fails any check is never used: a CacheWarning names
+it, the filter is compiled afresh and the entry replaced. A missing or
+unusable key means no cache; a key that is not ours or not private is warned
+about. Set WARDEN_NO_CACHE=1 to bypass the cache entirely.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import functools
 import os
 import stat
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from profiles.model import SeccompPolicy
@@ -35,20 +53,43 @@ try:  # CPython's built-in module: `import hashlib` loads OpenSSL first (~2 ms)
 except ImportError:  # pragma: no cover - other interpreters
     from hashlib import blake2b
 
-MAGIC = b"warden-bpf-cache 2\n"
+MAGIC = b"warden-bpf-cache 3\n"
 DISABLE_VAR = "WARDEN_NO_CACHE"
+KEY_NAME = "cache.key"
+KEY_BYTES = 32
+# Supervisors whose sandboxes could see the key directory, one "pid starttime" a line.
+EXPOSED_NAME = "exposed"
 _SOURCES = ("compiler.py", "bpf.py", "syscalls.py", "libseccomp.py", "model.py", "cache.py")
 
 
-def cache_dir() -> Path | None:
-    """$XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp); None without a home."""
-    base = os.environ.get("XDG_CACHE_HOME")
+class CacheWarning(UserWarning):
+    """Something in the filter cache was not as warden left it; it was not used."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"warden: {message}", CacheWarning, stacklevel=3)
+
+
+def _xdg(var: str, fallback: str) -> Path | None:
+    base = os.environ.get(var)
     if not base or not os.path.isabs(base):
         home = os.environ.get("HOME")
         if not home or not os.path.isabs(home):
             return None
-        base = os.path.join(home, ".cache")
-    return Path(base) / "warden" / "seccomp"
+        base = os.path.join(home, fallback)
+    return Path(base) / "warden"
+
+
+def cache_dir() -> Path | None:
+    """$XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp); None without a home."""
+    base = _xdg("XDG_CACHE_HOME", ".cache")
+    return None if base is None else base / "seccomp"
+
+
+def key_path() -> Path | None:
+    """$XDG_STATE_HOME/warden/cache.key (default ~/.local/state/warden/cache.key)."""
+    base = _xdg("XDG_STATE_HOME", os.path.join(".local", "state"))
+    return None if base is None else base / KEY_NAME
 
 
 def enabled() -> bool:
@@ -85,18 +126,33 @@ def policy_key(policy: SeccompPolicy, kill_as_notify: bool) -> str | None:
     return blake2b(toolchain + text.encode(), digest_size=32).hexdigest()
 
 
-def _digest(key: str, code: bytes) -> str:
-    return blake2b(key.encode() + b"\n" + code, digest_size=32).hexdigest()
+def _mac(mac_key: bytes, name: str, code: bytes) -> str:
+    h = blake2b(key=mac_key, digest_size=32, person=b"warden-bpf")
+    h.update(MAGIC + name.encode() + b"\n" + code)
+    return h.hexdigest()
 
 
-def _open_private_dir(path: Path) -> int | None:
+# ---- private directories and files --------------------------------------------------
+
+def _open_private_dir(path: Path, *, create: bool = False, warn: bool = True) -> int | None:
     """An fd for `path` if it is a real directory of ours with no group/other access.
 
     Later steps work relative to this fd, so the directory checked is the
-    one used even if someone renames things around it meanwhile."""
+    one used even if someone renames things around it meanwhile. With
+    `create`, missing directories are made 0700 first.
+    """
+    if create:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+        except OSError:
+            return None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
+    except OSError as e:
+        if warn and e.errno in (errno.ELOOP, errno.ENOTDIR):
+            _warn(f"{path} is not a directory (a symlink?); the filter cache is not used")
         return None
     try:
         st = os.fstat(fd)
@@ -104,62 +160,184 @@ def _open_private_dir(path: Path) -> int | None:
         st = None
     if st is None or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         os.close(fd)
+        if warn:
+            _warn(f"{path} is not a private directory of uid {os.geteuid()} (owner, or group/"
+                  "other access); the filter cache is not used")
         return None
     return fd
 
 
-def load(directory: Path, key: str) -> bytes | None:
-    """The cached filter for `key`, or None unless every check passes."""
-    dfd = _open_private_dir(directory)
-    if dfd is None:
-        return None
+def _read_private(dfd: int, name: str, limit: int) -> tuple[bytes | None, str]:
+    """(content, "") of a private regular file of ours, or (None, why); why is "" if absent."""
     try:
-        fd = os.open(key, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dfd)
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dfd)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as e:
+        return None, f"cannot be opened ({os.strerror(e.errno or 0)}; a symlink?)"
     try:
         st = os.fstat(fd)
-        if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()
-                or st.st_mode & 0o077 or st.st_size > 1 << 20):
-            return None
-        data = os.read(fd, st.st_size + 1)
-    except OSError:
-        return None
+        if not stat.S_ISREG(st.st_mode):
+            return None, "is not a regular file"
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None, f"is not private to uid {os.geteuid()} (owner {st.st_uid}, " \
+                         f"mode {stat.S_IMODE(st.st_mode):o})"
+        if st.st_nlink != 1:
+            return None, f"has {st.st_nlink} links"
+        if st.st_size > limit:
+            return None, "is too large"
+        return os.read(fd, limit + 1), ""
+    except OSError as e:
+        return None, f"cannot be read ({os.strerror(e.errno or 0)})"
     finally:
         os.close(fd)
-    head, sep, rest = data.partition(b"\n\n")
-    lines = head.split(b"\n")
-    if not sep or len(lines) != 3 or lines[0] + b"\n" != MAGIC:
-        return None
-    if lines[1] != key.encode() or len(rest) % 8 or not rest:
-        return None
-    if lines[2] != _digest(key, rest).encode():
-        return None
-    return rest
 
 
-def store(directory: Path, key: str, code: bytes) -> None:
-    """Write atomically (0600, in a 0700 directory of ours); give up silently on any problem."""
+# ---- the key ------------------------------------------------------------------------
+
+def _starttime(pid: int) -> str | None:
+    """Field 22 of /proc/PID/stat: with the pid, it names one process for good."""
     try:
-        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+@contextlib.contextmanager
+def _exposure_lock(kdir: int) -> Iterator[int | None]:
+    """The list of supervisors whose sandboxes could see this directory, locked.
+
+    Discarding the key and making a new one both happen under this lock, so a
+    key is never made while such a supervisor (and so its sandbox) lives."""
+    try:
+        fd = os.open(EXPOSED_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK, 0o600, dir_fd=kdir)
     except OSError:
+        yield None
         return
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            yield None
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _live_exposers(fd: int) -> list[str]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    lines = os.read(fd, 1 << 16).decode(errors="replace").splitlines()
+    live = []
+    for line in lines:
+        pid, _, start = line.partition(" ")
+        if pid.isdigit() and _starttime(int(pid)) == start:
+            live.append(line)
+    return live
+
+
+def discard_key(key_file: Path, reached_by: Iterable[str]) -> None:
+    """The sandbox about to start could see `key_file`: remove it, and note this
+    supervisor so that no new key is made while it (and its sandbox) lives."""
+    kdir = _open_private_dir(key_file.parent, warn=False)
+    if kdir is None:
+        return
+    try:
+        with _exposure_lock(kdir) as lock:
+            if lock is not None:
+                live = _live_exposers(lock)
+                me = f"{os.getpid()} {_starttime(os.getpid())}"
+                os.ftruncate(lock, 0)
+                os.lseek(lock, 0, os.SEEK_SET)
+                os.write(lock, "".join(f"{x}\n" for x in {*live, me}).encode())
+            try:
+                os.unlink(key_file.name, dir_fd=kdir)
+            except FileNotFoundError:
+                return
+            except OSError:
+                pass
+            _warn(f"the sandbox can reach {', '.join(sorted(set(reached_by)))}, which holds "
+                  f"the filter cache's key {key_file}: the cache is off for this run and the "
+                  "key was discarded (bind narrower directories to keep the cache)")
+    finally:
+        os.close(kdir)
+
+
+def load_key(key_file: Path) -> tuple[bytes | None, bool]:
+    """(the cache key, whether it was just made); (None, False) when there is none to use."""
+    kdir = _open_private_dir(key_file.parent, create=True)
+    if kdir is None:
+        return None, False
+    try:
+        data, why = _read_private(kdir, key_file.name, KEY_BYTES)
+        if data is not None and len(data) == KEY_BYTES:
+            return data, False
+        if data == b"":
+            return None, False  # another run is writing it right now
+        if data is not None or why:
+            _warn(f"the filter cache's key {key_file} {why or 'has the wrong size'}; "
+                  "the cache is not used until it is removed")
+            return None, False
+        with _exposure_lock(kdir) as lock:
+            if lock is None or _live_exposers(lock):
+                return None, False
+            new = os.urandom(KEY_BYTES)
+            try:
+                fd = os.open(key_file.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=kdir)
+            except OSError:
+                return None, False
+            try:
+                written = os.write(fd, new)
+            finally:
+                os.close(fd)
+            return (new, True) if written == KEY_BYTES else (None, False)
+    finally:
+        os.close(kdir)
+
+
+# ---- entries ------------------------------------------------------------------------
+
+def load(directory: Path, name: str, mac_key: bytes) -> bytes | None:
+    """The cached filter `name`, or None unless every check passes (a warning if it existed)."""
     dfd = _open_private_dir(directory)
     if dfd is None:
+        return None
+    try:
+        data, why = _read_private(dfd, name, 1 << 20)
+    finally:
+        os.close(dfd)
+    if data is None:
+        if why:
+            _warn(f"filter cache entry {directory / name} {why}; not used, compiling afresh")
+        return None
+    head, sep, rest = data.partition(b"\n\n")
+    lines = head.split(b"\n")
+    if (sep and len(lines) == 3 and lines[0] + b"\n" == MAGIC and lines[1] == name.encode()
+            and rest and not len(rest) % 8 and lines[2] == _mac(mac_key, name, rest).encode()):
+        return rest
+    _warn(f"filter cache entry {directory / name} failed authentication (changed by someone "
+          "without warden's key); not used, compiling afresh and replacing it")
+    return None
+
+
+def store(directory: Path, name: str, code: bytes, mac_key: bytes) -> None:
+    """Write atomically (0600, in a 0700 directory of ours); give up silently on any problem."""
+    dfd = _open_private_dir(directory, create=True)
+    if dfd is None:
         return
-    tmp = f".{key}.{os.getpid()}.tmp"
+    tmp = f".{name}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600, dir_fd=dfd)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + key.encode() + b"\n" + _digest(key, code).encode() + b"\n\n"
-                        + code)
-            os.replace(tmp, key, src_dir_fd=dfd, dst_dir_fd=dfd)
+                f.write(MAGIC + name.encode() + b"\n" + _mac(mac_key, name, code).encode()
+                        + b"\n\n" + code)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dfd)
@@ -169,20 +347,104 @@ def store(directory: Path, key: str, code: bytes) -> None:
         os.close(dfd)
 
 
+def _clear(directory: Path) -> None:
+    """Drop every entry: a new key cannot verify them, and they are not worth a warning."""
+    dfd = _open_private_dir(directory, warn=False)
+    if dfd is None:
+        return
+    try:
+        for entry in os.listdir(dfd):
+            with contextlib.suppress(OSError):
+                os.unlink(entry, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+# ---- what the sandbox can reach -------------------------------------------------------
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _chain(path: str) -> set[tuple[int, int]]:
+    """The identities of `path` and every directory above it (those that exist)."""
+    out = set()
+    p = os.path.abspath(path)
+    while True:
+        ident = _identity(p)
+        if ident is not None:
+            out.add(ident)
+        if p == "/":
+            return out
+        p = os.path.dirname(p)
+
+
+class _Target:
+    """A directory the sandbox must not reach, resolved once for many comparisons."""
+
+    def __init__(self, path: Path) -> None:
+        self.real = os.path.realpath(path)
+        self.ident = _identity(self.real)
+        self.above = _chain(self.real)
+
+    def shown_by(self, host_path: str) -> bool:
+        """True if a bind of `host_path` shows any of the target: it is the target, a
+        directory above it, or something inside it. Compared by device and inode as
+        well as by name, so symlinks and bind-mount aliases do not hide it."""
+        src = os.path.realpath(host_path)
+        if src == self.real or self.real.startswith(src.rstrip("/") + "/") \
+                or src.startswith(self.real + "/"):
+            return True
+        ident = _identity(src)
+        if ident is not None and ident in self.above:
+            return True  # at or above the target, under another name
+        return self.ident is not None and self.ident in _chain(src)
+
+
+def overlaps(host_path: str, target: Path) -> bool:
+    return _Target(target).shown_by(host_path)
+
+
+def _compile(policy: SeccompPolicy, kill_as_notify: bool) -> bytes:
+    from profiles.compiler import compile_policy  # only on a miss: it loads the verifier
+
+    return compile_policy(policy, kill_as_notify=kill_as_notify)
+
+
 def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
-                   directory: Path | None = None) -> bytes:
+                   directory: Path | None = None, key_file: Path | None = None,
+                   reachable: Iterable[tuple[str, bool]] = ()) -> bytes:
     """Exactly `compile_policy(policy, kill_as_notify=...)`, from the cache when it can be.
 
-    `directory` overrides the cache location (tests); errors in the profile
-    raise ProfileError as compile_policy does and are never cached.
+    `reachable` lists the host paths the sandbox will see, each with whether
+    it may write there (its binds and --file grants); `directory` and
+    `key_file` override the locations (tests). Errors in the profile raise
+    ProfileError as compile_policy does and are never cached.
     """
     where = directory if directory is not None else cache_dir()
-    key = policy_key(policy, kill_as_notify) if enabled() and where is not None else None
-    code = load(where, key) if where is not None and key is not None else None
+    key_file = key_file if key_file is not None else key_path()
+    if not enabled() or where is None or key_file is None:
+        return _compile(policy, kill_as_notify)
+    reach = list(reachable)
+    if reach:
+        key_dir, cache = _Target(key_file.parent), _Target(where)
+        sees_key = [p for p, _ in reach if key_dir.shown_by(p)]
+        if sees_key and os.geteuid() != 0:
+            discard_key(key_file, sees_key)
+        if sees_key or any(w and cache.shown_by(p) for p, w in reach):
+            return _compile(policy, kill_as_notify)
+    name = policy_key(policy, kill_as_notify)
+    mac_key, fresh = load_key(key_file) if name is not None else (None, False)
+    if name is None or mac_key is None:
+        return _compile(policy, kill_as_notify)
+    if fresh:
+        _clear(where)
+    code = None if fresh else load(where, name, mac_key)
     if code is None:
-        from profiles.compiler import compile_policy  # only on a miss: it loads the verifier
-
-        code = compile_policy(policy, kill_as_notify=kill_as_notify)
-        if where is not None and key is not None:
-            store(where, key, code)
+        code = _compile(policy, kill_as_notify)
+        store(where, name, code, mac_key)
     return code

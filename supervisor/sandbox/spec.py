@@ -321,7 +321,11 @@ def build_spec(
     if seccomp_filter is None:
         from profiles.cache import cached_compile
 
-        seccomp_filter = cached_compile(profile.seccomp, kill_as_notify=True)
+        # What the sandbox can reach decides whether the cache may be used (profiles.cache).
+        seccomp_filter = cached_compile(
+            profile.seccomp, kill_as_notify=True,
+            reachable=[(b.source, b.writable) for b in out_binds]
+            + [(g.path, g.mode != "r") for g in grants])
     from supervisor.sandbox.seccomp import allows_execve, problem, uses_notify
 
     bad = problem(seccomp_filter)
