@@ -34,18 +34,15 @@ TYPE_BITS: dict[str, int] = {
                        "aio_context_t", "ptr")},
 }
 
-# Arguments declared unsigned long that the kernel itself truncates to 32 bits.
-NARROWED: dict[tuple[str, int], tuple[int, str]] = {
-    # kernel/fork.c: .flags = lower_32_bits(clone_flags)
-    ("clone", 0): (32, "clone's flags (the kernel keeps lower_32_bits(clone_flags))"),
-    # ksys_mmap_pgoff: fget(fd) takes an unsigned int
-    ("mmap", 4): (32, "mmap's fd (fget() takes an unsigned int)"),
-    # ptrace: find_get_task_by_vpid(pid) takes a pid_t
-    ("ptrace", 1): (32, "ptrace's pid (find_get_task_by_vpid() takes a pid_t)"),
-    # do_readv() and friends: fdget(fd) takes an unsigned int
-    **{(name, 0): (32, f"{name}'s fd (fdget() takes an unsigned int)")
+# Arguments declared unsigned long (or long) that the kernel itself cuts to 32 bits.
+NARROWED: dict[tuple[str, int], str] = {
+    ("clone", 0): "kernel/fork.c keeps lower_32_bits(clone_flags)",
+    ("mmap", 4): "ksys_mmap_pgoff() passes it to fget(), which takes an unsigned int",
+    ("ptrace", 1): "find_get_task_by_vpid() takes a pid_t",
+    **{(name, 0): "fdget() takes an unsigned int"
        for name in ("readv", "writev", "preadv", "pwritev", "preadv2", "pwritev2")},
 }
+
 
 PROTOTYPES: dict[str, str] = {
     line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
@@ -391,16 +388,14 @@ PROTOTYPES: dict[str, str] = {
 @functools.cache
 def argument(syscall: str, index: int) -> tuple[int, str]:
     """(bits the kernel reads, how to name the argument) for `syscall`'s arg `index`."""
-    narrowed = NARROWED.get((syscall, index))
-    if narrowed is not None:
-        return narrowed
     proto = PROTOTYPES.get(syscall)
-    if proto is None:
-        return 64, f"{syscall}'s arg{index}"
-    types = [t.strip() for t in proto.split(",")]
+    types = [t.strip() for t in proto.split(",")] if proto else []
     if index >= len(types):
         return 64, f"{syscall}'s arg{index}"
     ctype = types[index]
+    why = NARROWED.get((syscall, index))
+    if why is not None:
+        return 32, f"{syscall}'s arg{index} ({ctype}, but {why})"
     return TYPE_BITS[ctype], f"{syscall}'s arg{index} ({ctype})"
 
 
@@ -477,5 +472,22 @@ def as_kernel_reads(syscall: str, conds: tuple[ArgCondition, ...]
     return [tuple(c for c in combo if c is not None) for combo in itertools.product(*choices)]
 
 
+def markdown_table() -> str:
+    """The narrow arguments of every call, as docs/profiles.md lists them."""
+    rows = ["| call | arguments the kernel reads as fewer than 64 bits |", "|---|---|"]
+    for name in sorted(PROTOTYPES):
+        narrow = []
+        for i, ctype in enumerate(t.strip() for t in PROTOTYPES[name].split(",")):
+            width = bits(name, i)
+            why = NARROWED.get((name, i))
+            if why is not None:
+                narrow.append(f"arg{i} ({ctype}, but {why})")
+            elif width < 64:
+                narrow.append(f"arg{i} ({ctype}, {width} bits)")
+        if narrow:
+            rows.append(f"| `{name}` | {', '.join(narrow)} |")
+    return "\n".join(rows)
+
+
 __all__ = ["NARROWED", "PROTOTYPES", "TYPE_BITS", "argument", "as_kernel_reads", "bits",
-           "covers_only_read_bits", "problem"]
+           "covers_only_read_bits", "markdown_table", "problem"]

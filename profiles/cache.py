@@ -239,7 +239,7 @@ def _live_exposers(fd: int) -> list[str]:
     return live
 
 
-def discard_key(key_file: Path, reached_by: Iterable[str]) -> None:
+def discard_key(key_file: Path, reached_by: Iterable[str], writable: bool = False) -> None:
     """The sandbox about to start could see `key_file`: remove it, and note this
     supervisor so that no new key is made while it (and its sandbox) lives."""
     kdir = _open_private_dir(key_file.parent, warn=False)
@@ -256,12 +256,15 @@ def discard_key(key_file: Path, reached_by: Iterable[str]) -> None:
             try:
                 os.unlink(key_file.name, dir_fd=kdir)
             except FileNotFoundError:
-                return
+                if not writable:
+                    return
             except OSError:
                 pass
             _warn(f"the sandbox can reach {', '.join(sorted(set(reached_by)))}, which holds "
                   f"the filter cache's key {key_file}: the cache is off for this run and the "
-                  "key was discarded (bind narrower directories to keep the cache)")
+                  "key was discarded (bind narrower directories to keep the cache)"
+                  + ("; it can also write there, so it could leave files that later runs "
+                     "trust: do not hand a sandbox that directory writable" if writable else ""))
     finally:
         os.close(kdir)
 
@@ -432,9 +435,9 @@ def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
     reach = list(reachable)
     if reach:
         key_dir, cache = _Target(key_file.parent), _Target(where)
-        sees_key = [p for p, _ in reach if key_dir.shown_by(p)]
+        sees_key = [(p, w) for p, w in reach if key_dir.shown_by(p)]
         if sees_key and os.geteuid() != 0:
-            discard_key(key_file, sees_key)
+            discard_key(key_file, [p for p, _ in sees_key], any(w for _, w in sees_key))
         if sees_key or any(w and cache.shown_by(p) for p, w in reach):
             return _compile(policy, kill_as_notify)
     name = policy_key(policy, kill_as_notify)

@@ -190,9 +190,9 @@ def test_the_table_matches_the_native_syscalls() -> None:
         types = [t.strip() for t in proto.split(",")]
         assert 1 <= len(types) <= 6, name
         assert all(t in argwidth.TYPE_BITS for t in types), (name, types)
-    for (name, index), (width, _) in argwidth.NARROWED.items():
+    for (name, index) in argwidth.NARROWED:
         assert name in argwidth.PROTOTYPES and index < len(argwidth.PROTOTYPES[name].split(","))
-        assert width == 32
+        assert argwidth.bits(name, index) == 32
     # The ones the issue names, and a call the table does not know reads 64 bits.
     assert argwidth.bits("ioctl", 1) == argwidth.bits("socket", 0) == argwidth.bits("socket", 1) \
         == argwidth.bits("fcntl", 1) == argwidth.bits("prctl", 0) == 32
@@ -219,3 +219,10 @@ def test_imported_whole_register_tests_become_masked_blocks() -> None:
     # AF_ALG with the high bit set is refused now; domains above 40 still reach the kernel
     assert [errno for _, errno in got][:2] == [1, 1]
     assert all(errno != 1 for _, errno in got[2:])
+
+
+def test_the_docs_list_the_table() -> None:
+    text = (ROOT / "docs" / "profiles.md").read_text()
+    body = text.split("<!-- BEGIN ARGWIDTH TABLE -->\n", 1)[1].split(
+        "\n<!-- END ARGWIDTH TABLE -->", 1)[0]
+    assert body == argwidth.markdown_table()
