@@ -78,9 +78,9 @@ def shadow_error(path: Path) -> ProfileError:
     """The one error for a user profile that carries a built-in's name."""
     name = path.stem
     return ProfileError(
-        f'{path} has the name of the built-in profile "{name}", and a built-in name always '
-        f'means the built-in; rename the file (for example to "my-{name}.toml") and use that '
-        "name, or pass its path", file=str(path))
+        f'this file has the name of the built-in profile "{name}", and a built-in name always '
+        f'means the built-in; rename it (for example to "my-{name}.toml") and use that name, '
+        "or pass its path", file=str(path))
 
 
 def _is_file(path: Path) -> bool:

@@ -171,10 +171,10 @@ def test_a_builtin_name_is_always_the_builtin(tmp_path: Path, monkeypatch: pytes
         return
     with pytest.raises(ProfileError) as info:
         load_profile(name, search_path=search)
-    assert info.value.message == (
-        f'{shadow} has the name of the built-in profile "{name}", and a built-in name always '
-        f'means the built-in; rename the file (for example to "my-{name}.toml") and use that '
-        "name, or pass its path")
+    assert str(info.value) == (
+        f'{shadow}: error: this file has the name of the built-in profile "{name}", and a '
+        f'built-in name always means the built-in; rename it (for example to "my-{name}.toml") '
+        "and use that name, or pass its path")
     # The same file, asked for by its path, is what the user gets.
     assert load_profile(str(shadow)).seccomp.default_action.kind is ActionKind.ALLOW
 

@@ -85,8 +85,9 @@ def test_a_user_profile_named_like_a_builtin_is_refused(checkout: Path) -> None:
     planted.write_text(ALLOW_ALL)
     r = warden(checkout, "--", "/bin/true", xdg=xdg)
     assert r.returncode == 125, r.stdout + r.stderr
-    assert f'{planted} has the name of the built-in profile "default"' in r.stderr
-    assert "rename the file" in r.stderr
+    assert f'{planted}: error: this file has the name of the built-in profile "default"' \
+        in r.stderr
+    assert "rename it" in r.stderr
 
 
 @pytest.mark.parametrize("method", ["spawn", "zygote", "fork"])
