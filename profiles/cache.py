@@ -22,7 +22,7 @@ What a run's sandbox can reach decides whether the cache is used at all:
 
 - a writable bind (or --file) at, above or inside the cache directory: the
   cache is neither read nor written for that run;
-- any bind or --file at, above or inside the key's directory: the same, and
+- any bind or --file of the key or a directory above it: the same, and
   since the sandbox would see the key, the key is discarded before the
   sandbox starts and no new one is made while that supervisor lives (a note
   in the key directory names it). As root this does not arise: sandboxes run
@@ -434,8 +434,8 @@ def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
         return _compile(policy, kill_as_notify)
     reach = list(reachable)
     if reach:
-        key_dir, cache = _Target(key_file.parent), _Target(where)
-        sees_key = [(p, w) for p, w in reach if key_dir.shown_by(p)]
+        key, cache = _Target(key_file), _Target(where)
+        sees_key = [(p, w) for p, w in reach if key.shown_by(p)]
         if sees_key and os.geteuid() != 0:
             discard_key(key_file, [p for p, _ in sees_key], any(w for _, w in sees_key))
         if sees_key or any(w and cache.shown_by(p) for p, w in reach):

@@ -412,3 +412,40 @@ def test_the_default_locations_follow_xdg(monkeypatch: pytest.MonkeyPatch) -> No
     assert cache.key_path() == Path("/home/u/.local/state/warden/cache.key")
     monkeypatch.delenv("HOME")
     assert cache.cache_dir() is None and cache.key_path() is None
+
+
+def test_a_bind_of_the_cache_inside_the_key_directory_keeps_the_key(
+        tmp_path: Path, policy: SeccompPolicy, truth: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """XDG_CACHE_HOME = XDG_STATE_HOME: the cache dir lies inside the key's directory;
+    binding it shows entries, not the key, so only the cache is off."""
+    monkeypatch.delenv(cache.DISABLE_VAR, raising=False)
+    where, keyf = tmp_path / "warden" / "seccomp", tmp_path / "warden" / cache.KEY_NAME
+    cc(policy, where, keyf)
+    plant(where, policy, keyf)
+    old = keyf.read_bytes()
+    with quiet() as seen:
+        warnings.simplefilter("always")
+        assert cc(policy, where, keyf, reachable=[(str(where), True)]) == truth
+    assert seen == [] and keyf.read_bytes() == old
+
+
+def test_a_bind_mount_alias_of_the_cache_is_recognised(tmp_path: Path, where: Path, keyf: Path,
+                                                       policy: SeccompPolicy,
+                                                       truth: bytes) -> None:
+    """Another name for the same directory (a bind mount, not a symlink) by device/inode."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a bind mount")
+    import subprocess
+
+    cc(policy, where, keyf)
+    plant(where, policy, keyf)
+    alias = tmp_path / "alias"
+    alias.mkdir()
+    subprocess.run(["mount", "--bind", str(where.parent), str(alias)], check=True)
+    try:
+        assert cc(policy, where, keyf, reachable=[(str(alias), True)]) == truth
+        assert cc(policy, where, keyf, reachable=[(str(alias / where.name), True)]) == truth
+        assert cc(policy, where, keyf, reachable=[(str(alias), False)]) == ALLOW_ALL
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
