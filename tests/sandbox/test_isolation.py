@@ -144,10 +144,9 @@ def test_mode_is_known() -> None:
 def test_landlock_stops_a_passed_directory_fd_from_reaching_unbound_files() -> None:
     """A directory fd from outside the new root is a path the mount namespace
     missed; Landlock refuses to open anything beneath it."""
-    import tempfile
+    from sandbox_util import world_dir
 
-    d = tempfile.mkdtemp(dir="/tmp")
-    os.chmod(d, 0o755)
+    d = world_dir()
     with open(os.path.join(d, "host-file"), "w") as f:
         f.write("host data")
     os.chmod(os.path.join(d, "host-file"), 0o644)
