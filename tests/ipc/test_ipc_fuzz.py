@@ -25,3 +25,16 @@ def test_bounded_fuzz_run_finds_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done 4000 " in proc.stderr
     assert not list(tmp_path.glob("crash-*"))
+
+
+def test_bounded_channel_fuzz_run_finds_nothing(tmp_path: Path) -> None:
+    """Frame sequences with descriptors through a real socket pair (fuzz_channel.py):
+    nothing but BadMessage/CutOff, and no descriptor outlives an input."""
+    proc = subprocess.run(
+        [PYTHON, os.path.join(ROOT, "tests/ipc/fuzz/fuzz_channel.py"), "-atheris_runs=6000",
+         "-max_len=2048", f"-artifact_prefix={tmp_path}/", "-seed=4242", str(tmp_path)],
+        capture_output=True, text=True, env=python_env(ROOT), timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done 6000 " in proc.stderr
+    assert not list(tmp_path.glob("crash-*"))
