@@ -69,7 +69,6 @@ def test_memory_bomb_is_stopped_at_the_memory_limit() -> None:
         what, mib = r.json()
         assert (what, st.outcome.value, st.returncode) == ("MemoryError", "exited", 3)
         assert mib < 96
-    assert MODE in ("root", "user")
 
 
 def test_timeout_kills_the_whole_sandbox() -> None:
