@@ -175,7 +175,7 @@ def test_the_status_names_what_the_sandbox_went_without() -> None:
 
 
 def test_binds_tmpfs_and_chdir_options() -> None:
-    from sandbox_util import MODE, world_dir
+    from sandbox_util import world_dir
 
     from supervisor.sandbox.spec import DEFAULT_OUTER_ID
 
