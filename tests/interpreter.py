@@ -28,5 +28,9 @@ PYTHON, EXTRA_PATH = _python()
 def python_env(*paths: str) -> dict[str, str]:
     """os.environ with PYTHONPATH = `paths` (default: the repository) plus the venv's packages."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (*(paths or (ROOT,)), EXTRA_PATH) if p)
+    # Keep what the runner itself was given (the ordinary-uid run puts the venv's
+    # packages there when it cannot run the venv's own interpreter).
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+        p for p in (*(paths or (ROOT,)), EXTRA_PATH, *inherited) if p))
     return env

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+
+from tests.interpreter import PYTHON, python_env
 
 ROOT = str(Path(__file__).resolve().parents[1])
 
@@ -29,14 +29,14 @@ main()
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": ROOT, "XDG_CACHE_HOME": str(tmp / "cache")}
+    env = {**python_env(ROOT), "XDG_CACHE_HOME": str(tmp / "cache")}
     env.pop("WARDEN_NO_CACHE", None)
     return env
 
 
 def test_help_lists_every_command() -> None:
-    out = subprocess.run([sys.executable, "-m", "supervisor", "--help"], capture_output=True,
-                         text=True, check=True, env={**os.environ, "PYTHONPATH": ROOT}).stdout
+    out = subprocess.run([PYTHON, "-m", "supervisor", "--help"], capture_output=True,
+                         text=True, check=True, env=python_env(ROOT)).stdout
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
     assert listed == ["profile", "run", "serve", "status"]
 
@@ -44,7 +44,7 @@ def test_help_lists_every_command() -> None:
 def test_warden_run_loads_neither_asyncio_nor_the_profile_tools(tmp_path: Path) -> None:
     report = tmp_path / "modules.json"
     for _ in range(2):  # the second run finds its filter in the cache
-        subprocess.run([sys.executable, "-c", _PROBE, str(report)], env=_env(tmp_path),
+        subprocess.run([PYTHON, "-c", _PROBE, str(report)], env=_env(tmp_path),
                        check=True, cwd=tmp_path, timeout=60)
     got = json.loads(report.read_text())
     assert got["code"] == 0

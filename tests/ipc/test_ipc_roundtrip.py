@@ -7,7 +7,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 import ipc
+from tests.interpreter import PYTHON, python_env
 from tests.ipc.helpers import HANG_GUARD, ROOT, open_fds
 from tests.ipc.ifaces import Circle, Color, Narrow, Point, Service, Square, Worker
 from tests.ipc.impls import ServiceImpl, WorkerImpl
@@ -199,8 +199,9 @@ c.serve_forever()
 def test_subprocess_opens_channel_from_env(tmp_path: Any) -> None:
     def run_child(sock: socket.socket, scratch: str) -> Callable[[], None]:
         fd = sock.fileno()
-        env = {"PYTHONPATH": ROOT, ipc.CHANNEL_FD_ENV: str(fd), "PATH": os.environ["PATH"]}
-        proc = subprocess.Popen([sys.executable, "-c", CHILD], pass_fds=(fd,), env=env)
+        env = {"PYTHONPATH": python_env(ROOT)["PYTHONPATH"], ipc.CHANNEL_FD_ENV: str(fd),
+               "PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = subprocess.Popen([PYTHON, "-c", CHILD], pass_fds=(fd,), env=env)
         sock.close()
 
         def wait() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from click.testing import CliRunner
 
 from profiles import ProfileError, bpf, compiler, load_profile, oci
 from profiles.cli import profile_group
+from tests.interpreter import PYTHON, python_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = Path(__file__).with_name("docker-default-seccomp.json")
@@ -169,10 +169,10 @@ def test_bad_json_import_exits_nonzero(tmp_path: Path) -> None:
 
 
 def test_real_subprocess_and_bwrap_accepts_the_bpf(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env(str(ROOT))
     bad = tmp_path / "bad.toml"
     bad.write_text('extends = "default"\n[seccomp]\ndeny = ["@mountt"]\n')
-    proc = subprocess.run([sys.executable, "-m", "supervisor", "profile", "check", str(bad)],
+    proc = subprocess.run([PYTHON, "-m", "supervisor", "profile", "check", str(bad)],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
@@ -181,7 +181,7 @@ def test_real_subprocess_and_bwrap_accepts_the_bpf(tmp_path: Path) -> None:
         "             ^",
     ]
     target = tmp_path / "default.bpf"
-    proc = subprocess.run([sys.executable, "-m", "supervisor", "profile", "compile", "default",
+    proc = subprocess.run([PYTHON, "-m", "supervisor", "profile", "compile", "default",
                            "-o", str(target)], capture_output=True, text=True, env=env,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

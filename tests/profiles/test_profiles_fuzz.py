@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.interpreter import PYTHON, python_env
 
 pytest.importorskip("atheris")
 
@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bounded_fuzz_run_finds_nothing(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = python_env(str(ROOT))
     corpus = tmp_path / "corpus"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests/profiles/fuzz/fuzz_profile.py"), "--seeds", str(corpus),
+        [PYTHON, str(ROOT / "tests/profiles/fuzz/fuzz_profile.py"), "--seeds", str(corpus),
          "-atheris_runs=1500", "-max_len=8192", f"-artifact_prefix={tmp_path}/", "-seed=4242",
          str(corpus)],
         capture_output=True, text=True, env=env, timeout=600,

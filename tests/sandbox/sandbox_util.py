@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import pytest
-
 from profiles.model import Bind, Filesystem, Profile
 from supervisor.sandbox import Sandbox, Status, build_spec, spawn
 from tests.interpreter import PYTHON as PYTHON  # re-exported for the sandbox tests
@@ -56,10 +54,8 @@ PERMISSIVE = filter_notifying("acct")
 
 
 def default_profile() -> Profile:
-    try:
-        from profiles import load_profile  # type: ignore[attr-defined]
-    except ImportError:
-        pytest.skip("the profiles package (load_profile) is not on this branch yet")
+    from profiles import load_profile
+
     prof: Profile = load_profile("default")
     return prof
 
@@ -76,7 +72,7 @@ class Result:
 
 def world_dir() -> str:
     """A temp dir the sandbox's outer uid can traverse (root's pytest dirs are 0700)."""
-    d = tempfile.mkdtemp(prefix="warden-test-", dir="/tmp")
+    d = tempfile.mkdtemp(prefix="warden-test-")  # in the session's directory (conftest)
     os.chmod(d, 0o755)
     return d
 

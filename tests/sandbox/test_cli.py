@@ -7,20 +7,8 @@ import os
 import select
 import signal
 import subprocess
-import time
 
-import pytest
 from sandbox_util import PYTHON, supervisor_env
-
-pytestmark = pytest.mark.usefixtures("needs_profiles")
-
-
-@pytest.fixture
-def needs_profiles() -> None:
-    try:
-        from profiles import load_profile  # type: ignore[attr-defined]  # noqa: F401
-    except ImportError:
-        pytest.skip("the profiles package (load_profile) is not on this branch yet")
 
 
 def warden(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -71,16 +59,22 @@ def test_invalid_message_on_the_channel_kills_with_bad_message() -> None:
     assert st["reason"]
 
 
+def _start_ready(seconds: int) -> subprocess.Popen[bytes]:
+    """`warden run` of a program that says "ready" once it runs: the readiness
+    signal the tests wait on (never a sleep)."""
+    p = subprocess.Popen([PYTHON, "-m", "supervisor", "run", "--", "/bin/sh", "-c",
+                          f"echo ready; exec /bin/sleep {seconds}"],
+                         env=supervisor_env(), stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
 def test_sigterm_to_warden_is_forwarded_to_the_program() -> None:
-    p = subprocess.Popen([PYTHON, "-m", "supervisor", "run", "--", "/bin/sleep", "30"],
-                         env=supervisor_env())
+    p = _start_ready(30)
     try:
-        deadline = time.monotonic() + 20
-        while not _children(p.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)
         p.send_signal(signal.SIGTERM)
-        assert p.wait(20) == 128 + signal.SIGTERM
+        assert p.wait() == 128 + signal.SIGTERM
     finally:
         if p.poll() is None:
             p.kill()
@@ -88,17 +82,15 @@ def test_sigterm_to_warden_is_forwarded_to_the_program() -> None:
 
 
 def test_killing_warden_run_kills_the_sandbox() -> None:
-    p = subprocess.Popen([PYTHON, "-m", "supervisor", "run", "--", "/bin/sleep", "60"],
-                         env=supervisor_env())
+    p = _start_ready(60)
     try:
-        deadline = time.monotonic() + 20
-        while not _children(p.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
         init = _children(p.pid)[0]
         fd = os.pidfd_open(init)
         p.kill()
         p.wait()
-        assert select.select([fd], [], [], 1.0)[0], "the sandbox outlived warden run"
+        # Readable once the init has ended; a survivor would hang here until the
+        # test's own timeout fails it.
+        assert select.select([fd], [], [])[0] == [fd]
         os.close(fd)
     finally:
         if p.poll() is None:

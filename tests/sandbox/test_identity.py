@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from sandbox_util import MODE, PY, TEST_PROFILE, collect, py, start
+from sandbox_util import MODE, PY, collect, py, run, start, world_dir
 
 from supervisor.sandbox.spec import DEFAULT_OUTER_ID, INNER_ID
 
@@ -65,37 +65,68 @@ def test_outer_uid_of_every_sandbox_process_is_the_dedicated_or_own_id() -> None
 
 def test_outer_uid_is_configurable_as_root() -> None:
     if MODE != "root":
-        return
+        pytest.skip("needs root: an ordinary user can map only its own uid")
     r = py("print(open('/proc/self/uid_map').read())", outer_uid=2_000_111, outer_gid=2_000_111)
     assert r.out.split() == [str(INNER_ID), "2000111", "1"]
 
 
-def test_setuid_binaries_are_inert() -> None:
-    setuid = next((p for p in ("/usr/bin/su", "/usr/bin/passwd", "/usr/bin/mount",
-                               "/usr/bin/newgrp") if os.path.exists(p)
-                   and os.stat(p).st_mode & stat.S_ISUID), None)
-    assert setuid is not None, "no setuid binary on this host to test with"
-    # A copy of id with the setuid bit would not help either: nosuid + no_new_privs.
-    r = py(f"import os; v = os.statvfs({setuid!r}); "
-           f"print(bool(os.stat({setuid!r}).st_mode & 0o4000), bool(v.f_flag & os.ST_NOSUID))")
-    assert r.out.split() == ["True", "True"]
-    r2 = py("import subprocess, sys; r = subprocess.run(['/usr/bin/env', 'python3', '-I', '-S', "
-            "'-c', 'import os; print(os.geteuid())']); sys.exit(r.returncode)")
-    assert r2.out.strip() == str(INNER_ID)
-    assert TEST_PROFILE.name == "test"
+HOST_SETUID = ("/usr/bin/mount", "/usr/bin/su", "/usr/bin/passwd", "/usr/bin/newgrp",
+               "/usr/bin/chfn")
 
 
-def test_a_setuid_root_program_runs_with_the_sandbox_uid() -> None:
+def _auxv(text: str) -> dict[str, str]:
+    """glibc's LD_SHOW_AUXV dump: the kernel's own account of the exec (AT_SECURE is set
+    exactly when the exec changed the ids or gained capabilities)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.startswith("AT_"):
+            out[key] = value.strip()
+    return out
+
+
+def _setuid_root_program() -> str:
+    found = next((p for p in HOST_SETUID if os.path.exists(p)
+                  and os.stat(p).st_mode & stat.S_ISUID and os.stat(p).st_uid == 0), None)
+    assert found is not None, "no setuid-root program on this host to attack with"
+    return found
+
+
+def test_a_setuid_root_program_of_the_host_gains_nothing_inside() -> None:
+    """Exec a real setuid-root binary of the host inside the sandbox and ask the kernel.
+
+    Control first: outside, as an ordinary uid, the same exec IS a secure exec, so glibc
+    drops LD_SHOW_AUXV and prints nothing: the probe can tell a privileged exec apart."""
+    import subprocess
+
+    prog = _setuid_root_program()
+    drop = [] if os.geteuid() != 0 else ["setpriv", "--reuid=4242", "--regid=4242",
+                                          "--clear-groups"]
+    control = subprocess.run([*drop, "/usr/bin/env", "LD_SHOW_AUXV=1", prog, "--version"],
+                             capture_output=True, text=True, timeout=60)
+    assert "AT_SECURE" not in control.stdout, control.stdout  # secure exec outside
+    r = run([prog, "--version"], env=["LD_SHOW_AUXV=1"])
+    aux = _auxv(r.out)
+    assert aux.get("AT_SECURE") == "0", r
+    assert (aux["AT_UID"], aux["AT_EUID"], aux["AT_GID"], aux["AT_EGID"]) == \
+        (str(INNER_ID),) * 4, aux
+
+
+def test_a_setuid_root_copy_in_a_writable_bind_gains_nothing() -> None:
     if MODE != "root":
-        pytest.skip("making a setuid-root file needs root")
+        pytest.skip("needs root to make a setuid-root file")
     import shutil
-
-    from sandbox_util import run, world_dir
 
     d = world_dir()
     target = os.path.join(d, "id")
     shutil.copy("/usr/bin/id", target)
     os.chown(target, 0, 0)
     os.chmod(target, 0o4755)
-    r = run(["/opt/bin/id", "-u"], binds=[f"{d}:/opt/bin"])  # even a writable bind: nosuid
-    assert r.out.strip() == str(INNER_ID), r
+    try:
+        # Even a writable bind: nosuid on every bind, no_new_privs on the workload.
+        r = run(["/opt/bin/id", "-u"], binds=[f"{d}:/opt/bin"], env=["LD_SHOW_AUXV=1"])
+        aux = _auxv(r.out)
+        assert (aux.get("AT_SECURE"), aux.get("AT_EUID")) == ("0", str(INNER_ID)), r
+        assert r.out.strip().splitlines()[-1] == str(INNER_ID), r
+    finally:
+        os.unlink(target)  # a setuid-root file is never left behind

@@ -137,17 +137,12 @@ def test_share_net_opts_in_to_the_host_network() -> None:
         tcp.close()
 
 
-def test_mode_is_known() -> None:
-    assert MODE in ("root", "user")
-
-
 def test_landlock_stops_a_passed_directory_fd_from_reaching_unbound_files() -> None:
     """A directory fd from outside the new root is a path the mount namespace
     missed; Landlock refuses to open anything beneath it."""
-    import tempfile
+    from sandbox_util import world_dir
 
-    d = tempfile.mkdtemp(dir="/tmp")
-    os.chmod(d, 0o755)
+    d = world_dir()
     with open(os.path.join(d, "host-file"), "w") as f:
         f.write("host data")
     os.chmod(os.path.join(d, "host-file"), 0o644)
@@ -180,7 +175,7 @@ def test_the_status_names_what_the_sandbox_went_without() -> None:
 
 
 def test_binds_tmpfs_and_chdir_options() -> None:
-    from sandbox_util import MODE, world_dir
+    from sandbox_util import world_dir
 
     from supervisor.sandbox.spec import DEFAULT_OUTER_ID
 

@@ -57,9 +57,9 @@ def test_violation_in_a_grandchild_kills_the_whole_sandbox() -> None:
     bpf = filter_notifying("mkdir", "mkdirat")
     r = py("import os, time\n"
            "if os.fork() == 0:\n    os.mkdir('/tmp/y')\n    os._exit(0)\n"
-           "time.sleep(30)", bpf=bpf)
+           "time.sleep(30)\nprint('the parent slept on')", bpf=bpf)
     assert r.status.outcome is Outcome.SECCOMP_VIOLATION
-    assert r.status.wall_time < 20
+    assert r.out == ""  # the grandchild's call took its parent down with it
 
 
 def test_kill_records_the_first_cause() -> None:
@@ -75,12 +75,13 @@ def test_terminate_forwards_sigterm_then_kills_after_grace() -> None:
     box, _out, _err = start(["/bin/sleep", "30"])
     st = box.terminate(grace=5)
     assert (st.outcome, st.signal) == (Outcome.SIGNALED, signal.SIGTERM)
-    box, out, _err = start([PY, "-I", "-S", "-c", "import signal, time\n"
+    ready_r, ready_w = os.pipe()
+    box, _out, _err = start([PY, "-I", "-S", "-c", "import os, signal, time\n"
                             "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                            "print('ready', flush=True)\ntime.sleep(30)"])
-    deadline = time.monotonic() + 20
-    while os.pread(out.fileno(), 16, 0) != b"ready\n" and time.monotonic() < deadline:
-        time.sleep(0.02)  # until SIGTERM is ignored, however slow the start
+                            f"os.write({ready_w}, b'r')\ntime.sleep(30)"], pass_fds=[ready_w])
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"r"  # SIGTERM is ignored from here on
+    os.close(ready_r)
     st = box.terminate(grace=0.3)
     assert st.outcome is Outcome.KILLED
     assert st.reason == "did not exit within 0.3s of SIGTERM"
@@ -172,12 +173,13 @@ def test_bind_sources_are_resolved_with_the_callers_rights() -> None:
 
 
 def test_the_childs_own_identity_still_applies_inside_a_bind() -> None:
-    """Resolving the source with the parent's rights grants nothing inside the tree."""
-    if os.geteuid() != 0:
-        pytest.skip("needs a file the ordinary test uid cannot read")
+    """Resolving the source with the parent's rights grants nothing inside the tree.
+
+    Mode 000: the sandbox's uid cannot read it whether it is an unprivileged
+    outer uid (warden as root) or the file's own owner (an ordinary user)."""
     d = world_dir()
-    Path(d, "secret").write_text("root only\n")
-    os.chmod(os.path.join(d, "secret"), 0o600)
+    Path(d, "secret").write_text("nobody reads this\n")
+    os.chmod(os.path.join(d, "secret"), 0o000)
     box, out, err = start(["/bin/cat", "/data/secret"], ro_binds=[d + ":/data"])
     r = collect(box, out, err)
     assert r.status.outcome == Outcome.EXITED and r.out == "", r
@@ -198,22 +200,21 @@ SUPERVISOR = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("threads", ["single", "threaded"])
-def test_children_die_within_a_second_of_the_supervisor_being_killed(threads: str) -> None:
+def test_children_die_with_the_supervisor(threads: str) -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     sup = subprocess.Popen([PYTHON, "-c", SUPERVISOR, here, threads], stdout=subprocess.PIPE,
                            env=supervisor_env())
     try:
         assert sup.stdout is not None
-        assert select.select([sup.stdout], [], [], 60)[0], "the supervisor never started"
         init_pid = int(sup.stdout.readline())
         workload = int(Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()[0])
         pidfds = [os.pidfd_open(init_pid), os.pidfd_open(workload)]
         sup.kill()
         sup.wait()
-        deadline = time.monotonic() + 1.0
+        # Each pidfd is readable once its process has ended; a survivor would
+        # hang here until the test's own timeout fails it.
         for fd in pidfds:
-            left = max(0.0, deadline - time.monotonic())
-            assert select.select([fd], [], [], left)[0], "a sandbox process outlived its supervisor"
+            assert select.select([fd], [], [])[0] == [fd]
             os.close(fd)
     finally:
         if sup.poll() is None:
@@ -361,9 +362,9 @@ def test_a_dropped_handle_kills_its_sandbox_and_warns() -> None:
         del box
         gc.collect()
     assert any(issubclass(w.category, ResourceWarning) for w in caught)
-    assert select.select([pidfd], [], [], 5)[0]
+    assert select.select([pidfd], [], [])[0] == [pidfd]  # it ended (else: the test's timeout)
     os.close(pidfd)
-    assert _leftover_cgroups() == [] or os.geteuid() != 0
+    assert _leftover_cgroups() == []
 
 
 NON_DUMPABLE = textwrap.dedent("""

@@ -80,7 +80,6 @@ def test_status_json_shape() -> None:
 
 
 def test_a_filter_that_refuses_execve_is_refused_before_fork() -> None:
-    pytest.importorskip("profiles.bpf", reason="needs the profiles package's BPF interpreter")
     from sandbox_util import filter_notifying
 
     with pytest.raises(SpecError, match=r"^profile test: its seccomp filter refuses execve"):

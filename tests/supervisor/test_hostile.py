@@ -12,9 +12,9 @@ import dataclasses
 import errno
 import logging
 import os
+import select
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -94,8 +94,9 @@ def test_slow_reader_is_cut_off_and_loop_keeps_running() -> None:
         async with sup("fork", limits=ipc.Limits(max_send_queue_bytes=1 << 20)) as s:
             other = await s.spawn(Calc, CALC)
             slow = await s.spawn(Calc, CALC, profile="python-worker")
-            busy = asyncio.ensure_future(slow.remote.sleep(20000))  # it stops reading
-            await asyncio.sleep(0.05)
+            # It stops reading once it runs this call; its channel serves in order, so
+            # every note below queues behind it, however soon it starts.
+            busy = asyncio.ensure_future(slow.remote.sleep(20000))
             sent = 0
             with pytest.raises(ipc.ChannelClosed):
                 for _ in range(1000):
@@ -241,14 +242,15 @@ def test_supervisor_sigkill_leaves_no_worker_alive() -> None:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         pids = [int(p) for p in line.split()]
-        assert len(pids) == 7 and all(alive(p) for p in pids), line
+        pidfds = [os.pidfd_open(p) for p in pids]  # the same processes, whatever pids recycle
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert [p for p in pids if alive(p)] == []
+    # Each pidfd turns readable when its process ends; a survivor hangs this test until its
+    # timeout fails it.
+    for fd in pidfds:
+        assert select.select([fd], [], [])[0] == [fd]
+        os.close(fd)
 
 
 _ = eventually
