@@ -36,8 +36,12 @@ def _session_tmp() -> str:
 
 
 SESSION_TMP = _session_tmp()
-# Everything the tests make with tempfile lands there too, and goes with it.
+# Everything the tests make with tempfile lands there too, and goes with it; so do
+# the filter cache and its key (warden run keeps them under XDG_CACHE_HOME and
+# XDG_STATE_HOME), which would otherwise outlive the run in the real home.
 tempfile.tempdir = SESSION_TMP
+for _var in ("XDG_CACHE_HOME", "XDG_STATE_HOME"):
+    os.environ[_var] = os.path.join(SESSION_TMP, _var.lower())
 
 
 def _remove_tree(path: str) -> None:

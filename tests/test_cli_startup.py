@@ -29,7 +29,8 @@ main()
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    env = {**python_env(ROOT), "XDG_CACHE_HOME": str(tmp / "cache")}
+    env = {**python_env(ROOT), "XDG_CACHE_HOME": str(tmp / "cache"),
+           "XDG_STATE_HOME": str(tmp / "state")}
     env.pop("WARDEN_NO_CACHE", None)
     return env
 
