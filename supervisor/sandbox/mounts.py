@@ -18,7 +18,7 @@ import os
 import stat
 from typing import NamedTuple
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _sys, hostpath
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
@@ -41,26 +41,51 @@ class MountOp(NamedTuple):
     # A bind's source as a detached mount tree the parent cloned with its own
     # rights (open_tree), or -1: the child binds the path itself.
     tree_fd: int = -1
+    # The identity (st_dev, st_ino) of the source the parent resolved; a child
+    # that binds the path itself checks it found that same file.
+    dev: int = 0
+    ino: int = 0
 
 
 def plan_binds(binds: tuple[tuple[str, str, bool], ...],
                tmpfs: tuple[tuple[str, int], ...]) -> tuple[MountOp, ...]:
-    """Order mounts parents-first; a bind whose source is a symlink becomes that symlink."""
-    ops: list[MountOp] = []
-    for src, dst, writable in binds:
-        st = os.lstat(src)
-        if stat.S_ISLNK(st.st_mode):
-            ops.append(MountOp("symlink", os.fsencode(os.readlink(src)), os.fsencode(dst)))
-        else:
-            ops.append(MountOp("bind", os.fsencode(src), os.fsencode(dst), writable,
-                               stat.S_ISDIR(os.stat(src).st_mode)))
+    """Order mounts parents-first. Touches no file: `detach_sources` resolves the sources."""
+    ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable)
+           for src, dst, writable in binds]
     ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
     ops.sort(key=lambda op: op.dest.count(b"/"))
     return tuple(ops)
 
 
+def _resolve_source(op: MountOp) -> MountOp:
+    """Parent, outside the sandbox, privileged: resolve a bind source once and take
+    everything from that one fd: its kind, the link it is, or a clone of its tree.
+
+    A source that is itself a symbolic link becomes that link in the sandbox (not
+    followed); a link anywhere before it is refused (hostpath). Because open_tree
+    acts on the fd, a rename of the path after this point changes nothing bound."""
+    src = op.source.decode(errors="surrogateescape")
+    fd, st = hostpath.open_bind_source(src, f"bind {src} on {op.dest.decode()}")
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            return MountOp("symlink", os.fsencode(os.readlink("", dir_fd=fd)), op.dest)
+        op = op._replace(is_dir=stat.S_ISDIR(st.st_mode), dev=st.st_dev, ino=st.st_ino)
+        try:
+            return op._replace(tree_fd=_sys.open_tree_clone_fd(fd))
+        except OSError as e:
+            # EPERM: an ordinary user may not clone a tree of the host's mount
+            # namespace; the child binds it inside its own (checking identity).
+            if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
+                raise MountError(e.errno or errno.EIO,
+                                 f"bind source {src}: {e.strerror}") from None
+            return op
+    finally:
+        os.close(fd)
+
+
 def detach_sources(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
-    """Clone each bind's source tree here, in the parent, with the parent's rights.
+    """Resolve each bind's source here, in the parent, and clone its tree with the
+    parent's rights.
 
     The child then attaches the clone instead of looking the path up as its
     own unprivileged id, so a root supervisor can bind a directory that lies
@@ -69,21 +94,13 @@ def detach_sources(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
     bound directory's own permissions still apply to the child. Where the
     kernel or the caller's privilege does not allow open_tree (an ordinary
     user, Linux before 5.2), the op keeps tree_fd -1 and the child binds the
-    path: an ordinary user's child resolves paths with that user's own rights
-    anyway. Close the returned fds with `close_trees` once the child has them.
+    path in its own namespace, refusing it unless it is the very file resolved
+    here. Close the returned fds with `close_trees` once the child has them.
     """
     out: list[MountOp] = []
     try:
         for op in ops:
-            if op.kind == "bind":
-                try:
-                    op = op._replace(tree_fd=_sys.open_tree_clone(op.source))
-                except OSError as e:
-                    if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
-                        raise MountError(e.errno or errno.EIO,
-                                         f"bind source {op.source.decode()}: {e.strerror}") \
-                            from None
-            out.append(op)
+            out.append(_resolve_source(op) if op.kind == "bind" else op)
     except BaseException:
         close_trees(tuple(out))
         raise
@@ -159,6 +176,43 @@ def _readonly(path: bytes) -> None:
                    | _locked(path))
 
 
+def _bind_checked(op: MountOp, target: bytes, what: str) -> None:
+    """Child, in its own user and mount namespaces: bind the source the parent resolved.
+
+    The path is looked up again here (the parent's fd belongs to the host's
+    mount namespace, which this one may not clone from), with no link
+    followed, and bound only if it is the same file (st_dev, st_ino) the
+    parent resolved, so a rename or a planted link in between gets a refusal,
+    never another tree. The clone is then made from that fd, not the path."""
+    path = b"/oldroot" + op.source
+    try:
+        fd, st = hostpath.open_path(os.fsdecode(path), what)
+    except OSError as e:
+        st, fd, err = None, -1, e.errno or errno.EIO
+    else:
+        err = errno.ESTALE
+    if st is None or (st.st_dev, st.st_ino) != (op.dev, op.ino):
+        if fd >= 0:
+            os.close(fd)
+        raise MountError(err, f"{what}: refused, {op.source.decode(errors='replace')} is no "
+                         "longer the file warden resolved (renamed or replaced while the "
+                         "sandbox was set up)")
+    try:
+        tree = _sys.open_tree_clone_fd(fd)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        # Before Linux 5.2 (no open_tree): by path, right after the identity check.
+        _sys.mount(path, target, None, _sys.MS_BIND | _sys.MS_REC)
+        return
+    finally:
+        os.close(fd)
+    try:
+        _sys.move_mount_fd(tree, target)
+    finally:
+        os.close(tree)
+
+
 def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     """Build the new root and pivot into it. Raises MountError naming the path."""
     try:
@@ -172,6 +226,8 @@ def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
 def _step(what: str, fn: object, *args: object) -> None:
     try:
         fn(*args)  # type: ignore[operator]
+    except MountError:
+        raise
     except OSError as e:
         raise MountError(e.errno or errno.EIO, f"{what}: {os.strerror(e.errno or errno.EIO)}") \
             from None
@@ -215,7 +271,7 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
                 _step(what, _sys.move_mount_fd, op.tree_fd, target)
                 os.close(op.tree_fd)
             else:
-                _step(what, m, b"/oldroot" + op.source, target, None, _sys.MS_BIND | _sys.MS_REC)
+                _step(what, _bind_checked, op, target, what)
             _step(what, _lock_down, target, not op.writable)
 
     # /proc: a fresh procfs, which shows only the new PID namespace.
