@@ -118,17 +118,21 @@ def _open_walk(path: str, flags: int, mode: int) -> int:
         os.close(dirfd)
 
 
-def _open(path: str, flags: int, mode: int, follow: bool) -> int:
-    """One resolution of the absolute `path`: no link anywhere unless `follow`."""
+def _open(path: str, flags: int, mode: int, follow: bool, dir_fd: int | None = None) -> int:
+    """One resolution of the absolute `path` (or of a name in `dir_fd`): no link
+    anywhere unless `follow`."""
     global _openat2_missing
     flags |= os.O_CLOEXEC
     if follow:
-        return os.open(path, flags, mode)
+        return os.open(path, flags, mode, dir_fd=dir_fd)
     flags |= os.O_NOFOLLOW
+    if dir_fd is not None and ("/" in path or path in ("", ".", "..")):
+        raise OSError(errno.EINVAL, f"{path!r} is not a name in a directory")
     if not _openat2_missing:
         for _attempt in range(8):
             try:
-                return _sys.openat2(_sys.AT_FDCWD, os.fsencode(path), flags, mode, _NO_LINKS)
+                return _sys.openat2(_sys.AT_FDCWD if dir_fd is None else dir_fd,
+                                    os.fsencode(path), flags, mode, _NO_LINKS)
             except OSError as e:
                 # EAGAIN: a concurrent rename made the kernel give up on this
                 # lookup; an attempt later sees a settled tree.
@@ -140,6 +144,8 @@ def _open(path: str, flags: int, mode: int, follow: bool) -> int:
                 break
         else:
             raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    if dir_fd is not None:
+        return os.open(path, flags, mode, dir_fd=dir_fd)
     return _open_walk(path, flags, mode)
 
 
@@ -159,27 +165,29 @@ def _check_kind(fd: int, what: str, path: str, allowed: Collection[str],
 
 def open_file(path: str, flags: int, what: str, *, follow: bool = False,
               kinds: Collection[str] = (), create_mode: int = 0o666,
-              kind_hint: str = "", follow_hint: str = "") -> int:
+              kind_hint: str = "", follow_hint: str = "", dir_fd: int | None = None,
+              shown: str | None = None) -> int:
     """Open the absolute `path` with `flags` (O_RDONLY/O_WRONLY/O_RDWR, O_CREAT, O_APPEND)
     under the host-path rule; returns a blocking, close-on-exec fd of a regular file (or
     of one of `kinds`: "fifo", "device"). O_TRUNC is applied only after the kind check.
+    With `dir_fd`, `path` is a name in that directory and `shown` the whole path.
 
     `what` starts the error sentence (the option as the user wrote it); `kind_hint`
     (with {kind}) and `follow_hint` say how to ask for the refused kind or for a link."""
     truncate = bool(flags & os.O_TRUNC)
     flags &= ~os.O_TRUNC
     try:
-        fd = _open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, create_mode, follow)
+        fd = _open(path, flags | os.O_NONBLOCK | os.O_NOCTTY, create_mode, follow, dir_fd)
     except OSError as e:
-        raise _refusal(e.errno or errno.EIO, what, path, follow_hint) from None
-    st = _check_kind(fd, what, path, {"file", *kinds}, kind_hint)
+        raise _refusal(e.errno or errno.EIO, what, shown or path, follow_hint) from None
+    st = _check_kind(fd, what, shown or path, {"file", *kinds}, kind_hint)
     try:
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         if truncate and stat.S_ISREG(st.st_mode):
             os.ftruncate(fd, 0)
     except OSError as e:
         os.close(fd)
-        raise _refusal(e.errno or errno.EIO, what, path, follow_hint) from None
+        raise _refusal(e.errno or errno.EIO, what, shown or path, follow_hint) from None
     return fd
 
 
@@ -189,10 +197,14 @@ def open_input(path: str, what: str, *, follow: bool = False,
     return open_file(path, os.O_RDONLY, what, follow=follow, kinds=kinds)
 
 
-def open_output(path: str, what: str, *, create_mode: int = 0o666) -> int:
-    """A regular file to write later (a status record), created if missing, opened now:
-    the write goes through this fd, so what is at the path by then does not matter."""
-    return open_file(path, os.O_WRONLY | os.O_CREAT, what, create_mode=create_mode)
+def open_output(name: str, dir_fd: int, what: str, shown: str, *,
+                create_mode: int = 0o666) -> int:
+    """A regular file to write later (a status record): `name` in the directory
+    `dir_fd` (from open_path), created if missing, opened now. The write goes
+    through this fd, so what is at the path by then does not matter. `shown`
+    is the whole path, for messages."""
+    return open_file(name, os.O_WRONLY | os.O_CREAT, what, create_mode=create_mode,
+                     dir_fd=dir_fd, shown=shown)
 
 
 def open_path(path: str, what: str, *, follow: bool = False) -> tuple[int, os.stat_result]:
