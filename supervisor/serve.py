@@ -202,7 +202,7 @@ async def serve(cfg: ServeConfig, *, ready: asyncio.Event | None = None) -> int:
     stop = asyncio.Event()
     preload = list(cfg.preload) + [p.module.partition(":")[0] for p in cfg.pools if p.module]
     # First, so a socket path that is refused fails before any worker starts.
-    place = StatusSocket.bind(cfg.status_socket)
+    place = StatusSocket.place(cfg.status_socket)
     sup = Supervisor(start_method=cfg.start_method, zygote=cfg.start_method == "zygote",
                      zygote_preload=preload)
     try:
@@ -259,56 +259,75 @@ class StatusSocket:
     mode 0600, and removed at the end only if the name still holds it.
     """
 
-    def __init__(self, path: str, dir_fd: int, name: str, sock: socket.socket) -> None:
-        self.path, self.dir_fd, self.name, self.sock = path, dir_fd, name, sock
-        self.ident = hostpath.identity(os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+    WHAT = "supervisor.status_socket"
+
+    def __init__(self, path: str, dir_fd: int, name: str) -> None:
+        self.path, self.dir_fd, self.name = path, dir_fd, name
+        self.sock: socket.socket | None = None
+        self.ident = (0, 0)
 
     @classmethod
-    def bind(cls, path: str) -> StatusSocket:
-        """Raises ConfigError, one sentence naming the path, when the place is refused."""
-        what = "supervisor.status_socket"
+    def place(cls, path: str) -> StatusSocket:
+        """Check where the socket goes (before any worker starts); `bind` makes it.
+
+        Raises ConfigError, one sentence naming the path, when the place is refused."""
         parent, name = os.path.split(os.path.abspath(path))
         try:
-            dir_fd, st = hostpath.open_path(parent or "/", what)
+            dir_fd, st = hostpath.open_path(parent or "/", cls.WHAT)
         except hostpath.HostPathError as e:
             raise ConfigError(str(e)) from None
+        problem = _unsafe_dir(st)
+        if problem:
+            os.close(dir_fd)
+            raise ConfigError(f"{cls.WHAT}: {path} was refused: its directory {parent} "
+                              f"{problem}; put the socket in a directory only you can write")
+        out = cls(path, dir_fd, name)
         try:
-            problem = _unsafe_dir(st)
-            if problem:
-                raise ConfigError(f"{what}: {path} was refused: its directory {parent} "
-                                  f"{problem}; put the socket in a directory only you can write")
-            try:
-                old = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                pass
-            else:
-                if not (stat.S_ISSOCK(old.st_mode) and old.st_uid == os.geteuid()):
-                    raise ConfigError(f"{what}: {path} was refused: it exists and is not a "
-                                      "socket of ours; remove it or choose another path")
-                # A previous server's socket: its name is ours in a directory where
-                # nobody else may rename or remove entries, so this removes that one.
-                os.unlink(name, dir_fd=dir_fd)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            umask = os.umask(0o177)
-            try:
-                sock.bind(f"/proc/self/fd/{dir_fd}/{name}")
-            except OSError as e:
-                sock.close()
-                raise ConfigError(f"{what}: {path}: {e.strerror}") from None
-            finally:
-                os.umask(umask)
-            return cls(path, dir_fd, name, sock)
+            out._stale()
         except BaseException:
             os.close(dir_fd)
             raise
+        return out
+
+    def _stale(self) -> bool:
+        """True if the name holds a previous server's socket (ours); refuses anything else."""
+        try:
+            old = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not (stat.S_ISSOCK(old.st_mode) and old.st_uid == os.geteuid()):
+            raise ConfigError(f"{self.WHAT}: {self.path} was refused: it exists and is not a "
+                              "socket of ours; remove it or choose another path")
+        return True
+
+    def bind(self) -> socket.socket:
+        """Make the socket (mode 0600), replacing a previous server's."""
+        if self._stale():
+            # Its name is ours, in a directory where nobody else may rename or
+            # remove entries, so this removes that very socket.
+            os.unlink(self.name, dir_fd=self.dir_fd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        umask = os.umask(0o177)
+        try:
+            sock.bind(f"/proc/self/fd/{self.dir_fd}/{self.name}")
+        except OSError as e:
+            sock.close()
+            raise ConfigError(f"{self.WHAT}: {self.path}: {e.strerror}") from None
+        finally:
+            os.umask(umask)
+        self.sock = sock
+        self.ident = hostpath.identity(os.stat(self.name, dir_fd=self.dir_fd,
+                                               follow_symlinks=False))
+        return sock
 
     def remove(self) -> None:
         """Close it and remove its name, if the name is still this socket."""
-        self.sock.close()
-        with contextlib.suppress(OSError):
-            st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
-            if hostpath.identity(st) == self.ident:
-                os.unlink(self.name, dir_fd=self.dir_fd)
+        if self.sock is not None:
+            self.sock.close()
+            with contextlib.suppress(OSError):
+                st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+                if hostpath.identity(st) == self.ident:
+                    os.unlink(self.name, dir_fd=self.dir_fd)
         with contextlib.suppress(OSError):
             os.close(self.dir_fd)
 
@@ -332,7 +351,7 @@ async def _status_server(place: StatusSocket, sup: Supervisor) -> asyncio.Abstra
         finally:
             w.close()
 
-    return await asyncio.start_unix_server(answer, sock=place.sock)
+    return await asyncio.start_unix_server(answer, sock=place.bind())
 
 
 def query_status(path: str, timeout: float = 5.0) -> dict[str, Any]:

@@ -363,7 +363,7 @@ def test_serve_status_socket_never_unlinks_or_follows_what_it_did_not_make(
             path.symlink_to(victim)
         with pytest.raises(ConfigError, match=f"{path} was refused: it exists and is not a "
                            "socket of ours"):
-            StatusSocket.bind(str(path))
+            StatusSocket.place(str(path)).bind()
         assert os.path.lexists(path)
     assert victim.read_text() == "keep me"
     # A directory anyone may rename entries in (no sticky bit) is refused.
@@ -371,14 +371,15 @@ def test_serve_status_socket_never_unlinks_or_follows_what_it_did_not_make(
     open_dir.mkdir()
     open_dir.chmod(0o777)
     with pytest.raises(ConfigError, match="writable by other users and not sticky"):
-        StatusSocket.bind(str(open_dir / "s.sock"))
+        StatusSocket.place(str(open_dir / "s.sock"))
     # A good place: mode 0600, reused after a previous server, removed at the end.
     good = tmp_path / "good.sock"
     for _ in range(2):
-        place = StatusSocket.bind(str(good))
+        place = StatusSocket.place(str(good))
+        place.bind().close()  # as a crashed server would leave it
         assert stat.S_ISSOCK(good.lstat().st_mode) and good.lstat().st_mode & 0o777 == 0o600
-        place.sock.close()  # as a crashed server would leave it
         os.close(place.dir_fd)
-    place = StatusSocket.bind(str(good))
+    place = StatusSocket.place(str(good))
+    place.bind()
     place.remove()
     assert not os.path.lexists(good)
