@@ -143,7 +143,6 @@ class StatusOutput:
 
         if path is None and fd is None:
             return None
-        handed = _handed(spec)
         if path is None or path == "-":
             what = f"--json-status-fd {fd}" if path is None else "--json-status -"
             n = 1 if fd is None else fd
@@ -156,7 +155,7 @@ class StatusOutput:
             if flags & os.O_ACCMODE == os.O_RDONLY:
                 raise hostpath.HostPathError(errno.EBADF, f"{what}: fd {n} is open for "
                                              "reading only", str(n))
-            cls._refuse_shared(what, hostpath.identity(st), handed)
+            cls._refuse_shared(what, hostpath.identity(st), _handed(spec))
             return cls(n, what, False, False)
         what = f"--json-status {path}"
         full = os.path.abspath(path)
@@ -181,7 +180,9 @@ class StatusOutput:
             if ident in writable:
                 raise hostpath.HostPathError(errno.EPERM, f"{what}: refused, {full} is bound "
                                              f"writable by {writable[ident]}", full)
-            cls._refuse_shared(what, ident, handed)
+            # After the open, so a --file of the same path that the grant would
+            # create is seen too.
+            cls._refuse_shared(what, ident, _handed(spec))
         except BaseException:
             os.close(out)
             raise

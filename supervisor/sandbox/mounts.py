@@ -188,14 +188,16 @@ def _bind_checked(op: MountOp, target: bytes, what: str) -> None:
     try:
         fd, st = hostpath.open_path(os.fsdecode(path), what)
     except OSError as e:
-        st, fd, err = None, -1, e.errno or errno.EIO
-    else:
-        err = errno.ESTALE
+        # A link, or nothing, where warden found the source: it was replaced.
+        if e.errno not in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+            raise MountError(e.errno or errno.EIO,
+                             f"{what}: {os.strerror(e.errno or errno.EIO)}") from None
+        fd, st = -1, None
     if st is None or (st.st_dev, st.st_ino) != (op.dev, op.ino):
         if fd >= 0:
             os.close(fd)
-        raise MountError(err, f"{what}: refused, {op.source.decode(errors='replace')} is no "
-                         "longer the file warden resolved (renamed or replaced while the "
+        raise MountError(errno.ESTALE, f"{what}: refused, {op.source.decode(errors='replace')} "
+                         "is no longer the file warden resolved (renamed or replaced while the "
                          "sandbox was set up)")
     try:
         tree = _sys.open_tree_clone_fd(fd)

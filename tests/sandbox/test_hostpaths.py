@@ -308,6 +308,49 @@ def test_bind_source_swapped_with_a_link_never_binds_the_other_tree(
     assert sum(seen.values()) == 24
 
 
+def test_bind_source_replaced_after_warden_resolved_it(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The source is replaced at the worst moment: after the parent resolved it, before
+    the child is cloned. As root the tree cloned from the parent's fd is bound; as an
+    ordinary user the child, which binds by path, finds another file and refuses."""
+    from sandbox_util import MODE, run
+
+    from supervisor.sandbox import SetupError, launcher
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "marker").write_text("original\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "marker").write_text("other\n")
+    for d in (tmp_path, src, other):
+        d.chmod(0o755)
+    real_prepare = launcher.prepare
+
+    def prepare_then_swap(spec: object) -> object:
+        launch = real_prepare(spec)  # type: ignore[arg-type]
+        src.rename(tmp_path / "moved")
+        other.rename(src)
+        return launch
+
+    monkeypatch.setattr(launcher, "prepare", prepare_then_swap)
+    try:
+        result = run(["/bin/cat", "/b/marker"], ro_binds=[f"{src}:/b"])
+    except SetupError as e:
+        assert MODE == "user"
+        assert e.status.setup is not None and e.status.setup.step == "mount"
+        assert f"{src} is no longer the file warden resolved" in e.status.setup.message
+    else:
+        assert MODE == "root"
+        assert result.out == "original\n"
+
+
+def test_status_file_that_is_also_a_file_grant_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "both.json"
+    r = warden("--json-status", str(out), "--file", f"{out}:w", "--", "/bin/true")
+    refused(r, "--json-status", out, "same file as the program's fd 4")
+
+
 def test_a_link_before_the_last_component_of_a_bind_source_is_refused(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "dir").mkdir()
