@@ -232,3 +232,20 @@ def open_tree_clone_fd(fd: int) -> int:
     return syscall("open_tree", ctypes.c_int(fd), b"",
                    ctypes.c_uint(AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
                                  | AT_RECURSIVE))
+
+
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+
+def move_mount_to_fd(tree_fd: int, target_fd: int) -> None:
+    """Attach a detached mount tree on the directory or file `target_fd` (O_PATH) is."""
+    syscall("move_mount", ctypes.c_int(tree_fd), b"", ctypes.c_int(target_fd), b"",
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
+
+
+def mount_setattr_fd(fd: int, attr_set: int, recursive: bool) -> None:
+    """mount_setattr(2) on the mount `fd` is the root of (opened after the mount)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    syscall("mount_setattr", ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+            ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))

@@ -176,14 +176,15 @@ def _readonly(path: bytes) -> None:
                    | _locked(path))
 
 
-def _bind_checked(op: MountOp, target: bytes, what: str) -> None:
-    """Child, in its own user and mount namespaces: bind the source the parent resolved.
+def _child_tree(op: MountOp, what: str) -> int:
+    """Child, in its own user and mount namespaces: a clone of the source the parent resolved.
 
     The path is looked up again here (the parent's fd belongs to the host's
     mount namespace, which this one may not clone from), with no link
-    followed, and bound only if it is the same file (st_dev, st_ino) the
+    followed, and cloned only if it is the same file (st_dev, st_ino) the
     parent resolved, so a rename or a planted link in between gets a refusal,
-    never another tree. The clone is then made from that fd, not the path."""
+    never another tree. The clone is made from that fd, not the path.
+    Returns -1 before Linux 5.2 (no open_tree): the caller binds the path."""
     path = b"/oldroot" + op.source
     try:
         fd, st = hostpath.open_path(os.fsdecode(path), what)
@@ -200,19 +201,153 @@ def _bind_checked(op: MountOp, target: bytes, what: str) -> None:
                          "is no longer the file warden resolved (renamed or replaced while the "
                          "sandbox was set up)")
     try:
-        tree = _sys.open_tree_clone_fd(fd)
+        return _sys.open_tree_clone_fd(fd)
     except OSError as e:
         if e.errno != errno.ENOSYS:
             raise
-        # Before Linux 5.2 (no open_tree): by path, right after the identity check.
-        _sys.mount(path, target, None, _sys.MS_BIND | _sys.MS_REC)
-        return
+        return -1
     finally:
         os.close(fd)
+
+
+class _Refused(OSError):
+    """A mount point refused; str() is the clause after the step's name."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _at(dir_fd: int, name: bytes) -> int:
+    """O_PATH fd of `name` in `dir_fd`, never through a link (a mount on it is entered)."""
     try:
-        _sys.move_mount_fd(tree, target)
+        return _sys.openat2(dir_fd, name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
+                            _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:  # before Linux 5.6: one component, O_NOFOLLOW is enough
+            return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        raise
+
+
+def _parent_of(root_fd: int, dest: bytes) -> tuple[int, bytes]:
+    """Make the directories above `dest` in the new root; returns (O_PATH fd of dest's
+    directory, dest's last name).
+
+    Child, before the old root is gone, with the child's own rights. Each
+    component is entered through an fd and must not be a link: a link left in
+    a writable bind by an earlier sandbox would otherwise take this mkdir, and
+    the mount, to a host directory outside every bind."""
+    parts = [p for p in dest.split(b"/") if p]
+    cur = os.open(b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+    try:
+        for i, part in enumerate(parts[:-1]):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=cur)
+            nxt = _checked(cur, part, b"/" + b"/".join(parts[:i + 1]), True)
+            os.close(cur)
+            cur = nxt
+    except BaseException:
+        os.close(cur)
+        raise
+    return cur, parts[-1]
+
+
+def _checked(dir_fd: int, name: bytes, shown: bytes, is_dir: bool) -> int:
+    """_at, refusing a link and a kind other than the one wanted (directory or not)."""
+    fd = _at(dir_fd, name)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISLNK(mode):  # O_PATH|O_NOFOLLOW returns a last-component link itself
+        os.close(fd)
+        raise _Refused(errno.ELOOP, f"refused, {shown.decode(errors='replace')} in the "
+                       "sandbox is a symbolic link, which warden does not follow when it "
+                       "makes mount points")
+    if stat.S_ISDIR(mode) != is_dir:
+        os.close(fd)
+        raise _Refused(errno.ENOTDIR if is_dir else errno.EISDIR,
+                       f"refused, {shown.decode(errors='replace')} in the sandbox is "
+                       f"{'not ' if is_dir else ''}a directory")
+    return fd
+
+
+def _mount_point(root_fd: int, dest: bytes, is_dir: bool) -> tuple[int, bytes, int]:
+    """(directory fd, name, O_PATH fd of the mount point) for `dest`, made if missing."""
+    parent, name = _parent_of(root_fd, dest)
+    try:
+        if is_dir:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=parent)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                                 0o644, dir_fd=parent))
+        return parent, name, _checked(parent, name, dest, is_dir)
+    except BaseException:
+        os.close(parent)
+        raise
+
+
+def _bind_at(root_fd: int, op: MountOp, what: str) -> None:
+    """Attach a bind's tree on its mount point (found through fds) and lock it down."""
+    parent, name, target = _mount_point(root_fd, op.dest, op.is_dir)
+    try:
+        tree = op.tree_fd if op.tree_fd >= 0 else _child_tree(op, what)
+        try:
+            if tree < 0:  # before Linux 5.2: by path, right after the identity check
+                _sys.mount(b"/oldroot" + op.source, b"/newroot" + op.dest, None,
+                           _sys.MS_BIND | _sys.MS_REC)
+            else:
+                _sys.move_mount_to_fd(tree, target)
+        finally:
+            if tree >= 0:
+                os.close(tree)
+        # Looked up again by name from the directory: that lands on the mount
+        # just attached (the target fd still names the directory beneath it).
+        top = _at(parent, name)
+        try:
+            _lock_down_fd(top, b"/newroot" + op.dest, not op.writable)
+        finally:
+            os.close(top)
     finally:
-        os.close(tree)
+        os.close(target)
+        os.close(parent)
+
+
+def _lock_down_fd(fd: int, path: bytes, readonly: bool) -> None:
+    attrs = _sys.MOUNT_ATTR_NOSUID | _sys.MOUNT_ATTR_NODEV
+    if readonly:
+        attrs |= _sys.MOUNT_ATTR_RDONLY
+    try:
+        _sys.mount_setattr_fd(fd, attrs, recursive=True)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        _lock_down(path, readonly)  # before Linux 5.12: remount by path
+
+
+def _tmpfs_at(root_fd: int, dest: bytes, size: int) -> None:
+    parent, _name, target = _mount_point(root_fd, dest, True)
+    try:
+        # mount(2) takes a path only: "." after fchdir is the mount point itself.
+        os.fchdir(target)
+        _sys.mount(b"tmpfs", b".", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+                   b"mode=0755,size=%d" % size)
+    finally:
+        os.chdir(b"/")
+        os.close(target)
+        os.close(parent)
+
+
+def _symlink_at(root_fd: int, dest: bytes, points_to: bytes) -> None:
+    parent, name = _parent_of(root_fd, dest)
+    try:
+        os.symlink(points_to, name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _dir_at(root_fd: int, dest: bytes) -> None:
+    parent, _name, target = _mount_point(root_fd, dest, True)
+    os.close(target)
+    os.close(parent)
 
 
 def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
@@ -230,6 +365,8 @@ def _step(what: str, fn: object, *args: object) -> None:
         fn(*args)  # type: ignore[operator]
     except MountError:
         raise
+    except _Refused as e:
+        raise MountError(e.errno or errno.EIO, f"{what}: {e}") from None
     except OSError as e:
         raise MountError(e.errno or errno.EIO, f"{what}: {os.strerror(e.errno or errno.EIO)}") \
             from None
@@ -255,26 +392,21 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
           b"mode=1777,size=%d" % tmp_size)
 
-    for op in ops:
-        target = new + op.dest
-        if op.kind == "symlink":
-            what = f"symlink {op.dest.decode()}"
-            _step(what, _mkdirs, os.path.dirname(target))
-            _step(what, os.symlink, op.source, target)
-        elif op.kind == "tmpfs":
-            what = f"tmpfs {op.dest.decode()}"
-            _step(what, _mkdirs, target)
-            _step(what, m, b"tmpfs", target, b"tmpfs",
-                  _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=0755,size=%d" % op.size)
-        else:
-            what = f"bind {op.source.decode()} on {op.dest.decode()}"
-            _step(what, _mkdirs if op.is_dir else _touch, target)
-            if op.tree_fd >= 0:
-                _step(what, _sys.move_mount_fd, op.tree_fd, target)
-                os.close(op.tree_fd)
+    # Every mount point below is reached through fds from here, never a link.
+    root_fd = os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for op in ops:
+            if op.kind == "symlink":
+                _step(f"symlink {op.dest.decode()}", _symlink_at, root_fd, op.dest, op.source)
+            elif op.kind == "tmpfs":
+                _step(f"tmpfs {op.dest.decode()}", _tmpfs_at, root_fd, op.dest, op.size)
             else:
-                _step(what, _bind_checked, op, target, what)
-            _step(what, _lock_down, target, not op.writable)
+                what = f"bind {op.source.decode()} on {op.dest.decode()}"
+                _step(what, _bind_at, root_fd, op, what)
+        if chdir != b"/":
+            _step(f"chdir {chdir.decode()}", _dir_at, root_fd, chdir)
+    finally:
+        os.close(root_fd)
 
     # /proc: a fresh procfs, which shows only the new PID namespace.
     _mkdirs(new + b"/proc")
@@ -293,9 +425,6 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     for link, points_to in DEV_LINKS:
         os.symlink(points_to.encode(), dev + b"/" + link.encode())
     _step("read-only /dev", _readonly, dev)
-
-    if chdir != b"/":
-        _mkdirs(new + chdir)
 
     # Into the new root; stack the old one on it and detach it.
     os.chdir(new)

@@ -361,6 +361,27 @@ def test_a_link_before_the_last_component_of_a_bind_source_is_refused(tmp_path: 
     assert f"{src} was refused: {tmp_path / 'via'} is a symbolic link" in r.stderr
 
 
+def test_mount_points_never_follow_a_link_left_in_a_writable_bind(
+        area: tuple[Path, Path], tmp_path: Path) -> None:
+    """A link planted in a writable bind, where a later run puts a nested mount point,
+    would make the child's setup create directories and files (and mount) in a host
+    directory outside every bind, with the child's rights, before its root is built."""
+    shared, _secret = area
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    victim.chmod(0o777)  # writable by the sandbox's outer uid: only the link stands between
+    plant(shared, f"ln -s /oldroot{victim} /out/sub; ln -s /oldroot{victim} /out/leaf")
+    for args, step in (
+            (["--ro-bind", "/etc/hostname:/out/sub/planted"], "bind /etc/hostname on"),
+            (["--ro-bind", f"{tmp_path}:/out/leaf"], f"bind {tmp_path} on"),
+            (["--tmpfs", "/out/sub/t"], "tmpfs"),
+            (["--chdir", "/out/sub/work"], "chdir")):
+        r = warden("--bind", f"{shared}:/out", *args, "--", "/bin/true")
+        assert r.returncode == 125, r.stderr
+        assert step in r.stderr and "in the sandbox is a symbolic link" in r.stderr, r.stderr
+        assert list(victim.iterdir()) == []
+
+
 # The mechanism itself, and warden serve's paths
 
 def test_the_walk_without_openat2_refuses_links_too(tmp_path: Path,
