@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from supervisor.sandbox import Sandbox, Status
+    from supervisor.sandbox import Sandbox, SandboxSpec, Status
 
 
 class _Size(click.ParamType):  # type: ignore[type-arg]
@@ -60,25 +60,36 @@ class OptionError(click.UsageError):
 @click.option("--no-channel", is_flag=True, help="Do not open the channel at fd 3.")
 @click.option("--pass-fd", type=click.IntRange(min=0), multiple=True, metavar="N",
               help="Hand over this process's fd N at the same number.")
-@click.option("--file", "files", multiple=True, metavar="PATH[:r|w|rw|a]",
-              help="Open PATH here (with warden's rights) and hand the fd over.")
+@click.option("--file", "files", multiple=True, metavar="PATH[:r|w|rw|a][:fifo|:device|:follow]",
+              help="Open PATH here (with warden's rights) and hand the fd over; a link, FIFO "
+              "or device is refused unless :follow, :fifo, :device is added.")
 @click.option("--env", multiple=True, metavar="K=V", help="Set a variable in the child.")
 @click.option("--keep-env", multiple=True, metavar="K",
               help="Copy a variable from this environment.")
-@click.option("--json-status", metavar="FILE|-", help="Write the status record as JSON.")
+@click.option("--json-status", metavar="FILE|-",
+              help="Write the status record as JSON to FILE (opened before the program "
+              "starts; refused inside a writable bind), or to stdout with -, which then "
+              "carries the record alone (the program's stdout goes to stderr).")
+@click.option("--json-status-fd", type=click.IntRange(min=0), metavar="N",
+              help="Write the status record to this process's fd N (not handed to the program).")
 @click.option("--outer-uid", type=int, help="As root: the unprivileged uid children run as.")
 @click.option("--outer-gid", type=int, help="As root: the unprivileged gid children run as.")
 @click.option("-q", "--quiet", is_flag=True, help="No status line on stderr.")
 @click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_command(program: tuple[str, ...], profile: str, json_status: str | None, quiet: bool,
-                **options: Any) -> None:
+def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
+                json_status_fd: int | None, quiet: bool, **options: Any) -> None:
     """Run PROGRAM in a sandbox under a profile; exit with its exit code.
 
     Exit codes: the program's own; 128+N when it died of signal N (159 for a
     seccomp violation, 137 when warden killed it: timeout, memory, bad
     message); 125 when the sandbox could not be set up (bad option, profile
-    error, setup step refused); 126/127 when PROGRAM is not executable / not
-    found inside the sandbox.
+    error, setup step refused, a host path refused); 126/127 when PROGRAM is
+    not executable / not found inside the sandbox.
+
+    Host paths (--file, --json-status, bind sources) are opened with warden's
+    rights under one rule: no symbolic link followed anywhere in the path,
+    no waiting in open, only regular files (and directories for binds)
+    unless the kind is named; see docs/host-side.md.
 
     \b
     Environment:
@@ -88,15 +99,16 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
       WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
                          using ~/.cache/warden/seccomp
     """
-    status = _run(list(program), profile, options)
-    if json_status:
-        text = status.to_json() + "\n"
-        if json_status == "-":
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            with open(json_status, "w") as f:
-                f.write(text)
+    if json_status is not None and json_status_fd is not None:
+        raise OptionError("--json-status and --json-status-fd: give one of them")
+    status, out = _run(list(program), profile, json_status, json_status_fd, options)
+    if out is not None:
+        try:
+            out.write(status.to_json() + "\n")
+        except OSError as e:
+            click.echo(f"warden: {out.what}: the status record could not be written: "
+                       f"{e.strerror}", err=True)
+            os._exit(125)
     if not quiet and status.outcome.value not in ("ok", "exited"):
         click.echo(f"warden: {status.describe()}", err=True)
     # Everything is written and the sandbox is gone (reaped, cgroup removed):
@@ -105,6 +117,149 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(status.exit_code)
+
+
+class StatusOutput:
+    """Where the status record goes, opened before the sandbox starts.
+
+    The record is written through this fd after the sandbox is gone, so a link
+    or a FIFO the program plants at the path meanwhile changes nothing; and the
+    fd is refused up front if the program could write to it: the same file as
+    a descriptor it is handed (its stdout, above all), or a file inside one of
+    its writable binds, where it could replace the record with its own.
+    """
+
+    def __init__(self, fd: int, what: str, regular: bool, owned: bool) -> None:
+        self.fd, self.what, self.regular, self.owned = fd, what, regular, owned
+
+    @classmethod
+    def open(cls, spec: SandboxSpec, path: str | None, fd: int | None) -> StatusOutput | None:
+        """Raises HostPathError, one sentence naming the option, on refusal."""
+        import errno
+        import fcntl
+        import stat
+
+        from supervisor.sandbox import hostpath
+
+        if path is None and fd is None:
+            return None
+        if path is None or path == "-":
+            what = f"--json-status-fd {fd}" if path is None else "--json-status -"
+            n = 1 if fd is None else fd
+            try:
+                flags = fcntl.fcntl(n, fcntl.F_GETFL)
+                st = os.fstat(n)
+            except OSError:
+                raise hostpath.HostPathError(errno.EBADF, f"{what}: fd {n} is not open in "
+                                             "this process", str(n)) from None
+            if flags & os.O_ACCMODE == os.O_RDONLY:
+                raise hostpath.HostPathError(errno.EBADF, f"{what}: fd {n} is open for "
+                                             "reading only", str(n))
+            cls._refuse_shared(what, hostpath.identity(st), _handed(spec))
+            return cls(n, what, False, False)
+        what = f"--json-status {path}"
+        full = os.path.abspath(path)
+        parent, name = os.path.split(full)
+        dir_fd, dst = hostpath.open_path(parent or "/", what)
+        try:
+            if not stat.S_ISDIR(dst.st_mode):
+                raise hostpath.HostPathError(errno.ENOTDIR, f"{what}: {parent} is not a "
+                                             "directory", full)
+            writable = _writable_binds(spec)
+            for ident in hostpath.ancestors(dir_fd):
+                if ident in writable:
+                    raise hostpath.HostPathError(
+                        errno.EPERM, f"{what}: refused, {full} is inside {writable[ident]}, "
+                        "which the program can write, so it could replace the record; write "
+                        "it outside every writable bind", full)
+            out = hostpath.open_output(name, dir_fd, what, full)
+        finally:
+            os.close(dir_fd)
+        ident = hostpath.identity(os.fstat(out))
+        try:
+            if ident in writable:
+                raise hostpath.HostPathError(errno.EPERM, f"{what}: refused, {full} is bound "
+                                             f"writable by {writable[ident]}", full)
+            # After the open, so a --file of the same path that the grant would
+            # create is seen too.
+            cls._refuse_shared(what, ident, _handed(spec))
+        except BaseException:
+            os.close(out)
+            raise
+        return cls(out, what, True, True)
+
+    @staticmethod
+    def _refuse_shared(what: str, ident: tuple[int, int],
+                       handed: dict[tuple[int, int], str]) -> None:
+        import errno
+
+        from supervisor.sandbox import hostpath
+
+        if ident in handed:
+            raise hostpath.HostPathError(
+                errno.EPERM, f"{what}: refused, it is the same file as the program's "
+                f"{handed[ident]}, so the program could write a forged record there; use "
+                "--json-status FILE or --json-status-fd N with a file the program is not given",
+                what)
+
+    def write(self, text: str) -> None:
+        """The whole record, from the start of the file (a regular file) or appended."""
+        import select
+
+        data = text.encode()
+        try:
+            if self.regular:
+                os.ftruncate(self.fd, 0)
+                os.lseek(self.fd, 0, os.SEEK_SET)
+            while data:
+                try:
+                    data = data[os.write(self.fd, data):]
+                except BlockingIOError:
+                    # The caller's descriptor is non-blocking: wait until it drains.
+                    p = select.poll()
+                    p.register(self.fd, select.POLLOUT)
+                    p.poll()
+        finally:
+            if self.owned:
+                os.close(self.fd)
+
+
+def _handed(spec: SandboxSpec) -> dict[tuple[int, int], str]:
+    """Identity -> description of every file the program is handed a descriptor of."""
+    from supervisor.sandbox import hostpath
+
+    out: dict[tuple[int, int], str] = {}
+    names = ("stdin", "stdout", "stderr")
+    for child_fd, source in sorted(spec.fd_map().items(), reverse=True):
+        if isinstance(source, int):
+            with contextlib.suppress(OSError):
+                desc = names[child_fd] if child_fd < 3 else f"fd {child_fd} (--pass-fd)"
+                out[hostpath.identity(os.fstat(source))] = desc
+        elif not isinstance(source, str):
+            try:
+                fd, st = hostpath.open_path(source.path, "--file",
+                                            follow="follow" in source.options)
+            except OSError:
+                continue  # not there yet (created by the grant) or refused later
+            os.close(fd)
+            out[hostpath.identity(st)] = f"fd {child_fd} (--file {source.path})"
+    return out
+
+
+def _writable_binds(spec: SandboxSpec) -> dict[tuple[int, int], str]:
+    """Identity -> description of every writable bind source."""
+    from supervisor.sandbox import hostpath
+
+    out: dict[tuple[int, int], str] = {}
+    for b in spec.binds:
+        if b.writable:
+            try:
+                fd, st = hostpath.open_path(b.source, "bind")
+            except OSError:
+                continue  # refused when the sandbox is set up
+            os.close(fd)
+            out[hostpath.identity(st)] = f"the writable bind {b.source} (on {b.dest})"
+    return out
 
 
 class _Forwarder:
@@ -133,7 +288,9 @@ class _Forwarder:
             box.send_signal(signum)
 
 
-def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
+def _run(argv: list[str], profile_name: str, json_status: str | None,
+         json_status_fd: int | None, options: dict[str, Any]) \
+        -> tuple[Status, StatusOutput | None]:
     forwarder = _Forwarder()
     from supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
 
@@ -154,8 +311,14 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
             pass_fds=options["pass_fd"], files=options["files"], env=options["env"],
             keep_env=options["keep_env"], outer_uid=options["outer_uid"],
             outer_gid=options["outer_gid"],
+            # With `--json-status -` stdout carries the record alone.
+            stdio=(0, 2, 2) if json_status == "-" else (0, 1, 2),
         )
+        # Before the sandbox exists, so nothing it does can change what is opened.
+        out = StatusOutput.open(spec, json_status, json_status_fd)
     except SpecError as e:
+        raise OptionError(str(e)) from None
+    except OSError as e:
         raise OptionError(str(e)) from None
     # The supervisor's memory is not for anyone to read, the sandbox least of all.
     from supervisor.sandbox.self_confine import set_dumpable
@@ -167,12 +330,12 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
         click.echo(f"warden: {e}", err=True)
         sys.exit(PreflightError.exit_code)
     except SetupError as e:
-        return e.status
+        return e.status, out
     except OSError as e:
         click.echo(f"warden: {e}", err=True)
         sys.exit(125)
     forwarder.attach(box)
-    return _supervise(box)
+    return _supervise(box), out
 
 
 def _supervise(box: Sandbox) -> Status:

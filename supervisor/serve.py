@@ -28,11 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
 import signal
 import socket
+import stat
+import struct
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,7 @@ from typing import Any
 
 from supervisor.core import START_METHODS, Supervisor
 from supervisor.pool import RESTART_MODES, RestartPolicy
+from supervisor.sandbox import hostpath
 from supervisor.worker_main import resolve
 
 log = logging.getLogger("warden.serve")
@@ -98,8 +102,12 @@ def _num(where: str, v: object, *, integer: bool = False, minimum: float = 0) ->
 def load_config(path: str) -> ServeConfig:
     """Parse and check CONFIG.toml; every error names the file and the key."""
     try:
-        with open(path, "rb") as f:
+        # The host-path rule: no link followed, no waiting on a FIFO, a regular file only.
+        fd = hostpath.open_input(os.path.abspath(path), "config file")
+        with os.fdopen(fd, "rb") as f:
             data = tomllib.load(f)
+    except hostpath.HostPathError as e:
+        raise ConfigError(str(e)) from None
     except OSError as e:
         raise ConfigError(f"{path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
@@ -119,8 +127,11 @@ def load_config(path: str) -> ServeConfig:
     preload = sup.get("preload", [])
     if not isinstance(preload, list) or not all(isinstance(p, str) for p in preload):
         raise ConfigError(f"{path}: supervisor.preload: expected a list of module names")
-    default_sock = str(Path(path).resolve().with_suffix(".sock"))
+    default_sock = str(Path(os.path.abspath(path)).with_suffix(".sock"))
     status_socket = sup.get("status_socket", default_sock)
+    if not isinstance(status_socket, str) or not status_socket:
+        raise ConfigError(f"{path}: supervisor.status_socket: expected a path")
+    status_socket = os.path.abspath(status_socket)
     pools_raw = data.get("pools", {})
     if not pools_raw:
         raise ConfigError(f"{path}: no [pools.NAME] section: nothing to serve")
@@ -188,11 +199,21 @@ def load_config(path: str) -> ServeConfig:
 
 async def serve(cfg: ServeConfig, *, ready: asyncio.Event | None = None) -> int:
     """Run the pools until SIGTERM/SIGINT; returns the exit code."""
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     preload = list(cfg.preload) + [p.module.partition(":")[0] for p in cfg.pools if p.module]
+    # First, so a socket path that is refused fails before any worker starts.
+    place = StatusSocket.place(cfg.status_socket)
     sup = Supervisor(start_method=cfg.start_method, zygote=cfg.start_method == "zygote",
                      zygote_preload=preload)
+    try:
+        return await _serve(cfg, sup, place, stop, ready)
+    finally:
+        place.remove()
+
+
+async def _serve(cfg: ServeConfig, sup: Supervisor, place: StatusSocket,
+                 stop: asyncio.Event, ready: asyncio.Event | None) -> int:
+    loop = asyncio.get_running_loop()
     async with sup:
         for pc in cfg.pools:
             try:
@@ -212,7 +233,7 @@ async def serve(cfg: ServeConfig, *, ready: asyncio.Event | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning(
             "status: %s", json.dumps(sup.status(), sort_keys=True)))
-        server = await _status_server(cfg.status_socket, sup)
+        server = await _status_server(place, sup)
         log.info("serving %d pool(s); status socket %s", len(cfg.pools), cfg.status_socket)
         if ready is not None:
             ready.set()
@@ -221,14 +242,108 @@ async def serve(cfg: ServeConfig, *, ready: asyncio.Event | None = None) -> int:
         finally:
             log.info("shutting down")
             server.close()
-            with contextlib.suppress(OSError):
-                os.unlink(cfg.status_socket)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
     return 0
 
 
-async def _status_server(path: str, sup: Supervisor) -> asyncio.AbstractServer:
+class StatusSocket:
+    """The status socket, made in a directory held by an O_PATH fd.
+
+    Parent, with the server's own rights. The directory is resolved once with
+    no link followed and must be one no other user can swap names in: owned
+    by us or root, and writable by group or others only with the sticky bit.
+    A name already there is reused only if it is a socket of ours (a previous
+    server's); anything else is refused, never unlinked. The socket is bound
+    through the fd's /proc link (so the directory is not looked up again),
+    mode 0600, and removed at the end only if the name still holds it.
+    """
+
+    WHAT = "supervisor.status_socket"
+
+    def __init__(self, path: str, dir_fd: int, name: str) -> None:
+        self.path, self.dir_fd, self.name = path, dir_fd, name
+        self.sock: socket.socket | None = None
+        self.ident = (0, 0)
+
+    @classmethod
+    def place(cls, path: str) -> StatusSocket:
+        """Check where the socket goes (before any worker starts); `bind` makes it.
+
+        Raises ConfigError, one sentence naming the path, when the place is refused."""
+        parent, name = os.path.split(os.path.abspath(path))
+        try:
+            dir_fd, st = hostpath.open_path(parent or "/", cls.WHAT)
+        except hostpath.HostPathError as e:
+            raise ConfigError(str(e)) from None
+        problem = _unsafe_dir(st)
+        if problem:
+            os.close(dir_fd)
+            raise ConfigError(f"{cls.WHAT}: {path} was refused: its directory {parent} "
+                              f"{problem}; put the socket in a directory only you can write")
+        out = cls(path, dir_fd, name)
+        try:
+            out._stale()
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        return out
+
+    def _stale(self) -> bool:
+        """True if the name holds a previous server's socket (ours); refuses anything else."""
+        try:
+            old = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if not (stat.S_ISSOCK(old.st_mode) and old.st_uid == os.geteuid()):
+            raise ConfigError(f"{self.WHAT}: {self.path} was refused: it exists and is not a "
+                              "socket of ours; remove it or choose another path")
+        return True
+
+    def bind(self) -> socket.socket:
+        """Make the socket (mode 0600), replacing a previous server's."""
+        if self._stale():
+            # Its name is ours, in a directory where nobody else may rename or
+            # remove entries, so this removes that very socket.
+            os.unlink(self.name, dir_fd=self.dir_fd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        umask = os.umask(0o177)
+        try:
+            sock.bind(f"/proc/self/fd/{self.dir_fd}/{self.name}")
+        except OSError as e:
+            sock.close()
+            raise ConfigError(f"{self.WHAT}: {self.path}: {e.strerror}") from None
+        finally:
+            os.umask(umask)
+        self.sock = sock
+        self.ident = hostpath.identity(os.stat(self.name, dir_fd=self.dir_fd,
+                                               follow_symlinks=False))
+        return sock
+
+    def remove(self) -> None:
+        """Close it and remove its name, if the name is still this socket."""
+        if self.sock is not None:
+            self.sock.close()
+            with contextlib.suppress(OSError):
+                st = os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+                if hostpath.identity(st) == self.ident:
+                    os.unlink(self.name, dir_fd=self.dir_fd)
+        with contextlib.suppress(OSError):
+            os.close(self.dir_fd)
+
+
+def _unsafe_dir(st: os.stat_result) -> str:
+    """Why another user could swap names in this directory, or ''."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"belongs to uid {st.st_uid}"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return "is writable by other users and not sticky"
+    return ""
+
+
+async def _status_server(place: StatusSocket, sup: Supervisor) -> asyncio.AbstractServer:
     async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
             w.write(json.dumps(sup.status(), sort_keys=True).encode() + b"\n")
@@ -236,25 +351,35 @@ async def _status_server(path: str, sup: Supervisor) -> asyncio.AbstractServer:
         finally:
             w.close()
 
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    old = os.umask(0o177)
-    try:
-        return await asyncio.start_unix_server(answer, path)
-    finally:
-        os.umask(old)
+    return await asyncio.start_unix_server(answer, sock=place.bind())
 
 
 def query_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
-    """What `warden status` prints: the running server's snapshot."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            chunks.append(b)
+    """What `warden status` prints: the running server's snapshot.
+
+    The socket is resolved with no link followed and connected to through
+    that fd; the answer counts only if the server runs as us or as root."""
+    fd, st = hostpath.open_path(os.path.abspath(path), "status socket")
+    try:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise hostpath.HostPathError(errno.ENOTSOCK, f"status socket: {path} is not a "
+                                         "socket", path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+            s.settimeout(timeout)
+            s.connect(f"/proc/self/fd/{fd}")
+            cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            _pid, uid, _gid = struct.unpack("3i", cred)
+            if uid not in (os.geteuid(), 0):
+                raise hostpath.HostPathError(errno.EPERM, f"status socket: {path} was refused: "
+                                             f"the server on it runs as uid {uid}, not as you "
+                                             "or root", path)
+            chunks = []
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+    finally:
+        os.close(fd)
     result: dict[str, Any] = json.loads(b"".join(chunks))
     return result

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from supervisor.sandbox.hostpath import HostPathError
 from supervisor.serve import ConfigError, load_config, query_status
 
 
@@ -43,7 +44,7 @@ def status_command(config: str | None, sock: str | None) -> None:
     try:
         path = sock if sock is not None else load_config(config).status_socket  # type: ignore[arg-type]
         snap = query_status(path)
-    except ConfigError as e:
+    except (ConfigError, HostPathError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"no server answers on {path}: {e.strerror or e}") from None

@@ -200,3 +200,52 @@ class PreparedExec:
 
 
 libc = _libc
+
+
+# openat2(2) (Linux 5.6+): one path resolution with the kernel's own rules
+# about links, so no check of a path can be raced by a rename between steps.
+NR["openat2"] = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+AT_EMPTY_PATH = 0x1000
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """openat2(2): open `path` with `flags` under the RESOLVE_* rules in `resolve`."""
+    how = _OpenHow(flags, mode if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0,
+                   resolve)
+    return syscall("openat2", ctypes.c_int(dirfd), path, ctypes.byref(how),
+                   ctypes.c_size_t(ctypes.sizeof(how)))
+
+
+def open_tree_clone_fd(fd: int) -> int:
+    """A detached, recursive copy of the mount tree at the object `fd` refers to.
+
+    Unlike `open_tree_clone(path)`, nothing is looked up: the tree is the one
+    `fd` (an O_PATH descriptor) was opened on, whatever happened to the path since."""
+    return syscall("open_tree", ctypes.c_int(fd), b"",
+                   ctypes.c_uint(AT_EMPTY_PATH | OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
+                                 | AT_RECURSIVE))
+
+
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+
+def move_mount_to_fd(tree_fd: int, target_fd: int) -> None:
+    """Attach a detached mount tree on the directory or file `target_fd` (O_PATH) is."""
+    syscall("move_mount", ctypes.c_int(tree_fd), b"", ctypes.c_int(target_fd), b"",
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
+
+
+def mount_setattr_fd(fd: int, attr_set: int, recursive: bool) -> None:
+    """mount_setattr(2) on the mount `fd` is the root of (opened after the mount)."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
+    syscall("mount_setattr", ctypes.c_int(fd), b"", ctypes.c_uint(flags),
+            ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))

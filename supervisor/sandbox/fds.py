@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _sys, hostpath
 
 _OPEN_FLAGS = {
     "r": os.O_RDONLY,
@@ -23,19 +23,47 @@ _OPEN_FLAGS = {
     "rw": os.O_RDWR | os.O_CREAT,
     "a": os.O_WRONLY | os.O_APPEND | os.O_CREAT,
 }
+MODES = tuple(_OPEN_FLAGS)
+# What a user may add after the mode: accept a FIFO or a device (refused by
+# default, see hostpath), or follow symbolic links in the path.
+GRANT_OPTIONS = ("fifo", "device", "follow")
 
 
 class FdError(OSError):
     """A descriptor could not be opened (parent) or installed (child)."""
 
 
-def open_grant(path: str, mode: str) -> int:
-    """Open a --file grant with the parent's rights (close-on-exec in the parent)."""
-    try:
-        return os.open(path, _OPEN_FLAGS[mode] | os.O_CLOEXEC | os.O_NOCTTY, 0o644)
-    except OSError as e:
-        raise FdError(e.errno or 0, f"--file {path}:{mode}: {os.strerror(e.errno or 0)}") \
-            from None
+def parse_grant(text: str) -> tuple[str, str, tuple[str, ...]]:
+    """'PATH[:r|w|rw|a][:fifo][:device][:follow]' -> (absolute path, mode, options).
+
+    Suffixes are read from the right, so a path may itself hold colons as long
+    as it does not end in one of these words."""
+    path, options = text, list[str]()
+    while True:
+        head, sep, tail = path.rpartition(":")
+        if not sep or tail not in GRANT_OPTIONS or tail in options:
+            break
+        path, options = head, [tail, *options]
+    mode = "r"
+    head, sep, tail = path.rpartition(":")
+    if sep and tail in MODES:
+        path, mode = head, tail
+    return os.path.abspath(path), mode, tuple(options)
+
+
+def open_grant(path: str, mode: str, options: tuple[str, ...] = ()) -> int:
+    """Open a --file grant with the parent's rights (close-on-exec in the parent).
+
+    Through the host-path rule: no link followed (unless "follow"), never
+    blocking, only a regular file (unless "fifo"/"device"); "w" truncates
+    only once the file is known to be a regular file."""
+    spelled = ":".join((path, mode, *options))
+    return hostpath.open_file(
+        path, _OPEN_FLAGS[mode], f"--file {spelled}", follow="follow" in options, create_mode=0o644,
+        kinds=[k for k in options if k != "follow"],
+        kind_hint=f" (add :{{kind}}, as in --file {path}:{mode}:{{kind}}, to accept one)",
+        follow_hint=f", or add :follow (--file {path}:{mode}:follow) if every link on "
+                    "the way is yours")
 
 
 def install(pairs: tuple[tuple[int, int], ...], keep: tuple[int, ...]) -> tuple[int, ...]:

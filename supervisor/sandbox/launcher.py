@@ -480,7 +480,7 @@ class Launch:
                     pairs.append((target, self._child_channel.fileno()))
                 else:
                     assert not isinstance(source, str)
-                    fd = fds.open_grant(source.path, source.mode)
+                    fd = fds.open_grant(source.path, source.mode, source.options)
                     self._opened.append(fd)
                     pairs.append((target, fd))
             self._setup, self._child_setup = socket.socketpair(

@@ -18,7 +18,7 @@ import os
 import stat
 from typing import NamedTuple
 
-from supervisor.sandbox import _sys
+from supervisor.sandbox import _sys, hostpath
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
@@ -41,26 +41,51 @@ class MountOp(NamedTuple):
     # A bind's source as a detached mount tree the parent cloned with its own
     # rights (open_tree), or -1: the child binds the path itself.
     tree_fd: int = -1
+    # The identity (st_dev, st_ino) of the source the parent resolved; a child
+    # that binds the path itself checks it found that same file.
+    dev: int = 0
+    ino: int = 0
 
 
 def plan_binds(binds: tuple[tuple[str, str, bool], ...],
                tmpfs: tuple[tuple[str, int], ...]) -> tuple[MountOp, ...]:
-    """Order mounts parents-first; a bind whose source is a symlink becomes that symlink."""
-    ops: list[MountOp] = []
-    for src, dst, writable in binds:
-        st = os.lstat(src)
-        if stat.S_ISLNK(st.st_mode):
-            ops.append(MountOp("symlink", os.fsencode(os.readlink(src)), os.fsencode(dst)))
-        else:
-            ops.append(MountOp("bind", os.fsencode(src), os.fsencode(dst), writable,
-                               stat.S_ISDIR(os.stat(src).st_mode)))
+    """Order mounts parents-first. Touches no file: `detach_sources` resolves the sources."""
+    ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable)
+           for src, dst, writable in binds]
     ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
     ops.sort(key=lambda op: op.dest.count(b"/"))
     return tuple(ops)
 
 
+def _resolve_source(op: MountOp) -> MountOp:
+    """Parent, outside the sandbox, privileged: resolve a bind source once and take
+    everything from that one fd: its kind, the link it is, or a clone of its tree.
+
+    A source that is itself a symbolic link becomes that link in the sandbox (not
+    followed); a link anywhere before it is refused (hostpath). Because open_tree
+    acts on the fd, a rename of the path after this point changes nothing bound."""
+    src = op.source.decode(errors="surrogateescape")
+    fd, st = hostpath.open_bind_source(src, f"bind {src} on {op.dest.decode()}")
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            return MountOp("symlink", os.fsencode(os.readlink("", dir_fd=fd)), op.dest)
+        op = op._replace(is_dir=stat.S_ISDIR(st.st_mode), dev=st.st_dev, ino=st.st_ino)
+        try:
+            return op._replace(tree_fd=_sys.open_tree_clone_fd(fd))
+        except OSError as e:
+            # EPERM: an ordinary user may not clone a tree of the host's mount
+            # namespace; the child binds it inside its own (checking identity).
+            if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
+                raise MountError(e.errno or errno.EIO,
+                                 f"bind source {src}: {e.strerror}") from None
+            return op
+    finally:
+        os.close(fd)
+
+
 def detach_sources(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
-    """Clone each bind's source tree here, in the parent, with the parent's rights.
+    """Resolve each bind's source here, in the parent, and clone its tree with the
+    parent's rights.
 
     The child then attaches the clone instead of looking the path up as its
     own unprivileged id, so a root supervisor can bind a directory that lies
@@ -69,21 +94,13 @@ def detach_sources(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
     bound directory's own permissions still apply to the child. Where the
     kernel or the caller's privilege does not allow open_tree (an ordinary
     user, Linux before 5.2), the op keeps tree_fd -1 and the child binds the
-    path: an ordinary user's child resolves paths with that user's own rights
-    anyway. Close the returned fds with `close_trees` once the child has them.
+    path in its own namespace, refusing it unless it is the very file resolved
+    here. Close the returned fds with `close_trees` once the child has them.
     """
     out: list[MountOp] = []
     try:
         for op in ops:
-            if op.kind == "bind":
-                try:
-                    op = op._replace(tree_fd=_sys.open_tree_clone(op.source))
-                except OSError as e:
-                    if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
-                        raise MountError(e.errno or errno.EIO,
-                                         f"bind source {op.source.decode()}: {e.strerror}") \
-                            from None
-            out.append(op)
+            out.append(_resolve_source(op) if op.kind == "bind" else op)
     except BaseException:
         close_trees(tuple(out))
         raise
@@ -159,6 +176,180 @@ def _readonly(path: bytes) -> None:
                    | _locked(path))
 
 
+def _child_tree(op: MountOp, what: str) -> int:
+    """Child, in its own user and mount namespaces: a clone of the source the parent resolved.
+
+    The path is looked up again here (the parent's fd belongs to the host's
+    mount namespace, which this one may not clone from), with no link
+    followed, and cloned only if it is the same file (st_dev, st_ino) the
+    parent resolved, so a rename or a planted link in between gets a refusal,
+    never another tree. The clone is made from that fd, not the path.
+    Returns -1 before Linux 5.2 (no open_tree): the caller binds the path."""
+    path = b"/oldroot" + op.source
+    try:
+        fd, st = hostpath.open_path(os.fsdecode(path), what)
+    except OSError as e:
+        # A link, or nothing, where warden found the source: it was replaced.
+        if e.errno not in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+            raise MountError(e.errno or errno.EIO,
+                             f"{what}: {os.strerror(e.errno or errno.EIO)}") from None
+        fd, st = -1, None
+    if st is None or (st.st_dev, st.st_ino) != (op.dev, op.ino):
+        if fd >= 0:
+            os.close(fd)
+        raise MountError(errno.ESTALE, f"{what}: refused, {op.source.decode(errors='replace')} "
+                         "is no longer the file warden resolved (renamed or replaced while the "
+                         "sandbox was set up)")
+    try:
+        return _sys.open_tree_clone_fd(fd)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        return -1
+    finally:
+        os.close(fd)
+
+
+class _Refused(OSError):
+    """A mount point refused; str() is the clause after the step's name."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _at(dir_fd: int, name: bytes) -> int:
+    """O_PATH fd of `name` in `dir_fd`, never through a link (a mount on it is entered)."""
+    try:
+        return _sys.openat2(dir_fd, name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
+                            _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:  # before Linux 5.6: one component, O_NOFOLLOW is enough
+            return os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        raise
+
+
+def _parent_of(root_fd: int, dest: bytes) -> tuple[int, bytes]:
+    """Make the directories above `dest` in the new root; returns (O_PATH fd of dest's
+    directory, dest's last name).
+
+    Child, before the old root is gone, with the child's own rights. Each
+    component is entered through an fd and must not be a link: a link left in
+    a writable bind by an earlier sandbox would otherwise take this mkdir, and
+    the mount, to a host directory outside every bind."""
+    parts = [p for p in dest.split(b"/") if p]
+    cur = os.open(b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=root_fd)
+    try:
+        for i, part in enumerate(parts[:-1]):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=cur)
+            nxt = _checked(cur, part, b"/" + b"/".join(parts[:i + 1]), True)
+            os.close(cur)
+            cur = nxt
+    except BaseException:
+        os.close(cur)
+        raise
+    return cur, parts[-1]
+
+
+def _checked(dir_fd: int, name: bytes, shown: bytes, is_dir: bool) -> int:
+    """_at, refusing a link and a kind other than the one wanted (directory or not)."""
+    fd = _at(dir_fd, name)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISLNK(mode):  # O_PATH|O_NOFOLLOW returns a last-component link itself
+        os.close(fd)
+        raise _Refused(errno.ELOOP, f"refused, {shown.decode(errors='replace')} in the "
+                       "sandbox is a symbolic link, which warden does not follow when it "
+                       "makes mount points")
+    if stat.S_ISDIR(mode) != is_dir:
+        os.close(fd)
+        raise _Refused(errno.ENOTDIR if is_dir else errno.EISDIR,
+                       f"refused, {shown.decode(errors='replace')} in the sandbox is "
+                       f"{'not ' if is_dir else ''}a directory")
+    return fd
+
+
+def _mount_point(root_fd: int, dest: bytes, is_dir: bool) -> tuple[int, bytes, int]:
+    """(directory fd, name, O_PATH fd of the mount point) for `dest`, made if missing."""
+    parent, name = _parent_of(root_fd, dest)
+    try:
+        if is_dir:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o755, dir_fd=parent)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                                 0o644, dir_fd=parent))
+        return parent, name, _checked(parent, name, dest, is_dir)
+    except BaseException:
+        os.close(parent)
+        raise
+
+
+def _bind_at(root_fd: int, op: MountOp, what: str) -> None:
+    """Attach a bind's tree on its mount point (found through fds) and lock it down."""
+    parent, name, target = _mount_point(root_fd, op.dest, op.is_dir)
+    try:
+        tree = op.tree_fd if op.tree_fd >= 0 else _child_tree(op, what)
+        try:
+            if tree < 0:  # before Linux 5.2: by path, right after the identity check
+                _sys.mount(b"/oldroot" + op.source, b"/newroot" + op.dest, None,
+                           _sys.MS_BIND | _sys.MS_REC)
+            else:
+                _sys.move_mount_to_fd(tree, target)
+        finally:
+            if tree >= 0:
+                os.close(tree)
+        # Looked up again by name from the directory: that lands on the mount
+        # just attached (the target fd still names the directory beneath it).
+        top = _at(parent, name)
+        try:
+            _lock_down_fd(top, b"/newroot" + op.dest, not op.writable)
+        finally:
+            os.close(top)
+    finally:
+        os.close(target)
+        os.close(parent)
+
+
+def _lock_down_fd(fd: int, path: bytes, readonly: bool) -> None:
+    attrs = _sys.MOUNT_ATTR_NOSUID | _sys.MOUNT_ATTR_NODEV
+    if readonly:
+        attrs |= _sys.MOUNT_ATTR_RDONLY
+    try:
+        _sys.mount_setattr_fd(fd, attrs, recursive=True)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        _lock_down(path, readonly)  # before Linux 5.12: remount by path
+
+
+def _tmpfs_at(root_fd: int, dest: bytes, size: int) -> None:
+    parent, _name, target = _mount_point(root_fd, dest, True)
+    try:
+        # mount(2) takes a path only: "." after fchdir is the mount point itself.
+        os.fchdir(target)
+        _sys.mount(b"tmpfs", b".", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+                   b"mode=0755,size=%d" % size)
+    finally:
+        os.chdir(b"/")
+        os.close(target)
+        os.close(parent)
+
+
+def _symlink_at(root_fd: int, dest: bytes, points_to: bytes) -> None:
+    parent, name = _parent_of(root_fd, dest)
+    try:
+        os.symlink(points_to, name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _dir_at(root_fd: int, dest: bytes) -> None:
+    parent, _name, target = _mount_point(root_fd, dest, True)
+    os.close(target)
+    os.close(parent)
+
+
 def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     """Build the new root and pivot into it. Raises MountError naming the path."""
     try:
@@ -172,6 +363,10 @@ def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
 def _step(what: str, fn: object, *args: object) -> None:
     try:
         fn(*args)  # type: ignore[operator]
+    except MountError:
+        raise
+    except _Refused as e:
+        raise MountError(e.errno or errno.EIO, f"{what}: {e}") from None
     except OSError as e:
         raise MountError(e.errno or errno.EIO, f"{what}: {os.strerror(e.errno or errno.EIO)}") \
             from None
@@ -197,26 +392,21 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
           b"mode=1777,size=%d" % tmp_size)
 
-    for op in ops:
-        target = new + op.dest
-        if op.kind == "symlink":
-            what = f"symlink {op.dest.decode()}"
-            _step(what, _mkdirs, os.path.dirname(target))
-            _step(what, os.symlink, op.source, target)
-        elif op.kind == "tmpfs":
-            what = f"tmpfs {op.dest.decode()}"
-            _step(what, _mkdirs, target)
-            _step(what, m, b"tmpfs", target, b"tmpfs",
-                  _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=0755,size=%d" % op.size)
-        else:
-            what = f"bind {op.source.decode()} on {op.dest.decode()}"
-            _step(what, _mkdirs if op.is_dir else _touch, target)
-            if op.tree_fd >= 0:
-                _step(what, _sys.move_mount_fd, op.tree_fd, target)
-                os.close(op.tree_fd)
+    # Every mount point below is reached through fds from here, never a link.
+    root_fd = os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for op in ops:
+            if op.kind == "symlink":
+                _step(f"symlink {op.dest.decode()}", _symlink_at, root_fd, op.dest, op.source)
+            elif op.kind == "tmpfs":
+                _step(f"tmpfs {op.dest.decode()}", _tmpfs_at, root_fd, op.dest, op.size)
             else:
-                _step(what, m, b"/oldroot" + op.source, target, None, _sys.MS_BIND | _sys.MS_REC)
-            _step(what, _lock_down, target, not op.writable)
+                what = f"bind {op.source.decode()} on {op.dest.decode()}"
+                _step(what, _bind_at, root_fd, op, what)
+        if chdir != b"/":
+            _step(f"chdir {chdir.decode()}", _dir_at, root_fd, chdir)
+    finally:
+        os.close(root_fd)
 
     # /proc: a fresh procfs, which shows only the new PID namespace.
     _mkdirs(new + b"/proc")
@@ -235,9 +425,6 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     for link, points_to in DEV_LINKS:
         os.symlink(points_to.encode(), dev + b"/" + link.encode())
     _step("read-only /dev", _readonly, dev)
-
-    if chdir != b"/":
-        _mkdirs(new + chdir)
 
     # Into the new root; stack the old one on it and detach it.
     os.chdir(new)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from profiles.model import Bind, Profile, Tmpfs
+from supervisor.sandbox.fds import parse_grant
 
 # The workload's uid/gid inside its user namespace: an ordinary user, never 0.
 INNER_ID = 1000
@@ -33,7 +34,6 @@ DEFAULT_OPEN_FILES = 1024
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 _RESERVED = ("/proc", "/dev")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_FILE_MODES = ("r", "w", "rw", "a")
 
 
 class SpecError(ValueError):
@@ -47,6 +47,7 @@ class FileGrant:
     path: str
     mode: str  # r, w, rw, a
     fd: int
+    options: tuple[str, ...] = ()  # fifo, device, follow: see fds.parse_grant
 
 
 @dataclass(frozen=True)
@@ -283,16 +284,12 @@ def build_spec(
     grants: list[FileGrant] = []
     nxt = max(used) + 1
     for text in files:
-        path, mode = text, "r"
-        head, sep, tail = text.rpartition(":")
-        if sep and tail in _FILE_MODES:
-            path, mode = head, tail
-        path = os.path.abspath(path)
+        path, mode, options = parse_grant(text)
         if mode == "r" and not os.path.exists(path):
             raise SpecError(f"--file {text}: {path} does not exist")
         if os.path.isdir(path):
             raise SpecError(f"--file {text}: {path} is a directory")
-        grants.append(FileGrant(path, mode, nxt))
+        grants.append(FileGrant(path, mode, nxt, options))
         nxt += 1
     if nxt + 1 > nofile:
         raise SpecError(f"--max-open-files {nofile}: too low for the {nxt} fds handed to the child")
