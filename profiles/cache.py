@@ -397,8 +397,13 @@ class _Target:
     def shown_by(self, host_path: str) -> bool:
         """True if a bind of `host_path` shows any of the target: it is the target, a
         directory above it, or something inside it. Compared by device and inode as
-        well as by name, so symlinks and bind-mount aliases do not hide it."""
-        src = os.path.realpath(host_path)
+        well as by name, so symlinks and bind-mount aliases do not hide it. A path that
+        cannot be resolved (a sandbox renaming it under us: realpath's readlink then
+        fails) counts as showing it: no cache is the safe answer."""
+        try:
+            src = os.path.realpath(host_path)
+        except OSError:
+            return True
         if src == self.real or self.real.startswith(src.rstrip("/") + "/") \
                 or src.startswith(self.real + "/"):
             return True
