@@ -1,0 +1,426 @@
+"""The sandbox's outer ids: one validated source for every start method, and ids of its own.
+
+Outside its user namespace a sandbox runs as an outer uid/gid. Per-user
+kernel budgets are keyed by that id: fds in flight over unix sockets
+(`too_many_unix_fds`: the sender's in-flight count against RLIMIT_NOFILE),
+pipe buffer pages, epoll watches, and, for a user namespace the id *owns*,
+every count the kernel charges up the namespace chain (inotify instances
+and watches, namespaces, RLIMIT_NPROC/SIGPENDING/MSGQUEUE). Sandboxes that
+share an id share those budgets with each other and with the host user of
+that id, so each live sandbox gets its own:
+
+- as root: a uid/gid from a range (default DEFAULT_RANGE; `--outer-uid-range`
+  or WARDEN_OUTER_ID_RANGE), the same number for both. The sandbox's user
+  namespace is created with that id as its effective id, so the namespace
+  is owned by it and what the kernel charges to the owner is charged to it.
+- as an ordinary user: a uid/gid from the ranges /etc/subuid and /etc/subgid
+  grant, mapped by newuidmap/newgidmap (the kernel lets an ordinary user map
+  only its own id). The namespace is still owned by the user, so its
+  chained counts stay the user's; the namespace's own limits (userns.py)
+  bound each sandbox's share.
+- otherwise the shared id (the user's own, or a fixed `--outer-uid`), which
+  the status names in `weakened`.
+
+Allocation works across processes (concurrent `warden run`s and embedded
+supervisors): id N is taken by holding flock(LOCK_EX) on the file N in a
+directory only its owner can enter (/run/warden/ids for root), for the
+sandbox's whole life, by the process that owns the handle. The lock's fd is
+close-on-exec and never in the child's fd map; the init closes it before
+anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import threading
+from typing import NamedTuple
+
+# As root, sandboxes get ids from this range (START, COUNT): above the ranges
+# distributions, systemd and subordinate-id tools hand out, below 2^31 (ids
+# from there up break programs that hold them in a signed int).
+DEFAULT_RANGE = (2_000_000_000, 65536)
+# The id every sandbox shares when no allocation applies (the `fork` start
+# method's workers, as root) and the default of a fixed `--outer-uid`.
+SHARED_ID = 2_147_400_000
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to setresuid and chown
+ROOT_LOCK_DIR = "/run/warden/ids"
+NEWUIDMAP = ("/usr/bin/newuidmap", "/bin/newuidmap")
+NEWGIDMAP = ("/usr/bin/newgidmap", "/bin/newgidmap")
+
+_lock = threading.Lock()
+_held: set[int] = set()  # ids this process holds (skipped without a syscall)
+_accounts: tuple[frozenset[int], frozenset[int]] | None = None
+
+
+class OuterIdError(ValueError):
+    """An outer id or range is invalid; the message names the option or variable."""
+
+
+class IdsUnavailable(OSError):
+    """No outer id could be allocated (the range is used up, or the lock directory is unsafe)."""
+
+
+class Choice(NamedTuple):
+    """What the caller asked for, validated: a fixed pair, or a range to allocate from."""
+
+    fixed: tuple[int, int] | None
+    range: tuple[int, int]  # (start, count)
+
+
+def parse_id(text: str, name: str) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise OuterIdError(f"{name}={text!r}: not a numeric id") from None
+    return value
+
+
+def parse_range(text: str, name: str) -> tuple[int, int]:
+    start, sep, count = text.strip().partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        return int(start, 10), int(count, 10)
+    except ValueError:
+        raise OuterIdError(f"{name} {text!r}: expected START:COUNT, such as "
+                           f"{DEFAULT_RANGE[0]}:{DEFAULT_RANGE[1]}") from None
+
+
+def _own_ids() -> tuple[set[int], set[int]]:
+    ruid, euid, suid = os.getresuid()
+    rgid, egid, sgid = os.getresgid()
+    return {ruid, euid, suid}, {rgid, egid, sgid}
+
+
+def check_id(value: int, option: str, *, gid: bool = False) -> int:
+    """An unprivileged id: not 0, not (uid_t)-1, not the supervisor's own uid/gid."""
+    if not 0 < value <= MAX_ID:
+        raise OuterIdError(f"{option} {value}: must be an unprivileged id "
+                           f"(not 0, below 4294967295)")
+    uids, gids = _own_ids()
+    if value in (gids if gid else uids):
+        raise OuterIdError(f"{option} {value}: must differ from the supervisor's own "
+                           f"{'gid' if gid else 'uid'}")
+    return value
+
+
+def _local_accounts() -> tuple[frozenset[int], frozenset[int]]:
+    """Ids named in /etc/passwd and /etc/group (read once): a range must not hand them out."""
+    global _accounts
+    if _accounts is None:
+        found: list[frozenset[int]] = []
+        for path in ("/etc/passwd", "/etc/group"):
+            ids: set[int] = set()
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        parts = line.split(b":")
+                        if len(parts) > 2 and parts[2].strip().isdigit():
+                            ids.add(int(parts[2]))
+            except OSError:
+                pass
+            found.append(frozenset(ids))
+        _accounts = (found[0], found[1])
+    return _accounts
+
+
+def check_range(start: int, count: int, option: str) -> tuple[int, int]:
+    """A range of unprivileged ids that covers no account and none of the supervisor's ids."""
+    if count < 1:
+        raise OuterIdError(f"{option} {start}:{count}: COUNT must be at least 1")
+    if start < 1 or start + count - 1 > MAX_ID:
+        raise OuterIdError(f"{option} {start}:{count}: must lie within 1..{MAX_ID} "
+                           "(never 0, nor 4294967295)")
+    uids, gids = _own_ids()
+    users, groups = _local_accounts()
+    end = start + count
+    for what, taken in (("the supervisor's own uid", uids), ("the supervisor's own gid", gids),
+                        ("an account of /etc/passwd", users),
+                        ("a group of /etc/group", groups)):
+        hit = sorted(i for i in taken if start <= i < end)
+        if hit:
+            raise OuterIdError(f"{option} {start}:{count}: covers id {hit[0]}, {what}; "
+                               "choose a range no account uses")
+    return start, count
+
+
+def choose(env: dict[str, str] | os._Environ[str], outer_uid: int | None = None,
+           outer_gid: int | None = None, outer_id_range: tuple[int, int] | None = None
+           ) -> Choice:
+    """The one reading of the outer-id settings: options first, then WARDEN_OUTER_UID,
+    WARDEN_OUTER_GID and WARDEN_OUTER_ID_RANGE from `env`, each validated.
+
+    A fixed uid without a gid (or the reverse) uses the same number for both."""
+    uid = outer_uid
+    gid = outer_gid
+    uid_opt, gid_opt = "--outer-uid", "--outer-gid"
+    if uid is None and "WARDEN_OUTER_UID" in env:
+        uid, uid_opt = parse_id(env["WARDEN_OUTER_UID"], "WARDEN_OUTER_UID"), "WARDEN_OUTER_UID"
+    if gid is None and "WARDEN_OUTER_GID" in env:
+        gid, gid_opt = parse_id(env["WARDEN_OUTER_GID"], "WARDEN_OUTER_GID"), "WARDEN_OUTER_GID"
+    fixed = None
+    if uid is not None or gid is not None:
+        u = check_id(uid if uid is not None else gid or 0, uid_opt if uid is not None else gid_opt)
+        g = check_id(gid if gid is not None else u, gid_opt if gid is not None else uid_opt,
+                     gid=True)
+        fixed = (u, g)
+    if outer_id_range is not None:
+        rng = check_range(*outer_id_range, "--outer-uid-range")
+    elif "WARDEN_OUTER_ID_RANGE" in env:
+        rng = check_range(*parse_range(env["WARDEN_OUTER_ID_RANGE"], "WARDEN_OUTER_ID_RANGE"),
+                          "WARDEN_OUTER_ID_RANGE")
+    else:
+        rng = check_range(*DEFAULT_RANGE, "the default outer id range")
+    return Choice(fixed, rng)
+
+
+def forked_worker_ids(env: dict[str, str] | os._Environ[str], shared: int = SHARED_ID
+                      ) -> tuple[int, int]:
+    """As root, the ids a `fork` start-method worker becomes: the fixed ids if set, else
+    the shared id (validated like every other source). Forked workers share it: the
+    supervisor holds no lease for them (see docs/sandbox.md)."""
+    c = choose(env)
+    if c.fixed is not None and os.geteuid() != 0:
+        raise OuterIdError(f"WARDEN_OUTER_UID/GID {c.fixed[0]}/{c.fixed[1]}: as uid "
+                           f"{os.getuid()} forked workers can only keep your own ids; "
+                           "unset them")
+    if c.fixed is not None:
+        return c.fixed
+    return check_id(shared, "the shared outer id"), check_id(shared, "the shared outer id",
+                                                           gid=True)
+
+
+# ------------------------------------------------------------------ the namespace's owner
+
+_PR_GET_PDEATHSIG = 2
+_PR_SET_PDEATHSIG = 1
+_PR_GET_DUMPABLE = 3
+_PR_SET_DUMPABLE = 4
+
+
+class Saved(NamedTuple):
+    egid: int
+    pdeathsig: int
+    dumpable: int
+
+
+def assume_owner(uid: int, gid: int) -> Saved:
+    """Root, right before cloning the sandbox's init: make (uid, gid) this process's
+    effective ids, so the user namespace the clone creates is owned by them.
+
+    The kernel names the namespace's owner after the creator's effective ids and
+    charges the namespace's chained counts (inotify, namespaces, rlimit counts) to
+    that owner in the parent namespace. The real and saved uid stay 0, so
+    resume() can return; no other thread may run meanwhile (the caller is
+    single-threaded, or a short-lived fork)."""
+    import ctypes
+
+    from supervisor.sandbox import _sys
+
+    sig = ctypes.c_int(0)
+    _sys.prctl(_PR_GET_PDEATHSIG, ctypes.addressof(sig))
+    saved = Saved(os.getegid(), sig.value, _sys.prctl(_PR_GET_DUMPABLE))
+    os.setresgid(-1, gid, -1)
+    try:
+        os.setresuid(-1, uid, -1)
+    except BaseException:
+        os.setresgid(-1, saved.egid, -1)
+        raise
+    return saved
+
+
+def resume(saved: Saved) -> None:
+    """Undo assume_owner(). Changing the effective ids cleared the parent-death signal
+    and the dumpable flag (commit_creds does): both are put back as they were."""
+    from supervisor.sandbox import _sys
+
+    os.setresuid(-1, 0, -1)
+    os.setresgid(-1, saved.egid, -1)
+    _sys.prctl(_PR_SET_DUMPABLE, saved.dumpable)
+    if saved.pdeathsig:
+        _sys.prctl(_PR_SET_PDEATHSIG, saved.pdeathsig)
+
+
+# ------------------------------------------------------------------ subordinate ids
+
+def _find(paths: tuple[str, ...]) -> str | None:
+    return next((p for p in paths if os.access(p, os.X_OK)), None)
+
+
+def _subid_range(path: str, uid: int) -> tuple[int, int] | None:
+    """The first range `path` (/etc/subuid or /etc/subgid) grants `uid` (by name or number)."""
+    import pwd
+
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = None
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0] not in (str(uid), name):
+            continue
+        if parts[1].isdigit() and parts[2].isdigit() and int(parts[2]) > 0:
+            return int(parts[1]), int(parts[2])
+    return None
+
+
+class Subids(NamedTuple):
+    uid_start: int
+    gid_start: int
+    size: int
+
+
+def subordinate_ids() -> Subids | None:
+    """The ids an ordinary user may map (newuidmap/newgidmap present, both files granting),
+    without 0 or the user's own ids; None when there are none."""
+    if _find(NEWUIDMAP) is None or _find(NEWGIDMAP) is None:
+        return None
+    uid = os.getuid()
+    u = _subid_range("/etc/subuid", uid)
+    g = _subid_range("/etc/subgid", uid)
+    if u is None or g is None:
+        return None
+    count = min(u[1], g[1])
+    uids, gids = _own_ids()
+    if any(u[0] <= i < u[0] + count for i in (0, *uids)) or \
+            any(g[0] <= i < g[0] + count for i in (0, *gids)):
+        return None  # a range an administrator got wrong: never map root or ourselves
+    return Subids(u[0], g[0], count)
+
+
+def newidmap(pid: int, inner: int, uid: int, gid: int) -> None:
+    """Map `inner` to (uid, gid) for `pid` with the setuid helpers (ordinary user, subids)."""
+    for paths, outer, what in ((NEWUIDMAP, uid, "uid"), (NEWGIDMAP, gid, "gid")):
+        prog = _find(paths)
+        if prog is None:
+            raise OSError(errno.ENOENT, f"new{what}map is not installed")
+        child = os.posix_spawn(prog, [prog, str(pid), str(inner), str(outer), "1"],
+                               {"PATH": "/usr/bin:/bin"})
+        # An embedder's SIGCHLD handler may reap it first: the map itself says how it went.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child, 0)
+        with open(f"/proc/{pid}/{what}_map") as f:
+            if f.read().split() != [str(inner), str(outer), "1"]:
+                raise OSError(errno.EPERM, f"new{what}map {pid} {inner} {outer} 1 failed")
+
+
+# ------------------------------------------------------------------ allocation
+
+class Lease:
+    """The outer ids of one sandbox, held until release().
+
+    mode: "range" (root, allocated), "subid" (ordinary user, allocated),
+    "fixed" (explicit ids, shared), "own" (the invoking user's ids, shared)."""
+
+    __slots__ = ("fd", "gid", "mode", "uid")
+
+    def __init__(self, uid: int, gid: int, mode: str, fd: int = -1) -> None:
+        self.uid, self.gid, self.mode, self.fd = uid, gid, mode, fd
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        # LOCK_UN first: a forked copy of this fd elsewhere must not keep the id taken.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+            with _lock:
+                _held.discard(self.uid)
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.mode} {self.uid}:{self.gid}>"
+
+
+def _lock_dir() -> str:
+    if os.geteuid() == 0:
+        return ROOT_LOCK_DIR
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    base = runtime if runtime.startswith("/") else "/tmp"
+    return os.path.join(base, f"warden-ids-{os.geteuid()}")
+
+
+def _open_lock_dir(path: str) -> int:
+    """The lock directory, created 0700 if missing, refused unless it is ours alone."""
+    parent = os.path.dirname(path)
+    if os.geteuid() == 0:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise IdsUnavailable(e.errno or errno.EIO,
+                             f"outer id lock directory {path}: {e.strerror}") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise IdsUnavailable(errno.EPERM, f"outer id lock directory {path}: must belong to uid "
+                             f"{os.geteuid()} with mode 0700; remove it and try again")
+    return fd
+
+
+def _allocate(start: int, count: int, gid_start: int, mode: str) -> Lease:
+    """The lowest id of the range no live sandbox holds, in any process."""
+    path = _lock_dir()
+    dfd = _open_lock_dir(path)
+    try:
+        for uid in range(start, start + count):
+            with _lock:
+                if uid in _held:
+                    continue
+                _held.add(uid)
+            try:
+                fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                             | os.O_NONBLOCK, 0o600, dir_fd=dfd)
+            except OSError as e:
+                with _lock:
+                    _held.discard(uid)
+                raise IdsUnavailable(e.errno or errno.EIO,
+                                     f"outer id lock {path}/{uid}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                with _lock:
+                    _held.discard(uid)
+                continue
+            return Lease(uid, gid_start + (uid - start), mode, fd)
+    finally:
+        os.close(dfd)
+    raise IdsUnavailable(errno.EAGAIN, f"all {count} outer ids from {start} are in use by live "
+                         "sandboxes; widen the range with --outer-uid-range START:COUNT")
+
+
+def lease(fixed: tuple[int, int] | None, id_range: tuple[int, int]) -> Lease:
+    """The outer ids for one new sandbox (parent side, before fork)."""
+    if fixed is not None:  # a spec made by hand is checked like one build_spec made
+        fixed = (check_id(fixed[0], "--outer-uid"), check_id(fixed[1], "--outer-gid", gid=True))
+    if os.geteuid() == 0:
+        if fixed is not None:
+            return Lease(*fixed, "fixed")
+        return _allocate(id_range[0], id_range[1], id_range[0], "range")
+    sub = subordinate_ids()
+    if sub is None:
+        if fixed is not None:
+            raise OuterIdError(f"--outer-uid {fixed[0]}: as uid {os.getuid()} warden can map "
+                               "only your own uid, or ids /etc/subuid and /etc/subgid grant "
+                               "you (none, or newuidmap/newgidmap are missing)")
+        return Lease(os.geteuid(), os.getegid(), "own")
+    if fixed is not None:
+        if not (sub.uid_start <= fixed[0] < sub.uid_start + sub.size
+                and sub.gid_start <= fixed[1] < sub.gid_start + sub.size):
+            raise OuterIdError(f"--outer-uid {fixed[0]}/--outer-gid {fixed[1]}: outside the "
+                               f"ids /etc/subuid and /etc/subgid grant uid {os.getuid()}")
+        return Lease(*fixed, "fixed")
+    return _allocate(sub.uid_start, sub.size, sub.gid_start, "subid")
