@@ -68,6 +68,11 @@ class OptionError(click.UsageError):
 @click.option("--json-status", metavar="FILE|-", help="Write the status record as JSON.")
 @click.option("--outer-uid", type=int, help="As root: the unprivileged uid children run as.")
 @click.option("--outer-gid", type=int, help="As root: the unprivileged gid children run as.")
+@click.option("--outer-uid-range", metavar="START:COUNT",
+              help="As root: the ids each sandbox gets one of its own from "
+                   "(default 2000000000:65536).")
+@click.option("--memory-rlimit-only", is_flag=True,
+              help="Accept a --memory limit held only by rlimits when no cgroup is usable.")
 @click.option("-q", "--quiet", is_flag=True, help="No status line on stderr.")
 @click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(program: tuple[str, ...], profile: str, json_status: str | None, quiet: bool,
@@ -85,6 +90,7 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
       WARDEN_CGROUP      cgroup v2 directory for the sandboxes' cgroups, or
                          "none" for rlimits only
       WARDEN_OUTER_UID   as root: default for --outer-uid (and _GID)
+      WARDEN_OUTER_ID_RANGE  as root: default for --outer-uid-range
       WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
                          using ~/.cache/warden/seccomp
     """
@@ -154,6 +160,8 @@ def _run(argv: list[str], profile_name: str, options: dict[str, Any]) -> Status:
             pass_fds=options["pass_fd"], files=options["files"], env=options["env"],
             keep_env=options["keep_env"], outer_uid=options["outer_uid"],
             outer_gid=options["outer_gid"],
+            outer_id_range=options["outer_uid_range"],
+            memory_rlimit_only=options["memory_rlimit_only"],
         )
     except SpecError as e:
         raise OptionError(str(e)) from None

@@ -37,6 +37,7 @@ import fcntl
 import os
 import stat
 import threading
+from collections.abc import Mapping
 from typing import NamedTuple
 
 # As root, sandboxes get ids from this range (START, COUNT): above the ranges
@@ -148,7 +149,7 @@ def check_range(start: int, count: int, option: str) -> tuple[int, int]:
     return start, count
 
 
-def choose(env: dict[str, str] | os._Environ[str], outer_uid: int | None = None,
+def choose(env: Mapping[str, str], outer_uid: int | None = None,
            outer_gid: int | None = None, outer_id_range: tuple[int, int] | None = None
            ) -> Choice:
     """The one reading of the outer-id settings: options first, then WARDEN_OUTER_UID,
@@ -168,6 +169,8 @@ def choose(env: dict[str, str] | os._Environ[str], outer_uid: int | None = None,
         g = check_id(gid if gid is not None else u, gid_opt if gid is not None else uid_opt,
                      gid=True)
         fixed = (u, g)
+        if os.geteuid() != 0:
+            _check_user_may_map(fixed, uid_opt)
     if outer_id_range is not None:
         rng = check_range(*outer_id_range, "--outer-uid-range")
     elif "WARDEN_OUTER_ID_RANGE" in env:
@@ -178,7 +181,19 @@ def choose(env: dict[str, str] | os._Environ[str], outer_uid: int | None = None,
     return Choice(fixed, rng)
 
 
-def forked_worker_ids(env: dict[str, str] | os._Environ[str], shared: int = SHARED_ID
+def _check_user_may_map(fixed: tuple[int, int], option: str) -> None:
+    sub = subordinate_ids()
+    if sub is None:
+        raise OuterIdError(f"{option} {fixed[0]}: as uid {os.getuid()} warden can map only "
+                           "your own uid, or ids /etc/subuid and /etc/subgid grant you (none, "
+                           "or newuidmap/newgidmap are missing)")
+    if not (sub.uid_start <= fixed[0] < sub.uid_start + sub.size
+            and sub.gid_start <= fixed[1] < sub.gid_start + sub.size):
+        raise OuterIdError(f"{option} {fixed[0]}/{fixed[1]}: outside the ids /etc/subuid and "
+                           f"/etc/subgid grant uid {os.getuid()}")
+
+
+def forked_worker_ids(env: Mapping[str, str], shared: int = SHARED_ID
                       ) -> tuple[int, int]:
     """As root, the ids a `fork` start-method worker becomes: the fixed ids if set, else
     the shared id (validated like every other source). Forked workers share it: the
@@ -279,12 +294,28 @@ class Subids(NamedTuple):
     size: int
 
 
+_subids: dict[int, Subids | None] = {}
+
+
 def subordinate_ids() -> Subids | None:
     """The ids an ordinary user may map (newuidmap/newgidmap present, both files granting),
-    without 0 or the user's own ids; None when there are none."""
+    without 0 or the user's own ids; None when there are none. Read once per process
+    (and uid)."""
+    uid = os.getuid()
+    if uid not in _subids:
+        _subids[uid] = _read_subordinate_ids(uid)
+    return _subids[uid]
+
+
+def _read_subordinate_ids(uid: int) -> Subids | None:
     if _find(NEWUIDMAP) is None or _find(NEWGIDMAP) is None:
         return None
-    uid = os.getuid()
+    import pwd
+
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return None  # newuidmap refuses a user without a name ("cannot determine your user name")
     u = _subid_range("/etc/subuid", uid)
     g = _subid_range("/etc/subgid", uid)
     if u is None or g is None:
@@ -410,17 +441,10 @@ def lease(fixed: tuple[int, int] | None, id_range: tuple[int, int]) -> Lease:
         if fixed is not None:
             return Lease(*fixed, "fixed")
         return _allocate(id_range[0], id_range[1], id_range[0], "range")
+    if fixed is not None:
+        _check_user_may_map(fixed, "--outer-uid")
+        return Lease(*fixed, "fixed")
     sub = subordinate_ids()
     if sub is None:
-        if fixed is not None:
-            raise OuterIdError(f"--outer-uid {fixed[0]}: as uid {os.getuid()} warden can map "
-                               "only your own uid, or ids /etc/subuid and /etc/subgid grant "
-                               "you (none, or newuidmap/newgidmap are missing)")
         return Lease(os.geteuid(), os.getegid(), "own")
-    if fixed is not None:
-        if not (sub.uid_start <= fixed[0] < sub.uid_start + sub.size
-                and sub.gid_start <= fixed[1] < sub.gid_start + sub.size):
-            raise OuterIdError(f"--outer-uid {fixed[0]}/--outer-gid {fixed[1]}: outside the "
-                               f"ids /etc/subuid and /etc/subgid grant uid {os.getuid()}")
-        return Lease(*fixed, "fixed")
     return _allocate(sub.uid_start, sub.size, sub.gid_start, "subid")

@@ -105,7 +105,7 @@ class Plan(NamedTuple):
     seccomp_filter: bytes
     notify: bool
     last_cap: int
-    drop_groups: bool  # root: drop the supplementary groups (setgroups is allowed)
+    drop_groups: bool  # drop the supplementary groups (setgroups is allowed: root, subids)
     map_ids: tuple[int, int]  # outer (uid, gid) that INNER_ID maps to
     self_maps: bool  # the init writes its own maps (ordinary user) instead of the parent
     map_helper: bool  # the parent maps through newuidmap/newgidmap (ordinary user, subids)
@@ -436,7 +436,9 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         seccomp_filter=spec.seccomp_filter,
         notify=spec.notify,
         last_cap=caps.last_cap(),
-        drop_groups=root,
+        # As root, and after newgidmap (which leaves setgroups allowed), the
+        # supplementary groups inherited from the supervisor can and must go.
+        drop_groups=root or lease.mode != "own",
         map_ids=(lease.uid, lease.gid),
         self_maps=not root and lease.mode == "own",
         map_helper=not root and lease.mode != "own",

@@ -192,7 +192,7 @@ def build_spec(
     stdio: tuple[int, int, int] = (0, 1, 2),
     outer_uid: int | None = None,
     outer_gid: int | None = None,
-    outer_id_range: tuple[int, int] | None = None,
+    outer_id_range: tuple[int, int] | str | None = None,
     memory_rlimit_only: bool = False,
     userns_limits: Mapping[str, int] | None = None,
     source_env: Mapping[str, str] | None = None,
@@ -314,6 +314,8 @@ def build_spec(
 
     # Outer identity: one validated reading of options and environment (ids.py).
     try:
+        if isinstance(outer_id_range, str):
+            outer_id_range = ids.parse_range(outer_id_range, "--outer-uid-range")
         outer = ids.choose(src_env, outer_uid, outer_gid, outer_id_range)
     except ids.OuterIdError as e:
         raise SpecError(str(e)) from None
@@ -369,5 +371,5 @@ def _require_memory_cgroup(memory: int) -> None:
         raise SpecError(
             f"--memory {memory}: no usable cgroup here (cgroup v2 needs a delegated subtree, "
             "cgroup v1 needs root; WARDEN_CGROUP=none turns them off), so the limit would "
-            "bind only each process's address space; add --memory-rlimit-only to accept "
-            "that, or run where warden can create a cgroup")
+            "bind only each process's address space; add --memory-rlimit-only "
+            "(memory_rlimit_only=True) to accept that, or run where warden can create a cgroup")
