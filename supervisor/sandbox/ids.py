@@ -350,7 +350,8 @@ class Lease:
     """The outer ids of one sandbox, held until release().
 
     mode: "range" (root, allocated), "subid" (ordinary user, allocated),
-    "fixed" (explicit ids, shared), "own" (the invoking user's ids, shared)."""
+    "fixed" (explicit ids, shared), "own" (the invoking user's ids, shared),
+    "shared" (root of a user namespace other than the host's: the shared id)."""
 
     __slots__ = ("fd", "gid", "mode", "uid")
 
@@ -371,6 +372,21 @@ class Lease:
 
     def __repr__(self) -> str:
         return f"<Lease {self.mode} {self.uid}:{self.gid}>"
+
+
+_initial: bool | None = None
+
+
+def _initial_user_namespace() -> bool:
+    """Whether this process is in the host's user namespace (identity map of every id)."""
+    global _initial
+    if _initial is None:
+        try:
+            with open("/proc/self/uid_map") as f:
+                _initial = f.read().split() == ["0", "0", "4294967295"]
+        except OSError:
+            _initial = False
+    return _initial
 
 
 def _lock_dir() -> str:
@@ -440,6 +456,10 @@ def lease(fixed: tuple[int, int] | None, id_range: tuple[int, int]) -> Lease:
     if os.geteuid() == 0:
         if fixed is not None:
             return Lease(*fixed, "fixed")
+        if not _initial_user_namespace():
+            # Root of a user namespace: only the ids mapped into it exist, and the
+            # host's lock directory is out of reach. The shared id, named as such.
+            return Lease(SHARED_ID, SHARED_ID, "shared")
         return _allocate(id_range[0], id_range[1], id_range[0], "range")
     if fixed is not None:
         _check_user_may_map(fixed, "--outer-uid")

@@ -1000,6 +1000,9 @@ class Sandbox:
             out.append(f"outer ids (fixed at {self._lease.uid}/{self._lease.gid} by "
                        "--outer-uid/--outer-gid or WARDEN_OUTER_UID/GID: per-user kernel "
                        "budgets shared with every sandbox given them)")
+        elif mode == "shared":
+            out.append(f"outer ids (the shared id {self._lease.uid}: warden runs as root of a "
+                       "user namespace, where the host's id range is not mapped)")
         elif mode == "own":
             out.append(f"outer ids (your own uid {self._lease.uid}: per-user kernel budgets "
                        "shared with you and your other sandboxes; grant a range in /etc/subuid "
