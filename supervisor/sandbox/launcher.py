@@ -8,7 +8,9 @@ Process shape:
       │      the supervisor's own child), sends B's pid, and exits. A
       │      single-threaded supervisor clones B itself.
       └─ B   pid 1 of a new user+pid+mount+ipc+uts(+net) namespace set, later
-             also cgroup: session, parent-death signal, ids, new root,
+             also cgroup (as root, cloned with the sandbox's own outer ids as
+             effective ids, so they own its user namespace): session,
+             parent-death signal, the namespace's limits, ids, new root,
              hostname, loopback, rlimits, fd map, Landlock ruleset, cgroup
              namespace, capabilities to zero, no_new_privs; forks C; hands the
              seccomp listener to the parent; then reaps as init (pidns)
