@@ -181,6 +181,15 @@ def choose(env: Mapping[str, str], outer_uid: int | None = None,
     return Choice(fixed, rng)
 
 
+def fixed_pair(uid: int | None, gid: int | None) -> tuple[int, int] | None:
+    """A spec's fixed ids as a pair (one alone sets both), or None to allocate."""
+    if uid is None and gid is None:
+        return None
+    u = uid if uid is not None else gid
+    assert u is not None
+    return u, gid if gid is not None else u
+
+
 def _check_user_may_map(fixed: tuple[int, int], option: str) -> None:
     sub = subordinate_ids()
     if sub is None:

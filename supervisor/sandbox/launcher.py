@@ -503,8 +503,8 @@ class Launch:
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
         self.started = time.monotonic()
-        fixed = (spec.outer_uid, spec.outer_gid or spec.outer_uid) if spec.outer_uid else None
-        self.ids = ids.lease(fixed, spec.outer_id_range)
+        self.ids = ids.lease(ids.fixed_pair(spec.outer_uid, spec.outer_gid),
+                             spec.outer_id_range)
         try:
             self.limiter = limits.choose(spec)
             self.limiter.create()
@@ -657,7 +657,6 @@ class Launch:
         box._lease = self.ids  # the sandbox's outer ids are held as long as its handle lives
         box.outer_ids = (self.ids.uid, self.ids.gid)
         return box
-
 
     def _map_ids(self, conv: _Setup, pid: int, ready: bool) -> SetupFailure | None:
         """Parent side of the userns step (root, or subordinate ids): the id maps, and as
@@ -1011,9 +1010,11 @@ class Sandbox:
                        "and /etc/subgid, with newuidmap/newgidmap installed, for ids of its own)")
         if self._limiter.mechanism == "rlimit":
             ipc = "SysV IPC capped" if os.geteuid() == 0 else "SysV IPC not capped (needs root)"
+            accepted = ", accepted by --memory-rlimit-only" if self.spec.memory_rlimit_only else ""
             out.append("memory limit (not enforced as one: no cgroup, so only RLIMIT_AS per "
                        f"process, RLIMIT_FSIZE per file and tmpfs sizes; {ipc}; processes "
-                       "together, pipes and sockets can hold more; peak memory unknown)")
+                       f"together, pipes and sockets can hold more; peak memory "
+                       f"unknown{accepted})")
         return tuple(out)
 
     def _close(self) -> None:

@@ -79,9 +79,7 @@ class SandboxSpec:
     # /proc/sys/user limits of the sandbox's user namespace raised above the
     # defaults (userns.DEFAULT_LIMITS), e.g. (("max_user_namespaces", 4096),).
     userns_limits: tuple[tuple[str, int], ...] = ()
-    # The memory limit was asked for by the caller (not a profile's or the
-    # built-in cap), and whether it may be held by rlimits alone (no cgroup).
-    memory_explicit: bool = False
+    # The caller accepted a memory limit held by rlimits alone (no cgroup).
     memory_rlimit_only: bool = False
     hostname: str = "warden"
     landlock: bool = True
@@ -346,8 +344,8 @@ def build_spec(
         channel=channel, pass_fds=tuple(pfds), files=tuple(grants), stdio=stdio,
         outer_uid=outer.fixed[0] if outer.fixed else None,
         outer_gid=outer.fixed[1] if outer.fixed else None, outer_id_range=outer.range,
-        userns_limits=ns_limits, memory_explicit=bool(memory),
-        memory_rlimit_only=memory_rlimit_only, notify=uses_notify(seccomp_filter),
+        userns_limits=ns_limits, memory_rlimit_only=memory_rlimit_only,
+        notify=uses_notify(seccomp_filter),
     )
 
 
