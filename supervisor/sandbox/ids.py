@@ -426,34 +426,44 @@ def _open_lock_dir(path: str) -> int:
     return fd
 
 
+_dir: tuple[int, int, str] | None = None  # (pid, fd, path) of the open lock directory
+
+
+def _lock_dir_fd() -> tuple[int, str]:
+    """The lock directory, opened once per process (close-on-exec; a sandbox's init closes
+    every descriptor it was not given, and forked workers theirs)."""
+    global _dir
+    path = _lock_dir()
+    with _lock:
+        if _dir is None or _dir[0] != os.getpid() or _dir[2] != path:
+            _dir = (os.getpid(), _open_lock_dir(path), path)
+        return _dir[1], path
+
+
 def _allocate(start: int, count: int, gid_start: int, mode: str) -> Lease:
     """The lowest id of the range no live sandbox holds, in any process."""
-    path = _lock_dir()
-    dfd = _open_lock_dir(path)
-    try:
-        for uid in range(start, start + count):
-            with _lock:
-                if uid in _held:
-                    continue
-                _held.add(uid)
-            try:
-                fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                             | os.O_NONBLOCK, 0o600, dir_fd=dfd)
-            except OSError as e:
-                with _lock:
-                    _held.discard(uid)
-                raise IdsUnavailable(e.errno or errno.EIO,
-                                     f"outer id lock {path}/{uid}: {e.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                with _lock:
-                    _held.discard(uid)
+    dfd, path = _lock_dir_fd()
+    for uid in range(start, start + count):
+        with _lock:
+            if uid in _held:
                 continue
-            return Lease(uid, gid_start + (uid - start), mode, fd)
-    finally:
-        os.close(dfd)
+            _held.add(uid)
+        try:
+            fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o600, dir_fd=dfd)
+        except OSError as e:
+            with _lock:
+                _held.discard(uid)
+            raise IdsUnavailable(e.errno or errno.EIO,
+                                 f"outer id lock {path}/{uid}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            with _lock:
+                _held.discard(uid)
+            continue
+        return Lease(uid, gid_start + (uid - start), mode, fd)
     raise IdsUnavailable(errno.EAGAIN, f"all {count} outer ids from {start} are in use by live "
                          "sandboxes; widen the range with --outer-uid-range START:COUNT")
 
