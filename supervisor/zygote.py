@@ -280,10 +280,12 @@ class ZygoteClient:
                                  PROFILE_PATH, "supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
         # Each worker is a user and a PID namespace nested in the zygote's sandbox,
-        # whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS).
+        # whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS), and
+        # its workers share the sandbox's inotify budget.
         nested = 2 * sup.max_workers + warm
-        spec = dataclasses.replace(spec, userns_limits=(("max_pid_namespaces", nested),
-                                                        ("max_user_namespaces", nested)))
+        spec = dataclasses.replace(spec, userns_limits=(
+            ("max_inotify_instances", 1024), ("max_inotify_watches", 65536),
+            ("max_pid_namespaces", nested), ("max_user_namespaces", nested)))
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         if box.channel is None:
             box.kill()

@@ -445,3 +445,30 @@ def test_an_ordinary_user_with_subordinate_ids_gets_ids_of_its_own(tmp_path: Any
     for got, uid in ((ids_a, uid_a), (ids_b, uid_b)):
         assert 1900000000 <= got[0] < 1900001000 and int(uid) == got[0]
     assert not any(w.startswith("outer ids") for ws in weakened for w in ws)
+
+
+def test_the_id_lock_never_reaches_the_sandbox_and_failed_starts_free_their_ids() -> None:
+    from pathlib import Path
+
+    r, w = os.pipe()
+    box, out, err = start(SLEEP, stdin=r)
+    os.close(r)
+    try:
+        init = box.pid
+        pids = [int(p) for p in Path(f"/proc/{init}/task/{init}/children").read_text().split()]
+        if MODE == "root":
+            pids.append(init)  # (an ordinary user cannot read its non-dumpable init's fds)
+        for pid in pids:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                assert "warden/ids" not in target and "warden-ids" not in target, (pid, target)
+    finally:
+        os.close(w)
+        collect(box, out, err)
+    # A start that fails after its ids were leased (the program is missing) frees them.
+    from supervisor.sandbox import SetupError
+
+    for _ in range(3):
+        with pytest.raises(SetupError):
+            start(["/nonexistent/program"])
+    assert not ids._held
