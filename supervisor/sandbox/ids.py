@@ -64,6 +64,9 @@ class OuterIdError(ValueError):
 class IdsUnavailable(OSError):
     """No outer id could be allocated (the range is used up, or the lock directory is unsafe)."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the sentence, without "[Errno N]"
+
 
 class Choice(NamedTuple):
     """What the caller asked for, validated: a fixed pair, or a range to allocate from."""

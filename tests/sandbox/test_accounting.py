@@ -472,3 +472,32 @@ def test_the_id_lock_never_reaches_the_sandbox_and_failed_starts_free_their_ids(
         with pytest.raises(SetupError):
             start(["/nonexistent/program"])
     assert not ids._held
+
+
+def test_ids_come_from_the_configured_range_until_it_is_used_up() -> None:
+    if MODE != "root":
+        pytest.skip("the range is root's (an ordinary user's ids come from /etc/subuid)")
+    rng = "2100000000:2"
+    pipes, boxes = [], []
+    try:
+        for _ in range(2):
+            r, w = os.pipe()
+            pipes.append(w)
+            boxes.append(start(SLEEP, stdin=r, outer_id_range=rng))
+            os.close(r)
+        assert sorted(b.outer_ids[0] for b, _o, _e in boxes) == [2100000000, 2100000001]
+        # A third while both live: refused with the option to widen, nothing started.
+        with pytest.raises(ids.IdsUnavailable, match=r"all 2 outer ids from 2100000000 are in "
+                                                     r"use by live sandboxes; widen the range "
+                                                     r"with --outer-uid-range START:COUNT"):
+            start(SLEEP, outer_id_range=rng)
+        env = {**supervisor_env(), "WARDEN_OUTER_ID_RANGE": rng}
+        cli = subprocess.run([PYTHON, "-m", "supervisor", "run", "--", "/bin/true"],
+                             capture_output=True, text=True, env=env, timeout=60)
+        assert cli.returncode == 125 and "widen the range" in cli.stderr, cli
+    finally:
+        for w in pipes:
+            os.close(w)
+        results = [collect(*b) for b in boxes]
+    assert all(r.status.outcome is Outcome.OK for r in results)
+    assert py("pass", outer_id_range=rng).status.outcome is Outcome.OK  # free again
