@@ -44,8 +44,9 @@ from typing import NamedTuple
 # distributions, systemd and subordinate-id tools hand out, below 2^31 (ids
 # from there up break programs that hold them in a signed int).
 DEFAULT_RANGE = (2_000_000_000, 65536)
-# The id every sandbox shares when no allocation applies (the `fork` start
-# method's workers, as root) and the default of a fixed `--outer-uid`.
+# The id shared where no allocation applies, as root: the `fork` start
+# method's workers, and sandboxes started by the root of a user namespace
+# other than the host's. No range may cover it.
 SHARED_ID = 2_147_400_000
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to setresuid and chown
 ROOT_LOCK_DIR = "/run/warden/ids"
@@ -143,12 +144,13 @@ def check_range(start: int, count: int, option: str) -> tuple[int, int]:
     users, groups = _local_accounts()
     end = start + count
     for what, taken in (("the supervisor's own uid", uids), ("the supervisor's own gid", gids),
+                        ("the shared outer id", {SHARED_ID}),
                         ("an account of /etc/passwd", users),
                         ("a group of /etc/group", groups)):
         hit = sorted(i for i in taken if start <= i < end)
         if hit:
             raise OuterIdError(f"{option} {start}:{count}: covers id {hit[0]}, {what}; "
-                               "choose a range no account uses")
+                               "choose another range")
     return start, count
 
 

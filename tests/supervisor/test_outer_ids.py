@@ -104,7 +104,7 @@ def test_warden_run_refuses_a_bad_outer_uid_with_125(value: str, message: str) -
     ("0:10", "--outer-uid-range 0:10: must lie within 1..4294967294 (never 0, nor 4294967295)"),
     ("5:0", "--outer-uid-range 5:0: COUNT must be at least 1"),
     ("65530:10", "--outer-uid-range 65530:10: covers id 65534, an account of /etc/passwd; "
-                 "choose a range no account uses"),
+                 "choose another range"),
     ("lots", "--outer-uid-range 'lots': expected START:COUNT, such as 2000000000:65536"),
 ])
 def test_a_bad_outer_id_range_is_refused(text: str, message: str) -> None:
