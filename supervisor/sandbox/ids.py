@@ -367,18 +367,23 @@ class Lease:
     "fixed" (explicit ids, shared), "own" (the invoking user's ids, shared),
     "shared" (root of a user namespace other than the host's: the shared id)."""
 
-    __slots__ = ("fd", "gid", "mode", "uid")
+    __slots__ = ("fd", "gid", "mode", "owner", "uid")
 
     def __init__(self, uid: int, gid: int, mode: str, fd: int = -1) -> None:
         self.uid, self.gid, self.mode, self.fd = uid, gid, mode, fd
+        self.owner = os.getpid()
 
     def release(self) -> None:
         if self.fd < 0:
             return
         fd, self.fd = self.fd, -1
-        # LOCK_UN first: a forked copy of this fd elsewhere must not keep the id taken.
         try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            # LOCK_UN first, so that a forked copy of this fd elsewhere does not keep
+            # the id taken. Only by the process that took it: the lock belongs to the
+            # open file, which a forked child's copy shares, and a child dropping its
+            # copy of the handle must not free its parent's id.
+            if self.owner == os.getpid():
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
             with _lock:
