@@ -38,7 +38,6 @@ import os
 import stat
 import threading
 from collections.abc import Mapping
-from typing import NamedTuple
 
 # As root, sandboxes get ids from this range (START, COUNT): above the ranges
 # distributions, systemd and subordinate-id tools hand out, below 2^31 (ids
@@ -69,11 +68,17 @@ class IdsUnavailable(OSError):
         return self.strerror or super().__str__()  # the sentence, without "[Errno N]"
 
 
-class Choice(NamedTuple):
+# (Plain classes with __slots__, not NamedTuples: defining those costs more on
+# `warden run`'s start-up path than everything else this module does there.)
+
+class Choice:
     """What the caller asked for, validated: a fixed pair, or a range to allocate from."""
 
-    fixed: tuple[int, int] | None
-    range: tuple[int, int]  # (start, count)
+    __slots__ = ("fixed", "range")
+
+    def __init__(self, fixed: tuple[int, int] | None, rng: tuple[int, int]) -> None:
+        self.fixed = fixed
+        self.range = rng  # (start, count)
 
 
 def parse_id(text: str, name: str) -> int:
@@ -231,10 +236,11 @@ _PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
 
 
-class Saved(NamedTuple):
-    egid: int
-    pdeathsig: int
-    dumpable: int
+class Saved:
+    __slots__ = ("dumpable", "egid", "pdeathsig")
+
+    def __init__(self, egid: int, pdeathsig: int, dumpable: int) -> None:
+        self.egid, self.pdeathsig, self.dumpable = egid, pdeathsig, dumpable
 
 
 def assume_owner(uid: int, gid: int) -> Saved:
@@ -302,10 +308,13 @@ def _subid_range(path: str, uid: int) -> tuple[int, int] | None:
     return None
 
 
-class Subids(NamedTuple):
-    uid_start: int
-    gid_start: int
-    size: int
+class Subids:
+    """The first ranges /etc/subuid and /etc/subgid grant: uid_start+i pairs with gid_start+i."""
+
+    __slots__ = ("gid_start", "size", "uid_start")
+
+    def __init__(self, uid_start: int, gid_start: int, size: int) -> None:
+        self.uid_start, self.gid_start, self.size = uid_start, gid_start, size
 
 
 _subids: dict[int, Subids | None] = {}

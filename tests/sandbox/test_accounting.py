@@ -395,7 +395,8 @@ out = []
 for (b, o, e), w in boxes:
     os.close(w)
     out.append(collect(b, o, e).status.weakened)
-print(json.dumps([seen, out, list(ids.subordinate_ids() or ())]))
+sub = ids.subordinate_ids()
+print(json.dumps([seen, out, sub and [sub.uid_start, sub.gid_start, sub.size]]))
 """
 
 
