@@ -66,8 +66,9 @@ class OptionError(click.UsageError):
 @click.option("--keep-env", multiple=True, metavar="K",
               help="Copy a variable from this environment.")
 @click.option("--json-status", metavar="FILE|-", help="Write the status record as JSON.")
-@click.option("--outer-uid", type=int, help="As root: the unprivileged uid children run as.")
-@click.option("--outer-gid", type=int, help="As root: the unprivileged gid children run as.")
+@click.option("--outer-uid", type=int,
+              help="A fixed outer uid, shared by every sandbox given it (default: one each).")
+@click.option("--outer-gid", type=int, help="A fixed outer gid (default: the --outer-uid).")
 @click.option("--outer-uid-range", metavar="START:COUNT",
               help="As root: the ids each sandbox gets one of its own from "
                    "(default 2000000000:65536).")
@@ -89,7 +90,7 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
     Environment:
       WARDEN_CGROUP      cgroup v2 directory for the sandboxes' cgroups, or
                          "none" for rlimits only
-      WARDEN_OUTER_UID   as root: default for --outer-uid (and _GID)
+      WARDEN_OUTER_UID   default for --outer-uid (and _GID)
       WARDEN_OUTER_ID_RANGE  as root: default for --outer-uid-range
       WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
                          using ~/.cache/warden/seccomp
