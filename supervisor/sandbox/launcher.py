@@ -332,18 +332,25 @@ def clone_init(plan: Plan, extra_flags: int = 0) -> int:
     so that the new user namespace is owned by them (see ids.assume_owner)."""
     if plan.clone_as is None:
         return _sys.clone(plan.clone_flags | extra_flags)
-    try:
-        saved = ids.assume_owner(*plan.clone_as)
-    except OSError:
-        # EINVAL: the ids are not mapped in this user namespace (warden run as the
-        # root of one). Then nothing can map them either: the userns step will say so.
-        return _sys.clone(plan.clone_flags | extra_flags)
+    # No Python signal handler may run while this process has the sandbox's ids
+    # (it would act with them): signals wait until the ids are back.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     pid = -1
     try:
-        pid = _sys.clone(plan.clone_flags | extra_flags)
+        try:
+            saved = ids.assume_owner(*plan.clone_as)
+        except OSError:
+            # EINVAL: the ids are not mapped in this user namespace (warden run as the
+            # root of one). Then nothing can map them either: the userns step says so.
+            pid = _sys.clone(plan.clone_flags | extra_flags)
+            return pid
+        try:
+            pid = _sys.clone(plan.clone_flags | extra_flags)
+        finally:
+            if pid != 0:  # not in the init: its ids are the new namespace's business
+                ids.resume(saved)
     finally:
-        if pid != 0:  # not in the init: its ids are the new namespace's business
-            ids.resume(saved)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # in the init too: as it was
     return pid
 
 
