@@ -116,12 +116,15 @@ def fork_warm(parent_pidfd: int) -> tuple[int, socket.socket]:
 
 
 def outer_ids() -> tuple[int, int] | None:
-    """As root: the unprivileged id forked workers run as (the sandbox's outer id); else None."""
-    if os.geteuid() != 0:
-        return None
-    uid = int(os.environ.get("WARDEN_OUTER_UID", DEFAULT_OUTER_ID))
-    gid = int(os.environ.get("WARDEN_OUTER_GID", DEFAULT_OUTER_ID))
-    return uid, gid
+    """As root: the unprivileged ids forked workers run as; else None (they keep ours).
+
+    From the one validated source every start method uses (ids.py): a bad
+    WARDEN_OUTER_UID/GID (0, the supervisor's own, not a number, or fixed ids an
+    ordinary user cannot take) raises ids.OuterIdError, a ValueError naming it."""
+    from supervisor.sandbox import ids
+
+    worker_ids = ids.forked_worker_ids(os.environ, shared=DEFAULT_OUTER_ID)
+    return worker_ids if os.geteuid() == 0 else None
 
 
 def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | None = None) -> int:

@@ -106,8 +106,8 @@ def _sandbox_python() -> tuple[str, list[str]]:
 
 def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str | Profile,
                       *modules: str, memory: int | None = None,
-                      timeout: float | None = None, seccomp_filter: bytes | None = None
-                      ) -> Any:
+                      timeout: float | None = None, seccomp_filter: bytes | None = None,
+                      memory_rlimit_only: bool = False) -> Any:
     """A sandbox spec running `python -m <module_argv>` with our packages and `modules` bound."""
     launch = resolve_profile(profile)
     python, site_dirs = _sandbox_python()
@@ -121,7 +121,7 @@ def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str 
     pypath = ":".join(sorted(roots))
     return build_spec([python, "-s", "-m", *module_argv], launch, ro_binds=sorted(roots),
                       env=[f"PYTHONPATH={pypath}"], memory=memory, timeout=timeout,
-                      seccomp_filter=seccomp_filter)
+                      seccomp_filter=seccomp_filter, memory_rlimit_only=memory_rlimit_only)
 
 
 class Supervisor:
@@ -327,6 +327,9 @@ class Supervisor:
             # own filter can take the stack's one and hand it over like the others.
             spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
                                      target.partition(":")[0], memory=mem, timeout=timeout,
+                                     # a profile's limit may be rlimit-only (and is then
+                                     # named in the status); one the caller asked for not
+                                     memory_rlimit_only=memory is None,
                                      seccomp_filter=launch_filter(
                                          resolve_profile(self.launch_profile), prof))
             box = await self._start_sandbox(spec, wid)

@@ -72,8 +72,14 @@ class OptionError(click.UsageError):
               "carries the record alone (the program's stdout goes to stderr).")
 @click.option("--json-status-fd", type=click.IntRange(min=0), metavar="N",
               help="Write the status record to this process's fd N (not handed to the program).")
-@click.option("--outer-uid", type=int, help="As root: the unprivileged uid children run as.")
-@click.option("--outer-gid", type=int, help="As root: the unprivileged gid children run as.")
+@click.option("--outer-uid", type=int,
+              help="A fixed outer uid, shared by every sandbox given it (default: one each).")
+@click.option("--outer-gid", type=int, help="A fixed outer gid (default: the --outer-uid).")
+@click.option("--outer-uid-range", metavar="START:COUNT",
+              help="As root: the ids each sandbox gets one of its own from "
+                   "(default 2000000000:65536).")
+@click.option("--memory-rlimit-only", is_flag=True,
+              help="Accept a --memory limit held only by rlimits when no cgroup is usable.")
 @click.option("-q", "--quiet", is_flag=True, help="No status line on stderr.")
 @click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
 def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
@@ -95,7 +101,8 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
     Environment:
       WARDEN_CGROUP      cgroup v2 directory for the sandboxes' cgroups, or
                          "none" for rlimits only
-      WARDEN_OUTER_UID   as root: default for --outer-uid (and _GID)
+      WARDEN_OUTER_UID   default for --outer-uid (and _GID)
+      WARDEN_OUTER_ID_RANGE  as root: default for --outer-uid-range
       WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
                          using ~/.cache/warden/seccomp
     """
@@ -313,6 +320,8 @@ def _run(argv: list[str], profile_name: str, json_status: str | None,
             outer_gid=options["outer_gid"],
             # With `--json-status -` stdout carries the record alone.
             stdio=(0, 2, 2) if json_status == "-" else (0, 1, 2),
+            outer_id_range=options["outer_uid_range"],
+            memory_rlimit_only=options["memory_rlimit_only"],
         )
         # Before the sandbox exists, so nothing it does can change what is opened.
         out = StatusOutput.open(spec, json_status, json_status_fd)

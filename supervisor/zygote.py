@@ -42,6 +42,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import importlib
 import os
@@ -278,6 +279,13 @@ class ZygoteClient:
         spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
                                  PROFILE_PATH, "supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
+        # Each worker is a user and a PID namespace nested in the zygote's sandbox,
+        # whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS), and
+        # its workers share the sandbox's inotify budget.
+        nested = 2 * sup.max_workers + warm
+        spec = dataclasses.replace(spec, userns_limits=(
+            ("max_inotify_instances", 1024), ("max_inotify_watches", 65536),
+            ("max_pid_namespaces", nested), ("max_user_namespaces", nested)))
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         if box.channel is None:
             box.kill()

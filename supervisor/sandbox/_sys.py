@@ -108,6 +108,11 @@ def unshare(flags: int) -> None:
         raise _fail("unshare")
 
 
+def setns(fd: int, nstype: int) -> None:
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) == -1:
+        raise _fail("setns")
+
+
 def mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int,
           data: bytes | None = None) -> None:
     if _libc.mount(source, target, fstype, ctypes.c_ulong(flags), data) == -1:

@@ -8,7 +8,9 @@ Process shape:
       │      the supervisor's own child), sends B's pid, and exits. A
       │      single-threaded supervisor clones B itself.
       └─ B   pid 1 of a new user+pid+mount+ipc+uts(+net) namespace set, later
-             also cgroup: session, parent-death signal, ids, new root,
+             also cgroup (as root, cloned with the sandbox's own outer ids as
+             effective ids, so they own its user namespace): session,
+             parent-death signal, the namespace's limits, ids, new root,
              hostname, loopback, rlimits, fd map, Landlock ruleset, cgroup
              namespace, capabilities to zero, no_new_privs; forks C; hands the
              seccomp listener to the parent; then reaps as init (pidns)
@@ -45,7 +47,7 @@ import time
 from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
-from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
+from supervisor.sandbox import _sys, caps, fds, ids, landlock, limits, mounts, net, pidns, userns
 from supervisor.sandbox.notify import Listener
 from supervisor.sandbox.preflight import PreflightError, explain
 from supervisor.sandbox.seccomp import PreparedFilter
@@ -105,9 +107,12 @@ class Plan(NamedTuple):
     seccomp_filter: bytes
     notify: bool
     last_cap: int
-    drop_groups: bool  # root: drop the supplementary groups (setgroups is allowed)
+    drop_groups: bool  # drop the supplementary groups (setgroups is allowed: root, subids)
     map_ids: tuple[int, int]  # outer (uid, gid) that INNER_ID maps to
     self_maps: bool  # the init writes its own maps (ordinary user) instead of the parent
+    map_helper: bool  # the parent maps through newuidmap/newgidmap (ordinary user, subids)
+    clone_as: tuple[int, int] | None  # root: effective ids that create (own) the user namespace
+    userns_limits: tuple[tuple[bytes, bytes], ...]  # /proc/sys/user limits the init lowers
 
 
 # ---------------------------------------------------------------- child side
@@ -205,8 +210,12 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         step = "userns"
         if plan.self_maps:
             userns.write_maps("self", *plan.map_ids, deny_setgroups=True)
-        elif os.read(sock_fd, 16) != b"G":
-            os._exit(EXIT_SETUP)
+        else:
+            if plan.map_helper:
+                os.write(sock_fd, b"U")  # dumpable now: newuidmap may act on this process
+            if os.read(sock_fd, 16) != b"G":
+                os._exit(EXIT_SETUP)
+        userns.set_limits(plan.userns_limits)
         # Become the sandbox's id now: files in the new root must be created by
         # an id the namespace maps. Inner 0 is unmapped, so the namespace's
         # capabilities survive this until the caps step drops them.
@@ -316,10 +325,39 @@ def _close_all_but(keep: set[int]) -> None:
     _sys.close_range(prev + 1, 0xFFFFFFFF)
 
 
+def clone_init(plan: Plan, extra_flags: int = 0) -> int:
+    """clone(2) the sandbox's init: 0 in the init, its pid here.
+
+    As root, with the sandbox's outer ids as the effective ids for the call,
+    so that the new user namespace is owned by them (see ids.assume_owner)."""
+    if plan.clone_as is None:
+        return _sys.clone(plan.clone_flags | extra_flags)
+    # No Python signal handler may run while this process has the sandbox's ids
+    # (it would act with them): signals wait until the ids are back.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    pid = -1
+    try:
+        try:
+            saved = ids.assume_owner(*plan.clone_as)
+        except OSError:
+            # EINVAL: the ids are not mapped in this user namespace (warden run as the
+            # root of one). Then nothing can map them either: the userns step says so.
+            pid = _sys.clone(plan.clone_flags | extra_flags)
+            return pid
+        try:
+            pid = _sys.clone(plan.clone_flags | extra_flags)
+        finally:
+            if pid != 0:  # not in the init: its ids are the new namespace's business
+                ids.resume(saved)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # in the init too: as it was
+    return pid
+
+
 def _stage_a(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     """A: clone B into its namespaces as the parent's own child, then exit."""
     try:
-        pid = _sys.clone(plan.clone_flags | _sys.CLONE_PARENT)
+        pid = clone_init(plan, _sys.CLONE_PARENT)
     except OSError as e:
         _report(sock_fd, "clone", e.errno or errno.EPERM, str(e))
         os._exit(EXIT_SETUP)
@@ -371,8 +409,8 @@ def _landlock_rules(spec: SandboxSpec) -> tuple[tuple[bytes, int], ...]:
 _landlock_abi: int | None = None
 
 
-def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, int], ...]) \
-        -> Plan:
+def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, int], ...],
+          lease: ids.Lease) -> Plan:
     global _landlock_abi
     if _landlock_abi is None:
         _landlock_abi = landlock.abi_version()
@@ -381,15 +419,18 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
     if not spec.share_net:
         flags |= _sys.CLONE_NEWNET
     rl = limiter.rlimits()
-    late_kinds = {resource.RLIMIT_AS, resource.RLIMIT_NOFILE}
+    late_kinds = {resource.RLIMIT_AS, resource.RLIMIT_NOFILE, resource.RLIMIT_FSIZE,
+                  resource.RLIMIT_MSGQUEUE}
+    root = os.geteuid() == 0
     env = dict(spec.env)
     path_dirs = tuple(os.fsencode(d) for d in env.get("PATH", "").split(":") if d)
     plan = Plan(
         clone_flags=flags,
         parent_pidfd=_parent_pidfd(),
         mount_ops=mounts.plan_binds(tuple((b.source, b.dest, b.writable) for b in spec.binds),
-                                    tuple((t.dest, t.size_bytes) for t in spec.tmpfs)),
-        tmp_size=spec.tmp_size_bytes,
+                                    tuple((t.dest, limiter.tmpfs_size(t.size_bytes))
+                                          for t in spec.tmpfs)),
+        tmp_size=limiter.tmpfs_size(spec.tmp_size_bytes),
         chdir=os.fsencode(spec.chdir),
         hostname=spec.hostname.encode(),
         share_net=spec.share_net,
@@ -404,9 +445,14 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         seccomp_filter=spec.seccomp_filter,
         notify=spec.notify,
         last_cap=caps.last_cap(),
-        drop_groups=os.geteuid() == 0,
-        map_ids=userns.outer_ids(spec),
-        self_maps=os.geteuid() != 0,
+        # As root, and after newgidmap (which leaves setgroups allowed), the
+        # supplementary groups inherited from the supervisor can and must go.
+        drop_groups=root or lease.mode != "own",
+        map_ids=(lease.uid, lease.gid),
+        self_maps=not root and lease.mode == "own",
+        map_helper=not root and lease.mode != "own",
+        clone_as=(lease.uid, lease.gid) if root else None,
+        userns_limits=userns.plan_limits(spec.userns_limits),
     )
     # Last, so that nothing after it can fail and leak the detached trees.
     return plan._replace(mount_ops=mounts.detach_sources(plan.mount_ops))
@@ -464,8 +510,14 @@ class Launch:
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
         self.started = time.monotonic()
-        self.limiter = limits.choose(spec)
-        self.limiter.create()
+        self.ids = ids.lease(ids.fixed_pair(spec.outer_uid, spec.outer_gid),
+                             spec.outer_id_range)
+        try:
+            self.limiter = limits.choose(spec)
+            self.limiter.create()
+        except BaseException:
+            self.ids.release()
+            raise
         self.channel: socket.socket | None = None
         self._opened: list[int] = []
         self._child_channel: socket.socket | None = None
@@ -487,7 +539,7 @@ class Launch:
                 socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             self._status_r, self.child_status = os.pipe2(os.O_CLOEXEC)
             self.child_sock = self._child_setup.fileno()
-            self.plan = _plan(spec, self.limiter, tuple(pairs))
+            self.plan = _plan(spec, self.limiter, tuple(pairs), self.ids)
         except BaseException:
             self.abort()
             raise
@@ -516,6 +568,7 @@ class Launch:
     def abort(self) -> None:
         """Undo prepare(): no child exists."""
         self.limiter.destroy()
+        self.ids.release()
         for obj in ("_setup", "_child_setup", "channel", "_child_channel"):
             sock = getattr(self, obj, None)
             if sock is not None:
@@ -543,10 +596,14 @@ class Launch:
         pidfd = -1
         listener: Listener | None = None
         failure: SetupFailure | None = None
+        ready_for_maps = False  # the init said "U" (map_helper only)
         try:
             try:
                 if init_pid is None:
                     data, _fds = conv.recv()
+                    if data == b"U" and self.plan.map_helper:  # the init was quicker than "P"
+                        ready_for_maps = True
+                        data, _fds = conv.recv()
                     if helper_pid is not None:
                         os.waitpid(helper_pid, 0)
                     if data[:1] == b"E":
@@ -563,12 +620,9 @@ class Launch:
                     # builds its root; it waits for "C" before forking the workload.
                     pidfd = os.pidfd_open(init_pid)
                     if not self.plan.self_maps:
-                        try:
-                            userns.write_maps(init_pid, *self.plan.map_ids,
-                                              deny_setgroups=False)
-                        except OSError as e:
-                            failure = SetupFailure("userns", e.errno or errno.EIO, str(e))
-                            raise
+                        failure = self._map_ids(conv, init_pid, ready_for_maps)
+                        if failure is not None:
+                            raise OSError(failure.errno, failure.message)
                         setup_parent.send(b"G")
                     try:
                         limiter.attach(init_pid)
@@ -605,8 +659,32 @@ class Launch:
             raise
         setup_parent.close()
         assert init_pid is not None
-        return Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent,
-                               limiter, started, self.plan.landlock_abi)
+        box = Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent,
+                              limiter, started, self.plan.landlock_abi)
+        box._lease = self.ids  # the sandbox's outer ids are held as long as its handle lives
+        box.outer_ids = (self.ids.uid, self.ids.gid)
+        return box
+
+    def _map_ids(self, conv: _Setup, pid: int, ready: bool) -> SetupFailure | None:
+        """Parent side of the userns step (root, or subordinate ids): the id maps, and as
+        root without a cgroup the IPC namespace's caps. Returns the failure, if any."""
+        step = "userns"
+        try:
+            if self.plan.map_helper:
+                if not ready:
+                    data, _fds = conv.recv()
+                    if data[:1] == b"E":
+                        return _setup_failure(data)
+                    if data != b"U":
+                        raise OSError(errno.EPROTO, "expected the init to be ready for its maps")
+                ids.newidmap(pid, INNER_ID, *self.plan.map_ids)
+            else:
+                userns.write_maps(pid, *self.plan.map_ids, deny_setgroups=False)
+                step = "rlimits"
+                limits.set_ipc_limits(pid, self.limiter.ipc_limits())
+        except OSError as e:
+            return SetupFailure(step, e.errno or errno.EIO, str(e))
+        return None
 
 
 def prepare(spec: SandboxSpec) -> Launch:
@@ -630,7 +708,7 @@ def spawn(spec: SandboxSpec) -> Sandbox:
         # Nothing else runs in this process, so a raw clone straight into the
         # namespaces finds libc and CPython consistent: one fork fewer.
         try:
-            init = _sys.clone(plan.clone_flags)
+            init = clone_init(plan)
         except OSError as e:
             launch.report_clone_failure(e.errno or errno.EPERM, str(e))
         if init == 0:
@@ -702,6 +780,8 @@ class Sandbox:
 
     pid: int
     spec: SandboxSpec
+    outer_ids: tuple[int, int]  # (uid, gid) the sandbox runs as outside its user namespace
+    _lease: ids.Lease
     _channel: socket.socket | None
     _channel_taken: bool
     _pidfd: int
@@ -865,11 +945,11 @@ class Sandbox:
     def _reap(self) -> None:
         try:
             _pid, raw, ru = os.wait4(self.pid, 0)
-            cpu, maxrss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss * 1024
+            cpu = ru.ru_utime + ru.ru_stime
         except ChildProcessError:
             # Someone else reaped it (an embedder's waitpid(-1) SIGCHLD handler);
             # the init's own report on the status pipe still says how it ended.
-            raw, cpu, maxrss = 0, 0.0, 0
+            raw, cpu = 0, 0.0
         wall = time.monotonic() - self._started
         data = b""
         with contextlib.suppress(OSError):
@@ -877,7 +957,8 @@ class Sandbox:
         usage = self._limiter.usage()
         self._limiter.destroy()
         self._close()
-        peak = usage.peak_memory_bytes if usage.peak_memory_bytes is not None else maxrss
+        # Only a cgroup knows the sandbox's peak; the largest process's RSS is not it.
+        peak = usage.peak_memory_bytes
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
             limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,
@@ -922,9 +1003,29 @@ class Sandbox:
         if not self._landlock_abi:
             out.append("landlock (disabled for this sandbox)" if not self.spec.landlock
                        else "landlock (this kernel has none)")
+        mode = self._lease.mode
+        if mode == "fixed":
+            out.append(f"outer ids (fixed at {self._lease.uid}/{self._lease.gid} by "
+                       "--outer-uid/--outer-gid or WARDEN_OUTER_UID/GID: per-user kernel "
+                       "budgets shared with every sandbox given them)")
+        elif mode == "shared":
+            out.append(f"outer ids (the shared id {self._lease.uid}: warden runs as root of a "
+                       "user namespace, where the host's id range is not mapped)")
+        elif mode == "own":
+            out.append(f"outer ids (your own uid {self._lease.uid}: per-user kernel budgets "
+                       "shared with you and your other sandboxes; grant a range in /etc/subuid "
+                       "and /etc/subgid, with newuidmap/newgidmap installed, for ids of its own)")
+        if self._limiter.mechanism == "rlimit":
+            ipc = "SysV IPC capped" if os.geteuid() == 0 else "SysV IPC not capped (needs root)"
+            accepted = ", accepted by --memory-rlimit-only" if self.spec.memory_rlimit_only else ""
+            out.append("memory limit (not enforced as one: no cgroup, so only RLIMIT_AS per "
+                       f"process, RLIMIT_FSIZE per file and tmpfs sizes; {ipc}; processes "
+                       f"together, pipes and sockets can hold more; peak memory "
+                       f"unknown{accepted})")
         return tuple(out)
 
     def _close(self) -> None:
+        self._lease.release()  # every process of the sandbox is gone: the ids are free
         if self._listener is not None:
             self._listener.close()
         for fd in (self._pidfd, self._status_r):

@@ -12,8 +12,16 @@ nothing in the sandbox ever runs outside it.
   cgroup, which must be writable with memory and pids enabled for its
   children (a delegated subtree; see docs/sandbox.md).
 - cgroup v1: the memory and pids hierarchies, when writable (root).
-- rlimits: RLIMIT_AS for memory and RLIMIT_NPROC for processes, counted per
-  user namespace by the kernel (5.14+), so per sandbox.
+- rlimits: RLIMIT_NPROC for processes, counted per user namespace by the
+  kernel (5.14+), so per sandbox. Memory is then NOT held as one limit: the
+  sandbox's processes together, memfds, pipes and socket buffers can exceed
+  it. What can be capped is: RLIMIT_AS per process, RLIMIT_FSIZE per file
+  (memfds and tmpfs files included), RLIMIT_MSGQUEUE, every tmpfs (/tmp
+  included) at the limit, and, as root, SysV shared memory and message
+  queues in the sandbox's own IPC namespace (kernel.shmall/shmmax/shmmni,
+  kernel.msgmni/msgmnb). The status lists the limit in `weakened`, peak
+  memory is unknown (None), and a memory limit the caller asked for is
+  refused up front unless they accept this (`--memory-rlimit-only`).
 
 RLIMIT_NOFILE, RLIMIT_CPU and RLIMIT_CORE (0) are always set in the child.
 Rlimits only ever go down: the parent clamps each to its own hard limit.
@@ -137,6 +145,10 @@ class Limiter:
         if self.mechanism == "rlimit":
             wanted.append((resource.RLIMIT_AS, s.memory_bytes, s.memory_bytes))
             wanted.append((resource.RLIMIT_NPROC, s.processes, s.processes))
+            # No cgroup counts file pages: cap each file (a memfd, a tmpfs file,
+            # a file in a writable bind) and the POSIX message queues instead.
+            wanted.append((resource.RLIMIT_FSIZE, s.memory_bytes, s.memory_bytes))
+            wanted.append((resource.RLIMIT_MSGQUEUE, s.memory_bytes, s.memory_bytes))
         out = []
         for res, soft, hard in wanted:
             _cur_soft, cur_hard = resource.getrlimit(res)
@@ -145,6 +157,23 @@ class Limiter:
                 soft = min(soft, hard)
             out.append((res, soft, hard))
         return tuple(out)
+
+    def tmpfs_size(self, size: int) -> int:
+        """A tmpfs of the sandbox, capped at the memory limit when no cgroup counts its pages."""
+        return min(size, self.spec.memory_bytes) if self.mechanism == "rlimit" else size
+
+    def ipc_limits(self) -> tuple[tuple[str, str], ...]:
+        """Root without a cgroup: (sysctl path, value) for the sandbox's own IPC namespace,
+        so SysV shared memory and message queues together stay within the memory limit."""
+        if self.mechanism != "rlimit" or os.geteuid() != 0:
+            return ()
+        mem = self.spec.memory_bytes
+        page = os.sysconf("SC_PAGE_SIZE")
+        return (("/proc/sys/kernel/shmmax", str(mem)),
+                ("/proc/sys/kernel/shmall", str(max(1, mem // page))),
+                ("/proc/sys/kernel/shmmni", "64"),
+                ("/proc/sys/kernel/msgmni", "16"),
+                ("/proc/sys/kernel/msgmnb", str(max(1, min(16384, mem // 16)))))
 
     def create(self) -> None:
         """Prepare before fork (cgroups: mkdir and write the limits)."""
@@ -274,6 +303,47 @@ def _v1_dirs(mounts: dict[str, str], own: dict[str, str]) -> tuple[str, str] | N
     if "memory" in found and "pids" in found:
         return found["memory"], found["pids"]
     return None
+
+
+def available_mechanism() -> str:
+    """"cgroup-v2", "cgroup-v1" or "rlimit": what choose() would use here, now."""
+    explicit = os.environ.get("WARDEN_CGROUP")
+    if explicit == "none":
+        return "rlimit"
+    if explicit:
+        return "cgroup-v2" if os.access(explicit, os.W_OK) else "rlimit"
+    mounts, own = _mounts(), _own_cgroups()
+    if _v2_parent(mounts["cgroup2"], own) is not None:
+        return "cgroup-v2"
+    return "cgroup-v1" if _v1_dirs(mounts["cgroup"], own) is not None else "rlimit"
+
+
+def set_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
+    """Parent side, as root: write the IPC-namespace sysctls of the sandbox whose init is `pid`.
+
+    /proc/sys/kernel/shm* and msg* show the writer's own IPC namespace, and only
+    that namespace's root may write them; the sandbox maps no root, so the
+    kernel takes the host's root as it. This thread therefore enters the
+    sandbox's IPC namespace for the writes (setns applies to the calling
+    thread only) and comes straight back."""
+    if not values:
+        return
+    from supervisor.sandbox import _sys
+
+    own = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        theirs = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _sys.setns(theirs, _sys.CLONE_NEWIPC)
+            try:
+                for path, value in values:
+                    _write(path, value)
+            finally:
+                _sys.setns(own, _sys.CLONE_NEWIPC)
+        finally:
+            os.close(theirs)
+    finally:
+        os.close(own)
 
 
 def choose(spec: SandboxSpec) -> Limiter:

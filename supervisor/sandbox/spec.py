@@ -14,15 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from profiles.model import Bind, Profile, Tmpfs
+from supervisor.sandbox import ids
 from supervisor.sandbox.fds import parse_grant
 
 # The workload's uid/gid inside its user namespace: an ordinary user, never 0.
 INNER_ID = 1000
-# When warden runs as root, children run outside as this dedicated uid/gid
-# (chosen far above the ranges distributions hand out and distinct from
-# nobody/65534, which other daemons share). `--outer-uid`/`--outer-gid` or
-# WARDEN_OUTER_UID/WARDEN_OUTER_GID change it.
-DEFAULT_OUTER_ID = 2_147_400_000
+# The outer id that sandboxes share when they get none of their own (see
+# supervisor/sandbox/ids.py, which allocates one per sandbox).
+DEFAULT_OUTER_ID = ids.SHARED_ID
 
 CHANNEL_FD = 3
 
@@ -72,8 +71,17 @@ class SandboxSpec:
     pass_fds: tuple[int, ...] = ()
     files: tuple[FileGrant, ...] = ()
     stdio: tuple[int, int, int] = (0, 1, 2)  # caller fds that become the child's 0, 1, 2
-    outer_uid: int = DEFAULT_OUTER_ID  # used only when the supervisor runs as root
-    outer_gid: int = DEFAULT_OUTER_ID
+    # Outer ids (ids.py): fixed ones, shared with every sandbox given them, or
+    # None to allocate this sandbox its own from outer_id_range (root) or from
+    # the ranges /etc/subuid and /etc/subgid grant (an ordinary user).
+    outer_uid: int | None = None
+    outer_gid: int | None = None
+    outer_id_range: tuple[int, int] = ids.DEFAULT_RANGE
+    # /proc/sys/user limits of the sandbox's user namespace raised above the
+    # defaults (userns.DEFAULT_LIMITS), e.g. (("max_user_namespaces", 4096),).
+    userns_limits: tuple[tuple[str, int], ...] = ()
+    # The caller accepted a memory limit held by rlimits alone (no cgroup).
+    memory_rlimit_only: bool = False
     hostname: str = "warden"
     landlock: bool = True
     notify: bool = field(default=True)  # filter reports kill actions to the supervisor
@@ -154,16 +162,6 @@ def _env(profile: Profile, keep_env: Sequence[str], set_env: Sequence[str],
     return tuple(env.items())
 
 
-def _env_id(env: Mapping[str, str], name: str) -> int:
-    text = env.get(name)
-    if text is None:
-        return DEFAULT_OUTER_ID
-    try:
-        return int(text)
-    except ValueError:
-        raise SpecError(f"{name}={text!r}: not a numeric id") from None
-
-
 def _positive(value: float | int | None, option: str) -> None:
     if value is not None and value <= 0:
         raise SpecError(f"{option} {value}: must be greater than zero")
@@ -193,6 +191,9 @@ def build_spec(
     stdio: tuple[int, int, int] = (0, 1, 2),
     outer_uid: int | None = None,
     outer_gid: int | None = None,
+    outer_id_range: tuple[int, int] | str | None = None,
+    memory_rlimit_only: bool = False,
+    userns_limits: Mapping[str, int] | None = None,
     source_env: Mapping[str, str] | None = None,
 ) -> SandboxSpec:
     """Merge `profile` with overrides (CLI spelling in errors) into a validated SandboxSpec.
@@ -306,14 +307,16 @@ def build_spec(
         extra["WARDEN_FILES"] = " ".join(f"{g.fd}:{g.path}" for g in grants)
     environment = _env(profile, keep_env, env, src_env, extra)
 
-    # Identity when running as root.
-    ouid = outer_uid if outer_uid is not None else _env_id(src_env, "WARDEN_OUTER_UID")
-    ogid = outer_gid if outer_gid is not None else _env_id(src_env, "WARDEN_OUTER_GID")
-    for opt, v in (("--outer-uid", ouid), ("--outer-gid", ogid)):
-        if v <= 0 or v >= 2**32 - 1:
-            raise SpecError(f"{opt} {v}: must be an unprivileged id (not 0, below 4294967295)")
-    if os.geteuid() == 0 and ouid == os.getuid():
-        raise SpecError(f"--outer-uid {ouid}: must differ from the supervisor's own uid")
+    # Outer identity: one validated reading of options and environment (ids.py).
+    try:
+        if isinstance(outer_id_range, str):
+            outer_id_range = ids.parse_range(outer_id_range, "--outer-uid-range")
+        outer = ids.choose(src_env, outer_uid, outer_gid, outer_id_range)
+    except ids.OuterIdError as e:
+        raise SpecError(str(e)) from None
+    ns_limits = _userns_limits(userns_limits or {})
+    if memory and not memory_rlimit_only:
+        _require_memory_cgroup(memory)
 
     if seccomp_filter is None:
         from profiles.cache import cached_compile
@@ -340,5 +343,32 @@ def build_spec(
         cpu_time_seconds=cpu_time or lim.cpu_time_seconds,
         wall_time_seconds=timeout or lim.wall_time_seconds, env=environment,
         channel=channel, pass_fds=tuple(pfds), files=tuple(grants), stdio=stdio,
-        outer_uid=ouid, outer_gid=ogid, notify=uses_notify(seccomp_filter),
+        outer_uid=outer.fixed[0] if outer.fixed else None,
+        outer_gid=outer.fixed[1] if outer.fixed else None, outer_id_range=outer.range,
+        userns_limits=ns_limits, memory_rlimit_only=memory_rlimit_only,
+        notify=uses_notify(seccomp_filter),
     )
+
+
+def _userns_limits(values: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    from supervisor.sandbox.userns import DEFAULT_LIMITS
+
+    for name, value in values.items():
+        if name not in DEFAULT_LIMITS:
+            raise SpecError(f"userns_limits {name!r}: not a limit of /proc/sys/user "
+                            f"(one of {', '.join(sorted(DEFAULT_LIMITS))})")
+        if not isinstance(value, int) or not 0 <= value < 2**31:
+            raise SpecError(f"userns_limits {name}={value!r}: expected 0..2147483647")
+    return tuple(sorted(values.items()))
+
+
+def _require_memory_cgroup(memory: int) -> None:
+    """A memory limit the caller asked for must be enforced as one: by a cgroup."""
+    from supervisor.sandbox.limits import available_mechanism
+
+    if available_mechanism() == "rlimit":
+        raise SpecError(
+            f"--memory {memory}: no usable cgroup here (cgroup v2 needs a delegated subtree, "
+            "cgroup v1 needs root; WARDEN_CGROUP=none turns them off), so the limit would "
+            "bind only each process's address space; add --memory-rlimit-only "
+            "(memory_rlimit_only=True) to accept that, or run where warden can create a cgroup")

@@ -1,32 +1,84 @@
-"""The child's identity: one unprivileged uid/gid inside, mapped to one unprivileged id outside.
+"""The child's identity and its user namespace's own limits.
 
 Inside its user namespace the workload is uid/gid 1000 (INNER_ID), never 0:
 0 is not even mapped, so nothing in the sandbox can become root of it.
-Outside, that id is the invoking user's own uid when warden runs as an
-ordinary user (the only mapping the kernel allows it), and a dedicated
-unprivileged id (spec.outer_uid/outer_gid) when warden runs as root, so the
-kernel's own uid checks keep the child away from root's files and from the
-supervisor. As root, the parent writes the maps (mapping another id takes
-CAP_SETUID in the parent namespace) and the child waits for them; as an
-ordinary user, the child writes its own (the one mapping the kernel allows
-it), so the parent's own dumpability never stands in the way.
+Outside, that id is the sandbox's outer id (ids.py): allocated per sandbox
+as root, or from the ranges /etc/subuid and /etc/subgid grant an ordinary
+user, else the invoking user's own id. Who writes the maps:
+
+- root: the parent (mapping another id takes CAP_SETUID in the parent
+  namespace); the child waits for them;
+- an ordinary user with subordinate ids: the parent, through the setuid
+  helpers newuidmap/newgidmap, once the child says it is ready for them
+  (the helpers check that the caller owns the target, which they see only
+  once the child is dumpable);
+- an ordinary user without: the child itself (the one mapping the kernel
+  allows it), so the parent's own dumpability never stands in the way.
+
+Then, while it still holds its namespace's capabilities, the init lowers the
+namespace's own limits in /proc/sys/user (which always shows the writer's
+own user namespace, and which CAP_SYS_RESOURCE there may lower): inotify
+instances and watches to small numbers, fanotify and every kind of new
+namespace to none, so the kernel itself refuses nested namespaces, whatever
+the seccomp filter allows. The kernel checks these limits at every level
+up the namespace chain, so a sandbox can never take more than this of its
+owner's budget.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Iterable
 
-from supervisor.sandbox.spec import INNER_ID, SandboxSpec
+from supervisor.sandbox.spec import INNER_ID
+
+# /proc/sys/user/<name> of the sandbox's user namespace, lowered from INT_MAX
+# (what the kernel gives a new namespace). Programs rarely need more than a
+# few inotify instances; fanotify and nested namespaces not at all (a profile
+# that needs them, such as the zygote's, raises them through the spec).
+DEFAULT_LIMITS: dict[str, int] = {
+    "max_inotify_instances": 16,
+    "max_inotify_watches": 8192,
+    "max_fanotify_groups": 0,
+    "max_fanotify_marks": 0,
+    "max_user_namespaces": 0,
+    "max_pid_namespaces": 0,
+    "max_net_namespaces": 0,
+    "max_mnt_namespaces": 0,
+    "max_ipc_namespaces": 0,
+    "max_uts_namespaces": 0,
+    "max_cgroup_namespaces": 1,  # the init's own, made after these are set (cgroupns step)
+    "max_time_namespaces": 0,
+}
 
 
 class UserNsError(OSError):
     """Writing the id maps failed."""
 
 
-def outer_ids(spec: SandboxSpec) -> tuple[int, int]:
-    if os.geteuid() == 0:
-        return spec.outer_uid, spec.outer_gid
-    return os.geteuid(), os.getegid()
+def plan_limits(overrides: Iterable[tuple[str, int]]) -> tuple[tuple[bytes, bytes], ...]:
+    """(path, value) pairs for the init to write (parent side, before fork)."""
+    values = dict(DEFAULT_LIMITS)
+    values.update(overrides)
+    return tuple((b"/proc/sys/user/" + k.encode(), b"%d" % v) for k, v in values.items())
+
+
+def set_limits(limits: tuple[tuple[bytes, bytes], ...]) -> None:
+    """Child side, in the new user namespace with its capabilities: lower its limits.
+    A limit this kernel does not have (ENOENT: e.g. no fanotify) is skipped."""
+    for path, value in limits:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            os.write(fd, value)
+        except OSError as e:
+            raise UserNsError(e.errno or errno.EIO,
+                              f"{path.decode()} = {value.decode()}: {e.strerror}") from None
+        finally:
+            os.close(fd)
 
 
 def write_maps(pid: int | str, uid: int, gid: int, *, deny_setgroups: bool) -> None:

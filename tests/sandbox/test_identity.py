@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from sandbox_util import MODE, PY, collect, py, run, start, world_dir
 
-from supervisor.sandbox.spec import DEFAULT_OUTER_ID, INNER_ID
+from supervisor.sandbox import ids
+from supervisor.sandbox.spec import INNER_ID
 
 STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
 
@@ -38,8 +39,12 @@ def test_ids_inside_are_unprivileged_and_root_is_unmapped() -> None:
     uids, gids, groups, uid_map = r.json()
     assert uids == [INNER_ID] * 3 and gids == [INNER_ID] * 3
     assert 0 not in groups
-    expected_outer = DEFAULT_OUTER_ID if MODE == "root" else os.getuid()
-    assert uid_map == [str(INNER_ID), str(expected_outer), "1"]
+    assert uid_map[0] == str(INNER_ID) and uid_map[2] == "1"
+    if MODE == "root":  # an id of its own from the range (ids.py)
+        start, count = ids.DEFAULT_RANGE
+        assert start <= int(uid_map[1]) < start + count
+    elif ids.subordinate_ids() is None:
+        assert uid_map[1] == str(os.getuid())
 
 
 def test_outer_uid_of_every_sandbox_process_is_the_dedicated_or_own_id() -> None:
@@ -48,7 +53,8 @@ def test_outer_uid_of_every_sandbox_process_is_the_dedicated_or_own_id() -> None
         init = box.pid
         children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
         pids = [init, *map(int, children)]
-        expected = DEFAULT_OUTER_ID if MODE == "root" else os.getuid()
+        expected = box.outer_ids[0]
+        assert MODE == "root" or ids.subordinate_ids() is not None or expected == os.getuid()
         for pid in pids:
             uid_line = next(ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
                             if ln.startswith("Uid:"))

@@ -29,7 +29,7 @@ def test_options_override_the_profile_and_builtin_caps_fill_the_rest() -> None:
                    environment=Environment(set=(("A", "profile"),)),
                    filesystem=Filesystem(binds=(Bind("/usr", "/usr"),), chdir="/usr"))
     spec = build_spec(["/bin/true"], prof, seccomp_filter=PERMISSIVE, memory=64 << 20,
-                      env=["B=cli"], source_env={})
+                      memory_rlimit_only=True, env=["B=cli"], source_env={})
     assert (spec.memory_bytes, spec.processes, spec.open_files) == (64 << 20, 10,
                                                                    DEFAULT_OPEN_FILES)
     env = dict(spec.env)
