@@ -215,7 +215,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
                 os.write(sock_fd, b"U")  # dumpable now: newuidmap may act on this process
             if os.read(sock_fd, 16) != b"G":
                 os._exit(EXIT_SETUP)
-        userns.set_limits(plan.userns_limits)
+        held_limit = userns.set_limits(plan.userns_limits)
         # Become the sandbox's id now: files in the new root must be created by
         # an id the namespace maps. Inner 0 is unmapped, so the namespace's
         # capabilities survive this until the caps step drops them.
@@ -227,6 +227,8 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         os.close(plan.parent_pidfd)
         step = "mount"
         mounts.setup_root(plan.mount_ops, plan.tmp_size, plan.chdir)
+        step = "userns"
+        userns.finish_limits(held_limit)
         step = "uts"
         net.set_hostname(plan.hostname)
         step = "net"

@@ -64,13 +64,26 @@ def plan_limits(overrides: Iterable[tuple[str, int]]) -> tuple[tuple[bytes, byte
     return tuple((b"/proc/sys/user/" + k.encode(), b"%d" % v) for k, v in values.items())
 
 
-def set_limits(limits: tuple[tuple[bytes, bytes], ...]) -> None:
+# Set only once the new root is built: the mount step's clones of bind sources
+# (open_tree OPEN_TREE_CLONE in the child) each make an anonymous mount namespace,
+# which this limit counts.
+AFTER_MOUNTS = b"/proc/sys/user/max_mnt_namespaces"
+
+
+def set_limits(limits: tuple[tuple[bytes, bytes], ...]) -> tuple[int, bytes] | None:
     """Child side, in the new user namespace with its capabilities: lower its limits.
-    A limit this kernel does not have (ENOENT: e.g. no fanotify) is skipped."""
+    A limit this kernel does not have (ENOENT: e.g. no fanotify) is skipped.
+
+    The mount-namespace limit is only opened here (the host's /proc is still the one
+    mounted): returns (fd, value) for finish_limits() after the mount step."""
+    deferred = None
     for path, value in limits:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            continue
+        if path == AFTER_MOUNTS:
+            deferred = (fd, value)
             continue
         try:
             os.write(fd, value)
@@ -79,6 +92,21 @@ def set_limits(limits: tuple[tuple[bytes, bytes], ...]) -> None:
                               f"{path.decode()} = {value.decode()}: {e.strerror}") from None
         finally:
             os.close(fd)
+    return deferred
+
+
+def finish_limits(deferred: tuple[int, bytes] | None) -> None:
+    """Child side, after the mount step: write the limit set_limits() held back."""
+    if deferred is None:
+        return
+    fd, value = deferred
+    try:
+        os.write(fd, value)
+    except OSError as e:
+        raise UserNsError(e.errno or errno.EIO,
+                          f"{AFTER_MOUNTS.decode()} = {value.decode()}: {e.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def write_maps(pid: int | str, uid: int, gid: int, *, deny_setgroups: bool) -> None:
