@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
-from supervisor.sandbox.notify import Listener
+from supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener, witness_available
 from supervisor.sandbox.preflight import PreflightError, explain
 from supervisor.sandbox.seccomp import (
     WEAKENED_WAIT_KILLABLE,
@@ -849,6 +849,13 @@ class Sandbox:
         if state != "idle":  # ended: no process uses the filter any more, or it failed
             lst.close()
 
+    def _notify_weakened(self) -> tuple[str, ...]:
+        """What the kernel lacked for reading this sandbox's refused calls."""
+        if self._listener is None:
+            return ()
+        return (((WEAKENED_WAIT_KILLABLE,) if not wait_killable_supported() else ())
+                + ((WEAKENED_NO_WITNESS,) if not witness_available() else ()))
+
     def poll(self) -> Status | None:
         return self.service()
 
@@ -894,9 +901,7 @@ class Sandbox:
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
             limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,
-            weakened=self._weakened() + (
-                (WEAKENED_WAIT_KILLABLE,)
-                if self.spec.notify and not wait_killable_supported() else ()))
+            weakened=self._weakened() + self._notify_weakened())
         st: Status
         if self._cause is not None:
             outcome, reason, violation = self._cause

@@ -29,19 +29,31 @@ with ENOENT. So:
 
 ENOENT once no process uses the filter any more (POLLHUP) is also what every
 listener reads at the end, so it is not evidence: the kernel keeps nothing of
-a notification whose caller died before it was received.
+a notification whose caller died (or was interrupted and then exited) before
+it was received. For that, each listener also has a one-shot io_uring poll
+for POLLIN armed on it (`_Witness`): io_uring takes the event mask from the
+wake-up itself and takes the poll off the wait queue at that first wake-up,
+so the kernel's own "a notification was queued" is kept in the completion
+even when the notification is gone by the time anyone looks. A listener
+whose witness completed with POLLIN, but whose thread read no notification,
+had a refused call withdrawn: it is reported as one. Without io_uring
+(disabled by the administrator, or a kernel before 5.1) that last case can
+be missed, and `WEAKENED_NO_WITNESS` says so.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import select
 import struct
 import threading
+import time
 from typing import NamedTuple
 
 from supervisor.sandbox.status import Violation
@@ -110,11 +122,152 @@ def syscall_name(arch_token: int, nr: int) -> str:
         return f"unknown({nr})"
 
 
+def witness_available() -> bool:
+    """Whether a withdrawn refused call can still be seen once the sandbox has ended."""
+    return _Witness.get() is not None
+
+
 def _hung_up(fd: int) -> bool:
     """POLLHUP: no process uses the filter any more."""
     p = select.poll()
     p.register(fd, select.POLLIN)
     return any(ev & select.POLLHUP for _fd, ev in p.poll(0))
+
+
+WEAKENED_NO_WITNESS = ("seccomp refusal witness (io_uring is unavailable here: a refused call "
+                       "withdrawn by the sandbox's own signal just before it exits can go "
+                       "unrecorded)")
+
+_NR_IO_URING_SETUP = {"x86_64": 425, "aarch64": 425}
+_NR_IO_URING_ENTER = {"x86_64": 426, "aarch64": 426}
+_IORING_OFF_SQES = 0x10000000
+_IORING_FEAT_SINGLE_MMAP = 1
+_IORING_ENTER_GETEVENTS = 1
+_IORING_OP_POLL_ADD = 6
+_PARAMS_SIZE = 120  # struct io_uring_params
+_SQ_OFF = struct.Struct("=7IIQ")  # head tail ring_mask ring_entries flags dropped array resv1 ..
+_CQ_OFF = struct.Struct("=8IQ")  # head tail ring_mask ring_entries overflow cqes flags resv1 ..
+_SQE = struct.Struct("=BBHiQQIIQ24x")  # opcode flags ioprio fd off addr len poll32_events data
+_CQE = struct.Struct("=QiI")  # user_data res flags
+_U32 = struct.Struct("=I")
+
+
+class _Witness:
+    """One io_uring for the process, used for one thing: a one-shot POLLIN poll per
+    listener, whose completion says whether a notification was ever queued on it.
+
+    The poll is submitted, and its completion reaped, by the listener's own
+    receiving thread: io_uring completes a poll in the task that submitted it.
+    The ring's memory is not inherited by forked children (MADV_DONTFORK): a
+    forked worker must not be able to write our completions."""
+
+    _instance: _Witness | None = None
+    _unavailable = False
+    _create_lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> _Witness | None:
+        with cls._create_lock:
+            if cls._instance is not None and cls._instance._pid != os.getpid():
+                # A forked child: the ring's memory was not inherited (MADV_DONTFORK).
+                os.close(cls._instance._fd)
+                cls._instance = None
+            if cls._instance is None and not cls._unavailable:
+                try:
+                    cls._instance = cls()
+                except (OSError, ValueError, KeyError):
+                    cls._unavailable = True
+            return cls._instance
+
+    def __init__(self) -> None:
+        machine = os.uname().machine
+        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._nr_enter = _NR_IO_URING_ENTER[machine]
+        params = ctypes.create_string_buffer(_PARAMS_SIZE)
+        fd = int(self._syscall(ctypes.c_long(_NR_IO_URING_SETUP[machine]), ctypes.c_uint(256),
+                               params))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        try:
+            sq_entries, cq_entries, _flags, _cpu, _idle, features = struct.unpack_from(
+                "=6I", params.raw, 0)
+            self._sq = _SQ_OFF.unpack_from(params.raw, 40)
+            self._cq = _CQ_OFF.unpack_from(params.raw, 80)
+            if not features & _IORING_FEAT_SINGLE_MMAP:
+                raise OSError(errno.ENOSYS, "io_uring without IORING_FEAT_SINGLE_MMAP")
+            size = max(self._sq[6] + sq_entries * 4, self._cq[5] + cq_entries * 16)
+            prot = mmap.PROT_READ | mmap.PROT_WRITE
+            self._ring = mmap.mmap(fd, size, mmap.MAP_SHARED, prot, offset=0)
+            self._sqes = mmap.mmap(fd, sq_entries * 64, mmap.MAP_SHARED, prot,
+                                   offset=_IORING_OFF_SQES)
+            for m in (self._ring, self._sqes):
+                m.madvise(mmap.MADV_DONTFORK)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._pid = os.getpid()
+        self._sq_mask = _U32.unpack_from(self._ring, self._sq[2])[0]
+        self._cq_mask = _U32.unpack_from(self._ring, self._cq[2])[0]
+        self._lock = threading.Lock()
+        self._done: dict[int, int] = {}  # user_data -> poll result
+        self._next = 0
+
+    def _enter(self, submit: int, wait: int) -> None:
+        ret = int(self._syscall(ctypes.c_long(self._nr_enter), ctypes.c_uint(self._fd),
+                                ctypes.c_uint(submit), ctypes.c_uint(wait),
+                                ctypes.c_uint(_IORING_ENTER_GETEVENTS if wait or not submit
+                                              else 0), None, ctypes.c_size_t(0)))
+        if ret < 0:
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))
+
+    def watch(self, fd: int) -> int:
+        """Arm the one-shot poll on `fd`; returns its token for seen()."""
+        with self._lock:
+            self._next += 1
+            token = self._next
+            tail = _U32.unpack_from(self._ring, self._sq[1])[0]
+            idx = tail & self._sq_mask
+            _SQE.pack_into(self._sqes, idx * 64, _IORING_OP_POLL_ADD, 0, 0, fd, 0, 0, 0,
+                           select.POLLIN, token)
+            _U32.pack_into(self._ring, self._sq[6] + 4 * idx, idx)
+            # The syscall that follows orders these stores before the kernel reads the tail.
+            _U32.pack_into(self._ring, self._sq[1], (tail + 1) & 0xFFFFFFFF)
+            self._enter(1, 0)
+            return token
+
+    def _reap(self) -> None:
+        head = _U32.unpack_from(self._ring, self._cq[0])[0]
+        tail = _U32.unpack_from(self._ring, self._cq[1])[0]
+        while head != tail:
+            data, res, _flags = _CQE.unpack_from(self._ring,
+                                                 self._cq[5] + (head & self._cq_mask) * 16)
+            self._done[data] = res
+            head = (head + 1) & 0xFFFFFFFF
+        _U32.pack_into(self._ring, self._cq[0], head)
+
+    def queued(self, token: int) -> bool:
+        """Once the listener has hung up: whether a notification was ever queued on it.
+
+        Called by the thread that armed the poll, which the kernel completes it in
+        (when that thread enters the kernel); the completion is at most the
+        hang-up's own wake-up away. Bounded all the same: False if it never comes."""
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        while True:
+            with self._lock:
+                self._enter(0, 0)  # runs this thread's pending completions
+                self._reap()
+                if token in self._done:
+                    res = self._done.pop(token)
+                    break
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.0002)
+        # A negative result is the poll failing (never armed): nothing is known.
+        return res >= 0 and bool(res & select.POLLIN)
 
 
 class Listener:
@@ -152,6 +305,9 @@ class Listener:
     def _receive_all(self) -> None:
         fd = self._seccomp_fd
         buf = bytearray(_NOTIF.size)
+        witness = _Witness.get()
+        token = witness.watch(fd) if witness is not None else 0
+        reported = False
         while True:
             try:
                 # Blocks until a notification is queued or no process uses the filter;
@@ -162,15 +318,23 @@ class Listener:
                     continue
                 if e.errno == errno.ENOENT:
                     if _hung_up(fd):
-                        break  # the end (or a withdrawal the kernel kept nothing of)
+                        break  # the end, or a withdrawal the witness still knows of
                     self._report(Notification(0, 0, -1, 0, (), withdrawn=True))
+                    reported = True
                     continue
                 self._error = NotifyError(e.errno or 0,
                                           f"reading the seccomp listener: {e.strerror}")
                 break
             nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
             self._report(Notification(nid, pid, nr, arch, tuple(args)))
+            reported = True
             buf[:] = bytes(_NOTIF.size)  # the kernel wants a zeroed buffer
+        if witness is not None and self._error is None:
+            try:
+                if witness.queued(token) and not reported:
+                    self._report(Notification(0, 0, -1, 0, (), withdrawn=True))
+            except OSError as e:
+                self._error = NotifyError(e.errno or 0, f"reading the refusal witness: {e}")
         with self._lock:
             self._ended = True
             if self._closed:

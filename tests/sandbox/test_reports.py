@@ -19,6 +19,8 @@ from sandbox_util import py
 from profiles import compiler
 from profiles.model import ALLOW, KILL_PROCESS, SeccompPolicy, SyscallRule
 from supervisor.sandbox import Outcome, Status
+from supervisor.sandbox.notify import witness_available
+from supervisor.sandbox.seccomp import wait_killable_supported
 
 NR_ACCT = 163  # x86_64: refused below; harmless if it ever ran (EPERM without CAP_SYS_PACCT)
 NR_GETPID_X86_64 = 39
@@ -84,12 +86,12 @@ def test_refused_call_interrupted_by_the_sandboxs_own_timer_is_recorded() -> Non
             assert (v.syscall, v.nr, v.arch) == ("acct", NR_ACCT, "x86_64")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known kernel limit: a notification withdrawn by its caller's signal leaves only "
-    "a count, which RECV reports as ENOENT while a process still uses the filter; if "
-    "the sandbox exits before the receiving thread runs, nothing is left to read "
-    "(docs/sandbox.md, 'What cannot be seen')"))
 def test_one_interrupted_refused_call_then_a_clean_exit() -> None:
+    """The notification is withdrawn and no process uses the filter any more before the
+    receiving thread looks: only the refusal witness (a one-shot io_uring poll) saw it."""
+    if not witness_available():
+        pytest.skip("io_uring is unavailable here: the withdrawn call cannot be seen once "
+                    "the sandbox has exited (named in the status's weakened list)")
     bpf = _filter()
     for _ in range(RUNS):
         _violation(py(_TIMER_ONCE, bpf=bpf).status)
@@ -121,6 +123,9 @@ os._exit(0)
 
 
 def test_refused_call_then_exit_group_from_another_thread_is_recorded() -> None:
+    if not witness_available():
+        pytest.skip("io_uring is unavailable here: a call withdrawn by the exit cannot be "
+                    "seen (named in the status's weakened list)")
     bpf = _filter()
     for _ in range(RUNS):
         r = py(_THREAD_EXIT, bpf=bpf)
@@ -190,3 +195,5 @@ def test_a_clean_run_under_the_same_filter_is_still_ok() -> None:
         r = py("import os\nprint(os.getpid())", bpf=bpf)
         assert r.status.outcome is Outcome.OK, r.status
         assert r.status.violation is None
+        if witness_available() and wait_killable_supported():
+            assert not any("seccomp" in w for w in r.status.weakened), r.status.weakened

@@ -4,11 +4,13 @@ i386 and x32 tables. Imported by the zygote (preload) and by the workers."""
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import mmap
 import os
 import signal
 import threading
+import time
 
 import ipc
 from tests.supervisor.workers import CalcImpl
@@ -43,7 +45,10 @@ def _timer_loop() -> int:
 
 
 def _thread_exit() -> int:
-    """A thread makes the refused call; once the kernel shows it waiting in it, exit_group."""
+    """A thread makes the refused call; once the kernel shows it waiting in it, exit_group.
+
+    Bounded: a thread that never shows up (or never reaches the call) ends the worker
+    with 3, which the test reports, instead of leaving it spinning."""
     libc = ctypes.CDLL(None, use_errno=True)
     tid: list[int] = []
 
@@ -51,17 +56,17 @@ def _thread_exit() -> int:
         tid.append(threading.get_native_id())
         libc.syscall(NR_GETPPID)
 
-    threading.Thread(target=call, daemon=True).start()
-    while not tid:
-        pass
-    while True:
-        try:
-            with open(f"/proc/self/task/{tid[0]}/syscall") as f:
-                if f.read().split()[0] == str(NR_GETPPID):
-                    break
-        except OSError:
-            pass
-    os._exit(0)
+    _thread.start_new_thread(call, ())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if tid:
+            try:
+                with open(f"/proc/self/task/{tid[0]}/syscall") as f:
+                    if f.read().split()[0] == str(NR_GETPPID):
+                        os._exit(0)
+            except OSError:
+                pass
+    os._exit(3)
 
 
 def _int80_getpid() -> int:
