@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
-from supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener, witness_available
+from supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener
 from supervisor.sandbox.preflight import PreflightError, explain
 from supervisor.sandbox.seccomp import (
     WEAKENED_WAIT_KILLABLE,
@@ -830,8 +830,7 @@ class Sandbox:
     def _read_listener(self) -> None:
         """Record the first refused call the listener reports, and kill the sandbox for it.
 
-        The listener's own thread has already received it from the kernel (see
-        notify.py), so this never blocks and never misses one."""
+        Never blocks; a call the sandbox withdrew is reported too (see notify.py)."""
         lst = self._listener
         if lst is None or lst.fd < 0:
             return
@@ -854,7 +853,7 @@ class Sandbox:
         if self._listener is None:
             return ()
         return (((WEAKENED_WAIT_KILLABLE,) if not wait_killable_supported() else ())
-                + ((WEAKENED_NO_WITNESS,) if not witness_available() else ()))
+                + ((WEAKENED_NO_WITNESS,) if not self._listener.witnessed else ()))
 
     def poll(self) -> Status | None:
         return self.service()
@@ -888,6 +887,7 @@ class Sandbox:
         # uses the workload's filter: read the listener to its end before deciding
         # how the sandbox ended, so a refused call made just before the end (one
         # thread calls, another exits the group) is still the outcome.
+        notify_weakened = self._notify_weakened()
         if self._listener is not None and self._listener.fd >= 0:
             self._listener.drain()
             self._read_listener()
@@ -901,7 +901,7 @@ class Sandbox:
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
             limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,
-            weakened=self._weakened() + self._notify_weakened())
+            weakened=self._weakened() + notify_weakened)
         st: Status
         if self._cause is not None:
             outcome, reason, violation = self._cause

@@ -7,43 +7,37 @@ number, architecture and arguments the kernel recorded. The supervisor
 records them as a `seccomp_violation` and kills the sandbox; the call is
 never answered, so it never runs.
 
-Why a thread blocks in SECCOMP_IOCTL_NOTIF_RECV for each listener, rather
-than an event loop polling it: until the supervisor has received a
-notification, the kernel lets the calling thread's own signals interrupt the
-wait (a 20 µs interval timer does), and the interrupted call takes its
-notification off the queue before the call returns EINTR or restarts. poll()
-only reports notifications still queued, so a poll-driven reader can miss one
-whole. What the kernel does keep is the count of notifications it queued: a
-RECV that consumes that count and then finds the notification gone fails
-with ENOENT. So:
+Why not simply poll the listener and read what it holds: until the
+supervisor has received a notification, the kernel lets the calling
+thread's own signals interrupt its wait (a 20 µs interval timer does), and
+the interrupted call takes its notification off the queue before it returns
+EINTR or restarts; a thread killed by another's exit_group does the same.
+poll() reports only notifications still queued, so such a call left no
+trace, and once no process uses the filter RECV answers ENOENT whether or
+not one was withdrawn.
 
-- a blocked RECV is woken by the kernel as the notification is queued; with
-  SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6) the wake-up runs the
-  receiving thread on the caller's own CPU as the caller goes to sleep, so it
-  is normally received before anything else in the sandbox runs;
-- once received, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19, set when
-  the filter is loaded) keeps the caller waiting through its own signals;
-- ENOENT while processes still use the filter means a notification was queued
-  and withdrawn: a refused call happened. It is reported as a violation whose
-  call is unknown.
+So each listener has a one-shot io_uring poll for POLLIN armed on it. For a
+wake-up that carries its event mask (the kernel's "a notification was
+queued" does), io_uring keeps that mask as the poll's result and takes the
+poll off the wait queue at once, so its completion says POLLIN even when
+the notification is gone by the time anyone looks, and even when the
+sandbox has ended since. On that completion the supervisor receives
+(SECCOMP_IOCTL_NOTIF_RECV, which then never blocks: the kernel counts the
+notifications it queued, and this one is still counted): the notification
+itself, or ENOENT, which now means "queued, then withdrawn": a refused call
+that happened, reported as a violation whose call is unknown. Then the poll
+is armed again. The event loop watches the ring's fd.
 
-ENOENT once no process uses the filter any more (POLLHUP) is also what every
-listener reads at the end, so it is not evidence: the kernel keeps nothing of
-a notification whose caller died (or was interrupted and then exited) before
-it was received. For that, each listener also has a one-shot io_uring poll
-for POLLIN armed on it (`_Witness`): io_uring takes the event mask from the
-wake-up itself and takes the poll off the wait queue at that first wake-up,
-so the kernel's own "a notification was queued" is kept in the completion
-even when the notification is gone by the time anyone looks. A listener
-whose witness completed with POLLIN, but whose thread read no notification,
-had a refused call withdrawn: it is reported as one. Without io_uring
-(disabled by the administrator, or a kernel before 5.1) that last case can
-be missed, and `WEAKENED_NO_WITNESS` says so.
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (set when the filter is loaded, see
+seccomp.py) keeps a received caller waiting through its own signals.
+
+Without io_uring (disabled by the administrator, or a kernel before 5.1)
+the listener is polled as it is; a withdrawn call can then go unrecorded,
+and `WEAKENED_NO_WITNESS` says so in the sandbox's status.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import errno
@@ -54,14 +48,12 @@ import select
 import struct
 import threading
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from supervisor.sandbox.status import Violation
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, nr, arch, ip, args[6]
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
-SECCOMP_IOCTL_NOTIF_SET_FLAGS = 0x40082104  # _IOW('!', 4, __u64); the argument is the value
-SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -72,8 +64,8 @@ _ARCH_NAMES = {AUDIT_ARCH_X86_64: "x86_64", AUDIT_ARCH_I386: "i386", 0xC00000B7:
 
 WITHDRAWN = "a refused call was withdrawn before it could be read"
 
-# How long the end of a listener may take to be read once its processes are gone.
-# Only reached if the receiving thread is starved; the kernel answers at once.
+# How long the end of a listener may take to be read once its processes are gone
+# (the kernel's hang-up is at most a wake-up away; bounded all the same).
 _DRAIN_SECONDS = 5.0
 
 
@@ -122,11 +114,6 @@ def syscall_name(arch_token: int, nr: int) -> str:
         return f"unknown({nr})"
 
 
-def witness_available() -> bool:
-    """Whether a withdrawn refused call can still be seen once the sandbox has ended."""
-    return _Witness.get() is not None
-
-
 def _hung_up(fd: int) -> bool:
     """POLLHUP: no process uses the filter any more."""
     p = select.poll()
@@ -135,7 +122,7 @@ def _hung_up(fd: int) -> bool:
 
 
 WEAKENED_NO_WITNESS = ("seccomp refusal witness (io_uring is unavailable here: a refused call "
-                       "withdrawn by the sandbox's own signal just before it exits can go "
+                       "the sandbox's own signal withdraws before warden reads it can go "
                        "unrecorded)")
 
 _NR_IO_URING_SETUP = {"x86_64": 425, "aarch64": 425}
@@ -145,47 +132,34 @@ _IORING_FEAT_SINGLE_MMAP = 1
 _IORING_ENTER_GETEVENTS = 1
 _IORING_OP_POLL_ADD = 6
 _PARAMS_SIZE = 120  # struct io_uring_params
-_SQ_OFF = struct.Struct("=7IIQ")  # head tail ring_mask ring_entries flags dropped array resv1 ..
-_CQ_OFF = struct.Struct("=8IQ")  # head tail ring_mask ring_entries overflow cqes flags resv1 ..
+_SQ_OFF = struct.Struct("=7IIQ")  # head tail ring_mask ring_entries flags dropped array ..
+_CQ_OFF = struct.Struct("=8IQ")  # head tail ring_mask ring_entries overflow cqes flags ..
 _SQE = struct.Struct("=BBHiQQIIQ24x")  # opcode flags ioprio fd off addr len poll32_events data
 _CQE = struct.Struct("=QiI")  # user_data res flags
 _U32 = struct.Struct("=I")
+_RING_ENTRIES = 4  # one poll in flight per listener
 
 
-class _Witness:
-    """One io_uring for the process, used for one thing: a one-shot POLLIN poll per
-    listener, whose completion says whether a notification was ever queued on it.
+class _Ring:
+    """A small io_uring of one listener's own, for its one-shot POLLIN polls.
 
-    The poll is submitted, and its completion reaped, by the listener's own
-    receiving thread: io_uring completes a poll in the task that submitted it.
-    The ring's memory is not inherited by forked children (MADV_DONTFORK): a
-    forked worker must not be able to write our completions."""
+    Its memory is not inherited by forked children (MADV_DONTFORK) and its fd
+    is close-on-exec: a forked worker must not be able to write our completions.
+    io_uring completes a poll in the thread that submitted it, when that thread
+    next enters the kernel; `reap()` enters it."""
 
-    _instance: _Witness | None = None
+    _syscall: Any = None  # libc's syscall(), loaded once
     _unavailable = False
-    _create_lock = threading.Lock()
-
-    @classmethod
-    def get(cls) -> _Witness | None:
-        with cls._create_lock:
-            if cls._instance is not None and cls._instance._pid != os.getpid():
-                # A forked child: the ring's memory was not inherited (MADV_DONTFORK).
-                os.close(cls._instance._fd)
-                cls._instance = None
-            if cls._instance is None and not cls._unavailable:
-                try:
-                    cls._instance = cls()
-                except (OSError, ValueError, KeyError):
-                    cls._unavailable = True
-            return cls._instance
 
     def __init__(self) -> None:
         machine = os.uname().machine
-        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        if _Ring._syscall is None:
+            _Ring._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._call = _Ring._syscall
         self._nr_enter = _NR_IO_URING_ENTER[machine]
         params = ctypes.create_string_buffer(_PARAMS_SIZE)
-        fd = int(self._syscall(ctypes.c_long(_NR_IO_URING_SETUP[machine]), ctypes.c_uint(256),
-                               params))
+        fd = int(self._call(ctypes.c_long(_NR_IO_URING_SETUP[machine]),
+                            ctypes.c_uint(_RING_ENTRIES), params))
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))
@@ -206,197 +180,195 @@ class _Witness:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
-        self._pid = os.getpid()
+        self.fd = fd
         self._sq_mask = _U32.unpack_from(self._ring, self._sq[2])[0]
         self._cq_mask = _U32.unpack_from(self._ring, self._cq[2])[0]
-        self._lock = threading.Lock()
-        self._done: dict[int, int] = {}  # user_data -> poll result
-        self._next = 0
 
-    def _enter(self, submit: int, wait: int) -> None:
-        ret = int(self._syscall(ctypes.c_long(self._nr_enter), ctypes.c_uint(self._fd),
-                                ctypes.c_uint(submit), ctypes.c_uint(wait),
-                                ctypes.c_uint(_IORING_ENTER_GETEVENTS if wait or not submit
-                                              else 0), None, ctypes.c_size_t(0)))
+    def _enter(self, submit: int, flags: int) -> None:
+        ret = int(self._call(ctypes.c_long(self._nr_enter), ctypes.c_uint(self.fd),
+                             ctypes.c_uint(submit), ctypes.c_uint(0), ctypes.c_uint(flags),
+                             None, ctypes.c_size_t(0)))
         if ret < 0:
             err = ctypes.get_errno()
-            if err != errno.EINTR:
-                raise OSError(err, os.strerror(err))
+            if err not in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
+                raise OSError(err, f"io_uring_enter: {os.strerror(err)}")
 
-    def watch(self, fd: int) -> int:
-        """Arm the one-shot poll on `fd`; returns its token for seen()."""
-        with self._lock:
-            self._next += 1
-            token = self._next
-            tail = _U32.unpack_from(self._ring, self._sq[1])[0]
-            idx = tail & self._sq_mask
-            _SQE.pack_into(self._sqes, idx * 64, _IORING_OP_POLL_ADD, 0, 0, fd, 0, 0, 0,
-                           select.POLLIN, token)
-            _U32.pack_into(self._ring, self._sq[6] + 4 * idx, idx)
-            # The syscall that follows orders these stores before the kernel reads the tail.
-            _U32.pack_into(self._ring, self._sq[1], (tail + 1) & 0xFFFFFFFF)
-            self._enter(1, 0)
-            return token
+    def poll_in(self, fd: int) -> None:
+        """Arm a one-shot POLLIN poll on `fd`."""
+        tail = _U32.unpack_from(self._ring, self._sq[1])[0]
+        idx = tail & self._sq_mask
+        _SQE.pack_into(self._sqes, idx * 64, _IORING_OP_POLL_ADD, 0, 0, fd, 0, 0, 0,
+                       select.POLLIN, 1)
+        _U32.pack_into(self._ring, self._sq[6] + 4 * idx, idx)
+        # The syscall below orders these stores before the kernel reads the tail.
+        _U32.pack_into(self._ring, self._sq[1], (tail + 1) & 0xFFFFFFFF)
+        self._enter(1, 0)
 
-    def _reap(self) -> None:
+    def reap(self) -> list[int]:
+        """The results of the polls completed so far (running this thread's completions)."""
+        self._enter(0, _IORING_ENTER_GETEVENTS)
+        out = []
         head = _U32.unpack_from(self._ring, self._cq[0])[0]
         tail = _U32.unpack_from(self._ring, self._cq[1])[0]
         while head != tail:
-            data, res, _flags = _CQE.unpack_from(self._ring,
-                                                 self._cq[5] + (head & self._cq_mask) * 16)
-            self._done[data] = res
+            _data, res, _flags = _CQE.unpack_from(self._ring,
+                                                  self._cq[5] + (head & self._cq_mask) * 16)
+            out.append(res)
             head = (head + 1) & 0xFFFFFFFF
         _U32.pack_into(self._ring, self._cq[0], head)
+        return out
 
-    def queued(self, token: int) -> bool:
-        """Once the listener has hung up: whether a notification was ever queued on it.
+    def close(self) -> None:
+        # Closing the ring cancels the poll still armed, which drops its reference
+        # to the listener.
+        self._ring.close()
+        self._sqes.close()
+        os.close(self.fd)
 
-        Called by the thread that armed the poll, which the kernel completes it in
-        (when that thread enters the kernel); the completion is at most the
-        hang-up's own wake-up away. Bounded all the same: False if it never comes."""
-        deadline = time.monotonic() + _DRAIN_SECONDS
-        while True:
-            with self._lock:
-                self._enter(0, 0)  # runs this thread's pending completions
-                self._reap()
-                if token in self._done:
-                    res = self._done.pop(token)
-                    break
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.0002)
-        # A negative result is the poll failing (never armed): nothing is known.
-        return res >= 0 and bool(res & select.POLLIN)
+
+def _new_ring() -> _Ring | None:
+    if _Ring._unavailable:
+        return None
+    try:
+        return _Ring()
+    except (OSError, ValueError, KeyError):
+        _Ring._unavailable = True  # the same everywhere in this process: stop trying
+        return None
+
+
+def witness_available() -> bool:
+    """Whether a refused call withdrawn by the sandbox is still seen (io_uring works here)."""
+    if _Ring._unavailable:
+        return False
+    ring = _new_ring()
+    if ring is None:
+        return False
+    ring.close()
+    return True
 
 
 class Listener:
-    """A seccomp notify fd held by the supervisor, read by a thread of its own.
+    """A seccomp notify fd held by the supervisor.
 
-    `fd` is what an event loop watches: an eventfd, readable while a report is
-    waiting or once the listener has ended. `state()` and `receive()` are
-    non-blocking. The receiving thread owns the seccomp fd and the eventfd and
-    closes both when it ends, which it does once no process uses the filter:
-    closing from another thread while it sits in RECV would let a reused fd
-    number be read or written.
+    `fd` is what an event loop watches for readability: the ring's fd (the
+    listener's own fd without io_uring). `state()` and `receive()` never block.
+    Used from one thread at a time (the owner's).
     """
 
     def __init__(self, fd: int) -> None:
         self._seccomp_fd = fd
-        # Let the kernel run the receiving thread on the caller's CPU (Linux 6.6);
-        # older kernels refuse the ioctl (EINVAL, ENOTTY) and keep the ordinary wake-up.
-        try:
-            fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
-            self.sync_wake_up = True
-        except OSError:
-            self.sync_wake_up = False
-        self._event = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.fd = self._event
-        self._reports: collections.deque[Notification] = collections.deque()
-        self._lock = threading.Lock()
+        os.set_blocking(fd, False)
+        self._reports: list[Notification] = []
         self._ended = False
         self._closed = False
-        self._error: NotifyError | None = None
-        self._thread = threading.Thread(target=self._receive_all, name=f"seccomp-listener-{fd}",
-                                        daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._ring = _new_ring()
+        if self._ring is not None:
+            try:
+                self._ring.poll_in(fd)
+            except OSError:
+                self._ring.close()
+                self._ring = None
+        self.fd = self._ring.fd if self._ring is not None else fd
+        # Whether a refused call the sandbox withdraws is seen on this listener.
+        self.witnessed = self._ring is not None
 
-    # -- the receiving thread
-    def _receive_all(self) -> None:
-        fd = self._seccomp_fd
+    def _recv(self) -> Notification | None:
+        """One RECV, after the poll said a notification was queued (so it cannot block)."""
         buf = bytearray(_NOTIF.size)
-        witness = _Witness.get()
-        token = witness.watch(fd) if witness is not None else 0
-        reported = False
         while True:
             try:
-                # Blocks until a notification is queued or no process uses the filter;
-                # the GIL is released meanwhile.
-                fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, buf, True)
+                fcntl.ioctl(self._seccomp_fd, SECCOMP_IOCTL_NOTIF_RECV, buf, True)
             except OSError as e:
                 if e.errno == errno.EINTR:
                     continue
                 if e.errno == errno.ENOENT:
-                    if _hung_up(fd):
-                        break  # the end, or a withdrawal the witness still knows of
-                    self._report(Notification(0, 0, -1, 0, (), withdrawn=True))
-                    reported = True
-                    continue
-                self._error = NotifyError(e.errno or 0,
-                                          f"reading the seccomp listener: {e.strerror}")
-                break
+                    return None
+                raise NotifyError(e.errno or 0,
+                                  f"reading the seccomp listener: {e.strerror}") from None
             nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
-            self._report(Notification(nid, pid, nr, arch, tuple(args)))
-            reported = True
-            buf[:] = bytes(_NOTIF.size)  # the kernel wants a zeroed buffer
-        if witness is not None and self._error is None:
-            try:
-                if witness.queued(token) and not reported:
-                    self._report(Notification(0, 0, -1, 0, (), withdrawn=True))
-            except OSError as e:
-                self._error = NotifyError(e.errno or 0, f"reading the refusal witness: {e}")
-        with self._lock:
-            self._ended = True
-            if self._closed:
-                self._close_fds()
+            return Notification(nid, pid, nr, arch, tuple(args))
+
+    def _pump(self) -> None:
+        """Turn what the kernel reported since the last call into reports."""
+        if self._ended:
+            return
+        if self._ring is None:
+            self._pump_polled()
+            return
+        for res in self._ring.reap():
+            if res < 0:  # the poll failed (ECANCELED: its submitting thread ended): again
+                self._ring.poll_in(self._seccomp_fd)
+                continue
+            if res & select.POLLIN:
+                # A notification was queued: the kernel still counts it, so RECV returns
+                # at once, with it or (withdrawn since) with ENOENT.
+                self._reports.append(self._recv() or
+                                     Notification(0, 0, -1, 0, (), withdrawn=True))
+            if res & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self._ended = True  # no process uses the filter: nothing more can come
             else:
-                os.eventfd_write(self._event, 1)
+                self._ring.poll_in(self._seccomp_fd)
 
-    def _report(self, n: Notification) -> None:
-        with self._lock:
-            self._reports.append(n)
-            if not self._closed:
-                os.eventfd_write(self._event, 1)
+    def _pump_polled(self) -> None:
+        """Without io_uring: what poll() shows now (a withdrawn call can be missed)."""
+        p = select.poll()
+        p.register(self._seccomp_fd, select.POLLIN)
+        for _fd, ev in p.poll(0):
+            if ev & select.POLLIN:
+                n = self._recv()
+                if n is not None:
+                    self._reports.append(n)
+                elif not _hung_up(self._seccomp_fd):
+                    # ENOENT while processes use the filter: queued, then withdrawn.
+                    self._reports.append(Notification(0, 0, -1, 0, (), withdrawn=True))
+            elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self._ended = True
 
-    def _close_fds(self) -> None:
-        for fd in (self._seccomp_fd, self._event):
-            os.close(fd)
-        self._seccomp_fd = self._event = -1
-
-    # -- the owner's side
     def state(self) -> str:
-        """'pending' (a report waits), 'hup' (ended, nothing left) or 'idle'.
-
-        When no process uses the filter any more, first waits (briefly: the
-        kernel answers at once) for the receiving thread to have read
-        everything, so what the processes did before they ended is reported."""
-        if self._closed:
-            return "hup"
-        if not self._ended and _hung_up(self._seccomp_fd):
-            self.drain()
+        """'pending' (a report waits), 'hup' (ended, nothing left) or 'idle'."""
         with self._lock:
-            # Clear the wake-up first: a report added after this writes it again.
-            with contextlib.suppress(BlockingIOError):
-                os.eventfd_read(self._event)
+            if self._closed:
+                return "hup"
+            self._pump()
             if self._reports:
                 return "pending"
             return "hup" if self._ended else "idle"
 
     def receive(self) -> Notification | None:
-        """The next report, or None. Raises NotifyError if the listener failed."""
+        """The next report, or None."""
         with self._lock:
-            if self._reports:
-                n = self._reports.popleft()
-                if self._reports and not self._closed:
-                    os.eventfd_write(self._event, 1)
-                return n
-        if self._ended and self._error is not None:
-            raise self._error
-        return None
+            if not self._reports and not self._closed:
+                self._pump()
+            return self._reports.pop(0) if self._reports else None
 
     def drain(self, timeout: float = _DRAIN_SECONDS) -> bool:
-        """Wait until the receiving thread has read everything and ended: call it once
-        the processes using the filter are gone. True if it ended."""
-        self._thread.join(timeout)
-        return self._ended
+        """Read the listener to its end: call it once the processes using the filter
+        are gone (their hang-up is then at most a wake-up away). True if it ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._closed:
+                    return True
+                self._pump()
+                if self._ended or (self._ring is None and _hung_up(self._seccomp_fd)):
+                    return True
+                fd = self.fd
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            p = select.poll()
+            p.register(fd, select.POLLIN)
+            p.poll(min(10, max(1, int(left * 1000))))
 
     def close(self) -> None:
-        """Stop watching: nothing is reported any more. The descriptors go with the
-        receiving thread, at the latest when the last process using the filter ends."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self.fd = -1
-            if self._ended:
-                self._close_fds()
+            if self._ring is not None:
+                self._ring.close()
+                self._ring = None
+            with contextlib.suppress(OSError):
+                os.close(self._seccomp_fd)
+            self.fd = self._seccomp_fd = -1

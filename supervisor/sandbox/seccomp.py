@@ -7,7 +7,8 @@ the workload still shares with its init (see launcher.py), which hands it to
 the supervisor after the exec. With it goes SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 (Linux 5.19): once the supervisor has received a refused call, the caller's
 own signals no longer interrupt its wait, only the supervisor's kill ends it
-(see notify.py for the time before it is received). A kernel without the flag
+(see notify.py for the time before it is received, and how a call withdrawn
+then is still seen). A kernel without the flag
 refuses it with EINVAL; the filter is then loaded without it, and the
 sandbox's status names that in its `weakened` list.
 """
