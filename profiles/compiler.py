@@ -193,21 +193,34 @@ class _Unexpressed(Exception):
         self.error = error
 
 
-def build_filter(policy: SeccompPolicy, *, kill_as_notify: bool = False) -> pyseccomp.SyscallFilter:
+def build_filter(policy: SeccompPolicy, *, kill_as_notify: bool = False,
+                 foreign_as_notify: bool | None = None) -> pyseccomp.SyscallFilter:
     """The libseccomp filter object for a policy (native arch only).
 
     If the policy needs the default-action stand-in (see PLACEHOLDER_DEFAULT),
     the object's default is that stand-in; compile_policy and pfc_text patch it.
     """
-    return _compile(policy, kill_as_notify)[1]
+    return _compile(policy, kill_as_notify, foreign_as_notify)[1]
 
 
-def _build(policy: SeccompPolicy, kill_as_notify: bool, choice: dict[str, int]
-           ) -> tuple[pyseccomp.SyscallFilter, bool, dict[str, int]]:
-    default = effective(policy.default_action, kill_as_notify)
+def foreign_action(policy: SeccompPolicy, foreign_as_notify: bool) -> Action:
+    """What a call from a foreign architecture gets: i386 (`int 0x80`) and x32 (nr with
+    bit 30) on x86_64, the same native calls through another table.
+
+    With foreign_as_notify (a filter whose listener the supervisor reads), a kill
+    becomes user-notify like any other kill: the supervisor reads the call's arch
+    and number from the kernel and kills the sandbox, so it is reported as a
+    seccomp violation with its i386 or x32 name instead of a bare SIGSYS."""
     bad_arch = policy.bad_arch_action
     if bad_arch.kind in (ActionKind.ALLOW, ActionKind.LOG, ActionKind.NOTIFY):
         raise ProfileError(f"foreign architectures must be refused, not {bad_arch}")
+    return effective(bad_arch, foreign_as_notify)
+
+
+def _build(policy: SeccompPolicy, kill_as_notify: bool, foreign_as_notify: bool,
+           choice: dict[str, int]) -> tuple[pyseccomp.SyscallFilter, bool, dict[str, int]]:
+    default = effective(policy.default_action, kill_as_notify)
+    bad_arch = foreign_action(policy, foreign_as_notify)
     plan, placeholder, options = _plan(policy, kill_as_notify, choice)
     filt = pyseccomp.SyscallFilter(PLACEHOLDER_DEFAULT if placeholder else action_value(default))
     filt.set_attr(pyseccomp.Attr.ACT_BADARCH, action_value(bad_arch))
@@ -229,13 +242,14 @@ def _build(policy: SeccompPolicy, kill_as_notify: bool, choice: dict[str, int]
     return filt, placeholder, options
 
 
-def _compile(policy: SeccompPolicy, kill_as_notify: bool
+def _compile(policy: SeccompPolicy, kill_as_notify: bool, foreign_as_notify: bool | None = None
              ) -> tuple[bytes, pyseccomp.SyscallFilter, dict[str, int]]:
     """Build, export, patch and verify, trying other always-true tests on trouble."""
+    foreign = kill_as_notify if foreign_as_notify is None else foreign_as_notify
     choice: dict[str, int] = {}
     while True:
         try:
-            filt, placeholder, options = _build(policy, kill_as_notify, choice)
+            filt, placeholder, options = _build(policy, kill_as_notify, foreign, choice)
             code = _export(filt, pfc=False)
             if placeholder:
                 real = action_value(effective(policy.default_action, kill_as_notify))
@@ -243,7 +257,7 @@ def _compile(policy: SeccompPolicy, kill_as_notify: bool
                     struct.pack("=HBBI", c, jt, jf,
                                 real if (c == _RET_K and k == PLACEHOLDER_DEFAULT) else k)
                     for c, jt, jf, k in struct.iter_unpack("=HBBI", code))
-            _verify(policy, code, kill_as_notify)
+            _verify(policy, code, kill_as_notify, foreign)
             return code, filt, choice
         except _Unexpressed as trouble:
             _, _, options = _plan(policy, kill_as_notify, choice)
@@ -283,9 +297,14 @@ def _export(filt: pyseccomp.SyscallFilter, pfc: bool) -> bytes:
         os.close(fd)
 
 
-def compile_policy(policy: SeccompPolicy, *, kill_as_notify: bool = False) -> bytes:
-    """The policy as raw BPF for the native arch, checked against its own meaning."""
-    return _compile(policy, kill_as_notify)[0]
+def compile_policy(policy: SeccompPolicy, *, kill_as_notify: bool = False,
+                   foreign_as_notify: bool | None = None) -> bytes:
+    """The policy as raw BPF for the native arch, checked against its own meaning.
+
+    kill_as_notify: kill actions become user-notify, for a filter whose listener
+    the supervisor reads. foreign_as_notify (default: the same as kill_as_notify):
+    so does the foreign-architecture action (see foreign_action)."""
+    return _compile(policy, kill_as_notify, foreign_as_notify)[0]
 
 
 _RET_K = bpf.BPF_RET | bpf.BPF_K
@@ -377,19 +396,23 @@ def _satisfy(c: ArgCondition) -> int:
             ArgOp.LE: c.value, ArgOp.GT: min(c.value + 1, _U64), ArgOp.GE: c.value}[c.op]
 
 
-def verify(policy: SeccompPolicy, code: bytes, *, kill_as_notify: bool = False) -> None:
+def verify(policy: SeccompPolicy, code: bytes, *, kill_as_notify: bool = False,
+           foreign_as_notify: bool | None = None) -> None:
     """Raise ProfileError if the BPF disagrees with the profile's meaning on any witness."""
     try:
-        _verify(policy, code, kill_as_notify)
+        _verify(policy, code, kill_as_notify,
+                kill_as_notify if foreign_as_notify is None else foreign_as_notify)
     except _Unexpressed as e:
         raise e.error from None
 
 
-def _verify(policy: SeccompPolicy, code: bytes, kill_as_notify: bool) -> None:
+def _verify(policy: SeccompPolicy, code: bytes, kill_as_notify: bool,
+            foreign_as_notify: bool) -> None:
     insns = bpf.decode(code)
     by_call: dict[str, list[SyscallRule]] = {}
     for r in policy.rules:
         by_call.setdefault(r.syscall, []).append(r)
+    _verify_foreign(policy, insns, by_call, foreign_as_notify)
     for call, rules in by_call.items():
         nr = syscalls.number(call)
         if nr is None:
@@ -403,3 +426,24 @@ def _verify(policy: SeccompPolicy, code: bytes, kill_as_notify: bool) -> None:
                     rules[-1], f'compiled filter gives {got} for {call}({shown}) but the profile '
                     f"means {' or '.join(sorted(map(str, want)))} (libseccomp does not order "
                     "overlapping tests on one argument by action; make the conditions disjoint)"))
+
+
+# Native numbers tried through the foreign tables besides the profile's own calls:
+# read, write, open, getpid, execve, and the tables' last entries.
+_FOREIGN_PROBES = (0, 1, 2, 11, 20, 39, 59, 0x3FF, 0x3FFFFFFF)
+
+
+def _verify_foreign(policy: SeccompPolicy, insns: Sequence[bpf.Insn],
+                    by_call: dict[str, list[SyscallRule]], foreign_as_notify: bool) -> None:
+    """Every i386 call and every x32 call (nr | X32_SYSCALL_BIT) must get the foreign action,
+    whatever the native rule for the same number says."""
+    want = foreign_action(policy, foreign_as_notify)
+    nrs = set(_FOREIGN_PROBES)
+    nrs.update(n for n in map(syscalls.number, by_call) if n is not None)
+    for nr in sorted(nrs):
+        for arch, number, table in ((bpf.AUDIT_ARCH_I386, nr, "i386"),
+                                    (bpf.AUDIT_ARCH_X86_64, nr | syscalls.X32_SYSCALL_BIT, "x32")):
+            got = bpf.action_of(bpf.run(insns, bpf.seccomp_data(number, arch=arch)))
+            if got != want:
+                raise ProfileError(f"compiled filter gives {got} for call {number:#x} of the "
+                                   f"{table} table but foreign architectures must get {want}")

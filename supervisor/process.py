@@ -74,6 +74,7 @@ class WorkerProcess:
     # refuses blocks in the kernel and is reported here, with the call's name.
     listener: Listener | None = None
     violation: Violation | None = None
+    violation_reason = ""
 
     def adopt_listener(self, fd: int) -> None:
         self.listener = Listener(fd)
@@ -98,8 +99,8 @@ class WorkerProcess:
             lst.close()
             return
         if n is not None and self.violation is None:
-            self.violation = n.violation()
-            self.kill(Outcome.SECCOMP_VIOLATION, f"seccomp refused {self.violation.syscall}")
+            self.violation, self.violation_reason = n.violation(), n.reason()
+            self.kill(Outcome.SECCOMP_VIOLATION, self.violation_reason)
 
     def close_listener(self) -> None:
         if self.listener is not None:
@@ -132,9 +133,13 @@ class SandboxProcess(WorkerProcess):
         st = self.box.service()
         if st is None:
             return None
+        self.check_listener()  # the sandbox is gone: what the worker did last is read now
         self.close_listener()
-        if self.violation is not None and st.outcome is Outcome.SECCOMP_VIOLATION:
-            return Status(**{**st.__dict__, "violation": self.violation})
+        if self.violation is not None and st.outcome in (
+                Outcome.SECCOMP_VIOLATION, Outcome.OK, Outcome.EXITED, Outcome.SIGNALED):
+            return Status(**{**st.__dict__, "outcome": Outcome.SECCOMP_VIOLATION,
+                             "exit_code": 128 + signal.SIGSYS, "violation": self.violation,
+                             "reason": self.violation_reason})
         if (st.outcome is Outcome.SIGNALED and st.signal == signal.SIGSYS):
             return Status(**{**st.__dict__, "outcome": Outcome.SECCOMP_VIOLATION,
                              "reason": "the sandbox's launch filter killed the worker "
@@ -176,6 +181,7 @@ class ForkedProcess(WorkerProcess):
             pid, ws = self.pid, signal.SIGKILL
         if pid == 0:
             return None
+        self.check_listener()  # it is gone: what it did last is read now
         self.status = status_from_wait(ws, self.cause, self.started, self.setup_done,
                                        self.violation)
         os.close(self.pidfd)

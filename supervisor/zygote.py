@@ -207,6 +207,7 @@ class ZygoteProcess(WorkerProcess):
         if (self.status is None and self.pidfd >= 0 and not self._gone
                 and readable([self.pidfd])):
             self._gone = True
+            self.check_listener()  # it is gone: what it did last is read now
             if self.cause is not None:  # we killed it: our cause is the outcome, known now
                 self.status = status_from_wait(0, self.cause, self.started, self.setup_done,
                                                self.violation)
@@ -218,6 +219,7 @@ class ZygoteProcess(WorkerProcess):
     def ended(self, ws: int | None, reason: str = "") -> None:
         if self.status is not None:
             return
+        self.check_listener()  # it is gone: what it did last is read now
         if ws is None:
             self.status = Status(outcome=Outcome.KILLED, exit_code=137, reason=reason,
                                  limits_mechanism="rlimit")

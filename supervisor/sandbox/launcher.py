@@ -48,9 +48,13 @@ from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, ids, landlock, limits, mounts, net, pidns, userns
-from supervisor.sandbox.notify import Listener
+from supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener
 from supervisor.sandbox.preflight import PreflightError, explain
-from supervisor.sandbox.seccomp import PreparedFilter
+from supervisor.sandbox.seccomp import (
+    WEAKENED_WAIT_KILLABLE,
+    PreparedFilter,
+    wait_killable_supported,
+)
 from supervisor.sandbox.spec import INNER_ID, SandboxSpec
 from supervisor.sandbox.status import (
     EXIT_NOT_EXECUTABLE,
@@ -898,32 +902,40 @@ class Sandbox:
         """Handle what is pending without blocking: violations, timeout, exit."""
         if self._status is not None:
             return self._status
-        if self._listener is not None and self._listener.fd >= 0:
-            for _ in range(64):
-                state = self._listener.state()
-                if state == "hup":  # no process uses the filter any more
-                    self._listener.close()
-                    break
-                if state != "pending":
-                    break
-                try:
-                    n = self._listener.receive()
-                except OSError:
-                    self._listener.close()
-                    break
-                if n is None:
-                    continue
-                if self._cause is None:
-                    v = n.violation()
-                    self._cause = (Outcome.SECCOMP_VIOLATION,
-                                   f"seccomp refused {v.syscall}", v)
-                self.kill()
-                break
+        self._read_listener()
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self.kill(Outcome.TIMEOUT, f"wall-clock timeout of {self.spec.wall_time_seconds:g}s")
         if wait_readable([self._pidfd], 0):
             self._reap()
         return self._status
+
+    def _read_listener(self) -> None:
+        """Record the first refused call the listener reports, and kill the sandbox for it.
+
+        Never blocks; a call the sandbox withdrew is reported too (see notify.py)."""
+        lst = self._listener
+        if lst is None or lst.fd < 0:
+            return
+        while (state := lst.state()) == "pending":
+            try:
+                n = lst.receive()
+            except OSError:
+                break
+            if n is None:
+                continue
+            if self._cause is None:
+                self._cause = (Outcome.SECCOMP_VIOLATION, n.reason(), n.violation())
+            self.kill()
+            return
+        if state != "idle":  # ended: no process uses the filter any more, or it failed
+            lst.close()
+
+    def _notify_weakened(self) -> tuple[str, ...]:
+        """What the kernel lacked for reading this sandbox's refused calls."""
+        if self._listener is None:
+            return ()
+        return (((WEAKENED_WAIT_KILLABLE,) if not wait_killable_supported() else ())
+                + ((WEAKENED_NO_WITNESS,) if not self._listener.witnessed else ()))
 
     def poll(self) -> Status | None:
         return self.service()
@@ -953,6 +965,14 @@ class Sandbox:
             # the init's own report on the status pipe still says how it ended.
             raw, cpu = 0, 0.0
         wall = time.monotonic() - self._started
+        # The init is gone, so is every process of its namespace, so no process
+        # uses the workload's filter: read the listener to its end before deciding
+        # how the sandbox ended, so a refused call made just before the end (one
+        # thread calls, another exits the group) is still the outcome.
+        notify_weakened = self._notify_weakened()
+        if self._listener is not None and self._listener.fd >= 0:
+            self._listener.drain()
+            self._read_listener()
         data = b""
         with contextlib.suppress(OSError):
             data = os.read(self._status_r, 64)
@@ -964,7 +984,7 @@ class Sandbox:
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
             limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,
-            weakened=self._weakened())
+            weakened=self._weakened() + notify_weakened)
         st: Status
         if self._cause is not None:
             outcome, reason, violation = self._cause

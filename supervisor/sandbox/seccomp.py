@@ -4,18 +4,28 @@ The filter arrives as raw `struct sock_filter[]` bytes compiled in the parent.
 When it reports kill actions through user-notify, the child loads it with
 SECCOMP_FILTER_FLAG_NEW_LISTENER; the listener lands in the descriptor table
 the workload still shares with its init (see launcher.py), which hands it to
-the supervisor after the exec.
+the supervisor after the exec. With it goes SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+(Linux 5.19): once the supervisor has received a refused call, the caller's
+own signals no longer interrupt its wait, only the supervisor's kill ends it
+(see notify.py for the time before it is received, and how a call withdrawn
+then is still seen). A kernel without the flag
+refuses it with EINVAL; the filter is then loaded without it, and the
+sandbox's status names that in its `weakened` list.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
+import itertools
+import os
 import struct
 
 from supervisor.sandbox import _sys
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 RET_ACTION_FULL = 0xFFFF0000
 RET_USER_NOTIF = 0x7FC00000
 
@@ -61,6 +71,19 @@ def uses_notify(bpf: bytes) -> bool:
                for code, _jt, _jf, k in _insns(bpf))
 
 
+WEAKENED_WAIT_KILLABLE = ("seccomp wait-killable receive (this kernel has none: a refused call "
+                          "the supervisor has read can still be interrupted by the sandbox's "
+                          "own signals; it is reported all the same)")
+
+
+def wait_killable_supported() -> bool:
+    """Whether this kernel takes SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19)."""
+    # "6.18.44-fc-v857": the leading digits of the first two fields.
+    fields = [*os.uname().release.split("."), "0"][:2]
+    major, minor = (int("".join(itertools.takewhile(str.isdigit, f)) or 0) for f in fields)
+    return (major, minor) >= (5, 19)
+
+
 class _Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
 
@@ -72,15 +95,23 @@ class PreparedFilter:
         self._buf = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _Fprog(len(bpf) // _INSN.size, ctypes.cast(self._buf, ctypes.c_char_p))
         self.listener = listener
-        self._flags = SECCOMP_FILTER_FLAG_NEW_LISTENER if listener else 0
+        self._flags = (SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+                       if listener else 0)
         self._syscall = _sys.libc.syscall
         self._nr_seccomp = ctypes.c_long(_sys.NR["seccomp"])
 
     def load(self) -> int:
         """Install the filter; returns the listener fd (or 0). Raises SeccompError."""
-        ret = int(self._syscall(self._nr_seccomp, ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
-                                ctypes.c_uint(self._flags), ctypes.byref(self._prog)))
+        ret = self._load(self._flags)
+        if ret < 0 and ctypes.get_errno() == errno.EINVAL and \
+                self._flags & SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV:
+            # Before Linux 5.19: the same listener, without the killable wait.
+            ret = self._load(self._flags & ~SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
         if ret < 0:
             err = ctypes.get_errno()
             raise SeccompError(err, "seccomp(SECCOMP_SET_MODE_FILTER)")
         return ret
+
+    def _load(self, flags: int) -> int:
+        return int(self._syscall(self._nr_seccomp, ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+                                 ctypes.c_uint(flags), ctypes.byref(self._prog)))

@@ -108,9 +108,38 @@ def test_foreign_architectures_are_killed(name: str) -> None:
         assert bpf.describe(bpf.evaluate(code, nr)) == "allow" or nr == 110
         assert bpf.describe(bpf.evaluate(code, nr | syscalls.X32_SYSCALL_BIT)) == "kill-process"
         assert bpf.describe(bpf.evaluate(code, nr, arch=bpf.AUDIT_ARCH_I386)) == "kill-process"
-    # kill_as_notify never applies to the bad-arch action
+    # A filter whose listener the supervisor reads reports foreign calls like any kill:
+    # user-notify, so the supervisor sees the arch and number and kills the sandbox.
     notify = compiler.compile_policy(policy, kill_as_notify=True)
-    assert bpf.describe(bpf.evaluate(notify, 39 | syscalls.X32_SYSCALL_BIT)) == "kill-process"
+    for nr in (0, 1, 20, 39, 110):
+        assert bpf.describe(bpf.evaluate(notify, nr | syscalls.X32_SYSCALL_BIT)) == "user-notify"
+        assert bpf.describe(bpf.evaluate(notify, nr, arch=bpf.AUDIT_ARCH_I386)) == "user-notify"
+    # ... unless asked otherwise (a filter stacked under one that holds the listener)
+    plain = compiler.compile_policy(policy, kill_as_notify=True, foreign_as_notify=False)
+    assert bpf.describe(bpf.evaluate(plain, 39 | syscalls.X32_SYSCALL_BIT)) == "kill-process"
+    assert bpf.describe(bpf.evaluate(plain, 20, arch=bpf.AUDIT_ARCH_I386)) == "kill-process"
+    stacked = compiler.compile_policy(policy, kill_as_notify=False, foreign_as_notify=True)
+    assert bpf.describe(bpf.evaluate(stacked, 20, arch=bpf.AUDIT_ARCH_I386)) == "user-notify"
+
+
+def test_foreign_action_is_verified_on_every_compile() -> None:
+    """The compiler's own check runs every i386 and x32 number a profile names (and a
+    few more) through the compiled bytes: a filter whose arch check was lost is refused."""
+    policy = sample_policy()
+    code = compiler.compile_policy(policy, kill_as_notify=True)
+    compiler.verify(policy, code, kill_as_notify=True)
+    # Drop the arch check: the first instructions load the arch and jump on it.
+    insns = bpf.decode(code)
+    assert insns[0].k == 4 and insns[1].k == bpf.AUDIT_ARCH_X86_64
+    nop = struct.pack("=HBBI", bpf.BPF_JMP | bpf.BPF_JA, 0, 0, 0)
+    unchecked = code[:8] + nop + code[16:]
+    with pytest.raises(ProfileError, match="i386 table but foreign architectures must get "
+                                           "user-notify"):
+        compiler.verify(policy, unchecked, kill_as_notify=True)
+    # And with the foreign action left at kill while the listener would report it:
+    killing = compiler.compile_policy(policy, kill_as_notify=True, foreign_as_notify=False)
+    with pytest.raises(ProfileError, match="foreign architectures must get user-notify"):
+        compiler.verify(policy, killing, kill_as_notify=True)
 
 
 def test_x32_call_is_killed_by_the_kernel() -> None:
