@@ -5,6 +5,9 @@ Like trio's Process: no public constructor; `kill()` is immediate,
 period, then kills; `wait()` returns the final Status. Calls through
 `handle.remote` that the worker's death interrupts raise `WorkerDied`, which
 names the worker, the method and how it ended.
+
+The channel and the process are one (the supervisor enforces it, see
+core.py): `alive` is false as soon as either has ended.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ipc
+from supervisor.events import describe
 from supervisor.process import WorkerProcess
 from supervisor.sandbox import Outcome, Status
 
@@ -24,7 +28,7 @@ class WorkerDied(ipc.ChannelClosed):
     """A call could not complete because its worker ended."""
 
     def __init__(self, worker_id: str, method: str, status: Status | None) -> None:
-        how = status.describe() if status is not None else "its channel closed"
+        how = describe(status) if status is not None else "its channel closed"
         super().__init__(f"worker {worker_id} ended during {method}(): {how}")
         self.worker_id = worker_id
         self.method = method
@@ -44,24 +48,17 @@ class _Remote:
         if spec is None or spec.oneway:
             return inner  # type: ignore[no-any-return]
 
-        async def reply(sent: Awaitable[Any] | None) -> Any:
+        async def reply(sent: asyncio.Future[Any] | None) -> Any:
+            if sent is None:
+                raise await handle._died(name)
             try:
-                if sent is None:
-                    raise ipc.ChannelClosed("closed")
                 return await sent
-            except ipc.ChannelClosed as e:
-                if isinstance(e, WorkerDied):
-                    raise
-                status = await handle._status_soon()
-                raise WorkerDied(handle.id, name, status) from None
+            except ipc.ChannelClosed:
+                raise await handle._died(name) from None
 
         def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             # Sent now (calls leave in the order they are made); awaited later.
-            try:
-                sent = inner(*args, **kwargs)
-            except ipc.ChannelClosed:
-                sent = None
-            return reply(sent)
+            return reply(handle._send(inner, args, kwargs))
 
         call.__name__ = name
         setattr(self, name, call)
@@ -81,6 +78,14 @@ class WorkerHandle:
     _process: WorkerProcess
     _done: asyncio.Future[Status]
     _watched: tuple[int, ...]
+    # Set by the supervisor: the worker has a channel it must keep (programs may have none).
+    _has_channel: bool
+    # The supervisor asked it to end (terminate()) or closed the channel itself: an exit
+    # after that is the expected one, and the channel's close is not the worker's doing.
+    _asked_to_end: bool
+    _hung_up: bool
+    # A call of ours was in flight when the channel closed.
+    _died_in_call: bool
 
     def __init__(self, token: object) -> None:
         if token is not _TOKEN:
@@ -100,6 +105,8 @@ class WorkerHandle:
         self._done = loop.create_future()
         self.remote = _Remote(self)
         self._watched = ()
+        self._has_channel = True
+        self._asked_to_end = self._hung_up = self._died_in_call = False
         return self
 
     def __repr__(self) -> str:
@@ -117,6 +124,14 @@ class WorkerHandle:
 
     @property
     def alive(self) -> bool:
+        """Running, with its channel open: a worker that can take a call."""
+        if self._done.done():
+            return False
+        return not (self._has_channel and self.channel.closed)
+
+    @property
+    def running(self) -> bool:
+        """The process has not been reported ended (it may be dying: see `alive`)."""
         return not self._done.done()
 
     def kill(self, reason: str = "killed by the embedder") -> None:
@@ -126,10 +141,34 @@ class WorkerHandle:
     def _kill_for(self, outcome: Outcome, reason: str) -> None:
         self._process.kill(outcome, reason)
 
+    def _hang_up(self) -> None:
+        """Close the channel from our side (so its close is not blamed on the worker)."""
+        self._hung_up = True
+        self.channel.close()
+
+    def _send(self, inner: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> asyncio.Future[Any] | None:
+        """Send a call now; the reply's future, or None when the channel is already closed."""
+        try:
+            fut: asyncio.Future[Any] = inner(*args, **kwargs)
+        except ipc.ChannelClosed:
+            return None
+        fut.add_done_callback(self._call_done)
+        return fut
+
+    def _call_done(self, fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and isinstance(fut.exception(), ipc.ChannelClosed):
+            self._died_in_call = True
+
+    async def _died(self, method: str) -> WorkerDied:
+        """The error for a call its worker's end interrupted, once that end is known."""
+        return WorkerDied(self.id, method, await self._status_soon())
+
     async def terminate(self, grace: float = 2.0) -> Status:
         """Close the channel (a worker's cue to exit cleanly), wait `grace` seconds, then kill."""
-        if self.alive:
-            self.channel.close()
+        self._asked_to_end = True
+        if self.running:
+            self._hang_up()
             try:
                 return await asyncio.wait_for(asyncio.shield(self._done), grace)
             except TimeoutError:

@@ -11,6 +11,14 @@ a stuck worker is not trusted to recover) and raises DeadlineExceeded. A
 worker that dies mid-call fails that call with WorkerDied; calls on other
 workers go on. Calls are never retried on another worker: the pool cannot
 know whether a call is safe to repeat.
+
+A call cancelled by its caller (asyncio.wait_for, asyncio.timeout, a
+TaskGroup) keeps its worker busy until the reply comes (the reply is then
+dropped and the worker free again) or until the call's deadline (the worker
+is then killed, outcome `timeout`): the worker is still working on it, and
+a hung one must not be handed the next call. Killing on every cancel would
+be simpler, but a TaskGroup cancelling its siblings would then kill healthy
+workers and run the pool into its crash-loop limit.
 """
 
 from __future__ import annotations
@@ -19,19 +27,33 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ipc
 from supervisor import events
-from supervisor.handle import WorkerDied, WorkerHandle
+from supervisor.handle import WorkerHandle
 from supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
+
+
+def _drop_reply(f: asyncio.Future[Any]) -> bool:
+    """Dispose of a reply nobody awaits (closing any fds it carries). True when the
+    call ended with the channel (its worker is dying), False when the worker answered."""
+    if f.cancelled():
+        return True
+    exc = f.exception()
+    if exc is None:
+        close = getattr(f.result(), "close", None)
+        if callable(close):
+            close()
+        return False
+    return isinstance(exc, ipc.ChannelClosed)
 
 
 class PoolError(RuntimeError):
@@ -220,6 +242,11 @@ class Pool:
         self._waiters.append(fut)
         try:
             return await fut
+        except asyncio.CancelledError:
+            # Cancelled after a worker was handed to us but before we ran: pass it on.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result())
+            raise
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
@@ -236,19 +263,33 @@ class Pool:
             self.calls_failed += 1
             raise DeadlineExceeded(f"pool {self.name!r}: no worker free within {limit:g}s "
                                    f"for {method}()") from None
-        fn: Callable[..., Awaitable[Any]] = getattr(w.remote, method)
+        try:
+            sent = w._send(getattr(w.channel.remote, method), args, kwargs)
+        except BaseException:  # no such method, or arguments the declaration refuses
+            self.calls_failed += 1
+            self._release(w)
+            raise
+        if sent is None:  # its channel closed since it was idle: it is dying
+            self.calls_failed += 1
+            raise await w._died(method)
         try:
             left = None if end is None else max(0.0, end - time.monotonic())
-            result = await asyncio.wait_for(fn(*args, **kwargs), left)
+            # Shielded: a cancelled caller leaves the call running on its worker (_abandon).
+            result = await asyncio.wait_for(asyncio.shield(sent), left)
         except TimeoutError:
             self.calls_failed += 1
+            sent.add_done_callback(_drop_reply)
             w._kill_for(Outcome.TIMEOUT, f"call {method}() exceeded its {limit:g}s deadline")
             raise DeadlineExceeded(f"worker {w.id}: {method}() exceeded its {limit:g}s "
                                    "deadline; the worker was killed") from None
-        except WorkerDied:
+        except ipc.ChannelClosed:
             self.calls_failed += 1
+            raise await w._died(method) from None
+        except asyncio.CancelledError:
+            self.calls_failed += 1
+            self._abandon(w, sent, method, end, limit)
             raise
-        except BaseException:
+        except BaseException:  # the worker answered with an error: it is fine
             self.calls_failed += 1
             self._release(w)
             raise
@@ -256,6 +297,25 @@ class Pool:
         self._consecutive_failures = 0
         self._release(w)
         return result
+
+    def _abandon(self, w: WorkerHandle, sent: asyncio.Future[Any], method: str,
+                 end: float | None, limit: float | None) -> None:
+        """A cancelled call: its worker stays busy until the reply (dropped; the worker is
+        released) or the call's deadline (the worker is killed); see the module docstring."""
+        timer: asyncio.TimerHandle | None = None
+        if end is not None:
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, end - time.monotonic()), w._kill_for, Outcome.TIMEOUT,
+                f"call {method}() was cancelled by its caller and exceeded its "
+                f"{limit:g}s deadline")
+
+        def replied(f: asyncio.Future[Any]) -> None:
+            if timer is not None:
+                timer.cancel()
+            if not _drop_reply(f):
+                self._release(w)
+
+        sent.add_done_callback(replied)
 
     # ------------------------------------------------------------ health
     async def _health_loop(self) -> None:
@@ -290,6 +350,7 @@ class Pool:
         return True
 
     def _holds_dead_workers(self) -> bool:
+        """A worker whose process or channel ended (it is on its way out)."""
         return any(not w.alive for w in self.workers.values())
 
     def status(self) -> dict[str, Any]:

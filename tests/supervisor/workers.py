@@ -227,3 +227,25 @@ class SlowStart(CalcImpl):
 
     def __init__(self) -> None:
         time.sleep(10)
+
+
+class LivenessImpl(CalcImpl):
+    """Breaks the one-channel-one-process rule from inside a call (test_liveness.py).
+
+    act("hang_up"): closes fd 3 and keeps running; act("exec"): becomes /bin/sleep
+    (fd 3 is close-on-exec); act("unknown_method"): a well-formed frame calling a
+    method id the supervisor does not serve. Anything else: CalcImpl.act.
+    """
+
+    def act(self, ctx: ipc.Context, what: str, arg: int = 0) -> int:
+        if what == "hang_up":
+            os.close(worker_main.CHANNEL_FD)
+            while True:
+                time.sleep(1)
+        if what == "exec":
+            os.execv("/bin/sleep", ["sleep", "1000"])
+        if what == "unknown_method":
+            os.write(worker_main.CHANNEL_FD, msgspec.msgpack.encode((0, 0x1234ABCD, 1 << 40, b"")))
+            while True:
+                time.sleep(1)
+        return super().act(ctx, what, arg)
