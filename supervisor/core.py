@@ -22,7 +22,7 @@ import site
 import socket
 import struct
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import ipc
@@ -170,7 +170,7 @@ class Supervisor:
         self._ids = itertools.count(1)
         self._subscribers: list[Callable[[Event], object]] = []
         self._queues: list[asyncio.Queue[Event]] = []
-        self._iterators: list[asyncio.Queue[Event | None]] = []
+        self._streams: list[events.EventStream] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._own_pidfd = -1
@@ -224,10 +224,8 @@ class Supervisor:
         if self._own_pidfd >= 0:
             os.close(self._own_pidfd)
             self._own_pidfd = -1
-        for q in self._iterators:  # end every events() iterator after the last event
-            if q.full():
-                q.get_nowait()
-            q.put_nowait(None)
+        for stream in list(self._streams):  # every events() iterator ends after the last event
+            stream.close()
 
     # ---------------------------------------------------------------- events
     def subscribe(self, callback: Callable[[Event], object]) -> None:
@@ -240,25 +238,18 @@ class Supervisor:
         self._queues.append(q)
         return q
 
-    async def events(self, maxsize: int = 10000) -> AsyncIterator[Event]:
-        """`async for event in sup.events():` every event from now on, until the
+    def events(self, maxsize: int = 10000) -> events.EventStream:
+        """`async for event in sup.events():` every event from this call on, until the
         supervisor closes (events beyond maxsize unread are dropped)."""
-        q: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
-        self._iterators.append(q)
-        try:
-            while (event := await q.get()) is not None:
-                yield event
-        finally:
-            self._iterators.remove(q)
+        return events.EventStream(self._streams, maxsize)
 
     def _emit(self, event: Event) -> None:
         events.log(event)
         for q in self._queues:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)
-        for iq in self._iterators:
-            with contextlib.suppress(asyncio.QueueFull):
-                iq.put_nowait(event)
+        for stream in self._streams:
+            stream.put(event)
         for cb in list(self._subscribers):
             try:
                 cb(event)
@@ -654,7 +645,7 @@ class Supervisor:
               and not handle._asked_to_end):
             # A worker serves until we close its channel; ending by itself, above
             # all during a call, is a failure (a pool under "on-failure" replaces it).
-            when = "during a call" if handle._died_in_call else "on its own"
+            when = "during a call" if handle._in_call else "on its own"
             status = dataclasses.replace(
                 status, outcome=Outcome.EXITED,
                 reason=f"the worker exited with code 0 {when}; the supervisor had not "

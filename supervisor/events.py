@@ -11,6 +11,8 @@ at WARNING with the reason.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time as _clock
 from dataclasses import dataclass, field
@@ -69,6 +71,40 @@ class Restarted(Event):
     replaced: str  # id of the worker it replaces
     attempt: int
     delay: float
+
+
+class EventStream:
+    """What `Supervisor.events()` returns: an async iterator of the events from its
+    creation on, which ends when the supervisor closes (or on `close()`)."""
+
+    def __init__(self, streams: list[EventStream], maxsize: int) -> None:
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self._streams = streams
+        streams.append(self)
+
+    def put(self, event: Event) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a reader that fell behind loses events
+            self._queue.put_nowait(event)
+
+    def close(self) -> None:
+        """Stop receiving events: the iterator ends after the ones already queued."""
+        if self not in self._streams:
+            return
+        self._streams.remove(self)
+        if self._queue.full():  # the end must get through: it replaces the oldest event
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._queue.empty() and self not in self._streams:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
 
 
 def describe(status: Status) -> str:

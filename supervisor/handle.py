@@ -35,6 +35,10 @@ class WorkerDied(ipc.ChannelClosed):
         self.status = status
 
 
+def _cut_short(fut: asyncio.Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and isinstance(fut.exception(), ipc.ChannelClosed)
+
+
 class _Remote:
     """`await handle.remote.method(...)`: the ipc proxy, with the worker's death made explicit."""
 
@@ -84,8 +88,8 @@ class WorkerHandle:
     # after that is the expected one, and the channel's close is not the worker's doing.
     _asked_to_end: bool
     _hung_up: bool
-    # A call of ours was in flight when the channel closed.
-    _died_in_call: bool
+    # Our calls not yet answered, or failed by the channel's close.
+    _calls: set[asyncio.Future[Any]]
 
     def __init__(self, token: object) -> None:
         if token is not _TOKEN:
@@ -106,7 +110,8 @@ class WorkerHandle:
         self.remote = _Remote(self)
         self._watched = ()
         self._has_channel = True
-        self._asked_to_end = self._hung_up = self._died_in_call = False
+        self._asked_to_end = self._hung_up = False
+        self._calls = set()
         return self
 
     def __repr__(self) -> str:
@@ -153,12 +158,19 @@ class WorkerHandle:
             fut: asyncio.Future[Any] = inner(*args, **kwargs)
         except ipc.ChannelClosed:
             return None
+        self._calls.add(fut)
         fut.add_done_callback(self._call_done)
         return fut
 
     def _call_done(self, fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled() and isinstance(fut.exception(), ipc.ChannelClosed):
-            self._died_in_call = True
+        if not _cut_short(fut):
+            self._calls.discard(fut)
+
+    @property
+    def _in_call(self) -> bool:
+        """A call was in flight when the channel closed (its callbacks may not have run
+        yet: the channel's EOF and the pidfd are often read in one loop iteration)."""
+        return any(not f.done() or _cut_short(f) for f in self._calls)
 
     async def _died(self, method: str) -> WorkerDied:
         """The error for a call its worker's end interrupted, once that end is known."""
