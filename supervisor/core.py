@@ -653,7 +653,7 @@ class Supervisor:
         handle._hang_up()
         if self.workers.get(handle.id) is handle:
             del self.workers[handle.id]  # ended workers are not kept: a soak must not grow
-        handle._done.set_result(status)
+        handle._ended(status)
         self._emit(events.Exited(handle.id, handle.pid, status))
 
     @staticmethod

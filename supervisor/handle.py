@@ -13,6 +13,7 @@ core.py): `alive` is false as soon as either has ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,10 +36,6 @@ class WorkerDied(ipc.ChannelClosed):
         self.status = status
 
 
-def _cut_short(fut: asyncio.Future[Any]) -> bool:
-    return fut.done() and not fut.cancelled() and isinstance(fut.exception(), ipc.ChannelClosed)
-
-
 class _Remote:
     """`await handle.remote.method(...)`: the ipc proxy, with the worker's death made explicit."""
 
@@ -55,10 +52,14 @@ class _Remote:
         async def reply(sent: asyncio.Future[Any] | None) -> Any:
             if sent is None:
                 raise await handle._died(name)
+            handle._in_flight += 1
             try:
                 return await sent
             except ipc.ChannelClosed:
+                handle._cut_short = True
                 raise await handle._died(name) from None
+            finally:
+                handle._in_flight -= 1
 
         def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             # Sent now (calls leave in the order they are made); awaited later.
@@ -81,6 +82,9 @@ class WorkerHandle:
     remote: Any
     _process: WorkerProcess
     _done: asyncio.Future[Status]
+    # Those awaiting the end, resolved directly when it comes (asyncio.shield(_done)
+    # would cost each of them two more turns of a busy loop).
+    _waiters: list[asyncio.Future[Status | None]]
     _watched: tuple[int, ...]
     # Set by the supervisor: the worker has a channel it must keep (programs may have none).
     _has_channel: bool
@@ -88,8 +92,11 @@ class WorkerHandle:
     # after that is the expected one, and the channel's close is not the worker's doing.
     _asked_to_end: bool
     _hung_up: bool
-    # Our calls not yet answered, or failed by the channel's close.
-    _calls: set[asyncio.Future[Any]]
+    # Calls awaited and not answered yet; whether one was cut short by the channel's
+    # close (counted by the awaiting code itself: a done-callback per call would cost
+    # each call another turn of the loop).
+    _in_flight: int
+    _cut_short: bool
 
     def __init__(self, token: object) -> None:
         if token is not _TOKEN:
@@ -107,11 +114,12 @@ class WorkerHandle:
         self.start_method = start_method
         self.profile = profile
         self._done = loop.create_future()
+        self._waiters = []
         self.remote = _Remote(self)
         self._watched = ()
         self._has_channel = True
-        self._asked_to_end = self._hung_up = False
-        self._calls = set()
+        self._asked_to_end = self._hung_up = self._cut_short = False
+        self._in_flight = 0
         return self
 
     def __repr__(self) -> str:
@@ -158,19 +166,13 @@ class WorkerHandle:
             fut: asyncio.Future[Any] = inner(*args, **kwargs)
         except ipc.ChannelClosed:
             return None
-        self._calls.add(fut)
-        fut.add_done_callback(self._call_done)
         return fut
-
-    def _call_done(self, fut: asyncio.Future[Any]) -> None:
-        if not _cut_short(fut):
-            self._calls.discard(fut)
 
     @property
     def _in_call(self) -> bool:
-        """A call was in flight when the channel closed (its callbacks may not have run
+        """A call was in flight when the channel closed (its caller may not have resumed
         yet: the channel's EOF and the pidfd are often read in one loop iteration)."""
-        return any(not f.done() or _cut_short(f) for f in self._calls)
+        return self._in_flight > 0 or self._cut_short
 
     async def _died(self, method: str) -> WorkerDied:
         """The error for a call its worker's end interrupted, once that end is known."""
@@ -181,18 +183,45 @@ class WorkerHandle:
         self._asked_to_end = True
         if self.running:
             self._hang_up()
-            try:
-                return await asyncio.wait_for(asyncio.shield(self._done), grace)
-            except TimeoutError:
-                self._process.kill(Outcome.KILLED, f"did not exit within {grace:g}s of "
-                                   "its channel closing")
+            st = await self._end_within(grace)
+            if st is not None:
+                return st
+            self._process.kill(Outcome.KILLED, f"did not exit within {grace:g}s of "
+                               "its channel closing")
         return await self.wait()
 
     async def wait(self) -> Status:
-        return await asyncio.shield(self._done)
+        st = await self._end_within(None)
+        assert st is not None
+        return st
 
     async def _status_soon(self, timeout: float = 2.0) -> Status | None:
+        return await self._end_within(timeout)
+
+    async def _end_within(self, timeout: float | None) -> Status | None:
+        """The final Status, or None if `timeout` seconds pass first."""
+        if self._done.done():
+            return self._done.result()
+        loop = self._done.get_loop()
+        fut: asyncio.Future[Status | None] = loop.create_future()
+        self._waiters.append(fut)
+        timer = None if timeout is None else loop.call_later(timeout, _resolve, fut, None)
         try:
-            return await asyncio.wait_for(asyncio.shield(self._done), timeout)
-        except TimeoutError:
-            return None
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    def _ended(self, status: Status) -> None:
+        """Called once by the supervisor with the final Status."""
+        self._done.set_result(status)
+        for fut in self._waiters:
+            _resolve(fut, status)
+        self._waiters.clear()
+
+
+def _resolve(fut: asyncio.Future[Status | None], value: Status | None) -> None:
+    if not fut.done():
+        fut.set_result(value)

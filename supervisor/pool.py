@@ -272,27 +272,33 @@ class Pool:
         if sent is None:  # its channel closed since it was idle: it is dying
             self.calls_failed += 1
             raise await w._died(method)
+        w._in_flight += 1
         try:
             left = None if end is None else max(0.0, end - time.monotonic())
             # Shielded: a cancelled caller leaves the call running on its worker (_abandon).
             result = await asyncio.wait_for(asyncio.shield(sent), left)
         except TimeoutError:
+            w._in_flight -= 1
             self.calls_failed += 1
             sent.add_done_callback(_drop_reply)
             w._kill_for(Outcome.TIMEOUT, f"call {method}() exceeded its {limit:g}s deadline")
             raise DeadlineExceeded(f"worker {w.id}: {method}() exceeded its {limit:g}s "
                                    "deadline; the worker was killed") from None
         except ipc.ChannelClosed:
+            w._in_flight -= 1
+            w._cut_short = True
             self.calls_failed += 1
             raise await w._died(method) from None
         except asyncio.CancelledError:
             self.calls_failed += 1
-            self._abandon(w, sent, method, end, limit)
+            self._abandon(w, sent, method, end, limit)  # still in flight
             raise
         except BaseException:  # the worker answered with an error: it is fine
+            w._in_flight -= 1
             self.calls_failed += 1
             self._release(w)
             raise
+        w._in_flight -= 1
         self.calls_ok += 1
         self._consecutive_failures = 0
         self._release(w)
@@ -312,7 +318,10 @@ class Pool:
         def replied(f: asyncio.Future[Any]) -> None:
             if timer is not None:
                 timer.cancel()
-            if not _drop_reply(f):
+            if _drop_reply(f):
+                w._cut_short = True
+            else:
+                w._in_flight -= 1
                 self._release(w)
 
         sent.add_done_callback(replied)
