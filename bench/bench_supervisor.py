@@ -174,8 +174,10 @@ async def idle_workers(n: int) -> dict[str, Any]:
                 "fds": supervisor.protections.open_fd_count()}
 
 
-async def kill_latency(reps: int, others: int
+async def kill_latency(reps: int, others: int, work_ms: int = 0
                        ) -> tuple[list[float], list[float], list[float], int, int]:
+    """work_ms 0: the other workers answer square() back to back (the loop saturated);
+    otherwise each call is a sleep(work_ms) in the worker (workers busy, loop not)."""
     async with supervisor.Supervisor(zygote=True, zygote_preload=PRELOAD,
                                      validate_outgoing=False) as sup:
         killed_at: list[float] = []
@@ -188,7 +190,8 @@ async def kill_latency(reps: int, others: int
                 exited_at[e.worker_id] = time.perf_counter()
 
         sup.subscribe(on_event)
-        pool = await sup.pool(Calc, CALC, size=others, start_method="zygote")
+        pool = await sup.pool(Calc, CALC, size=others, start_method="zygote",
+                              profile="python-worker")
         stop = False
         done = failed = 0
 
@@ -196,7 +199,10 @@ async def kill_latency(reps: int, others: int
             nonlocal done, failed
             while not stop:
                 try:
-                    assert await pool.call("square", 5) == 25
+                    if work_ms:
+                        assert await pool.call("sleep", work_ms) == work_ms
+                    else:
+                        assert await pool.call("square", 5) == 25
                     done += 1
                 except Exception:
                     failed += 1
@@ -227,6 +233,9 @@ def main() -> None:
     ap.add_argument("--idle", type=int, default=None, help="idle workers to hold")
     ap.add_argument("--busy", type=int, nargs="*", default=[4, 200],
                     help="busy workers beside the bad-message kills (default 4 200)")
+    ap.add_argument("--work-ms", type=int, nargs="*", default=[0, 100],
+                    help="each busy worker's call: 0 square() back to back, N a sleep of N "
+                         "ms (default 0 100)")
     ap.add_argument("--only-kill", action="store_true", help="only the kill latency tables")
     args = ap.parse_args()
     runs, spawn_runs = (15, 5) if args.quick else (60, 15)
@@ -238,10 +247,11 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')})\n")
     if not args.only_kill:
         others(args, runs, spawn_runs, idle_n)
-    for busy in args.busy:
+    for busy, work in ((b, w) for w in args.work_ms for b in args.busy):
         react, reported, lat, done, failed = asyncio.run(
-            kill_latency(40 if args.quick else 150, busy))
-        print(f"## bad-message kill while {busy} other workers keep answering (ms)\n")
+            kill_latency(40 if args.quick else 150, busy, work))
+        what = "square() back to back" if not work else f"sleep({work} ms) calls"
+        print(f"## bad-message kill while {busy} other workers answer {what} (ms)\n")
         print("| from the call that makes the worker send a bad frame to... | median | p90 "
               "| p99 | runs |\n|---|---|---|---|---|")
         print(row("SIGKILL sent (frame read, rejected, sandbox killed)", react))

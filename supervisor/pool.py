@@ -24,7 +24,7 @@ workers and run the pool into its crash-loop limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Sequence
@@ -40,6 +40,17 @@ if TYPE_CHECKING:
     from supervisor.core import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
+
+
+def _chain(mine: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+    if mine.done():  # our caller was cancelled or timed out: _abandon or the kill handles it
+        return
+    if sent.cancelled():
+        mine.cancel()
+    elif (exc := sent.exception()) is not None:
+        mine.set_exception(exc)
+    else:
+        mine.set_result(sent.result())
 
 
 def _drop_reply(f: asyncio.Future[Any]) -> bool:
@@ -240,6 +251,8 @@ class Pool:
             raise PoolError(self.failed)
         fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        # A waiter leaves the queue when _release pops it; one cancelled here stays,
+        # done, until _release skips it (removing it would scan the whole queue).
         try:
             return await fut
         except asyncio.CancelledError:
@@ -247,9 +260,6 @@ class Pool:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._release(fut.result())
             raise
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
 
     async def call(self, method: str, *args: Any, deadline: float | None = None,
                    **kwargs: Any) -> Any:
@@ -273,10 +283,16 @@ class Pool:
             self.calls_failed += 1
             raise await w._died(method)
         w._in_flight += 1
+        # We await a future of our own that the reply's resolves: cancelling us then leaves
+        # the call running on its worker (_abandon). asyncio.shield() does the same with
+        # more machinery per call.
+        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(functools.partial(_chain, mine))
         try:
-            left = None if end is None else max(0.0, end - time.monotonic())
-            # Shielded: a cancelled caller leaves the call running on its worker (_abandon).
-            result = await asyncio.wait_for(asyncio.shield(sent), left)
+            if end is None:
+                result = await mine
+            else:
+                result = await asyncio.wait_for(mine, max(0.0, end - time.monotonic()))
         except TimeoutError:
             w._in_flight -= 1
             self.calls_failed += 1
@@ -368,7 +384,7 @@ class Pool:
             "target": self.target if isinstance(self.target, str) else list(self.target),
             "size": self.size,
             "alive": sum(1 for w in self.workers.values() if w.alive),
-            "idle": len(self._idle), "waiting_calls": len(self._waiters),
+            "idle": len(self._idle), "waiting_calls": sum(1 for f in self._waiters if not f.done()),
             "restarts": self.restarts, "calls_ok": self.calls_ok,
             "calls_failed": self.calls_failed, "failed": self.failed,
             "workers": {w.id: {"pid": w.pid, "start_method": w.start_method,
