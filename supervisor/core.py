@@ -428,7 +428,9 @@ class Supervisor:
         handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
         self.workers[wid] = handle
         sock = box.take_channel() if box.channel is not None else None
-        handle._has_channel = sock is not None
+        # A channel nobody speaks ipc on (no interface either way) is the program's to
+        # close: only a channel that carries calls binds the program's life to it.
+        handle._has_channel = sock is not None and (interface is not None or host is not None)
         if sock is None:
             sock, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             other.close()  # no channel: a closed one, so handle.channel always exists

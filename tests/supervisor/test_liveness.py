@@ -258,3 +258,26 @@ def test_unattributable_bad_frame_is_reported_as_the_workers(
     assert any(f"sent a bad message (on its test.Calc channel, no method): {reason}" in m
                for m in logged), logged
     assert not any("test.Host" in m or ".None" in m for m in logged), logged
+
+
+def test_program_that_closes_its_channel_is_killed_not_one_that_never_used_it() -> None:
+    """spawn_program: the pid the supervisor knows is the sandbox's init, so whether the
+    program is on its way out is read from the init's first child."""
+    async def main() -> None:
+        async with sup("spawn") as s:
+            hung_up = await s.spawn_program(["/bin/sh", "-c", "exec 3>&-; exec sleep 100"],
+                                            interface=Calc, profile="default")
+            st = await hung_up.wait()
+            assert (st.outcome, st.reason) == (Outcome.BAD_MESSAGE, HUNG_UP)
+            # No interface: the channel is not the program's lifeline, and its exit is its own.
+            plain = await s.spawn_program(["/bin/sh", "-c", "exec 3>&-; exit 0"],
+                                          profile="default")
+            assert (await plain.wait()).outcome is Outcome.OK
+            served = await s.spawn_program(["/bin/sh", "-c", "exit 0"], interface=Calc,
+                                           profile="default")
+            st = await served.wait()
+            assert st.outcome is Outcome.EXITED
+            assert st.reason == ("the worker exited with code 0 on its own; the supervisor "
+                                 "had not asked it to end")
+            assert zombie_children() == []
+    run(main())
