@@ -281,3 +281,23 @@ def test_program_that_closes_its_channel_is_killed_not_one_that_never_used_it() 
                                  "had not asked it to end")
             assert zombie_children() == []
     run(main())
+
+
+def test_pipelined_calls_on_a_hung_up_worker_fail_with_its_outcome() -> None:
+    async def main() -> None:
+        async with sup() as s:
+            pool = await s.pool(Calc, LIVENESS, size=1, per_worker=4, profile="default",
+                                restart=FAST)
+            calls = [pool.call("sleep", 200), pool.call("act", "hang_up"),
+                     pool.call("sleep", 200), pool.call("square", 3)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            # The first one's reply may not have left the worker when it hangs up (its
+            # runtime may hold replies while more calls wait); the others cannot have one.
+            # Every call without a reply fails with the outcome (no timeout stands in).
+            assert results[0] == 200 or isinstance(results[0], WorkerDied)
+            for r in results[1:] if results[0] == 200 else results:
+                assert isinstance(r, WorkerDied), r
+                assert r.status is not None and r.status.reason == HUNG_UP
+            assert await pool.full()
+            assert await pool.call("square", 4) == 16
+    run(main())
