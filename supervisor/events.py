@@ -131,7 +131,8 @@ def log(event: Event) -> None:
             where = f"{event.interface}.{event.method}" + (f" {event.field}" if event.field
                                                             else "")
         else:
-            where = f"on its {event.interface or 'channel'} channel, no method"
+            where = (f"on its {event.interface} channel, no method" if event.interface
+                     else "no method")
         logger.warning("worker %s sent a bad message (%s): %s; killed", event.worker_id,
                        where, event.reason, extra=extra)
     elif isinstance(event, SeccompViolation):
