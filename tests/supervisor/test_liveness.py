@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import time
 
 import pytest
@@ -107,6 +108,40 @@ def test_exit_0_mid_call_is_a_failure_and_replaced(method: str) -> None:
             await pool.aclose()
             await honest.aclose()
             assert zombie_children() == []
+    run(main())
+
+
+@pytest.mark.parametrize("how", [socket.SHUT_WR, socket.SHUT_RDWR])
+def test_channel_shut_down_while_running_is_killed_and_replaced(how: int) -> None:
+    async def main() -> None:
+        async with sup() as s:
+            q = s.event_queue()
+            hostile = await s.pool(Calc, LIVENESS, size=2, profile="default", restart=FAST)
+            with pytest.raises(WorkerDied) as died:
+                await hostile.call("act", "shutdown", how)
+            st = died.value.status
+            assert st is not None and st.outcome is Outcome.BAD_MESSAGE, st
+            assert await hostile.full() and hostile.restarts == 1
+            assert await hostile.call("square", 6) == 36
+            assert [e.worker_id for e in drain(q) if isinstance(e, BadMessageEvent)] == \
+                [died.value.worker_id]
+    run(main())
+
+
+def test_exit_0_while_idle_is_a_failure_and_replaced() -> None:
+    async def main() -> None:
+        async with sup() as s:
+            q = s.event_queue()
+            pool = await s.pool(Calc, LIVENESS, size=2, profile="default", restart=FAST)
+            assert await pool.call("act", "exit_later") == 0
+            await eventually(lambda: pool.restarts == 1, "the worker that left was replaced",
+                             3000)
+            exits = [e.status for e in drain(q) if isinstance(e, Exited)]
+            assert [(st.outcome, st.reason) for st in exits] == [
+                (Outcome.EXITED, "the worker exited with code 0 on its own; the supervisor "
+                                 "had not asked it to end")]
+            assert await pool.full()
+            assert await pool.call("square", 7) == 49
     run(main())
 
 
