@@ -267,21 +267,24 @@ class Pool:
         the wait for a worker and the call; past it the worker is killed."""
         limit = deadline if deadline is not None else self.call_timeout
         end = None if limit is None else time.monotonic() + limit
-        try:
-            w = await asyncio.wait_for(self._acquire(), limit)
-        except TimeoutError:
-            self.calls_failed += 1
-            raise DeadlineExceeded(f"pool {self.name!r}: no worker free within {limit:g}s "
-                                   f"for {method}()") from None
-        try:
-            sent = w._send(getattr(w.channel.remote, method), args, kwargs)
-        except BaseException:  # no such method, or arguments the declaration refuses
-            self.calls_failed += 1
-            self._release(w)
-            raise
-        if sent is None:  # its channel closed since it was idle: it is dying
-            self.calls_failed += 1
-            raise await w._died(method)
+        while True:
+            try:
+                left = None if end is None else max(0.0, end - time.monotonic())
+                w = await asyncio.wait_for(self._acquire(), left)
+            except TimeoutError:
+                self.calls_failed += 1
+                raise DeadlineExceeded(f"pool {self.name!r}: no worker free within "
+                                       f"{limit:g}s for {method}()") from None
+            try:
+                sent = w._send(getattr(w.channel.remote, method), args, kwargs)
+            except BaseException:  # no such method, or arguments the declaration refuses
+                self.calls_failed += 1
+                self._release(w)
+                raise
+            if sent is not None:
+                break
+            # Its channel closed after it was handed to us (it is being killed): the call
+            # never left, so it goes to another worker; nothing waits on a dead channel.
         w._in_flight += 1
         # We await a future of our own that the reply's resolves: cancelling us then leaves
         # the call running on its worker (_abandon). asyncio.shield() does the same with
