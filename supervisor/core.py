@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import importlib.util
 import itertools
 import os
@@ -29,6 +30,7 @@ from ipc.interface import interface_of
 from profiles.model import Profile
 from supervisor import bootstrap, events, protections
 from supervisor.confine import fork_worker, outer_ids
+from supervisor.events import Event
 from supervisor.handle import WorkerHandle
 from supervisor.policy import launch_filter, resolve_profile, worker_filter
 from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
@@ -166,14 +168,16 @@ class Supervisor:
         self.workers: dict[str, WorkerHandle] = {}
         self.pools: dict[str, Any] = {}
         self._ids = itertools.count(1)
-        self._subscribers: list[Callable[[events.Event], object]] = []
-        self._queues: list[asyncio.Queue[events.Event]] = []
+        self._subscribers: list[Callable[[Event], object]] = []
+        self._queues: list[asyncio.Queue[Event]] = []
+        self._streams: list[events.EventStream] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._own_pidfd = -1
         self._zygote: Any = None
         self._zygote_restart: asyncio.Future[Any] | None = None
         self._orphans: set[asyncio.Task[None]] = set()
+        self._channel_watches: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # ---------------------------------------------------------------- lifetime
@@ -204,11 +208,13 @@ class Supervisor:
         self._closing = True
         for p in list(self.pools.values()):
             await p.aclose(grace)
-        live = [w for w in self.workers.values() if w.alive]
+        live = [w for w in self.workers.values() if w.running]
         if live:
             await asyncio.gather(*(w.terminate(grace) for w in live), return_exceptions=True)
         if self._orphans:
             await asyncio.gather(*self._orphans, return_exceptions=True)
+        for task in list(self._channel_watches):
+            task.cancel()
         if self._zygote is not None:
             await self._zygote.stop()
             self._zygote = None
@@ -218,23 +224,32 @@ class Supervisor:
         if self._own_pidfd >= 0:
             os.close(self._own_pidfd)
             self._own_pidfd = -1
+        for stream in list(self._streams):  # every events() iterator ends after the last event
+            stream.close()
 
     # ---------------------------------------------------------------- events
-    def subscribe(self, callback: Callable[[events.Event], object]) -> None:
+    def subscribe(self, callback: Callable[[Event], object]) -> None:
         """Call `callback(event)` for every event (exceptions it raises are logged)."""
         self._subscribers.append(callback)
 
-    def event_queue(self, maxsize: int = 10000) -> asyncio.Queue[events.Event]:
+    def event_queue(self, maxsize: int = 10000) -> asyncio.Queue[Event]:
         """A queue that receives every event from now on (events beyond maxsize are dropped)."""
-        q: asyncio.Queue[events.Event] = asyncio.Queue(maxsize)
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._queues.append(q)
         return q
 
-    def _emit(self, event: events.Event) -> None:
+    def events(self, maxsize: int = 10000) -> events.EventStream:
+        """`async for event in sup.events():` every event from this call on, until the
+        supervisor closes (events beyond maxsize unread are dropped)."""
+        return events.EventStream(self._streams, maxsize)
+
+    def _emit(self, event: Event) -> None:
         events.log(event)
         for q in self._queues:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(event)
+        for stream in self._streams:
+            stream.put(event)
         for cb in list(self._subscribers):
             try:
                 cb(event)
@@ -270,7 +285,7 @@ class Supervisor:
         """A snapshot for `warden status` and SIGUSR1: workers, pools, zygote."""
         return {
             "pid": os.getpid(),
-            "workers": sum(1 for w in self.workers.values() if w.alive),
+            "workers": sum(1 for w in self.workers.values() if w.running),
             "open_fds": protections.open_fd_count(),
             "zygote": None if self._zygote is None else {"pid": self._zygote.box.pid,
                                                          "alive": not self._zygote.dead},
@@ -281,7 +296,7 @@ class Supervisor:
     def _check_capacity(self) -> None:
         if self._loop is None or self._closing:
             raise RuntimeError("the supervisor is not running (use `async with Supervisor()`)")
-        running = sum(1 for w in self.workers.values() if w.alive)
+        running = sum(1 for w in self.workers.values() if w.running)
         protections.check_worker_count(running, self.max_workers)
         protections.check_fd_headroom(per_worker=4, headroom=self.fd_headroom)
         protections.check_memory_headroom(self.memory_headroom)
@@ -307,7 +322,7 @@ class Supervisor:
             raise ValueError(f"start_method={method!r}: expected one of {', '.join(START_METHODS)}")
         prof = resolve_profile(profile)
         wid = worker_id or f"w{next(self._ids)}"
-        if wid in self.workers and self.workers[wid].alive:
+        if wid in self.workers and self.workers[wid].running:
             raise ValueError(f"worker id {wid!r} is already in use")
         host_iface = None
         if host is not None:
@@ -416,6 +431,9 @@ class Supervisor:
         handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
         self.workers[wid] = handle
         sock = box.take_channel() if box.channel is not None else None
+        # A channel nobody speaks ipc on (no interface either way) is the program's to
+        # close: only a channel that carries calls binds the program's life to it.
+        handle._has_channel = sock is not None and (interface is not None or host is not None)
         if sock is None:
             sock, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             other.close()  # no channel: a closed one, so handle.channel always exists
@@ -571,6 +589,32 @@ class Supervisor:
         handle._watched = fds
         for fd in fds:
             loop.add_reader(fd, self._service, handle)
+        if handle._has_channel:
+            task = loop.create_task(self._watch_channel(handle))
+            self._channel_watches.add(task)
+            task.add_done_callback(self._channel_watches.discard)
+        self._service(handle)
+
+    async def _watch_channel(self, handle: WorkerHandle) -> None:
+        """Trusted-side rule 6: a channel that ends while its process lives is misbehaviour.
+
+        The worker closed fd 3 or exec'ed another program (fd 3 is close-on-exec)
+        and carries on: no call can reach it any more, so it is killed at once,
+        its outcome saying the channel went first; its pool replaces it. A worker
+        that exits or crashes closes its channel on the way out (its end follows
+        through the pidfd, with its own outcome), so the kernel is asked first.
+        """
+        reason = await handle.channel.wait_closed()
+        if reason is not None or handle._hung_up or not handle.running:
+            return  # a bad message or cut-off (its hook killed it), or our own close
+        self._service(handle)
+        if not handle.running or handle._process.ending(handle.pid):
+            return
+        why = ("the worker closed its channel while its process kept running "
+               "(the channel ended first)")
+        handle._kill_for(Outcome.BAD_MESSAGE, why)
+        self._emit(events.BadMessageEvent(handle.id, handle.pid, self._iface_name(handle),
+                                          None, None, why))
         self._service(handle)
 
     def _service(self, handle: WorkerHandle) -> None:
@@ -602,15 +646,32 @@ class Supervisor:
             v = status.violation
             self._emit(events.SeccompViolation(handle.id, handle.pid,
                                                v.syscall if v else None, status.reason))
-        handle.channel.close()
+        elif (status.outcome is Outcome.OK and handle._has_channel
+              and not handle._asked_to_end):
+            # A worker serves until we close its channel; ending by itself, above
+            # all during a call, is a failure (a pool under "on-failure" replaces it).
+            when = "during a call" if handle._in_call else "on its own"
+            status = dataclasses.replace(
+                status, outcome=Outcome.EXITED,
+                reason=f"the worker exited with code 0 {when}; the supervisor had not "
+                       "asked it to end")
+        handle._hang_up()
         if self.workers.get(handle.id) is handle:
             del self.workers[handle.id]  # ended workers are not kept: a soak must not grow
-        handle._done.set_result(status)
+        handle._ended(status)
         self._emit(events.Exited(handle.id, handle.pid, status))
+
+    @staticmethod
+    def _iface_name(handle: WorkerHandle) -> str | None:
+        return handle.interface.__ipc_name__ if handle.interface is not None else None
 
     def _on_bad_message(self, handle: WorkerHandle, bad: ipc.BadMessage) -> None:
         handle._kill_for(Outcome.BAD_MESSAGE, str(bad))
-        self._emit(events.BadMessageEvent(handle.id, handle.pid, bad.interface, bad.method,
+        # A frame that names no method of ours (an invalid envelope, an unknown method
+        # id) is the worker's, on its channel: ipc then fills in the interface *we*
+        # serve it, which would read as a call to the supervisor's own host.
+        iface = bad.interface if bad.method is not None else self._iface_name(handle)
+        self._emit(events.BadMessageEvent(handle.id, handle.pid, iface, bad.method,
                                           bad.field, bad.reason))
 
     def _on_cut_off(self, handle: WorkerHandle, cut: ipc.CutOff) -> None:

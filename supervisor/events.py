@@ -1,15 +1,21 @@
 """What the supervisor tells the embedder: one frozen record per event, and a logging record.
 
-Subscribe with `Supervisor.subscribe(callback)` or read `Supervisor.events()`
-(an async iterator). Every event is also logged on the `warden.supervisor`
-logger: started/restarted at INFO, exited at INFO (ok) or WARNING, bad
-messages and seccomp violations at WARNING with the reason.
+Receive them with `Supervisor.subscribe(callback)`, `Supervisor.event_queue()`
+or `async for event in Supervisor.events():`. Every event carries when it
+happened twice: `time` (time.time(), wall clock, for logs and other hosts)
+and `monotonic` (time.monotonic(), for intervals: immune to clock steps).
+Every event is also logged on the `warden.supervisor` logger: started/restarted
+at INFO, exited at INFO (ok) or WARNING, bad messages and seccomp violations
+at WARNING with the reason.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+import time as _clock
+from dataclasses import dataclass, field
 
 from supervisor.sandbox import Status
 
@@ -20,6 +26,10 @@ logger = logging.getLogger("warden.supervisor")
 class Event:
     worker_id: str
     pid: int | None
+    # Stamped by the supervisor when it makes the event (keyword-only, so the
+    # subclasses' own fields stay positional).
+    time: float = field(default_factory=_clock.time, kw_only=True, compare=False)
+    monotonic: float = field(default_factory=_clock.monotonic, kw_only=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,13 @@ class Exited(Event):
 
 @dataclass(frozen=True)
 class BadMessageEvent(Event):
-    """A worker sent an invalid message: it was killed and the message dropped."""
+    """A worker broke its channel's rules (an invalid message, or closing the channel
+    while it ran): it was killed and the message dropped.
+
+    interface and method name what the frame claimed to call; a frame that names
+    no method (an invalid envelope, an unknown method id: see `reason`) has
+    method None and the worker's own interface.
+    """
 
     interface: str | None
     method: str | None
@@ -57,6 +73,48 @@ class Restarted(Event):
     delay: float
 
 
+class EventStream:
+    """What `Supervisor.events()` returns: an async iterator of the events from its
+    creation on, which ends when the supervisor closes (or on `close()`)."""
+
+    def __init__(self, streams: list[EventStream], maxsize: int) -> None:
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
+        self._streams = streams
+        streams.append(self)
+
+    def put(self, event: Event) -> None:
+        with contextlib.suppress(asyncio.QueueFull):  # a reader that fell behind loses events
+            self._queue.put_nowait(event)
+
+    def close(self) -> None:
+        """Stop receiving events: the iterator ends after the ones already queued."""
+        if self not in self._streams:
+            return
+        self._streams.remove(self)
+        if self._queue.full():  # the end must get through: it replaces the oldest event
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self._queue.empty() and self not in self._streams:
+            raise StopAsyncIteration
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+
+def describe(status: Status) -> str:
+    """Status.describe(), with the reason when that line leaves it out (an exit's)."""
+    how = status.describe()
+    if status.reason and status.reason not in how:
+        how = f"{how} ({status.reason})"
+    return how
+
+
 def log(event: Event) -> None:
     """One stdlib logging record per event, with the event attached as `extra`."""
     extra = {"warden_event": event}
@@ -66,12 +124,17 @@ def log(event: Event) -> None:
     elif isinstance(event, Exited):
         level = logging.INFO if event.status.outcome.value in ("ok", "killed") \
             else logging.WARNING
-        logger.log(level, "worker %s exited: %s", event.worker_id, event.status.describe(),
+        logger.log(level, "worker %s exited: %s", event.worker_id, describe(event.status),
                    extra=extra)
     elif isinstance(event, BadMessageEvent):
-        logger.warning("worker %s sent a bad message (%s.%s %s): %s; killed", event.worker_id,
-                       event.interface, event.method, event.field or "", event.reason,
-                       extra=extra)
+        if event.method is not None:
+            where = f"{event.interface}.{event.method}" + (f" {event.field}" if event.field
+                                                            else "")
+        else:
+            where = (f"on its {event.interface} channel, no method" if event.interface
+                     else "no method")
+        logger.warning("worker %s sent a bad message (%s): %s; killed", event.worker_id,
+                       where, event.reason, extra=extra)
     elif isinstance(event, SeccompViolation):
         logger.warning("worker %s: %s; killed", event.worker_id, event.reason, extra=extra)
     elif isinstance(event, Restarted):

@@ -5,15 +5,20 @@ Like trio's Process: no public constructor; `kill()` is immediate,
 period, then kills; `wait()` returns the final Status. Calls through
 `handle.remote` that the worker's death interrupts raise `WorkerDied`, which
 names the worker, the method and how it ended.
+
+The channel and the process are one (the supervisor enforces it, see
+core.py): `alive` is false as soon as either has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ipc
+from supervisor.events import describe
 from supervisor.process import WorkerProcess
 from supervisor.sandbox import Outcome, Status
 
@@ -24,7 +29,7 @@ class WorkerDied(ipc.ChannelClosed):
     """A call could not complete because its worker ended."""
 
     def __init__(self, worker_id: str, method: str, status: Status | None) -> None:
-        how = status.describe() if status is not None else "its channel closed"
+        how = describe(status) if status is not None else "its channel closed"
         super().__init__(f"worker {worker_id} ended during {method}(): {how}")
         self.worker_id = worker_id
         self.method = method
@@ -44,24 +49,21 @@ class _Remote:
         if spec is None or spec.oneway:
             return inner  # type: ignore[no-any-return]
 
-        async def reply(sent: Awaitable[Any] | None) -> Any:
+        async def reply(sent: asyncio.Future[Any] | None) -> Any:
+            if sent is None:
+                raise await handle._died(name)
+            handle._in_flight += 1
             try:
-                if sent is None:
-                    raise ipc.ChannelClosed("closed")
                 return await sent
-            except ipc.ChannelClosed as e:
-                if isinstance(e, WorkerDied):
-                    raise
-                status = await handle._status_soon()
-                raise WorkerDied(handle.id, name, status) from None
+            except ipc.ChannelClosed:
+                handle._cut_short = True
+                raise await handle._died(name) from None
+            finally:
+                handle._in_flight -= 1
 
         def call(*args: Any, **kwargs: Any) -> Awaitable[Any]:
             # Sent now (calls leave in the order they are made); awaited later.
-            try:
-                sent = inner(*args, **kwargs)
-            except ipc.ChannelClosed:
-                sent = None
-            return reply(sent)
+            return reply(handle._send(inner, args, kwargs))
 
         call.__name__ = name
         setattr(self, name, call)
@@ -80,7 +82,21 @@ class WorkerHandle:
     remote: Any
     _process: WorkerProcess
     _done: asyncio.Future[Status]
+    # Those awaiting the end, resolved directly when it comes (asyncio.shield(_done)
+    # would cost each of them two more turns of a busy loop).
+    _waiters: list[asyncio.Future[Status | None]]
     _watched: tuple[int, ...]
+    # Set by the supervisor: the worker has a channel it must keep (programs may have none).
+    _has_channel: bool
+    # The supervisor asked it to end (terminate()) or closed the channel itself: an exit
+    # after that is the expected one, and the channel's close is not the worker's doing.
+    _asked_to_end: bool
+    _hung_up: bool
+    # Calls awaited and not answered yet; whether one was cut short by the channel's
+    # close (counted by the awaiting code itself: a done-callback per call would cost
+    # each call another turn of the loop).
+    _in_flight: int
+    _cut_short: bool
 
     def __init__(self, token: object) -> None:
         if token is not _TOKEN:
@@ -98,8 +114,12 @@ class WorkerHandle:
         self.start_method = start_method
         self.profile = profile
         self._done = loop.create_future()
+        self._waiters = []
         self.remote = _Remote(self)
         self._watched = ()
+        self._has_channel = True
+        self._asked_to_end = self._hung_up = self._cut_short = False
+        self._in_flight = 0
         return self
 
     def __repr__(self) -> str:
@@ -117,6 +137,14 @@ class WorkerHandle:
 
     @property
     def alive(self) -> bool:
+        """Running, with its channel open: a worker that can take a call."""
+        if self._done.done():
+            return False
+        return not (self._has_channel and self.channel.closed)
+
+    @property
+    def running(self) -> bool:
+        """The process has not been reported ended (it may be dying: see `alive`)."""
         return not self._done.done()
 
     def kill(self, reason: str = "killed by the embedder") -> None:
@@ -126,22 +154,74 @@ class WorkerHandle:
     def _kill_for(self, outcome: Outcome, reason: str) -> None:
         self._process.kill(outcome, reason)
 
+    def _hang_up(self) -> None:
+        """Close the channel from our side (so its close is not blamed on the worker)."""
+        self._hung_up = True
+        self.channel.close()
+
+    def _send(self, inner: Callable[..., Any], args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> asyncio.Future[Any] | None:
+        """Send a call now; the reply's future, or None when the channel is already closed."""
+        try:
+            fut: asyncio.Future[Any] = inner(*args, **kwargs)
+        except ipc.ChannelClosed:
+            return None
+        return fut
+
+    @property
+    def _in_call(self) -> bool:
+        """A call was in flight when the channel closed (its caller may not have resumed
+        yet: the channel's EOF and the pidfd are often read in one loop iteration)."""
+        return self._in_flight > 0 or self._cut_short
+
+    async def _died(self, method: str) -> WorkerDied:
+        """The error for a call its worker's end interrupted, once that end is known."""
+        return WorkerDied(self.id, method, await self._status_soon())
+
     async def terminate(self, grace: float = 2.0) -> Status:
         """Close the channel (a worker's cue to exit cleanly), wait `grace` seconds, then kill."""
-        if self.alive:
-            self.channel.close()
-            try:
-                return await asyncio.wait_for(asyncio.shield(self._done), grace)
-            except TimeoutError:
-                self._process.kill(Outcome.KILLED, f"did not exit within {grace:g}s of "
-                                   "its channel closing")
+        self._asked_to_end = True
+        if self.running:
+            self._hang_up()
+            st = await self._end_within(grace)
+            if st is not None:
+                return st
+            self._process.kill(Outcome.KILLED, f"did not exit within {grace:g}s of "
+                               "its channel closing")
         return await self.wait()
 
     async def wait(self) -> Status:
-        return await asyncio.shield(self._done)
+        st = await self._end_within(None)
+        assert st is not None
+        return st
 
     async def _status_soon(self, timeout: float = 2.0) -> Status | None:
+        return await self._end_within(timeout)
+
+    async def _end_within(self, timeout: float | None) -> Status | None:
+        """The final Status, or None if `timeout` seconds pass first."""
+        if self._done.done():
+            return self._done.result()
+        loop = self._done.get_loop()
+        fut: asyncio.Future[Status | None] = loop.create_future()
+        self._waiters.append(fut)
+        timer = None if timeout is None else loop.call_later(timeout, _resolve, fut, None)
         try:
-            return await asyncio.wait_for(asyncio.shield(self._done), timeout)
-        except TimeoutError:
-            return None
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    def _ended(self, status: Status) -> None:
+        """Called once by the supervisor with the final Status."""
+        self._done.set_result(status)
+        for fut in self._waiters:
+            _resolve(fut, status)
+        self._waiters.clear()
+
+
+def _resolve(fut: asyncio.Future[Status | None], value: Status | None) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -11,27 +11,60 @@ a stuck worker is not trusted to recover) and raises DeadlineExceeded. A
 worker that dies mid-call fails that call with WorkerDied; calls on other
 workers go on. Calls are never retried on another worker: the pool cannot
 know whether a call is safe to repeat.
+
+A call cancelled by its caller (asyncio.wait_for, asyncio.timeout, a
+TaskGroup) keeps its worker busy until the reply comes (the reply is then
+dropped and the worker free again) or until the call's deadline (the worker
+is then killed, outcome `timeout`): the worker is still working on it, and
+a hung one must not be handed the next call. Killing on every cancel would
+be simpler, but a TaskGroup cancelling its siblings would then kill healthy
+workers and run the pool into its crash-loop limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ipc
 from supervisor import events
-from supervisor.handle import WorkerDied, WorkerHandle
+from supervisor.handle import WorkerHandle
 from supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
     from supervisor.core import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
+
+
+def _chain(mine: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
+    if mine.done():  # our caller was cancelled or timed out: _abandon or the kill handles it
+        return
+    if sent.cancelled():
+        mine.cancel()
+    elif (exc := sent.exception()) is not None:
+        mine.set_exception(exc)
+    else:
+        mine.set_result(sent.result())
+
+
+def _drop_reply(f: asyncio.Future[Any]) -> bool:
+    """Dispose of a reply nobody awaits (closing any fds it carries). True when the
+    call ended with the channel (its worker is dying), False when the worker answered."""
+    if f.cancelled():
+        return True
+    exc = f.exception()
+    if exc is None:
+        close = getattr(f.result(), "close", None)
+        if callable(close):
+            close()
+        return False
+    return isinstance(exc, ipc.ChannelClosed)
 
 
 class PoolError(RuntimeError):
@@ -218,11 +251,15 @@ class Pool:
             raise PoolError(self.failed)
         fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        # A waiter leaves the queue when _release pops it; one cancelled here stays,
+        # done, until _release skips it (removing it would scan the whole queue).
         try:
             return await fut
-        finally:
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(fut)
+        except asyncio.CancelledError:
+            # Cancelled after a worker was handed to us but before we ran: pass it on.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result())
+            raise
 
     async def call(self, method: str, *args: Any, deadline: float | None = None,
                    **kwargs: Any) -> Any:
@@ -230,32 +267,83 @@ class Pool:
         the wait for a worker and the call; past it the worker is killed."""
         limit = deadline if deadline is not None else self.call_timeout
         end = None if limit is None else time.monotonic() + limit
+        while True:
+            try:
+                left = None if end is None else max(0.0, end - time.monotonic())
+                w = await asyncio.wait_for(self._acquire(), left)
+            except TimeoutError:
+                self.calls_failed += 1
+                raise DeadlineExceeded(f"pool {self.name!r}: no worker free within "
+                                       f"{limit:g}s for {method}()") from None
+            try:
+                sent = w._send(getattr(w.channel.remote, method), args, kwargs)
+            except BaseException:  # no such method, or arguments the declaration refuses
+                self.calls_failed += 1
+                self._release(w)
+                raise
+            if sent is not None:
+                break
+            # Its channel closed after it was handed to us (it is being killed): the call
+            # never left, so it goes to another worker; nothing waits on a dead channel.
+        w._in_flight += 1
+        # We await a future of our own that the reply's resolves: cancelling us then leaves
+        # the call running on its worker (_abandon). asyncio.shield() does the same with
+        # more machinery per call.
+        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        sent.add_done_callback(functools.partial(_chain, mine))
         try:
-            w = await asyncio.wait_for(self._acquire(), limit)
+            if end is None:
+                result = await mine
+            else:
+                result = await asyncio.wait_for(mine, max(0.0, end - time.monotonic()))
         except TimeoutError:
+            w._in_flight -= 1
             self.calls_failed += 1
-            raise DeadlineExceeded(f"pool {self.name!r}: no worker free within {limit:g}s "
-                                   f"for {method}()") from None
-        fn: Callable[..., Awaitable[Any]] = getattr(w.remote, method)
-        try:
-            left = None if end is None else max(0.0, end - time.monotonic())
-            result = await asyncio.wait_for(fn(*args, **kwargs), left)
-        except TimeoutError:
-            self.calls_failed += 1
+            sent.add_done_callback(_drop_reply)
             w._kill_for(Outcome.TIMEOUT, f"call {method}() exceeded its {limit:g}s deadline")
             raise DeadlineExceeded(f"worker {w.id}: {method}() exceeded its {limit:g}s "
                                    "deadline; the worker was killed") from None
-        except WorkerDied:
+        except ipc.ChannelClosed:
+            w._in_flight -= 1
+            w._cut_short = True
             self.calls_failed += 1
+            raise await w._died(method) from None
+        except asyncio.CancelledError:
+            self.calls_failed += 1
+            self._abandon(w, sent, method, end, limit)  # still in flight
             raise
-        except BaseException:
+        except BaseException:  # the worker answered with an error: it is fine
+            w._in_flight -= 1
             self.calls_failed += 1
             self._release(w)
             raise
+        w._in_flight -= 1
         self.calls_ok += 1
         self._consecutive_failures = 0
         self._release(w)
         return result
+
+    def _abandon(self, w: WorkerHandle, sent: asyncio.Future[Any], method: str,
+                 end: float | None, limit: float | None) -> None:
+        """A cancelled call: its worker stays busy until the reply (dropped; the worker is
+        released) or the call's deadline (the worker is killed); see the module docstring."""
+        timer: asyncio.TimerHandle | None = None
+        if end is not None:
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, end - time.monotonic()), w._kill_for, Outcome.TIMEOUT,
+                f"call {method}() was cancelled by its caller and exceeded its "
+                f"{limit:g}s deadline")
+
+        def replied(f: asyncio.Future[Any]) -> None:
+            if timer is not None:
+                timer.cancel()
+            if _drop_reply(f):
+                w._cut_short = True
+            else:
+                w._in_flight -= 1
+                self._release(w)
+
+        sent.add_done_callback(replied)
 
     # ------------------------------------------------------------ health
     async def _health_loop(self) -> None:
@@ -290,6 +378,7 @@ class Pool:
         return True
 
     def _holds_dead_workers(self) -> bool:
+        """A worker whose process or channel ended (it is on its way out)."""
         return any(not w.alive for w in self.workers.values())
 
     def status(self) -> dict[str, Any]:
@@ -298,7 +387,7 @@ class Pool:
             "target": self.target if isinstance(self.target, str) else list(self.target),
             "size": self.size,
             "alive": sum(1 for w in self.workers.values() if w.alive),
-            "idle": len(self._idle), "waiting_calls": len(self._waiters),
+            "idle": len(self._idle), "waiting_calls": sum(1 for f in self._waiters if not f.done()),
             "restarts": self.restarts, "calls_ok": self.calls_ok,
             "calls_failed": self.calls_failed, "failed": self.failed,
             "workers": {w.id: {"pid": w.pid, "start_method": w.start_method,

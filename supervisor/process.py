@@ -11,7 +11,9 @@ filter refuses waits in the kernel until we read it here, record it and kill
 the worker (`check_listener`).
 
 Each exposes the fds to watch, a non-blocking `service()` that returns the
-final Status once known, and `kill(outcome, reason)` (first cause wins).
+final Status once known, `kill(outcome, reason)` (first cause wins), and
+`ending(pid)`: whether the worker is already on its way out, which decides who
+went first when its channel closes (trusted-side rule 6).
 """
 
 from __future__ import annotations
@@ -27,6 +29,35 @@ from supervisor.sandbox import Outcome, Sandbox, Status, Violation
 from supervisor.sandbox.notify import Listener
 
 EXIT_SETUP = 125
+_PF_EXITING = 0x4  # include/linux/sched.h: set by do_exit() before it closes the files
+
+
+def exiting(pid: int) -> bool:
+    """True when `pid` is gone, a zombie, or inside do_exit().
+
+    The kernel closes a dying process's files (exit_files) before its pidfd
+    turns readable (exit_notify), so a channel's EOF always arrives before the
+    death of a worker that simply exits or crashes. PF_EXITING is set before
+    exit_files, so at that EOF a worker on its way out shows it; one that
+    closed fd 3 (or exec'ed) and lives on does not.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:  # no such process (any more)
+        return True
+    state, flags = fields[0], int(fields[6])
+    return state in (b"Z", b"X", b"x") or bool(flags & _PF_EXITING)
+
+
+def first_child(pid: int) -> int | None:
+    """The oldest live child of `pid`'s main thread (a sandbox init's workload), or None."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            kids = f.read().split()
+    except OSError:
+        return None
+    return int(kids[0]) if kids else None
 
 
 def readable(fds: list[int], timeout: float | None = 0) -> list[int]:
@@ -75,6 +106,7 @@ class WorkerProcess:
     listener: Listener | None = None
     violation: Violation | None = None
     violation_reason = ""
+    pidfd: int = -1  # the worker's own pidfd, where the subclass holds one
 
     def adopt_listener(self, fd: int) -> None:
         self.listener = Listener(fd)
@@ -109,6 +141,15 @@ class WorkerProcess:
     def fds(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def ending(self, worker_pid: int) -> bool:
+        """Whether the worker (`worker_pid`, as we see it) has ended or is ending on its own.
+
+        Its pidfd first: once that is readable the pid may be reaped and reused, and
+        /proc would describe another process."""
+        if self.pidfd < 0 or readable([self.pidfd]):
+            return True
+        return exiting(worker_pid) or bool(readable([self.pidfd]))
+
     def service(self) -> Status | None:
         raise NotImplementedError
 
@@ -127,6 +168,16 @@ class SandboxProcess(WorkerProcess):
     def fds(self) -> tuple[int, ...]:
         fds = self.box.fds()
         return (*fds, *self.listener_fds()) if fds else ()
+
+    def ending(self, worker_pid: int) -> bool:
+        if self.box.status is not None or exiting(self.pid):
+            return True
+        if worker_pid != self.pid:
+            return exiting(worker_pid)
+        # A program: the pid we know is the sandbox's init, which forked the workload
+        # first (orphans it adopts come later in the kernel's children list).
+        child = first_child(self.pid)
+        return child is None or exiting(child)
 
     def service(self) -> Status | None:
         self.check_listener()

@@ -7,7 +7,10 @@
         print(pool.call("square", 3))
 
 Every method blocks until the loop has done the work; events and logging
-are as with the async Supervisor (`sup.supervisor.subscribe(...)`).
+are as with the async Supervisor (`sup.supervisor.subscribe(...)`). A call
+given `timeout=` that runs out, or interrupted (KeyboardInterrupt), is
+cancelled on the loop exactly as an asyncio caller's would be: a pool keeps
+its worker busy until the reply or the call's deadline (supervisor.pool).
 """
 
 from __future__ import annotations
@@ -62,8 +65,11 @@ class SyncPool:
         self.pool = pool
 
     def call(self, method: str, *args: Any, deadline: float | None = None,
-             **kwargs: Any) -> Any:
-        return self._owner._run(self.pool.call(method, *args, deadline=deadline, **kwargs))
+             timeout: float | None = None, **kwargs: Any) -> Any:
+        """pool.call(); deadline as there (past it the worker is killed), timeout: stop
+        waiting (TimeoutError) and cancel the call, leaving its worker busy until it answers."""
+        return self._owner._run(self.pool.call(method, *args, deadline=deadline, **kwargs),
+                                timeout)
 
     def status(self) -> dict[str, Any]:
         return self.pool.status()
@@ -79,8 +85,15 @@ class SyncSupervisor:
                                         daemon=True)
         self.supervisor: Supervisor | None = None
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result(timeout)
+        except BaseException:
+            # Timed out or interrupted here: cancel it there, as an asyncio caller would
+            # (a no-op when it already finished).
+            fut.cancel()
+            raise
 
     def __enter__(self) -> SyncSupervisor:
         self._thread.start()

@@ -60,6 +60,9 @@ def _read_bootstrap(fd: int) -> bootstrap.Bootstrap:
 def run(fd: int = CHANNEL_FD) -> int:
     """Serve the target named by the bootstrap on channel `fd`; returns the exit code."""
     global _host
+    # The channel is this process's alone: a program it exec's does not inherit it (the
+    # supervisor then sees the channel close while the process lives, and kills it).
+    os.set_inheritable(fd, False)
     boot = _read_bootstrap(fd)
     factory = resolve(boot.target)
     impl = factory()

@@ -227,3 +227,38 @@ class SlowStart(CalcImpl):
 
     def __init__(self) -> None:
         time.sleep(10)
+
+
+class LivenessImpl(CalcImpl):
+    """Breaks the one-channel-one-process rule from inside a call (test_liveness.py).
+
+    act("hang_up"): closes fd 3 and keeps running; act("shutdown"): shuts fd 3 down
+    (arg: SHUT_WR or SHUT_RDWR) and keeps running; act("exec"): becomes /bin/sleep
+    (fd 3 is close-on-exec); act("unknown_method"): a well-formed frame calling a
+    method id the supervisor does not serve; act("exit_later"): answers, then exits 0
+    from a thread while idle. Anything else: CalcImpl.act.
+    """
+
+    def act(self, ctx: ipc.Context, what: str, arg: int = 0) -> int:
+        if what == "hang_up":
+            os.close(worker_main.CHANNEL_FD)
+            while True:
+                time.sleep(1)
+        if what == "shutdown":
+            import socket
+
+            socket.socket(fileno=os.dup(worker_main.CHANNEL_FD)).shutdown(arg)
+            while True:
+                time.sleep(1)
+        if what == "exit_later":
+            import threading
+
+            threading.Timer(0.05, os._exit, (0,)).start()
+            return 0
+        if what == "exec":
+            os.execv("/bin/sleep", ["sleep", "1000"])
+        if what == "unknown_method":
+            os.write(worker_main.CHANNEL_FD, msgspec.msgpack.encode((0, 0x1234ABCD, 1 << 40, b"")))
+            while True:
+                time.sleep(1)
+        return super().act(ctx, what, arg)
