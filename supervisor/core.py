@@ -247,6 +247,7 @@ class Supervisor:
                    name: str | None = None, restart: Any = None,
                    call_timeout: float | None = None, health_check: str | None = None,
                    health_interval: float = 5.0, per_worker: int = 1,
+                   max_calls_per_worker: int | None = None,
                    **spawn_kwargs: Any) -> Any:
         """Start a Pool of `size` workers (see supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
@@ -256,7 +257,8 @@ class Supervisor:
         if pname in self.pools:
             raise ValueError(f"pool name {pname!r} is already in use")
         p = Pool(self, pname, interface, target, size, restart or RestartPolicy(), call_timeout,
-                 health_check, health_interval, spawn_kwargs, per_worker)
+                 health_check, health_interval, spawn_kwargs, per_worker,
+                 max_calls_per_worker)
         self.pools[pname] = p
         try:
             await p._start()

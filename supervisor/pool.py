@@ -76,12 +76,17 @@ class Pool:
                  target: str | Sequence[str],
                  size: int, restart: RestartPolicy, call_timeout: float | None,
                  health_check: str | None, health_interval: float,
-                 spawn_kwargs: dict[str, Any], per_worker: int = 1) -> None:
+                 spawn_kwargs: dict[str, Any], per_worker: int = 1,
+                 max_calls_per_worker: int | None = None) -> None:
         if size < 1:
             raise ValueError(f"pool {name!r}: size must be >= 1, got {size}")
         if per_worker < 1:
             raise ValueError(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
+        if max_calls_per_worker is not None and max_calls_per_worker < 1:
+            raise ValueError(f"pool {name!r}: max_calls_per_worker must be >= 1, "
+                             f"got {max_calls_per_worker}")
         self.per_worker = per_worker
+        self.max_calls_per_worker = max_calls_per_worker
         self.sup = sup
         self.name = name
         self.interface = interface
@@ -99,6 +104,11 @@ class Pool:
         self._consecutive_failures = 0
         self._serial = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # max_calls_per_worker: calls started on each worker, those still running, and
+        # the workers that take no more (terminated when their last call ends).
+        self._started: dict[str, int] = {}
+        self._running: dict[str, int] = {}
+        self._retired: set[str] = set()
         self.failed: str | None = None
         self.closed = False
         self.calls_ok = 0
@@ -140,6 +150,13 @@ class Pool:
         self.workers.pop(w.id, None)
         while w in self._idle:
             self._idle.remove(w)
+        self._started.pop(w.id, None)
+        self._running.pop(w.id, None)
+        if w.id in self._retired:
+            self._retired.discard(w.id)
+            if not (self.closed or self.failed):  # served its share: replaced, not a failure
+                self._spawn_task(self._add_worker_or_replace(w.id))
+            return
         if self.closed:
             return
         if self._should_restart(status):
@@ -175,6 +192,14 @@ class Pool:
             if not self.closed:
                 self._spawn_task(self._replace(old))
 
+    async def _add_worker_or_replace(self, old: str) -> None:
+        try:
+            await self._add_worker()
+        except Exception as e:
+            events.logger.warning("pool %s: replacing a retired worker failed: %s", self.name, e)
+            if not self.closed:
+                self._spawn_task(self._replace(old))
+
     def _fail(self, reason: str) -> None:
         self.failed = reason
         events.logger.error("%s", reason)
@@ -197,8 +222,29 @@ class Pool:
                              return_exceptions=True)
 
     # ------------------------------------------------------------ routing
+    def _count_call(self, w: WorkerHandle) -> None:
+        """A call starts on `w`: at max_calls_per_worker it takes no more."""
+        if self.max_calls_per_worker is None:
+            return
+        self._running[w.id] = self._running.get(w.id, 0) + 1
+        started = self._started[w.id] = self._started.get(w.id, 0) + 1
+        if started >= self.max_calls_per_worker:
+            self._retired.add(w.id)
+            while w in self._idle:  # its other slots (per_worker > 1)
+                self._idle.remove(w)
+
+    def _call_ended(self, w: WorkerHandle) -> None:
+        """A call on `w` ended and `w` is fine: release it, or retire it after its share."""
+        if self.max_calls_per_worker is not None:
+            self._running[w.id] -= 1
+            if w.id in self._retired:
+                if self._running[w.id] == 0:
+                    self._spawn_task(w.terminate())
+                return
+        self._release(w)
+
     def _release(self, w: WorkerHandle) -> None:
-        if not w.alive or self.closed:
+        if not w.alive or self.closed or w.id in self._retired:
             return
         while self._waiters:
             fut = self._waiters.popleft()
@@ -225,9 +271,14 @@ class Pool:
                 self._waiters.remove(fut)
 
     async def call(self, method: str, *args: Any, deadline: float | None = None,
+                   check_result: Callable[[str, Any], Any] | None = None,
                    **kwargs: Any) -> Any:
         """Run `method` on an idle worker. deadline (seconds, default call_timeout) covers
-        the wait for a worker and the call; past it the worker is killed."""
+        the wait for a worker and the call; past it the worker is killed.
+
+        check_result(worker_id, reply) -> value runs before the worker is released; an
+        ipc.BadMessage it raises kills the worker as for a bad message, and is raised.
+        """
         limit = deadline if deadline is not None else self.call_timeout
         end = None if limit is None else time.monotonic() + limit
         try:
@@ -236,10 +287,13 @@ class Pool:
             self.calls_failed += 1
             raise DeadlineExceeded(f"pool {self.name!r}: no worker free within {limit:g}s "
                                    f"for {method}()") from None
+        self._count_call(w)
         fn: Callable[..., Awaitable[Any]] = getattr(w.remote, method)
         try:
             left = None if end is None else max(0.0, end - time.monotonic())
             result = await asyncio.wait_for(fn(*args, **kwargs), left)
+            if check_result is not None:
+                result = check_result(w.id, result)
         except TimeoutError:
             self.calls_failed += 1
             w._kill_for(Outcome.TIMEOUT, f"call {method}() exceeded its {limit:g}s deadline")
@@ -248,13 +302,22 @@ class Pool:
         except WorkerDied:
             self.calls_failed += 1
             raise
+        except ipc.BadMessage as bad:
+            self.calls_failed += 1
+            self.sup._on_bad_message(w, bad)
+            raise
+        except asyncio.CancelledError:
+            # The worker is still busy with the call: it must not be handed the next one.
+            self.calls_failed += 1
+            w._kill_for(Outcome.KILLED, f"call {method}() was cancelled while it ran")
+            raise
         except BaseException:
             self.calls_failed += 1
-            self._release(w)
+            self._call_ended(w)
             raise
         self.calls_ok += 1
         self._consecutive_failures = 0
-        self._release(w)
+        self._call_ended(w)
         return result
 
     # ------------------------------------------------------------ health
