@@ -22,7 +22,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ipc
 from ipc.interface import interface_of
@@ -36,7 +36,11 @@ from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from supervisor.sandbox import spawn as sandbox_spawn
 from supervisor.zygote import ZygoteProcess
 
+if TYPE_CHECKING:
+    from supervisor.pool import Pool
+
 START_METHODS = ("spawn", "zygote", "fork")
+IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
 _CREDS = struct.Struct("=iII")
 _OUR_PACKAGES = ("ipc", "supervisor", "profiles", "msgspec", "pyseccomp")
 
@@ -242,13 +246,13 @@ class Supervisor:
                 events.logger.exception("event subscriber %r failed", cb)
 
     # ---------------------------------------------------------------- pools
-    async def pool(self, interface: type[ipc.Interface], target: str | Sequence[str], *,
+    async def pool(self, interface: type[IfaceT], target: str | Sequence[str], *,
                    size: int = 2,
                    name: str | None = None, restart: Any = None,
                    call_timeout: float | None = None, health_check: str | None = None,
                    health_interval: float = 5.0, per_worker: int = 1,
                    max_calls_per_worker: int | None = None,
-                   **spawn_kwargs: Any) -> Any:
+                   **spawn_kwargs: Any) -> Pool[IfaceT]:
         """Start a Pool of `size` workers (see supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
         spawn() or spawn_program()."""

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import ipc
 from supervisor import events
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from supervisor.core import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
+IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class PoolError(RuntimeError):
@@ -69,10 +72,10 @@ class RestartPolicy:
             raise ValueError("crash_loop_limit must be >= 1 and crash_loop_window > 0")
 
 
-class Pool:
+class Pool(Generic[IfaceT]):
     """Made by Supervisor.pool(); see the module docstring."""
 
-    def __init__(self, sup: Supervisor, name: str, interface: type[ipc.Interface],
+    def __init__(self, sup: Supervisor, name: str, interface: type[IfaceT],
                  target: str | Sequence[str],
                  size: int, restart: RestartPolicy, call_timeout: float | None,
                  health_check: str | None, health_interval: float,
@@ -270,15 +273,28 @@ class Pool:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
 
-    async def call(self, method: str, *args: Any, deadline: float | None = None,
+    @overload
+    async def call(self, method: Callable[Concatenate[IfaceT, ipc.Context, P], R], /,
+                   *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    async def call(self, method: str, /, *args: Any, deadline: float | None = None,
                    check_result: Callable[[str, Any], Any] | None = None,
-                   **kwargs: Any) -> Any:
+                   **kwargs: Any) -> Any: ...
+
+    async def call(self, method: str | Callable[..., Any], /, *args: Any,
+                   deadline: Any = None, check_result: Any = None, **kwargs: Any) -> Any:
         """Run `method` on an idle worker. deadline (seconds, default call_timeout) covers
         the wait for a worker and the call; past it the worker is killed.
 
+        `method` is the declaration's method, `pool.call(Parser.parse, fd)` (checked by a
+        type checker against the declaration; the pool's call_timeout applies), or its
+        name, `pool.call("parse", fd, deadline=2.0)`.
         check_result(worker_id, reply) -> value runs before the worker is released; an
         ipc.BadMessage it raises kills the worker as for a bad message, and is raised.
         """
+        if not isinstance(method, str):
+            method = self._method_name(method)
         limit = deadline if deadline is not None else self.call_timeout
         end = None if limit is None else time.monotonic() + limit
         try:
@@ -319,6 +335,15 @@ class Pool:
         self._consecutive_failures = 0
         self._call_ended(w)
         return result
+
+    def _method_name(self, method: Callable[..., Any]) -> str:
+        name = getattr(method, "__name__", "")
+        iface = self.interface
+        if name not in iface.__ipc_methods__ or getattr(iface, name, None) is not method:
+            raise TypeError(f"pool {self.name!r}: {method!r} is not a method declared by "
+                            f"{iface.__qualname__}; pass {iface.__qualname__}.<method> or "
+                            "the method's name")
+        return name
 
     # ------------------------------------------------------------ health
     async def _health_loop(self) -> None:

@@ -25,7 +25,7 @@ from supervisor.pool import DeadlineExceeded, RestartPolicy
 from supervisor.sandbox import Outcome, PreflightError
 from tests.supervisor import executor_tasks as tasks
 from tests.supervisor.util import CALC, PRELOAD, children, run, zombie_children
-from tests.supervisor.workers import Calc
+from tests.supervisor.workers import Calc, CalcImpl
 
 TASKS = "tests.supervisor.executor_tasks"
 # Hostile tests crash many workers on purpose: no crash-loop stop, short backoff.
@@ -343,4 +343,18 @@ def test_a_cancelled_pool_call_kills_its_busy_worker() -> None:
             assert status.outcome is Outcome.KILLED
             assert "call sleep() was cancelled while it ran" in (status.reason or "")
             assert await pool.call("square", 6) == 36
+    run(main())
+
+
+def test_typed_pool_calls_take_the_declared_method() -> None:
+    async def main() -> None:
+        async with supervisor.Supervisor(zygote_preload=PRELOAD) as sup:
+            pool = await sup.pool(Calc, CALC, size=1, profile="python-worker")
+            assert await pool.call(Calc.square, 7) == 49
+            assert await pool.call("square", 8) == 64
+            with pytest.raises(TypeError, match=r"pool 'pool\d+': <function CalcImpl.square "
+                               r".*> is not a method declared by Calc; pass Calc.<method> or "
+                               r"the method's name"):
+                await pool.call(CalcImpl.square, 7)  # type: ignore[arg-type]
+            assert await pool.call(Calc.square, 9) == 81
     run(main())
