@@ -270,7 +270,7 @@ class SandboxExecutor(concurrent.futures.Executor):
             start_method=start_method, zygote_preload=zygote_preload, **supervisor_kwargs)
         self._sync.__enter__()
         try:
-            self.pool: Pool = self._sync.pool(
+            self.pool: Pool[ExecutorWorker] = self._sync.pool(
                 ExecutorWorker, TARGET, name="executor", size=workers, profile=profile,
                 restart=restart or RestartPolicy(), call_timeout=call_timeout,
                 max_calls_per_worker=max_tasks_per_worker).pool
