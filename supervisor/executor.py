@@ -106,6 +106,9 @@ class TaskError(ipc.RemoteError):
         self.type_name = type_name
         self.message = message
 
+    def __reduce__(self) -> tuple[type[TaskError], tuple[str, str, str]]:
+        return (type(self), (self.function, self.type_name, self.message))
+
 
 class BadResult(ipc.BadMessage):
     """The worker sent a result that does not match the function's return annotation;
@@ -116,6 +119,10 @@ class BadResult(ipc.BadMessage):
                          f"{reason}", interface=ExecutorWorker.__ipc_name__, method="run")
         self.function = function
         self.expected = expected
+        self._why = reason
+
+    def __reduce__(self) -> tuple[type[BadResult], tuple[str, str, str, str]]:
+        return (type(self), (self.peer, self.function, self.expected, self._why))
 
 
 # ------------------------------------------------------------------ checks at submit
@@ -261,7 +268,8 @@ class SandboxExecutor(concurrent.futures.Executor):
         self._shut = False
         self._closed = threading.Event()
         self._closing = False
-        self._decoders: dict[Callable[..., Any], tuple[str, msgspec.msgpack.Decoder[Any]]] = {}
+        self._decoders: dict[Callable[..., Any],
+                             tuple[str, str, msgspec.msgpack.Decoder[Any]]] = {}
         self._pending: deque[_Item] = deque()  # only touched on the supervisor's loop
         self._running = 0
         zygote_preload = (*supervisor_kwargs.pop("zygote_preload", ()), "supervisor.executor",
@@ -293,15 +301,7 @@ class SandboxExecutor(concurrent.futures.Executor):
                **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Schedule fn(*args, **kwargs) in a sandboxed worker; TypeError (now) if fn cannot
         be sent by reference or has no checkable return annotation."""
-        name = _reference(fn)
-        if fn.__module__ not in self._loaded:
-            raise TypeError(f"{name}: its module {fn.__module__!r} is not loaded in the "
-                            "workers; name it in SandboxExecutor(preload=[...]) (a sandboxed "
-                            "worker cannot import modules once it has locked down)")
-        checked = self._decoders.get(fn)
-        if checked is None:
-            checked = self._decoders[fn] = result_decoder(fn, name)
-        expected, decoder = checked
+        name, expected, decoder = self._check(fn)
         try:
             task = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:
@@ -314,6 +314,19 @@ class SandboxExecutor(concurrent.futures.Executor):
             self._loop.call_soon_threadsafe(self._enqueue, _Item(future, name, task, expected,
                                                                  decoder))
         return future
+
+    def _check(self, fn: Callable[..., Any]) -> tuple[str, str, msgspec.msgpack.Decoder[Any]]:
+        """fn's name, result type and decoder; TypeError if a worker cannot run it."""
+        checked = self._decoders.get(fn)
+        if checked is None:
+            name = _reference(fn)
+            if fn.__module__ not in self._loaded:
+                raise TypeError(f"{name}: its module {fn.__module__!r} is not loaded in the "
+                                "workers; name it in SandboxExecutor(preload=[...]) (a "
+                                "sandboxed worker cannot import modules once it has locked "
+                                "down)")
+            checked = self._decoders[fn] = (name, *result_decoder(fn, name))
+        return checked
 
     # ------------------------------------------------------------ on the loop
     def _enqueue(self, item: _Item) -> None:
