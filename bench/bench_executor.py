@@ -8,6 +8,11 @@ call, the channel, decoding and validating the result), not the work. Both
 executors have 2 workers, are started before timing, and are measured in
 interleaved rounds (A, B, A, B, ...) so a change in the machine's load hits
 both alike. Each round submits N tasks at once and waits for all of them.
+
+Then the same through dask.distributed (when installed): one LocalCluster
+worker (in-process, 2 threads) with DaskSandboxExecutor as its "sandbox"
+executor; rounds alternate between tasks annotated executor="sandbox" and
+plain tasks on the worker's own threads.
 """
 
 from __future__ import annotations
@@ -44,6 +49,43 @@ def map_round(ex: cf.Executor, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def dask_rounds(rounds: int, n: int, workers: int) -> dict[str, list[float]] | None:
+    try:
+        import dask
+        import distributed
+    except ImportError:
+        return None
+    from supervisor.dask_executor import DaskSandboxExecutor
+
+    def measure(client: distributed.Client, sandboxed: bool, count: int) -> float:
+        start = time.perf_counter()
+        with dask.annotate(executor="sandbox" if sandboxed else "default"):
+            futures = client.map(total, [NUMBERS] * count, pure=False)
+        assert sum(client.gather(futures)) == 45 * count
+        return count / (time.perf_counter() - start)
+
+    ex = DaskSandboxExecutor(max_workers=workers, preload=["tests.supervisor.executor_tasks"])
+    results: dict[str, list[float]] = {}
+    with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=workers,
+                                  dashboard_address=None, executor={"sandbox": ex}) as cluster, \
+            distributed.Client(cluster) as client:
+        for sandboxed in (True, False):
+            measure(client, sandboxed, 50)
+        for _ in range(rounds):
+            for name, sandboxed in (("dask + DaskSandboxExecutor", True),
+                                    ("dask, plain worker threads", False)):
+                results.setdefault(name, []).append(measure(client, sandboxed, n))
+    ex.shutdown()
+    return results
+
+
+def table(results: dict[str, list[float]]) -> None:
+    print("| executor | tasks/s median | min | max |")
+    print("|---|---|---|---|")
+    for name, xs in results.items():
+        print(f"| {name} | {statistics.median(xs):,.0f} | {min(xs):,.0f} | {max(xs):,.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="3 rounds of 500 tasks")
@@ -67,10 +109,12 @@ def main() -> None:
                 results.setdefault(name, []).append(measure(ex, n))
     print(f"{rounds} interleaved rounds of {n} tasks, {workers} workers, "
           f"total(list of {len(NUMBERS)} ints) -> int\n")
-    print("| executor | tasks/s median | min | max |")
-    print("|---|---|---|---|")
-    for name, xs in results.items():
-        print(f"| {name} | {statistics.median(xs):,.0f} | {min(xs):,.0f} | {max(xs):,.0f} |")
+    table(results)
+    on_dask = dask_rounds(rounds, n // 2, workers)
+    if on_dask is not None:
+        print(f"\n{rounds} interleaved rounds of {n // 2} tasks through one dask worker "
+              f"({workers} threads; the sandbox executor with {workers} workers)\n")
+        table(on_dask)
 
 
 if __name__ == "__main__":
