@@ -42,6 +42,7 @@ import ipc
 from ipc.interface import _check_type
 
 if TYPE_CHECKING:
+    from profiles.model import Profile
     from supervisor.core import Supervisor
     from supervisor.pool import Pool, RestartPolicy
     from supervisor.sync import SyncSupervisor
@@ -240,7 +241,8 @@ class SandboxExecutor(concurrent.futures.Executor):
     restart: the pool's RestartPolicy. supervisor_kwargs go to Supervisor().
     """
 
-    def __init__(self, max_workers: int | None = None, *, profile: str = "python-worker",
+    def __init__(self, max_workers: int | None = None, *,
+                 profile: str | Profile = "python-worker",
                  preload: Sequence[str] = (), start_method: str = "zygote",
                  call_timeout: float | None = None, max_tasks_per_worker: int | None = None,
                  restart: RestartPolicy | None = None, **supervisor_kwargs: Any) -> None:
@@ -276,8 +278,8 @@ class SandboxExecutor(concurrent.futures.Executor):
                           *preload)
         self._sync: SyncSupervisor = SyncSupervisor(
             start_method=start_method, zygote_preload=zygote_preload, **supervisor_kwargs)
-        self._sync.__enter__()
         try:
+            self._sync.__enter__()
             self.pool: Pool[ExecutorWorker] = self._sync.pool(
                 ExecutorWorker, TARGET, name="executor", size=workers, profile=profile,
                 restart=restart or RestartPolicy(), call_timeout=call_timeout,
