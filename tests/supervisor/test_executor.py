@@ -228,7 +228,7 @@ def test_result_decoding_kills_nothing_else() -> None:
         with pytest.raises(BadResult):
             ex.submit(tasks.lies, 1).result()
         assert slow.result() == 1
-        assert len(rec.of(Exited)) == 1
+        assert len(rec.wait_for(Exited)) == 1
 
 
 def test_a_hang_past_the_deadline_kills_its_worker_only() -> None:
@@ -274,7 +274,7 @@ def test_map_timeout_raises_from_the_iterator() -> None:
 
 def test_shutdown_cancels_pending_and_leaves_no_process() -> None:
     with executor(max_workers=1) as (ex, _):
-        first = ex.submit(tasks.sleep_then, 200, 1)
+        first = ex.submit(tasks.sleep_then, 1000, 1)  # still running when shutdown() comes
         wait_until(first.running, "the first call started")
         rest = [ex.submit(tasks.identity, i) for i in range(5)]
         ex.shutdown(wait=True, cancel_futures=True)
