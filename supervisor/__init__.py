@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         SeccompViolation,
         Started,
     )
+    from supervisor.executor import BadResult, SandboxExecutor, TaskError
     from supervisor.handle import WorkerDied, WorkerHandle
     from supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
     from supervisor.protections import CapacityError
@@ -42,6 +43,9 @@ _WHERE = {
     "Restarted": "supervisor.events",
     "SeccompViolation": "supervisor.events",
     "Started": "supervisor.events",
+    "BadResult": "supervisor.executor",
+    "SandboxExecutor": "supervisor.executor",
+    "TaskError": "supervisor.executor",
     "WorkerDied": "supervisor.handle",
     "WorkerHandle": "supervisor.handle",
     "DeadlineExceeded": "supervisor.pool",
@@ -57,6 +61,7 @@ _WHERE = {
 __all__ = [
     "START_METHODS",
     "BadMessageEvent",
+    "BadResult",
     "CapacityError",
     "DeadlineExceeded",
     "Event",
@@ -65,6 +70,7 @@ __all__ = [
     "PoolError",
     "RestartPolicy",
     "Restarted",
+    "SandboxExecutor",
     "SeccompViolation",
     "SpawnError",
     "Started",
@@ -72,6 +78,7 @@ __all__ = [
     "SyncPool",
     "SyncSupervisor",
     "SyncWorker",
+    "TaskError",
     "WorkerDied",
     "WorkerHandle",
 ]

@@ -23,7 +23,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import ipc
 from ipc.interface import interface_of
@@ -38,7 +38,11 @@ from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from supervisor.sandbox import spawn as sandbox_spawn
 from supervisor.zygote import ZygoteProcess
 
+if TYPE_CHECKING:
+    from supervisor.pool import Pool
+
 START_METHODS = ("spawn", "zygote", "fork")
+IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
 _CREDS = struct.Struct("=iII")
 _OUR_PACKAGES = ("ipc", "supervisor", "profiles", "msgspec", "pyseccomp")
 
@@ -257,12 +261,13 @@ class Supervisor:
                 events.logger.exception("event subscriber %r failed", cb)
 
     # ---------------------------------------------------------------- pools
-    async def pool(self, interface: type[ipc.Interface], target: str | Sequence[str], *,
+    async def pool(self, interface: type[IfaceT], target: str | Sequence[str], *,
                    size: int = 2,
                    name: str | None = None, restart: Any = None,
                    call_timeout: float | None = None, health_check: str | None = None,
                    health_interval: float = 5.0, per_worker: int = 1,
-                   **spawn_kwargs: Any) -> Any:
+                   max_calls_per_worker: int | None = None,
+                   **spawn_kwargs: Any) -> Pool[IfaceT]:
         """Start a Pool of `size` workers (see supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
         spawn() or spawn_program()."""
@@ -271,7 +276,8 @@ class Supervisor:
         if pname in self.pools:
             raise ValueError(f"pool name {pname!r} is already in use")
         p = Pool(self, pname, interface, target, size, restart or RestartPolicy(), call_timeout,
-                 health_check, health_interval, spawn_kwargs, per_worker)
+                 health_check, health_interval, spawn_kwargs, per_worker,
+                 max_calls_per_worker)
         self.pools[pname] = p
         try:
             await p._start()

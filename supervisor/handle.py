@@ -35,6 +35,10 @@ class WorkerDied(ipc.ChannelClosed):
         self.method = method
         self.status = status
 
+    def __reduce__(self) -> tuple[type[WorkerDied], tuple[str, str, Status | None]]:
+        # Pickled as its parts (a dask worker sends a task's exception to the client).
+        return (type(self), (self.worker_id, self.method, self.status))
+
 
 class _Remote:
     """`await handle.remote.method(...)`: the ipc proxy, with the worker's death made explicit."""

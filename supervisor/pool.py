@@ -27,9 +27,9 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import ipc
 from supervisor import events
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from supervisor.core import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
+IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _chain(mine: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
@@ -102,19 +105,24 @@ class RestartPolicy:
             raise ValueError("crash_loop_limit must be >= 1 and crash_loop_window > 0")
 
 
-class Pool:
+class Pool(Generic[IfaceT]):
     """Made by Supervisor.pool(); see the module docstring."""
 
-    def __init__(self, sup: Supervisor, name: str, interface: type[ipc.Interface],
+    def __init__(self, sup: Supervisor, name: str, interface: type[IfaceT],
                  target: str | Sequence[str],
                  size: int, restart: RestartPolicy, call_timeout: float | None,
                  health_check: str | None, health_interval: float,
-                 spawn_kwargs: dict[str, Any], per_worker: int = 1) -> None:
+                 spawn_kwargs: dict[str, Any], per_worker: int = 1,
+                 max_calls_per_worker: int | None = None) -> None:
         if size < 1:
             raise ValueError(f"pool {name!r}: size must be >= 1, got {size}")
         if per_worker < 1:
             raise ValueError(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
+        if max_calls_per_worker is not None and max_calls_per_worker < 1:
+            raise ValueError(f"pool {name!r}: max_calls_per_worker must be >= 1, "
+                             f"got {max_calls_per_worker}")
         self.per_worker = per_worker
+        self.max_calls_per_worker = max_calls_per_worker
         self.sup = sup
         self.name = name
         self.interface = interface
@@ -132,6 +140,11 @@ class Pool:
         self._consecutive_failures = 0
         self._serial = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        # max_calls_per_worker: calls started on each worker, those still running, and
+        # the workers that take no more (terminated when their last call ends).
+        self._started: dict[str, int] = {}
+        self._running: dict[str, int] = {}
+        self._retired: set[str] = set()
         self.failed: str | None = None
         self.closed = False
         self.calls_ok = 0
@@ -173,6 +186,13 @@ class Pool:
         self.workers.pop(w.id, None)
         while w in self._idle:
             self._idle.remove(w)
+        self._started.pop(w.id, None)
+        self._running.pop(w.id, None)
+        if w.id in self._retired:
+            self._retired.discard(w.id)
+            if not (self.closed or self.failed):  # served its share: replaced, not a failure
+                self._spawn_task(self._add_worker_or_replace(w.id))
+            return
         if self.closed:
             return
         if self._should_restart(status):
@@ -208,6 +228,14 @@ class Pool:
             if not self.closed:
                 self._spawn_task(self._replace(old))
 
+    async def _add_worker_or_replace(self, old: str) -> None:
+        try:
+            await self._add_worker()
+        except Exception as e:
+            events.logger.warning("pool %s: replacing a retired worker failed: %s", self.name, e)
+            if not self.closed:
+                self._spawn_task(self._replace(old))
+
     def _fail(self, reason: str) -> None:
         self.failed = reason
         events.logger.error("%s", reason)
@@ -230,8 +258,29 @@ class Pool:
                              return_exceptions=True)
 
     # ------------------------------------------------------------ routing
+    def _count_call(self, w: WorkerHandle) -> None:
+        """A call starts on `w`: at max_calls_per_worker it takes no more."""
+        if self.max_calls_per_worker is None:
+            return
+        self._running[w.id] = self._running.get(w.id, 0) + 1
+        started = self._started[w.id] = self._started.get(w.id, 0) + 1
+        if started >= self.max_calls_per_worker:
+            self._retired.add(w.id)
+            while w in self._idle:  # its other slots (per_worker > 1)
+                self._idle.remove(w)
+
+    def _call_ended(self, w: WorkerHandle) -> None:
+        """A call on `w` ended and `w` is fine: release it, or retire it after its share."""
+        if self.max_calls_per_worker is not None:
+            self._running[w.id] -= 1
+            if w.id in self._retired:
+                if self._running[w.id] == 0:
+                    self._spawn_task(w.terminate())
+                return
+        self._release(w)
+
     def _release(self, w: WorkerHandle) -> None:
-        if not w.alive or self.closed:
+        if not w.alive or self.closed or w.id in self._retired:
             return
         while self._waiters:
             fut = self._waiters.popleft()
@@ -261,10 +310,28 @@ class Pool:
                 self._release(fut.result())
             raise
 
-    async def call(self, method: str, *args: Any, deadline: float | None = None,
-                   **kwargs: Any) -> Any:
+    @overload
+    async def call(self, method: Callable[Concatenate[IfaceT, ipc.Context, P], R], /,
+                   *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    async def call(self, method: str, /, *args: Any, deadline: float | None = None,
+                   check_result: Callable[[str, Any], Any] | None = None,
+                   **kwargs: Any) -> Any: ...
+
+    async def call(self, method: str | Callable[..., Any], /, *args: Any,
+                   deadline: Any = None, check_result: Any = None, **kwargs: Any) -> Any:
         """Run `method` on an idle worker. deadline (seconds, default call_timeout) covers
-        the wait for a worker and the call; past it the worker is killed."""
+        the wait for a worker and the call; past it the worker is killed.
+
+        `method` is the declaration's method, `pool.call(Parser.parse, fd)` (checked by a
+        type checker against the declaration; the pool's call_timeout applies), or its
+        name, `pool.call("parse", fd, deadline=2.0)`.
+        check_result(worker_id, reply) -> value runs before the worker is released; an
+        ipc.BadMessage it raises kills the worker as for a bad message, and is raised.
+        """
+        if not isinstance(method, str):
+            method = self._method_name(method)
         limit = deadline if deadline is not None else self.call_timeout
         end = None if limit is None else time.monotonic() + limit
         while True:
@@ -282,6 +349,7 @@ class Pool:
                 self._release(w)
                 raise
             if sent is not None:
+                self._count_call(w)
                 break
             # Its channel closed after it was handed to us (it is being killed): the call
             # never left, so it goes to another worker; nothing waits on a dead channel.
@@ -296,6 +364,8 @@ class Pool:
                 result = await mine
             else:
                 result = await asyncio.wait_for(mine, max(0.0, end - time.monotonic()))
+            if check_result is not None:
+                result = check_result(w.id, result)
         except TimeoutError:
             w._in_flight -= 1
             self.calls_failed += 1
@@ -312,15 +382,20 @@ class Pool:
             self.calls_failed += 1
             self._abandon(w, sent, method, end, limit)  # still in flight
             raise
+        except ipc.BadMessage as bad:  # check_result refused the reply
+            w._in_flight -= 1
+            self.calls_failed += 1
+            self.sup._on_bad_message(w, bad)
+            raise
         except BaseException:  # the worker answered with an error: it is fine
             w._in_flight -= 1
             self.calls_failed += 1
-            self._release(w)
+            self._call_ended(w)
             raise
         w._in_flight -= 1
         self.calls_ok += 1
         self._consecutive_failures = 0
-        self._release(w)
+        self._call_ended(w)
         return result
 
     def _abandon(self, w: WorkerHandle, sent: asyncio.Future[Any], method: str,
@@ -341,9 +416,18 @@ class Pool:
                 w._cut_short = True
             else:
                 w._in_flight -= 1
-                self._release(w)
+                self._call_ended(w)
 
         sent.add_done_callback(replied)
+
+    def _method_name(self, method: Callable[..., Any]) -> str:
+        name = getattr(method, "__name__", "")
+        iface = self.interface
+        if name not in iface.__ipc_methods__ or getattr(iface, name, None) is not method:
+            raise TypeError(f"pool {self.name!r}: {method!r} is not a method declared by "
+                            f"{iface.__qualname__}; pass {iface.__qualname__}.<method> or "
+                            "the method's name")
+        return name
 
     # ------------------------------------------------------------ health
     async def _health_loop(self) -> None:

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 import ipc
 from supervisor.core import Supervisor
 from supervisor.handle import WorkerHandle
-from supervisor.pool import Pool
+from supervisor.pool import IfaceT, Pool
 from supervisor.sandbox import Status
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class SyncWorker:
@@ -59,15 +60,25 @@ class SyncWorker:
         return self._owner._run(self.handle.wait())
 
 
-class SyncPool:
-    def __init__(self, owner: SyncSupervisor, pool: Pool) -> None:
+class SyncPool(Generic[IfaceT]):
+    def __init__(self, owner: SyncSupervisor, pool: Pool[IfaceT]) -> None:
         self._owner = owner
         self.pool = pool
 
-    def call(self, method: str, *args: Any, deadline: float | None = None,
-             timeout: float | None = None, **kwargs: Any) -> Any:
-        """pool.call(); deadline as there (past it the worker is killed), timeout: stop
-        waiting (TimeoutError) and cancel the call, leaving its worker busy until it answers."""
+    @overload
+    def call(self, method: Callable[Concatenate[IfaceT, ipc.Context, P], T], /,
+             *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    @overload
+    def call(self, method: str, /, *args: Any, deadline: float | None = None,
+             timeout: float | None = None, **kwargs: Any) -> Any: ...
+
+    def call(self, method: str | Callable[..., Any], /, *args: Any, deadline: Any = None,
+             timeout: Any = None, **kwargs: Any) -> Any:
+        """Pool.call, blocking: `pool.call(Calc.square, 3)` (typed) or `pool.call("square", 3)`.
+
+        deadline as there (past it the worker is killed); timeout: stop waiting
+        (TimeoutError) and cancel the call, leaving its worker busy until it answers."""
         return self._owner._run(self.pool.call(method, *args, deadline=deadline, **kwargs),
                                 timeout)
 
@@ -123,6 +134,6 @@ class SyncSupervisor:
         assert self.supervisor is not None, "use `with SyncSupervisor() as sup:`"
         return SyncWorker(self, self._run(self.supervisor.spawn(interface, target, **kwargs)))
 
-    def pool(self, interface: type[ipc.Interface], target: str, **kwargs: Any) -> SyncPool:
+    def pool(self, interface: type[IfaceT], target: str, **kwargs: Any) -> SyncPool[IfaceT]:
         assert self.supervisor is not None, "use `with SyncSupervisor() as sup:`"
         return SyncPool(self, self._run(self.supervisor.pool(interface, target, **kwargs)))
