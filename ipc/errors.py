@@ -7,6 +7,24 @@ that exceeded a quota or stopped reading. Both close the channel; nothing is del
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def detached(exc: E) -> E:
+    """`exc` as a plain record: no traceback, cause or context.
+
+    A close reason outlives the frame that raised it (the embedder keeps it, hooks receive
+    it). Its traceback would keep that frame and its callers alive, and with them the
+    receive buffer, the frame's fds and the handles of the message before it.
+    """
+    exc.__traceback__ = None
+    exc.__cause__ = None
+    exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc
+
 
 class ChannelError(Exception):
     """Base class of every error this package raises about a channel."""
