@@ -126,17 +126,19 @@ def _check_type(t: mi.Type, where: str, path: tuple[type, ...] = ()) -> int:
     if isinstance(t, _SCALARS):
         _refuse_pattern(getattr(t, "pattern", None), where)
         return 0
+    if isinstance(t, mi.Metadata):  # Annotated with schema-only metadata (title=, extra=...)
+        return _check_type(t.type, where, path)
     if isinstance(t, mi.StructType):
-        cls = t.cls
+        cls = get_origin(t.cls) or t.cls  # Box[int] is configured (and named) as Box
         if not t.forbid_unknown_fields:
             raise InterfaceError(
                 f"{where}: struct {cls.__name__} must set forbid_unknown_fields=True"
             )
         if not cls.__struct_config__.frozen:
             raise InterfaceError(f"{where}: struct {cls.__name__} must set frozen=True")
-        if cls in path:  # a recursive struct: its depth has no bound
+        if t.cls in path:  # a recursive struct: its depth has no bound
             return UNBOUNDED
-        depths = [_check_type(f.type, f"{where}.{f.name}", (*path, cls)) for f in t.fields]
+        depths = [_check_type(f.type, f"{where}.{f.name}", (*path, t.cls)) for f in t.fields]
         return _nest(depths)
     if isinstance(t, _ARRAYS):
         return _nest([_check_type(t.item_type, where, path)])

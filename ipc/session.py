@@ -50,7 +50,10 @@ _CONTAINERS = (msgspec.Struct, list, tuple, dict, set, frozenset)
 
 
 def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
-    """Whether a decoded value nests more than `limit` arrays/maps (only recursive types can)."""
+    """Whether a decoded value nests more than `limit` non-empty arrays/maps.
+
+    Only a recursive type can: any other declaration is refused when deeper than the cap.
+    """
     stack = [(value, 1)]
     while stack:
         v, depth = stack.pop()
@@ -61,6 +64,8 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
         elif isinstance(v, _CONTAINERS):
             items = v
         else:
+            continue
+        if not items:  # an empty container is a leaf (a struct field's default list, say)
             continue
         if depth > limit:
             return True
