@@ -214,6 +214,7 @@ class Channel:
             else:
                 self._sock_send(data, SEND_FLAGS)  # Channel._send, inlined
         except OSError as e:
+            result, args = None, ()  # the ChannelClosed raised must not keep handles alive
             self._send_failed(e)
 
     def _failed(self, kind: int, spec: MethodSpec, rid: int, exc: Exception) -> None:
