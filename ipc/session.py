@@ -53,23 +53,24 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
     """Whether a decoded value nests more than `limit` non-empty arrays/maps.
 
     Only a recursive type can: any other declaration is refused when deeper than the cap.
+    Walks level by level (no recursion), so its cost is one step per decoded container.
     """
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, msgspec.Struct):
-            items: Any = _astuple(v)
-        elif isinstance(v, dict):
-            items = [*v.keys(), *v.values()]
-        elif isinstance(v, _CONTAINERS):
-            items = v
-        else:
-            continue
-        if not items:  # an empty container is a leaf (a struct field's default list, say)
-            continue
-        if depth > limit:
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
+        items: list[Any] = []
+        for v in level:
+            if isinstance(v, msgspec.Struct):
+                items.extend(_astuple(v))
+            elif isinstance(v, dict):
+                items.extend(v.keys())
+                items.extend(v.values())
+            else:
+                items.extend(v)
+        if items and depth > limit:  # an empty container (a default list, say) is a leaf
             return True
-        stack.extend((item, depth + 1) for item in items if isinstance(item, _CONTAINERS))
+        level = [v for v in items if isinstance(v, _CONTAINERS)]
     return False
 
 
