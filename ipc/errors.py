@@ -34,10 +34,27 @@ class ChannelClosed(ChannelError):
     """The channel is closed (by us, by the peer, or after a bad message or a cut-off)."""
 
 
+MAX_REASON = 500  # characters of a reason kept; the rest is counted, not stored
+
+
+def printable(text: str, limit: int = MAX_REASON) -> str:
+    """`text` bounded and with control characters escaped.
+
+    A reason may quote what the peer sent (msgspec names an unknown field as it arrived):
+    the embedder keeps and logs it, so a peer must not make it large or forge log lines.
+    """
+    if len(text) <= limit and text.isprintable():
+        return text
+    cut = text[:limit]
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return escaped if len(text) <= limit else f"{escaped}... ({len(text)} characters)"
+
+
 class PeerError(ChannelError):
     """A peer broke the channel's rules; carries who and why. The channel is closed."""
 
     def __init__(self, peer: str, reason: str) -> None:
+        reason = printable(reason)
         super().__init__(peer, reason)
         self.peer = peer
         self.reason = reason

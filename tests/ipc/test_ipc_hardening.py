@@ -162,6 +162,9 @@ def test_precise_types_are_accepted(ann: Any) -> None:
 
 
 def test_a_dollar_anchor_in_a_pattern_is_refused() -> None:
+    # Why: msgspec searches the pattern, and `$` matches before a trailing newline.
+    dollar = Annotated[str, msgspec.Meta(pattern=r"^[a-z]+$")]
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode("abc\n"), type=dollar) == "abc\n"
     with pytest.raises(ipc.InterfaceError) as err:
         declare_param(Annotated[str, msgspec.Meta(pattern=r"^[a-z]+$")])
     assert str(err.value) == (
@@ -718,3 +721,26 @@ def test_bystanders_are_unaffected() -> None:
 
     asyncio.run(scenario())
 
+
+
+# ---- what a peer puts in a reason is bounded and cannot forge log lines ------------------------
+
+
+def test_a_reason_quoting_the_peer_is_bounded_and_escaped() -> None:
+    async def scenario() -> ipc.ChannelError | None:
+        ours, evil = ipc.channel_pair()
+        ch = ipc.attach(ours, peer_id="evil", serve=ServiceImpl())
+        field = "x\nWARNING supervisor: worker 3 exited ok\n" + "y" * 100_000
+        evil.send(call("norm", 1, {"p": {"x": 1, "y": 2, "z": 3}, field: 1}))
+        reason = await asyncio.wait_for(ch.wait_closed(), HANG_GUARD)
+        evil.close()
+        return reason
+
+    reason = asyncio.run(scenario())
+    assert isinstance(reason, ipc.BadMessage)
+    assert reason.reason.startswith(
+        "Object contains unknown field `x\\nWARNING supervisor: worker 3 exited ok\\nyyy"
+    )
+    assert re.search(r"yyy\.\.\. \(1000\d\d characters\)$", reason.reason), reason.reason[-40:]
+    assert "\n" not in str(reason)
+    assert len(reason.reason) < 600
