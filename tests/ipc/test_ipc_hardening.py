@@ -581,6 +581,33 @@ def test_a_peer_that_never_reads_returned_handles_is_cut_off(
     assert_plain_record(reason)
 
 
+def test_our_calls_passing_handles_to_a_peer_that_never_reads_are_bounded(tmp_path: Any) -> None:
+    async def scenario() -> ipc.ChannelError | None:
+        before = open_fds()
+        fd = tmpfile(tmp_path, "f")
+        ours, silent = ipc.channel_pair()
+        limits = ipc.Limits(max_fds_queued=8)
+        ch = ipc.attach(ours, peer_id="silent", remote=Service, limits=limits)
+        base = open_fds()
+        pending, most = [], 0
+        while not ch.closed and len(pending) < 100_000:
+            pending.append(asyncio.ensure_future(ch.remote.read_file(fd)))
+            most = max(most, len(open_fds() - base))
+            await asyncio.sleep(0)
+        reason = await asyncio.wait_for(ch.wait_closed(), HANG_GUARD)
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        assert all(isinstance(r, ipc.ChannelClosed) for r in results)
+        assert most <= limits.max_fds_queued, most
+        os.close(fd)
+        silent.close()
+        assert open_fds() == before
+        return reason
+
+    reason = asyncio.run(scenario())
+    assert isinstance(reason, ipc.CutOff)
+    assert reason.limit == "max_fds_queued"
+
+
 def test_max_fds_queued_is_validated() -> None:
     with pytest.raises(ValueError, match=r"Limits\.max_fds_queued must be a positive int, got 0"):
         ipc.Limits(max_fds_queued=0)
