@@ -115,19 +115,23 @@ def _refuse_pattern(pattern: str | None, where: str) -> None:
         )
 
 
-def _check_type(t: mi.Type, where: str, path: tuple[type, ...] = ()) -> int:
+def _check_type(
+    t: mi.Type, where: str, path: tuple[type, ...] = (), seen: dict[type, int] | None = None
+) -> int:
     """Refuse types that would let unchecked or aliased data through; return the nesting depth.
 
     An allow-list: every node is a scalar msgspec checks and copies, a container of checked
     items, a union of those, or a frozen closed struct. Anything else (Any, object, Raw,
     memoryview, Ext, custom classes, dataclasses...) is refused. The depth counts nested
-    MessagePack arrays/maps (UNBOUNDED for a recursive struct).
+    MessagePack arrays/maps (UNBOUNDED for a recursive struct). `seen` memoises each
+    struct's depth, so a struct used many times over is checked once.
     """
+    seen = {} if seen is None else seen
     if isinstance(t, _SCALARS):
         _refuse_pattern(getattr(t, "pattern", None), where)
         return 0
     if isinstance(t, mi.Metadata):  # Annotated with schema-only metadata (title=, extra=...)
-        return _check_type(t.type, where, path)
+        return _check_type(t.type, where, path, seen)
     if isinstance(t, mi.StructType):
         cls = get_origin(t.cls) or t.cls  # Box[int] is configured (and named) as Box
         if not t.forbid_unknown_fields:
@@ -138,16 +142,21 @@ def _check_type(t: mi.Type, where: str, path: tuple[type, ...] = ()) -> int:
             raise InterfaceError(f"{where}: struct {cls.__name__} must set frozen=True")
         if t.cls in path:  # a recursive struct: its depth has no bound
             return UNBOUNDED
-        depths = [_check_type(f.type, f"{where}.{f.name}", (*path, t.cls)) for f in t.fields]
-        return _nest(depths)
+        if t.cls not in seen:
+            sub = (*path, t.cls)
+            seen[t.cls] = _nest(
+                [_check_type(f.type, f"{where}.{f.name}", sub, seen) for f in t.fields]
+            )
+        return seen[t.cls]
     if isinstance(t, _ARRAYS):
-        return _nest([_check_type(t.item_type, where, path)])
+        return _nest([_check_type(t.item_type, where, path, seen)])
     if isinstance(t, mi.TupleType):
-        return _nest([_check_type(sub, where, path) for sub in t.item_types])
+        return _nest([_check_type(sub, where, path, seen) for sub in t.item_types])
     if isinstance(t, (mi.DictType, mi.FrozenDictType)):
-        return _nest([_check_type(t.key_type, where, path), _check_type(t.value_type, where, path)])
+        key, value = t.key_type, t.value_type
+        return _nest([_check_type(key, where, path, seen), _check_type(value, where, path, seen)])
     if isinstance(t, mi.UnionType):
-        depths = [_check_type(sub, where, path) for sub in t.types]
+        depths = [_check_type(sub, where, path, seen) for sub in t.types]
         return UNBOUNDED if UNBOUNDED in depths else max(depths)
     if isinstance(t, mi.AnyType) or (isinstance(t, mi.CustomType) and t.cls is object):
         raise InterfaceError(f"{where}: {_ANY}")
