@@ -130,7 +130,13 @@ class Channel:
         # Handle frames until our reply arrives: calls from the peer run meanwhile, replies
         # for outer (nested) calls are filed for their callers.
         while rid not in replies:
-            event = receive()
+            try:
+                event = receive()
+            except BaseException:
+                # The error's traceback keeps this frame: let it not keep the last message
+                # (a handler that dropped a handle expects it closed).
+                event = value = None
+                raise
             if event is None:
                 raise ChannelClosed(f"peer closed the channel before replying to {spec.name}")
             kind, got_spec, got_rid, value = event
@@ -142,9 +148,6 @@ class Channel:
                 return value
             else:
                 replies[got_rid] = (kind, value)
-            # Let go of this message now: a handler that dropped a handle expects it closed,
-            # not kept by this frame (or a traceback through it) while the next one is read.
-            event = value = None
         kind, value = replies.pop(rid)
         if kind == KIND_ERROR:
             raise RemoteError(value)
@@ -231,16 +234,42 @@ class Channel:
         receive = self._receive
         run = self._run
         replies = self._replies
+        handlers, context = self._handlers, self.context
+        encode_reply, sock_send = self._encode_reply, self._sock_send
         while not self.closed:
-            event = receive()
+            try:
+                event = receive()
+            except BaseException:
+                event = value = result = data = None  # see _call
+                raise
             if event is None:
                 return
             kind, spec, rid, value = event
-            if kind < KIND_REPLY:
-                run(kind, spec, rid, value)
-            else:
-                replies[rid] = (kind, value)
-            event = value = None  # see _call
+            if kind != KIND_CALL:
+                if kind < KIND_REPLY:
+                    run(kind, spec, rid, value)
+                else:
+                    replies[rid] = (kind, value)
+                continue
+            # Channel._run for a call, inlined: the server half of every round trip. Measured:
+            # calling _run, which frees the reply before the next frame is decoded, made
+            # 64 KiB round trips ~40% slower (the allocator then hands back colder memory).
+            try:
+                # `result` stays bound until the frame is sent: a returned handle that nothing
+                # else references would otherwise close its fd before sendmsg.
+                result = handlers[spec.id](context, *value)
+                data, fds = encode_reply(spec, rid, result)
+            except Exception as exc:
+                self._failed(kind, spec, rid, exc)
+                continue
+            try:
+                if fds:
+                    send_frame(self._sock, data, fds)
+                else:
+                    sock_send(data, SEND_FLAGS)
+            except OSError as e:
+                event = value = result = None  # see _call
+                self._send_failed(e)
 
     def serve_one(self) -> bool:
         """Handle one incoming frame; False once the channel is closed."""
