@@ -161,7 +161,7 @@ class Channel:
         On a bad frame the channel is closed and the BadMessage/CutOff raised carries no
         traceback from the decoder: it must not keep the receive buffer or fds alive.
         """
-        error: ChannelError
+        error: ChannelError | None
         try:
             n, anc, flags, _ = self._recv(self._bufs, self._anc_size, RECV_FLAGS)
             if anc or flags & TRUNCATED or not 0 < n < self._cap:
@@ -171,20 +171,28 @@ class Channel:
                     return None
                 return self._decode(*got)
             return self._decode(self._view[:n], NO_FDS)
-        except PeerError as e:
-            self.close()
-            error = detached(e)
-        except ConnectionResetError:
-            self.close()
-            return None
-        except OSError as e:
-            self.close()
-            error = ChannelClosed(f"receive failed: {e}")
+        except (PeerError, OSError) as e:
+            error = self._receive_failed(e)
         got = None  # nothing of the frame stays in this frame's locals
+        if error is None:
+            return None
         try:
             raise error
         finally:
             del error  # no cycle through this frame
+
+    def _receive_failed(self, e: PeerError | OSError) -> ChannelError | None:
+        """Close the channel after a failed receive; the error to raise (None: end of stream).
+
+        A BadMessage/CutOff is raised without the decoder's traceback: it must not keep the
+        receive buffer or fds alive for as long as the caller keeps the error.
+        """
+        self.close()
+        if isinstance(e, PeerError):
+            return detached(e)
+        if isinstance(e, ConnectionResetError):
+            return None
+        return ChannelClosed(f"receive failed: {e}")
 
     def _step(self) -> bool:
         """Receive and handle one frame (replies are filed for their caller); False at EOF."""
@@ -231,20 +239,43 @@ class Channel:
 
         Raises BadMessage/CutOff (channel closed) if the peer breaks the protocol.
         """
-        receive = self._receive
+        # The receive path of _receive, inlined: measured, calling it from here made 64 KiB
+        # round trips ~20% slower (64-byte ones did not change).
+        reader = self._reader
+        recv, bufs, view = self._recv, self._bufs, self._view
+        anc_size, cap = self._anc_size, self._cap
+        decode = self._decode
         run = self._run
         replies = self._replies
         handlers, context = self._handlers, self.context
         encode_reply, sock_send = self._encode_reply, self._sock_send
         while not self.closed:
             try:
-                event = receive()
-            except BaseException:
-                event = value = result = data = None  # see _call
-                raise
-            if event is None:
+                n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
+                if anc or flags & TRUNCATED or not 0 < n < cap:
+                    got = reader.check(n, anc, flags)
+                    if got is None:
+                        self.close()
+                        return
+                    kind, spec, rid, value = decode(*got)
+                else:
+                    kind, spec, rid, value = decode(view[:n], NO_FDS)
+            except (PeerError, OSError) as e:
+                error = self._receive_failed(e)
+            else:
+                error = None
+            if error is not None:
+                # The error's traceback keeps this frame: let it keep neither the receive
+                # buffer nor the last message (a handler that dropped a handle expects it
+                # closed).
+                got = value = result = data = None
+                del bufs, view
+                try:
+                    raise error
+                finally:
+                    del error
+            if self.closed:  # end of stream
                 return
-            kind, spec, rid, value = event
             if kind != KIND_CALL:
                 if kind < KIND_REPLY:
                     run(kind, spec, rid, value)
@@ -268,7 +299,8 @@ class Channel:
                 else:
                     sock_send(data, SEND_FLAGS)
             except OSError as e:
-                event = value = result = None  # see _call
+                value = result = None  # see above
+                del bufs, view
                 self._send_failed(e)
 
     def serve_one(self) -> bool:
