@@ -262,11 +262,10 @@ class Channel:
                     kind, spec, rid, value = decode(view[:n], NO_FDS)
             except (PeerError, OSError) as e:
                 error = self._receive_failed(e)
-                # The error's traceback keeps this frame: let it keep neither the receive
-                # buffer nor the last message (a handler that dropped a handle expects it
-                # closed).
+                # The error's traceback keeps this frame: let it not keep the last message (a
+                # handler that dropped a handle expects it closed). The receive buffer is let
+                # go by close(): FrameReader.release empties `bufs` and releases `view`.
                 got = value = result = data = None
-                del bufs, view
                 if error is None:  # end of stream
                     return
                 try:
@@ -297,7 +296,6 @@ class Channel:
                     sock_send(data, SEND_FLAGS)
             except OSError as e:
                 value = result = None  # see above
-                del bufs, view
                 self._send_failed(e)
 
     def serve_one(self) -> bool:

@@ -75,7 +75,14 @@ class FrameReader:
 
     def release(self) -> None:
         """Drop the receive buffer (the channel is closed): a closed channel the embedder
-        keeps must not keep max_frame_bytes alive."""
+        keeps must not keep max_frame_bytes alive.
+
+        In place, so that the loops holding `bufs` and `view` as locals (and any traceback
+        through them) let go of it too.
+        """
+        self.bufs.clear()
+        with contextlib.suppress(BufferError):  # a slice still in use keeps it until freed
+            self.view.release()
         self._buf = bytearray(0)
         self.view = memoryview(self._buf)
         self.bufs = [self._buf]
