@@ -32,8 +32,16 @@ from ipc.channel import (
     send_frame,
 )
 from ipc.context import Context
-from ipc.dispatch import bind_handlers, failure_message
-from ipc.errors import BadMessage, ChannelClosed, ChannelError, CutOff, PeerError, RemoteError
+from ipc.dispatch import bind_handlers, failure_message, log_exception
+from ipc.errors import (
+    BadMessage,
+    ChannelClosed,
+    ChannelError,
+    CutOff,
+    PeerError,
+    RemoteError,
+    detached,
+)
 from ipc.interface import Interface, MethodSpec, interface_of
 from ipc.limits import DEFAULT_LIMITS, Limits
 from ipc.session import Session
@@ -95,6 +103,7 @@ class AsyncChannel:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._queue: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         self._queued_bytes = 0
+        self._queued_fds = 0  # our copies of fds in queued frames, bounded by max_fds_queued
         self._writing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_bad_message = on_bad_message
@@ -151,7 +160,7 @@ class AsyncChannel:
                 self._close(None, f"receive failed: {e}")
                 return
             except Exception as e:  # our bug, not the peer's: never let the loop spin on it
-                log.error("ipc channel %r failed", self.peer_id, exc_info=e)
+                log_exception(e, "ipc channel %r failed", self.peer_id)
                 self._close(None, f"internal error: {e}")
                 return
             if kind >= KIND_REPLY:  # a reply or an error reply
@@ -164,6 +173,9 @@ class AsyncChannel:
                     fut.set_exception(RemoteError(value))
             else:
                 self._dispatch(kind, spec, rid, value)
+            # Drop this message's arguments now: a handler that let go of a handle expects it
+            # closed, not kept by this frame while the next frame is read.
+            value = None
 
     def _dispatch(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
         handler = self._handlers[spec.id]
@@ -239,7 +251,7 @@ class AsyncChannel:
 
     def _unencodable(self, spec: MethodSpec, rid: int, e: Exception) -> None:
         """The handler returned what its declaration does not allow: our bug, logged."""
-        log.error("cannot encode reply of %s", spec.qualname, exc_info=e)
+        log_exception(e, "cannot encode reply of %s", spec.qualname)
         self._enqueue(self._session.encode_error(spec, rid, "internal error"), [])
 
     # ---- writing --------------------------------------------------------------------------
@@ -278,10 +290,20 @@ class AsyncChannel:
             except OSError as e:
                 self._send_failed(e)
                 return
+        limits = self.limits
+        if fds and self._queued_fds + len(fds) > limits.max_fds_queued:
+            # Each queued fd is a copy in our own fd table: a peer that calls a method
+            # returning a handle and never reads must not make us hold them without bound.
+            self._close(CutOff(
+                self.peer_id,
+                f"peer does not read: more than {limits.max_fds_queued} fds queued for it",
+                limit="max_fds_queued",
+            ))
+            return
         held = [os.dup(fd) for fd in fds]  # the caller may close its fds once we return
         self._queue.append((data, held))
         self._queued_bytes += len(data)
-        limits = self.limits
+        self._queued_fds += len(held)
         if self._queued_bytes > limits.max_send_queue_bytes:
             self._close(CutOff(
                 self.peer_id,
@@ -319,6 +341,7 @@ class AsyncChannel:
                 return
             queue.popleft()
             self._queued_bytes -= len(data)
+            self._queued_fds -= len(fds)
             close_fds(fds)
         self._writing = False
         self._loop.remove_writer(self._fd)
@@ -333,8 +356,11 @@ class AsyncChannel:
         if self.closed:
             return
         self.closed = True
+        if reason is not None:
+            detached(reason)  # kept by the embedder: it must pin no frame, buffer or fd
         self.close_reason = reason
         self._loop.remove_reader(self._fd)
+        self._reader.release()
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False
@@ -342,6 +368,7 @@ class AsyncChannel:
             close_fds(fds)
         self._queue.clear()
         self._queued_bytes = 0
+        self._queued_fds = 0
         self._sock.close()
         why = str(reason) if reason else (note or "channel closed")
         for fut in self._pending.values():
@@ -362,7 +389,7 @@ class AsyncChannel:
             try:
                 hook(reason)
             except Exception as e:
-                log.error("ipc hook for peer %r raised", self.peer_id, exc_info=e)
+                log_exception(e, "ipc hook for peer %r raised", self.peer_id)
 
     def close(self) -> None:
         """Close the channel from our side (pending calls fail with ChannelClosed)."""

@@ -73,6 +73,21 @@ class FrameReader:
         # plain frame (no ancillary data, no TRUNCATED flag, 0 < n < cap) hand it to `check`.
         self.recv = sock.recvmsg_into
 
+    def release(self) -> None:
+        """Drop the receive buffer (the channel is closed): a closed channel the embedder
+        keeps must not keep max_frame_bytes alive.
+
+        In place, so that the loops holding `bufs` and `view` as locals (and any traceback
+        through them) let go of it too.
+        """
+        self.bufs.clear()
+        with contextlib.suppress(BufferError):  # a slice still in use keeps it until freed
+            self.view.release()
+        self._buf = bytearray(0)
+        self.view = memoryview(self._buf)
+        self.bufs = [self._buf]
+        self.cap = 0
+
     def read(self) -> tuple[memoryview, Sequence[int]] | None:
         """The next frame and its fds, or None at end of stream.
 

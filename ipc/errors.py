@@ -7,6 +7,24 @@ that exceeded a quota or stopped reading. Both close the channel; nothing is del
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def detached(exc: E) -> E:
+    """`exc` as a plain record: no traceback, cause or context.
+
+    A close reason outlives the frame that raised it (the embedder keeps it, hooks receive
+    it). Its traceback would keep that frame and its callers alive, and with them the
+    receive buffer, the frame's fds and the handles of the message before it.
+    """
+    exc.__traceback__ = None
+    exc.__cause__ = None
+    exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc
+
 
 class ChannelError(Exception):
     """Base class of every error this package raises about a channel."""
@@ -16,10 +34,27 @@ class ChannelClosed(ChannelError):
     """The channel is closed (by us, by the peer, or after a bad message or a cut-off)."""
 
 
+MAX_REASON = 500  # characters of a reason kept; the rest is counted, not stored
+
+
+def printable(text: str, limit: int = MAX_REASON) -> str:
+    """`text` bounded and with control characters escaped.
+
+    A reason may quote what the peer sent (msgspec names an unknown field as it arrived):
+    the embedder keeps and logs it, so a peer must not make it large or forge log lines.
+    """
+    if len(text) <= limit and text.isprintable():
+        return text
+    cut = text[:limit]
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return escaped if len(text) <= limit else f"{escaped}... ({len(text)} characters)"
+
+
 class PeerError(ChannelError):
     """A peer broke the channel's rules; carries who and why. The channel is closed."""
 
     def __init__(self, peer: str, reason: str) -> None:
+        reason = printable(reason)
         super().__init__(peer, reason)
         self.peer = peer
         self.reason = reason

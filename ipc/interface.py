@@ -11,6 +11,7 @@ and overrides the methods; it adds no new ones.
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import msgspec.inspect as mi
 
 from ipc.errors import InterfaceError
 from ipc.handles import Handle, Receiver, Remote, _Endpoint
-from ipc.wire import method_id
+from ipc.wire import MAX_NESTING, method_id
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,35 +87,118 @@ def handle_type(annotation: Any) -> tuple[type[Handle], type[Interface] | None] 
     return None
 
 
-def _check_type(t: mi.Type, where: str, seen: set[type] | None = None) -> None:
-    """Refuse types that would let unchecked data through (Any, open structs, mutable structs)."""
-    seen = set() if seen is None else seen
-    if isinstance(t, mi.AnyType):
-        raise InterfaceError(f"{where}: `Any`/`object` is not allowed; declare a precise type")
+# Type nodes whose decoded value is a fresh, fully checked Python object (no nesting).
+_SCALARS = (
+    mi.IntType, mi.FloatType, mi.BoolType, mi.StrType, mi.BytesType, mi.ByteArrayType,
+    mi.NoneType, mi.LiteralType, mi.EnumType, mi.DateTimeType, mi.DateType, mi.TimeType,
+    mi.TimeDeltaType, mi.UUIDType, mi.DecimalType,
+)
+_ARRAYS = (mi.ListType, mi.SetType, mi.FrozenSetType, mi.VarTupleType)
+_ANY = (
+    "`Any`/`object` is not allowed: it lets any data through (as does a bare list, dict, tuple "
+    "or set, an unparameterised generic struct or a TypeVar); declare the precise type, "
+    "e.g. list[int] or dict[str, int]"
+)
+# `$` outside a character class and not escaped: it also matches before a trailing newline.
+_DOLLAR = re.compile(r"\\.|\[(?:\\.|[^\]\\])*\]|(\$)")
+UNBOUNDED = -1  # the depth of a recursive type
+
+
+def _refuse_pattern(pattern: str | None, where: str) -> None:
+    if pattern is None:
+        return
+    if any(m.group(1) for m in _DOLLAR.finditer(pattern)):
+        raise InterfaceError(
+            f"{where}: pattern {pattern!r} uses `$`, which also matches before a trailing "
+            f"newline; anchor it as \\A...\\Z (msgspec searches the pattern anywhere in the "
+            f"string)"
+        )
+
+
+def _check_type(
+    t: mi.Type, where: str, path: tuple[type, ...] = (), seen: dict[type, int] | None = None
+) -> int:
+    """Refuse types that would let unchecked or aliased data through; return the nesting depth.
+
+    An allow-list: every node is a scalar msgspec checks and copies, a container of checked
+    items, a union of those, or a frozen closed struct. Anything else (Any, object, Raw,
+    memoryview, Ext, custom classes, dataclasses...) is refused. The depth counts nested
+    MessagePack arrays/maps (UNBOUNDED for a recursive struct). `seen` memoises each
+    struct's depth, so a struct used many times over is checked once.
+    """
+    seen = {} if seen is None else seen
+    if isinstance(t, _SCALARS):
+        _refuse_pattern(getattr(t, "pattern", None), where)
+        return 0
+    if isinstance(t, mi.Metadata):  # Annotated with schema-only metadata (title=, extra=...)
+        return _check_type(t.type, where, path, seen)
     if isinstance(t, mi.StructType):
+        cls = get_origin(t.cls) or t.cls  # Box[int] is configured (and named) as Box
         if not t.forbid_unknown_fields:
             raise InterfaceError(
-                f"{where}: struct {t.cls.__name__} must set forbid_unknown_fields=True"
+                f"{where}: struct {cls.__name__} must set forbid_unknown_fields=True"
             )
-        if not t.cls.__struct_config__.frozen:
-            raise InterfaceError(f"{where}: struct {t.cls.__name__} must set frozen=True")
-        if t.cls in seen:  # a recursive struct: already being checked
-            return
-        seen.add(t.cls)
-        for f in t.fields:
-            _check_type(f.type, f"{where}.{f.name}", seen)
-        return
-    for attr in ("item_type", "key_type", "value_type"):
-        sub = getattr(t, attr, None)
-        if sub is not None:
-            _check_type(sub, where, seen)
-    for attr in ("item_types", "types"):
-        for sub in getattr(t, attr, ()) or ():
-            _check_type(sub, where, seen)
+        if not cls.__struct_config__.frozen:
+            raise InterfaceError(f"{where}: struct {cls.__name__} must set frozen=True")
+        if t.cls in path:  # a recursive struct: its depth has no bound
+            return UNBOUNDED
+        if t.cls not in seen:
+            sub = (*path, t.cls)
+            seen[t.cls] = _nest(
+                [_check_type(f.type, f"{where}.{f.name}", sub, seen) for f in t.fields]
+            )
+        return seen[t.cls]
+    if isinstance(t, _ARRAYS):
+        return _nest([_check_type(t.item_type, where, path, seen)])
+    if isinstance(t, mi.TupleType):
+        return _nest([_check_type(sub, where, path, seen) for sub in t.item_types])
+    if isinstance(t, (mi.DictType, mi.FrozenDictType)):
+        key, value = t.key_type, t.value_type
+        return _nest([_check_type(key, where, path, seen), _check_type(value, where, path, seen)])
+    if isinstance(t, mi.UnionType):
+        depths = [_check_type(sub, where, path, seen) for sub in t.types]
+        return UNBOUNDED if UNBOUNDED in depths else max(depths)
+    if isinstance(t, mi.AnyType) or (isinstance(t, mi.CustomType) and t.cls is object):
+        raise InterfaceError(f"{where}: {_ANY}")
+    if isinstance(t, mi.RawType):
+        raise InterfaceError(
+            f"{where}: `msgspec.Raw` is not allowed: it passes undecoded data that aliases the "
+            f"receive buffer; declare the type to decode into (bytes for opaque data)"
+        )
+    if isinstance(t, mi.MemoryViewType):
+        raise InterfaceError(
+            f"{where}: `memoryview` is not allowed: it would alias the receive buffer, which the "
+            f"next frame overwrites; declare bytes (decoded as an owned copy)"
+        )
+    if isinstance(t, mi.ExtType):
+        raise InterfaceError(
+            f"{where}: `msgspec.msgpack.Ext` is not allowed: its type code is not checked; "
+            f"declare bytes with a max_length"
+        )
     if isinstance(t, (mi.TypedDictType, mi.DataclassType, mi.NamedTupleType)):
         raise InterfaceError(
             f"{where}: use a frozen msgspec Struct with forbid_unknown_fields=True instead of "
             f"{type(t).__name__}"
+        )
+    name = getattr(getattr(t, "cls", None), "__name__", type(t).__name__)
+    raise InterfaceError(
+        f"{where}: {name} is not a type the decoder checks; use a frozen msgspec Struct with "
+        f"forbid_unknown_fields=True"
+    )
+
+
+def _nest(depths: list[int]) -> int:
+    """The depth of a container holding values of `depths`."""
+    if UNBOUNDED in depths:
+        return UNBOUNDED
+    return 1 + max(depths, default=0)
+
+
+def _check_depth(depth: int, where: str) -> None:
+    if depth > MAX_NESTING:
+        raise InterfaceError(
+            f"{where}: nests {depth} levels of arrays/maps; a payload may nest at most "
+            f"{MAX_NESTING} (flatten the type, or pass the data as a SealedMemory)"
         )
 
 
@@ -145,6 +229,11 @@ class MethodSpec:
     result: Any
     result_decoder: msgspec.msgpack.Decoder[Any]
     result_handle: HandleParam | None
+    # a recursive type: the decoded value is measured against MAX_NESTING
+    params_unbounded: bool
+    result_unbounded: bool
+    full_params: bool  # handles or unbounded depth: decoded off the fast path
+    plain_result: bool  # no handle, bounded depth: the reply's fast path
     guarded: bool  # needs a permission or a protocol state: checked off the fast path
 
     @property
@@ -165,6 +254,7 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
     values: list[tuple[Any, ...]] = []
     handles: list[HandleParam] = []
     plan: list[tuple[bool, int]] = []
+    depths: list[int] = []
     for p in params[2:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
             raise InterfaceError(f"{where}: parameter {p.name} must be a plain named parameter")
@@ -179,7 +269,7 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
             handles.append(HandleParam(p.name, h[0], h[1]))
             continue
         try:
-            _check_type(mi.type_info(ann), f"{where}({p.name})")
+            depths.append(_check_type(mi.type_info(ann), f"{where}({p.name})"))
         except InterfaceError:
             raise
         except Exception as e:
@@ -188,6 +278,8 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
             ) from e
         plan.append((False, len(values)))
         values.append((p.name, ann) if p.default is p.empty else (p.name, ann, p.default))
+    params_depth = _nest(depths)  # the payload is a map of the parameters
+    _check_depth(params_depth, f"{where}(parameters)")
     try:
         params_struct = msgspec.defstruct(
             f"{iface_name}.{func.__name__}.params",
@@ -205,18 +297,20 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
     if opts.oneway and result is not type(None):
         raise InterfaceError(f"{where}: a one-way message must return None")
     result_handle = None
+    result_depth = 0
     h = handle_type(result)
     if h is not None:
         result_handle = HandleParam("return", h[0], h[1])
         result_decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(type(None))
     else:
         try:
-            _check_type(mi.type_info(result), f"{where}(return)")
+            result_depth = _check_type(mi.type_info(result), f"{where}(return)")
             result_decoder = msgspec.msgpack.Decoder(result)
         except InterfaceError:
             raise
         except Exception as e:
             raise InterfaceError(f"{where}: unsupported return type {result!r}: {e}") from e
+        _check_depth(result_depth, f"{where}(return)")
     return MethodSpec(
         interface=iface_name,
         name=func.__name__,
@@ -233,6 +327,10 @@ def _build_spec(iface_name: str, func: Callable[..., Any], opts: _Options) -> Me
         result=result,
         result_decoder=result_decoder,
         result_handle=result_handle,
+        params_unbounded=params_depth == UNBOUNDED,
+        result_unbounded=result_depth == UNBOUNDED,
+        full_params=bool(handles) or params_depth == UNBOUNDED,
+        plain_result=result_handle is None and result_depth != UNBOUNDED,
         guarded=opts.permission is not None or opts.when is not None,
     )
 

@@ -19,6 +19,9 @@ class Limits:
     max_fds_held: received fds from this peer still open in our process; more is a `CutOff`.
     max_send_queue_bytes / max_send_queue_frames: what we queue for a peer whose socket is
         full; past either the peer is cut off rather than waited for (asyncio side only).
+    max_fds_queued: fds in frames queued for that peer (each one our own copy, e.g. the
+        handles our replies return); one more is a `CutOff`. With max_fds_held this bounds
+        the fds a peer makes us hold: max_fds_held + max_fds_queued.
     max_reads_per_wakeup: frames read from one peer per event-loop wakeup, so a flooding peer
         cannot starve the others.
     max_sealed_memory_bytes: largest SealedMemory a peer may pass (bigger is a `BadMessage`):
@@ -29,6 +32,7 @@ class Limits:
     max_fds_per_frame: int = 8
     max_calls_in_flight: int = 64
     max_fds_held: int = 64
+    max_fds_queued: int = 64
     max_send_queue_bytes: int = 1024 * 1024
     max_send_queue_frames: int = 1024
     max_reads_per_wakeup: int = 16

@@ -31,7 +31,9 @@ from ipc.wire import (
     KIND_MESSAGE,
     KIND_REPLY,
     MAX_ERROR_MESSAGE,
+    MAX_NESTING,
     MAX_REQUEST_ID,
+    NESTING_REASON,
     error_field,
 )
 
@@ -42,6 +44,34 @@ encode = _encoder.encode
 # An incoming event: (kind, spec, request id, value). For calls and messages value is the
 # handler's positional argument tuple; for replies the result; for errors the message.
 Event = tuple[int, MethodSpec, int, Any]
+
+
+_CONTAINERS = (msgspec.Struct, list, tuple, dict, set, frozenset)
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether a decoded value nests more than `limit` non-empty arrays/maps.
+
+    Only a recursive type can: any other declaration is refused when deeper than the cap.
+    Walks level by level (no recursion), so its cost is one step per decoded container.
+    """
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
+        items: list[Any] = []
+        for v in level:
+            if isinstance(v, msgspec.Struct):
+                items.extend(_astuple(v))
+            elif isinstance(v, dict):
+                items.extend(v.keys())
+                items.extend(v.values())
+            else:
+                items.extend(v)
+        if items and depth > limit:  # an empty container (a default list, say) is a leaf
+            return True
+        level = [v for v in items if isinstance(v, _CONTAINERS)]
+    return False
 
 
 def _make_handle(param: HandleParam, fd: int, account: FdAccount) -> Handle:
@@ -117,6 +147,8 @@ class Session:
             kind, method, rid, payload = ENVELOPE_DECODER.decode(frame)
         except msgspec.ValidationError as e:
             raise self._bad(fds, f"invalid envelope: {e}", field=error_field(str(e))) from None
+        except RecursionError:
+            raise self._bad(fds, NESTING_REASON) from None
         except Exception as e:
             raise self._bad(fds, f"invalid envelope: {e}") from None
         if kind >= KIND_REPLY:
@@ -131,11 +163,13 @@ class Session:
                         fds, f"reply carries method id {method:#010x}, but request {rid} "
                         f"called {spec.name}", spec,
                     )
-                if spec.result_handle is None:
+                if spec.plain_result:
                     try:
                         return kind, spec, rid, spec.result_decoder.decode(payload)
                     except msgspec.ValidationError as e:
                         raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+                    except RecursionError:
+                        raise self._bad(fds, NESTING_REASON, spec) from None
                     except Exception as e:
                         raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
                 return self._decode_reply(kind, spec, rid, payload, fds)
@@ -172,13 +206,15 @@ class Session:
                 self.peer, f"more than {self._max_calls} calls in flight",
                 limit="max_calls_in_flight",
             )
-        if fds or spec.handles:
-            args = self._decode_with_handles(spec, payload, fds)
+        if fds or spec.full_params:
+            args = self._decode_full(spec, payload, fds)
         else:
             try:
                 args = _astuple(spec.params_decoder.decode(payload))
             except msgspec.ValidationError as e:
                 raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+            except RecursionError:
+                raise self._bad(fds, NESTING_REASON, spec) from None
             except Exception as e:
                 raise self._bad(fds, f"invalid payload: {e}", spec) from None
         if kind == KIND_CALL:
@@ -197,9 +233,10 @@ class Session:
                 f"(valid in {', '.join(sorted(spec.when))})", spec,
             )
 
-    def _decode_with_handles(
+    def _decode_full(
         self, spec: MethodSpec, payload: msgspec.Raw, fds: Sequence[int]
     ) -> tuple[Any, ...]:
+        """Arguments with handles, or of a recursive type (measured after decoding)."""
         handles = spec.handles
         if len(fds) != len(handles):
             raise self._bad(fds, f"expected {len(handles)} fds, got {len(fds)}", spec)
@@ -213,8 +250,12 @@ class Session:
             values = _astuple(spec.params_decoder.decode(payload))
         except msgspec.ValidationError as e:
             raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+        except RecursionError:
+            raise self._bad(fds, NESTING_REASON, spec) from None
         except Exception as e:
             raise self._bad(fds, f"invalid payload: {e}", spec) from None
+        if spec.params_unbounded and too_deep(values):
+            raise self._bad(fds, NESTING_REASON, spec)
         for i, (param, fd) in enumerate(zip(handles, fds, strict=True)):
             problem = _check_fd(param, fd, self.limits)
             if problem is not None:
@@ -253,8 +294,12 @@ class Session:
             value = spec.result_decoder.decode(payload)
         except msgspec.ValidationError as e:
             raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+        except RecursionError:
+            raise self._bad(fds, NESTING_REASON, spec) from None
         except Exception as e:
             raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
+        if spec.result_unbounded and too_deep(value, MAX_NESTING):
+            raise self._bad(fds, NESTING_REASON, spec)
         if rh is not None:
             problem = _check_fd(rh, fds[0], self.limits)
             if problem is not None:
@@ -292,7 +337,9 @@ class Session:
             params = spec.params(*args, **kwargs)
             fds = []
         if self.validate_outgoing:
-            params = self._validated(spec, spec.params_decoder, params, "arguments")
+            params = self._validated(
+                spec, spec.params_decoder, params, "arguments", spec.params_unbounded
+            )
         if spec.oneway:
             data = encode((KIND_MESSAGE, spec.id, 0, params))
             if len(data) >= self._max_frame:
@@ -317,7 +364,9 @@ class Session:
             data, fds = encode((KIND_REPLY, spec.id, rid, None)), [fd_to_int(value)]
         else:
             if self.validate_outgoing:
-                value = self._validated(spec, spec.result_decoder, value, "reply")
+                value = self._validated(
+                    spec, spec.result_decoder, value, "reply", spec.result_unbounded
+                )
             data = encode((KIND_REPLY, spec.id, rid, value))
             if len(data) >= self._max_frame:
                 self._too_large(data, spec)
@@ -326,14 +375,19 @@ class Session:
         return data, fds
 
     def _validated(
-        self, spec: MethodSpec, decoder: msgspec.msgpack.Decoder[Any], value: Any, what: str
+        self, spec: MethodSpec, decoder: msgspec.msgpack.Decoder[Any], value: Any, what: str,
+        unbounded: bool,
     ) -> msgspec.Raw:
         """Check what we are about to send as the peer will, so our mistake fails here."""
         raw = encode(value)
         try:
-            decoder.decode(raw)
+            decoded = decoder.decode(raw)
         except msgspec.ValidationError as e:
             raise ValueError(f"{spec.qualname}: invalid {what}: {e}") from None
+        except RecursionError:
+            raise ValueError(f"{spec.qualname}: invalid {what}: {NESTING_REASON}") from None
+        if unbounded and too_deep(decoded):
+            raise ValueError(f"{spec.qualname}: invalid {what}: {NESTING_REASON}")
         return msgspec.Raw(raw)
 
     def _too_large(self, data: bytes, spec: MethodSpec) -> NoReturn:

@@ -22,6 +22,12 @@ KIND_NAMES: Final = {KIND_CALL: "call", KIND_MESSAGE: "message", KIND_REPLY: "re
 
 MAX_REQUEST_ID: Final = 2**63 - 1
 MAX_ERROR_MESSAGE: Final = 1024
+# Deepest nesting of arrays/maps a payload may use (a call's parameter map is level 1).
+# Declarations that need more are refused; a deeper payload is a bad message. The decoder
+# recurses once per level against Python's recursion limit (1000), so without this cap the
+# limit would depend on how deep the caller's stack happens to be (~490 levels in practice).
+MAX_NESTING: Final = 64
+NESTING_REASON: Final = f"nesting deeper than {MAX_NESTING}"
 
 
 Kind = Annotated[int, msgspec.Meta(ge=0, le=3)]
