@@ -28,7 +28,7 @@ import ipc
 from ipc.interface import interface_of
 from profiles.model import Profile
 from supervisor import bootstrap, events, protections
-from supervisor.confine import fork_worker, outer_ids
+from supervisor.confine import fork_isolation, fork_worker, outer_ids
 from supervisor.handle import WorkerHandle
 from supervisor.policy import launch_filter, resolve_profile, worker_filter
 from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
@@ -140,6 +140,8 @@ class Supervisor:
     CapacityError instead of letting the supervisor run short.
     validate_outgoing: check our own arguments against the declaration before
     sending (a local ValueError instead of a confused worker); off for speed.
+    shared_tmp: zygote and fork workers share one /tmp (the zygote sandbox's;
+    the host's for fork) instead of an empty tmpfs each.
     """
 
     def __init__(self, *, start_method: str = "zygote", zygote: bool | None = None,
@@ -148,7 +150,7 @@ class Supervisor:
                  fd_headroom: int = 64, memory_headroom: int = 256 << 20,
                  launch_profile: str = "default", code_paths: Sequence[str] = (),
                  limits: ipc.Limits = ipc.DEFAULT_LIMITS,
-                 validate_outgoing: bool = True) -> None:
+                 validate_outgoing: bool = True, shared_tmp: bool = False) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"start_method={start_method!r}: expected one of "
                              f"{', '.join(START_METHODS)}")
@@ -163,6 +165,7 @@ class Supervisor:
         self.code_paths = tuple(code_paths)
         self.limits = limits
         self.validate_outgoing = validate_outgoing
+        self.shared_tmp = shared_tmp
         self.workers: dict[str, WorkerHandle] = {}
         self.pools: dict[str, Any] = {}
         self._ids = itertools.count(1)
@@ -342,7 +345,8 @@ class Supervisor:
             parent.send(bootstrap.encode(boot))
             try:
                 if method == "fork":
-                    pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids())
+                    pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids(),
+                                      fork_isolation(self.shared_tmp))
                     proc = ForkedProcess(pid)
                 else:
                     if self._zygote is None:

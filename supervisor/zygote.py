@@ -42,6 +42,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import errno
 import importlib
 import os
@@ -58,6 +59,7 @@ from supervisor.process import WorkerProcess, readable, status_from_wait
 from supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
+    from supervisor.confine import Isolation
     from supervisor.core import Supervisor
 
 PROFILE_PATH = str(Path(__file__).with_name("zygote.toml"))
@@ -68,7 +70,7 @@ _MAX = 256
 
 # ------------------------------------------------------------------ zygote side
 
-def _serve(sock: socket.socket, warm_target: int) -> None:
+def _serve(sock: socket.socket, warm_target: int, how: Isolation) -> None:
     from supervisor.confine import fork_warm, fork_worker
 
     own = os.pidfd_open(os.getpid())
@@ -85,7 +87,7 @@ def _serve(sock: socket.socket, warm_target: int) -> None:
         ready = readable([sock.fileno(), wake_r], 0 if idle else None)
         if not ready and idle:
             try:
-                warm.append(fork_warm(own))
+                warm.append(fork_warm(own, how))
             except OSError:
                 warm_target = len(warm)  # cannot pre-fork: serve cold forks only
             continue
@@ -119,7 +121,8 @@ def _serve(sock: socket.socket, warm_target: int) -> None:
                 wid = data[1:]
                 try:
                     assigned = _assign_warm(warm, fds[0])
-                    pid = assigned if assigned is not None else fork_worker(fds[0], own)
+                    pid = (assigned if assigned is not None
+                           else fork_worker(fds[0], own, how=how))
                     children.add(pid)
                     sock.send(b"P" + _I.pack(pid) + wid)
                 except OSError as e:
@@ -152,12 +155,21 @@ def main() -> None:
     """Entry point inside the zygote's sandbox: preload, then serve fork requests."""
     import ipc  # noqa: F401  (preloaded so forked workers start warm)
     import supervisor.worker_main  # noqa: F401
+    from supervisor.confine import ZYGOTE_FS_RULES, Isolation, landlock_abi
     warm = 0
+    shared_tmp = False
     for arg in sys.argv[1:]:
         if arg.startswith("--warm="):
             warm = int(arg.partition("=")[2])
+        elif arg == "--shared-tmp":
+            shared_tmp = True
         else:
             importlib.import_module(arg)
+    # Each worker: its own /proc and (unless shared) /tmp, and its own Landlock domain
+    # with the file rules this sandbox would have had (the zygote's sandbox has none:
+    # Landlock would refuse the workers' mounts) and the signal and socket scopes.
+    how = Isolation(own_keyring=False, private_tmp=not shared_tmp, fs_rules=ZYGOTE_FS_RULES,
+                    landlock_abi=landlock_abi())
     from supervisor import bootstrap
     # Build msgspec's decoder for the bootstrap once, here, not in every worker.
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
@@ -170,7 +182,7 @@ def main() -> None:
     gc.freeze()  # keep the collector off the shared pages: fewer copy-on-write faults per fork
     sock = socket.socket(fileno=3)
     sock.setblocking(True)
-    _serve(sock, warm)
+    _serve(sock, warm, how)
 
 
 # ------------------------------------------------------------------ supervisor side
@@ -275,9 +287,15 @@ class ZygoteClient:
         # listener, and a refusal here kills only the calling worker, never the
         # zygote's whole sandbox (as a notification to the sandbox would).
         zfilter = launch_filter(resolve_profile(PROFILE_PATH))
-        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
+        shared = ["--shared-tmp"] if sup.shared_tmp else []
+        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *shared,
+                                       *preload],
                                  PROFILE_PATH, "supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
+        # No Landlock domain on the zygote itself: Landlock refuses mounts to a process
+        # whose domain handles files, and each worker mounts its own /proc and /tmp.
+        # Every worker enters a domain of its own instead (confine.ZYGOTE_FS_RULES).
+        spec = dataclasses.replace(spec, landlock=False)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         if box.channel is None:
             box.kill()

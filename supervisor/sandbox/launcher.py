@@ -46,8 +46,10 @@ from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
+from supervisor.sandbox.keyring import join_new_session_keyring
 from supervisor.sandbox.notify import Listener
 from supervisor.sandbox.preflight import PreflightError, explain
+from supervisor.sandbox.proctitle import hide_parent_argv
 from supervisor.sandbox.seccomp import PreparedFilter
 from supervisor.sandbox.spec import INNER_ID, SandboxSpec
 from supervisor.sandbox.status import (
@@ -62,7 +64,7 @@ from supervisor.sandbox.status import (
 
 STEPS = ("clone", "session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup",
          "cgroupns", "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock",
-         "exec", "seccomp", "supervisor")
+         "exec", "seccomp", "supervisor", "keyring")
 _ERR = struct.Struct("=Bi")
 _PID = struct.Struct("=i")
 SETUP_TIMEOUT = 30.0
@@ -191,6 +193,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     # A collection would touch every object and copy every page the parent shares.
     gc.disable()
     _set_name(b"warden-init")
+    hide_parent_argv(b"warden-init")  # /proc/1/cmdline showed the caller's argv
     step = "session"
     try:
         # A supervisor that made itself non-dumpable passed that on; until the
@@ -202,6 +205,8 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         # Hold none of the parent's descriptors but those this sandbox needs.
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
                         *(src for _t, src in plan.fd_pairs), *mounts.tree_fds(plan.mount_ops)})
+        step = "keyring"  # else the caller's session keyring (its keys) stays possessed
+        join_new_session_keyring()
         step = "userns"
         if plan.self_maps:
             userns.write_maps("self", *plan.map_ids, deny_setgroups=True)
