@@ -90,10 +90,12 @@ def fork_isolation(shared_tmp: bool = False) -> Isolation:
                      landlock_abi=landlock_abi())
 
 
-def _isolate(how: Isolation) -> None:
-    """Child, pid 1 of its new namespaces, still holding their capabilities: its own
-    view of /proc and /tmp, its own keyring, then its own Landlock domain (last:
-    Landlock refuses mounts to a process whose domain handles the filesystem)."""
+def _isolate(how: Isolation, ids: tuple[int, int]) -> None:
+    """Child, pid 1 of its new namespaces, still holding their capabilities: its ids
+    (`ids`, its own before the clone, as INNER_ID), its own view of /proc and /tmp,
+    its own keyring, then its own Landlock domain (last: Landlock refuses mounts to a
+    process whose domain handles the filesystem)."""
+    self_confine.map_own_ids(*ids)
     if how.own_keyring:
         self_confine.join_new_session_keyring()
     self_confine.mount_own_proc()
@@ -102,7 +104,8 @@ def _isolate(how: Isolation) -> None:
     self_confine.scope_landlock(how.landlock_abi, how.fs_rules)
 
 
-def _child(channel_fd: int, parent_pidfd: int, how: Isolation, warm: bool = False) -> NoReturn:
+def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, int],
+           warm: bool = False) -> NoReturn:
     """The worker, from the fork to serving. With `warm`, `channel_fd` is a socket on
     which the zygote will hand over the real channel once the worker is assigned."""
     code = EXIT_SETUP
@@ -120,7 +123,7 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, warm: bool = Fals
         self_confine.lock_parent_death_signal()
         # /proc/1/cmdline and environ in here are this process's: the parent's strings.
         self_confine.hide_parent_argv(b"warden-worker")
-        _isolate(how)
+        _isolate(how, ids)
         if channel_fd != 3:
             os.dup2(channel_fd, 3)
         self_confine.close_fds(0, 2)
@@ -168,6 +171,7 @@ def fork_warm(parent_pidfd: int, how: Isolation) -> tuple[int, socket.socket]:
     single-threaded caller (the zygote).
     """
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    ids = (os.geteuid(), os.getegid())  # read here: after the clone they are unmapped
     try:
         pid = self_confine.fork_into_new_namespaces()
     except OSError as e:
@@ -176,7 +180,7 @@ def fork_warm(parent_pidfd: int, how: Isolation) -> tuple[int, socket.socket]:
         raise ConfineError(e.errno, f"clone into new user+pid namespaces: {e.strerror}") \
             from None
     if pid == 0:
-        _child(theirs.fileno(), parent_pidfd, how, warm=True)
+        _child(theirs.fileno(), parent_pidfd, how, ids, warm=True)
     theirs.close()
     return pid, ours
 
@@ -206,13 +210,14 @@ def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | No
     if how is None:
         how = fork_isolation()
     if as_ids is None and _single_threaded():
+        ids = (os.geteuid(), os.getegid())  # read here: after the clone they are unmapped
         try:
             pid = self_confine.fork_into_new_namespaces()
         except OSError as e:
             raise ConfineError(e.errno, f"clone into new user+pid namespaces: {e.strerror}") \
                 from None
         if pid == 0:
-            _child(channel_fd, parent_pidfd, how)
+            _child(channel_fd, parent_pidfd, how, ids)
         return pid
     # Threads may run here, or ids must change first: fork (CPython's fork
     # handles the locks), change ids, then the raw clone from that
@@ -222,6 +227,7 @@ def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | No
     if a == 0:
         try:
             os.close(r)
+            ids = as_ids if as_ids is not None else (os.geteuid(), os.getegid())
             if as_ids is not None:
                 os.setgroups([])
                 os.setresgid(as_ids[1], as_ids[1], as_ids[1])
@@ -229,7 +235,7 @@ def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | No
             pid = self_confine.fork_into_new_namespaces(as_sibling=True)
             if pid == 0:
                 os.close(w)
-                _child(channel_fd, parent_pidfd, how)
+                _child(channel_fd, parent_pidfd, how, ids)
             os.write(w, _PID.pack(pid))
         except BaseException:
             os._exit(EXIT_SETUP)

@@ -295,7 +295,9 @@ class ZygoteClient:
         # No Landlock domain on the zygote itself: Landlock refuses mounts to a process
         # whose domain handles files, and each worker mounts its own /proc and /tmp.
         # Every worker enters a domain of its own instead (confine.ZYGOTE_FS_RULES).
-        spec = dataclasses.replace(spec, landlock=False)
+        # Nor a mask on /proc/keys: a covered procfs forbids the workers' own (their
+        # unmapped uids see no key in theirs).
+        spec = dataclasses.replace(spec, landlock=False, mask_proc_keys=False)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         if box.channel is None:
             box.kill()

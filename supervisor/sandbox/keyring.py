@@ -10,6 +10,13 @@ The new keyring counts against its owner's key quota (kernel.keys.maxkeys,
 200 for a uid other than root) for as long as the sandbox lives: the
 launcher joins it before taking the sandbox's ids, so a root supervisor's
 sandboxes are charged to root, not to their one shared outer uid.
+
+Possession is not the only way to see a key: /proc/keys lists every key
+whose owner's uid maps into the reader's user namespace and grants that uid
+"view" (add_key's default). An ordinary user's sandbox maps the user's own
+uid, so it would still list the user's keys (descriptions, not contents);
+`mask_proc_keys()` covers /proc/keys and /proc/key-users with /dev/null in
+the sandbox's fresh procfs.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import os
 
 from supervisor.sandbox import _sys
 
-__all__ = ["join_new_session_keyring"]
+__all__ = ["join_new_session_keyring", "mask_proc_keys"]
 
 _NR_KEYCTL = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
 _KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -41,3 +48,13 @@ def join_new_session_keyring() -> int:
                 if err == errno.EDQUOT else "")
         raise OSError(err, f"keyctl(KEYCTL_JOIN_SESSION_KEYRING): {os.strerror(err)}{hint}")
     return ret
+
+
+def mask_proc_keys() -> None:
+    """Bind /dev/null over /proc/keys and /proc/key-users (in the sandbox's new root,
+    mount namespace and procfs; needs CAP_SYS_ADMIN there). Missing ones are skipped."""
+    for path in (b"/proc/keys", b"/proc/key-users"):
+        try:
+            _sys.mount(b"/dev/null", path, None, _sys.MS_BIND)
+        except FileNotFoundError:
+            continue

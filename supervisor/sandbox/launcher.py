@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, landlock, limits, mounts, net, pidns, userns
-from supervisor.sandbox.keyring import join_new_session_keyring
+from supervisor.sandbox.keyring import join_new_session_keyring, mask_proc_keys
 from supervisor.sandbox.notify import Listener
 from supervisor.sandbox.preflight import PreflightError, explain
 from supervisor.sandbox.proctitle import hide_parent_argv
@@ -110,6 +110,7 @@ class Plan(NamedTuple):
     drop_groups: bool  # root: drop the supplementary groups (setgroups is allowed)
     map_ids: tuple[int, int]  # outer (uid, gid) that INNER_ID maps to
     self_maps: bool  # the init writes its own maps (ordinary user) instead of the parent
+    mask_proc_keys: bool
 
 
 # ---------------------------------------------------------------- child side
@@ -223,6 +224,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         os.close(plan.parent_pidfd)
         step = "mount"
         mounts.setup_root(plan.mount_ops, plan.tmp_size, plan.chdir)
+        step = "keyring"
+        if plan.mask_proc_keys:
+            mask_proc_keys()  # it lists the keys of the uid the sandbox maps
         step = "uts"
         net.set_hostname(plan.hostname)
         step = "net"
@@ -412,6 +416,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         drop_groups=os.geteuid() == 0,
         map_ids=userns.outer_ids(spec),
         self_maps=os.geteuid() != 0,
+        mask_proc_keys=spec.mask_proc_keys,
     )
     # Last, so that nothing after it can fail and leak the detached trees.
     return plan._replace(mount_ops=mounts.detach_sources(plan.mount_ops))

@@ -16,7 +16,7 @@ import os
 import signal
 import struct
 
-from supervisor.sandbox import _sys, caps, keyring, landlock, proctitle
+from supervisor.sandbox import _sys, caps, keyring, landlock, proctitle, userns
 from supervisor.sandbox.seccomp import PreparedFilter
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "is_dumpable",
     "join_new_session_keyring",
     "lock_parent_death_signal",
+    "map_own_ids",
     "mount_own_proc",
     "mount_private_tmp",
     "scope_landlock",
@@ -170,6 +171,22 @@ def lock_parent_death_signal() -> None:
 
 
 # ------------------------------------------------------------- own /proc, /tmp, scope
+
+def map_own_ids(outer_uid: int, outer_gid: int) -> None:
+    """Map INNER_ID in this process's new user namespace to the ids it had before
+    the clone (the one mapping the kernel lets a process write for itself; setgroups
+    denied). Unmapped ids cannot create files in a filesystem the namespace
+    mounts, such as the worker's own /tmp; access rights do not change (the
+    kernel checks the same outer ids)."""
+    # A non-dumpable process's /proc/self files belong to global root, which no
+    # capability in this namespace overrides: dumpable while writing, as the
+    # sandbox's init does (the worker runs only trusted code here).
+    set_dumpable(True)
+    try:
+        userns.write_maps("self", outer_uid, outer_gid, deny_setgroups=True)
+    finally:
+        set_dumpable(False)
+
 
 def mount_own_proc() -> None:
     """A fresh procfs on /proc, showing only this process's PID namespace.
