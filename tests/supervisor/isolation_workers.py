@@ -118,7 +118,7 @@ class ProbeImpl(Probe):
                 return 0 if os.path.exists(f"/tmp/warden-test-{key}") else errno.ENOENT
             if what == "read_key":  # keyctl(KEYCTL_READ, serial, buf, len)
                 buf = ctypes.create_string_buffer(256)
-                return _errno(_libc.syscall(_NR_KEYCTL, KEYCTL_READ, key, buf, 256))  # buf: a pointer
+                return _errno(_libc.syscall(_NR_KEYCTL, KEYCTL_READ, key, buf, 256))
             if what == "list_key":  # is the key's serial in /proc/keys?
                 with open("/proc/keys") as f:
                     serials = {int(line.split()[0], 16) for line in f if line.strip()}
