@@ -99,6 +99,8 @@ def _isolate(how: Isolation, ids: tuple[int, int]) -> None:
     if how.own_keyring:
         self_confine.join_new_session_keyring()
     self_confine.mount_own_proc()
+    # Its uid is mapped now, and /proc/keys lists every key of a mapped uid.
+    self_confine.mask_proc_keys()
     if how.private_tmp:
         self_confine.mount_private_tmp(PRIVATE_TMP_BYTES)
     self_confine.scope_landlock(how.landlock_abi, how.fs_rules)

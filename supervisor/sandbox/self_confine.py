@@ -28,6 +28,7 @@ __all__ = [
     "join_new_session_keyring",
     "lock_parent_death_signal",
     "map_own_ids",
+    "mask_proc_keys",
     "mount_own_proc",
     "mount_private_tmp",
     "scope_landlock",
@@ -196,6 +197,11 @@ def mount_own_proc() -> None:
     host's. Needs CAP_SYS_ADMIN in the user namespace owning the PID and mount
     namespaces (right after fork_into_new_namespaces)."""
     _sys.mount(b"proc", b"/proc", b"proc", _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC)
+
+
+def mask_proc_keys() -> None:
+    """/dev/null over /proc/keys and /proc/key-users (see keyring.mask_proc_keys)."""
+    keyring.mask_proc_keys()
 
 
 def mount_private_tmp(size_bytes: int) -> None:
