@@ -932,6 +932,9 @@ class Sandbox:
         if not self._landlock_abi:
             out.append("landlock (disabled for this sandbox)" if not self.spec.landlock
                        else "landlock (this kernel has none)")
+        elif self._landlock_abi < 6:
+            out.append(f"landlock scopes (ABI {self._landlock_abi} < 6: signals and abstract "
+                       "unix sockets reach processes outside the sandbox)")
         return tuple(out)
 
     def _close(self) -> None:
