@@ -111,6 +111,9 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
     """The worker, from the fork to serving. With `warm`, `channel_fd` is a socket on
     which the zygote will hand over the real channel once the worker is assigned."""
     code = EXIT_SETUP
+    # Where a failure can be told to the supervisor: the channel (not a warm worker's
+    # socket to the zygote), until run() takes over reporting its own.
+    report_fd = -1 if warm else channel_fd
     try:
         gc.disable()  # objects inherited from the parent must never be finalized here
         faulthandler.disable()  # an inherited crash handler would outlive the parent's intent
@@ -135,6 +138,7 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
                 os.dup2(devnull, fd)
         self_confine.close_fds(4)
         os.set_inheritable(3, False)
+        report_fd = -1 if warm else 3
         # The new user namespace gave us every capability in it: clear them all.
         # (The bounding set is left as is: with no_new_privs, set before the
         # filter, and an unmapped uid, no exec can raise capabilities again.)
@@ -144,8 +148,12 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
             worker_main.warm_up()
             if not _receive_channel():
                 os._exit(0)  # retired unassigned by the zygote
+        report_fd = -1  # run() reports its own start failures
         code = worker_main.run(3)
-    except BaseException:
+    except BaseException as e:
+        if report_fd >= 0:
+            from supervisor import worker_main
+            worker_main.report_start_failure(report_fd, e)
         code = EXIT_SETUP
     os._exit(code)
 

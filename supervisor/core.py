@@ -38,6 +38,7 @@ from supervisor.zygote import ZygoteProcess
 
 START_METHODS = ("spawn", "zygote", "fork")
 _CREDS = struct.Struct("=iII")
+_HELLO_BYTES = 4 * bootstrap.MAX_FAILURE_CHARS + 64  # HELLO, or a StartFailed record
 _OUR_PACKAGES = ("ipc", "supervisor", "profiles", "msgspec", "pyseccomp")
 
 
@@ -493,7 +494,7 @@ class Supervisor:
         def on_sock() -> None:
             try:
                 data, anc, _flags, _addr = sock.recvmsg(
-                    64, socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(4),
+                    _HELLO_BYTES, socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(4),
                     socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
@@ -528,13 +529,18 @@ class Supervisor:
                 fut.set_exception(ConnectionError("the worker did not hand over its seccomp "
                                                   "listener"))
             else:
-                fut.set_exception(ConnectionError("the worker closed its channel before it "
-                                                  "was ready" if not data else
-                                                  "the worker sent something before HELLO"))
+                failure = bootstrap.decode_failure(data) if data else None
+                fut.set_exception(ConnectionError(
+                    f"it reported {failure}"
+                    if failure is not None else
+                    "the worker closed its channel before it was ready" if not data else
+                    "the worker sent something before HELLO"))
 
         def on_proc() -> None:
             if proc.service() is not None and not fut.done():
-                fut.set_exception(ConnectionError("the worker ended before it was ready"))
+                on_sock()  # its last words (StartFailed) may still wait in the channel
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the worker ended before it was ready"))
 
         loop.add_reader(sock.fileno(), on_sock)
         watched = proc.fds()
