@@ -1,5 +1,6 @@
 """A worker that cannot start says why: its own error text reaches the SpawnError and the
-event, for every start method, and the supervisor (and the zygote) carry on."""
+event, for every start method, and the supervisor (and the zygote) carry on. And what
+is not a failure stays one: a `strict` worker may sleep."""
 
 from __future__ import annotations
 
@@ -58,3 +59,14 @@ def test_the_reported_text_is_bounded() -> None:
     import msgspec
     forged = msgspec.msgpack.encode({"type": "start_failed", "error": "y" * 5000})
     assert bootstrap.decode_failure(forged) is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_strict_worker_may_sleep(method: str) -> None:
+    """time.sleep (clock_nanosleep) is harmless: under `strict` it must not be fatal."""
+    async def main() -> None:
+        async with Supervisor(start_method=method, zygote_preload=PRELOAD) as s:
+            w = await s.spawn(Calc, CALC, profile="strict")
+            assert await w.remote.sleep(5) == 5
+            assert await w.remote.square(3) == 9
+    run(main())
