@@ -35,6 +35,7 @@ from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
 from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from supervisor.sandbox import spawn as sandbox_spawn
 from supervisor.zygote import ZygoteProcess
+from supervisor.zygote import unsupported as zygote_unsupported
 
 START_METHODS = ("spawn", "zygote", "fork")
 _CREDS = struct.Struct("=iII")
@@ -310,6 +311,8 @@ class Supervisor:
         if method not in START_METHODS:
             raise ValueError(f"start_method={method!r}: expected one of {', '.join(START_METHODS)}")
         prof = resolve_profile(profile)
+        if method == "zygote" and (why := zygote_unsupported(prof)):
+            raise SpawnError(why)
         wid = worker_id or f"w{next(self._ids)}"
         if wid in self.workers and self.workers[wid].alive:
             raise ValueError(f"worker id {wid!r} is already in use")
@@ -327,12 +330,20 @@ class Supervisor:
         proc: WorkerProcess
         if method == "spawn":
             mem = memory if memory is not None else prof.limits.memory_bytes
+            launch = resolve_profile(self.launch_profile)
+            if not prof.namespaces.net and launch.namespaces.net:
+                # The worker needs the host network its launch profile withholds.
+                if self.launch_profile != "default":
+                    raise SpawnError(f"profile {prof.name!r} needs the host's network, which "
+                                     f"launch_profile={self.launch_profile!r} withholds; "
+                                     "use a launch profile that shares it, such as "
+                                     "'network-client'")
+                launch = resolve_profile("network-client")
             # Its launch filter holds no listener (launch_filter), so the worker's
             # own filter can take the stack's one and hand it over like the others.
-            spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
+            spec = _sandbox_spec_for(self, ["supervisor.worker_main"], launch,
                                      target.partition(":")[0], memory=mem, timeout=timeout,
-                                     seccomp_filter=launch_filter(
-                                         resolve_profile(self.launch_profile), prof))
+                                     seccomp_filter=launch_filter(launch, prof))
             box = await self._start_sandbox(spec, wid)
             sock = box.take_channel()  # the worker's handle owns it from here
             proc = SandboxProcess(box)

@@ -59,6 +59,7 @@ from supervisor.process import WorkerProcess, readable, status_from_wait
 from supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
+    from profiles.model import Profile
     from supervisor.confine import Isolation
     from supervisor.core import Supervisor
 
@@ -259,6 +260,54 @@ class ZygoteProcess(WorkerProcess):
                 signal.pidfd_send_signal(self.pidfd, sig)
 
 
+_RET_K = 0x06
+_INSN = struct.Struct("<HBBI")
+_RET_ACTION_FULL = 0xFFFF0000
+_RET_KILL_PROCESS = 0x80000000
+_RET_KILL_THREAD = 0x00000000
+_RET_ERRNO = 0x00050000
+_RET_TRACE = 0x7FF00000
+
+
+def zygote_filter(profile: Profile) -> bytes:
+    """The zygote sandbox's filter: `profile`'s, with every refusal a SECCOMP_RET_TRACE.
+
+    Workers stack their own filter, with the stack's one listener, on this one,
+    and the kernel applies the most severe verdict: kill > trap > errno >
+    user-notify > trace > allow. A kill or errno here would beat the worker's
+    user-notify, so a call both filters refuse (ptrace, mount, socket(AF_INET))
+    would end the worker unnamed, or answer EPERM to a `strict` worker. TRACE
+    ranks below user-notify, so the worker's listener reports it, with its name
+    and arguments, and the supervisor kills. A call only this filter refuses
+    (the worker's own profile allows it) is not executed: with no tracer the
+    kernel answers ENOSYS, and no worker can become a tracer (ptrace is itself
+    refused here). ENOSYS answers stay as they are (clone3: glibc's fallback).
+    """
+    from profiles.compiler import compile_policy
+    code = bytearray(compile_policy(profile.seccomp, kill_as_notify=False))
+    for at in range(0, len(code), _INSN.size):
+        op, jt, jf, k = _INSN.unpack_from(code, at)
+        action = k & _RET_ACTION_FULL
+        if op == _RET_K and (k in (_RET_KILL_PROCESS, _RET_KILL_THREAD)
+                             or (action == _RET_ERRNO and k & 0xFFFF != errno.ENOSYS)):
+            _INSN.pack_into(code, at, op, jt, jf, _RET_TRACE)
+    return bytes(code)
+
+
+def unsupported(profile: Profile) -> str | None:
+    """Why a worker under `profile` cannot run as a zygote worker, or None.
+
+    The zygote's sandbox has its own network namespace, with nothing but
+    loopback, and its filter refuses AF_INET/AF_INET6 sockets: a profile that
+    needs the host's network (network-client) would start and then fail on
+    its first connection."""
+    if not profile.namespaces.net:
+        return (f"profile {profile.name!r} needs the host's network, which zygote workers "
+                "do not have (the zygote's sandbox has a network namespace of its own); "
+                "use start_method='spawn'")
+    return None
+
+
 class ZygoteError(RuntimeError):
     """The zygote could not be started, or it ended."""
 
@@ -280,13 +329,10 @@ class ZygoteClient:
     async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
                     ) -> ZygoteClient:
         from supervisor.core import _sandbox_spec_for
-        from supervisor.policy import launch_filter, resolve_profile
+        from supervisor.policy import resolve_profile
         from supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
-        # Plain kills, no listener: each worker's own filter takes the stack's one
-        # listener, and a refusal here kills only the calling worker, never the
-        # zygote's whole sandbox (as a notification to the sandbox would).
-        zfilter = launch_filter(resolve_profile(PROFILE_PATH))
+        zfilter = zygote_filter(resolve_profile(PROFILE_PATH))
         shared = ["--shared-tmp"] if sup.shared_tmp else []
         spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *shared,
                                        *preload],

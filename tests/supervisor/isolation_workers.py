@@ -123,6 +123,16 @@ class ProbeImpl(Probe):
                 with open("/proc/keys") as f:
                     serials = {int(line.split()[0], 16) for line in f if line.strip()}
                 return 0 if key in serials else errno.ENOENT
+            if what == "inet":  # a TCP socket to 127.0.0.1:key (0: only create it)
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                    if key:
+                        t.connect(("127.0.0.1", key))
+                return 0
+            if what == "socket_inet":
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+                return 0
+            if what == "mount":  # a tmpfs over /tmp
+                return _errno(_libc.mount(b"none", b"/tmp", b"tmpfs", 0, None))
             if what == "sleep":
                 time.sleep(key / 1000)
                 return 0

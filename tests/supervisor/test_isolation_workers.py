@@ -22,8 +22,10 @@ import pytest
 
 from profiles import load_profile
 from profiles.model import ALLOW, SeccompPolicy
-from supervisor import Supervisor
+from supervisor import Supervisor, WorkerDied
 from supervisor.confine import landlock_abi
+from supervisor.core import SpawnError
+from supervisor.sandbox import Outcome
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.isolation_workers import Probe
 from tests.supervisor.util import METHODS, WORKTREE, run
@@ -238,3 +240,53 @@ def test_abstract_socket_of_the_host_is_out_of_a_fork_workers_reach() -> None:
     finally:
         host.close()
 
+
+
+# ------------------------------------------------------------------ profiles x methods
+
+BUILT_INS = ("default", "strict", "python-worker", "network-client")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("profile", BUILT_INS)
+def test_every_built_in_profile_works_or_is_refused_up_front(method: str, profile: str) -> None:
+    """Each built-in profile serves under each start method, or spawn() refuses it before
+    anything starts with a sentence naming the start method to use."""
+    async def main() -> None:
+        async with sup(method) as s:
+            if method == "zygote" and profile == "network-client":
+                with pytest.raises(SpawnError) as info:
+                    await s.spawn(Probe, PROBE, profile=profile)
+                assert "use start_method='spawn'" in str(info.value)
+                assert not s.workers
+                return
+            w = await s.spawn(Probe, PROBE, profile=profile)
+            assert await w.remote.probe("sleep", 1) == 0
+            if profile == "network-client":  # it reaches the host's network
+                server = socket.create_server(("127.0.0.1", 0))
+                try:
+                    port = server.getsockname()[1]
+                    assert await w.remote.probe("inet", port) == 0
+                finally:
+                    server.close()
+    run(main())
+
+
+@pytest.mark.parametrize("call", ["socket_inet", "mount"])
+def test_a_call_the_zygotes_filter_refuses_too_is_named(call: str) -> None:
+    """A strict zygote worker's call that the zygote's own filter refuses as well ends
+    as a seccomp violation naming the call (the worker's listener reports it), not as
+    an unrecorded SIGSYS."""
+    async def main() -> None:
+        async with sup("zygote") as s:
+            w = await s.spawn(Probe, PROBE, profile="strict")
+            with pytest.raises(WorkerDied):
+                await w.remote.probe(call, 0)
+            st = await w.wait()
+            assert st.outcome is Outcome.SECCOMP_VIOLATION
+            assert st.violation is not None
+            assert st.violation.syscall == ("socket" if call == "socket_inet" else "mount")
+            assert "not recorded" not in st.reason
+            other = await s.spawn(Probe, PROBE, profile="strict")
+            assert await other.remote.probe("sleep", 1) == 0
+    run(main())
