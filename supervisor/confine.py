@@ -1,14 +1,17 @@
 """Forking a worker that confines itself: used by the zygote and by the `fork` start method.
 
 The forked worker is pid 1 of its own PID namespace inside its own user
-namespace (clone(CLONE_NEWUSER|CLONE_NEWPID)): it cannot name, signal or
-ptrace its siblings, the zygote or the supervisor, because none of them
-exists in its PID namespace, and the capabilities the new user namespace
-grants are dropped before anything else runs. Then, still running trusted
-code: its own session (so kill(0, ...) reaches nobody else), the
-parent-death signal, only the channel (at fd 3) left open, capabilities
-cleared, and the worker runtime takes over (rlimits, non-dumpable,
-no_new_privs, the profile's seccomp filter; see worker_main).
+namespace, with its own mount and IPC namespaces (one clone): it cannot
+name, signal or ptrace its siblings, the zygote or the supervisor, because
+none of them exists in its PID namespace. Then, still running trusted code
+and holding the capabilities of its new user namespace: its own session,
+the parent-death signal, locked by a filter (as its namespace's init it
+takes every descendant with it when it dies, so it must die with its
+parent), the parent's argv and environ strings overwritten, its id mapped,
+its own /proc, /tmp, keyring and Landlock domain (`_isolate`), only the
+channel (at fd 3) left open, capabilities cleared, and the worker runtime
+takes over (rlimits, non-dumpable, no_new_privs, the profile's seccomp
+filter; see worker_main).
 
 A quirk of being a namespace's init: signals the worker sends itself with
 no handler installed are ignored by the kernel (faults such as SIGSEGV and

@@ -2,21 +2,20 @@
 
 Started by the Supervisor when it starts (before the embedding application
 loads secrets) as a `spawn`ed sandbox of its own: a fresh interpreter in new
-namespaces under `supervisor/zygote.toml` (the default profile plus
-clone(CLONE_NEWUSER|CLONE_NEWPID) and capset). It imports the worker runtime
-and any modules named in `preload`, then waits for fork requests. It never
+namespaces under `supervisor/zygote.toml` (the default profile plus the
+clone flags, mounts and capset its workers' confinement needs). It imports
+the worker runtime and any modules named in `preload`, then waits for fork
+requests. It never
 runs untrusted code and never reads anything but the supervisor's requests.
 
 Each worker it forks is confined by supervisor.confine: pid 1 of its own
-user and PID namespaces (it cannot see, signal or ptrace the zygote or a
-sibling), its own session, capabilities dropped, non-dumpable (as is the
-zygote), then its profile's filter stacked on the zygote's. A compromised
-worker therefore cannot name the zygote at all, and the zygote's filter still
-binds it. That filter kills with SECCOMP_RET_KILL_PROCESS rather than
-reporting through user-notify (see policy.launch_filter): the kernel ends only
-the caller, where a notification would have the sandbox kill the zygote and
-every sibling. Each worker reports its own profile's refusals through a
-listener of its own, which it hands to the supervisor.
+user, PID, mount and IPC namespaces (it cannot see, signal or ptrace the
+zygote or a sibling), its own /proc, /tmp and Landlock domain, its own
+session, capabilities dropped, non-dumpable (as is the zygote), then its
+profile's filter stacked on the zygote's. The zygote's filter refuses with
+SECCOMP_RET_TRACE (zygote_filter), which ranks below the worker's own
+user-notify: what both refuse, the worker's listener reports with its name;
+what only the zygote's refuses is not executed (ENOSYS, no tracer exists).
 
 When the supervisor dies the zygote's sandbox dies (parent-death signal on
 its init) and takes every worker with it: they live in PID namespaces nested
