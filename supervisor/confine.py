@@ -101,7 +101,12 @@ def _isolate(how: Isolation, ids: tuple[int, int]) -> None:
     self_confine.map_own_ids(*ids)
     if how.own_keyring:
         self_confine.join_new_session_keyring()
-    self_confine.mount_own_proc()
+    try:
+        self_confine.mount_own_proc()
+    except PermissionError:
+        # The kernel refuses a new procfs while the one we see is partly covered
+        # (a container runtime's masked /proc paths): then no /proc at all.
+        self_confine.hide_proc()
     # Its uid is mapped now, and /proc/keys lists every key of a mapped uid.
     self_confine.mask_proc_keys()
     if how.private_tmp:

@@ -24,6 +24,7 @@ __all__ = [
     "close_fds",
     "fork_into_new_namespaces",
     "hide_parent_argv",
+    "hide_proc",
     "is_dumpable",
     "join_new_session_keyring",
     "lock_parent_death_signal",
@@ -197,6 +198,12 @@ def mount_own_proc() -> None:
     host's. Needs CAP_SYS_ADMIN in the user namespace owning the PID and mount
     namespaces (right after fork_into_new_namespaces)."""
     _sys.mount(b"proc", b"/proc", b"proc", _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC)
+
+
+def hide_proc() -> None:
+    """An empty, read-only tmpfs over /proc: for when a procfs of its own is refused."""
+    _sys.mount(b"tmpfs", b"/proc", b"tmpfs",
+               _sys.MS_RDONLY | _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC, b"size=4k")
 
 
 def mask_proc_keys() -> None:
