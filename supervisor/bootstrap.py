@@ -8,13 +8,22 @@ before the implementation has seen any input). After it, the worker sends one
 `HELLO` datagram; the kernel stamps it with the worker's pid as the
 supervisor sees it (SO_PASSCRED), which is how the supervisor learns the host
 pid of a worker forked by the zygote.
+
+A worker that cannot start (its module fails to import, its factory raises,
+its filter does not load) sends a `StartFailed` record instead of HELLO, with
+the end of its traceback, and exits: the supervisor puts that text in the
+SpawnError and the event. It is the child's own account, so it is decoded
+with a size cap and quoted, never acted on.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 HELLO = b"warden-worker-ready"
+MAX_FAILURE_CHARS = 2048
 MAX_BOOTSTRAP_BYTES = 48 << 10  # a filter is at most 4096 instructions (32 KiB)
 
 
@@ -39,3 +48,27 @@ def encode(b: Bootstrap) -> bytes:
 
 def decode(data: bytes) -> Bootstrap:
     return msgspec.msgpack.decode(data, type=Bootstrap)
+
+
+class StartFailed(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="start_failed"):
+    """Instead of HELLO: why the worker could not start (the end of its traceback)."""
+
+    error: Annotated[str, msgspec.Meta(max_length=MAX_FAILURE_CHARS)]
+
+
+_failure_decoder = msgspec.msgpack.Decoder(StartFailed)
+
+
+def encode_failure(error: str) -> bytes:
+    """`error` cut to its last MAX_FAILURE_CHARS characters (the end says most)."""
+    if len(error) > MAX_FAILURE_CHARS:
+        error = "…" + error[-(MAX_FAILURE_CHARS - 1):]
+    return msgspec.msgpack.encode(StartFailed(error=error))
+
+
+def decode_failure(data: bytes) -> str | None:
+    """The error text of a StartFailed record, or None if `data` is not one."""
+    try:
+        return _failure_decoder.decode(data).error
+    except msgspec.MsgspecError:
+        return None

@@ -29,7 +29,7 @@ import ipc
 from ipc.interface import interface_of
 from profiles.model import Profile
 from supervisor import bootstrap, events, protections
-from supervisor.confine import fork_worker, outer_ids
+from supervisor.confine import fork_isolation, fork_worker, outer_ids
 from supervisor.events import Event
 from supervisor.handle import WorkerHandle
 from supervisor.policy import launch_filter, resolve_profile, worker_filter
@@ -37,6 +37,7 @@ from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
 from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from supervisor.sandbox import spawn as sandbox_spawn
 from supervisor.zygote import ZygoteProcess
+from supervisor.zygote import unsupported as zygote_unsupported
 
 if TYPE_CHECKING:
     from supervisor.pool import Pool
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 START_METHODS = ("spawn", "zygote", "fork")
 IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
 _CREDS = struct.Struct("=iII")
+_HELLO_BYTES = 4 * bootstrap.MAX_FAILURE_CHARS + 64  # HELLO, or a StartFailed record
 _OUR_PACKAGES = ("ipc", "supervisor", "profiles", "msgspec", "pyseccomp")
 
 
@@ -146,6 +148,8 @@ class Supervisor:
     CapacityError instead of letting the supervisor run short.
     validate_outgoing: check our own arguments against the declaration before
     sending (a local ValueError instead of a confused worker); off for speed.
+    shared_tmp: zygote and fork workers share one /tmp (the zygote sandbox's;
+    the host's for fork) instead of an empty tmpfs each.
     """
 
     def __init__(self, *, start_method: str = "zygote", zygote: bool | None = None,
@@ -154,7 +158,7 @@ class Supervisor:
                  fd_headroom: int = 64, memory_headroom: int = 256 << 20,
                  launch_profile: str = "default", code_paths: Sequence[str] = (),
                  limits: ipc.Limits = ipc.DEFAULT_LIMITS,
-                 validate_outgoing: bool = True) -> None:
+                 validate_outgoing: bool = True, shared_tmp: bool = False) -> None:
         if start_method not in START_METHODS:
             raise ValueError(f"start_method={start_method!r}: expected one of "
                              f"{', '.join(START_METHODS)}")
@@ -169,6 +173,7 @@ class Supervisor:
         self.code_paths = tuple(code_paths)
         self.limits = limits
         self.validate_outgoing = validate_outgoing
+        self.shared_tmp = shared_tmp
         self.workers: dict[str, WorkerHandle] = {}
         self.pools: dict[str, Any] = {}
         self._ids = itertools.count(1)
@@ -327,6 +332,8 @@ class Supervisor:
         if method not in START_METHODS:
             raise ValueError(f"start_method={method!r}: expected one of {', '.join(START_METHODS)}")
         prof = resolve_profile(profile)
+        if method == "zygote" and (why := zygote_unsupported(prof)):
+            raise SpawnError(why)
         wid = worker_id or f"w{next(self._ids)}"
         if wid in self.workers and self.workers[wid].running:
             raise ValueError(f"worker id {wid!r} is already in use")
@@ -344,15 +351,23 @@ class Supervisor:
         proc: WorkerProcess
         if method == "spawn":
             mem = memory if memory is not None else prof.limits.memory_bytes
+            launch = resolve_profile(self.launch_profile)
+            if not prof.namespaces.net and launch.namespaces.net:
+                # The worker needs the host network its launch profile withholds.
+                if self.launch_profile != "default":
+                    raise SpawnError(f"profile {prof.name!r} needs the host's network, which "
+                                     f"launch_profile={self.launch_profile!r} withholds; "
+                                     "use a launch profile that shares it, such as "
+                                     "'network-client'")
+                launch = resolve_profile("network-client")
             # Its launch filter holds no listener (launch_filter), so the worker's
             # own filter can take the stack's one and hand it over like the others.
-            spec = _sandbox_spec_for(self, ["supervisor.worker_main"], self.launch_profile,
+            spec = _sandbox_spec_for(self, ["supervisor.worker_main"], launch,
                                      target.partition(":")[0], memory=mem, timeout=timeout,
                                      # a profile's limit may be rlimit-only (and is then
                                      # named in the status); one the caller asked for not
                                      memory_rlimit_only=memory is None,
-                                     seccomp_filter=launch_filter(
-                                         resolve_profile(self.launch_profile), prof))
+                                     seccomp_filter=launch_filter(launch, prof))
             box = await self._start_sandbox(spec, wid)
             sock = box.take_channel()  # the worker's handle owns it from here
             proc = SandboxProcess(box)
@@ -366,7 +381,8 @@ class Supervisor:
             parent.send(bootstrap.encode(boot))
             try:
                 if method == "fork":
-                    pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids())
+                    pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids(),
+                                      fork_isolation(self.shared_tmp))
                     proc = ForkedProcess(pid)
                 else:
                     if self._zygote is None:
@@ -516,7 +532,7 @@ class Supervisor:
         def on_sock() -> None:
             try:
                 data, anc, _flags, _addr = sock.recvmsg(
-                    64, socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(4),
+                    _HELLO_BYTES, socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(4),
                     socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 return
@@ -551,13 +567,18 @@ class Supervisor:
                 fut.set_exception(ConnectionError("the worker did not hand over its seccomp "
                                                   "listener"))
             else:
-                fut.set_exception(ConnectionError("the worker closed its channel before it "
-                                                  "was ready" if not data else
-                                                  "the worker sent something before HELLO"))
+                failure = bootstrap.decode_failure(data) if data else None
+                fut.set_exception(ConnectionError(
+                    f"it reported {failure}"
+                    if failure is not None else
+                    "the worker closed its channel before it was ready" if not data else
+                    "the worker sent something before HELLO"))
 
         def on_proc() -> None:
             if proc.service() is not None and not fut.done():
-                fut.set_exception(ConnectionError("the worker ended before it was ready"))
+                on_sock()  # its last words (StartFailed) may still wait in the channel
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the worker ended before it was ready"))
 
         loop.add_reader(sock.fileno(), on_sock)
         watched = proc.fds()

@@ -11,17 +11,23 @@ after a fork from the zygote or from the supervisor. Order matters:
 5. send HELLO (stamped by the kernel with our pid), then serve until the
    supervisor closes the channel.
 
+If any step before HELLO fails, the worker sends a bootstrap.StartFailed record
+with the end of its traceback instead (report_start_failure), so the
+supervisor's SpawnError says why, then exits with EXIT_SETUP.
+
 Nothing the implementation does can widen what step 4 set.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import importlib
 import os
 import resource
 import socket
 import sys
+import traceback
 from typing import Any, NoReturn
 
 import ipc
@@ -57,12 +63,43 @@ def _read_bootstrap(fd: int) -> bootstrap.Bootstrap:
     return bootstrap.decode(data)
 
 
+def report_start_failure(fd: int, error: BaseException) -> None:
+    """Tell the supervisor, on the channel at `fd`, why this worker cannot start.
+
+    The text is the exception's own lines (for a SyntaxError: file, line, caret)
+    and where it was raised. Best effort: the channel may be gone. Once the
+    worker's filter is loaded, no frames: traceback may open source files, which
+    the filter may refuse with a notification nobody reads yet."""
+    text = "".join(traceback.format_exception_only(error)).strip()
+    if not _filtered:
+        frames = [f for f in traceback.extract_tb(error.__traceback__)
+                  if not f.filename.startswith("<frozen")]
+        if frames:
+            text += f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    with contextlib.suppress(OSError):
+        os.write(fd, bootstrap.encode_failure(text))  # one datagram (SOCK_SEQPACKET)
+
+
 def run(fd: int = CHANNEL_FD) -> int:
-    """Serve the target named by the bootstrap on channel `fd`; returns the exit code."""
-    global _host
+    """Serve the target named by the bootstrap on channel `fd`; returns the exit code.
+    A failure before HELLO is reported on the channel, then re-raised."""
     # The channel is this process's alone: a program it exec's does not inherit it (the
     # supervisor then sees the channel close while the process lives, and kills it).
     os.set_inheritable(fd, False)
+    try:
+        return _start_and_serve(fd)
+    except BaseException as e:
+        if not _hello_sent:
+            report_start_failure(fd, e)
+        raise
+
+
+_hello_sent = False
+_filtered = False
+
+
+def _start_and_serve(fd: int) -> int:
+    global _host, _hello_sent
     boot = _read_bootstrap(fd)
     factory = resolve(boot.target)
     impl = factory()
@@ -87,6 +124,7 @@ def run(fd: int = CHANNEL_FD) -> int:
     else:
         hello.send(bootstrap.HELLO)
     hello.close()
+    _hello_sent = True
     # Only now: the kernel refuses to pass an fd (the listener) while the sender's uid
     # has more fds in flight than its RLIMIT_NOFILE, and every worker shares one uid.
     _set_rlimits(boot, only=resource.RLIMIT_NOFILE)
@@ -132,6 +170,8 @@ def lock_down(boot: bootstrap.Bootstrap) -> int | None:
     self_confine.set_dumpable(False)
     self_confine.set_no_new_privs()
     if boot.seccomp_filter:
+        global _filtered
+        _filtered = True
         fd = PreparedFilter(boot.seccomp_filter, listener=boot.notify).load()
         return fd if boot.notify else None
     return None

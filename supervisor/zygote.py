@@ -2,21 +2,20 @@
 
 Started by the Supervisor when it starts (before the embedding application
 loads secrets) as a `spawn`ed sandbox of its own: a fresh interpreter in new
-namespaces under `supervisor/zygote.toml` (the default profile plus
-clone(CLONE_NEWUSER|CLONE_NEWPID) and capset). It imports the worker runtime
-and any modules named in `preload`, then waits for fork requests. It never
+namespaces under `supervisor/zygote.toml` (the default profile plus the
+clone flags, mounts and capset its workers' confinement needs). It imports
+the worker runtime and any modules named in `preload`, then waits for fork
+requests. It never
 runs untrusted code and never reads anything but the supervisor's requests.
 
 Each worker it forks is confined by supervisor.confine: pid 1 of its own
-user and PID namespaces (it cannot see, signal or ptrace the zygote or a
-sibling), its own session, capabilities dropped, non-dumpable (as is the
-zygote), then its profile's filter stacked on the zygote's. A compromised
-worker therefore cannot name the zygote at all, and the zygote's filter still
-binds it. That filter kills with SECCOMP_RET_KILL_PROCESS rather than
-reporting through user-notify (see policy.launch_filter): the kernel ends only
-the caller, where a notification would have the sandbox kill the zygote and
-every sibling. Each worker reports its own profile's refusals through a
-listener of its own, which it hands to the supervisor.
+user, PID, mount and IPC namespaces (it cannot see, signal or ptrace the
+zygote or a sibling), its own /proc, /tmp and Landlock domain, its own
+session, capabilities dropped, non-dumpable (as is the zygote), then its
+profile's filter stacked on the zygote's. The zygote's filter refuses with
+SECCOMP_RET_TRACE (zygote_filter), which ranks below the worker's own
+user-notify: what both refuse, the worker's listener reports with its name;
+what only the zygote's refuses is not executed (ENOSYS, no tracer exists).
 
 When the supervisor dies the zygote's sandbox dies (parent-death signal on
 its init) and takes every worker with it: they live in PID namespaces nested
@@ -59,6 +58,8 @@ from supervisor.process import WorkerProcess, readable, status_from_wait
 from supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
+    from profiles.model import Profile
+    from supervisor.confine import Isolation
     from supervisor.core import Supervisor
 
 PROFILE_PATH = str(Path(__file__).with_name("zygote.toml"))
@@ -69,7 +70,7 @@ _MAX = 256
 
 # ------------------------------------------------------------------ zygote side
 
-def _serve(sock: socket.socket, warm_target: int) -> None:
+def _serve(sock: socket.socket, warm_target: int, how: Isolation) -> None:
     from supervisor.confine import fork_warm, fork_worker
 
     own = os.pidfd_open(os.getpid())
@@ -86,7 +87,7 @@ def _serve(sock: socket.socket, warm_target: int) -> None:
         ready = readable([sock.fileno(), wake_r], 0 if idle else None)
         if not ready and idle:
             try:
-                warm.append(fork_warm(own))
+                warm.append(fork_warm(own, how))
             except OSError:
                 warm_target = len(warm)  # cannot pre-fork: serve cold forks only
             continue
@@ -120,7 +121,8 @@ def _serve(sock: socket.socket, warm_target: int) -> None:
                 wid = data[1:]
                 try:
                     assigned = _assign_warm(warm, fds[0])
-                    pid = assigned if assigned is not None else fork_worker(fds[0], own)
+                    pid = (assigned if assigned is not None
+                           else fork_worker(fds[0], own, how=how))
                     children.add(pid)
                     sock.send(b"P" + _I.pack(pid) + wid)
                 except OSError as e:
@@ -153,12 +155,21 @@ def main() -> None:
     """Entry point inside the zygote's sandbox: preload, then serve fork requests."""
     import ipc  # noqa: F401  (preloaded so forked workers start warm)
     import supervisor.worker_main  # noqa: F401
+    from supervisor.confine import ZYGOTE_FS_RULES, Isolation, landlock_abi
     warm = 0
+    shared_tmp = False
     for arg in sys.argv[1:]:
         if arg.startswith("--warm="):
             warm = int(arg.partition("=")[2])
+        elif arg == "--shared-tmp":
+            shared_tmp = True
         else:
             importlib.import_module(arg)
+    # Each worker: its own /proc and (unless shared) /tmp, and its own Landlock domain
+    # with the file rules this sandbox would have had (the zygote's sandbox has none:
+    # Landlock would refuse the workers' mounts) and the signal and socket scopes.
+    how = Isolation(own_keyring=False, private_tmp=not shared_tmp, fs_rules=ZYGOTE_FS_RULES,
+                    landlock_abi=landlock_abi())
     from supervisor import bootstrap
     # Build msgspec's decoder for the bootstrap once, here, not in every worker.
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
@@ -171,7 +182,7 @@ def main() -> None:
     gc.freeze()  # keep the collector off the shared pages: fewer copy-on-write faults per fork
     sock = socket.socket(fileno=3)
     sock.setblocking(True)
-    _serve(sock, warm)
+    _serve(sock, warm, how)
 
 
 # ------------------------------------------------------------------ supervisor side
@@ -250,6 +261,54 @@ class ZygoteProcess(WorkerProcess):
                 signal.pidfd_send_signal(self.pidfd, sig)
 
 
+_RET_K = 0x06
+_INSN = struct.Struct("<HBBI")
+_RET_ACTION_FULL = 0xFFFF0000
+_RET_KILL_PROCESS = 0x80000000
+_RET_KILL_THREAD = 0x00000000
+_RET_ERRNO = 0x00050000
+_RET_TRACE = 0x7FF00000
+
+
+def zygote_filter(profile: Profile) -> bytes:
+    """The zygote sandbox's filter: `profile`'s, with every refusal a SECCOMP_RET_TRACE.
+
+    Workers stack their own filter, with the stack's one listener, on this one,
+    and the kernel applies the most severe verdict: kill > trap > errno >
+    user-notify > trace > allow. A kill or errno here would beat the worker's
+    user-notify, so a call both filters refuse (ptrace, mount, socket(AF_INET))
+    would end the worker unnamed, or answer EPERM to a `strict` worker. TRACE
+    ranks below user-notify, so the worker's listener reports it, with its name
+    and arguments, and the supervisor kills. A call only this filter refuses
+    (the worker's own profile allows it) is not executed: with no tracer the
+    kernel answers ENOSYS, and no worker can become a tracer (ptrace is itself
+    refused here). ENOSYS answers stay as they are (clone3: glibc's fallback).
+    """
+    from profiles.compiler import compile_policy
+    code = bytearray(compile_policy(profile.seccomp, kill_as_notify=False))
+    for at in range(0, len(code), _INSN.size):
+        op, jt, jf, k = _INSN.unpack_from(code, at)
+        action = k & _RET_ACTION_FULL
+        if op == _RET_K and (k in (_RET_KILL_PROCESS, _RET_KILL_THREAD)
+                             or (action == _RET_ERRNO and k & 0xFFFF != errno.ENOSYS)):
+            _INSN.pack_into(code, at, op, jt, jf, _RET_TRACE)
+    return bytes(code)
+
+
+def unsupported(profile: Profile) -> str | None:
+    """Why a worker under `profile` cannot run as a zygote worker, or None.
+
+    The zygote's sandbox has its own network namespace, with nothing but
+    loopback, and its filter refuses AF_INET/AF_INET6 sockets: a profile that
+    needs the host's network (network-client) would start and then fail on
+    its first connection."""
+    if not profile.namespaces.net:
+        return (f"profile {profile.name!r} needs the host's network, which zygote workers "
+                "do not have (the zygote's sandbox has a network namespace of its own); "
+                "use start_method='spawn'")
+    return None
+
+
 class ZygoteError(RuntimeError):
     """The zygote could not be started, or it ended."""
 
@@ -271,23 +330,29 @@ class ZygoteClient:
     async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
                     ) -> ZygoteClient:
         from supervisor.core import _sandbox_spec_for
-        from supervisor.policy import launch_filter, resolve_profile
+        from supervisor.policy import resolve_profile
         from supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
-        # Plain kills, no listener: each worker's own filter takes the stack's one
-        # listener, and a refusal here kills only the calling worker, never the
-        # zygote's whole sandbox (as a notification to the sandbox would).
-        zfilter = launch_filter(resolve_profile(PROFILE_PATH))
-        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *preload],
+        zfilter = zygote_filter(resolve_profile(PROFILE_PATH))
+        shared = ["--shared-tmp"] if sup.shared_tmp else []
+        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *shared,
+                                       *preload],
                                  PROFILE_PATH, "supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
-        # Each worker is a user and a PID namespace nested in the zygote's sandbox,
-        # whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS), and
-        # its workers share the sandbox's inotify budget.
+        # Each worker is a user, PID, mount and IPC namespace nested in the zygote's
+        # sandbox, whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS),
+        # and its workers share the sandbox's inotify budget.
         nested = 2 * sup.max_workers + warm
         spec = dataclasses.replace(spec, userns_limits=(
             ("max_inotify_instances", 1024), ("max_inotify_watches", 65536),
-            ("max_pid_namespaces", nested), ("max_user_namespaces", nested)))
+            ("max_pid_namespaces", nested), ("max_user_namespaces", nested),
+            ("max_mnt_namespaces", nested), ("max_ipc_namespaces", nested)))
+        # No Landlock domain on the zygote itself: Landlock refuses mounts to a process
+        # whose domain handles files, and each worker mounts its own /proc and /tmp.
+        # Every worker enters a domain of its own instead (confine.ZYGOTE_FS_RULES).
+        # Nor a mask on /proc/keys: a covered procfs forbids the workers' own (their
+        # unmapped uids see no key in theirs).
+        spec = dataclasses.replace(spec, landlock=False, mask_proc_keys=False)
         box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
         if box.channel is None:
             box.kill()

@@ -78,10 +78,11 @@ def handled_fs(abi: int) -> int:
     return h
 
 
-def build_ruleset(abi: int, rules: Sequence[tuple[bytes, int]]) -> int:
+def build_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool = True) -> int:
     """A ruleset fd (close-on-exec) for `rules` [(path, rights)], resolved in this mount
-    namespace; `restrict_self()` applies it. Paths that do not exist are skipped."""
-    handled = handled_fs(abi)
+    namespace; `restrict_self()` applies it. Paths that do not exist are skipped.
+    `handle_fs=False`: a ruleset for the scopes alone (ABI 6), leaving file access as is."""
+    handled = handled_fs(abi) if handle_fs else 0
     attr = _RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
     size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
     rfd = _sys.syscall("landlock_create_ruleset", ctypes.byref(attr), ctypes.c_size_t(size),

@@ -48,8 +48,10 @@ from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
 from supervisor.sandbox import _sys, caps, fds, ids, landlock, limits, mounts, net, pidns, userns
+from supervisor.sandbox.keyring import join_new_session_keyring, mask_proc_keys
 from supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener
 from supervisor.sandbox.preflight import PreflightError, explain
+from supervisor.sandbox.proctitle import hide_parent_argv
 from supervisor.sandbox.seccomp import (
     WEAKENED_WAIT_KILLABLE,
     PreparedFilter,
@@ -68,7 +70,7 @@ from supervisor.sandbox.status import (
 
 STEPS = ("clone", "session", "pdeathsig", "userns", "pidns", "mount", "uts", "net", "cgroup",
          "cgroupns", "signals", "rlimits", "fds", "caps", "ids", "no_new_privs", "landlock",
-         "exec", "seccomp", "supervisor")
+         "exec", "seccomp", "supervisor", "keyring")
 _ERR = struct.Struct("=Bi")
 _PID = struct.Struct("=i")
 SETUP_TIMEOUT = 30.0
@@ -117,6 +119,7 @@ class Plan(NamedTuple):
     map_helper: bool  # the parent maps through newuidmap/newgidmap (ordinary user, subids)
     clone_as: tuple[int, int] | None  # root: effective ids that create (own) the user namespace
     userns_limits: tuple[tuple[bytes, bytes], ...]  # /proc/sys/user limits the init lowers
+    mask_proc_keys: bool
 
 
 # ---------------------------------------------------------------- child side
@@ -200,6 +203,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     # A collection would touch every object and copy every page the parent shares.
     gc.disable()
     _set_name(b"warden-init")
+    hide_parent_argv(b"warden-init")  # /proc/1/cmdline showed the caller's argv
     step = "session"
     try:
         # A supervisor that made itself non-dumpable passed that on; until the
@@ -211,6 +215,8 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         # Hold none of the parent's descriptors but those this sandbox needs.
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
                         *(src for _t, src in plan.fd_pairs), *mounts.tree_fds(plan.mount_ops)})
+        step = "keyring"  # else the caller's session keyring (its keys) stays possessed
+        join_new_session_keyring()
         step = "userns"
         if plan.self_maps:
             userns.write_maps("self", *plan.map_ids, deny_setgroups=True)
@@ -233,6 +239,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         mounts.setup_root(plan.mount_ops, plan.tmp_size, plan.chdir)
         step = "userns"
         userns.finish_limits(held_limit)
+        step = "keyring"
+        if plan.mask_proc_keys:
+            mask_proc_keys()  # it lists the keys of the uid the sandbox maps
         step = "uts"
         net.set_hostname(plan.hostname)
         step = "net"
@@ -459,6 +468,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         map_helper=not root and lease.mode != "own",
         clone_as=(lease.uid, lease.gid) if root else None,
         userns_limits=userns.plan_limits(spec.userns_limits),
+        mask_proc_keys=spec.mask_proc_keys,
     )
     # Last, so that nothing after it can fail and leak the detached trees.
     return plan._replace(mount_ops=mounts.detach_sources(plan.mount_ops))
@@ -1025,6 +1035,9 @@ class Sandbox:
         if not self._landlock_abi:
             out.append("landlock (disabled for this sandbox)" if not self.spec.landlock
                        else "landlock (this kernel has none)")
+        elif self._landlock_abi < 6:
+            out.append(f"landlock scopes (ABI {self._landlock_abi} < 6: signals and abstract "
+                       "unix sockets reach processes outside the sandbox)")
         mode = self._lease.mode
         if mode == "fixed":
             out.append(f"outer ids (fixed at {self._lease.uid}/{self._lease.gid} by "

@@ -12,33 +12,49 @@ the errno on failure.
 
 from __future__ import annotations
 
+import os
 import signal
+import struct
 
-from supervisor.sandbox import _sys, caps
+from supervisor.sandbox import _sys, caps, keyring, landlock, proctitle, userns
+from supervisor.sandbox.seccomp import PreparedFilter
 
 __all__ = [
     "clear_capabilities",
     "close_fds",
     "fork_into_new_namespaces",
+    "hide_parent_argv",
+    "hide_proc",
     "is_dumpable",
+    "join_new_session_keyring",
+    "lock_parent_death_signal",
+    "map_own_ids",
+    "mask_proc_keys",
+    "mount_own_proc",
+    "mount_private_tmp",
+    "scope_landlock",
     "set_dumpable",
     "set_no_new_privs",
     "set_parent_death_signal",
 ]
 
 _PR_GET_DUMPABLE = 3
-_NEW_USER_AND_PID = _sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | signal.SIGCHLD
+# User and PID: the worker is pid 1 of a namespace nobody else is in. Mount and IPC,
+# owned by that new user namespace: its own /proc and /tmp (mount_own_proc,
+# mount_private_tmp) and its own SysV IPC and POSIX message queues.
+_NEW_NAMESPACES = (_sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | _sys.CLONE_NEWNS | _sys.CLONE_NEWIPC
+                   | signal.SIGCHLD)
 
 
 def fork_into_new_namespaces(*, as_sibling: bool = False) -> int:
-    """Fork into a new user namespace and a new PID namespace (the child is its pid 1).
+    """Fork into new user, PID, mount and IPC namespaces (the child is pid 1 of its own).
 
     Returns 0 in the child and the child's pid in the caller, like os.fork().
     It is a raw clone(2): CPython's fork hooks do not run, so call it only
     from a single-threaded process. `as_sibling` (CLONE_PARENT): the child
     becomes a child of the caller's parent, which then reaps it.
     """
-    return _sys.clone(_NEW_USER_AND_PID | (_sys.CLONE_PARENT if as_sibling else 0))
+    return _sys.clone(_NEW_NAMESPACES | (_sys.CLONE_PARENT if as_sibling else 0))
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
@@ -78,3 +94,139 @@ def set_no_new_privs() -> None:
     """PR_SET_NO_NEW_PRIVS: no exec can gain privilege (setuid bits and file
     capabilities are inert); required to load a seccomp filter unprivileged."""
     caps.no_new_privs()
+
+
+def hide_parent_argv(title: bytes) -> None:
+    """Overwrite the argv and environ strings inherited from the parent (see proctitle)."""
+    proctitle.hide_parent_argv(title)
+
+
+def join_new_session_keyring() -> None:
+    """Leave the parent's session keyring for a new, empty one (see keyring)."""
+    keyring.join_new_session_keyring()
+
+
+# ------------------------------------------------------------- parent-death lock
+
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_RET_K = 0x06
+_RET_ALLOW = 0x7FFF0000
+_RET_ERRNO = 0x00050000
+_EPERM = 1
+_X32_BIT = 0x40000000
+# prctl's number for every ABI a process of this machine can enter the kernel with:
+# (AUDIT_ARCH_*, numbers). x86_64 also takes i386 (int 0x80) and x32 calls.
+_PRCTL = {"x86_64": ((0xC000003E, (157, _X32_BIT | 157)), (0x40000003, (172,))),
+          "aarch64": ((0xC00000B7, (167,)), (0x40000028, (172,)))}[os.uname().machine]
+
+
+def _pdeathsig_lock() -> bytes:
+    """BPF: prctl(PR_SET_PDEATHSIG, ...) -> EPERM, everything else allowed.
+
+    seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low 32 bits: prctl's
+    option is an int, the kernel reads no more)."""
+    code: list[tuple[int, int, int, int]] = [(_BPF_LD_W_ABS, 0, 0, 16)]
+    deny: list[int] = []  # indexes of jumps to patch to the final ERRNO
+    allow_at: list[int] = [len(code)]
+    code.append((_BPF_JEQ_K, 0, 0, _sys.PR_SET_PDEATHSIG))  # jf -> allow, patched below
+    for arch, numbers in _PRCTL:
+        code.append((_BPF_LD_W_ABS, 0, 0, 4))
+        skip = len(code)
+        code.append((_BPF_JEQ_K, 0, 0, arch))  # jf -> next arch, patched below
+        code.append((_BPF_LD_W_ABS, 0, 0, 0))
+        for nr in numbers:
+            deny.append(len(code))
+            code.append((_BPF_JEQ_K, 0, 0, nr))
+        code.append((_BPF_RET_K, 0, 0, _RET_ALLOW))
+        code[skip] = (_BPF_JEQ_K, 0, len(code) - skip - 1, arch)
+    allow = len(code)
+    code.append((_BPF_RET_K, 0, 0, _RET_ALLOW))
+    errno_at = len(code)
+    code.append((_BPF_RET_K, 0, 0, _RET_ERRNO | _EPERM))
+    for i in allow_at:
+        c = code[i]
+        code[i] = (c[0], 0, allow - i - 1, c[3])
+    for i in deny:
+        c = code[i]
+        code[i] = (c[0], errno_at - i - 1, 0, c[3])
+    return b"".join(struct.pack("<HBBI", *c) for c in code)
+
+
+_LOCK = _pdeathsig_lock()
+
+
+def lock_parent_death_signal() -> None:
+    """Make the parent-death signal set now unchangeable by this process's code.
+
+    A forked worker that is pid 1 of its own PID namespace takes every process
+    of that namespace with it when it dies, but only if it dies: with
+    prctl(PR_SET_PDEATHSIG, 0) it would outlive its parent, and with it every
+    process it forked (setsid or not). This seccomp filter answers EPERM to
+    every PR_SET_PDEATHSIG (a filter cannot be removed, and its children
+    inherit it). Nothing else clears the signal for it: the kernel does so only
+    when credentials change (impossible with no capabilities and one uid) or
+    on a set-id exec (inert under no_new_privs). Call while holding
+    CAP_SYS_ADMIN in the own user namespace, or after no_new_privs.
+    """
+    PreparedFilter(_LOCK, listener=False).load()
+
+
+# ------------------------------------------------------------- own /proc, /tmp, scope
+
+def map_own_ids(outer_uid: int, outer_gid: int) -> None:
+    """Map INNER_ID in this process's new user namespace to the ids it had before
+    the clone (the one mapping the kernel lets a process write for itself; setgroups
+    denied). Unmapped ids cannot create files in a filesystem the namespace
+    mounts, such as the worker's own /tmp; access rights do not change (the
+    kernel checks the same outer ids)."""
+    # A non-dumpable process's /proc/self files belong to global root, which no
+    # capability in this namespace overrides: dumpable while writing, as the
+    # sandbox's init does (the worker runs only trusted code here).
+    set_dumpable(True)
+    try:
+        userns.write_maps("self", outer_uid, outer_gid, deny_setgroups=True)
+    finally:
+        set_dumpable(False)
+
+
+def mount_own_proc() -> None:
+    """A fresh procfs on /proc, showing only this process's PID namespace.
+
+    Without it a worker reads the procfs it inherited: the zygote sandbox's
+    (the zygote, every sibling worker) or, forked from the supervisor, the
+    host's. Needs CAP_SYS_ADMIN in the user namespace owning the PID and mount
+    namespaces (right after fork_into_new_namespaces)."""
+    _sys.mount(b"proc", b"/proc", b"proc", _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC)
+
+
+def hide_proc() -> None:
+    """An empty, read-only tmpfs over /proc: for when a procfs of its own is refused."""
+    _sys.mount(b"tmpfs", b"/proc", b"tmpfs",
+               _sys.MS_RDONLY | _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC, b"size=4k")
+
+
+def mask_proc_keys() -> None:
+    """/dev/null over /proc/keys and /proc/key-users (see keyring.mask_proc_keys)."""
+    keyring.mask_proc_keys()
+
+
+def mount_private_tmp(size_bytes: int) -> None:
+    """An empty tmpfs of its own on /tmp (mode 1777, `size_bytes` at most)."""
+    _sys.mount(b"tmpfs", b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+               b"size=%d,mode=1777" % size_bytes)
+
+
+def scope_landlock(abi: int, rules: tuple[tuple[bytes, int], ...] = ()) -> None:
+    """Enter a Landlock domain of its own: `rules` [(path, rights)] for the filesystem
+    (none: the filesystem is not handled) and, with ABI 6 or later, scoped, so no
+    abstract unix socket and no signal of this process reaches one outside it
+    (a sibling, the zygote). Landlock refuses mounts to a process whose domain
+    handles the filesystem: call after the mounts. No-op when abi is 0."""
+    if abi <= 0 or (abi < 6 and not rules):
+        return
+    ruleset = landlock.build_ruleset(abi, rules, handle_fs=bool(rules))
+    try:
+        landlock.restrict_self(ruleset)
+    finally:
+        os.close(ruleset)

@@ -84,6 +84,10 @@ class SandboxSpec:
     memory_rlimit_only: bool = False
     hostname: str = "warden"
     landlock: bool = True
+    # /dev/null over /proc/keys and /proc/key-users (they list every key of the uid the
+    # sandbox maps). Off for a sandbox whose processes mount their own procfs (the
+    # zygote): the kernel refuses a new procfs where the old one is partly covered.
+    mask_proc_keys: bool = True
     notify: bool = field(default=True)  # filter reports kill actions to the supervisor
 
     def fd_map(self) -> dict[int, int | FileGrant | str]:

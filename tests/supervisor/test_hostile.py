@@ -69,23 +69,21 @@ def test_cannot_ptrace_supervisor_or_sibling(method: str) -> None:
         async with sup(method) as s:
             sibling = await s.spawn(Calc, CALC, profile="default")
             evil = await s.spawn(Calc, CALC, profile="default")
-            if method == "zygote":
-                # The zygote's filter, which every zygote worker runs under, kills
-                # ptrace outright (its refusals are kills: see policy.launch_filter).
-                with pytest.raises(WorkerDied):
-                    await evil.remote.act("ptrace", os.getpid())
-                assert (await evil.wait()).outcome is Outcome.SECCOMP_VIOLATION
-            else:
-                assert await evil.remote.act("ptrace", os.getpid()) in (errno.EPERM,
-                                                                        errno.ESRCH)
-                assert await evil.remote.act("ptrace", sibling.pid) in (errno.EPERM,
-                                                                        errno.ESRCH)
+            # The zygote's own refusals rank below the worker's filter (zygote_filter),
+            # so a `default` zygote worker reads default's EPERM like the others.
+            assert await evil.remote.act("ptrace", os.getpid()) in (errno.EPERM,
+                                                                    errno.ESRCH)
+            assert await evil.remote.act("ptrace", sibling.pid) in (errno.EPERM,
+                                                                    errno.ESRCH)
             assert await sibling.remote.square(3) == 9
             # Under strict, trying is itself fatal.
             strict = await s.spawn(Calc, CALC)
             with pytest.raises(WorkerDied):
                 await strict.remote.act("ptrace", os.getpid())
-            assert (await strict.wait()).outcome is Outcome.SECCOMP_VIOLATION
+            st = await strict.wait()
+            assert st.outcome is Outcome.SECCOMP_VIOLATION
+            if method != "spawn":  # named by the worker's listener (spawn: its launch filter)
+                assert st.violation is not None and st.violation.syscall == "ptrace"
     run(main())
 
 
@@ -268,9 +266,11 @@ def test_worker_cannot_reach_zygote_or_siblings_through_proc(method: str) -> Non
             sibling = await s.spawn(Calc, CALC, profile="default")
             evil = await s.spawn(Calc, CALC, profile="default")
             result = await evil.remote.act("proc_attack")
-            assert result < 0, f"{result} attacks succeeded"  # -(targets tried): all failed
-            if method == "zygote":  # it sees the sandbox's init, the zygote and its sibling
-                assert result <= -3
+            assert result <= 0, f"{result} attacks succeeded"  # -(targets tried): all failed
+            if method == "spawn":  # it sees its sandbox's init
+                assert result < 0
+            else:  # its own /proc shows its own PID namespace only: nobody to attack
+                assert result == 0
             assert alive(zygote_pid) and not s._zygote.dead
             assert await sibling.remote.square(4) == 16
             fresh = await s.spawn(Calc, CALC, start_method="zygote")
@@ -291,10 +291,11 @@ def test_worker_holds_only_stdio_and_its_channel(method: str) -> None:
     run(main())
 
 
-def test_a_worker_breaking_the_zygotes_filter_dies_alone() -> None:
+def test_a_worker_breaking_the_zygotes_filter_is_refused_alone() -> None:
     """A worker whose own profile allows everything still runs under the zygote's filter.
-    A call that filter kills (pkey_alloc) must end that worker only, never the zygote's
-    sandbox and with it every sibling."""
+    A call that filter refuses (pkey_alloc) is not executed (ENOSYS: see
+    zygote.zygote_filter), and never ends the zygote's sandbox and with it every
+    sibling."""
     from profiles.model import ALLOW, SeccompPolicy
 
     anything = dataclasses.replace(load_profile("default"), name="anything",
@@ -304,10 +305,8 @@ def test_a_worker_breaking_the_zygotes_filter_dies_alone() -> None:
         async with sup("zygote") as s:
             sibling = await s.spawn(Calc, CALC)
             evil = await s.spawn(Calc, CALC, profile=anything)
-            with pytest.raises(WorkerDied):
-                await evil.remote.act("syscall", 330)  # pkey_alloc on x86_64
-            st = await evil.wait()
-            assert st.outcome is Outcome.SECCOMP_VIOLATION, st
+            assert await evil.remote.act("syscall", 330) == errno.ENOSYS  # pkey_alloc
+            assert await evil.remote.square(2) == 4
             assert not s._zygote.dead
             assert await sibling.remote.square(3) == 9
             assert await (await s.spawn(Calc, CALC)).remote.square(4) == 16
