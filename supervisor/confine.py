@@ -30,7 +30,7 @@ from typing import NamedTuple, NoReturn
 
 from supervisor.process import readable
 from supervisor.sandbox import landlock, self_confine
-from supervisor.sandbox.spec import DEFAULT_OUTER_ID
+from supervisor.sandbox.spec import BASE_PATH, DEFAULT_OUTER_ID
 
 EXIT_SETUP = 125
 _PID = struct.Struct("=i")
@@ -136,6 +136,9 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
         self_confine.lock_parent_death_signal()
         # /proc/1/cmdline and environ in here are this process's: the parent's strings.
         self_confine.hide_parent_argv(b"warden-worker")
+        # And os.environ is the parent's too (a fork copies it): a worker gets the
+        # environment every sandbox gets, never the supervisor's (its secrets).
+        _clean_environment()
         _isolate(how, ids)
         if channel_fd != 3:
             os.dup2(channel_fd, 3)
@@ -164,6 +167,14 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
             worker_main.report_start_failure(report_fd, e)
         code = EXIT_SETUP
     os._exit(code)
+
+
+def _clean_environment() -> None:
+    """The environment of a sandbox's program (spec.py), nothing of the parent's."""
+    lang = os.environ.get("LANG", "C.UTF-8")
+    os.environ.clear()
+    os.environ.update({"PATH": BASE_PATH, "HOME": "/tmp", "LANG": lang,
+                       "WARDEN_CHANNEL_FD": "3"})
 
 
 def _receive_channel() -> bool:

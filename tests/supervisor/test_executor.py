@@ -202,7 +202,7 @@ def test_hostile_functions_fail_only_their_own_futures() -> None:
                            r"\[Errno 13\] Permission denied: '/etc/shadow'"):
             shadow.result()
         # ... and kills a worker that calls ptrace.
-        with pytest.raises(WorkerDied, match=r"ptrace_parent\(\): seccomp_violation"):
+        with pytest.raises(WorkerDied, match=r"ptrace_parent\(\): seccomp violation: ptrace\("):
             ptrace.result()
 
         assert [f.result() for f in good] == list(range(6))
