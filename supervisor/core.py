@@ -591,6 +591,10 @@ class Supervisor:
                       else str(e))
             proc.kill(Outcome.SETUP_ERROR, f"worker {wid}: {reason}")
             status = await self._final_status(proc)
+            if status.outcome is Outcome.SETUP_ERROR and status.reason != f"worker {wid}: {reason}":
+                # It ended on its own before our kill could record the cause (its exit,
+                # read first, said only that it failed): its own words are the reason.
+                status = dataclasses.replace(status, reason=f"worker {wid}: {reason}")
             self._emit(events.Exited(wid, proc.pid, status))
             raise SpawnError(f"worker {wid} failed to start: {reason} ({status.describe()})",
                              status) from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import importlib
 import os
 import resource
@@ -163,16 +164,51 @@ def _set_rlimits(boot: bootstrap.Bootstrap, only: int | None = None,
         resource.setrlimit(kind, (cap, cap))
 
 
+class TargetEscaped(RuntimeError):
+    """The target's import or constructor left something running outside the filter."""
+
+
+def _no_other_process() -> None:
+    """Refuse to serve when code that ran before the filter left a process behind.
+
+    The target's import and constructor are trusted code that runs under the launch
+    filter only (docs/supervisor.md): a process it forked would stay outside the
+    profile's filter for good. This process's PID namespace holds only itself (zygote
+    and fork workers are its pid 1) and, for spawn workers, the sandbox's init (pid 1);
+    an orphan of a double fork is reparented to one of them, so it shows here too."""
+    me = os.getpid()
+    others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, me))
+    if others:
+        raise TargetEscaped(f"the worker's target left processes running before its "
+                            f"profile's filter was loaded (pids {others[:8]} in its "
+                            "namespace); a target may start processes only once it serves")
+
+
 def lock_down(boot: bootstrap.Bootstrap) -> int | None:
     """The worker's own confinement, applied before it sees any input. Returns the
-    filter's seccomp listener when the bootstrap asks for one."""
+    filter's seccomp listener when the bootstrap asks for one.
+
+    The filter goes on every thread (TSYNC): a thread the target started in its
+    constructor is filtered like the rest. A listener the target made itself cannot
+    be passed off as ours: the kernel allows one listener per filter stack, so our
+    load then fails (EBUSY) and the worker never says it is ready."""
     _set_rlimits(boot, skip=resource.RLIMIT_NOFILE)  # RLIMIT_NOFILE: see run()
     self_confine.set_dumpable(False)
     self_confine.set_no_new_privs()
     if boot.seccomp_filter:
         global _filtered
+        _no_other_process()
         _filtered = True
-        fd = PreparedFilter(boot.seccomp_filter, listener=boot.notify).load()
+        try:
+            fd = PreparedFilter(boot.seccomp_filter, listener=boot.notify,
+                                all_threads=True).load()
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise TargetEscaped("the worker's target loaded a seccomp filter with a "
+                                    "listener of its own before its profile's filter; the "
+                                    "kernel allows one listener per filter stack, so the "
+                                    "profile's cannot be loaded") from None
+            raise
         return fd if boot.notify else None
     return None
 

@@ -24,7 +24,9 @@ import struct
 from supervisor.sandbox import _sys
 
 SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_TSYNC_ESRCH = 1 << 4
 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 RET_ACTION_FULL = 0xFFFF0000
 RET_USER_NOTIF = 0x7FC00000
@@ -91,12 +93,19 @@ class _Fprog(ctypes.Structure):
 class PreparedFilter:
     """The filter and the calls around it, built before the child's last steps."""
 
-    def __init__(self, bpf: bytes, listener: bool) -> None:
+    def __init__(self, bpf: bytes, listener: bool, all_threads: bool = False) -> None:
         self._buf = ctypes.create_string_buffer(bpf, len(bpf))
         self._prog = _Fprog(len(bpf) // _INSN.size, ctypes.cast(self._buf, ctypes.c_char_p))
         self.listener = listener
         self._flags = (SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
                        if listener else 0)
+        if all_threads:
+            # Every thread of the process gets the filter, not only the caller: a thread
+            # started before it (by code that ran first) would otherwise run unfiltered.
+            # TSYNC_ESRCH (Linux 5.7) lets TSYNC go with a listener; a thread that cannot
+            # be synchronised makes the load fail (ESRCH), never half-apply.
+            self._flags |= SECCOMP_FILTER_FLAG_TSYNC | (
+                SECCOMP_FILTER_FLAG_TSYNC_ESRCH if listener else 0)
         self._syscall = _sys.libc.syscall
         self._nr_seccomp = ctypes.c_long(_sys.NR["seccomp"])
 
