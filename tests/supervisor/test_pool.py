@@ -39,7 +39,7 @@ def test_death_mid_call_fails_that_call_only_and_is_restarted() -> None:
             q = s.event_queue()
             pool = await s.pool(Calc, CALC, size=3, restart=FAST, profile="python-worker")
             slow = [asyncio.ensure_future(pool.call("sleep", 100)) for _ in range(2)]
-            await asyncio.sleep(0.02)
+            await eventually(lambda: _in_flight(pool) == 2, "both slow calls sent")
             with pytest.raises(WorkerDied, match=r"ended during act\(\): exited with code 9"):
                 await pool.call("act", "exit", 9)
             assert await asyncio.gather(*slow) == [100, 100]
@@ -57,9 +57,10 @@ def test_restart_never_and_always() -> None:
     async def main() -> None:
         async with sup() as s:
             never = await s.pool(Calc, CALC, size=2, restart=RestartPolicy("never"))
-            with pytest.raises(WorkerDied):
+            with pytest.raises(WorkerDied) as died:
                 await never.call("act", "exit", 0)
-            await asyncio.sleep(0.1)
+            # "never" decides when the death is reported: no restart is pending.
+            assert died.value.worker_id not in never.workers
             assert len(never.workers) == 1 and never.restarts == 0
             assert await never.call("square", 3) == 9
             always = await s.pool(Calc, CALC, size=1,
@@ -134,7 +135,7 @@ def test_per_worker_pipelines_calls_and_a_death_fails_only_that_workers_calls() 
                 [i * i for i in range(40)]
             victim = next(iter(pool.workers.values()))
             calls = [asyncio.ensure_future(pool.call("sleep", 200)) for _ in range(8)]
-            await asyncio.sleep(0.05)
+            await eventually(lambda: _in_flight(pool) == 8, "all eight calls sent")
             victim.kill()
             done = await asyncio.gather(*calls, return_exceptions=True)
             died = [d for d in done if isinstance(d, WorkerDied)]
@@ -160,3 +161,9 @@ def test_full_waits_for_replacements() -> None:
                 await never.call("act", "exit", 1)
             assert not await never.full(timeout=0.2)
     run(main())
+
+
+def _in_flight(pool: object) -> int:
+    """Calls sent to the pool's workers and not answered yet (the readiness the tests
+    wait on instead of a sleep)."""
+    return sum(w._in_flight for w in pool.workers.values())  # type: ignore[attr-defined]

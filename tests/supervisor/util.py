@@ -63,10 +63,15 @@ def zombie_children() -> list[int]:
     return out
 
 
-async def eventually(check: Callable[[], Any], what: str, tries: int = 400) -> None:
-    """Poll `check` until true (for state that settles asynchronously, e.g. a process exit)."""
-    for _ in range(tries):
+async def eventually(check: Callable[[], Any], what: str, tries: int | None = None) -> None:
+    """Poll `check` until true (for state that settles asynchronously, e.g. a process exit).
+
+    Unbounded by default: how long it takes is no test's business; a state that never
+    comes fails the test at its timeout, in here, with `what` in the traceback."""
+    n = 0
+    while tries is None or n < tries:
         if check():
             return
+        n += 1
         await asyncio.sleep(0.01)
     raise AssertionError(f"never happened: {what}")
