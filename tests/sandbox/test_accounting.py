@@ -174,7 +174,8 @@ SLEEP = [PY, "-I", "-S", "-c", "import sys; sys.stdin.read()"]
 
 def test_each_live_sandbox_has_outer_ids_of_its_own_and_they_are_reused() -> None:
     if not OWN_IDS:
-        pytest.skip("as an ordinary user without /etc/subuid and /etc/subgid ranges every "
+        pytest.skip("needs root (or subids): "
+                    "as an ordinary user without /etc/subuid and /etc/subgid ranges every "
                     "sandbox keeps the user's own id (test_shared_ids_are_named_in_weakened)")
     boxes = []
     pipes = []
@@ -262,7 +263,8 @@ sys.stdin.read()
 
 def test_fds_parked_in_flight_do_not_starve_a_sibling() -> None:
     if not OWN_IDS:
-        pytest.skip("needs sandboxes with ids of their own (root, or /etc/subuid and "
+        pytest.skip("needs root (or subids): "
+                    "needs sandboxes with ids of their own (root, or /etc/subuid and "
                     "/etc/subgid ranges for this user): with the shared id the in-flight "
                     "count is shared by design, and the status says so")
     hog = Held(PARK_FDS)
@@ -352,7 +354,8 @@ print(json.dumps([big, parts, int(open('/proc/sys/kernel/shmmax').read())]))
 
 def test_sysv_shared_memory_is_capped_in_the_sandbox_ipc_namespace(no_cgroup: None) -> None:
     if MODE != "root":
-        pytest.skip("only root can write an IPC namespace's shm sysctls when the sandbox maps "
+        pytest.skip("needs root: "
+                    "only root can write an IPC namespace's shm sysctls when the sandbox maps "
                     "no root of its own (the status says `SysV IPC not capped`)")
     with open("/proc/sys/kernel/shmmax") as f:
         host_shmmax = f.read()
@@ -368,7 +371,8 @@ def test_sysv_shared_memory_is_capped_in_the_sandbox_ipc_namespace(no_cgroup: No
 
 def test_a_memory_limit_is_enforced_by_a_cgroup_where_there_is_one() -> None:
     if limits.available_mechanism() == "rlimit":
-        pytest.skip("no usable cgroup for this uid (no delegated cgroup v2 subtree, cgroup v1 "
+        pytest.skip("needs root (or a delegated cgroup): "
+                    "no usable cgroup for this uid (no delegated cgroup v2 subtree, cgroup v1 "
                     "needs root)")
     r = py("pass", memory=64 << 20)
     st = r.status
@@ -477,7 +481,8 @@ def test_the_id_lock_never_reaches_the_sandbox_and_failed_starts_free_their_ids(
 
 def test_ids_come_from_the_configured_range_until_it_is_used_up() -> None:
     if MODE != "root":
-        pytest.skip("the range is root's (an ordinary user's ids come from /etc/subuid)")
+        pytest.skip("needs root: "
+                    "the range is root's (an ordinary user's ids come from /etc/subuid)")
     rng = "2100000000:2"
     pipes, boxes = [], []
     try:

@@ -68,7 +68,8 @@ def status(r: subprocess.CompletedProcess[str]) -> dict[str, object]:
 
 def _program_said(r: subprocess.CompletedProcess[str]) -> str:
     """The program's first line (on stderr: with --json-status -, stdout is the record's)."""
-    return next(ln for ln in r.stderr.splitlines() if not ln.startswith("warden"))
+    return next(ln for ln in r.stderr.splitlines()
+                if ln and not ln.startswith(("warden", " ")) and "Warning:" not in ln)
 
 
 def entries(home: Path) -> list[Path]:

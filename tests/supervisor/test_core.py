@@ -165,7 +165,11 @@ def test_program_speaking_on_fd3() -> None:
             code = ("import ipc; from tests.supervisor.workers import CalcImpl; "
                     "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
             import site
-            paths = [WORKTREE, *(p for p in site.getsitepackages() if os.path.isdir(p))]
+            import sys
+            # The packages this interpreter imports from: its site directories, and any
+            # on sys.path (the ordinary-uid run puts the venv's there through PYTHONPATH).
+            found = [*site.getsitepackages(), *(p for p in sys.path if p.endswith("-packages"))]
+            paths = [WORKTREE, *dict.fromkeys(p for p in found if os.path.isdir(p))]
             w = await s.spawn_program(
                 ["/usr/bin/python3", "-c", code], interface=Calc, profile="default",
                 ro_binds=paths, env=[f"PYTHONPATH={':'.join(paths)}"])
