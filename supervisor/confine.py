@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import struct
+import sys
 from typing import NamedTuple, NoReturn
 
 from supervisor.process import readable
@@ -110,7 +111,8 @@ def _isolate(how: Isolation, ids: tuple[int, int]) -> None:
     # Its uid is mapped now, and /proc/keys lists every key of a mapped uid.
     self_confine.mask_proc_keys()
     if how.private_tmp:
-        self_confine.mount_private_tmp(PRIVATE_TMP_BYTES)
+        self_confine.mount_private_tmp(PRIVATE_TMP_BYTES,
+                                       self_confine.paths_below_tmp(sys.path))
     self_confine.scope_landlock(how.landlock_abi, how.fs_rules)
 
 

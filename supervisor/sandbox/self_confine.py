@@ -12,8 +12,10 @@ the errno on failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import stat
 import struct
 
 from supervisor.sandbox import _sys, caps, keyring, landlock, proctitle, userns
@@ -211,10 +213,52 @@ def mask_proc_keys() -> None:
     keyring.mask_proc_keys()
 
 
-def mount_private_tmp(size_bytes: int) -> None:
-    """An empty tmpfs of its own on /tmp (mode 1777, `size_bytes` at most)."""
-    _sys.mount(b"tmpfs", b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
-               b"size=%d,mode=1777" % size_bytes)
+def mount_private_tmp(size_bytes: int, keep: tuple[str, ...] = ()) -> None:
+    """An empty tmpfs of its own on /tmp (mode 1777, `size_bytes` at most).
+
+    `keep`: paths below /tmp the process still needs (its code: a checkout or a venv
+    in /tmp, which the zygote binds and a fork worker imports from). Each is opened
+    (O_PATH) before the tmpfs hides it, then bound again at its own path from that fd
+    (through /proc/self/fd, so nothing is looked up in the hidden tree by name)."""
+    held: list[tuple[str, int, bool]] = []
+    try:
+        for path in keep:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue
+            held.append((path, fd, stat.S_ISDIR(os.fstat(fd).st_mode)))
+        _sys.mount(b"tmpfs", b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
+                   b"size=%d,mode=1777" % size_bytes)
+        for path, fd, is_dir in held:
+            if is_dir:
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            _sys.mount(b"/proc/self/fd/%d" % fd, os.fsencode(path), None, _sys.MS_BIND)
+    finally:
+        for _path, fd, _is_dir in held:
+            os.close(fd)
+
+
+def paths_below_tmp(search_path: list[str]) -> tuple[str, ...]:
+    """What a private /tmp must keep: every mount point below /tmp (the binds of a
+    zygote's sandbox), and each entry of `search_path` (sys.path) below /tmp that is
+    not inside one kept already. Parents first, so a bind lands inside its parent's."""
+    mounts: list[str] = []
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            point = line.split()[4].decode("unicode_escape", errors="replace")
+            if point.startswith("/tmp/"):
+                mounts.append(point)
+    keep: list[str] = []
+    for entry in search_path:
+        real = os.path.realpath(entry) if entry else ""
+        if real.startswith("/tmp/") and os.path.exists(real) \
+                and not any(real == k or real.startswith(k + "/") for k in keep):
+            keep.append(real)
+    return tuple(sorted(set(mounts) | set(keep), key=lambda p: p.count("/")))
 
 
 def scope_landlock(abi: int, rules: tuple[tuple[bytes, int], ...] = ()) -> None:
