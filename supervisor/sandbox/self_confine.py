@@ -236,7 +236,10 @@ def mount_private_tmp(size_bytes: int, keep: tuple[str, ...] = ()) -> None:
             else:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            _sys.mount(b"/proc/self/fd/%d" % fd, os.fsencode(path), None, _sys.MS_BIND)
+            # Recursive: the binds below it come along, and the kernel refuses a plain
+            # bind of a mount whose children are locked (a less privileged namespace's).
+            _sys.mount(b"/proc/self/fd/%d" % fd, os.fsencode(path), None,
+                       _sys.MS_BIND | _sys.MS_REC)
     finally:
         for _path, fd, _is_dir in held:
             os.close(fd)
@@ -245,20 +248,20 @@ def mount_private_tmp(size_bytes: int, keep: tuple[str, ...] = ()) -> None:
 def paths_below_tmp(search_path: list[str]) -> tuple[str, ...]:
     """What a private /tmp must keep: every mount point below /tmp (the binds of a
     zygote's sandbox), and each entry of `search_path` (sys.path) below /tmp that is
-    not inside one kept already. Parents first, so a bind lands inside its parent's."""
+    not inside one kept already (a recursive bind of the outer one brings it along)."""
     mounts: list[str] = []
     with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
         for line in f:
             point = line.split()[4].decode("unicode_escape", errors="replace")
             if point.startswith("/tmp/"):
                 mounts.append(point)
+    found = mounts + [os.path.realpath(e) for e in search_path if e]
     keep: list[str] = []
-    for entry in search_path:
-        real = os.path.realpath(entry) if entry else ""
-        if real.startswith("/tmp/") and os.path.exists(real) \
-                and not any(real == k or real.startswith(k + "/") for k in keep):
-            keep.append(real)
-    return tuple(sorted(set(mounts) | set(keep), key=lambda p: p.count("/")))
+    for path in sorted({p for p in found if p.startswith("/tmp/") and os.path.exists(p)},
+                       key=lambda p: p.count("/")):
+        if not any(path == k or path.startswith(k + "/") for k in keep):
+            keep.append(path)  # a recursive bind of its parent brings it along
+    return tuple(keep)
 
 
 def scope_landlock(abi: int, rules: tuple[tuple[bytes, int], ...] = ()) -> None:
