@@ -245,6 +245,21 @@ def mount_private_tmp(size_bytes: int, keep: tuple[str, ...] = ()) -> None:
             os.close(fd)
 
 
+def _unescape_mountinfo(field: bytes) -> str:
+    """mountinfo's octal escapes (\\040 for a space) undone, with no codec lookup (a
+    forked worker must not import anything here)."""
+    out = bytearray()
+    i = 0
+    while i < len(field):
+        if field[i] == 0x5C and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(int(field[i + 1:i + 4], 8) & 0xFF)
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
 def paths_below_tmp(search_path: list[str]) -> tuple[str, ...]:
     """What a private /tmp must keep: every mount point below /tmp (the binds of a
     zygote's sandbox), and each entry of `search_path` (sys.path) below /tmp that is
@@ -252,7 +267,7 @@ def paths_below_tmp(search_path: list[str]) -> tuple[str, ...]:
     mounts: list[str] = []
     with contextlib.suppress(OSError), open("/proc/self/mountinfo", "rb") as f:
         for line in f:
-            point = line.split()[4].decode("unicode_escape", errors="replace")
+            point = _unescape_mountinfo(line.split()[4])
             if point.startswith("/tmp/"):
                 mounts.append(point)
     found = mounts + [os.path.realpath(e) for e in search_path if e]
