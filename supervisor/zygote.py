@@ -261,15 +261,6 @@ class ZygoteProcess(WorkerProcess):
                 signal.pidfd_send_signal(self.pidfd, sig)
 
 
-_RET_K = 0x06
-_INSN = struct.Struct("<HBBI")
-_RET_ACTION_FULL = 0xFFFF0000
-_RET_KILL_PROCESS = 0x80000000
-_RET_KILL_THREAD = 0x00000000
-_RET_ERRNO = 0x00050000
-_RET_TRACE = 0x7FF00000
-
-
 def zygote_filter(profile: Profile) -> bytes:
     """The zygote sandbox's filter: `profile`'s, with every refusal a SECCOMP_RET_TRACE.
 
@@ -284,15 +275,20 @@ def zygote_filter(profile: Profile) -> bytes:
     kernel answers ENOSYS, and no worker can become a tracer (ptrace is itself
     refused here). ENOSYS answers stay as they are (clone3: glibc's fallback).
     """
+    from profiles import bpf
     from profiles.compiler import compile_policy
-    code = bytearray(compile_policy(profile.seccomp, kill_as_notify=False))
-    for at in range(0, len(code), _INSN.size):
-        op, jt, jf, k = _INSN.unpack_from(code, at)
-        action = k & _RET_ACTION_FULL
-        if op == _RET_K and (k in (_RET_KILL_PROCESS, _RET_KILL_THREAD)
-                             or (action == _RET_ERRNO and k & 0xFFFF != errno.ENOSYS)):
-            _INSN.pack_into(code, at, op, jt, jf, _RET_TRACE)
-    return bytes(code)
+
+    code = compile_policy(profile.seccomp, kill_as_notify=False)
+    refusals = (bpf.SECCOMP_RET_KILL_PROCESS, bpf.SECCOMP_RET_KILL_THREAD)
+    out = []
+    for ins in bpf.decode(code):
+        if ins.code == bpf.BPF_RET | bpf.BPF_K and (
+                ins.k in refusals
+                or (ins.k & bpf.SECCOMP_RET_ACTION_FULL == bpf.SECCOMP_RET_ERRNO
+                    and ins.k & bpf.SECCOMP_RET_DATA != errno.ENOSYS)):
+            ins = dataclasses.replace(ins, k=bpf.SECCOMP_RET_TRACE)
+        out.append(struct.pack("=HBBI", ins.code, ins.jt, ins.jf, ins.k))
+    return b"".join(out)
 
 
 def unsupported(profile: Profile) -> str | None:
