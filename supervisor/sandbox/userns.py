@@ -85,13 +85,7 @@ def set_limits(limits: tuple[tuple[bytes, bytes], ...]) -> tuple[int, bytes] | N
         if path == AFTER_MOUNTS:
             deferred = (fd, value)
             continue
-        try:
-            os.write(fd, value)
-        except OSError as e:
-            raise UserNsError(e.errno or errno.EIO,
-                              f"{path.decode()} = {value.decode()}: {e.strerror}") from None
-        finally:
-            os.close(fd)
+        _write_limit(fd, path, value)
     return deferred
 
 
@@ -100,11 +94,16 @@ def finish_limits(deferred: tuple[int, bytes] | None) -> None:
     if deferred is None:
         return
     fd, value = deferred
+    _write_limit(fd, AFTER_MOUNTS, value)
+
+
+def _write_limit(fd: int, path: bytes, value: bytes) -> None:
+    """Write one limit through its open fd, then close it; the error names it."""
     try:
         os.write(fd, value)
     except OSError as e:
         raise UserNsError(e.errno or errno.EIO,
-                          f"{AFTER_MOUNTS.decode()} = {value.decode()}: {e.strerror}") from None
+                          f"{path.decode()} = {value.decode()}: {e.strerror}") from None
     finally:
         os.close(fd)
 
