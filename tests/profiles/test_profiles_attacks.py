@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import os
 import random
 import signal
 from pathlib import Path
@@ -16,39 +13,16 @@ from profiles_child import records, run_python, try_syscalls
 
 from profiles import ProfileError, compiler, load_profile, load_text, syscalls
 from profiles.parser import parse_text
+from tests.i386 import emulation_works, int80_getpid
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
 
-def _int80_getpid() -> int:
-    """getpid through the i386 entry point (int $0x80) from 64-bit code."""
-    code = bytes([0xB8, 20, 0, 0, 0,  # mov eax, 20 (i386 getpid)
-                  0xCD, 0x80,         # int 0x80
-                  0xC3])              # ret
-    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    buf.write(code)
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    fn = ctypes.CFUNCTYPE(ctypes.c_int)(addr)
-    return int(fn())
-
-
 def test_i386_entry_point_is_killed() -> None:
     allow_all = compiler.compile_policy(load_profile("default").seccomp)
-    # Without a filter: does this kernel run i386 calls at all?
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.write(w, str(_int80_getpid() == os.getpid()).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    works = os.read(r, 16) == b"True"
-    os.close(r)
-    os.waitpid(pid, 0)
-    if not works:
+    if not emulation_works():  # without a filter: does this kernel run i386 calls?
         pytest.skip("this kernel has no i386 emulation (int 0x80 does nothing useful)")
-    result = run_python(allow_all, _int80_getpid)
+    result = run_python(allow_all, int80_getpid)
     assert result.signal == signal.SIGSYS
 
 

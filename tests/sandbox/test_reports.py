@@ -8,8 +8,6 @@ compiler with a listener, and checks the outcome every time, never a timing.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 import signal
 
@@ -21,10 +19,10 @@ from profiles.model import ALLOW, KILL_PROCESS, SeccompPolicy, SyscallRule
 from supervisor.sandbox import Outcome, Status
 from supervisor.sandbox.notify import witness_available
 from supervisor.sandbox.seccomp import wait_killable_supported
+from tests.i386 import NR_GETPID_I386, emulation_works
 
 NR_ACCT = 163  # x86_64: refused below; harmless if it ever ran (EPERM without CAP_SYS_PACCT)
 NR_GETPID_X86_64 = 39
-NR_GETPID_I386 = 20
 X32_BIT = 0x40000000
 RUNS = 5
 
@@ -132,27 +130,6 @@ def test_refused_call_then_exit_group_from_another_thread_is_recorded() -> None:
         _violation(r.status)
 
 
-def _int80_works_here() -> bool:
-    """Does this kernel run i386 calls at all (ia32 emulation may be off)?"""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            code = bytes([0xB8, NR_GETPID_I386, 0, 0, 0, 0xCD, 0x80, 0xC3])
-            buf = mmap.mmap(-1, mmap.PAGESIZE,
-                            prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-            buf.write(code)
-            fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))
-            os.write(w, str(fn() == os.getpid()).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    works = os.read(r, 16) == b"True"
-    os.close(r)
-    os.waitpid(pid, 0)
-    return works
-
-
 # getpid through the i386 entry point from 64-bit code: mov eax, 20; int 0x80; ret.
 _INT80 = f"""
 import ctypes, mmap
@@ -165,7 +142,7 @@ print("ran", fn(), flush=True)
 
 
 def test_i386_call_is_a_violation_named_from_the_i386_table() -> None:
-    if not _int80_works_here():
+    if not emulation_works():
         pytest.skip("this kernel has no i386 emulation (int 0x80 does nothing useful)")
     r = py(_INT80, bpf=_filter())
     _violation(r.status)

@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import _thread
 import ctypes
-import mmap
 import os
 import signal
 import threading
 import time
 
 import ipc
+from tests.i386 import int80_getpid
 from tests.supervisor.workers import CalcImpl
 
 NR_GETPPID = 110  # killed by the test's profile, allowed by the zygote's own filter
 X32_BIT = 0x40000000
 NR_GETPID_X86_64 = 39
-NR_GETPID_I386 = 20
+
 
 
 def _timer_loop() -> int:
@@ -69,14 +69,6 @@ def _thread_exit() -> int:
     os._exit(3)
 
 
-def _int80_getpid() -> int:
-    code = bytes([0xB8, NR_GETPID_I386, 0, 0, 0, 0xCD, 0x80, 0xC3])  # mov eax, 20; int 0x80
-    buf = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
-    buf.write(code)
-    fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))
-    return int(fn())
-
-
 class ReportsImpl(CalcImpl):
     def act(self, ctx: ipc.Context, what: str, arg: int = 0) -> int:
         if what == "timer_loop":
@@ -84,7 +76,7 @@ class ReportsImpl(CalcImpl):
         if what == "thread_exit":
             return _thread_exit()
         if what == "int80":
-            return _int80_getpid()
+            return int80_getpid()
         if what == "x32":
             return int(ctypes.CDLL(None).syscall(NR_GETPID_X86_64 | X32_BIT))
         return super().act(ctx, what, arg)
