@@ -20,7 +20,6 @@ X32_BIT = 0x40000000
 NR_GETPID_X86_64 = 39
 
 
-
 def _timer_loop() -> int:
     """2000 refused calls under a 20 µs ITIMER_REAL whose handler interrupts them. The
     handler is a C function (sched_yield, async-signal-safe, ignores its argument)

@@ -20,7 +20,8 @@ from profiles import load_profile
 from profiles.model import KILL_PROCESS, SyscallRule
 from supervisor import Supervisor, WorkerDied
 from supervisor.sandbox import Outcome, Status
-from tests.supervisor.report_workers import NR_GETPID_I386, NR_GETPID_X86_64, NR_GETPPID, X32_BIT
+from tests.i386 import NR_GETPID_I386
+from tests.supervisor.report_workers import NR_GETPID_X86_64, NR_GETPPID, X32_BIT
 from tests.supervisor.util import CALC, METHODS, PRELOAD, run
 from tests.supervisor.workers import Calc
 
