@@ -28,8 +28,8 @@ from collections.abc import Callable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from supervisor import SandboxExecutor  # noqa: E402
 from tests.supervisor.executor_tasks import total  # noqa: E402
+from warden.supervisor import SandboxExecutor  # noqa: E402
 
 NUMBERS = list(range(10))
 
@@ -55,7 +55,7 @@ def dask_rounds(rounds: int, n: int, workers: int) -> dict[str, list[float]] | N
         import distributed
     except ImportError:
         return None
-    from supervisor.dask_executor import DaskSandboxExecutor
+    from warden.supervisor.dask_executor import DaskSandboxExecutor
 
     def measure(client: distributed.Client, sandboxed: bool, count: int) -> float:
         start = time.perf_counter()

@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 
 import msgspec  # noqa: E402
 
-import ipc  # noqa: E402
+from warden import ipc  # noqa: E402
 
 Blob = Annotated[bytes, msgspec.Meta(max_length=100_000)]
 Line = Annotated[bytes, msgspec.Meta(max_length=256)]

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from profiles import builtin_names, compiler, load_profile, oci, syscalls  # noqa: E402
+from warden.profiles import builtin_names, compiler, load_profile, oci, syscalls  # noqa: E402
 
 DOCKER_JSON = ROOT / "tests" / "profiles" / "docker-default-seccomp.json"
 ITERATIONS = 1_000_000

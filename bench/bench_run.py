@@ -52,9 +52,9 @@ def main() -> None:
     _compile_bytecode()
     if args.before:
         _compile_bytecode(os.path.abspath(args.before))
-    from profiles import load_profile
-    from profiles.compiler import compile_policy
-    from supervisor.sandbox import build_spec, spawn
+    from warden.profiles import load_profile
+    from warden.profiles.compiler import compile_policy
+    from warden.supervisor.sandbox import build_spec, spawn
 
     profile = load_profile("default")
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -78,7 +78,7 @@ def main() -> None:
         assert st is not None and st.outcome.value == "ok", st
 
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    warden = [sys.executable, "-m", "supervisor", "run", "--", "/bin/true"]
+    warden = [sys.executable, "-m", "warden", "run", "--", "/bin/true"]
     env = _env()
 
     def warden_run(env: dict[str, str]) -> Callable[[], None]:

@@ -34,9 +34,9 @@ sys.path.insert(0, ROOT)
 
 from reference_tools import bwrap_true_argv  # noqa: E402
 
-import supervisor  # noqa: E402
-from supervisor.sandbox import Outcome  # noqa: E402
 from tests.supervisor.workers import Calc  # noqa: E402
+from warden import supervisor  # noqa: E402
+from warden.supervisor.sandbox import Outcome  # noqa: E402
 
 CALC = "tests.supervisor.workers:CalcImpl"
 PRELOAD = ["tests.supervisor.workers"]
@@ -242,7 +242,7 @@ def main() -> None:
     idle_n = args.idle or (200 if args.quick else 1000)
     import logging
     logging.getLogger("warden.supervisor").setLevel(logging.ERROR)
-    logging.getLogger("ipc").setLevel(logging.ERROR)
+    logging.getLogger("warden.ipc").setLevel(logging.ERROR)
     print(f"# bench_supervisor ({os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"{time.strftime('%Y-%m-%d')})\n")
     if not args.only_kill:

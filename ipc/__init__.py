@@ -6,11 +6,11 @@ against the declaration; the first invalid one closes the channel with `BadMessa
 See docs/ipc.md (guide) and docs/wire-format.md (the bytes).
 """
 
-from ipc.aio import AsyncChannel, attach
-from ipc.blocking import Channel, connect, connect_from_env
-from ipc.channel import CHANNEL_FD_ENV, channel_pair
-from ipc.context import Context
-from ipc.errors import (
+from warden.ipc.aio import AsyncChannel, attach
+from warden.ipc.blocking import Channel, connect, connect_from_env
+from warden.ipc.channel import CHANNEL_FD_ENV, channel_pair
+from warden.ipc.context import Context
+from warden.ipc.errors import (
     BadMessage,
     CallFailed,
     ChannelClosed,
@@ -21,7 +21,7 @@ from ipc.errors import (
     PeerError,
     RemoteError,
 )
-from ipc.handles import (
+from warden.ipc.handles import (
     Directory,
     Handle,
     MemoryWriter,
@@ -32,8 +32,8 @@ from ipc.handles import (
     Socket,
     WriteFile,
 )
-from ipc.interface import Interface, call, message
-from ipc.limits import DEFAULT_LIMITS, Limits
+from warden.ipc.interface import Interface, call, message
+from warden.ipc.limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "CHANNEL_FD_ENV",

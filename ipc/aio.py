@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from ipc.channel import (
+from warden.ipc.channel import (
     NO_FDS,
     RECV_FLAGS,
     SEND_FLAGS,
@@ -31,9 +31,9 @@ from ipc.channel import (
     peer_credentials,
     send_frame,
 )
-from ipc.context import Context
-from ipc.dispatch import bind_handlers, failure_message, log_exception
-from ipc.errors import (
+from warden.ipc.context import Context
+from warden.ipc.dispatch import bind_handlers, failure_message, log_exception
+from warden.ipc.errors import (
     BadMessage,
     ChannelClosed,
     ChannelError,
@@ -42,12 +42,12 @@ from ipc.errors import (
     RemoteError,
     detached,
 )
-from ipc.interface import Interface, MethodSpec, interface_of
-from ipc.limits import DEFAULT_LIMITS, Limits
-from ipc.session import Session
-from ipc.wire import KIND_CALL, KIND_REPLY
+from warden.ipc.interface import Interface, MethodSpec, interface_of
+from warden.ipc.limits import DEFAULT_LIMITS, Limits
+from warden.ipc.session import Session
+from warden.ipc.wire import KIND_CALL, KIND_REPLY
 
-log = logging.getLogger("ipc")
+log = logging.getLogger("warden.ipc")
 
 
 class _AsyncProxy:

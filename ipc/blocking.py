@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
-from ipc.channel import (
+from warden.ipc.channel import (
     CHANNEL_FD_ENV,
     NO_FDS,
     RECV_FLAGS,
@@ -24,14 +24,14 @@ from ipc.channel import (
     peer_credentials,
     send_frame,
 )
-from ipc.context import Context
-from ipc.dispatch import bind_handlers, failure_message
-from ipc.errors import ChannelClosed, ChannelError, PeerError, RemoteError, detached
-from ipc.handles import Receiver, Remote, fd_to_int
-from ipc.interface import Interface, MethodSpec, interface_of
-from ipc.limits import DEFAULT_LIMITS, Limits
-from ipc.session import Event, Session
-from ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
+from warden.ipc.context import Context
+from warden.ipc.dispatch import bind_handlers, failure_message
+from warden.ipc.errors import ChannelClosed, ChannelError, PeerError, RemoteError, detached
+from warden.ipc.handles import Receiver, Remote, fd_to_int
+from warden.ipc.interface import Interface, MethodSpec, interface_of
+from warden.ipc.limits import DEFAULT_LIMITS, Limits
+from warden.ipc.session import Event, Session
+from warden.ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
 
 
 class _Proxy:

@@ -16,8 +16,8 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from ipc.errors import BadMessage
-from ipc.limits import Limits
+from warden.ipc.errors import BadMessage
+from warden.ipc.limits import Limits
 
 CHANNEL_FD_ENV = "WARDEN_CHANNEL_FD"
 # Plain ints: socket.MSG_* are IntFlag members, whose `&` runs Python code on every frame.

@@ -7,10 +7,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ipc.errors import CallFailed
-from ipc.interface import Interface, MethodSpec
+from warden.ipc.errors import CallFailed
+from warden.ipc.interface import Interface, MethodSpec
 
-log = logging.getLogger("ipc")
+log = logging.getLogger("warden.ipc")
 
 INTERNAL_ERROR = "internal error"
 

@@ -18,7 +18,7 @@ import stat
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from ipc.interface import Interface
+    from warden.ipc.interface import Interface
 
 IfaceT = TypeVar("IfaceT", bound="Interface")
 

@@ -20,9 +20,9 @@ from typing import Any, ClassVar, TypeVar, get_args, get_origin
 import msgspec
 import msgspec.inspect as mi
 
-from ipc.errors import InterfaceError
-from ipc.handles import Handle, Receiver, Remote, _Endpoint
-from ipc.wire import MAX_NESTING, method_id
+from warden.ipc.errors import InterfaceError
+from warden.ipc.handles import Handle, Receiver, Remote, _Endpoint
+from warden.ipc.wire import MAX_NESTING, method_id
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -18,12 +18,12 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from ipc.channel import NO_FDS, close_fds
-from ipc.errors import BadMessage, CutOff, FrameTooLarge
-from ipc.handles import FdAccount, Handle, SealedMemory, _Endpoint, fd_to_int
-from ipc.interface import HandleParam, Interface, MethodSpec
-from ipc.limits import Limits
-from ipc.wire import (
+from warden.ipc.channel import NO_FDS, close_fds
+from warden.ipc.errors import BadMessage, CutOff, FrameTooLarge
+from warden.ipc.handles import FdAccount, Handle, SealedMemory, _Endpoint, fd_to_int
+from warden.ipc.interface import HandleParam, Interface, MethodSpec
+from warden.ipc.limits import Limits
+from warden.ipc.wire import (
     ENVELOPE_DECODER,
     ERROR_DECODER,
     KIND_CALL,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import itertools
 
-from profiles.model import ArgCondition, ArgOp
+from warden.profiles.model import ArgCondition, ArgOp
 
 _U64 = (1 << 64) - 1
 

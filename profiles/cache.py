@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from profiles.model import SeccompPolicy
+from warden.profiles.model import SeccompPolicy
 
 try:  # CPython's built-in module: `import hashlib` loads OpenSSL first (~2 ms)
     from _blake2 import blake2b
@@ -100,7 +100,7 @@ def enabled() -> bool:
 def _toolchain() -> bytes | None:
     """What, besides the policy, decides the filter: libseccomp (version, native
     architecture) and our compiler's code. None if any of it cannot be read."""
-    from profiles import libseccomp
+    from warden.profiles import libseccomp
 
     try:
         h = blake2b(MAGIC, digest_size=32)
@@ -418,7 +418,7 @@ def overlaps(host_path: str, target: Path) -> bool:
 
 
 def _compile(policy: SeccompPolicy, kill_as_notify: bool) -> bytes:
-    from profiles.compiler import compile_policy  # only on a miss: it loads the verifier
+    from warden.profiles.compiler import compile_policy  # only on a miss: it loads the verifier
 
     return compile_policy(policy, kill_as_notify=kill_as_notify)
 

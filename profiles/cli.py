@@ -15,10 +15,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from profiles import compiler, inspect, loader, oci
-from profiles.errors import ProfileError
-from profiles.model import Profile
-from profiles.starter import starter
+from warden.profiles import compiler, inspect, loader, oci
+from warden.profiles.errors import ProfileError
+from warden.profiles.model import Profile
+from warden.profiles.starter import starter
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -29,9 +29,16 @@ from dataclasses import dataclass
 
 import pyseccomp
 
-from profiles import bpf, syscalls
-from profiles.errors import ProfileError
-from profiles.model import Action, ActionKind, ArgCondition, ArgOp, SeccompPolicy, SyscallRule
+from warden.profiles import bpf, syscalls
+from warden.profiles.errors import ProfileError
+from warden.profiles.model import (
+    Action,
+    ActionKind,
+    ArgCondition,
+    ArgOp,
+    SeccompPolicy,
+    SyscallRule,
+)
 
 _U64 = 0xFFFFFFFFFFFFFFFF
 _OPS = {ArgOp.EQ: pyseccomp.EQ, ArgOp.NE: pyseccomp.NE, ArgOp.LT: pyseccomp.LT,

@@ -1,7 +1,7 @@
 """Generate the parts of docs/profiles.md that must not drift from the code.
 
 The group table and the constant list are written between marker comments;
-`python -m profiles.docgen` rewrites them and a test fails if they are stale.
+`python -m warden.profiles.docgen` rewrites them and a test fails if they are stale.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from profiles import constants, syscalls
+from warden.profiles import constants, syscalls
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "profiles.md"
 MARKERS = {

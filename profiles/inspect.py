@@ -1,7 +1,7 @@
 """What `warden profile show / explain / diff` report, as plain data.
 
 The CLI prints these; `--json` dumps them unchanged. `explain` judges the
-compiled BPF with profiles.bpf and only then looks up which rule produced
+compiled BPF with warden.profiles.bpf and only then looks up which rule produced
 that answer, so what it reports is what the kernel will do.
 """
 
@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from profiles import argwidth, bpf, compiler, constants, syscalls
-from profiles.errors import ProfileError
-from profiles.model import Profile, SyscallRule
-from profiles.parser import format_action
+from warden.profiles import argwidth, bpf, compiler, constants, syscalls
+from warden.profiles.errors import ProfileError
+from warden.profiles.model import Profile, SyscallRule
+from warden.profiles.parser import format_action
 
 ARCHES = {"x86_64": bpf.AUDIT_ARCH_X86_64, "i386": bpf.AUDIT_ARCH_I386,
           "x32": bpf.AUDIT_ARCH_X86_64}
@@ -120,7 +120,7 @@ def explain(profile: Profile, syscall: str, args: Sequence[str] = (), *,
 
 def _width_notes(profile: Profile, code: bytes, name: str, nr: int, values: Sequence[int],
                  ret: int, arch: str) -> list[str]:
-    """Where an argument has bits the kernel ignores (profiles.argwidth), say so, and
+    """Where an argument has bits the kernel ignores (warden.profiles.argwidth), say so, and
     check that the filter answers the same for the value the kernel will act on."""
     if arch != "x86_64":
         return []

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from profiles import argwidth
-from profiles.errors import ProfileError
-from profiles.model import (
+from warden.profiles import argwidth
+from warden.profiles.errors import ProfileError
+from warden.profiles.model import (
     Action,
     ArgCondition,
     Bind,
@@ -32,7 +32,7 @@ from profiles.model import (
     SyscallRule,
     Tmpfs,
 )
-from profiles.parser import RANK_RULE, Entry, Layer, Reference, parse_condition, parse_text
+from warden.profiles.parser import RANK_RULE, Entry, Layer, Reference, parse_condition, parse_text
 
 # The built-ins are found next to this module, never through the working directory:
 # a checkout's ./profiles is this directory, an untrusted one's is not.
@@ -264,7 +264,8 @@ def _display(path: Path) -> str:
 
 
 def _parse(text: str, file: str) -> Layer:
-    """parse_text, then refuse argument tests the kernel would not see (profiles.argwidth)."""
+    """parse_text, then refuse argument tests the kernel would not see
+    (warden.profiles.argwidth)."""
     layer = parse_text(text, file)
     for entry in layer.entries:
         for cond in entry.conditions:
@@ -277,7 +278,7 @@ def _width_error(entry: Entry, cond: ArgCondition, text: str) -> ProfileError:
     """The error for `cond`, pointing at the condition string that wrote it."""
     import tomllib
 
-    from profiles.locator import Locator
+    from warden.profiles.locator import Locator
 
     o = entry.origin
     loc = Locator(text)

@@ -3,7 +3,7 @@
 A profile describes the whole sandbox, not only seccomp. Every field's default
 is the safe choice (deny by default, every namespace new, nothing bound, no
 network, no variables), so a missing section can only make a sandbox tighter.
-The sandbox (`supervisor.sandbox`) and the compiler (`profiles.compiler`) take
+The sandbox (`warden.supervisor.sandbox`) and the compiler (`warden.profiles.compiler`) take
 these objects and nothing else; they never look at TOML.
 """
 
@@ -151,7 +151,7 @@ class Filesystem:
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits; None means the sandbox's built-in cap (see supervisor.sandbox)."""
+    """Resource limits; None means the sandbox's built-in cap (see warden.supervisor.sandbox)."""
 
     memory_bytes: int | None = None
     processes: int | None = None

@@ -27,9 +27,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from profiles import argwidth, syscalls
-from profiles.errors import ProfileError
-from profiles.model import (
+from warden.profiles import argwidth, syscalls
+from warden.profiles.errors import ProfileError
+from warden.profiles.model import (
     Action,
     ActionKind,
     ArgCondition,
@@ -38,7 +38,7 @@ from profiles.model import (
     SeccompPolicy,
     SyscallRule,
 )
-from profiles.parser import format_action
+from warden.profiles.parser import format_action
 
 NATIVE_ARCH_NAMES = frozenset({"amd64", "x86_64", "SCMP_ARCH_X86_64"})
 _ACTIONS = {

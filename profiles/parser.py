@@ -1,6 +1,6 @@
 """One profile file's text -> a Layer: checked values, each with its source position.
 
-A Layer is one file on its own; `profiles.loader` stacks layers (extends,
+A Layer is one file on its own; `warden.profiles.loader` stacks layers (extends,
 includes) and flattens them into a `Profile`. Every mistake raises
 `ProfileError` pointing at the key or array element at fault.
 """
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
-from profiles import constants, syscalls
-from profiles.errors import ProfileError
-from profiles.locator import Locator, Path
-from profiles.model import Action, ActionKind, ArgCondition, ArgOp, Bind, Origin, Tmpfs
+from warden.profiles import constants, syscalls
+from warden.profiles.errors import ProfileError
+from warden.profiles.locator import Locator, Path
+from warden.profiles.model import Action, ActionKind, ArgCondition, ArgOp, Bind, Origin, Tmpfs
 
 TOP_KEYS = ("description", "extends", "include", "seccomp", "namespaces", "filesystem",
             "limits", "environment")

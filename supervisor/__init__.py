@@ -1,6 +1,6 @@
 """warden's supervisor: runs sandboxed workers, serves them typed channels, survives them.
 
-    import supervisor
+    from warden import supervisor
     async with supervisor.Supervisor(start_method="zygote") as sup:
         w = await sup.spawn(MyInterface, "mypkg.worker:Impl", profile="strict")
         print(await w.remote.method(...))
@@ -18,8 +18,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from supervisor.core import START_METHODS, SpawnError, Supervisor
-    from supervisor.events import (
+    from warden.supervisor.core import START_METHODS, SpawnError, Supervisor
+    from warden.supervisor.events import (
         BadMessageEvent,
         Event,
         Exited,
@@ -27,35 +27,35 @@ if TYPE_CHECKING:
         SeccompViolation,
         Started,
     )
-    from supervisor.executor import BadResult, SandboxExecutor, TaskError
-    from supervisor.handle import WorkerDied, WorkerHandle
-    from supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
-    from supervisor.protections import CapacityError
-    from supervisor.sync import SyncPool, SyncSupervisor, SyncWorker
+    from warden.supervisor.executor import BadResult, SandboxExecutor, TaskError
+    from warden.supervisor.handle import WorkerDied, WorkerHandle
+    from warden.supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
+    from warden.supervisor.protections import CapacityError
+    from warden.supervisor.sync import SyncPool, SyncSupervisor, SyncWorker
 
 _WHERE = {
-    "START_METHODS": "supervisor.core",
-    "SpawnError": "supervisor.core",
-    "Supervisor": "supervisor.core",
-    "BadMessageEvent": "supervisor.events",
-    "Event": "supervisor.events",
-    "Exited": "supervisor.events",
-    "Restarted": "supervisor.events",
-    "SeccompViolation": "supervisor.events",
-    "Started": "supervisor.events",
-    "BadResult": "supervisor.executor",
-    "SandboxExecutor": "supervisor.executor",
-    "TaskError": "supervisor.executor",
-    "WorkerDied": "supervisor.handle",
-    "WorkerHandle": "supervisor.handle",
-    "DeadlineExceeded": "supervisor.pool",
-    "Pool": "supervisor.pool",
-    "PoolError": "supervisor.pool",
-    "RestartPolicy": "supervisor.pool",
-    "CapacityError": "supervisor.protections",
-    "SyncPool": "supervisor.sync",
-    "SyncSupervisor": "supervisor.sync",
-    "SyncWorker": "supervisor.sync",
+    "START_METHODS": "warden.supervisor.core",
+    "SpawnError": "warden.supervisor.core",
+    "Supervisor": "warden.supervisor.core",
+    "BadMessageEvent": "warden.supervisor.events",
+    "Event": "warden.supervisor.events",
+    "Exited": "warden.supervisor.events",
+    "Restarted": "warden.supervisor.events",
+    "SeccompViolation": "warden.supervisor.events",
+    "Started": "warden.supervisor.events",
+    "BadResult": "warden.supervisor.executor",
+    "SandboxExecutor": "warden.supervisor.executor",
+    "TaskError": "warden.supervisor.executor",
+    "WorkerDied": "warden.supervisor.handle",
+    "WorkerHandle": "warden.supervisor.handle",
+    "DeadlineExceeded": "warden.supervisor.pool",
+    "Pool": "warden.supervisor.pool",
+    "PoolError": "warden.supervisor.pool",
+    "RestartPolicy": "warden.supervisor.pool",
+    "CapacityError": "warden.supervisor.protections",
+    "SyncPool": "warden.supervisor.sync",
+    "SyncSupervisor": "warden.supervisor.sync",
+    "SyncWorker": "warden.supervisor.sync",
 }
 
 __all__ = [
@@ -87,7 +87,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
-        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+        raise AttributeError(f"module 'warden.supervisor' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

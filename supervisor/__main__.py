@@ -1,3 +1,3 @@
-from supervisor.cli import main
+from warden.supervisor.cli import main
 
 main()

@@ -15,10 +15,10 @@ import click
 
 # name -> "module:attribute"; each command lives beside the code it drives.
 COMMANDS = {
-    "profile": "profiles.cli:profile_group",
-    "run": "supervisor.run_cli:run_command",
-    "serve": "supervisor.serve_cli:serve_command",
-    "status": "supervisor.serve_cli:status_command",
+    "profile": "warden.profiles.cli:profile_group",
+    "run": "warden.supervisor.run_cli:run_command",
+    "serve": "warden.supervisor.serve_cli:serve_command",
+    "status": "warden.supervisor.serve_cli:status_command",
 }
 # Commands that call start_up_done() themselves once their start-up is over.
 START_UP_WITHOUT_GC = frozenset({"run"})

@@ -29,9 +29,9 @@ import struct
 import sys
 from typing import NamedTuple, NoReturn
 
-from supervisor.process import readable
-from supervisor.sandbox import landlock, self_confine
-from supervisor.sandbox.spec import BASE_PATH, DEFAULT_OUTER_ID
+from warden.supervisor.process import readable
+from warden.supervisor.sandbox import landlock, self_confine
+from warden.supervisor.sandbox.spec import BASE_PATH, DEFAULT_OUTER_ID
 
 EXIT_SETUP = 125
 _PID = struct.Struct("=i")
@@ -156,7 +156,7 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
         # (The bounding set is left as is: with no_new_privs, set before the
         # filter, and an unmapped uid, no exec can raise capabilities again.)
         self_confine.clear_capabilities()
-        from supervisor import worker_main
+        from warden.supervisor import worker_main
         if warm:
             worker_main.warm_up()
             if not _receive_channel():
@@ -165,7 +165,7 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
         code = worker_main.run(3)
     except BaseException as e:
         if report_fd >= 0:
-            from supervisor import worker_main
+            from warden.supervisor import worker_main
             worker_main.report_start_failure(report_fd, e)
         code = EXIT_SETUP
     os._exit(code)
@@ -222,7 +222,7 @@ def outer_ids() -> tuple[int, int] | None:
     From the one validated source every start method uses (ids.py): a bad
     WARDEN_OUTER_UID/GID (0, the supervisor's own, not a number, or fixed ids an
     ordinary user cannot take) raises ids.OuterIdError, a ValueError naming it."""
-    from supervisor.sandbox import ids
+    from warden.supervisor.sandbox import ids
 
     worker_ids = ids.forked_worker_ids(os.environ, shared=DEFAULT_OUTER_ID)
     return worker_ids if os.geteuid() == 0 else None

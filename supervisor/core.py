@@ -25,28 +25,28 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import ipc
-from ipc.interface import interface_of
-from profiles.model import Profile
-from supervisor import bootstrap, events, protections
-from supervisor.confine import fork_isolation, fork_worker, outer_ids
-from supervisor.events import Event
-from supervisor.handle import WorkerHandle
-from supervisor.policy import launch_filter, resolve_profile, worker_filter
-from supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
-from supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
-from supervisor.sandbox import spawn as sandbox_spawn
-from supervisor.zygote import ZygoteProcess
-from supervisor.zygote import unsupported as zygote_unsupported
+from warden import ipc
+from warden.ipc.interface import interface_of
+from warden.profiles.model import Profile
+from warden.supervisor import bootstrap, events, protections
+from warden.supervisor.confine import fork_isolation, fork_worker, outer_ids
+from warden.supervisor.events import Event
+from warden.supervisor.handle import WorkerHandle
+from warden.supervisor.policy import launch_filter, resolve_profile, worker_filter
+from warden.supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
+from warden.supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
+from warden.supervisor.sandbox import spawn as sandbox_spawn
+from warden.supervisor.zygote import ZygoteProcess
+from warden.supervisor.zygote import unsupported as zygote_unsupported
 
 if TYPE_CHECKING:
-    from supervisor.pool import Pool
+    from warden.supervisor.pool import Pool
 
 START_METHODS = ("spawn", "zygote", "fork")
 IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
 _CREDS = struct.Struct("=iII")
 _HELLO_BYTES = 4 * bootstrap.MAX_FAILURE_CHARS + 64  # HELLO, or a StartFailed record
-_OUR_PACKAGES = ("ipc", "supervisor", "profiles", "msgspec", "pyseccomp")
+_OUR_PACKAGES = ("warden", "msgspec", "pyseccomp")
 
 
 class SpawnError(RuntimeError):
@@ -64,7 +64,11 @@ def _module_root(module: str) -> str | None:
         spec = importlib.util.find_spec(top)
     except (ImportError, ValueError):
         return None
-    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+    if spec is None:
+        return None
+    if not spec.origin and spec.submodule_search_locations:  # a namespace package
+        return os.path.realpath(os.path.dirname(next(iter(spec.submodule_search_locations))))
+    if not spec.origin or spec.origin in ("built-in", "frozen"):
         return None
     path = os.path.dirname(spec.origin)
     if spec.submodule_search_locations:  # a package: its parent dir is the root
@@ -208,7 +212,7 @@ class Supervisor:
         # so they are started from one thread that lives as long as we do.
         self._spawner = concurrent.futures.ThreadPoolExecutor(1, "warden-spawner")
         if self._want_zygote:
-            from supervisor.zygote import ZygoteClient
+            from warden.supervisor.zygote import ZygoteClient
             self._zygote = await ZygoteClient.start(self, self._zygote_preload,
                                                     self._zygote_warm)
 
@@ -273,10 +277,10 @@ class Supervisor:
                    health_interval: float = 5.0, per_worker: int = 1,
                    max_calls_per_worker: int | None = None,
                    **spawn_kwargs: Any) -> Pool[IfaceT]:
-        """Start a Pool of `size` workers (see supervisor.pool). `target` is a Python
+        """Start a Pool of `size` workers (see warden.supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
         spawn() or spawn_program()."""
-        from supervisor.pool import Pool, RestartPolicy
+        from warden.supervisor.pool import Pool, RestartPolicy
         pname = name or f"pool{next(self._ids)}"
         if pname in self.pools:
             raise ValueError(f"pool name {pname!r} is already in use")
@@ -362,7 +366,7 @@ class Supervisor:
                 launch = resolve_profile("network-client")
             # Its launch filter holds no listener (launch_filter), so the worker's
             # own filter can take the stack's one and hand it over like the others.
-            spec = _sandbox_spec_for(self, ["supervisor.worker_main"], launch,
+            spec = _sandbox_spec_for(self, ["warden.supervisor.worker_main"], launch,
                                      target.partition(":")[0], memory=mem, timeout=timeout,
                                      # a profile's limit may be rlimit-only (and is then
                                      # named in the status); one the caller asked for not
@@ -507,7 +511,7 @@ class Supervisor:
         """
         if self._zygote.dead:
             if self._zygote_restart is None:
-                from supervisor.zygote import ZygoteClient
+                from warden.supervisor.zygote import ZygoteClient
                 events.logger.warning("the zygote ended; starting a new one")
                 self._zygote_restart = asyncio.ensure_future(ZygoteClient.start(
                     self, self._zygote_preload, self._zygote_warm))

@@ -22,7 +22,7 @@ import concurrent.futures
 from collections.abc import Callable
 from typing import Any
 
-from supervisor.executor import SandboxExecutor
+from warden.supervisor.executor import SandboxExecutor
 
 
 class _InSandbox:

@@ -17,7 +17,7 @@ import logging
 import time as _clock
 from dataclasses import dataclass, field
 
-from supervisor.sandbox import Status
+from warden.supervisor.sandbox import Status
 
 logger = logging.getLogger("warden.supervisor")
 

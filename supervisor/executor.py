@@ -19,7 +19,7 @@ The parent is trusted, the worker is not, so the two directions differ:
 
 Each call runs on one worker of a supervisor Pool (restarts, a deadline per
 call, max calls per worker), driven on the Supervisor's own loop in a
-background thread (supervisor.sync). See docs/executor.md.
+background thread (warden.supervisor.sync). See docs/executor.md.
 """
 
 from __future__ import annotations
@@ -38,16 +38,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 import msgspec.inspect as mi
 
-import ipc
-from ipc.interface import _check_type
+from warden import ipc
+from warden.ipc.interface import _check_type
 
 if TYPE_CHECKING:
-    from profiles.model import Profile
-    from supervisor.core import Supervisor
-    from supervisor.pool import Pool, RestartPolicy
-    from supervisor.sync import SyncSupervisor
+    from warden.profiles.model import Profile
+    from warden.supervisor.core import Supervisor
+    from warden.supervisor.pool import Pool, RestartPolicy
+    from warden.supervisor.sync import SyncSupervisor
 
-TARGET = "supervisor.executor:ExecutorWorkerImpl"
+TARGET = "warden.supervisor.executor:ExecutorWorkerImpl"
 MAX_TEXT = 2000  # characters of a remote exception's message that come back
 
 TypeName = Annotated[str, msgspec.Meta(max_length=200)]
@@ -249,8 +249,8 @@ class SandboxExecutor(concurrent.futures.Executor):
         import importlib
         import os
 
-        from supervisor.pool import RestartPolicy
-        from supervisor.sync import SyncSupervisor
+        from warden.supervisor.pool import RestartPolicy
+        from warden.supervisor.sync import SyncSupervisor
         if start_method not in ("zygote", "fork"):
             raise ValueError(f"SandboxExecutor(start_method={start_method!r}): expected "
                              "'zygote' or 'fork' (a 'spawn' worker would have to import the "
@@ -274,7 +274,8 @@ class SandboxExecutor(concurrent.futures.Executor):
                              tuple[str, str, msgspec.msgpack.Decoder[Any]]] = {}
         self._pending: deque[_Item] = deque()  # only touched on the supervisor's loop
         self._running = 0
-        zygote_preload = (*supervisor_kwargs.pop("zygote_preload", ()), "supervisor.executor",
+        zygote_preload = (*supervisor_kwargs.pop("zygote_preload", ()),
+                          "warden.supervisor.executor",
                           *preload)
         self._sync: SyncSupervisor = SyncSupervisor(
             start_method=start_method, zygote_preload=zygote_preload, **supervisor_kwargs)
@@ -347,8 +348,8 @@ class SandboxExecutor(concurrent.futures.Executor):
         self._check_drained()
 
     async def _run(self, item: _Item) -> None:
-        from supervisor.handle import WorkerDied
-        from supervisor.pool import DeadlineExceeded
+        from warden.supervisor.handle import WorkerDied
+        from warden.supervisor.pool import DeadlineExceeded
 
         def check(worker_id: str, reply: Returned | Raised) -> Returned | Raised | Any:
             if isinstance(reply, Raised):

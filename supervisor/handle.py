@@ -17,10 +17,10 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import ipc
-from supervisor.events import describe
-from supervisor.process import WorkerProcess
-from supervisor.sandbox import Outcome, Status
+from warden import ipc
+from warden.supervisor.events import describe
+from warden.supervisor.process import WorkerProcess
+from warden.supervisor.sandbox import Outcome, Status
 
 _TOKEN = object()
 

@@ -21,9 +21,9 @@ import dataclasses
 import errno
 import functools
 
-from profiles import load_profile
-from profiles.compiler import compile_policy
-from profiles.model import (
+from warden.profiles import load_profile
+from warden.profiles.compiler import compile_policy
+from warden.profiles.model import (
     ALLOW,
     KILL_PROCESS,
     Action,

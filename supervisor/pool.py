@@ -31,13 +31,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-import ipc
-from supervisor import events
-from supervisor.handle import WorkerHandle
-from supervisor.sandbox import Outcome, Status
+from warden import ipc
+from warden.supervisor import events
+from warden.supervisor.handle import WorkerHandle
+from warden.supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
-    from supervisor.core import Supervisor
+    from warden.supervisor.core import Supervisor
 
 RESTART_MODES = ("never", "on-failure", "always")
 IfaceT = TypeVar("IfaceT", bound=ipc.Interface)

@@ -4,7 +4,7 @@ Each is applied or checked by the Supervisor; tests/supervisor/test_hostile.py
 attacks each one. Protections that live elsewhere, by design:
 
 - own session, process group, PID namespace of every worker:
-  supervisor.sandbox (spawn) and supervisor.confine (zygote, fork);
+  warden.supervisor.sandbox (spawn) and warden.supervisor.confine (zygote, fork);
 - seccomp on every worker: the launch filter (sandbox) or the zygote's
   filter, plus the worker's profile loaded in-process (worker_main.lock_down),
   whose refusals the supervisor reads from the worker's own listener;
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import resource
 
-from supervisor.sandbox import self_confine
+from warden.supervisor.sandbox import self_confine
 
 
 class CapacityError(RuntimeError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from supervisor.sandbox import Sandbox, SandboxSpec, Status
+    from warden.supervisor.sandbox import Sandbox, SandboxSpec, Status
 
 
 class _Size(click.ParamType):  # type: ignore[type-arg]
@@ -23,7 +23,7 @@ class _Size(click.ParamType):  # type: ignore[type-arg]
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        from supervisor.sandbox.spec import SpecError, parse_size
+        from warden.supervisor.sandbox.spec import SpecError, parse_size
 
         try:
             return parse_size(str(value), f"--{param.name.replace('_', '-')}" if param and
@@ -146,7 +146,7 @@ class StatusOutput:
         import fcntl
         import stat
 
-        from supervisor.sandbox import hostpath
+        from warden.supervisor.sandbox import hostpath
 
         if path is None and fd is None:
             return None
@@ -200,7 +200,7 @@ class StatusOutput:
                        handed: dict[tuple[int, int], str]) -> None:
         import errno
 
-        from supervisor.sandbox import hostpath
+        from warden.supervisor.sandbox import hostpath
 
         if ident in handed:
             raise hostpath.HostPathError(
@@ -233,7 +233,7 @@ class StatusOutput:
 
 def _handed(spec: SandboxSpec) -> dict[tuple[int, int], str]:
     """Identity -> description of every file the program is handed a descriptor of."""
-    from supervisor.sandbox import hostpath
+    from warden.supervisor.sandbox import hostpath
 
     out: dict[tuple[int, int], str] = {}
     names = ("stdin", "stdout", "stderr")
@@ -255,7 +255,7 @@ def _handed(spec: SandboxSpec) -> dict[tuple[int, int], str]:
 
 def _writable_binds(spec: SandboxSpec) -> dict[tuple[int, int], str]:
     """Identity -> description of every writable bind source."""
-    from supervisor.sandbox import hostpath
+    from warden.supervisor.sandbox import hostpath
 
     out: dict[tuple[int, int], str] = {}
     for b in spec.binds:
@@ -299,10 +299,10 @@ def _run(argv: list[str], profile_name: str, json_status: str | None,
          json_status_fd: int | None, options: dict[str, Any]) \
         -> tuple[Status, StatusOutput | None]:
     forwarder = _Forwarder()
-    from supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
+    from warden.supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
 
     try:
-        from profiles import ProfileError, load_profile
+        from warden.profiles import ProfileError, load_profile
 
         try:
             prof = load_profile(profile_name)
@@ -330,7 +330,7 @@ def _run(argv: list[str], profile_name: str, json_status: str | None,
     except OSError as e:
         raise OptionError(str(e)) from None
     # The supervisor's memory is not for anyone to read, the sandbox least of all.
-    from supervisor.sandbox.self_confine import set_dumpable
+    from warden.supervisor.sandbox.self_confine import set_dumpable
 
     set_dumpable(False)
     try:
@@ -349,13 +349,13 @@ def _run(argv: list[str], profile_name: str, json_status: str | None,
 
 def _supervise(box: Sandbox) -> Status:
     """Wait for the sandbox while guarding its channel."""
-    from supervisor.cli import start_up_done
-    from supervisor.sandbox.launcher import wait_readable
+    from warden.supervisor.cli import start_up_done
+    from warden.supervisor.sandbox.launcher import wait_readable
 
     start_up_done()  # collection back on, if the `warden` group paused it
 
-    from supervisor.sandbox.channel_guard import ChannelGuard
-    from supervisor.sandbox.status import Outcome
+    from warden.supervisor.sandbox.channel_guard import ChannelGuard
+    from warden.supervisor.sandbox.status import Outcome
 
     guard = ChannelGuard(box.channel) if box.channel is not None else None
     while True:

@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.core import START_METHODS, Supervisor
-from supervisor.pool import RESTART_MODES, RestartPolicy
-from supervisor.sandbox import hostpath
-from supervisor.worker_main import resolve
+from warden.supervisor.core import START_METHODS, Supervisor
+from warden.supervisor.pool import RESTART_MODES, RestartPolicy
+from warden.supervisor.sandbox import hostpath
+from warden.supervisor.worker_main import resolve
 
 log = logging.getLogger("warden.serve")
 

@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from supervisor.sandbox.hostpath import HostPathError
-from supervisor.serve import ConfigError, load_config, query_status
+from warden.supervisor.sandbox.hostpath import HostPathError
+from warden.supervisor.serve import ConfigError, load_config, query_status
 
 
 @click.command("serve")
@@ -21,7 +21,7 @@ def serve_command(config: str, verbose: bool) -> None:
 
     SIGUSR1 logs a status snapshot; `warden status CONFIG` asks for one.
     """
-    from supervisor.serve import serve
+    from warden.supervisor.serve import serve
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="warden serve: %(message)s", stream=sys.stderr)

@@ -10,7 +10,7 @@ Every method blocks until the loop has done the work; events and logging
 are as with the async Supervisor (`sup.supervisor.subscribe(...)`). A call
 given `timeout=` that runs out, or interrupted (KeyboardInterrupt), is
 cancelled on the loop exactly as an asyncio caller's would be: a pool keeps
-its worker busy until the reply or the call's deadline (supervisor.pool).
+its worker busy until the reply or the call's deadline (warden.supervisor.pool).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-import ipc
-from supervisor.core import Supervisor
-from supervisor.handle import WorkerHandle
-from supervisor.pool import IfaceT, Pool
-from supervisor.sandbox import Status
+from warden import ipc
+from warden.supervisor.core import Supervisor
+from warden.supervisor.handle import WorkerHandle
+from warden.supervisor.pool import IfaceT, Pool
+from warden.supervisor.sandbox import Status
 
 T = TypeVar("T")
 P = ParamSpec("P")

@@ -1,7 +1,7 @@
 """The child side of a Python worker: read the bootstrap, load the target, lock down, serve.
 
 Runs inside the worker whatever its start method: after exec'ing a fresh
-interpreter in a sandbox (`python -m supervisor.worker_main`), or right
+interpreter in a sandbox (`python -m warden.supervisor.worker_main`), or right
 after a fork from the zygote or from the supervisor. Order matters:
 
 1. read the bootstrap from fd 3 (trusted data, written by the supervisor);
@@ -31,10 +31,10 @@ import sys
 import traceback
 from typing import Any, NoReturn
 
-import ipc
-from supervisor import bootstrap
-from supervisor.sandbox import self_confine
-from supervisor.sandbox.seccomp import PreparedFilter
+from warden import ipc
+from warden.supervisor import bootstrap
+from warden.supervisor.sandbox import self_confine
+from warden.supervisor.sandbox.seccomp import PreparedFilter
 
 CHANNEL_FD = 3
 EXIT_SETUP = 125
@@ -227,6 +227,6 @@ def main() -> NoReturn:
 
 if __name__ == "__main__":
     # Run the importable module, not this __main__ copy, so host() is one global.
-    from supervisor import worker_main as _module
+    from warden.supervisor import worker_main as _module
 
     _module.main()

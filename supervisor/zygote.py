@@ -8,7 +8,7 @@ the worker runtime and any modules named in `preload`, then waits for fork
 requests. It never
 runs untrusted code and never reads anything but the supervisor's requests.
 
-Each worker it forks is confined by supervisor.confine: pid 1 of its own
+Each worker it forks is confined by warden.supervisor.confine: pid 1 of its own
 user, PID, mount and IPC namespaces (it cannot see, signal or ptrace the
 zygote or a sibling), its own /proc, /tmp and Landlock domain, its own
 session, capabilities dropped, non-dumpable (as is the zygote), then its
@@ -54,13 +54,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supervisor.process import WorkerProcess, readable, status_from_wait
-from supervisor.sandbox import Outcome, Status
+from warden.supervisor.process import WorkerProcess, readable, status_from_wait
+from warden.supervisor.sandbox import Outcome, Status
 
 if TYPE_CHECKING:
-    from profiles.model import Profile
-    from supervisor.confine import Isolation
-    from supervisor.core import Supervisor
+    from warden.profiles.model import Profile
+    from warden.supervisor.confine import Isolation
+    from warden.supervisor.core import Supervisor
 
 PROFILE_PATH = str(Path(__file__).with_name("zygote.toml"))
 _I = struct.Struct("=i")
@@ -71,7 +71,7 @@ _MAX = 256
 # ------------------------------------------------------------------ zygote side
 
 def _serve(sock: socket.socket, warm_target: int, how: Isolation) -> None:
-    from supervisor.confine import fork_warm, fork_worker
+    from warden.supervisor.confine import fork_warm, fork_worker
 
     own = os.pidfd_open(os.getpid())
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -153,9 +153,9 @@ def _assign_warm(warm: collections.deque[tuple[int, socket.socket]], channel_fd:
 
 def main() -> None:
     """Entry point inside the zygote's sandbox: preload, then serve fork requests."""
-    import ipc  # noqa: F401  (preloaded so forked workers start warm)
-    import supervisor.worker_main  # noqa: F401
-    from supervisor.confine import ZYGOTE_FS_RULES, Isolation, landlock_abi
+    import warden.supervisor.worker_main  # noqa: F401
+    from warden import ipc  # noqa: F401  (preloaded so forked workers start warm)
+    from warden.supervisor.confine import ZYGOTE_FS_RULES, Isolation, landlock_abi
     warm = 0
     shared_tmp = False
     for arg in sys.argv[1:]:
@@ -170,12 +170,12 @@ def main() -> None:
     # Landlock would refuse the workers' mounts) and the signal and socket scopes.
     how = Isolation(own_keyring=False, private_tmp=not shared_tmp, fs_rules=ZYGOTE_FS_RULES,
                     landlock_abi=landlock_abi())
-    from supervisor import bootstrap
+    from warden.supervisor import bootstrap
     # Build msgspec's decoder for the bootstrap once, here, not in every worker.
     bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
         worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
         notify=False, rlimits=())))
-    from supervisor.sandbox import self_confine
+    from warden.supervisor.sandbox import self_confine
     self_confine.set_dumpable(False)
     import gc
     gc.collect()
@@ -275,8 +275,8 @@ def zygote_filter(profile: Profile) -> bytes:
     kernel answers ENOSYS, and no worker can become a tracer (ptrace is itself
     refused here). ENOSYS answers stay as they are (clone3: glibc's fallback).
     """
-    from profiles import bpf
-    from profiles.compiler import compile_policy
+    from warden.profiles import bpf
+    from warden.profiles.compiler import compile_policy
 
     code = compile_policy(profile.seccomp, kill_as_notify=False)
     refusals = (bpf.SECCOMP_RET_KILL_PROCESS, bpf.SECCOMP_RET_KILL_THREAD)
@@ -325,15 +325,15 @@ class ZygoteClient:
     @classmethod
     async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
                     ) -> ZygoteClient:
-        from supervisor.core import _sandbox_spec_for
-        from supervisor.policy import resolve_profile
-        from supervisor.sandbox import spawn as sandbox_spawn
+        from warden.supervisor.core import _sandbox_spec_for
+        from warden.supervisor.policy import resolve_profile
+        from warden.supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
         zfilter = zygote_filter(resolve_profile(PROFILE_PATH))
         shared = ["--shared-tmp"] if sup.shared_tmp else []
-        spec = _sandbox_spec_for(sup, ["supervisor.zygote_main", f"--warm={warm}", *shared,
+        spec = _sandbox_spec_for(sup, ["warden.supervisor.zygote_main", f"--warm={warm}", *shared,
                                        *preload],
-                                 PROFILE_PATH, "supervisor.zygote", *preload,
+                                 PROFILE_PATH, "warden.supervisor.zygote", *preload,
                                  seccomp_filter=zfilter)
         # Each worker is a user, PID, mount and IPC namespace nested in the zygote's
         # sandbox, whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS),

@@ -1,6 +1,7 @@
-"""`python -m supervisor.zygote_main [MODULE...]`: the zygote's entry point inside its sandbox."""
+"""`python -m warden.supervisor.zygote_main [MODULE...]`: the zygote's entry point
+inside its sandbox."""
 
-from supervisor.zygote import main
+from warden.supervisor.zygote import main
 
 if __name__ == "__main__":
     main()

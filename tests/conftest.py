@@ -21,6 +21,26 @@ from typing import Any
 import pytest
 
 ACCEPTED_UNDER_CI = ("needs root",)
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _installed_warden() -> str:
+    """The tests test the package as users get it: the installed wheel, never
+    the checkout's folders (scripts/setup installs it). Say so plainly when the
+    import would come from elsewhere."""
+    import importlib.util
+
+    found = importlib.util.find_spec("warden")
+    origin = found.origin if found else None
+    sources = tuple(os.path.join(CHECKOUT, d) + os.sep
+                    for d in ("warden_pkg", "supervisor", "profiles", "ipc", "build"))
+    if origin is None or os.path.realpath(origin).startswith(sources):
+        raise pytest.UsageError(f"warden is not installed (found {origin!r}): "
+                                "run scripts/setup, which installs the wheel into .venv")
+    return origin
+
+
+WARDEN_ORIGIN = _installed_warden()
 
 
 def _session_tmp() -> str:
@@ -61,6 +81,14 @@ def _remove_tree(path: str) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import sys
+
+    # The checkout's supervisor/, profiles/ and ipc/ are source folders, not
+    # packages: a test that imported one by its bare name tested the checkout.
+    stray = sorted(m for m in ("supervisor", "profiles", "ipc") if m in sys.modules)
+    if stray:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nwarden tests: imported the checkout's folders by bare name: {stray}")
     if os.environ.get("WARDEN_TEST_TMP") == SESSION_TMP and os.getpid() == _OWNER_PID:
         _remove_tree(SESSION_TMP)
 

@@ -23,7 +23,7 @@ def report(code):
     real_exit(code)
 os._exit = report
 sys.argv = ["warden", "run", "--", "/bin/true"]
-from supervisor.cli import main
+from warden.supervisor.cli import main
 main()
 """
 
@@ -50,14 +50,15 @@ def test_warden_run_loads_neither_asyncio_nor_the_profile_tools(tmp_path: Path) 
     got = json.loads(report.read_text())
     assert got["code"] == 0
     loaded = set(got["modules"])
-    assert "supervisor.sandbox" in loaded and "profiles.loader" in loaded
-    for heavy in ("asyncio", "ipc", "msgspec", "profiles.cli", "supervisor.core",
-                  "supervisor.serve_cli", "pyseccomp", "profiles.compiler", "hashlib"):
+    assert "warden.supervisor.sandbox" in loaded and "warden.profiles.loader" in loaded
+    for heavy in ("asyncio", "warden.ipc", "msgspec", "warden.profiles.cli",
+                  "warden.supervisor.core", "warden.supervisor.serve_cli", "pyseccomp",
+                  "warden.profiles.compiler", "hashlib"):
         assert heavy not in loaded, heavy
 
 
 def test_collection_is_back_on_after_a_command() -> None:
-    from supervisor.cli import main
+    from warden.supervisor.cli import main
 
     assert gc.isenabled()
     result = CliRunner().invoke(main, ["profile", "list"])

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_tour_python_snippet_runs(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    snippet = next(b for b in blocks if "supervisor.Supervisor()" in b)
+    snippet = next(b for b in blocks if "supervisor.Supervisor(" in b)
     env = python_env(str(ROOT))
     out = subprocess.run([PYTHON, "-c", snippet], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-import ipc
+from warden import ipc
 
 Side = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 

@@ -15,9 +15,8 @@ import os
 import sys
 import tempfile
 
-import ipc
-import supervisor
 from examples.thumbnailer.api import Thumbnailer
+from warden import ipc, supervisor
 
 
 def sample_images(d: str) -> list[str]:
@@ -40,7 +39,7 @@ def sample_images(d: str) -> list[str]:
 async def main() -> None:
     # The supervisor logs each worker event (bad message, seccomp kill, restart).
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="    [log] %(message)s")
-    logging.getLogger("ipc").setLevel(logging.ERROR)
+    logging.getLogger("warden.ipc").setLevel(logging.ERROR)
     async with supervisor.Supervisor(start_method="zygote",
                                      zygote_preload=["examples.thumbnailer.worker"]) as sup:
         pool = await sup.pool(Thumbnailer, "examples.thumbnailer.worker:ThumbnailerImpl",

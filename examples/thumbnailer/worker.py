@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-import ipc
 from examples.thumbnailer.api import Thumbnail, Thumbnailer
+from warden import ipc
 
 
 class ThumbnailerImpl(Thumbnailer):

@@ -1,7 +1,7 @@
 """Run a program in a Linux sandbox: namespaces, a new root, limits, an fd map, seccomp.
 
-    from profiles import load_profile
-    from supervisor.sandbox import build_spec, spawn
+    from warden.profiles import load_profile
+    from warden.supervisor.sandbox import build_spec, spawn
 
     spec = build_spec(["/bin/echo", "hi"], load_profile("default"), timeout=10)
     with spawn(spec) as box:
@@ -11,12 +11,12 @@
 `warden run` builds the same SandboxSpec from its options. See docs/sandbox.md.
 
 A process that confines itself instead (the supervisor's zygote and the
-workers it forks) uses the steps in `supervisor.sandbox.self_confine`; see
+workers it forks) uses the steps in `warden.supervisor.sandbox.self_confine`; see
 docs/supervisor.md.
 """
 
-from supervisor.sandbox import self_confine
-from supervisor.sandbox.launcher import (
+from warden.supervisor.sandbox import self_confine
+from warden.supervisor.sandbox.launcher import (
     Launch,
     Sandbox,
     SandboxError,
@@ -25,9 +25,9 @@ from supervisor.sandbox.launcher import (
     prepare,
     spawn,
 )
-from supervisor.sandbox.preflight import PreflightError
-from supervisor.sandbox.spec import CHANNEL_FD, FileGrant, SandboxSpec, SpecError, build_spec
-from supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
+from warden.supervisor.sandbox.preflight import PreflightError
+from warden.supervisor.sandbox.spec import CHANNEL_FD, FileGrant, SandboxSpec, SpecError, build_spec
+from warden.supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
 
 __all__ = [
     "CHANNEL_FD",

@@ -29,7 +29,7 @@ _NR: dict[str, dict[str, int]] = {
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(_MACHINE, 0)
 
 if _MACHINE not in _NR:  # pragma: no cover - only x86_64/aarch64 are supported
-    raise ImportError(f"supervisor.sandbox supports x86_64 and aarch64, not {_MACHINE}")
+    raise ImportError(f"warden.supervisor.sandbox supports x86_64 and aarch64, not {_MACHINE}")
 
 NR = dict(_NR[_MACHINE])
 NR.update(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from supervisor.sandbox import _sys
+from warden.supervisor.sandbox import _sys
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED (without

@@ -31,8 +31,8 @@ class ChannelGuard:
         # ipc package is not free to import.
         self._loaded = True
         try:
-            from ipc.channel import FrameReader
-            from ipc.limits import Limits
+            from warden.ipc.channel import FrameReader
+            from warden.ipc.limits import Limits
 
             self._reader = FrameReader(self.sock, Limits(), "child")
         except ImportError:  # the ipc package is not installed: no frame is valid
@@ -73,8 +73,8 @@ class ChannelGuard:
     def _check_ipc(self) -> str | None:
         import msgspec
 
-        from ipc.errors import BadMessage
-        from ipc.wire import ENVELOPE_DECODER
+        from warden.ipc.errors import BadMessage
+        from warden.ipc.wire import ENVELOPE_DECODER
 
         try:
             got = self._reader.read()

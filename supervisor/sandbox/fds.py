@@ -15,7 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from supervisor.sandbox import _sys, hostpath
+from warden.supervisor.sandbox import _sys, hostpath
 
 _OPEN_FLAGS = {
     "r": os.O_RDONLY,

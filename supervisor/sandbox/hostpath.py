@@ -30,7 +30,7 @@ import os
 import stat
 from collections.abc import Collection
 
-from supervisor.sandbox import _sys
+from warden.supervisor.sandbox import _sys
 
 # What a kind is called in messages and in the names callers pass in `kinds`.
 KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",

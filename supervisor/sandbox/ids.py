@@ -254,7 +254,7 @@ def assume_owner(uid: int, gid: int) -> Saved:
     single-threaded, or a short-lived fork)."""
     import ctypes
 
-    from supervisor.sandbox import _sys
+    from warden.supervisor.sandbox import _sys
 
     sig = ctypes.c_int(0)
     _sys.prctl(_PR_GET_PDEATHSIG, ctypes.addressof(sig))
@@ -271,7 +271,7 @@ def assume_owner(uid: int, gid: int) -> Saved:
 def resume(saved: Saved) -> None:
     """Undo assume_owner(). Changing the effective ids cleared the parent-death signal
     and the dumpable flag (commit_creds does): both are put back as they were."""
-    from supervisor.sandbox import _sys
+    from warden.supervisor.sandbox import _sys
 
     os.setresuid(-1, 0, -1)
     os.setresgid(-1, saved.egid, -1)

@@ -25,7 +25,7 @@ import ctypes
 import errno
 import os
 
-from supervisor.sandbox import _sys
+from warden.supervisor.sandbox import _sys
 
 __all__ = ["join_new_session_keyring", "mask_proc_keys"]
 

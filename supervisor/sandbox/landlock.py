@@ -17,7 +17,7 @@ import errno
 import os
 from collections.abc import Sequence
 
-from supervisor.sandbox import _sys
+from warden.supervisor.sandbox import _sys
 
 EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1

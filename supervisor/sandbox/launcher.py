@@ -47,18 +47,29 @@ import time
 from types import TracebackType
 from typing import Any, NamedTuple, NoReturn
 
-from supervisor.sandbox import _sys, caps, fds, ids, landlock, limits, mounts, net, pidns, userns
-from supervisor.sandbox.keyring import join_new_session_keyring, mask_proc_keys
-from supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener
-from supervisor.sandbox.preflight import PreflightError, explain
-from supervisor.sandbox.proctitle import hide_parent_argv
-from supervisor.sandbox.seccomp import (
+from warden.supervisor.sandbox import (
+    _sys,
+    caps,
+    fds,
+    ids,
+    landlock,
+    limits,
+    mounts,
+    net,
+    pidns,
+    userns,
+)
+from warden.supervisor.sandbox.keyring import join_new_session_keyring, mask_proc_keys
+from warden.supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener
+from warden.supervisor.sandbox.preflight import PreflightError, explain
+from warden.supervisor.sandbox.proctitle import hide_parent_argv
+from warden.supervisor.sandbox.seccomp import (
     WEAKENED_WAIT_KILLABLE,
     PreparedFilter,
     wait_killable_supported,
 )
-from supervisor.sandbox.spec import INNER_ID, SandboxSpec
-from supervisor.sandbox.status import (
+from warden.supervisor.sandbox.spec import INNER_ID, SandboxSpec
+from warden.supervisor.sandbox.status import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
     EXIT_SETUP,
@@ -812,7 +823,8 @@ class Sandbox:
 
     def __init__(self, token: object) -> None:
         if token is not _TOKEN:
-            raise TypeError("Sandbox has no public constructor; use supervisor.sandbox.spawn()")
+            raise TypeError(
+                "Sandbox has no public constructor; use warden.supervisor.sandbox.spawn()")
 
     @classmethod
     def _create(cls, spec: SandboxSpec, pid: int, pidfd: int, status_r: int,

@@ -37,7 +37,7 @@ import resource
 import time
 from typing import NamedTuple
 
-from supervisor.sandbox.spec import SandboxSpec
+from warden.supervisor.sandbox.spec import SandboxSpec
 
 _counter = itertools.count()
 _swept: set[str] = set()
@@ -328,7 +328,7 @@ def set_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
     thread only) and comes straight back."""
     if not values:
         return
-    from supervisor.sandbox import _sys
+    from warden.supervisor.sandbox import _sys
 
     own = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
     try:

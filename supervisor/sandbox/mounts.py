@@ -18,7 +18,7 @@ import os
 import stat
 from typing import NamedTuple
 
-from supervisor.sandbox import _sys, hostpath
+from warden.supervisor.sandbox import _sys, hostpath
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),

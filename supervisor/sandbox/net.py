@@ -12,7 +12,7 @@ import fcntl
 import socket
 import struct
 
-from supervisor.sandbox import _sys
+from warden.supervisor.sandbox import _sys
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914

@@ -50,7 +50,7 @@ import threading
 import time
 from typing import Any, NamedTuple
 
-from supervisor.sandbox.status import Violation
+from warden.supervisor.sandbox.status import Violation
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, nr, arch, ip, args[6]
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100

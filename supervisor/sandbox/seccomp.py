@@ -21,7 +21,7 @@ import itertools
 import os
 import struct
 
-from supervisor.sandbox import _sys
+from warden.supervisor.sandbox import _sys
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
@@ -60,7 +60,7 @@ def allows_execve(bpf: bytes) -> bool | None:
     can start nothing; and a refusal reported through user-notify would wait
     for a listener that only exists after the exec."""
     try:
-        from profiles.bpf import evaluate
+        from warden.profiles.bpf import evaluate
     except ImportError:
         return None
     ret = int(evaluate(bpf, _sys.NR["execve"], (0,) * 6, arch=_sys.AUDIT_ARCH))

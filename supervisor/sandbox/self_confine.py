@@ -18,8 +18,8 @@ import signal
 import stat
 import struct
 
-from supervisor.sandbox import _sys, caps, keyring, landlock, proctitle, userns
-from supervisor.sandbox.seccomp import PreparedFilter
+from warden.supervisor.sandbox import _sys, caps, keyring, landlock, proctitle, userns
+from warden.supervisor.sandbox.seccomp import PreparedFilter
 
 __all__ = [
     "clear_capabilities",

@@ -13,9 +13,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from profiles.model import Bind, Profile, Tmpfs
-from supervisor.sandbox import ids
-from supervisor.sandbox.fds import parse_grant
+from warden.profiles.model import Bind, Profile, Tmpfs
+from warden.supervisor.sandbox import ids
+from warden.supervisor.sandbox.fds import parse_grant
 
 # The workload's uid/gid inside its user namespace: an ordinary user, never 0.
 INNER_ID = 1000
@@ -323,14 +323,14 @@ def build_spec(
         _require_memory_cgroup(memory)
 
     if seccomp_filter is None:
-        from profiles.cache import cached_compile
+        from warden.profiles.cache import cached_compile
 
-        # What the sandbox can reach decides whether the cache may be used (profiles.cache).
+        # What the sandbox can reach decides whether the cache may be used (warden.profiles.cache).
         seccomp_filter = cached_compile(
             profile.seccomp, kill_as_notify=True,
             reachable=[(b.source, b.writable) for b in out_binds]
             + [(g.path, g.mode != "r") for g in grants])
-    from supervisor.sandbox.seccomp import allows_execve, problem, uses_notify
+    from warden.supervisor.sandbox.seccomp import allows_execve, problem, uses_notify
 
     bad = problem(seccomp_filter)
     if bad:
@@ -355,7 +355,7 @@ def build_spec(
 
 
 def _userns_limits(values: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
-    from supervisor.sandbox.userns import DEFAULT_LIMITS
+    from warden.supervisor.sandbox.userns import DEFAULT_LIMITS
 
     for name, value in values.items():
         if name not in DEFAULT_LIMITS:
@@ -368,7 +368,7 @@ def _userns_limits(values: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
 
 def _require_memory_cgroup(memory: int) -> None:
     """A memory limit the caller asked for must be enforced as one: by a cgroup."""
-    from supervisor.sandbox.limits import available_mechanism
+    from warden.supervisor.sandbox.limits import available_mechanism
 
     if available_mechanism() == "rlimit":
         raise SpecError(

@@ -31,7 +31,7 @@ import errno
 import os
 from collections.abc import Iterable
 
-from supervisor.sandbox.spec import INNER_ID
+from warden.supervisor.sandbox.spec import INNER_ID
 
 # /proc/sys/user/<name> of the sandbox's user namespace, lowered from INT_MAX
 # (what the kernel gives a new namespace). Programs rarely need more than a

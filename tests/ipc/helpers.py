@@ -12,11 +12,11 @@ from typing import Any
 import msgspec
 import pytest
 
-import ipc
-from ipc.channel import send_frame
-from ipc.wire import KIND_CALL, KIND_MESSAGE, KIND_REPLY, method_id
 from tests.ipc.ifaces import Service, Worker
 from tests.ipc.impls import ServiceImpl
+from warden import ipc
+from warden.ipc.channel import send_frame
+from warden.ipc.wire import KIND_CALL, KIND_MESSAGE, KIND_REPLY, method_id
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HANG_GUARD = 60.0  # seconds; only to turn a hang into a failure, never a speed assertion

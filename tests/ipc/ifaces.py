@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-import ipc
+from warden import ipc
 
 Size = Annotated[int, msgspec.Meta(ge=0, le=1024)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]

@@ -6,8 +6,8 @@ import math
 import os
 from typing import Any
 
-import ipc
 from tests.ipc.ifaces import Circle, Color, Narrow, Point, Service, Shape, Staged, Worker
+from warden import ipc
 
 
 class NarrowImpl(Narrow):

@@ -6,7 +6,7 @@ import os
 import tempfile
 import threading
 
-import ipc
+from warden import ipc
 
 
 class Sink(ipc.Interface, name="test.Sink"):

@@ -8,11 +8,11 @@ import threading
 import msgspec
 import pytest
 
-import ipc
-from ipc.wire import KIND_CALL, KIND_REPLY
 from tests.ipc.helpers import HANG_GUARD, call, mid, open_fds
 from tests.ipc.ifaces import Narrow, Service
 from tests.ipc.impls import NarrowImpl, ServiceImpl
+from warden import ipc
+from warden.ipc.wire import KIND_CALL, KIND_REPLY
 
 
 def test_child_gets_a_narrower_interface_over_its_channel() -> None:

@@ -15,11 +15,11 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ipc
-from ipc.session import Session
-from ipc.wire import KIND_CALL
 from tests.ipc.helpers import open_fds
 from tests.ipc.ifaces import Service
+from warden import ipc
+from warden.ipc.session import Session
+from warden.ipc.wire import KIND_CALL
 
 _dir = tempfile.mkdtemp(prefix="ipc-fd-props-")
 atexit.register(shutil.rmtree, _dir, True)

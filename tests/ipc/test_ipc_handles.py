@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-import ipc
-from ipc.handles import REQUIRED_SEALS
+from warden import ipc
+from warden.ipc.handles import REQUIRED_SEALS
 
 
 def test_sealed_memory_cannot_be_written_resized_or_unsealed() -> None:

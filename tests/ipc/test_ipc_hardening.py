@@ -19,12 +19,12 @@ from typing import Annotated, Any, Generic, Literal, NewType, TypeVar
 import msgspec
 import pytest
 
-import ipc
-from ipc.channel import send_frame
-from ipc.wire import KIND_CALL, KIND_REPLY, MAX_NESTING, method_id
 from tests.ipc.helpers import HANG_GUARD, ROOT, call, mid, open_fds, tmpfile
 from tests.ipc.ifaces import Service
 from tests.ipc.impls import ServiceImpl
+from warden import ipc
+from warden.ipc.channel import send_frame
+from warden.ipc.wire import KIND_CALL, KIND_REPLY, MAX_NESTING, method_id
 
 # ---- declarations ---------------------------------------------------------------------------
 

@@ -9,8 +9,6 @@ import os
 import msgspec
 import pytest
 
-import ipc
-from ipc.wire import KIND_CALL, KIND_ERROR, KIND_MESSAGE, KIND_REPLY
 from tests.ipc.helpers import (
     FrameList,
     call,
@@ -24,6 +22,8 @@ from tests.ipc.helpers import (
     tmpfile,
 )
 from tests.ipc.impls import ServiceImpl, StagedImpl
+from warden import ipc
+from warden.ipc.wire import KIND_CALL, KIND_ERROR, KIND_MESSAGE, KIND_REPLY
 
 
 def bad(out: object) -> ipc.BadMessage:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-import ipc
-from ipc.wire import method_id
 from tests.ipc.decl_cases import Good, Mutable, Node, Open
 from tests.ipc.ifaces import Service, Staged
+from warden import ipc
+from warden.ipc.wire import method_id
 
 
 def test_method_ids_are_sha256_of_qualified_names() -> None:
@@ -140,8 +140,8 @@ def test_recursive_struct_is_accepted_and_decoded() -> None:
 
 
 def test_deeply_nested_payload_is_a_bad_message_not_a_crash() -> None:
-    from ipc.session import Session
-    from ipc.wire import method_id
+    from warden.ipc.session import Session
+    from warden.ipc.wire import method_id
 
     def m(self: Any, ctx: ipc.Context, tree: Node) -> int:
         raise NotImplementedError

@@ -7,10 +7,10 @@ import asyncio
 import os
 import socket
 
-import ipc
 from tests.ipc.helpers import HANG_GUARD, open_fds
 from tests.ipc.ifaces import Service
 from tests.ipc.impls import ServiceImpl
+from warden import ipc
 
 
 def child(sock: socket.socket, behaviour: str) -> None:

@@ -10,10 +10,10 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import ipc
-from ipc.session import Session
-from ipc.wire import KIND_CALL, KIND_REPLY
 from tests.ipc.ifaces import Circle, Color, Point, Service, Square
+from warden import ipc
+from warden.ipc.session import Session
+from warden.ipc.wire import KIND_CALL, KIND_REPLY
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import ipc
-from ipc.channel import send_frame
 from tests.ipc.helpers import HANG_GUARD, FrameList, call, message, open_fds, run_hostile
 from tests.ipc.ifaces import Service, Worker
 from tests.ipc.impls import ServiceImpl
+from warden import ipc
+from warden.ipc.channel import send_frame
 
 
 class SlowService(ServiceImpl):

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-import ipc
 from tests.interpreter import PYTHON, python_env
 from tests.ipc.helpers import HANG_GUARD, ROOT, open_fds
 from tests.ipc.ifaces import Circle, Color, Narrow, Point, Service, Square, Worker
 from tests.ipc.impls import ServiceImpl, WorkerImpl
+from warden import ipc
 
 
 def exercise(c: ipc.Channel, scratch: str) -> dict[str, Any]:
@@ -186,7 +186,8 @@ def test_round_trip_with_forked_child(tmp_path: Any) -> None:
 
 
 CHILD = """
-import ipc, sys
+import sys
+from warden import ipc
 from tests.ipc.ifaces import Service, Worker
 from tests.ipc.impls import WorkerImpl
 c = ipc.connect_from_env(serve=WorkerImpl(), remote=Service)

@@ -22,12 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-import ipc
-from ipc.channel import FrameReader, send_frame
-from ipc.session import Session
-from ipc.wire import KIND_CALL, KIND_MESSAGE, KIND_REPLY
 from tests.ipc.helpers import frame, mid
 from tests.ipc.ifaces import Service, Staged
+from warden import ipc
+from warden.ipc.channel import FrameReader, send_frame
+from warden.ipc.session import Session
+from warden.ipc.wire import KIND_CALL, KIND_MESSAGE, KIND_REPLY
 
 LIMITS = ipc.Limits(max_fds_held=8)
 STAGED = "test.Staged"

@@ -14,10 +14,10 @@ from typing import Any
 
 import msgspec
 
-import ipc
 from tests.ipc.helpers import HANG_GUARD, open_fds
 from tests.ipc.ifaces import Worker
 from tests.ipc.impls import ServiceImpl
+from warden import ipc
 
 
 def spec_method_id(interface: str, method: str) -> int:

@@ -16,10 +16,18 @@ import pytest
 from click.testing import CliRunner
 from profiles_child import records, try_syscalls
 
-from profiles import ProfileError, argwidth, compiler, inspect, load_profile, load_text, syscalls
-from profiles.cli import profile_group
-from profiles.constants import CONSTANTS
-from profiles.model import (
+from warden.profiles import (
+    ProfileError,
+    argwidth,
+    compiler,
+    inspect,
+    load_profile,
+    load_text,
+    syscalls,
+)
+from warden.profiles.cli import profile_group
+from warden.profiles.constants import CONSTANTS
+from warden.profiles.model import (
     KILL_PROCESS,
     Action,
     ActionKind,
@@ -172,7 +180,7 @@ def test_explain_names_the_bits_the_kernel_ignores() -> None:
 
 def test_explain_says_when_the_filter_and_the_kernel_disagree() -> None:
     """A policy built without the loader (so unchecked) still gets an honest explain."""
-    from profiles.model import Profile
+    from warden.profiles.model import Profile
 
     pol = SeccompPolicy(Action(ActionKind.ALLOW), (
         SyscallRule("ioctl", EPERM, (ArgCondition(1, ArgOp.EQ, CONSTANTS["TIOCSTI"]),)),))
@@ -203,7 +211,7 @@ def test_the_table_matches_the_native_syscalls() -> None:
 def test_imported_whole_register_tests_become_masked_blocks() -> None:
     """OCI profiles compare all 64 bits (Docker: socket allowed if domain > 40, so
     AF_ALG | 1 << 32 passed); the importer writes what the kernel reads instead."""
-    from profiles import oci
+    from warden.profiles import oci
 
     doc = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
         {"names": ["socket"], "action": "SCMP_ACT_ALLOW",

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from profiles_child import records, run_python, try_syscalls
 
-from profiles import ProfileError, compiler, load_profile, load_text, syscalls
-from profiles.parser import parse_text
 from tests.i386 import emulation_works, int80_getpid
+from warden.profiles import ProfileError, compiler, load_profile, load_text, syscalls
+from warden.profiles.parser import parse_text
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
@@ -38,7 +38,7 @@ def test_tiocsti_with_upper_bits_set_is_still_refused(name: str) -> None:
 @pytest.mark.parametrize("flag", ["CLONE_NEWUSER", "CLONE_NEWNS", "CLONE_NEWPID", "CLONE_NEWNET",
                                   "CLONE_NEWIPC", "CLONE_NEWUTS", "CLONE_NEWCGROUP"])
 def test_every_namespace_flag_is_refused_even_mixed_with_thread_flags(flag: str) -> None:
-    from profiles.constants import CONSTANTS
+    from warden.profiles.constants import CONSTANTS
 
     clone = syscalls.number("clone") or 0
     flags = [CONSTANTS[flag] | signal.SIGCHLD,

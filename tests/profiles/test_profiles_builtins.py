@@ -15,7 +15,7 @@ import sys
 import pytest
 from profiles_child import exec_under, records, run_python, try_syscalls
 
-from profiles import compiler, load_profile, syscalls
+from warden.profiles import compiler, load_profile, syscalls
 
 CLONE_NS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
 
@@ -279,7 +279,7 @@ def test_strict_kills_anything_else(call: str) -> None:
 
 
 def test_every_builtin_compiles_and_kills_by_default() -> None:
-    from profiles import builtin_names
+    from warden.profiles import builtin_names
 
     assert builtin_names() == ["default", "network-client", "python-worker", "strict"]
     for name in builtin_names():

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from unpriv_util import as_unprivileged
 
-import profiles.compiler
-from profiles import cache, load_profile
-from profiles.cache import CacheWarning, cached_compile, policy_key
-from profiles.compiler import compile_policy
-from profiles.model import SeccompPolicy
+import warden.profiles.compiler
+from warden.profiles import cache, load_profile
+from warden.profiles.cache import CacheWarning, cached_compile, policy_key
+from warden.profiles.compiler import compile_policy
+from warden.profiles.model import SeccompPolicy
 
 ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K SECCOMP_RET_ALLOW
 
@@ -59,7 +59,7 @@ def no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object, **_kwargs: object) -> bytes:
         raise AssertionError("compiled although the cache should have answered")
 
-    monkeypatch.setattr(profiles.compiler, "compile_policy", refuse)
+    monkeypatch.setattr(warden.profiles.compiler, "compile_policy", refuse)
 
 
 def key(policy: SeccompPolicy, kill_as_notify: bool = True) -> str:

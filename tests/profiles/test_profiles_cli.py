@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from profiles import ProfileError, bpf, compiler, load_profile, oci
-from profiles.cli import profile_group
 from tests.interpreter import PYTHON, python_env
+from warden.profiles import ProfileError, bpf, compiler, load_profile, oci
+from warden.profiles.cli import profile_group
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = Path(__file__).with_name("docker-default-seccomp.json")

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from profiles_child import records, try_syscalls
 
-from profiles import ProfileError, bpf, compiler, load_profile, syscalls
-from profiles.model import (
+from warden.profiles import ProfileError, bpf, compiler, load_profile, syscalls
+from warden.profiles.model import (
     ALLOW,
     KILL_PROCESS,
     Action,

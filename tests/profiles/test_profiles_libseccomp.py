@@ -1,4 +1,4 @@
-"""profiles.libseccomp (the light binding used to load profiles) agrees with pyseccomp."""
+"""warden.profiles.libseccomp (the light binding used to load profiles) agrees with pyseccomp."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyseccomp
 
-from profiles import libseccomp, syscalls
+from warden.profiles import libseccomp, syscalls
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,8 +37,8 @@ def test_the_version_and_arch_are_libseccomps() -> None:
 
 def test_loading_a_profile_does_not_import_pyseccomp() -> None:
     """The point of the module: `warden run` with a cached filter never loads pyseccomp."""
-    code = ("import sys; from profiles import load_profile; load_profile('default'); "
-            "print('pyseccomp' in sys.modules, 'profiles.compiler' in sys.modules)")
+    code = ("import sys; from warden.profiles import load_profile; load_profile('default'); "
+            "print('pyseccomp' in sys.modules, 'warden.profiles.compiler' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from profiles import ProfileError, load_profile
-from profiles.loader import PATH_VAR
-from profiles.model import ALLOW, Action, ActionKind, ArgOp, Profile
+from warden.profiles import ProfileError, load_profile
+from warden.profiles.loader import PATH_VAR
+from warden.profiles.model import ALLOW, Action, ActionKind, ArgOp, Profile
 
 EPERM = Action(ActionKind.ERRNO, 1)
 EACCES = Action(ActionKind.ERRNO, 13)

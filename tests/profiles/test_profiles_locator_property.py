@@ -9,7 +9,7 @@ from collections.abc import Hashable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from profiles.locator import Locator
+from warden.profiles.locator import Locator
 
 Path = tuple[Hashable, ...]
 

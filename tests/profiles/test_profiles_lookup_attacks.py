@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import Supervisor
-from supervisor.handle import WorkerDied
-from supervisor.sandbox import Outcome
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import CALC, PRELOAD, WORKTREE, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import Supervisor
+from warden.supervisor.handle import WorkerDied
+from warden.supervisor.sandbox import Outcome
 
 ALLOW_ALL = """description = "planted"
 [seccomp]
@@ -93,7 +93,7 @@ def test_a_user_profile_named_like_a_builtin_is_refused(checkout: Path) -> None:
 @pytest.mark.parametrize("method", ["spawn", "zygote", "fork"])
 def test_the_api_profile_strict_is_the_builtin(checkout: Path, method: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from supervisor import policy
+    from warden.supervisor import policy
 
     monkeypatch.chdir(checkout)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(checkout / "no-such-config"))
@@ -119,7 +119,7 @@ def test_the_api_profile_strict_is_the_builtin(checkout: Path, method: str,
 
 def test_the_api_profile_default_is_the_builtin(checkout: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from supervisor import policy
+    from warden.supervisor import policy
 
     monkeypatch.chdir(checkout)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(checkout / "no-such-config"))

@@ -9,8 +9,8 @@ import pyseccomp
 import pytest
 from profiles_child import exec_under
 
-from profiles import ProfileError, bpf, compiler, load_profile, load_text, oci, syscalls
-from profiles.model import ActionKind, ArgOp, SeccompPolicy
+from warden.profiles import ProfileError, bpf, compiler, load_profile, load_text, oci, syscalls
+from warden.profiles.model import ActionKind, ArgOp, SeccompPolicy
 
 # Docker/moby's default profile (moby/profiles seccomp/default.json, Apache-2.0).
 DOCKER = Path(__file__).with_name("docker-default-seccomp.json")

@@ -6,10 +6,10 @@ import pickle
 
 import pytest
 
-from profiles.errors import ProfileError
-from profiles.locator import Locator
-from profiles.model import Action, ActionKind, ArgCondition, ArgOp
-from profiles.parser import parse_action, parse_condition, parse_text
+from warden.profiles.errors import ProfileError
+from warden.profiles.locator import Locator
+from warden.profiles.model import Action, ActionKind, ArgCondition, ArgOp
+from warden.profiles.parser import parse_action, parse_condition, parse_text
 
 
 def error_of(text: str) -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from unpriv_util import as_unprivileged
 
-from profiles import ProfileError, load_profile
-from profiles.loader import find
+from warden.profiles import ProfileError, load_profile
+from warden.profiles.loader import find
 
 NOT_FOUND = ('default|warden: error: no profile named "mine" '
              "(expected one of default, network-client, python-worker, strict)")

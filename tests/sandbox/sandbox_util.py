@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from profiles.model import Bind, Filesystem, Profile
-from supervisor.sandbox import Sandbox, Status, build_spec, spawn
 from tests.interpreter import PYTHON as PYTHON  # re-exported for the sandbox tests
 from tests.interpreter import python_env
+from warden.profiles.model import Bind, Filesystem, Profile
+from warden.supervisor.sandbox import Sandbox, Status, build_spec, spawn
 
 MODE = "root" if os.geteuid() == 0 else "user"
 WORKTREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,7 +54,7 @@ PERMISSIVE = filter_notifying("acct")
 
 
 def default_profile() -> Profile:
-    from profiles import load_profile
+    from warden.profiles import load_profile
 
     prof: Profile = load_profile("default")
     return prof

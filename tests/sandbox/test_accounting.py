@@ -35,8 +35,8 @@ from sandbox_util import (
     supervisor_env,
 )
 
-from supervisor.sandbox import Outcome, Sandbox, SpecError, build_spec, ids, limits, spawn
-from supervisor.sandbox.userns import DEFAULT_LIMITS
+from warden.supervisor.sandbox import Outcome, Sandbox, SpecError, build_spec, ids, limits, spawn
+from warden.supervisor.sandbox.userns import DEFAULT_LIMITS
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 # Sandboxes get ids of their own as root, or with subordinate ids granted to this user.
@@ -387,7 +387,7 @@ SUBID_SCENARIO = """
 import json, os, sys
 sys.path[:0] = [{tests!r}, {root!r}]
 from sandbox_util import PY, collect, start
-from supervisor.sandbox import ids
+from warden.supervisor.sandbox import ids
 boxes = []
 for _ in range(2):
     r, w = os.pipe()
@@ -474,7 +474,7 @@ def test_the_id_lock_never_reaches_the_sandbox_and_failed_starts_free_their_ids(
         os.close(w)
         collect(box, out, err)
     # A start that fails after its ids were leased (the program is missing) frees them.
-    from supervisor.sandbox import SetupError
+    from warden.supervisor.sandbox import SetupError
 
     for _ in range(3):
         with pytest.raises(SetupError):

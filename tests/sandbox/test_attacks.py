@@ -11,7 +11,7 @@ import select
 import pytest
 from sandbox_util import PY, collect, default_profile, filter_notifying, py, start
 
-from supervisor.sandbox import Outcome
+from warden.supervisor.sandbox import Outcome
 
 SIGNALS_AND_PTRACE = """
 import ctypes, json, os, signal

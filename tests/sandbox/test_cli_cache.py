@@ -91,7 +91,7 @@ def assert_filtered(r: subprocess.CompletedProcess[str]) -> None:
 
 def plant_allow_all(home: Path) -> Path:
     """The control's tool: an allow-all entry MACed with the real key, as warden writes."""
-    from profiles import cache
+    from warden.profiles import cache
 
     (entry,) = entries(home)
     cache.store(entry.parent, entry.name, ALLOW_ALL, key_file(home).read_bytes())

@@ -7,8 +7,8 @@ import subprocess
 
 from sandbox_util import PYTHON, py, supervisor_env
 
-from supervisor.sandbox import Outcome
 from tests.high_fds import high_fds
+from warden.supervisor.sandbox import Outcome
 
 __all__ = ["high_fds"]
 
@@ -30,7 +30,7 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
 base = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 while os.dup(base) < 1100:
     pass
-from supervisor.cli import main
+from warden.supervisor.cli import main
 main(["run", "-q", "--timeout", "0.5", "--", "/bin/sleep", "60"])
 """
 

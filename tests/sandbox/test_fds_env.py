@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sandbox_util import PERMISSIVE, TEST_PROFILE, collect, py, start, world_dir
 
-from supervisor.sandbox import SpecError, build_spec
+from warden.supervisor.sandbox import SpecError, build_spec
 
 # The listing's own directory fd is closed by the time the filter runs.
 OPEN_FDS = ("sorted(int(f) for f in os.listdir('/proc/self/fd') "

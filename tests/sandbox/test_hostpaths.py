@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sandbox_util import PYTHON, supervisor_env
 
-from supervisor.sandbox import hostpath
+from warden.supervisor.sandbox import hostpath
 
 pytestmark = pytest.mark.usefixtures("needs_profiles")
 
@@ -32,7 +32,7 @@ SECRET = "the secret, which no sandbox may read or change\n"
 @pytest.fixture
 def needs_profiles() -> None:
     try:
-        from profiles import load_profile  # type: ignore[attr-defined]  # noqa: F401
+        from warden.profiles import load_profile  # type: ignore[attr-defined]  # noqa: F401
     except ImportError:
         pytest.skip("the profiles package (load_profile) is not on this branch yet")
 
@@ -315,7 +315,7 @@ def test_bind_source_replaced_after_warden_resolved_it(tmp_path: Path,
     ordinary user the child, which binds by path, finds another file and refuses."""
     from sandbox_util import MODE, run
 
-    from supervisor.sandbox import SetupError, launcher
+    from warden.supervisor.sandbox import SetupError, launcher
 
     src = tmp_path / "src"
     src.mkdir()
@@ -401,7 +401,7 @@ def test_the_walk_without_openat2_refuses_links_too(tmp_path: Path,
 
 
 def test_serve_config_fifo_and_link_are_refused_without_blocking(tmp_path: Path) -> None:
-    from supervisor.serve import ConfigError, load_config
+    from warden.supervisor.serve import ConfigError, load_config
 
     fifo = tmp_path / "serve.toml"
     os.mkfifo(fifo)
@@ -415,7 +415,7 @@ def test_serve_config_fifo_and_link_are_refused_without_blocking(tmp_path: Path)
 
 def test_serve_status_socket_never_unlinks_or_follows_what_it_did_not_make(
         tmp_path: Path) -> None:
-    from supervisor.serve import ConfigError, StatusSocket
+    from warden.supervisor.serve import ConfigError, StatusSocket
 
     victim = tmp_path / "victim"
     victim.write_text("keep me")

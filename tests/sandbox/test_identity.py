@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sandbox_util import MODE, PY, collect, py, run, start, world_dir
 
-from supervisor.sandbox import ids
-from supervisor.sandbox.spec import INNER_ID
+from warden.supervisor.sandbox import ids
+from warden.supervisor.sandbox.spec import INNER_ID
 
 STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
 

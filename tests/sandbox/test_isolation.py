@@ -181,7 +181,7 @@ def test_the_status_names_what_the_sandbox_went_without() -> None:
 def test_binds_tmpfs_and_chdir_options() -> None:
     from sandbox_util import world_dir
 
-    from supervisor.sandbox import ids
+    from warden.supervisor.sandbox import ids
 
     rw = world_dir()
     os.chmod(rw, 0o777)
@@ -215,7 +215,7 @@ def test_binds_stay_readonly_nosuid_nodev_through_the_pre_5_12_remount_path(
     wrapper answer ENOSYS (the remounts themselves are real)."""
     import errno as errno_
 
-    from supervisor.sandbox import _sys
+    from warden.supervisor.sandbox import _sys
 
     def no_mount_setattr(*_args: object, **_kw: object) -> None:
         raise OSError(errno_.ENOSYS, "mount_setattr")

@@ -27,7 +27,7 @@ from sandbox_util import (
     world_dir,
 )
 
-from supervisor.sandbox import Outcome, Sandbox, SandboxError, SetupError, build_spec, spawn
+from warden.supervisor.sandbox import Outcome, Sandbox, SandboxError, SetupError, build_spec, spawn
 
 
 def test_outcomes_and_exit_codes() -> None:
@@ -226,7 +226,7 @@ USERNS_OFF = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     from sandbox_util import start
-    from supervisor.sandbox import PreflightError
+    from warden.supervisor.sandbox import PreflightError
     try:
         start(["/bin/true"])
     except PreflightError as e:
@@ -321,8 +321,8 @@ def test_many_sandboxes_leave_no_fd_zombie_or_cgroup_behind() -> None:
 def test_prepare_and_complete_let_another_process_do_the_clone() -> None:
     """What a zygote does: a helper that holds launch.child_fds() clones the init with
     CLONE_PARENT, so the init is still this process's child."""
-    from supervisor.sandbox import _sys, child_setup, prepare
-    from supervisor.sandbox.launcher import announce_init
+    from warden.supervisor.sandbox import _sys, child_setup, prepare
+    from warden.supervisor.sandbox.launcher import announce_init
 
     out = os.open(os.devnull, os.O_WRONLY)
     spec = build_spec([PY, "-I", "-S", "-c", "import os; os._exit(7)"], TEST_PROFILE,
@@ -371,7 +371,7 @@ NON_DUMPABLE = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
     from sandbox_util import collect, start
-    from supervisor.sandbox import _sys
+    from warden.supervisor.sandbox import _sys
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0)  # as a supervisor marks itself
     for _ in range(20):  # a race with the child's own start would show up here
         box, out, err = start(["/bin/sh", "-c", "exit 4"])
@@ -393,7 +393,7 @@ def test_a_setup_error_is_reported_even_when_the_child_left_our_message_unread(
     # (no such program) before reading it, and closes with it unread, which the
     # kernel reports to the parent (ECONNRESET) ahead of the error message. A
     # slow parent (every read late) meets that every time.
-    from supervisor.sandbox import launcher
+    from warden.supervisor.sandbox import launcher
 
     monkeypatch.setenv("WARDEN_CGROUP", "none")
     recv = launcher._Setup.recv
@@ -414,7 +414,7 @@ USERNS_FILTERED = textwrap.dedent("""
     import sys, pyseccomp
     sys.path.insert(0, sys.argv[1])
     from sandbox_util import start
-    from supervisor.sandbox import PreflightError, _sys
+    from warden.supervisor.sandbox import PreflightError, _sys
     # What a container runtime's filter does: clone with CLONE_NEWUSER refused.
     f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     f.add_rule(pyseccomp.ERRNO(1), "clone",

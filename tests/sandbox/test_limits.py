@@ -128,7 +128,7 @@ def test_the_status_says_which_mechanism_held_the_limits(monkeypatch: pytest.Mon
 
 
 def test_cgroups_left_by_a_killed_supervisor_are_swept() -> None:
-    from supervisor.sandbox import limits
+    from warden.supervisor.sandbox import limits
 
     if not py("pass").status.limits_mechanism.startswith("cgroup"):
         pytest.skip("needs root: no cgroup in use here (cgroup v1 is root's, and no v2 "

@@ -14,12 +14,12 @@ import signal
 import pytest
 from sandbox_util import py
 
-from profiles import compiler
-from profiles.model import ALLOW, KILL_PROCESS, SeccompPolicy, SyscallRule
-from supervisor.sandbox import Outcome, Status
-from supervisor.sandbox.notify import witness_available
-from supervisor.sandbox.seccomp import wait_killable_supported
 from tests.i386 import NR_GETPID_I386, emulation_works
+from warden.profiles import compiler
+from warden.profiles.model import ALLOW, KILL_PROCESS, SeccompPolicy, SyscallRule
+from warden.supervisor.sandbox import Outcome, Status
+from warden.supervisor.sandbox.notify import witness_available
+from warden.supervisor.sandbox.seccomp import wait_killable_supported
 
 NR_ACCT = 163  # x86_64: refused below; harmless if it ever ran (EPERM without CAP_SYS_PACCT)
 NR_GETPID_X86_64 = 39

@@ -1,4 +1,4 @@
-"""The public self-confinement steps (supervisor.sandbox.self_confine), in real processes,
+"""The public self-confinement steps (warden.supervisor.sandbox.self_confine), in real processes,
 and the supervisor using them rather than the package's private syscall wrappers."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from supervisor.sandbox import self_confine
+from warden.supervisor.sandbox import self_confine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_each_step_does_what_its_name_says() -> None:
 
 
 def test_the_supervisor_uses_no_private_module_of_the_sandbox() -> None:
-    private = {"supervisor.sandbox._sys", "supervisor.sandbox.caps"}
+    private = {"warden.supervisor.sandbox._sys", "warden.supervisor.sandbox.caps"}
     offenders = []
     for path in sorted((ROOT / "supervisor").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):

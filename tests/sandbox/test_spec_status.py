@@ -7,9 +7,9 @@ import json
 import pytest
 from sandbox_util import PERMISSIVE, TEST_PROFILE
 
-from profiles.model import Bind, Environment, Filesystem, Limits, Namespaces, Profile
-from supervisor.sandbox import Outcome, SpecError, Status, Violation, build_spec
-from supervisor.sandbox.spec import DEFAULT_OPEN_FILES, parse_size
+from warden.profiles.model import Bind, Environment, Filesystem, Limits, Namespaces, Profile
+from warden.supervisor.sandbox import Outcome, SpecError, Status, Violation, build_spec
+from warden.supervisor.sandbox.spec import DEFAULT_OPEN_FILES, parse_size
 
 
 @pytest.mark.parametrize(("text", "value"), [("65536", 65536), ("512M", 512 << 20),

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 from sandbox_util import PY, PYTHON, WORKTREE, default_profile, py, supervisor_env
 
-from supervisor.sandbox import landlock
+from warden.supervisor.sandbox import landlock
 
 _READ_ALL = """
 import glob
@@ -55,8 +55,8 @@ def test_warden_run_init_shows_neither_its_argv_nor_its_environment() -> None:
 
 _API = """
 import sys
-from profiles import load_profile
-from supervisor.sandbox import build_spec, spawn
+from warden.profiles import load_profile
+from warden.supervisor.sandbox import build_spec, spawn
 box = spawn(build_spec([{py!r}, "-I", "-S", "-c", {code!r}], load_profile("default")))
 st = box.wait(60)
 box.close_channel()

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import msgspec
 
-import ipc
-from supervisor import worker_main
 from tests.supervisor.workers import CalcImpl
+from warden import ipc
+from warden.supervisor import worker_main
 
 Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
 

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import msgspec
 
-import ipc
+from warden import ipc
 
 Name = Annotated[str, msgspec.Meta(max_length=64)]
 Needle = Annotated[bytes, msgspec.Meta(max_length=64)]

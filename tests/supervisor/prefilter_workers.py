@@ -9,8 +9,8 @@ import struct
 import threading
 import time
 
-import ipc
 from tests.supervisor.workers import CalcImpl
+from warden import ipc
 
 
 class ThreadBeforeFilter(CalcImpl):

@@ -11,9 +11,9 @@ import signal
 import threading
 import time
 
-import ipc
 from tests.i386 import int80_getpid
 from tests.supervisor.workers import CalcImpl
+from warden import ipc
 
 NR_GETPPID = 110  # killed by the test's profile, allowed by the zygote's own filter
 X32_BIT = 0x40000000

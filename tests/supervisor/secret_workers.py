@@ -9,7 +9,7 @@ from typing import Annotated
 
 import msgspec
 
-import ipc
+from warden import ipc
 
 Marker = Annotated[str, msgspec.Meta(max_length=64)]
 Found = Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(max_length=64)]

@@ -7,14 +7,14 @@ import os
 
 import pytest
 
-import ipc
-from supervisor import Supervisor, WorkerHandle
-from supervisor.core import SpawnError
-from supervisor.events import BadMessageEvent, Exited, SeccompViolation, Started
-from supervisor.handle import WorkerDied
-from supervisor.sandbox import Outcome
 from tests.supervisor.util import CALC, METHODS, PRELOAD, run
 from tests.supervisor.workers import Calc, HostImpl
+from warden import ipc
+from warden.supervisor import Supervisor, WorkerHandle
+from warden.supervisor.core import SpawnError
+from warden.supervisor.events import BadMessageEvent, Exited, SeccompViolation, Started
+from warden.supervisor.handle import WorkerDied
+from warden.supervisor.sandbox import Outcome
 
 
 def sup(method: str) -> Supervisor:
@@ -162,7 +162,7 @@ def test_program_speaking_on_fd3() -> None:
 
     async def main() -> None:
         async with sup("spawn") as s:
-            code = ("import ipc; from tests.supervisor.workers import CalcImpl; "
+            code = ("from warden import ipc; from tests.supervisor.workers import CalcImpl; "
                     "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
             import site
             import sys
@@ -183,7 +183,7 @@ def test_program_speaking_on_fd3() -> None:
 
 
 def test_sync_face() -> None:
-    from supervisor import SyncSupervisor
+    from warden.supervisor import SyncSupervisor
 
     with SyncSupervisor(start_method="zygote", zygote_preload=PRELOAD) as s:
         w = s.spawn(Calc, CALC)

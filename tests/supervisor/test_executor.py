@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-import supervisor
-from supervisor import BadResult, SandboxExecutor, TaskError, WorkerDied
-from supervisor.events import BadMessageEvent, Event, Exited, Started
-from supervisor.pool import DeadlineExceeded, RestartPolicy
-from supervisor.sandbox import Outcome, PreflightError
 from tests.supervisor import executor_tasks as tasks
 from tests.supervisor.util import CALC, PRELOAD, children, run, zombie_children
 from tests.supervisor.workers import Calc, CalcImpl
+from warden import supervisor
+from warden.supervisor import BadResult, SandboxExecutor, TaskError, WorkerDied
+from warden.supervisor.events import BadMessageEvent, Event, Exited, Started
+from warden.supervisor.pool import DeadlineExceeded, RestartPolicy
+from warden.supervisor.sandbox import Outcome, PreflightError
 
 TASKS = "tests.supervisor.executor_tasks"
 # Hostile tests crash many workers on purpose: no crash-loop stop, short backoff.

@@ -11,16 +11,16 @@ import os
 
 import pytest
 
-from supervisor import BadResult, TaskError, WorkerDied
-from supervisor.pool import RestartPolicy
-from supervisor.sandbox import PreflightError
 from tests.supervisor import executor_tasks as tasks
 from tests.supervisor.util import children, zombie_children
+from warden.supervisor import BadResult, TaskError, WorkerDied
+from warden.supervisor.pool import RestartPolicy
+from warden.supervisor.sandbox import PreflightError
 
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
-from supervisor.dask_executor import DaskSandboxExecutor  # noqa: E402
+from warden.supervisor.dask_executor import DaskSandboxExecutor  # noqa: E402
 
 TOLERANT = RestartPolicy("on-failure", backoff=0.01, max_backoff=0.05, crash_loop_limit=1000)
 

@@ -12,11 +12,11 @@ import asyncio
 
 import pytest
 
-from supervisor import Supervisor, WorkerDied
-from supervisor.sandbox import Outcome
 from tests.supervisor.flood_workers import FloodHostImpl
 from tests.supervisor.util import CALC, PRELOAD, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import Supervisor, WorkerDied
+from warden.supervisor.sandbox import Outcome
 
 FLOODER = "tests.supervisor.flood_workers:FloodingCalc"
 HONEST_CALLS = 60

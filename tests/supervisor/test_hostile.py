@@ -18,12 +18,6 @@ import subprocess
 
 import pytest
 
-import ipc
-from profiles import load_profile
-from profiles.model import Limits
-from supervisor import CapacityError, Supervisor, WorkerDied
-from supervisor.protections import is_dumpable
-from supervisor.sandbox import Outcome
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import (
     CALC,
@@ -36,6 +30,12 @@ from tests.supervisor.util import (
     zombie_children,
 )
 from tests.supervisor.workers import Calc
+from warden import ipc
+from warden.profiles import load_profile
+from warden.profiles.model import Limits
+from warden.supervisor import CapacityError, Supervisor, WorkerDied
+from warden.supervisor.protections import is_dumpable
+from warden.supervisor.sandbox import Outcome
 
 
 def sup(method: str, **kw: object) -> Supervisor:
@@ -215,7 +215,7 @@ def test_supervisor_is_non_dumpable() -> None:
 _SCRIPT = """
 import asyncio, os, sys, time
 sys.path.insert(0, {root!r})
-from supervisor import Supervisor
+from warden.supervisor import Supervisor
 from tests.supervisor.workers import Calc
 async def main():
     async with Supervisor(zygote=True, zygote_preload=["tests.supervisor.workers"]) as s:
@@ -296,7 +296,7 @@ def test_a_worker_breaking_the_zygotes_filter_is_refused_alone() -> None:
     A call that filter refuses (pkey_alloc) is not executed (ENOSYS: see
     zygote.zygote_filter), and never ends the zygote's sandbox and with it every
     sibling."""
-    from profiles.model import ALLOW, SeccompPolicy
+    from warden.profiles.model import ALLOW, SeccompPolicy
 
     anything = dataclasses.replace(load_profile("default"), name="anything",
                                    seccomp=SeccompPolicy(default_action=ALLOW))

@@ -20,15 +20,15 @@ import time
 
 import pytest
 
-from profiles import load_profile
-from profiles.model import ALLOW, SeccompPolicy
-from supervisor import Supervisor, WorkerDied
-from supervisor.confine import landlock_abi
-from supervisor.core import SpawnError
-from supervisor.sandbox import Outcome
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.isolation_workers import Probe
 from tests.supervisor.util import METHODS, WORKTREE, run
+from warden.profiles import load_profile
+from warden.profiles.model import ALLOW, SeccompPolicy
+from warden.supervisor import Supervisor, WorkerDied
+from warden.supervisor.confine import landlock_abi
+from warden.supervisor.core import SpawnError
+from warden.supervisor.sandbox import Outcome
 
 PROBE = "tests.supervisor.isolation_workers:ProbeImpl"
 PRELOAD = ("tests.supervisor.isolation_workers",)
@@ -55,7 +55,7 @@ def named(marker: str) -> list[int]:
 _SURVIVOR = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
-from supervisor import Supervisor
+from warden.supervisor import Supervisor
 from tests.supervisor.isolation_workers import Probe
 async def main():
     async with Supervisor(start_method={method!r},
@@ -111,7 +111,7 @@ def test_parent_death_signal_cannot_be_changed_to_a_harmless_one() -> None:
 _CMDLINE = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
-from supervisor import Supervisor
+from warden.supervisor import Supervisor
 from tests.supervisor.isolation_workers import Probe
 async def main():
     async with Supervisor(start_method={method!r},

@@ -1,15 +1,15 @@
-"""The filter a worker's own filter is stacked on (supervisor.policy.launch_filter), checked
+"""The filter a worker's own filter is stacked on (warden.supervisor.policy.launch_filter), checked
 without forking: what it means for a call, per the profile pipeline's own evaluator."""
 
 from __future__ import annotations
 
 import errno
 
-from profiles import load_profile
-from profiles.compiler import intended
-from profiles.model import KILL_PROCESS, Action, ActionKind
-from supervisor.policy import errno_as_kill, launch_filter, worker_policy
-from supervisor.sandbox.seccomp import uses_notify
+from warden.profiles import load_profile
+from warden.profiles.compiler import intended
+from warden.profiles.model import KILL_PROCESS, Action, ActionKind
+from warden.supervisor.policy import errno_as_kill, launch_filter, worker_policy
+from warden.supervisor.sandbox.seccomp import uses_notify
 
 EPERM = Action(ActionKind.ERRNO, errno.EPERM)
 ENOSYS = Action(ActionKind.ERRNO, errno.ENOSYS)

@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from supervisor import Supervisor, SyncSupervisor, WorkerDied
-from supervisor.events import BadMessageEvent, Event, Exited, Started
-from supervisor.pool import DeadlineExceeded, Pool, RestartPolicy
-from supervisor.sandbox import Outcome
 from tests.supervisor.util import CALC, METHODS, PRELOAD, eventually, run, zombie_children
 from tests.supervisor.workers import Calc, HostImpl
+from warden.supervisor import Supervisor, SyncSupervisor, WorkerDied
+from warden.supervisor.events import BadMessageEvent, Event, Exited, Started
+from warden.supervisor.pool import DeadlineExceeded, Pool, RestartPolicy
+from warden.supervisor.sandbox import Outcome
 
 LIVENESS = "tests.supervisor.workers:LivenessImpl"
 FAST = RestartPolicy("on-failure", backoff=0.01, max_backoff=0.05)

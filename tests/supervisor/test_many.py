@@ -7,11 +7,11 @@ import os
 
 import pytest
 
-from supervisor import Supervisor, WorkerDied
-from supervisor.protections import open_fd_count
-from supervisor.sandbox import Outcome
 from tests.supervisor.util import CALC, PRELOAD, eventually, run, zombie_children
 from tests.supervisor.workers import Calc
+from warden.supervisor import Supervisor, WorkerDied
+from warden.supervisor.protections import open_fd_count
+from warden.supervisor.sandbox import Outcome
 
 
 def rss_bytes() -> int:

@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from supervisor import Supervisor
-from supervisor.sandbox import SpecError, build_spec, ids
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import CALC, METHODS, PRELOAD, children, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import Supervisor
+from warden.supervisor.sandbox import SpecError, build_spec, ids
 
 ROOT = os.geteuid() == 0
 OWN = os.getuid()

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from supervisor import Exited, Restarted, Supervisor, WorkerDied
-from supervisor.pool import DeadlineExceeded, PoolError, RestartPolicy
-from supervisor.sandbox import Outcome
 from tests.supervisor.util import CALC, PRELOAD, eventually, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import Exited, Restarted, Supervisor, WorkerDied
+from warden.supervisor.pool import DeadlineExceeded, PoolError, RestartPolicy
+from warden.supervisor.sandbox import Outcome
 
 FAST = RestartPolicy("on-failure", backoff=0.01, max_backoff=0.05)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import SpawnError, Supervisor, WorkerDied
-from supervisor.sandbox import Outcome
 from tests.supervisor.util import CALC, METHODS, PRELOAD, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import SpawnError, Supervisor, WorkerDied
+from warden.supervisor.sandbox import Outcome
 
 MOD = "tests.supervisor.prefilter_workers"
 

@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-from supervisor import Supervisor
 from tests.supervisor.util import PRELOAD, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import Supervisor
 
 MODULE = textwrap.dedent("""
     import os

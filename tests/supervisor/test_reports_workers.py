@@ -16,14 +16,14 @@ import signal
 
 import pytest
 
-from profiles import load_profile
-from profiles.model import KILL_PROCESS, SyscallRule
-from supervisor import Supervisor, WorkerDied
-from supervisor.sandbox import Outcome, Status
 from tests.i386 import NR_GETPID_I386
 from tests.supervisor.report_workers import NR_GETPID_X86_64, NR_GETPPID, X32_BIT
 from tests.supervisor.util import CALC, METHODS, PRELOAD, run
 from tests.supervisor.workers import Calc
+from warden.profiles import load_profile
+from warden.profiles.model import KILL_PROCESS, SyscallRule
+from warden.supervisor import Supervisor, WorkerDied
+from warden.supervisor.sandbox import Outcome, Status
 
 TARGET = "tests.supervisor.report_workers:ReportsImpl"
 RUNS = 3

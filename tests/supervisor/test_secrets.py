@@ -14,9 +14,9 @@ import secrets
 
 import pytest
 
-from supervisor import Supervisor
 from tests.supervisor.secret_workers import Probe
 from tests.supervisor.util import PRELOAD, run
+from warden.supervisor import Supervisor
 
 MARKER = "WARDEN-TEST-SECRET-"
 PROBE = "tests.supervisor.secret_workers:ProbeImpl"

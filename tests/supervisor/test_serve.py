@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from supervisor.cli import main as cli
-from supervisor.serve import ConfigError, load_config
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import WORKTREE, alive
+from warden.supervisor.cli import main as cli
+from warden.supervisor.serve import ConfigError, load_config
 
 GOOD = """
 [supervisor]
@@ -116,10 +116,10 @@ def test_program_pool_in_process(tmp_path: Path) -> None:
     import asyncio
     import site
 
-    from supervisor.serve import serve
+    from warden.supervisor.serve import serve
 
     paths = [WORKTREE, *(p for p in site.getsitepackages() if os.path.isdir(p))]
-    code = ("import ipc; from tests.supervisor.workers import CalcImpl; "
+    code = ("from warden import ipc; from tests.supervisor.workers import CalcImpl; "
             "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
     path = write(tmp_path, f"""
 [supervisor]
@@ -139,7 +139,7 @@ count = 2
         ready = asyncio.Event()
         server = asyncio.ensure_future(serve(cfg, ready=ready))
         await asyncio.wait_for(ready.wait(), 60)
-        from supervisor.serve import query_status
+        from warden.supervisor.serve import query_status
         snap = await asyncio.get_running_loop().run_in_executor(
             None, query_status, str(tmp_path / "s.sock"))
         assert snap["pools"]["prog"]["alive"] == 2

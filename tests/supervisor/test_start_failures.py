@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import Supervisor, events
-from supervisor.core import SpawnError
-from supervisor.sandbox import Outcome
 from tests.supervisor.util import CALC, METHODS, PRELOAD, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import Supervisor, events
+from warden.supervisor.core import SpawnError
+from warden.supervisor.sandbox import Outcome
 
 CASES = [
     # a typo in the module's name
@@ -49,7 +49,7 @@ def test_start_failure_carries_the_workers_own_error(method: str, target: str,
 def test_the_reported_text_is_bounded() -> None:
     """The child's text is cut to its last 2,048 characters: the supervisor holds no
     more of it however long the child's error is."""
-    from supervisor import bootstrap
+    from warden.supervisor import bootstrap
 
     long = "x" * 100_000 + "the end"
     text = bootstrap.decode_failure(bootstrap.encode_failure(long))

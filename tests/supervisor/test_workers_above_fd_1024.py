@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor import Supervisor
-from supervisor.sandbox import Outcome
 from tests.high_fds import high_fds
 from tests.supervisor.util import CALC, METHODS, PRELOAD, run
 from tests.supervisor.workers import Calc
+from warden.supervisor import Supervisor
+from warden.supervisor.sandbox import Outcome
 
 __all__ = ["high_fds"]
 

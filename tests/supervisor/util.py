@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from supervisor.sandbox import PreflightError
+from warden.supervisor.sandbox import PreflightError
 
 T = TypeVar("T")
 WORKTREE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

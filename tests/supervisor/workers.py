@@ -10,8 +10,8 @@ from typing import Annotated
 
 import msgspec
 
-import ipc
-from supervisor import worker_main
+from warden import ipc
+from warden.supervisor import worker_main
 
 Small = Annotated[int, msgspec.Meta(ge=0, le=1 << 20)]
 Name = Annotated[str, msgspec.Meta(max_length=64)]

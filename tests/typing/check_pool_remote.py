@@ -11,8 +11,8 @@ from typing import Annotated
 
 import msgspec
 
-import ipc
-from supervisor import Supervisor, SyncSupervisor
+from warden import ipc
+from warden.supervisor import Supervisor, SyncSupervisor
 
 Small = Annotated[int, msgspec.Meta(ge=0, le=1000)]
 

@@ -29,10 +29,10 @@ sys.path.insert(0, ROOT)
 
 import atheris  # noqa: E402
 
-with atheris.instrument_imports(include=["ipc"]):
-    import ipc
-    from ipc.channel import FrameReader, send_frame
-    from ipc.session import Session
+with atheris.instrument_imports(include=["warden.ipc"]):
+    from warden import ipc
+    from warden.ipc.channel import FrameReader, send_frame
+    from warden.ipc.session import Session
 
 from tests.ipc.fuzz.fuzz_decoder import GRANTED, seeds  # noqa: E402
 from tests.ipc.ifaces import Service, Staged  # noqa: E402

@@ -15,9 +15,9 @@ sys.path.insert(0, ROOT)
 
 import atheris  # noqa: E402
 
-with atheris.instrument_imports(include=["ipc"]):
-    import ipc
-    from ipc.session import Session
+with atheris.instrument_imports(include=["warden.ipc"]):
+    from warden import ipc
+    from warden.ipc.session import Session
 
 from tests.ipc.ifaces import Circle, Color, Point, Service, Staged  # noqa: E402
 

@@ -16,8 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 import atheris  # noqa: E402
 
-with atheris.instrument_imports(include=["profiles"]):
-    from profiles import ProfileError, compiler, load_text
+with atheris.instrument_imports(include=["warden.profiles"]):
+    from warden.profiles import ProfileError, compiler, load_text
 
 BUILTIN = ROOT / "profiles"
 

@@ -1,0 +1,5 @@
+"""`python -m warden` is the `warden` command."""
+
+from warden.supervisor.cli import main
+
+main()
