@@ -85,7 +85,7 @@ _WHERE = {
         ("Outcome", "SandboxError", "SandboxSpec", "Status", "build_spec", "spawn"),
         "warden.supervisor.sandbox"),
 }
-_SUBPACKAGES = ("ipc", "profiles", "supervisor")
+_SUBPACKAGES = ("errors", "ipc", "profiles", "supervisor")
 
 __all__ = [
     "BadMessage",
