@@ -1,6 +1,7 @@
 """Spawn-to-exit of /bin/true: `warden run` and the API beside bwrap, subprocess and python3.
 
-Run from the repository root:  python bench/bench_run.py [--runs N]
+Run with the venv's interpreter (warden installed from the wheel, as users get
+it; scripts/setup does that):  .venv/bin/python bench/bench_run.py [--runs N]
 
 Every row is measured in this one run, interleaved round by round so that
 load from other processes hits all rows alike. Goals (issue 3):
@@ -20,23 +21,26 @@ import time
 from collections.abc import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from reference_tools import bwrap_true_argv  # noqa: E402
 
 
-def _env(root: str = ROOT, **extra: str) -> dict[str, str]:
-    """Like an installed warden: the project on the path, bytecode cached."""
+def _env(root: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of one row: the installed package (root None) or an older
+    checkout of the old layout on PYTHONPATH (a --before row)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = root
+    env.pop("PYTHONPATH", None)
+    if root is not None:
+        env["PYTHONPATH"] = root
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(extra)
     return env
 
 
-def _compile_bytecode(root: str = ROOT) -> None:
-    # With PYTHONDONTWRITEBYTECODE set (CI), every start would compile the
-    # project from source; an installed package has its bytecode.
+def _compile_bytecode(root: str) -> None:
+    # With PYTHONDONTWRITEBYTECODE set (CI), every start would compile the old
+    # checkout from source; an installed package has its bytecode.
     subprocess.run([sys.executable, "-m", "compileall", "-q", "supervisor", "profiles", "ipc"],
                    cwd=root, env=_env(root), check=True, stdout=subprocess.DEVNULL)
 
@@ -49,7 +53,6 @@ def main() -> None:
                          "whose `warden run` gets a row of its own, for before/after numbers")
     args = ap.parse_args()
 
-    _compile_bytecode()
     if args.before:
         _compile_bytecode(os.path.abspath(args.before))
     from warden.profiles import load_profile
@@ -78,29 +81,34 @@ def main() -> None:
         assert st is not None and st.outcome.value == "ok", st
 
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    warden = [sys.executable, "-m", "warden", "run", "--", "/bin/true"]
     env = _env()
 
-    def warden_run(env: dict[str, str]) -> Callable[[], None]:
-        # `python -m` puts the current directory first on sys.path: run from the
-        # checkout being measured.
+    def warden_run(env: dict[str, str], argv: list[str], cwd: str = "/") -> Callable[[], None]:
         def run() -> None:
-            r = subprocess.run(warden, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL,
+            r = subprocess.run(argv, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
             assert r.returncode == 0, (r.returncode, r.stderr.decode(errors="replace"))
 
         return run
 
+    run_true = ["run", "--", "/bin/true"]
+    script = os.path.join(os.path.dirname(sys.executable), "warden")
     rows: dict[str, Callable[[], object]] = {
-        "warden run -- /bin/true (default profile, filter cache warm)": warden_run(env),
+        "warden run -- /bin/true (default profile, filter cache warm)": warden_run(
+            env, [script, *run_true]),
+        "python -m warden run -- /bin/true": warden_run(
+            env, [sys.executable, "-m", "warden", *run_true]),
         "warden run, no filter cache (WARDEN_NO_CACHE=1)": warden_run(
-            _env(WARDEN_NO_CACHE="1")),
+            _env(WARDEN_NO_CACHE="1"), [script, *run_true]),
         "warden run, rlimits instead of a cgroup (WARDEN_CGROUP=none)": warden_run(
-            _env(WARDEN_CGROUP="none")),
+            _env(WARDEN_CGROUP="none"), [script, *run_true]),
     }
     if args.before:
-        rows[f"before: warden run from {args.before}"] = warden_run(
-            _env(os.path.abspath(args.before)))
+        # An older checkout, from before the warden namespace: `python -m supervisor`
+        # with the checkout on the path (`python -m` puts the cwd first: run there).
+        before = os.path.abspath(args.before)
+        rows[f"before: python -m supervisor run from {args.before}"] = warden_run(
+            _env(before), [sys.executable, "-m", "supervisor", *run_true], cwd=before)
     rows |= {
         f"{os.path.basename(sys.executable)} -c pass": lambda: subprocess.run(
             [sys.executable, "-c", "pass"], env=env, check=True),

@@ -36,6 +36,7 @@ from reference_tools import bwrap_true_argv  # noqa: E402
 
 from tests.supervisor.workers import Calc  # noqa: E402
 from warden import supervisor  # noqa: E402
+from warden.supervisor import protections  # noqa: E402
 from warden.supervisor.sandbox import Outcome  # noqa: E402
 
 CALC = "tests.supervisor.workers:CalcImpl"
@@ -171,7 +172,7 @@ async def idle_workers(n: int) -> dict[str, Any]:
         assert ok == [9] * n
         return {"n": n, "spawn_s": took, "rss_mib": (rss() - rss0) / (1 << 20),
                 "rss_total_mib": rss() / (1 << 20), "lag_base": base, "lag": lag,
-                "fds": supervisor.protections.open_fd_count()}
+                "fds": protections.open_fd_count()}
 
 
 async def kill_latency(reps: int, others: int, work_ms: int = 0
