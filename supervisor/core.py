@@ -18,10 +18,8 @@ import importlib.util
 import itertools
 import os
 import resource
-import site
 import socket
 import struct
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +30,7 @@ from warden.supervisor import bootstrap, events, protections
 from warden.supervisor.confine import fork_isolation, fork_worker, outer_ids
 from warden.supervisor.events import Event
 from warden.supervisor.handle import WorkerHandle
+from warden.supervisor.interpreter import sandbox_python
 from warden.supervisor.policy import launch_filter, resolve_profile, worker_filter
 from warden.supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
 from warden.supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
@@ -97,33 +96,14 @@ def _is_seccomp_listener(fd: int) -> bool:
         return False
 
 
-def _sandbox_python() -> tuple[str, list[str]]:
-    """An interpreter a sandbox can run, and the site dirs to put on its path.
-
-    This interpreter is used when it lives under /usr (bound by the launch
-    profile); otherwise (a venv or pyenv build under a private home) the
-    system's python3 of the same major.minor, with this environment's
-    site-packages on PYTHONPATH (same ABI, so compiled extensions load).
-    """
-    exe = os.path.realpath(sys.executable)
-    sites = [os.path.realpath(p) for p in site.getsitepackages() if os.path.isdir(p)]
-    if exe.startswith("/usr/"):
-        return exe, sites
-    want = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
-    if os.path.exists(want):
-        return want, sites
-    raise SpawnError(f"start_method='spawn' needs an interpreter a sandbox can bind: "
-                     f"{exe} is outside /usr and {want} does not exist")
-
-
 def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str | Profile,
                       *modules: str, memory: int | None = None,
                       timeout: float | None = None, seccomp_filter: bytes | None = None,
                       memory_rlimit_only: bool = False) -> Any:
     """A sandbox spec running `python -m <module_argv>` with our packages and `modules` bound."""
     launch = resolve_profile(profile)
-    python, site_dirs = _sandbox_python()
-    roots: set[str] = set(site_dirs)
+    python = sandbox_python()
+    roots: set[str] = set(python.path)
     for mod in (*_OUR_PACKAGES, *modules):
         root = _module_root(mod)
         if root:
@@ -131,7 +111,8 @@ def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str 
     roots.update(os.path.realpath(p) for p in sup.code_paths)
     roots = {r for r in roots if not r.startswith(("/usr/", "/lib"))}
     pypath = ":".join(sorted(roots))
-    return build_spec([python, "-s", "-m", *module_argv], launch, ro_binds=sorted(roots),
+    binds = sorted(roots | set(python.binds))
+    return build_spec([python.executable, "-s", "-m", *module_argv], launch, ro_binds=binds,
                       env=[f"PYTHONPATH={pypath}"], memory=memory, timeout=timeout,
                       seccomp_filter=seccomp_filter, memory_rlimit_only=memory_rlimit_only)
 
