@@ -232,6 +232,27 @@ def test_the_walk_counts_function_level_imports_and_skips_type_checking() -> Non
     assert names == ["typing.TYPE_CHECKING", "warden.a", "warden.c", "warden.d", "warden.e"]
 
 
+@pytest.mark.parametrize("layer", [*LEAF_LAYERS, SANDBOX])
+def test_importing_a_layer_loads_nothing_else_of_wardens(layer: str) -> None:
+    """What the AST walk cannot see: importing a module runs its parent packages'
+    __init__ too. Import every module of the layer in a fresh interpreter (the
+    installed package) and list the warden modules that came with them."""
+    from tests.interpreter import PYTHON, python_env
+
+    allowed = (layer, "warden.errors", *(SANDBOX_MAY_IMPORT if layer == SANDBOX else ()))
+    parents = {".".join(layer.split(".")[:i]) for i in range(1, layer.count(".") + 1)}
+    names = sorted(m for m in MODULES if _within(m, (layer,)))
+    code = ("import importlib, sys\n"
+            f"for name in {names!r}:\n    importlib.import_module(name)\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'warden')))")
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                       env=python_env(), cwd="/", timeout=60)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert set(names) <= loaded
+    assert sorted(m for m in loaded if m not in parents and not _within(m, allowed)) == []
+
+
 # --- the wheel -------------------------------------------------------------------------
 
 
