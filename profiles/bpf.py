@@ -14,6 +14,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from warden.profiles.errors import ProfileError
 from warden.profiles.model import Action, ActionKind
 
 AUDIT_ARCH_X86_64 = 0xC000003E
@@ -46,8 +47,11 @@ BPF_MEMWORDS = 16
 BPF_MAXINSNS = 4096
 
 
-class BpfError(ValueError):
-    """The program is not one the kernel's seccomp checker would accept or finish."""
+class BpfError(ProfileError, ValueError):
+    """The program is not one the kernel's seccomp checker would accept or finish.
+
+    A ProfileError (the program is what the caller gave) and, as before, a ValueError.
+    """
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import errno as _errno
 
+from warden.profiles.errors import ProfileError
+
 CONSTANTS: dict[str, int] = {
     # socket(2) domains
     "AF_UNSPEC": 0,
@@ -168,8 +170,12 @@ def errno_name(num: int) -> str:
     return _errno.errorcode.get(num, str(num))
 
 
-class ConstantError(ValueError):
-    """A value that is neither a number nor a known constant; `suggestion` may help."""
+class ConstantError(ProfileError, ValueError):
+    """A value that is neither a number nor a known constant; `suggestion` may help.
+
+    A ProfileError and, as before, a ValueError; its `message` is the bare reason,
+    for the callers that place it in a profile (file, line, column).
+    """
 
     def __init__(self, token: str, suggestion: str | None) -> None:
         self.token = token

@@ -1,4 +1,4 @@
-"""ProfileError: the one exception for every mistake in a profile.
+"""ProfileError: the profiles layer's base, raised for every mistake in a profile.
 
 It prints like a compiler diagnostic (minijail's parser errors are the model):
 
@@ -6,14 +6,21 @@ It prints like a compiler diagnostic (minijail's parser errors are the model):
         allow = ["opne"]
                  ^
       included from profiles/top.toml:2:13
+
+It is an `InvalidInput` (and so a `WardenError`): what the caller gave is wrong,
+and the message says where. The layer's narrower errors (`bpf.BpfError`,
+`constants.ConstantError`) are ProfileErrors too. This module imports nothing
+of warden's but warden.errors, like the rest of the layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from warden.errors import InvalidInput
 
-class ProfileError(Exception):
+
+class ProfileError(InvalidInput):
     """A profile could not be read, parsed, resolved or compiled.
 
     Attributes: `file` ("" when no file is involved), `line` and `column`
@@ -80,11 +87,12 @@ class ProfileError(Exception):
         return "\n".join(lines)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (self.message, self.__dict__))
+        return (_rebuild, (self.message, self.__dict__, type(self)))
 
 
-def _rebuild(message: str, state: dict[str, object]) -> ProfileError:
-    err = ProfileError.__new__(ProfileError)
+def _rebuild(message: str, state: dict[str, object],
+             cls: type[ProfileError] = ProfileError) -> ProfileError:
+    err = cls.__new__(cls)
     err.__dict__.update(state)
     Exception.__init__(err, str(err))
     return err

@@ -74,7 +74,7 @@ def parse_args(texts: Sequence[str]) -> list[int]:
         try:
             out.append(constants.parse_value(t))
         except constants.ConstantError as e:
-            raise ProfileError(str(e)) from None
+            raise ProfileError(e.message) from None
     return out
 
 

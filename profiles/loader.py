@@ -34,9 +34,10 @@ from warden.profiles.model import (
 )
 from warden.profiles.parser import RANK_RULE, Entry, Layer, Reference, parse_condition, parse_text
 
-# The built-ins are found next to this module, never through the working directory:
-# a checkout's ./profiles is this directory, an untrusted one's is not.
-BUILTIN_DIR = Path(__file__).resolve().parent
+# The built-ins are package data in builtin/ beside this module, found through the
+# installed package and never through the working directory or the search path: a
+# directory named ./profiles (a checkout's or anyone's) is only ever a user path.
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 # Directories to search for profile names, ':'-separated, before the user's own
 # directory (for example "./profiles" to use a project's profiles by name).
 PATH_VAR = "WARDEN_PROFILE_PATH"

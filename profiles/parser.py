@@ -268,7 +268,7 @@ def _value(m: re.Match[str], group: str) -> int:
     try:
         return constants.parse_value(m.group(group))
     except constants.ConstantError as e:
-        raise _CondError(str(e), m.start(group)) from None
+        raise _CondError(e.message, m.start(group)) from None
 
 
 def parse_text(text: str, file: str) -> Layer:

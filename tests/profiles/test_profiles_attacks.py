@@ -15,7 +15,7 @@ from tests.i386 import emulation_works, int80_getpid
 from warden.profiles import ProfileError, compiler, load_profile, load_text, syscalls
 from warden.profiles.parser import parse_text
 
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "profiles"
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "profiles" / "builtin"
 
 
 def test_i386_entry_point_is_killed() -> None:

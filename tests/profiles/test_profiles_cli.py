@@ -49,7 +49,7 @@ def test_show_names_origins() -> None:
 def test_check_good_and_bad(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[seccomp]\nallow = ["read", "wirte"]\n')
-    code, out, err = run("check", str(ROOT / "profiles" / "default.toml"), str(bad))
+    code, out, err = run("check", str(ROOT / "profiles" / "builtin" / "default.toml"), str(bad))
     assert code == 1
     assert "default.toml: ok (" in out
     assert err.startswith(f'{bad}:2:19: error: unknown system call "wirte" (did you mean "write"?)')
@@ -100,7 +100,7 @@ def test_explain(args: list[str], first: str, decided: str) -> None:
 def test_explain_json_and_errors() -> None:
     data = json.loads(run("explain", "default", "clone3", "--json")[1])
     assert data["result"] == "errno ENOSYS"
-    lines = (ROOT / "profiles" / "default.toml").read_text().splitlines()
+    lines = (ROOT / "profiles" / "builtin" / "default.toml").read_text().splitlines()
     line = lines.index('syscall = "clone3"') + 1
     assert data["decided_by"][0]["origin"].endswith(f"default.toml:{line}:11")
     code, _, err = run("explain", "default", "sockte")

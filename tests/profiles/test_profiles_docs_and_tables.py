@@ -40,8 +40,9 @@ def test_documented_explain_example_matches_the_cli() -> None:
     expected = [line.strip() for line in block.split("```", 1)[0].splitlines() if line.strip()]
     out = CliRunner().invoke(profile_group, ["explain", "default", "ioctl", "0", "TIOCSTI"])
     # The built-in's origin is wherever the package is installed; the README
-    # shows it as the checkout's profiles/ (where the file is kept).
-    got = [re.sub(r"[^\s\[]*/profiles/(\w[\w-]*\.toml)", r"profiles/\1", line.strip())
+    # shows it as the checkout's profiles/builtin/ (where the file is kept).
+    got = [re.sub(r"[^\s\[]*/profiles/builtin/(\w[\w-]*\.toml)", r"profiles/builtin/\1",
+                  line.strip())
            for line in out.stdout.splitlines()]
     assert got == expected
 

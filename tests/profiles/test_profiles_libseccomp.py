@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pyseccomp
 
+from tests.interpreter import PYTHON, python_env
 from warden.profiles import libseccomp, syscalls
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +39,7 @@ def test_loading_a_profile_does_not_import_pyseccomp() -> None:
     """The point of the module: `warden run` with a cached filter never loads pyseccomp."""
     code = ("import sys; from warden.profiles import load_profile; load_profile('default'); "
             "print('pyseccomp' in sys.modules, 'warden.profiles.compiler' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT)},
+    # python_env: the ordinary-uid run's interpreter finds warden through PYTHONPATH.
+    out = subprocess.run([PYTHON, "-c", code], env=python_env(str(ROOT)),
                          capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]

@@ -138,7 +138,8 @@ def test_search_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         load_profile("mine")
     write(tmp_path / "only" / "mine.toml", 'description = "explicit"\n')
     assert load_profile("mine", search_path=[tmp_path / "only"]).description == "explicit"
-    assert load_profile("strict", search_path=[tmp_path]).source.endswith("profiles/strict.toml")
+    strict = load_profile("strict", search_path=[tmp_path])
+    assert strict.source.endswith("profiles/builtin/strict.toml")
     with pytest.raises(ProfileError, match='no profile named "nope"'):
         load_profile("nope", search_path=[tmp_path])
 
@@ -166,7 +167,7 @@ def test_a_builtin_name_is_always_the_builtin(tmp_path: Path, monkeypatch: pytes
         search = [tmp_path / "mine"]
     if shadow is None:
         prof = load_profile(name, search_path=search)
-        assert prof.source.endswith(f"profiles/{name}.toml") and prof.source.startswith("/")
+        assert prof.source.endswith(f"profiles/builtin/{name}.toml") and prof.source.startswith("/")
         assert prof.seccomp.default_action.kind is not ActionKind.ALLOW
         return
     with pytest.raises(ProfileError) as info:
@@ -223,3 +224,22 @@ def test_missing_file_and_bad_name() -> None:
         load_profile("nowhere/x.toml")
     with pytest.raises(ProfileError, match="is not a profile name"):
         load_profile("bad name")
+
+
+def test_the_checkouts_profiles_folder_is_only_a_user_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-ins are the installed package's builtin/, never ./profiles: in a
+    checkout, ./profiles holds the source, and its builtin/ copies are a user path
+    like any other (so a same-named file there is refused, not taken)."""
+    import warden.profiles
+    from warden.profiles.loader import BUILTIN_DIR
+
+    root = Path(__file__).resolve().parents[2]
+    installed = Path(warden.profiles.__file__).resolve().parent
+    assert (installed / "builtin", installed != root / "profiles") == (BUILTIN_DIR, True)
+    monkeypatch.chdir(root)
+    monkeypatch.delenv(PATH_VAR, raising=False)
+    with pytest.raises(ProfileError, match=r'no such profile file "\./profiles/default\.toml"'):
+        load_profile("./profiles/default.toml")
+    monkeypatch.setenv(PATH_VAR, "profiles/builtin")
+    with pytest.raises(ProfileError, match='has the name of the built-in profile "default"'):
+        load_profile("default")

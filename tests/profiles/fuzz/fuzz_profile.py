@@ -19,7 +19,7 @@ import atheris  # noqa: E402
 with atheris.instrument_imports(include=["warden.profiles"]):
     from warden.profiles import ProfileError, compiler, load_text
 
-BUILTIN = ROOT / "profiles"
+BUILTIN = ROOT / "profiles" / "builtin"
 
 
 def one_input(data: bytes) -> None:
