@@ -29,16 +29,13 @@ import struct
 import sys
 from typing import NamedTuple, NoReturn
 
+from warden.errors import EXIT_SETUP
+from warden.supervisor.errors import ConfineError
 from warden.supervisor.process import readable
 from warden.supervisor.sandbox import landlock, self_confine
 from warden.supervisor.sandbox.spec import BASE_PATH, DEFAULT_OUTER_ID
 
-EXIT_SETUP = 125
 _PID = struct.Struct("=i")
-
-
-class ConfineError(OSError):
-    """The worker could not be forked into its namespaces."""
 
 
 def _single_threaded() -> bool:

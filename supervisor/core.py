@@ -30,6 +30,14 @@ from warden.ipc.interface import interface_of
 from warden.profiles.model import Profile
 from warden.supervisor import bootstrap, events, protections
 from warden.supervisor.confine import fork_isolation, fork_worker, outer_ids
+from warden.supervisor.errors import (
+    InvalidArgument,
+    NotRunning,
+    SpawnError,
+    SpawnRefused,
+    SpawnUnavailable,
+    WorkerStartFailed,
+)
 from warden.supervisor.events import Event
 from warden.supervisor.handle import WorkerHandle
 from warden.supervisor.policy import launch_filter, resolve_profile, worker_filter
@@ -42,19 +50,13 @@ from warden.supervisor.zygote import unsupported as zygote_unsupported
 if TYPE_CHECKING:
     from warden.supervisor.pool import Pool
 
+__all__ = ["START_METHODS", "SpawnError", "Supervisor"]
+
 START_METHODS = ("spawn", "zygote", "fork")
 IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
 _CREDS = struct.Struct("=iII")
 _HELLO_BYTES = 4 * bootstrap.MAX_FAILURE_CHARS + 64  # HELLO, or a StartFailed record
 _OUR_PACKAGES = ("warden", "msgspec", "pyseccomp")
-
-
-class SpawnError(RuntimeError):
-    """A worker could not be started; `.status` says how it ended (setup_error, ...)."""
-
-    def __init__(self, message: str, status: Status | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _module_root(module: str) -> str | None:
@@ -112,7 +114,7 @@ def _sandbox_python() -> tuple[str, list[str]]:
     want = f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}"
     if os.path.exists(want):
         return want, sites
-    raise SpawnError(f"start_method='spawn' needs an interpreter a sandbox can bind: "
+    raise SpawnUnavailable(f"start_method='spawn' needs an interpreter a sandbox can bind: "
                      f"{exe} is outside /usr and {want} does not exist")
 
 
@@ -164,7 +166,7 @@ class Supervisor:
                  limits: ipc.Limits = ipc.DEFAULT_LIMITS,
                  validate_outgoing: bool = True, shared_tmp: bool = False) -> None:
         if start_method not in START_METHODS:
-            raise ValueError(f"start_method={start_method!r}: expected one of "
+            raise InvalidArgument(f"start_method={start_method!r}: expected one of "
                              f"{', '.join(START_METHODS)}")
         self.start_method = start_method
         self._want_zygote = start_method == "zygote" if zygote is None else zygote
@@ -283,7 +285,7 @@ class Supervisor:
         from warden.supervisor.pool import Pool, RestartPolicy
         pname = name or f"pool{next(self._ids)}"
         if pname in self.pools:
-            raise ValueError(f"pool name {pname!r} is already in use")
+            raise InvalidArgument(f"pool name {pname!r} is already in use")
         p = Pool(self, pname, interface, target, size, restart or RestartPolicy(), call_timeout,
                  health_check, health_interval, spawn_kwargs, per_worker,
                  max_calls_per_worker)
@@ -310,7 +312,7 @@ class Supervisor:
     # ---------------------------------------------------------------- spawning
     def _check_capacity(self) -> None:
         if self._loop is None or self._closing:
-            raise RuntimeError("the supervisor is not running (use `async with Supervisor()`)")
+            raise NotRunning("the supervisor is not running (use `async with Supervisor()`)")
         running = sum(1 for w in self.workers.values() if w.running)
         protections.check_worker_count(running, self.max_workers)
         protections.check_fd_headroom(per_worker=4, headroom=self.fd_headroom)
@@ -334,13 +336,14 @@ class Supervisor:
         self._check_capacity()
         method = start_method or self.start_method
         if method not in START_METHODS:
-            raise ValueError(f"start_method={method!r}: expected one of {', '.join(START_METHODS)}")
+            raise InvalidArgument(f"start_method={method!r}: expected one of "
+                                  f"{', '.join(START_METHODS)}")
         prof = resolve_profile(profile)
         if method == "zygote" and (why := zygote_unsupported(prof)):
-            raise SpawnError(why)
+            raise SpawnRefused(why)
         wid = worker_id or f"w{next(self._ids)}"
         if wid in self.workers and self.workers[wid].running:
-            raise ValueError(f"worker id {wid!r} is already in use")
+            raise InvalidArgument(f"worker id {wid!r} is already in use")
         host_iface = None
         if host is not None:
             iface = interface_of(host)
@@ -359,7 +362,7 @@ class Supervisor:
             if not prof.namespaces.net and launch.namespaces.net:
                 # The worker needs the host network its launch profile withholds.
                 if self.launch_profile != "default":
-                    raise SpawnError(f"profile {prof.name!r} needs the host's network, which "
+                    raise SpawnRefused(f"profile {prof.name!r} needs the host's network, which "
                                      f"launch_profile={self.launch_profile!r} withholds; "
                                      "use a launch profile that shares it, such as "
                                      "'network-client'")
@@ -390,7 +393,7 @@ class Supervisor:
                     proc = ForkedProcess(pid)
                 else:
                     if self._zygote is None:
-                        raise SpawnError("start_method='zygote' needs Supervisor(zygote=True) "
+                        raise SpawnRefused("start_method='zygote' needs Supervisor(zygote=True) "
                                          "or Supervisor(start_method='zygote')")
                     zygote = await self._live_zygote()
                     proc = await zygote.fork(wid, child)
@@ -483,7 +486,7 @@ class Supervisor:
         try:
             return await asyncio.shield(fut)
         except SetupError as e:
-            raise SpawnError(f"worker {wid}: {e}", e.status) from None
+            raise WorkerStartFailed(f"worker {wid}: {e}", e.status) from None
         except asyncio.CancelledError:
             def orphan(f: asyncio.Future[Sandbox]) -> None:
                 if not f.cancelled() and f.exception() is None:
@@ -600,7 +603,7 @@ class Supervisor:
                 # read first, said only that it failed): its own words are the reason.
                 status = dataclasses.replace(status, reason=f"worker {wid}: {reason}")
             self._emit(events.Exited(wid, proc.pid, status))
-            raise SpawnError(f"worker {wid} failed to start: {reason} ({status.describe()})",
+            raise WorkerStartFailed(f"worker {wid} failed to start: {reason} ({status.describe()})",
                              status) from None
         finally:
             loop.remove_reader(sock.fileno())

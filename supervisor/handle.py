@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from warden import ipc
+from warden.errors import ChildFailed
+from warden.supervisor.errors import SupervisorError
 from warden.supervisor.events import describe
 from warden.supervisor.process import WorkerProcess
 from warden.supervisor.sandbox import Outcome, Status
@@ -25,7 +27,7 @@ from warden.supervisor.sandbox import Outcome, Status
 _TOKEN = object()
 
 
-class WorkerDied(ipc.ChannelClosed):
+class WorkerDied(ipc.ChannelClosed, SupervisorError, ChildFailed):
     """A call could not complete because its worker ended."""
 
     def __init__(self, worker_id: str, method: str, status: Status | None) -> None:

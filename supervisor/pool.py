@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar,
 
 from warden import ipc
 from warden.supervisor import events
+from warden.supervisor.errors import DeadlineExceeded, InvalidArgument, InvalidCall, PoolError
 from warden.supervisor.handle import WorkerHandle
 from warden.supervisor.sandbox import Outcome, Status
 
@@ -70,12 +71,7 @@ def _drop_reply(f: asyncio.Future[Any]) -> bool:
     return isinstance(exc, ipc.ChannelClosed)
 
 
-class PoolError(RuntimeError):
-    """The pool cannot take the call (closed, or stopped by its crash-loop limit)."""
-
-
-class DeadlineExceeded(TimeoutError):
-    """A call did not finish within its deadline; its worker was killed."""
+__all__ = ["RESTART_MODES", "DeadlineExceeded", "Pool", "PoolError", "RestartPolicy"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +93,12 @@ class RestartPolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in RESTART_MODES:
-            raise ValueError(f"restart mode {self.mode!r}: expected one of "
+            raise InvalidArgument(f"restart mode {self.mode!r}: expected one of "
                              f"{', '.join(RESTART_MODES)}")
         if self.backoff < 0 or self.max_backoff < self.backoff:
-            raise ValueError("restart backoff must be >= 0 and <= max_backoff")
+            raise InvalidArgument("restart backoff must be >= 0 and <= max_backoff")
         if self.crash_loop_limit < 1 or self.crash_loop_window <= 0:
-            raise ValueError("crash_loop_limit must be >= 1 and crash_loop_window > 0")
+            raise InvalidArgument("crash_loop_limit must be >= 1 and crash_loop_window > 0")
 
 
 class Pool(Generic[IfaceT]):
@@ -115,11 +111,11 @@ class Pool(Generic[IfaceT]):
                  spawn_kwargs: dict[str, Any], per_worker: int = 1,
                  max_calls_per_worker: int | None = None) -> None:
         if size < 1:
-            raise ValueError(f"pool {name!r}: size must be >= 1, got {size}")
+            raise InvalidArgument(f"pool {name!r}: size must be >= 1, got {size}")
         if per_worker < 1:
-            raise ValueError(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
+            raise InvalidArgument(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
         if max_calls_per_worker is not None and max_calls_per_worker < 1:
-            raise ValueError(f"pool {name!r}: max_calls_per_worker must be >= 1, "
+            raise InvalidArgument(f"pool {name!r}: max_calls_per_worker must be >= 1, "
                              f"got {max_calls_per_worker}")
         self.per_worker = per_worker
         self.max_calls_per_worker = max_calls_per_worker
@@ -424,7 +420,7 @@ class Pool(Generic[IfaceT]):
         name = getattr(method, "__name__", "")
         iface = self.interface
         if name not in iface.__ipc_methods__ or getattr(iface, name, None) is not method:
-            raise TypeError(f"pool {self.name!r}: {method!r} is not a method declared by "
+            raise InvalidCall(f"pool {self.name!r}: {method!r} is not a method declared by "
                             f"{iface.__qualname__}; pass {iface.__qualname__}.<method> or "
                             "the method's name")
         return name

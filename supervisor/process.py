@@ -25,10 +25,10 @@ import signal
 import time
 from collections.abc import Callable
 
+from warden.errors import EXIT_SETUP
 from warden.supervisor.sandbox import Outcome, Sandbox, Status, Violation
 from warden.supervisor.sandbox.notify import Listener
 
-EXIT_SETUP = 125
 _PF_EXITING = 0x4  # include/linux/sched.h: set by do_exit() before it closes the files
 
 

@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from warden.supervisor.errors import ZygoteError
 from warden.supervisor.process import WorkerProcess, readable, status_from_wait
 from warden.supervisor.sandbox import Outcome, Status
 
@@ -303,10 +304,6 @@ def unsupported(profile: Profile) -> str | None:
                 "do not have (the zygote's sandbox has a network namespace of its own); "
                 "use start_method='spawn'")
     return None
-
-
-class ZygoteError(RuntimeError):
-    """The zygote could not be started, or it ended."""
 
 
 class ZygoteClient:
