@@ -44,6 +44,7 @@ from warden.supervisor.policy import launch_filter, resolve_profile, worker_filt
 from warden.supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
 from warden.supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
 from warden.supervisor.sandbox import spawn as sandbox_spawn
+from warden.supervisor.sandbox.lowlevel import close_all, fds_from_ancillary, is_seccomp_listener
 from warden.supervisor.zygote import ZygoteProcess
 from warden.supervisor.zygote import unsupported as zygote_unsupported
 
@@ -90,13 +91,6 @@ def _rlimits(profile: Profile) -> tuple[tuple[int, int], ...]:
     if lim.cpu_time_seconds is not None:
         out.append((resource.RLIMIT_CPU, int(lim.cpu_time_seconds)))
     return tuple(out)
-
-
-def _is_seccomp_listener(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:seccomp notify"
-    except OSError:
-        return False
 
 
 def _sandbox_python() -> tuple[str, list[str]]:
@@ -420,7 +414,8 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 proc.bind(pid)
         proc.setup_done = True
-        handle = WorkerHandle._create(wid, proc, method, prof.name, loop, interface)
+        handle: WorkerHandle = WorkerHandle._create(wid, proc, method, prof.name, loop,
+                                                    interface)
         handle.pid = pid  # the worker itself (for `spawn`, the sandbox's init is proc.pid)
         self.workers[wid] = handle
         handle.channel = ipc.attach(
@@ -457,7 +452,8 @@ class Supervisor:
         box = await self._start_sandbox(spec, wid)
         proc = SandboxProcess(box)
         proc.setup_done = True
-        handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
+        handle: WorkerHandle = WorkerHandle._create(wid, proc, "program", prof.name, loop,
+                                                    interface)
         self.workers[wid] = handle
         sock = box.take_channel() if box.channel is not None else None
         # A channel nobody speaks ipc on (no interface either way) is the program's to
@@ -549,17 +545,13 @@ class Supervisor:
                     fut.set_exception(e)
                     return
             pid = None
-            fds: list[int] = []
             for level, kind, payload in anc:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     pid = _CREDS.unpack(payload[:_CREDS.size])[0]
-                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(struct.unpack(f"={len(payload) // 4}i",
-                                             payload[:len(payload) - len(payload) % 4]))
+            fds = fds_from_ancillary(anc)
             listener = fds.pop() if want_listener and len(fds) == 1 else None
-            for extra in fds:
-                os.close(extra)
-            if listener is not None and not _is_seccomp_listener(listener):
+            close_all(fds)
+            if listener is not None and not is_seccomp_listener(listener):
                 os.close(listener)
                 listener = None
             if fut.done():

@@ -23,8 +23,7 @@ from warden.supervisor.errors import SupervisorError
 from warden.supervisor.events import describe
 from warden.supervisor.process import WorkerProcess
 from warden.supervisor.sandbox import Outcome, Status
-
-_TOKEN = object()
+from warden.supervisor.sandbox.lowlevel import NoPublicConstructor
 
 
 class WorkerDied(ipc.ChannelClosed, SupervisorError, ChildFailed):
@@ -76,8 +75,10 @@ class _Remote:
         return call
 
 
-class WorkerHandle:
+class WorkerHandle(metaclass=NoPublicConstructor):
     """A running (or finished) worker. See the module docstring."""
+
+    _factory_name = "Supervisor.spawn()"
 
     id: str
     pid: int
@@ -104,15 +105,10 @@ class WorkerHandle:
     _in_flight: int
     _cut_short: bool
 
-    def __init__(self, token: object) -> None:
-        if token is not _TOKEN:
-            raise TypeError("WorkerHandle has no public constructor; use Supervisor.spawn()")
-
-    @classmethod
-    def _create(cls, worker_id: str, process: WorkerProcess, start_method: str, profile: str,
-                loop: asyncio.AbstractEventLoop, interface: type[ipc.Interface] | None
-                ) -> WorkerHandle:
-        self = cls(_TOKEN)
+    def __init__(self, worker_id: str, process: WorkerProcess, start_method: str, profile: str,
+                 loop: asyncio.AbstractEventLoop, interface: type[ipc.Interface] | None
+                 ) -> None:
+        # Only through WorkerHandle._create (NoPublicConstructor): Supervisor.spawn().
         self.interface = interface
         self.id = worker_id
         self._process = process
@@ -126,7 +122,6 @@ class WorkerHandle:
         self._has_channel = True
         self._asked_to_end = self._hung_up = self._cut_short = False
         self._in_flight = 0
-        return self
 
     def __repr__(self) -> str:
         state = self.outcome.value if self.outcome else "running"

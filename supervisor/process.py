@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import time
 from collections.abc import Callable
 
 from warden.errors import EXIT_SETUP
 from warden.supervisor.sandbox import Outcome, Sandbox, Status, Violation
+from warden.supervisor.sandbox.lowlevel import wait_readable
 from warden.supervisor.sandbox.notify import Listener
 
 _PF_EXITING = 0x4  # include/linux/sched.h: set by do_exit() before it closes the files
@@ -58,16 +58,6 @@ def first_child(pid: int) -> int | None:
     except OSError:
         return None
     return int(kids[0]) if kids else None
-
-
-def readable(fds: list[int], timeout: float | None = 0) -> list[int]:
-    """The fds among `fds` that are readable (poll: select() breaks on fds >= 1024,
-    which a supervisor holding a thousand workers has)."""
-    p = select.poll()
-    for fd in fds:
-        p.register(fd, select.POLLIN)
-    ms = None if timeout is None else int(timeout * 1000)
-    return [fd for fd, _ev in p.poll(ms)]
 
 
 def status_from_wait(ws: int, cause: tuple[Outcome, str] | None, started: float,
@@ -146,9 +136,9 @@ class WorkerProcess:
 
         Its pidfd first: once that is readable the pid may be reaped and reused, and
         /proc would describe another process."""
-        if self.pidfd < 0 or readable([self.pidfd]):
+        if self.pidfd < 0 or wait_readable([self.pidfd], 0):
             return True
-        return exiting(worker_pid) or bool(readable([self.pidfd]))
+        return exiting(worker_pid) or bool(wait_readable([self.pidfd], 0))
 
     def service(self) -> Status | None:
         raise NotImplementedError

@@ -55,8 +55,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from warden.supervisor.errors import ZygoteError
-from warden.supervisor.process import WorkerProcess, readable, status_from_wait
+from warden.supervisor.process import WorkerProcess, status_from_wait
 from warden.supervisor.sandbox import Outcome, Status
+from warden.supervisor.sandbox.lowlevel import close_all, recv_with_fds, wait_readable
 
 if TYPE_CHECKING:
     from warden.profiles.model import Profile
@@ -85,7 +86,7 @@ def _serve(sock: socket.socket, warm_target: int, how: Isolation) -> None:
     warm: collections.deque[tuple[int, socket.socket]] = collections.deque()
     while True:
         idle = len(warm) < warm_target
-        ready = readable([sock.fileno(), wake_r], 0 if idle else None)
+        ready = wait_readable([sock.fileno(), wake_r], 0 if idle else None)
         if not ready and idle:
             try:
                 warm.append(fork_warm(own, how))
@@ -111,11 +112,7 @@ def _serve(sock: socket.socket, warm_target: int, how: Isolation) -> None:
                     children.discard(pid)
                     sock.send(b"X" + _II.pack(pid, ws))
         if sock.fileno() in ready:
-            fds = array.array("i")
-            data, anc, _fl, _ad = sock.recvmsg(_MAX, socket.CMSG_SPACE(4 * fds.itemsize))
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+            data, fds = recv_with_fds(sock, _MAX, 1)
             if not data:
                 return  # the supervisor closed: we are done
             if data[:1] == b"F" and len(fds) == 1:
@@ -133,8 +130,7 @@ def _serve(sock: socket.socket, warm_target: int, how: Isolation) -> None:
                 if pid in children:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
 
 
 def _assign_warm(warm: collections.deque[tuple[int, socket.socket]], channel_fd: int) \
@@ -217,7 +213,7 @@ class ZygoteProcess(WorkerProcess):
         if self.status is None:
             self.check_listener()
         if (self.status is None and self.pidfd >= 0 and not self._gone
-                and readable([self.pidfd])):
+                and wait_readable([self.pidfd], 0)):
             self._gone = True
             self.check_listener()  # it is gone: what it did last is read now
             if self.cause is not None:  # we killed it: our cause is the outcome, known now
@@ -456,7 +452,7 @@ class ZygoteClient:
 
 def _recv_ready(sock: socket.socket, box: Any) -> bool:
     while True:
-        r = readable([sock.fileno(), *box.fds()], 30)
+        r = wait_readable([sock.fileno(), *box.fds()], 30)
         if not r:
             return False
         if sock.fileno() in r:
