@@ -104,6 +104,9 @@ class WorkerHandle(metaclass=NoPublicConstructor):
     # each call another turn of the loop).
     _in_flight: int
     _cut_short: bool
+    # Set by the supervisor: what to do with a reply a caller's check refused (kill the
+    # worker and report it, as for a bad message on the channel).
+    _on_bad_message: Callable[[ipc.BadMessage], None]
 
     def __init__(self, worker_id: str, process: WorkerProcess, start_method: str, profile: str,
                  loop: asyncio.AbstractEventLoop, interface: type[ipc.Interface] | None

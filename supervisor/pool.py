@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from warden import ipc
 from warden.supervisor import events
@@ -37,8 +37,8 @@ from warden.supervisor.errors import DeadlineExceeded, InvalidArgument, InvalidC
 from warden.supervisor.handle import WorkerHandle
 from warden.supervisor.sandbox import Outcome, Status
 
-if TYPE_CHECKING:
-    from warden.supervisor.core import Supervisor
+__all__ = ["RESTART_MODES", "DeadlineExceeded", "Pool", "PoolError", "RestartPolicy",
+           "WorkerSpawner"]
 
 RESTART_MODES = ("never", "on-failure", "always")
 IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
@@ -71,7 +71,15 @@ def _drop_reply(f: asyncio.Future[Any]) -> bool:
     return isinstance(exc, ipc.ChannelClosed)
 
 
-__all__ = ["RESTART_MODES", "DeadlineExceeded", "Pool", "PoolError", "RestartPolicy"]
+class WorkerSpawner(Protocol):
+    """What a pool starts its workers with (the Supervisor is one)."""
+
+    # spawn(interface, target, worker_id=..., **spawn_kwargs) and
+    # spawn_program(argv, interface=..., worker_id=..., **spawn_kwargs), as the
+    # Supervisor's: the pool passes its spawn_kwargs through unread.
+    async def spawn(self, *args: Any, **kwargs: Any) -> WorkerHandle: ...
+
+    async def spawn_program(self, *args: Any, **kwargs: Any) -> WorkerHandle: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,8 @@ class RestartPolicy:
 class Pool(Generic[IfaceT]):
     """Made by Supervisor.pool(); see the module docstring."""
 
-    def __init__(self, sup: Supervisor, name: str, interface: type[IfaceT],
+    def __init__(self, spawner: WorkerSpawner, sink: events.EventSink, name: str,
+                 interface: type[IfaceT],
                  target: str | Sequence[str],
                  size: int, restart: RestartPolicy, call_timeout: float | None,
                  health_check: str | None, health_interval: float,
@@ -119,7 +128,8 @@ class Pool(Generic[IfaceT]):
                              f"got {max_calls_per_worker}")
         self.per_worker = per_worker
         self.max_calls_per_worker = max_calls_per_worker
-        self.sup = sup
+        self._spawner = spawner
+        self._sink = sink
         self.name = name
         self.interface = interface
         self.target = target
@@ -164,14 +174,14 @@ class Pool(Generic[IfaceT]):
         self._serial += 1
         wid = f"{self.name}-{self._serial}"
         if isinstance(self.target, str):
-            w = await self.sup.spawn(self.interface, self.target, worker_id=wid,
+            w = await self._spawner.spawn(self.interface, self.target, worker_id=wid,
                                      **self._spawn_kwargs)
         else:
-            w = await self.sup.spawn_program(self.target, interface=self.interface,
+            w = await self._spawner.spawn_program(self.target, interface=self.interface,
                                              worker_id=wid, **self._spawn_kwargs)
         self.workers[wid] = w
         if replaces is not None:
-            self.sup._emit(events.Restarted(wid, w.pid, self.name, replaces, attempt, delay))
+            self._sink.emit(events.Restarted(wid, w.pid, self.name, replaces, attempt, delay))
         self._spawn_task(self._watch(w))
         for _ in range(self.per_worker):
             self._release(w)
@@ -381,7 +391,7 @@ class Pool(Generic[IfaceT]):
         except ipc.BadMessage as bad:  # check_result refused the reply
             w._in_flight -= 1
             self.calls_failed += 1
-            self.sup._on_bad_message(w, bad)
+            w._on_bad_message(bad)
             raise
         except BaseException:  # the worker answered with an error: it is fine
             w._in_flight -= 1

@@ -18,6 +18,7 @@ went first when its channel closes (trusted-side rule 6).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -127,6 +128,10 @@ class WorkerProcess:
     def close_listener(self) -> None:
         if self.listener is not None:
             self.listener.close()
+
+    def bind(self, host_pid: int) -> None:
+        """The worker's pid as we see it, learnt from its HELLO (only the zygote's
+        workers need it: the others are known by the pid we started)."""
 
     def fds(self) -> tuple[int, ...]:
         raise NotImplementedError
@@ -242,3 +247,33 @@ class ForkedProcess(WorkerProcess):
         if self.status is None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, sig)
+
+
+async def final_status(proc: WorkerProcess) -> Status:
+    """The Status of a process that was killed or is ending, once it is known."""
+    while True:
+        st = proc.service()
+        if st is not None:
+            return st
+        await asyncio.sleep(0.002)
+
+
+class Reaper:
+    """Collects processes nobody holds a handle to (a spawn cancelled or failed midway),
+    so none becomes a zombie; `drain()` waits for all of them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def reap_later(self, proc: WorkerProcess) -> None:
+        async def reap() -> None:
+            await final_status(proc)
+            if isinstance(proc, SandboxProcess):
+                proc.box.close_channel()
+        task = asyncio.ensure_future(reap())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

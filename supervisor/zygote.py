@@ -48,7 +48,6 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -57,11 +56,10 @@ from warden.supervisor import zygote_messages as zm
 from warden.supervisor.errors import ZygoteError
 from warden.supervisor.policy import resolve_profile
 from warden.supervisor.process import WorkerProcess, status_from_wait
+from warden.supervisor.python_spec import PythonSpecs
 from warden.supervisor.sandbox import Outcome, Sandbox, Status
 from warden.supervisor.sandbox.lowlevel import wait_readable
-
-if TYPE_CHECKING:
-    from warden.supervisor.core import Supervisor
+from warden.supervisor.sandbox_thread import SandboxThread
 
 PROFILE_PATH = str(Path(__file__).with_name("zygote.toml"))
 
@@ -198,23 +196,22 @@ class ZygoteClient:
         self._box_fds: tuple[int, ...] = ()
 
     @classmethod
-    async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
+    async def start(cls, specs: PythonSpecs, thread: SandboxThread, preload: Sequence[str],
+                    warm: int = 2, *, shared_tmp: bool = False, max_workers: int = 4096
                     ) -> ZygoteClient:
         """Start a zygote (a fresh interpreter in a sandbox of its own) and wait until it
         is ready; ZygoteError if it is not."""
-        from warden.supervisor.core import _sandbox_spec_for
-        from warden.supervisor.sandbox import spawn as sandbox_spawn
         loop = asyncio.get_running_loop()
         zfilter = zygote_filter(resolve_profile(PROFILE_PATH))
-        shared = ["--shared-tmp"] if sup.shared_tmp else []
-        spec = _sandbox_spec_for(sup, ["warden.supervisor.zygote_main", f"--warm={warm}",
-                                       *shared, *preload],
-                                 PROFILE_PATH, "warden.supervisor.zygote_main", *preload,
-                                 seccomp_filter=zfilter)
+        shared = ["--shared-tmp"] if shared_tmp else []
+        spec = specs.spec(["warden.supervisor.zygote_main", f"--warm={warm}", *shared,
+                           *preload],
+                          PROFILE_PATH, "warden.supervisor.zygote_main", *preload,
+                          seccomp_filter=zfilter)
         # Each worker is a user, PID, mount and IPC namespace nested in the zygote's
         # sandbox, whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS),
         # and its workers share the sandbox's inotify budget.
-        nested = 2 * sup.max_workers + warm
+        nested = 2 * max_workers + warm
         spec = dataclasses.replace(spec, userns_limits=(
             ("max_inotify_instances", 1024), ("max_inotify_watches", 65536),
             ("max_pid_namespaces", nested), ("max_user_namespaces", nested),
@@ -225,7 +222,7 @@ class ZygoteClient:
         # Nor a mask on /proc/keys: a covered procfs forbids the workers' own (their
         # unmapped uids see no key in theirs).
         spec = dataclasses.replace(spec, landlock=False, mask_proc_keys=False)
-        box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
+        box = await thread.start(spec, "the zygote's start was cancelled")
         if box.channel is None:
             box.kill()
             raise ZygoteError("the zygote's sandbox has no channel")
@@ -259,7 +256,7 @@ class ZygoteClient:
         except OSError as e:
             self._died(f"the zygote's channel failed: {e}")
 
-    async def fork(self, wid: str, child: socket.socket) -> ZygoteProcess:
+    async def fork(self, child: socket.socket) -> ZygoteProcess:
         """A new worker serving on `child` (the caller closes its copy afterwards)."""
         if self.dead:
             raise ZygoteError("the zygote has ended; no more zygote workers")
