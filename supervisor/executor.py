@@ -33,7 +33,7 @@ import types
 import typing
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from warden.supervisor.sync import SyncSupervisor
 
 TARGET = "warden.supervisor.executor:ExecutorWorkerImpl"
+P = ParamSpec("P")
+R = TypeVar("R")
 MAX_TEXT = 2000  # characters of a remote exception's message that come back
 
 TypeName = Annotated[str, msgspec.Meta(max_length=200)]
@@ -310,10 +312,12 @@ class SandboxExecutor(concurrent.futures.Executor):
         return sup
 
     # ------------------------------------------------------------ submit
-    def submit(self, fn: Callable[..., Any], /, *args: Any,
-               **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
         """Schedule fn(*args, **kwargs) in a sandboxed worker; TypeError (now) if fn cannot
-        be sent by reference or has no checkable return annotation."""
+        be sent by reference or has no checkable return annotation. Typed like
+        Executor.submit: a type checker checks the arguments against fn's and gives the
+        future fn's result type (which is what the worker's reply is checked against)."""
         name, expected, decoder = self._check(fn)
         try:
             task = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
