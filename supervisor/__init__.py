@@ -18,7 +18,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from warden.supervisor.core import START_METHODS, SpawnError, Supervisor
+    from warden.supervisor.core import START_METHODS, Supervisor
+    from warden.supervisor.errors import (
+        CapacityError,
+        DeadlineExceeded,
+        PoolError,
+        SpawnError,
+        SupervisorError,
+    )
     from warden.supervisor.events import (
         BadMessageEvent,
         Event,
@@ -29,13 +36,13 @@ if TYPE_CHECKING:
     )
     from warden.supervisor.executor import BadResult, SandboxExecutor, TaskError
     from warden.supervisor.handle import WorkerDied, WorkerHandle
-    from warden.supervisor.pool import DeadlineExceeded, Pool, PoolError, RestartPolicy
-    from warden.supervisor.protections import CapacityError
+    from warden.supervisor.pool import Pool, RestartPolicy
     from warden.supervisor.sync import SyncPool, SyncSupervisor, SyncWorker
 
 _WHERE = {
     "START_METHODS": "warden.supervisor.core",
-    "SpawnError": "warden.supervisor.core",
+    "SpawnError": "warden.supervisor.errors",
+    "SupervisorError": "warden.supervisor.errors",
     "Supervisor": "warden.supervisor.core",
     "BadMessageEvent": "warden.supervisor.events",
     "Event": "warden.supervisor.events",
@@ -48,11 +55,11 @@ _WHERE = {
     "TaskError": "warden.supervisor.executor",
     "WorkerDied": "warden.supervisor.handle",
     "WorkerHandle": "warden.supervisor.handle",
-    "DeadlineExceeded": "warden.supervisor.pool",
+    "DeadlineExceeded": "warden.supervisor.errors",
     "Pool": "warden.supervisor.pool",
-    "PoolError": "warden.supervisor.pool",
+    "PoolError": "warden.supervisor.errors",
     "RestartPolicy": "warden.supervisor.pool",
-    "CapacityError": "warden.supervisor.protections",
+    "CapacityError": "warden.supervisor.errors",
     "SyncPool": "warden.supervisor.sync",
     "SyncSupervisor": "warden.supervisor.sync",
     "SyncWorker": "warden.supervisor.sync",
@@ -75,6 +82,7 @@ __all__ = [
     "SpawnError",
     "Started",
     "Supervisor",
+    "SupervisorError",
     "SyncPool",
     "SyncSupervisor",
     "SyncWorker",

@@ -29,24 +29,18 @@ import struct
 import sys
 from typing import NamedTuple, NoReturn
 
-from warden.supervisor.process import readable
+from warden.errors import EXIT_SETUP
+from warden.supervisor.errors import ConfineError
 from warden.supervisor.sandbox import landlock, self_confine
+from warden.supervisor.sandbox.lowlevel import (
+    close_all,
+    recv_with_fds,
+    single_threaded,
+    wait_readable,
+)
 from warden.supervisor.sandbox.spec import BASE_PATH, DEFAULT_OUTER_ID
 
-EXIT_SETUP = 125
 _PID = struct.Struct("=i")
-
-
-class ConfineError(OSError):
-    """The worker could not be forked into its namespaces."""
-
-
-def _single_threaded() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
-
 
 class Isolation(NamedTuple):
     """What a forked worker sets up for itself beyond its user and PID namespaces.
@@ -129,7 +123,7 @@ def _child(channel_fd: int, parent_pidfd: int, how: Isolation, ids: tuple[int, i
         faulthandler.disable()  # an inherited crash handler would outlive the parent's intent
         os.setsid()
         self_confine.set_parent_death_signal(signal.SIGKILL)
-        if readable([parent_pidfd]):
+        if wait_readable([parent_pidfd], 0):
             os._exit(EXIT_SETUP)  # the parent died before PDEATHSIG was armed
         # This process is its PID namespace's init: when it dies the kernel kills
         # every process it ever forked. So it must die with its parent, whatever its
@@ -183,10 +177,11 @@ def _receive_channel() -> bool:
     """Wait on fd 3 (the zygote's socket) for the worker's channel; put it at fd 3."""
     sock = socket.socket(fileno=os.dup(3))
     try:
-        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+        _msg, fds = recv_with_fds(sock, 16, 1)
     finally:
         sock.close()
     if len(fds) != 1:
+        close_all(fds)
         return False
     os.dup2(fds[0], 3)  # replaces (and so closes) the zygote's socket
     os.close(fds[0])
@@ -243,7 +238,7 @@ def fork_worker(channel_fd: int, parent_pidfd: int, as_ids: tuple[int, int] | No
     """
     if how is None:
         how = fork_isolation()
-    if as_ids is None and _single_threaded():
+    if as_ids is None and single_threaded():
         ids = (os.geteuid(), os.getegid())  # read here: after the clone they are unmapped
         try:
             pid = self_confine.fork_into_new_namespaces()

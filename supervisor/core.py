@@ -6,115 +6,54 @@
 
 Everything runs on the caller's asyncio loop; nothing a worker does can
 block it (see protections.py for the list and where each one lives).
+
+A Python worker starts in five steps, each its own piece: capacity (refuse
+before the supervisor runs short: protections), bootstrap (what the worker
+is told first: bootstrap), starter (one per start method: starters),
+handshake (its HELLO: handshake), adopt (its handle, channel and watch:
+here, shared with spawn_program). The zygote, the pools and the starters are
+handed what they need (a spec builder, the sandbox thread, an event sink, a
+spawner), never the Supervisor.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import dataclasses
-import importlib.util
 import itertools
 import os
-import resource
 import socket
-import struct
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from warden import ipc
 from warden.ipc.interface import interface_of
 from warden.profiles.model import Profile
 from warden.supervisor import bootstrap, events, protections
-from warden.supervisor.confine import fork_isolation, fork_worker, outer_ids
-from warden.supervisor.events import Event
+from warden.supervisor.errors import (
+    InvalidArgument,
+    NotRunning,
+    SpawnError,
+    SpawnRefused,
+    WorkerStartFailed,
+)
+from warden.supervisor.events import Event, EventBus
 from warden.supervisor.handle import WorkerHandle
-from warden.supervisor.interpreter import sandbox_python
-from warden.supervisor.policy import launch_filter, resolve_profile, worker_filter
-from warden.supervisor.process import ForkedProcess, SandboxProcess, WorkerProcess
-from warden.supervisor.sandbox import Outcome, Sandbox, SetupError, Status, build_spec
-from warden.supervisor.sandbox import spawn as sandbox_spawn
-from warden.supervisor.zygote import ZygoteProcess
+from warden.supervisor.handshake import await_ready
+from warden.supervisor.policy import resolve_profile, worker_filter, worker_rlimits
+from warden.supervisor.pool import Pool, RestartPolicy
+from warden.supervisor.process import Reaper, SandboxProcess, WorkerProcess
+from warden.supervisor.python_spec import PythonSpecs
+from warden.supervisor.sandbox import Outcome, SetupError, Status, build_spec
+from warden.supervisor.sandbox_thread import SandboxThread
+from warden.supervisor.starters import ForkStarter, SpawnStarter, Starter, ZygoteStarter
+from warden.supervisor.zygote import ZygoteClient
 from warden.supervisor.zygote import unsupported as zygote_unsupported
 
-if TYPE_CHECKING:
-    from warden.supervisor.pool import Pool
+__all__ = ["START_METHODS", "SpawnError", "Supervisor"]
 
 START_METHODS = ("spawn", "zygote", "fork")
 IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
-_CREDS = struct.Struct("=iII")
-_HELLO_BYTES = 4 * bootstrap.MAX_FAILURE_CHARS + 64  # HELLO, or a StartFailed record
-_OUR_PACKAGES = ("warden", "msgspec", "pyseccomp")
-
-
-class SpawnError(RuntimeError):
-    """A worker could not be started; `.status` says how it ended (setup_error, ...)."""
-
-    def __init__(self, message: str, status: Status | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _module_root(module: str) -> str | None:
-    """The sys.path entry a module is imported from (to bind it into a sandbox)."""
-    top = module.split(".")[0]
-    try:
-        spec = importlib.util.find_spec(top)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if not spec.origin and spec.submodule_search_locations:  # a namespace package
-        return os.path.realpath(os.path.dirname(next(iter(spec.submodule_search_locations))))
-    if not spec.origin or spec.origin in ("built-in", "frozen"):
-        return None
-    path = os.path.dirname(spec.origin)
-    if spec.submodule_search_locations:  # a package: its parent dir is the root
-        path = os.path.dirname(path)
-    return os.path.realpath(path)
-
-
-def _rlimits(profile: Profile) -> tuple[tuple[int, int], ...]:
-    out = [(resource.RLIMIT_CORE, 0)]
-    lim = profile.limits
-    if lim.open_files is not None:
-        out.append((resource.RLIMIT_NOFILE, lim.open_files))
-    if lim.processes is not None:
-        out.append((resource.RLIMIT_NPROC, lim.processes))
-    if lim.memory_bytes is not None:  # `spawn` also gets a cgroup; forked workers only this
-        out.append((resource.RLIMIT_AS, lim.memory_bytes))
-    if lim.cpu_time_seconds is not None:
-        out.append((resource.RLIMIT_CPU, int(lim.cpu_time_seconds)))
-    return tuple(out)
-
-
-def _is_seccomp_listener(fd: int) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:seccomp notify"
-    except OSError:
-        return False
-
-
-def _sandbox_spec_for(sup: Supervisor, module_argv: Sequence[str], profile: str | Profile,
-                      *modules: str, memory: int | None = None,
-                      timeout: float | None = None, seccomp_filter: bytes | None = None,
-                      memory_rlimit_only: bool = False) -> Any:
-    """A sandbox spec running `python -m <module_argv>` with our packages and `modules` bound."""
-    launch = resolve_profile(profile)
-    python = sandbox_python()
-    roots: set[str] = set(python.path)
-    for mod in (*_OUR_PACKAGES, *modules):
-        root = _module_root(mod)
-        if root:
-            roots.add(root)
-    roots.update(os.path.realpath(p) for p in sup.code_paths)
-    roots = {r for r in roots if not r.startswith(("/usr/", "/lib"))}
-    pypath = ":".join(sorted(roots))
-    binds = sorted(roots | set(python.binds))
-    return build_spec([python.executable, "-s", "-m", *module_argv], launch, ro_binds=binds,
-                      env=[f"PYTHONPATH={pypath}"], memory=memory, timeout=timeout,
-                      seccomp_filter=seccomp_filter, memory_rlimit_only=memory_rlimit_only)
 
 
 class Supervisor:
@@ -145,7 +84,7 @@ class Supervisor:
                  limits: ipc.Limits = ipc.DEFAULT_LIMITS,
                  validate_outgoing: bool = True, shared_tmp: bool = False) -> None:
         if start_method not in START_METHODS:
-            raise ValueError(f"start_method={start_method!r}: expected one of "
+            raise InvalidArgument(f"start_method={start_method!r}: expected one of "
                              f"{', '.join(START_METHODS)}")
         self.start_method = start_method
         self._want_zygote = start_method == "zygote" if zygote is None else zygote
@@ -160,17 +99,16 @@ class Supervisor:
         self.validate_outgoing = validate_outgoing
         self.shared_tmp = shared_tmp
         self.workers: dict[str, WorkerHandle] = {}
-        self.pools: dict[str, Any] = {}
+        self.pools: dict[str, Pool[Any]] = {}
         self._ids = itertools.count(1)
-        self._subscribers: list[Callable[[Event], object]] = []
-        self._queues: list[asyncio.Queue[Event]] = []
-        self._streams: list[events.EventStream] = []
+        self._events = EventBus()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reaper = Reaper()
+        self._specs = PythonSpecs(self.code_paths)
+        self._thread: SandboxThread | None = None
         self._own_pidfd = -1
-        self._zygote: Any = None
-        self._zygote_restart: asyncio.Future[Any] | None = None
-        self._orphans: set[asyncio.Task[None]] = set()
+        self._starters: dict[str, Starter] = {}
+        self._zygote_starter: ZygoteStarter | None = None
         self._channel_watches: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -189,13 +127,16 @@ class Supervisor:
         protections.raise_fd_limit()
         self._own_pidfd = os.pidfd_open(os.getpid())
         os.set_inheritable(self._own_pidfd, False)
-        # Sandboxes die with the thread that started them (parent-death signal),
-        # so they are started from one thread that lives as long as we do.
-        self._spawner = concurrent.futures.ThreadPoolExecutor(1, "warden-spawner")
+        thread = self._thread = SandboxThread(self._reaper)
+        self._starters = {
+            "spawn": SpawnStarter(self._specs, thread, self._reaper, self.launch_profile),
+            "fork": ForkStarter(self._own_pidfd, self.shared_tmp),
+        }
         if self._want_zygote:
-            from warden.supervisor.zygote import ZygoteClient
-            self._zygote = await ZygoteClient.start(self, self._zygote_preload,
-                                                    self._zygote_warm)
+            zygote = ZygoteStarter(self._specs, thread, self._zygote_preload, self._zygote_warm,
+                                   shared_tmp=self.shared_tmp, max_workers=self.max_workers)
+            await zygote.open()
+            self._zygote_starter = self._starters["zygote"] = zygote
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Terminate every worker (grace, then kill), stop the zygote, reap everything."""
@@ -205,55 +146,47 @@ class Supervisor:
         live = [w for w in self.workers.values() if w.running]
         if live:
             await asyncio.gather(*(w.terminate(grace) for w in live), return_exceptions=True)
-        if self._orphans:
-            await asyncio.gather(*self._orphans, return_exceptions=True)
+        await self._reaper.drain()
         for task in list(self._channel_watches):
             task.cancel()
-        if self._zygote is not None:
-            await self._zygote.stop()
-            self._zygote = None
-        if self._spawner is not None:
-            self._spawner.shutdown(wait=True)
-            self._spawner = None
+        if self._zygote_starter is not None:
+            await self._zygote_starter.close()
+            self._zygote_starter = None
+        self._starters = {}
+        if self._thread is not None:
+            self._thread.close()
+            self._thread = None
         if self._own_pidfd >= 0:
             os.close(self._own_pidfd)
             self._own_pidfd = -1
-        for stream in list(self._streams):  # every events() iterator ends after the last event
-            stream.close()
+        self._events.close()  # every events() iterator ends after the last event
+
+    @property
+    def _zygote(self) -> ZygoteClient | None:
+        """The zygote now serving (None: no zygote, or not started)."""
+        return self._zygote_starter.client if self._zygote_starter is not None else None
 
     # ---------------------------------------------------------------- events
     def subscribe(self, callback: Callable[[Event], object]) -> None:
         """Call `callback(event)` for every event (exceptions it raises are logged)."""
-        self._subscribers.append(callback)
+        self._events.subscribe(callback)
 
     def event_queue(self, maxsize: int = 10000) -> asyncio.Queue[Event]:
         """A queue that receives every event from now on (events beyond maxsize are dropped)."""
-        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
-        self._queues.append(q)
-        return q
+        return self._events.queue(maxsize)
 
     def events(self, maxsize: int = 10000) -> events.EventStream:
         """`async for event in sup.events():` every event from this call on, until the
         supervisor closes (events beyond maxsize unread are dropped)."""
-        return events.EventStream(self._streams, maxsize)
+        return self._events.stream(maxsize)
 
     def _emit(self, event: Event) -> None:
-        events.log(event)
-        for q in self._queues:
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(event)
-        for stream in self._streams:
-            stream.put(event)
-        for cb in list(self._subscribers):
-            try:
-                cb(event)
-            except Exception:
-                events.logger.exception("event subscriber %r failed", cb)
+        self._events.emit(event)
 
     # ---------------------------------------------------------------- pools
     async def pool(self, interface: type[IfaceT], target: str | Sequence[str], *,
                    size: int = 2,
-                   name: str | None = None, restart: Any = None,
+                   name: str | None = None, restart: RestartPolicy | None = None,
                    call_timeout: float | None = None, health_check: str | None = None,
                    health_interval: float = 5.0, per_worker: int = 1,
                    max_calls_per_worker: int | None = None,
@@ -261,12 +194,11 @@ class Supervisor:
         """Start a Pool of `size` workers (see warden.supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
         spawn() or spawn_program()."""
-        from warden.supervisor.pool import Pool, RestartPolicy
         pname = name or f"pool{next(self._ids)}"
         if pname in self.pools:
-            raise ValueError(f"pool name {pname!r} is already in use")
-        p = Pool(self, pname, interface, target, size, restart or RestartPolicy(), call_timeout,
-                 health_check, health_interval, spawn_kwargs, per_worker,
+            raise InvalidArgument(f"pool name {pname!r} is already in use")
+        p = Pool(self, self._events, pname, interface, target, size, restart or RestartPolicy(),
+                 call_timeout, health_check, health_interval, spawn_kwargs, per_worker,
                  max_calls_per_worker)
         self.pools[pname] = p
         try:
@@ -279,23 +211,48 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         """A snapshot for `warden status` and SIGUSR1: workers, pools, zygote."""
+        zygote = self._zygote
         return {
             "pid": os.getpid(),
             "workers": sum(1 for w in self.workers.values() if w.running),
             "open_fds": protections.open_fd_count(),
-            "zygote": None if self._zygote is None else {"pid": self._zygote.box.pid,
-                                                         "alive": not self._zygote.dead},
+            "zygote": None if zygote is None else {"pid": zygote.box.pid,
+                                                   "alive": not zygote.dead},
             "pools": {n: p.status() for n, p in self.pools.items()},
         }
 
     # ---------------------------------------------------------------- spawning
-    def _check_capacity(self) -> None:
+    def _check_capacity(self) -> asyncio.AbstractEventLoop:
         if self._loop is None or self._closing:
-            raise RuntimeError("the supervisor is not running (use `async with Supervisor()`)")
+            raise NotRunning("the supervisor is not running (use `async with Supervisor()`)")
         running = sum(1 for w in self.workers.values() if w.running)
         protections.check_worker_count(running, self.max_workers)
         protections.check_fd_headroom(per_worker=4, headroom=self.fd_headroom)
         protections.check_memory_headroom(self.memory_headroom)
+        return self._loop
+
+    def _starter(self, method: str, profile: Profile) -> Starter:
+        if method not in START_METHODS:
+            raise InvalidArgument(f"start_method={method!r}: expected one of "
+                                  f"{', '.join(START_METHODS)}")
+        if method == "zygote" and (why := zygote_unsupported(profile)):
+            raise SpawnRefused(why)
+        starter = self._starters.get(method)
+        if starter is None:
+            raise SpawnRefused("start_method='zygote' needs Supervisor(zygote=True) "
+                               "or Supervisor(start_method='zygote')")
+        return starter
+
+    def _bootstrap(self, wid: str, target: str, profile: Profile, host: ipc.Interface | None,
+                   limits: ipc.Limits) -> bootstrap.Bootstrap:
+        host_iface = None
+        if host is not None:
+            iface = interface_of(host)
+            host_iface = f"{iface.__module__}:{iface.__qualname__}"
+        return bootstrap.Bootstrap(
+            worker_id=wid, target=target, host_interface=host_iface, profile=profile.name,
+            seccomp_filter=worker_filter(profile, notify=True),
+            notify=True, rlimits=worker_rlimits(profile), max_frame_bytes=limits.max_frame_bytes)
 
     async def spawn(self, interface: type[ipc.Interface], target: str, *,
                     profile: str | Profile = "strict", start_method: str | None = None,
@@ -312,105 +269,20 @@ class Supervisor:
         Raises SpawnError (with .status) if the worker ends before it is ready,
         CapacityError when the supervisor keeps its headroom.
         """
-        self._check_capacity()
+        loop = self._check_capacity()
         method = start_method or self.start_method
-        if method not in START_METHODS:
-            raise ValueError(f"start_method={method!r}: expected one of {', '.join(START_METHODS)}")
         prof = resolve_profile(profile)
-        if method == "zygote" and (why := zygote_unsupported(prof)):
-            raise SpawnError(why)
+        starter = self._starter(method, prof)
         wid = worker_id or f"w{next(self._ids)}"
         if wid in self.workers and self.workers[wid].running:
-            raise ValueError(f"worker id {wid!r} is already in use")
-        host_iface = None
-        if host is not None:
-            iface = interface_of(host)
-            host_iface = f"{iface.__module__}:{iface.__qualname__}"
-        boot = bootstrap.Bootstrap(
-            worker_id=wid, target=target, host_interface=host_iface, profile=prof.name,
-            seccomp_filter=worker_filter(prof, notify=True),
-            notify=True, rlimits=_rlimits(prof),
-            max_frame_bytes=(limits or self.limits).max_frame_bytes)
-        loop = self._loop
-        assert loop is not None
-        proc: WorkerProcess
-        if method == "spawn":
-            mem = memory if memory is not None else prof.limits.memory_bytes
-            launch = resolve_profile(self.launch_profile)
-            if not prof.namespaces.net and launch.namespaces.net:
-                # The worker needs the host network its launch profile withholds.
-                if self.launch_profile != "default":
-                    raise SpawnError(f"profile {prof.name!r} needs the host's network, which "
-                                     f"launch_profile={self.launch_profile!r} withholds; "
-                                     "use a launch profile that shares it, such as "
-                                     "'network-client'")
-                launch = resolve_profile("network-client")
-            # Its launch filter holds no listener (launch_filter), so the worker's
-            # own filter can take the stack's one and hand it over like the others.
-            spec = _sandbox_spec_for(self, ["warden.supervisor.worker_main"], launch,
-                                     target.partition(":")[0], memory=mem, timeout=timeout,
-                                     # a profile's limit may be rlimit-only (and is then
-                                     # named in the status); one the caller asked for not
-                                     memory_rlimit_only=memory is None,
-                                     seccomp_filter=launch_filter(launch, prof))
-            box = await self._start_sandbox(spec, wid)
-            sock = box.take_channel()  # the worker's handle owns it from here
-            proc = SandboxProcess(box)
-        else:
-            parent, child = socket.socketpair(socket.AF_UNIX,
-                                              socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-            sock = parent
-            # The bootstrap waits in the channel before the worker exists, so a
-            # pre-forked worker reads it the moment it is handed its channel.
-            parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            parent.send(bootstrap.encode(boot))
-            try:
-                if method == "fork":
-                    pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids(),
-                                      fork_isolation(self.shared_tmp))
-                    proc = ForkedProcess(pid)
-                else:
-                    if self._zygote is None:
-                        raise SpawnError("start_method='zygote' needs Supervisor(zygote=True) "
-                                         "or Supervisor(start_method='zygote')")
-                    zygote = await self._live_zygote()
-                    proc = await zygote.fork(wid, child)
-            except BaseException:
-                parent.close()
-                raise
-            finally:
-                child.close()
-        sock.setblocking(False)
-        try:
-            if method == "spawn":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-                sock.send(bootstrap.encode(boot))
-            pid = await self._await_hello(sock, proc, ready_timeout, wid, want_listener=True)
-        except BaseException:
-            sock.close()
-            if proc.service() is None:  # cancelled (or failed) while it starts: end it
-                proc.kill(Outcome.KILLED, f"worker {wid}: spawn() did not complete")
-                self._reap_later(proc)
-            raise
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
-        if isinstance(proc, ZygoteProcess):
-            # OSError: it ended between HELLO and here; the zygote reports that.
-            with contextlib.suppress(OSError):
-                proc.bind(pid)
-        proc.setup_done = True
-        handle = WorkerHandle._create(wid, proc, method, prof.name, loop, interface)
-        handle.pid = pid  # the worker itself (for `spawn`, the sandbox's init is proc.pid)
-        self.workers[wid] = handle
-        handle.channel = ipc.attach(
-            sock, peer_id=wid, serve=host, remote=interface, granted=granted,
-            extra={"worker_id": wid, "profile": prof.name, "start_method": method},
-            pid=pid, limits=limits or self.limits,
-            on_bad_message=lambda bad: self._on_bad_message(handle, bad),
-            on_cut_off=lambda cut: self._on_cut_off(handle, cut),
-            validate_outgoing=self.validate_outgoing)
-        self._watch(handle)
-        self._emit(events.Started(wid, pid, method, prof.name))
-        return handle
+            raise InvalidArgument(f"worker id {wid!r} is already in use")
+        limits = limits or self.limits
+        boot = self._bootstrap(wid, target, prof, host, limits)
+        sock, proc = await starter.start_worker(wid, prof, boot, memory=memory, timeout=timeout)
+        pid = await await_ready(sock, proc, ready_timeout, wid, sink=self._events,
+                                reaper=self._reaper)
+        return self._adopt(loop, wid, proc, pid, sock, method, prof.name, interface, host,
+                           granted, limits)
 
     async def spawn_program(self, argv: Sequence[str], *,
                             interface: type[ipc.Interface] | None = None,
@@ -426,174 +298,51 @@ class Supervisor:
         arguments). sandbox_options are build_spec keywords (ro_binds=,
         memory=, timeout=, files=, ...).
         """
-        self._check_capacity()
+        loop = self._check_capacity()
         prof = resolve_profile(profile)
         wid = worker_id or f"w{next(self._ids)}"
         spec = build_spec(list(argv), prof, **sandbox_options)
-        loop = self._loop
-        assert loop is not None
-        box = await self._start_sandbox(spec, wid)
+        assert self._thread is not None
+        try:
+            box = await self._thread.start(spec, f"worker {wid}: spawn() was cancelled")
+        except SetupError as e:
+            raise WorkerStartFailed(f"worker {wid}: {e}", e.status) from None
         proc = SandboxProcess(box)
         proc.setup_done = True
-        handle = WorkerHandle._create(wid, proc, "program", prof.name, loop, interface)
-        self.workers[wid] = handle
         sock = box.take_channel() if box.channel is not None else None
         # A channel nobody speaks ipc on (no interface either way) is the program's to
         # close: only a channel that carries calls binds the program's life to it.
-        handle._has_channel = sock is not None and (interface is not None or host is not None)
+        has_channel = sock is not None and (interface is not None or host is not None)
         if sock is None:
             sock, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             other.close()  # no channel: a closed one, so handle.channel always exists
+        return self._adopt(loop, wid, proc, box.pid, sock, "program", prof.name, interface,
+                           host, granted, limits or self.limits, has_channel=has_channel)
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop, wid: str, proc: WorkerProcess, pid: int,
+               sock: socket.socket, method: str, profile: str,
+               interface: type[ipc.Interface] | None, host: ipc.Interface | None,
+               granted: Iterable[str], limits: ipc.Limits, *, has_channel: bool = True
+               ) -> WorkerHandle:
+        """The started worker becomes ours: its handle, its channel, its watch, Started."""
+        handle: WorkerHandle = WorkerHandle._create(wid, proc, method, profile, loop, interface)
+        handle.pid = pid  # the worker itself (for `spawn`, the sandbox's init is proc.pid)
+        handle._has_channel = has_channel
+        self.workers[wid] = handle
+
+        def on_bad_message(bad: ipc.BadMessage) -> None:
+            self._on_bad_message(handle, bad)
+
+        handle._on_bad_message = on_bad_message
         handle.channel = ipc.attach(
             sock, peer_id=wid, serve=host, remote=interface, granted=granted,
-            extra={"worker_id": wid, "profile": prof.name, "start_method": "program"},
-            pid=box.pid, limits=limits or self.limits,
-            on_bad_message=lambda bad: self._on_bad_message(handle, bad),
+            extra={"worker_id": wid, "profile": profile, "start_method": method},
+            pid=pid, limits=limits, on_bad_message=on_bad_message,
             on_cut_off=lambda cut: self._on_cut_off(handle, cut),
             validate_outgoing=self.validate_outgoing)
         self._watch(handle)
-        self._emit(events.Started(wid, box.pid, "program", prof.name))
+        self._emit(events.Started(wid, pid, method, profile))
         return handle
-
-    async def _start_sandbox(self, spec: Any, wid: str) -> Sandbox:
-        """sandbox.spawn() on the spawner thread; if we are cancelled meanwhile, the
-        sandbox it still makes is killed and reaped, never left running unowned."""
-        loop = self._loop
-        assert loop is not None and self._spawner is not None
-        fut = loop.run_in_executor(self._spawner, sandbox_spawn, spec)
-        try:
-            return await asyncio.shield(fut)
-        except SetupError as e:
-            raise SpawnError(f"worker {wid}: {e}", e.status) from None
-        except asyncio.CancelledError:
-            def orphan(f: asyncio.Future[Sandbox]) -> None:
-                if not f.cancelled() and f.exception() is None:
-                    box = f.result()
-                    box.kill(Outcome.KILLED, f"worker {wid}: spawn() was cancelled")
-                    self._reap_later(SandboxProcess(box))
-            fut.add_done_callback(orphan)
-            raise
-
-    def _reap_later(self, proc: WorkerProcess) -> None:
-        """Collect a process nobody holds a handle to (so it cannot become a zombie)."""
-        async def reap() -> None:
-            await self._final_status(proc)
-            if isinstance(proc, SandboxProcess):
-                proc.box.close_channel()
-        task = asyncio.ensure_future(reap())
-        self._orphans.add(task)
-        task.add_done_callback(self._orphans.discard)
-
-    async def _live_zygote(self) -> Any:
-        """The zygote, replaced by a new one if it has ended.
-
-        A new zygote is as clean as the first: it is a fresh interpreter
-        exec'ed in a new sandbox, never a fork of this process.
-        """
-        if self._zygote.dead:
-            if self._zygote_restart is None:
-                from warden.supervisor.zygote import ZygoteClient
-                events.logger.warning("the zygote ended; starting a new one")
-                self._zygote_restart = asyncio.ensure_future(ZygoteClient.start(
-                    self, self._zygote_preload, self._zygote_warm))
-            restart = self._zygote_restart
-            try:
-                new = await asyncio.shield(restart)
-            finally:
-                if self._zygote_restart is restart and restart.done():
-                    self._zygote_restart = None
-            if self._zygote.dead:
-                old, self._zygote = self._zygote, new
-                await old.stop()
-        return self._zygote
-
-    async def _await_hello(self, sock: socket.socket, proc: WorkerProcess, timeout: float,
-                           wid: str, want_listener: bool) -> int:
-        """Wait for the worker's HELLO; the kernel's credentials give its pid as we see it."""
-        loop = self._loop
-        assert loop is not None
-        fut: asyncio.Future[int] = loop.create_future()
-
-        def on_sock() -> None:
-            try:
-                data, anc, _flags, _addr = sock.recvmsg(
-                    _HELLO_BYTES, socket.CMSG_SPACE(_CREDS.size) + socket.CMSG_SPACE(4),
-                    socket.MSG_CMSG_CLOEXEC)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                data, anc = b"", []
-                if not fut.done():
-                    fut.set_exception(e)
-                    return
-            pid = None
-            fds: list[int] = []
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                    pid = _CREDS.unpack(payload[:_CREDS.size])[0]
-                elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.extend(struct.unpack(f"={len(payload) // 4}i",
-                                             payload[:len(payload) - len(payload) % 4]))
-            listener = fds.pop() if want_listener and len(fds) == 1 else None
-            for extra in fds:
-                os.close(extra)
-            if listener is not None and not _is_seccomp_listener(listener):
-                os.close(listener)
-                listener = None
-            if fut.done():
-                if listener is not None:
-                    os.close(listener)
-                return
-            if data == bootstrap.HELLO and pid and (listener is not None or not want_listener):
-                if listener is not None:
-                    proc.adopt_listener(listener)
-                fut.set_result(pid)
-            elif data == bootstrap.HELLO and pid:
-                fut.set_exception(ConnectionError("the worker did not hand over its seccomp "
-                                                  "listener"))
-            else:
-                failure = bootstrap.decode_failure(data) if data else None
-                fut.set_exception(ConnectionError(
-                    f"it reported {failure}"
-                    if failure is not None else
-                    "the worker closed its channel before it was ready" if not data else
-                    "the worker sent something before HELLO"))
-
-        def on_proc() -> None:
-            if proc.service() is not None and not fut.done():
-                on_sock()  # its last words (StartFailed) may still wait in the channel
-                if not fut.done():
-                    fut.set_exception(ConnectionError("the worker ended before it was ready"))
-
-        loop.add_reader(sock.fileno(), on_sock)
-        watched = proc.fds()
-        for fd in watched:
-            loop.add_reader(fd, on_proc)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except (ConnectionError, TimeoutError) as e:
-            reason = (f"not ready within {timeout:g}s" if isinstance(e, TimeoutError)
-                      else str(e))
-            proc.kill(Outcome.SETUP_ERROR, f"worker {wid}: {reason}")
-            status = await self._final_status(proc)
-            if status.outcome is Outcome.SETUP_ERROR and status.reason != f"worker {wid}: {reason}":
-                # It ended on its own before our kill could record the cause (its exit,
-                # read first, said only that it failed): its own words are the reason.
-                status = dataclasses.replace(status, reason=f"worker {wid}: {reason}")
-            self._emit(events.Exited(wid, proc.pid, status))
-            raise SpawnError(f"worker {wid} failed to start: {reason} ({status.describe()})",
-                             status) from None
-        finally:
-            loop.remove_reader(sock.fileno())
-            for fd in watched:
-                loop.remove_reader(fd)
-
-    async def _final_status(self, proc: WorkerProcess) -> Status:
-        while True:
-            st = proc.service()
-            if st is not None:
-                return st
-            await asyncio.sleep(0.002)
 
     # ---------------------------------------------------------------- watching
     def _watch(self, handle: WorkerHandle) -> None:

@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import time as _clock
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from warden.supervisor.sandbox import Status
 
@@ -105,6 +107,50 @@ class EventStream:
         if event is None:
             raise StopAsyncIteration
         return event
+
+
+class EventSink(Protocol):
+    """Where the parts of the supervisor (pools, start methods, the handshake) send events."""
+
+    def emit(self, event: Event) -> None: ...
+
+
+class EventBus:
+    """The supervisor's events, fanned out: the log, queues, streams and callbacks."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[Event], object]] = []
+        self._queues: list[asyncio.Queue[Event]] = []
+        self._streams: list[EventStream] = []
+
+    def subscribe(self, callback: Callable[[Event], object]) -> None:
+        self._subscribers.append(callback)
+
+    def queue(self, maxsize: int) -> asyncio.Queue[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self._queues.append(q)
+        return q
+
+    def stream(self, maxsize: int) -> EventStream:
+        return EventStream(self._streams, maxsize)
+
+    def emit(self, event: Event) -> None:
+        log(event)
+        for q in self._queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(event)
+        for stream in self._streams:
+            stream.put(event)
+        for cb in list(self._subscribers):
+            try:
+                cb(event)
+            except Exception:
+                logger.exception("event subscriber %r failed", cb)
+
+    def close(self) -> None:
+        """End every stream (after the events already queued)."""
+        for stream in list(self._streams):
+            stream.close()
 
 
 def describe(status: Status) -> str:

@@ -33,21 +33,33 @@ import types
 import typing
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import msgspec
 import msgspec.inspect as mi
 
 from warden import ipc
+from warden.errors import ChildFailed
 from warden.ipc.interface import _check_type
+from warden.supervisor.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    InvalidCall,
+    NotRunning,
+    SupervisorError,
+)
 
 if TYPE_CHECKING:
+    import asyncio
+
     from warden.profiles.model import Profile
     from warden.supervisor.core import Supervisor
     from warden.supervisor.pool import Pool, RestartPolicy
     from warden.supervisor.sync import SyncSupervisor
 
 TARGET = "warden.supervisor.executor:ExecutorWorkerImpl"
+P = ParamSpec("P")
+R = TypeVar("R")
 MAX_TEXT = 2000  # characters of a remote exception's message that come back
 
 TypeName = Annotated[str, msgspec.Meta(max_length=200)]
@@ -97,7 +109,7 @@ class ExecutorWorkerImpl(ExecutorWorker):
 
 # ------------------------------------------------------------------ errors
 
-class TaskError(ipc.RemoteError):
+class TaskError(ipc.RemoteError, SupervisorError):
     """The submitted function raised in its worker; carries the exception's type name and
     message as text (the exception object itself never leaves the sandbox)."""
 
@@ -111,7 +123,7 @@ class TaskError(ipc.RemoteError):
         return (type(self), (self.function, self.type_name, self.message))
 
 
-class BadResult(ipc.BadMessage):
+class BadResult(ipc.BadMessage, SupervisorError, ChildFailed):
     """The worker sent a result that does not match the function's return annotation;
     the worker was killed (outcome bad_message)."""
 
@@ -131,19 +143,19 @@ class BadResult(ipc.BadMessage):
 def _reference(fn: Callable[..., Any]) -> str:
     """'module.qualname' of a function the worker can find by that name, or TypeError."""
     if not isinstance(fn, types.FunctionType):
-        raise TypeError(f"{fn!r} is not a plain Python function; submit a function defined "
+        raise InvalidCall(f"{fn!r} is not a plain Python function; submit a function defined "
                         "at module level")
     module, qualname = fn.__module__, fn.__qualname__
     name = f"{module}.{qualname}"
     if "<" in qualname or module == "__main__":
-        raise TypeError(f"{name} cannot be sent to a sandboxed worker: lambdas, closures, "
+        raise InvalidCall(f"{name} cannot be sent to a sandboxed worker: lambdas, closures, "
                         "nested functions and functions of __main__ cannot be imported there; "
                         "define it at module level in an importable module")
     obj: Any = sys.modules.get(module)
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
     if obj is not fn:
-        raise TypeError(f"{name} is not reachable by that name in its module; define it at "
+        raise InvalidCall(f"{name} is not reachable by that name in its module; define it at "
                         "module level")
     return name
 
@@ -151,12 +163,12 @@ def _reference(fn: Callable[..., Any]) -> str:
 def _refuse_open_types(t: mi.Type, where: str, seen: set[type]) -> None:
     """Refuse what lets arbitrary data through: Any, object, Raw, custom classes."""
     if isinstance(t, mi.AnyType):
-        raise TypeError(f"{where} lets any value through (Any, or an unparameterised "
+        raise InvalidCall(f"{where} lets any value through (Any, or an unparameterised "
                         "container)")
     if isinstance(t, mi.RawType):
-        raise TypeError(f"{where} lets undecoded bytes through (msgspec.Raw)")
+        raise InvalidCall(f"{where} lets undecoded bytes through (msgspec.Raw)")
     if isinstance(t, (mi.CustomType, mi.ExtType)):
-        raise TypeError(f"{where}: {getattr(t, 'cls', t)!r} is not a type msgpack can check")
+        raise InvalidCall(f"{where}: {getattr(t, 'cls', t)!r} is not a type msgpack can check")
     if isinstance(t, mi.StructType):
         if t.cls in seen:
             return
@@ -178,9 +190,9 @@ def result_decoder(fn: Callable[..., Any], name: str) -> tuple[str, msgspec.msgp
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception as e:
-        raise TypeError(f"{name}: cannot resolve its annotations: {e}") from None
+        raise InvalidCall(f"{name}: cannot resolve its annotations: {e}") from None
     if "return" not in hints:
-        raise TypeError(f"{name} has no return annotation; declare the result type (e.g. "
+        raise InvalidCall(f"{name} has no return annotation; declare the result type (e.g. "
                         "`-> int` or a frozen msgspec Struct) so the parent can check what "
                         "comes back")
     rtype = hints["return"]
@@ -191,12 +203,12 @@ def result_decoder(fn: Callable[..., Any], name: str) -> tuple[str, msgspec.msgp
     try:
         info = mi.type_info(rtype)
     except Exception as e:
-        raise TypeError(f"{where} is not a type msgspec can decode: {e}") from None
+        raise InvalidCall(f"{where} is not a type msgspec can decode: {e}") from None
     _refuse_open_types(info, where, set())
     try:
         _check_type(info, where)
     except ipc.InterfaceError as e:
-        raise TypeError(str(e)) from None
+        raise InvalidCall(str(e)) from None
     return expected, msgspec.msgpack.Decoder(rtype, strict=True)
 
 
@@ -252,17 +264,17 @@ class SandboxExecutor(concurrent.futures.Executor):
         from warden.supervisor.pool import RestartPolicy
         from warden.supervisor.sync import SyncSupervisor
         if start_method not in ("zygote", "fork"):
-            raise ValueError(f"SandboxExecutor(start_method={start_method!r}): expected "
+            raise InvalidArgument(f"SandboxExecutor(start_method={start_method!r}): expected "
                              "'zygote' or 'fork' (a 'spawn' worker would have to import the "
                              "submitted function's module after it locked down)")
         workers = max_workers if max_workers is not None else len(os.sched_getaffinity(0))
         if workers < 1:
-            raise ValueError(f"SandboxExecutor(max_workers={max_workers}): must be >= 1")
+            raise InvalidArgument(f"SandboxExecutor(max_workers={max_workers}): must be >= 1")
         for module in preload:  # here, so a typo fails now and fork workers inherit them
             try:
                 importlib.import_module(module)
             except ImportError as e:
-                raise ValueError(f"SandboxExecutor(preload=[{module!r}]): cannot import it: "
+                raise InvalidArgument(f"SandboxExecutor(preload=[{module!r}]): cannot import it: "
                                  f"{e}") from None
         self._loaded = frozenset(preload)
         self._slots = workers
@@ -289,31 +301,33 @@ class SandboxExecutor(concurrent.futures.Executor):
             self._sync.close()
             raise
         self._loop = self._sync._loop
-        self._drained: Any = None  # asyncio.Event, made on the loop by shutdown()
+        self._drained: asyncio.Event | None = None  # made on the loop by shutdown()
 
     @property
     def supervisor(self) -> Supervisor:
         """The Supervisor running the workers (its events: `.subscribe(callback)`)."""
         sup = self._sync.supervisor
         if sup is None:
-            raise RuntimeError("the executor is shut down")
+            raise NotRunning("the executor is shut down")
         return sup
 
     # ------------------------------------------------------------ submit
-    def submit(self, fn: Callable[..., Any], /, *args: Any,
-               **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, fn: Callable[P, R], /, *args: P.args,
+               **kwargs: P.kwargs) -> concurrent.futures.Future[R]:
         """Schedule fn(*args, **kwargs) in a sandboxed worker; TypeError (now) if fn cannot
-        be sent by reference or has no checkable return annotation."""
+        be sent by reference or has no checkable return annotation. Typed like
+        Executor.submit: a type checker checks the arguments against fn's and gives the
+        future fn's result type (which is what the worker's reply is checked against)."""
         name, expected, decoder = self._check(fn)
         try:
             task = pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:
-            raise TypeError(f"{name}: its arguments cannot be pickled: {e}") from None
+            raise InvalidCall(f"{name}: its arguments cannot be pickled: {e}") from None
         future = _Future()
         future._owner = self
         with self._lock:
             if self._shut:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+                raise NotRunning("cannot schedule new futures after shutdown")
             self._loop.call_soon_threadsafe(self._enqueue, _Item(future, name, task, expected,
                                                                  decoder))
         return future
@@ -324,7 +338,7 @@ class SandboxExecutor(concurrent.futures.Executor):
         if checked is None:
             name = _reference(fn)
             if fn.__module__ not in self._loaded:
-                raise TypeError(f"{name}: its module {fn.__module__!r} is not loaded in the "
+                raise InvalidCall(f"{name}: its module {fn.__module__!r} is not loaded in the "
                                 "workers; name it in SandboxExecutor(preload=[...]) (a "
                                 "sandboxed worker cannot import modules once it has locked "
                                 "down)")
@@ -349,7 +363,6 @@ class SandboxExecutor(concurrent.futures.Executor):
 
     async def _run(self, item: _Item) -> None:
         from warden.supervisor.handle import WorkerDied
-        from warden.supervisor.pool import DeadlineExceeded
 
         def check(worker_id: str, reply: Returned | Raised) -> Returned | Raised | Any:
             if isinstance(reply, Raised):

@@ -18,14 +18,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from warden import ipc
+from warden.errors import ChildFailed
+from warden.supervisor.errors import SupervisorError
 from warden.supervisor.events import describe
 from warden.supervisor.process import WorkerProcess
 from warden.supervisor.sandbox import Outcome, Status
+from warden.supervisor.sandbox.lowlevel import NoPublicConstructor
 
-_TOKEN = object()
 
-
-class WorkerDied(ipc.ChannelClosed):
+class WorkerDied(ipc.ChannelClosed, SupervisorError, ChildFailed):
     """A call could not complete because its worker ended."""
 
     def __init__(self, worker_id: str, method: str, status: Status | None) -> None:
@@ -74,8 +75,10 @@ class _Remote:
         return call
 
 
-class WorkerHandle:
+class WorkerHandle(metaclass=NoPublicConstructor):
     """A running (or finished) worker. See the module docstring."""
+
+    _factory_name = "Supervisor.spawn()"
 
     id: str
     pid: int
@@ -101,16 +104,14 @@ class WorkerHandle:
     # each call another turn of the loop).
     _in_flight: int
     _cut_short: bool
+    # Set by the supervisor: what to do with a reply a caller's check refused (kill the
+    # worker and report it, as for a bad message on the channel).
+    _on_bad_message: Callable[[ipc.BadMessage], None]
 
-    def __init__(self, token: object) -> None:
-        if token is not _TOKEN:
-            raise TypeError("WorkerHandle has no public constructor; use Supervisor.spawn()")
-
-    @classmethod
-    def _create(cls, worker_id: str, process: WorkerProcess, start_method: str, profile: str,
-                loop: asyncio.AbstractEventLoop, interface: type[ipc.Interface] | None
-                ) -> WorkerHandle:
-        self = cls(_TOKEN)
+    def __init__(self, worker_id: str, process: WorkerProcess, start_method: str, profile: str,
+                 loop: asyncio.AbstractEventLoop, interface: type[ipc.Interface] | None
+                 ) -> None:
+        # Only through WorkerHandle._create (NoPublicConstructor): Supervisor.spawn().
         self.interface = interface
         self.id = worker_id
         self._process = process
@@ -124,7 +125,6 @@ class WorkerHandle:
         self._has_channel = True
         self._asked_to_end = self._hung_up = self._cut_short = False
         self._in_flight = 0
-        return self
 
     def __repr__(self) -> str:
         state = self.outcome.value if self.outcome else "running"

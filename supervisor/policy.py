@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import resource
 
 from warden.profiles import load_profile
 from warden.profiles.compiler import compile_policy
@@ -129,3 +130,18 @@ def launch_filter(profile: Profile, worker: Profile | None = None) -> bytes:
     """
     stacked = worker_policy(worker.seccomp) if worker is not None else None
     return compile_policy(errno_as_kill(profile.seccomp, stacked), kill_as_notify=False)
+
+
+def worker_rlimits(profile: Profile) -> tuple[tuple[int, int], ...]:
+    """The (RLIMIT_*, value) pairs a Python worker sets on itself for `profile`."""
+    out = [(resource.RLIMIT_CORE, 0)]
+    lim = profile.limits
+    if lim.open_files is not None:
+        out.append((resource.RLIMIT_NOFILE, lim.open_files))
+    if lim.processes is not None:
+        out.append((resource.RLIMIT_NPROC, lim.processes))
+    if lim.memory_bytes is not None:  # `spawn` also gets a cgroup; forked workers only this
+        out.append((resource.RLIMIT_AS, lim.memory_bytes))
+    if lim.cpu_time_seconds is not None:
+        out.append((resource.RLIMIT_CPU, int(lim.cpu_time_seconds)))
+    return tuple(out)

@@ -29,15 +29,16 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from warden import ipc
 from warden.supervisor import events
+from warden.supervisor.errors import DeadlineExceeded, InvalidArgument, InvalidCall, PoolError
 from warden.supervisor.handle import WorkerHandle
 from warden.supervisor.sandbox import Outcome, Status
 
-if TYPE_CHECKING:
-    from warden.supervisor.core import Supervisor
+__all__ = ["RESTART_MODES", "DeadlineExceeded", "Pool", "PoolError", "RestartPolicy",
+           "WorkerSpawner"]
 
 RESTART_MODES = ("never", "on-failure", "always")
 IfaceT = TypeVar("IfaceT", bound=ipc.Interface)
@@ -70,12 +71,15 @@ def _drop_reply(f: asyncio.Future[Any]) -> bool:
     return isinstance(exc, ipc.ChannelClosed)
 
 
-class PoolError(RuntimeError):
-    """The pool cannot take the call (closed, or stopped by its crash-loop limit)."""
+class WorkerSpawner(Protocol):
+    """What a pool starts its workers with (the Supervisor is one)."""
 
+    # spawn(interface, target, worker_id=..., **spawn_kwargs) and
+    # spawn_program(argv, interface=..., worker_id=..., **spawn_kwargs), as the
+    # Supervisor's: the pool passes its spawn_kwargs through unread.
+    async def spawn(self, *args: Any, **kwargs: Any) -> WorkerHandle: ...
 
-class DeadlineExceeded(TimeoutError):
-    """A call did not finish within its deadline; its worker was killed."""
+    async def spawn_program(self, *args: Any, **kwargs: Any) -> WorkerHandle: ...
 
 
 @dataclass(frozen=True)
@@ -97,33 +101,35 @@ class RestartPolicy:
 
     def __post_init__(self) -> None:
         if self.mode not in RESTART_MODES:
-            raise ValueError(f"restart mode {self.mode!r}: expected one of "
+            raise InvalidArgument(f"restart mode {self.mode!r}: expected one of "
                              f"{', '.join(RESTART_MODES)}")
         if self.backoff < 0 or self.max_backoff < self.backoff:
-            raise ValueError("restart backoff must be >= 0 and <= max_backoff")
+            raise InvalidArgument("restart backoff must be >= 0 and <= max_backoff")
         if self.crash_loop_limit < 1 or self.crash_loop_window <= 0:
-            raise ValueError("crash_loop_limit must be >= 1 and crash_loop_window > 0")
+            raise InvalidArgument("crash_loop_limit must be >= 1 and crash_loop_window > 0")
 
 
 class Pool(Generic[IfaceT]):
     """Made by Supervisor.pool(); see the module docstring."""
 
-    def __init__(self, sup: Supervisor, name: str, interface: type[IfaceT],
+    def __init__(self, spawner: WorkerSpawner, sink: events.EventSink, name: str,
+                 interface: type[IfaceT],
                  target: str | Sequence[str],
                  size: int, restart: RestartPolicy, call_timeout: float | None,
                  health_check: str | None, health_interval: float,
                  spawn_kwargs: dict[str, Any], per_worker: int = 1,
                  max_calls_per_worker: int | None = None) -> None:
         if size < 1:
-            raise ValueError(f"pool {name!r}: size must be >= 1, got {size}")
+            raise InvalidArgument(f"pool {name!r}: size must be >= 1, got {size}")
         if per_worker < 1:
-            raise ValueError(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
+            raise InvalidArgument(f"pool {name!r}: per_worker must be >= 1, got {per_worker}")
         if max_calls_per_worker is not None and max_calls_per_worker < 1:
-            raise ValueError(f"pool {name!r}: max_calls_per_worker must be >= 1, "
+            raise InvalidArgument(f"pool {name!r}: max_calls_per_worker must be >= 1, "
                              f"got {max_calls_per_worker}")
         self.per_worker = per_worker
         self.max_calls_per_worker = max_calls_per_worker
-        self.sup = sup
+        self._spawner = spawner
+        self._sink = sink
         self.name = name
         self.interface = interface
         self.target = target
@@ -168,14 +174,14 @@ class Pool(Generic[IfaceT]):
         self._serial += 1
         wid = f"{self.name}-{self._serial}"
         if isinstance(self.target, str):
-            w = await self.sup.spawn(self.interface, self.target, worker_id=wid,
+            w = await self._spawner.spawn(self.interface, self.target, worker_id=wid,
                                      **self._spawn_kwargs)
         else:
-            w = await self.sup.spawn_program(self.target, interface=self.interface,
+            w = await self._spawner.spawn_program(self.target, interface=self.interface,
                                              worker_id=wid, **self._spawn_kwargs)
         self.workers[wid] = w
         if replaces is not None:
-            self.sup._emit(events.Restarted(wid, w.pid, self.name, replaces, attempt, delay))
+            self._sink.emit(events.Restarted(wid, w.pid, self.name, replaces, attempt, delay))
         self._spawn_task(self._watch(w))
         for _ in range(self.per_worker):
             self._release(w)
@@ -385,7 +391,7 @@ class Pool(Generic[IfaceT]):
         except ipc.BadMessage as bad:  # check_result refused the reply
             w._in_flight -= 1
             self.calls_failed += 1
-            self.sup._on_bad_message(w, bad)
+            w._on_bad_message(bad)
             raise
         except BaseException:  # the worker answered with an error: it is fine
             w._in_flight -= 1
@@ -424,7 +430,7 @@ class Pool(Generic[IfaceT]):
         name = getattr(method, "__name__", "")
         iface = self.interface
         if name not in iface.__ipc_methods__ or getattr(iface, name, None) is not method:
-            raise TypeError(f"pool {self.name!r}: {method!r} is not a method declared by "
+            raise InvalidCall(f"pool {self.name!r}: {method!r} is not a method declared by "
                             f"{iface.__qualname__}; pass {iface.__qualname__}.<method> or "
                             "the method's name")
         return name

@@ -18,17 +18,18 @@ went first when its channel closes (trusted-side rule 6).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import select
 import signal
 import time
 from collections.abc import Callable
 
+from warden.errors import EXIT_SETUP
 from warden.supervisor.sandbox import Outcome, Sandbox, Status, Violation
+from warden.supervisor.sandbox.lowlevel import wait_readable
 from warden.supervisor.sandbox.notify import Listener
 
-EXIT_SETUP = 125
 _PF_EXITING = 0x4  # include/linux/sched.h: set by do_exit() before it closes the files
 
 
@@ -58,16 +59,6 @@ def first_child(pid: int) -> int | None:
     except OSError:
         return None
     return int(kids[0]) if kids else None
-
-
-def readable(fds: list[int], timeout: float | None = 0) -> list[int]:
-    """The fds among `fds` that are readable (poll: select() breaks on fds >= 1024,
-    which a supervisor holding a thousand workers has)."""
-    p = select.poll()
-    for fd in fds:
-        p.register(fd, select.POLLIN)
-    ms = None if timeout is None else int(timeout * 1000)
-    return [fd for fd, _ev in p.poll(ms)]
 
 
 def status_from_wait(ws: int, cause: tuple[Outcome, str] | None, started: float,
@@ -138,6 +129,10 @@ class WorkerProcess:
         if self.listener is not None:
             self.listener.close()
 
+    def bind(self, host_pid: int) -> None:
+        """The worker's pid as we see it, learnt from its HELLO (only the zygote's
+        workers need it: the others are known by the pid we started)."""
+
     def fds(self) -> tuple[int, ...]:
         raise NotImplementedError
 
@@ -146,9 +141,9 @@ class WorkerProcess:
 
         Its pidfd first: once that is readable the pid may be reaped and reused, and
         /proc would describe another process."""
-        if self.pidfd < 0 or readable([self.pidfd]):
+        if self.pidfd < 0 or wait_readable([self.pidfd], 0):
             return True
-        return exiting(worker_pid) or bool(readable([self.pidfd]))
+        return exiting(worker_pid) or bool(wait_readable([self.pidfd], 0))
 
     def service(self) -> Status | None:
         raise NotImplementedError
@@ -252,3 +247,33 @@ class ForkedProcess(WorkerProcess):
         if self.status is None:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, sig)
+
+
+async def final_status(proc: WorkerProcess) -> Status:
+    """The Status of a process that was killed or is ending, once it is known."""
+    while True:
+        st = proc.service()
+        if st is not None:
+            return st
+        await asyncio.sleep(0.002)
+
+
+class Reaper:
+    """Collects processes nobody holds a handle to (a spawn cancelled or failed midway),
+    so none becomes a zombie; `drain()` waits for all of them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def reap_later(self, proc: WorkerProcess) -> None:
+        async def reap() -> None:
+            await final_status(proc)
+            if isinstance(proc, SandboxProcess):
+                proc.box.close_channel()
+        task = asyncio.ensure_future(reap())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 import resource
 
+from warden.supervisor.errors import CapacityError
 from warden.supervisor.sandbox import self_confine
 
-
-class CapacityError(RuntimeError):
-    """The supervisor refuses new work to keep its own headroom (fds, memory, workers)."""
+__all__ = ["CapacityError", "available_memory", "check_fd_headroom", "check_memory_headroom",
+           "check_worker_count", "is_dumpable", "make_non_dumpable", "open_fd_count",
+           "raise_fd_limit"]
 
 
 def make_non_dumpable() -> None:

@@ -32,12 +32,13 @@ import traceback
 from typing import Any, NoReturn
 
 from warden import ipc
+from warden.errors import EXIT_SETUP
 from warden.supervisor import bootstrap
+from warden.supervisor.errors import InvalidArgument, TargetEscaped
 from warden.supervisor.sandbox import self_confine
 from warden.supervisor.sandbox.seccomp import PreparedFilter
 
 CHANNEL_FD = 3
-EXIT_SETUP = 125
 
 _host: Any = None
 
@@ -51,7 +52,7 @@ def resolve(target: str) -> Any:
     """'package.module:Attr' -> the attribute (imported)."""
     mod_name, _, attr = target.partition(":")
     if not mod_name or not attr:
-        raise ValueError(f"target {target!r} must look like 'package.module:Attribute'")
+        raise InvalidArgument(f"target {target!r} must look like 'package.module:Attribute'")
     obj: Any = importlib.import_module(mod_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
@@ -162,10 +163,6 @@ def _set_rlimits(boot: bootstrap.Bootstrap, only: int | None = None,
         _soft, hard = resource.getrlimit(kind)
         cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(kind, (cap, cap))
-
-
-class TargetEscaped(RuntimeError):
-    """The target's import or constructor left something running outside the filter."""
 
 
 def _no_other_process() -> None:

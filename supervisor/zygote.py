@@ -26,166 +26,42 @@ warmed up (Android's unspecialized-process pool): each waits on a private
 socket for its channel, which replaces that socket at fd 3 before any of
 the worker's own code runs.
 
-Protocol on the zygote's fd 3 (SOCK_SEQPACKET, supervisor <-> zygote):
-  zygote -> supervisor  b"R"                             ready
-  supervisor -> zygote  b"F" + worker id, fd: channel    fork a worker
-  zygote -> supervisor  b"P" + pid + worker id           forked (pid in the zygote's namespace)
-  zygote -> supervisor  b"E" + errno + worker id         fork failed
-  supervisor -> zygote  b"K" + pid                       SIGKILL a worker not yet ready
-  zygote -> supervisor  b"X" + pid + wait status         a worker ended (reaped)
+The zygote's own code is warden.supervisor.zygote_main; the messages between
+the two, declared and strictly decoded, are warden.supervisor.zygote_messages.
+This module is the supervisor's side: the client (`ZygoteClient`) and the
+zygote's workers as the supervisor holds them (`ZygoteProcess`). A message
+from the zygote that does not decode, or that makes no sense where it comes,
+is the zygote misbehaving: its sandbox is killed, the reason recorded, its
+workers end with it, and the next zygote spawn starts a new one.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import errno
-import importlib
 import os
 import signal
 import socket
 import struct
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from warden.supervisor.process import WorkerProcess, readable, status_from_wait
-from warden.supervisor.sandbox import Outcome, Status
+import msgspec
 
-if TYPE_CHECKING:
-    from warden.profiles.model import Profile
-    from warden.supervisor.confine import Isolation
-    from warden.supervisor.core import Supervisor
+from warden.profiles.model import Profile
+from warden.supervisor import zygote_messages as zm
+from warden.supervisor.errors import ZygoteError
+from warden.supervisor.policy import resolve_profile
+from warden.supervisor.process import WorkerProcess, status_from_wait
+from warden.supervisor.python_spec import PythonSpecs
+from warden.supervisor.sandbox import Outcome, Sandbox, Status
+from warden.supervisor.sandbox.lowlevel import wait_readable
+from warden.supervisor.sandbox_thread import SandboxThread
 
 PROFILE_PATH = str(Path(__file__).with_name("zygote.toml"))
-_I = struct.Struct("=i")
-_II = struct.Struct("=ii")
-_MAX = 256
-
-
-# ------------------------------------------------------------------ zygote side
-
-def _serve(sock: socket.socket, warm_target: int, how: Isolation) -> None:
-    from warden.supervisor.confine import fork_warm, fork_worker
-
-    own = os.pidfd_open(os.getpid())
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    sock.send(b"R")
-    children: set[int] = set()
-    # Pre-forked, confined, warmed-up workers waiting for a channel (Android's
-    # "unspecialized app process" pool): a request then costs one fd handover.
-    warm: collections.deque[tuple[int, socket.socket]] = collections.deque()
-    while True:
-        idle = len(warm) < warm_target
-        ready = readable([sock.fileno(), wake_r], 0 if idle else None)
-        if not ready and idle:
-            try:
-                warm.append(fork_warm(own, how))
-            except OSError:
-                warm_target = len(warm)  # cannot pre-fork: serve cold forks only
-            continue
-        if wake_r in ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_r, 512)
-            while children:
-                try:
-                    pid, ws = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-                for entry in warm:
-                    if entry[0] == pid:  # a waiting worker died unassigned: not reported
-                        warm.remove(entry)
-                        entry[1].close()
-                        break
-                else:
-                    children.discard(pid)
-                    sock.send(b"X" + _II.pack(pid, ws))
-        if sock.fileno() in ready:
-            fds = array.array("i")
-            data, anc, _fl, _ad = sock.recvmsg(_MAX, socket.CMSG_SPACE(4 * fds.itemsize))
-            for level, kind, payload in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-            if not data:
-                return  # the supervisor closed: we are done
-            if data[:1] == b"F" and len(fds) == 1:
-                wid = data[1:]
-                try:
-                    assigned = _assign_warm(warm, fds[0])
-                    pid = (assigned if assigned is not None
-                           else fork_worker(fds[0], own, how=how))
-                    children.add(pid)
-                    sock.send(b"P" + _I.pack(pid) + wid)
-                except OSError as e:
-                    sock.send(b"E" + _I.pack(e.errno or errno.EIO) + wid)
-            elif data[:1] == b"K" and len(data) == 1 + _I.size:
-                pid = _I.unpack_from(data, 1)[0]
-                if pid in children:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            for fd in fds:
-                os.close(fd)
-
-
-def _assign_warm(warm: collections.deque[tuple[int, socket.socket]], channel_fd: int) \
-        -> int | None:
-    """Hand `channel_fd` to a waiting worker; its pid, or None if none could take it."""
-    while warm:
-        pid, s = warm.popleft()
-        try:
-            socket.send_fds(s, [b"G"], [channel_fd])
-            return pid
-        except OSError:
-            continue  # it died meanwhile; its exit is reaped (unreported) as a warm one
-        finally:
-            s.close()
-    return None
-
-
-def main() -> None:
-    """Entry point inside the zygote's sandbox: preload, then serve fork requests."""
-    import warden.supervisor.worker_main  # noqa: F401
-    from warden import ipc  # noqa: F401  (preloaded so forked workers start warm)
-    from warden.supervisor.confine import ZYGOTE_FS_RULES, Isolation, landlock_abi
-    warm = 0
-    shared_tmp = False
-    for arg in sys.argv[1:]:
-        if arg.startswith("--warm="):
-            warm = int(arg.partition("=")[2])
-        elif arg == "--shared-tmp":
-            shared_tmp = True
-        else:
-            importlib.import_module(arg)
-    # Each worker: its own /proc and (unless shared) /tmp, and its own Landlock domain
-    # with the file rules this sandbox would have had (the zygote's sandbox has none:
-    # Landlock would refuse the workers' mounts) and the signal and socket scopes.
-    how = Isolation(own_keyring=False, private_tmp=not shared_tmp, fs_rules=ZYGOTE_FS_RULES,
-                    landlock_abi=landlock_abi())
-    from warden.supervisor import bootstrap
-    # Build msgspec's decoder for the bootstrap once, here, not in every worker.
-    bootstrap.decode(bootstrap.encode(bootstrap.Bootstrap(
-        worker_id="", target="", host_interface=None, profile="", seccomp_filter=b"",
-        notify=False, rlimits=())))
-    from warden.supervisor.sandbox import self_confine
-    self_confine.set_dumpable(False)
-    import gc
-    gc.collect()
-    gc.freeze()  # keep the collector off the shared pages: fewer copy-on-write faults per fork
-    sock = socket.socket(fileno=3)
-    sock.setblocking(True)
-    _serve(sock, warm, how)
-
-
-# ------------------------------------------------------------------ supervisor side
 
 class ZygoteProcess(WorkerProcess):
     """A worker the zygote forked: killed through its pidfd, its status reported by the zygote."""
@@ -198,7 +74,7 @@ class ZygoteProcess(WorkerProcess):
         self.started = time.monotonic()
         self.cause: tuple[Outcome, str] | None = None
         self.status: Status | None = None
-        self.notify: Any = None
+        self.notify: Callable[[], object] | None = None
         self._gone = False
 
     def bind(self, host_pid: int) -> None:
@@ -216,7 +92,7 @@ class ZygoteProcess(WorkerProcess):
         if self.status is None:
             self.check_listener()
         if (self.status is None and self.pidfd >= 0 and not self._gone
-                and readable([self.pidfd])):
+                and wait_readable([self.pidfd], 0)):
             self._gone = True
             self.check_listener()  # it is gone: what it did last is read now
             if self.cause is not None:  # we killed it: our cause is the outcome, known now
@@ -253,7 +129,7 @@ class ZygoteProcess(WorkerProcess):
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
         else:
-            self.client.send(b"K" + _I.pack(self.zpid))
+            self.client.send(zm.Kill(pid=self.zpid))
 
     def send_signal(self, sig: int) -> None:
         if self.pidfd >= 0 and self.status is None:
@@ -305,40 +181,37 @@ def unsupported(profile: Profile) -> str | None:
     return None
 
 
-class ZygoteError(RuntimeError):
-    """The zygote could not be started, or it ended."""
-
-
 class ZygoteClient:
     """The supervisor's end of the zygote: fork requests, exit reports, the zygote's sandbox."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, box: Any, sock: socket.socket) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, box: Sandbox,
+                 sock: socket.socket) -> None:
         self.loop = loop
         self.box = box
         self.sock = sock
         self.by_zpid: dict[int, ZygoteProcess] = {}
-        self.pending: dict[bytes, asyncio.Future[ZygoteProcess]] = {}
+        self.pending: dict[int, asyncio.Future[ZygoteProcess]] = {}
         self._serial = 0
         self.dead = False
         self._box_fds: tuple[int, ...] = ()
 
     @classmethod
-    async def start(cls, sup: Supervisor, preload: Sequence[str], warm: int = 2
+    async def start(cls, specs: PythonSpecs, thread: SandboxThread, preload: Sequence[str],
+                    warm: int = 2, *, shared_tmp: bool = False, max_workers: int = 4096
                     ) -> ZygoteClient:
-        from warden.supervisor.core import _sandbox_spec_for
-        from warden.supervisor.policy import resolve_profile
-        from warden.supervisor.sandbox import spawn as sandbox_spawn
+        """Start a zygote (a fresh interpreter in a sandbox of its own) and wait until it
+        is ready; ZygoteError if it is not."""
         loop = asyncio.get_running_loop()
         zfilter = zygote_filter(resolve_profile(PROFILE_PATH))
-        shared = ["--shared-tmp"] if sup.shared_tmp else []
-        spec = _sandbox_spec_for(sup, ["warden.supervisor.zygote_main", f"--warm={warm}", *shared,
-                                       *preload],
-                                 PROFILE_PATH, "warden.supervisor.zygote", *preload,
-                                 seccomp_filter=zfilter)
+        shared = ["--shared-tmp"] if shared_tmp else []
+        spec = specs.spec(["warden.supervisor.zygote_main", f"--warm={warm}", *shared,
+                           *preload],
+                          PROFILE_PATH, "warden.supervisor.zygote_main", *preload,
+                          seccomp_filter=zfilter)
         # Each worker is a user, PID, mount and IPC namespace nested in the zygote's
         # sandbox, whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS),
         # and its workers share the sandbox's inotify budget.
-        nested = 2 * sup.max_workers + warm
+        nested = 2 * max_workers + warm
         spec = dataclasses.replace(spec, userns_limits=(
             ("max_inotify_instances", 1024), ("max_inotify_watches", 65536),
             ("max_pid_namespaces", nested), ("max_user_namespaces", nested),
@@ -349,17 +222,20 @@ class ZygoteClient:
         # Nor a mask on /proc/keys: a covered procfs forbids the workers' own (their
         # unmapped uids see no key in theirs).
         spec = dataclasses.replace(spec, landlock=False, mask_proc_keys=False)
-        box = await loop.run_in_executor(sup._spawner, sandbox_spawn, spec)
+        box = await thread.start(spec, "the zygote's start was cancelled")
         if box.channel is None:
             box.kill()
             raise ZygoteError("the zygote's sandbox has no channel")
         sock = box.take_channel()
         sock.setblocking(True)
-        ready = await loop.run_in_executor(None, _recv_ready, sock, box)
-        if not ready:
-            box.kill()
+        why = await loop.run_in_executor(None, _recv_ready, sock, box)
+        if why is not None:
+            box.kill(Outcome.BAD_MESSAGE if why.startswith("it sent") else Outcome.KILLED,
+                     f"the zygote failed to start: {why}")
             st = await loop.run_in_executor(None, box.wait)
-            raise ZygoteError(f"the zygote failed to start: {st.describe() if st else '?'}")
+            sock.close()
+            raise ZygoteError(f"the zygote failed to start: {why} "
+                              f"({st.describe() if st else '?'})")
         sock.setblocking(False)
         self = cls(loop, box, sock)
         loop.add_reader(sock.fileno(), self._on_readable)
@@ -368,23 +244,27 @@ class ZygoteClient:
         self._box_fds = box.fds()
         return self
 
-    def send(self, data: bytes, fds: Sequence[int] = ()) -> None:
+    def send(self, message: zm.ToZygote, fds: Sequence[int] = ()) -> None:
         if self.dead:
             return
         try:
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-            self.sock.sendmsg([data], anc)
+            data = zm.encode(message)
+            if fds:
+                socket.send_fds(self.sock, [data], list(fds))
+            else:
+                self.sock.send(data)
         except OSError as e:
             self._died(f"the zygote's channel failed: {e}")
 
-    async def fork(self, wid: str, child: socket.socket) -> ZygoteProcess:
+    async def fork(self, child: socket.socket) -> ZygoteProcess:
+        """A new worker serving on `child` (the caller closes its copy afterwards)."""
         if self.dead:
             raise ZygoteError("the zygote has ended; no more zygote workers")
         self._serial += 1
-        key = b"%d" % self._serial  # the request's own key: worker ids are the embedder's
+        key = self._serial  # the request's own key: worker ids are the embedder's
         fut: asyncio.Future[ZygoteProcess] = self.loop.create_future()
         self.pending[key] = fut
-        self.send(b"F" + key, [child.fileno()])
+        self.send(zm.Fork(request=key), [child.fileno()])
         try:
             return await fut
         finally:
@@ -393,7 +273,7 @@ class ZygoteClient:
     def _on_readable(self) -> None:
         for _ in range(64):
             try:
-                data = self.sock.recv(_MAX)
+                data = self.sock.recv(zm.MAX_MESSAGE_BYTES)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -402,36 +282,49 @@ class ZygoteClient:
             if not data:
                 self._died("the zygote closed its channel")
                 return
-            kind = data[:1]
-            if kind == b"P" and len(data) > 1 + _I.size:
-                zpid = _I.unpack_from(data, 1)[0]
-                fut = self.pending.get(data[1 + _I.size:])
-                if fut is not None and not fut.done():
-                    # Registered now, so its exit record (maybe in this same batch) finds it.
-                    proc = ZygoteProcess(self, zpid)
-                    self.by_zpid[zpid] = proc
-                    fut.set_result(proc)
-                else:  # its spawn was cancelled: it must not run
-                    self.send(b"K" + _I.pack(zpid))
-            elif kind == b"E" and len(data) > 1 + _I.size:
-                fut = self.pending.get(data[1 + _I.size:])
-                err = _I.unpack_from(data, 1)[0]
-                if fut is not None and not fut.done():
-                    fut.set_exception(ZygoteError(f"the zygote could not fork: "
-                                                  f"{os.strerror(err)}"))
-            elif kind == b"X" and len(data) == 1 + _II.size:
-                zpid, ws = _II.unpack_from(data, 1)
-                ended = self.by_zpid.pop(zpid, None)
-                if ended is not None:  # else: a worker whose spawn was cancelled
-                    ended.ended(ws)
-            else:
-                self.box.kill(Outcome.BAD_MESSAGE, f"zygote sent an unknown record {data[:8]!r}")
-                self._died("the zygote sent an unknown record")
+            try:
+                self._handle(zm.from_zygote.decode(data))
+            except msgspec.MsgspecError as e:
+                self._misbehaved(f"the zygote sent a malformed message ({e}): {data[:32]!r}")
                 return
+            except Exception as e:  # never let the zygote's messages raise into the loop
+                self._misbehaved(f"the zygote's message {data[:32]!r} could not be handled: "
+                                 f"{type(e).__name__}: {e}")
+                return
+            if self.dead:
+                return
+
+    def _handle(self, message: zm.FromZygote) -> None:
+        if isinstance(message, zm.Forked):
+            fut = self.pending.get(message.request)
+            if fut is not None and not fut.done():
+                # Registered now, so its exit record (maybe in this same batch) finds it.
+                proc = ZygoteProcess(self, message.pid)
+                self.by_zpid[message.pid] = proc
+                fut.set_result(proc)
+            else:  # its spawn was cancelled: it must not run
+                self.send(zm.Kill(pid=message.pid))
+        elif isinstance(message, zm.ForkFailed):
+            fut = self.pending.get(message.request)
+            if fut is not None and not fut.done():
+                fut.set_exception(ZygoteError(f"the zygote could not fork: "
+                                              f"{os.strerror(message.errno)}"))
+        elif isinstance(message, zm.Ended):
+            ended = self.by_zpid.pop(message.pid, None)
+            if ended is not None:  # else: a worker whose spawn was cancelled
+                ended.ended(message.wait_status)
+        else:  # Ready, once more
+            self._misbehaved(f"the zygote sent {type(message).__name__} again")
+
+    def _misbehaved(self, reason: str) -> None:
+        """A message no zygote of ours sends: kill it (its workers end with it), record why."""
+        self.box.kill(Outcome.BAD_MESSAGE, reason)
+        self._died(reason)
 
     def _on_box(self) -> None:
         if self.box.service() is not None:
-            self._died(f"the zygote ended: {self.box.status.describe()}")
+            status = self.box.status
+            self._died(f"the zygote ended: {status.describe() if status else '?'}")
 
     def _died(self, reason: str) -> None:
         if self.dead:
@@ -457,16 +350,25 @@ class ZygoteClient:
         await self.loop.run_in_executor(None, self.box.wait)
 
 
-def _recv_ready(sock: socket.socket, box: Any) -> bool:
+def _recv_ready(sock: socket.socket, box: Sandbox) -> str | None:
+    """None once the zygote said Ready; else why it did not."""
     while True:
-        r = readable([sock.fileno(), *box.fds()], 30)
+        r = wait_readable([sock.fileno(), *box.fds()], 30)
         if not r:
-            return False
+            return "it was not ready within 30s"
         if sock.fileno() in r:
             try:
-                return sock.recv(16) == b"R"
-            except OSError:
-                return False
+                data = sock.recv(zm.MAX_MESSAGE_BYTES)
+            except OSError as e:
+                return f"its channel failed: {e}"
+            if not data:
+                return "it closed its channel"
+            try:
+                message = zm.from_zygote.decode(data)
+            except msgspec.MsgspecError as e:
+                return f"it sent a malformed message ({e})"
+            if not isinstance(message, zm.Ready):
+                return f"it sent {type(message).__name__} before Ready"
+            return None
         if box.service() is not None:
-            return False
-
+            return "it ended"

@@ -18,13 +18,20 @@ from typing import Any
 
 import pytest
 
+import warden
 from tests.supervisor import executor_tasks as tasks
 from tests.supervisor.util import CALC, PRELOAD, children, run, zombie_children
 from tests.supervisor.workers import Calc, CalcImpl
-from warden import supervisor
-from warden.supervisor import BadResult, SandboxExecutor, TaskError, WorkerDied
+from warden import (
+    BadResult,
+    DeadlineExceeded,
+    RestartPolicy,
+    SandboxExecutor,
+    TaskError,
+    WorkerDied,
+    supervisor,
+)
 from warden.supervisor.events import BadMessageEvent, Event, Exited, Started
-from warden.supervisor.pool import DeadlineExceeded, RestartPolicy
 from warden.supervisor.sandbox import Outcome, PreflightError
 
 TASKS = "tests.supervisor.executor_tasks"
@@ -325,7 +332,9 @@ def test_bad_executor_options() -> None:
         SandboxExecutor(preload=["no.such.module"])
     with pytest.raises(ValueError, match=r"max_workers=0\): must be >= 1"):
         SandboxExecutor(max_workers=0)
-    assert supervisor.SandboxExecutor is SandboxExecutor
+    assert warden.SandboxExecutor is SandboxExecutor is supervisor.SandboxExecutor
+    from warden.supervisor import executor
+    assert executor.SandboxExecutor is SandboxExecutor
 
 
 def test_a_cancelled_pool_call_keeps_its_worker_busy_until_it_answers() -> None:

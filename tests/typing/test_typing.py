@@ -28,7 +28,7 @@ def test_mypy_checks_typed_pool_calls(tmp_path: object) -> None:
     with open(CHECKED) as f:
         source = f.read().splitlines()
     expected = {n for n, text in enumerate(source, 1) if "# error:" in text}
-    assert len(expected) == 7
+    assert len(expected) == 9
     assert set(errors) == expected, stdout
     wrong_type = next(n for n in expected if '"text"' in source[n - 1])
     assert errors[wrong_type] == (
