@@ -7,8 +7,8 @@ in a sandbox would show them. Joining a new anonymous session keyring
 (keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL), as runc does for a container's
 init) drops that possession for this process and everything it forks.
 The new keyring counts against its owner's key quota (kernel.keys.maxkeys,
-200 for a uid other than root) for as long as the sandbox lives: the
-launcher joins it before taking the sandbox's ids, so a root supervisor's
+200 for a uid other than root) for as long as the sandbox lives: the sandbox's
+init joins it before taking the sandbox's ids, so a root supervisor's
 sandboxes are charged to root, not to their one shared outer uid.
 
 Possession is not the only way to see a key: /proc/keys lists every key

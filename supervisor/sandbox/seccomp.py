@@ -3,7 +3,7 @@
 The filter arrives as raw `struct sock_filter[]` bytes compiled in the parent.
 When it reports kill actions through user-notify, the child loads it with
 SECCOMP_FILTER_FLAG_NEW_LISTENER; the listener lands in the descriptor table
-the workload still shares with its init (see launcher.py), which hands it to
+the workload still shares with its init (see child.py), which hands it to
 the supervisor after the exec. With it goes SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 (Linux 5.19): once the supervisor has received a refused call, the caller's
 own signals no longer interrupt its wait, only the supervisor's kill ends it
