@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import os
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED (without
@@ -21,7 +23,7 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
 
 
-class CapsError(OSError):
+class CapsError(SandboxError, ChildFailed, OSError):
     """A privilege could not be dropped."""
 
 

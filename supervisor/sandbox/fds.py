@@ -15,7 +15,9 @@ from __future__ import annotations
 import fcntl
 import os
 
+from warden.errors import InvalidInput
 from warden.supervisor.sandbox import _sys, hostpath
+from warden.supervisor.sandbox.errors import SandboxError
 
 _OPEN_FLAGS = {
     "r": os.O_RDONLY,
@@ -29,7 +31,7 @@ MODES = tuple(_OPEN_FLAGS)
 GRANT_OPTIONS = ("fifo", "device", "follow")
 
 
-class FdError(OSError):
+class FdError(SandboxError, InvalidInput, OSError):
     """A descriptor could not be opened (parent) or installed (child)."""
 
 

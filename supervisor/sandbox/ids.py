@@ -39,6 +39,9 @@ import stat
 import threading
 from collections.abc import Mapping
 
+from warden.errors import InvalidInput, OutOfCapacity, Unavailable
+from warden.supervisor.sandbox.errors import SandboxError
+
 # As root, sandboxes get ids from this range (START, COUNT): above the ranges
 # distributions, systemd and subordinate-id tools hand out, below 2^31 (ids
 # from there up break programs that hold them in a signed int).
@@ -57,15 +60,19 @@ _held: set[int] = set()  # ids this process holds (skipped without a syscall)
 _accounts: tuple[frozenset[int], frozenset[int]] | None = None
 
 
-class OuterIdError(ValueError):
+class OuterIdError(SandboxError, InvalidInput, ValueError):
     """An outer id or range is invalid; the message names the option or variable."""
 
 
-class IdsUnavailable(OSError):
+class IdsUnavailable(SandboxError, Unavailable, OSError):
     """No outer id could be allocated (the range is used up, or the lock directory is unsafe)."""
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()  # the sentence, without "[Errno N]"
+
+
+class IdsExhausted(IdsUnavailable, OutOfCapacity):
+    """Every outer id of the range is held by a live sandbox: try later, or widen it."""
 
 
 # (Plain classes with __slots__, not NamedTuples: defining those costs more on
@@ -483,7 +490,7 @@ def _allocate(start: int, count: int, gid_start: int, mode: str) -> Lease:
                 _held.discard(uid)
             continue
         return Lease(uid, gid_start + (uid - start), mode, fd)
-    raise IdsUnavailable(errno.EAGAIN, f"all {count} outer ids from {start} are in use by live "
+    raise IdsExhausted(errno.EAGAIN, f"all {count} outer ids from {start} are in use by live "
                          "sandboxes; widen the range with --outer-uid-range START:COUNT")
 
 

@@ -17,7 +17,9 @@ import errno
 import os
 from collections.abc import Sequence
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1
@@ -46,7 +48,7 @@ ALL_ABI1 = (EXECUTE | WRITE_FILE | READ_FILE | READ_DIR | REMOVE_DIR | REMOVE_FI
             | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK | MAKE_SYM)
 
 
-class LandlockError(OSError):
+class LandlockError(SandboxError, ChildFailed, OSError):
     """Landlock refused a ruleset, a rule or the restriction."""
 
 

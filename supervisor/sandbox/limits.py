@@ -37,6 +37,8 @@ import resource
 import time
 from typing import NamedTuple
 
+from warden.errors import Unavailable
+from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.spec import SandboxSpec
 
 _counter = itertools.count()
@@ -78,7 +80,7 @@ def sweep(parent: str) -> None:
                 os.rmdir(os.path.join(parent, name))  # refused while not empty
 
 
-class LimitsError(OSError):
+class LimitsError(SandboxError, Unavailable, OSError):
     """A cgroup could not be created, limited or joined."""
 
 

@@ -18,14 +18,16 @@ import os
 import stat
 from typing import NamedTuple
 
+from warden.errors import InvalidInput
 from warden.supervisor.sandbox import _sys, hostpath
+from warden.supervisor.sandbox.errors import SandboxError
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 
 
-class MountError(OSError):
+class MountError(SandboxError, InvalidInput, OSError):
     """A mount step failed; `str()` names the path."""
 
 

@@ -12,7 +12,9 @@ import fcntl
 import socket
 import struct
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -20,7 +22,7 @@ IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH22x")
 
 
-class NetError(OSError):
+class NetError(SandboxError, ChildFailed, OSError):
     """Bringing up loopback or setting the host name failed."""
 
 

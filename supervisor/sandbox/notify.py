@@ -50,6 +50,8 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from warden.errors import ChildFailed
+from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.status import Violation
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, nr, arch, ip, args[6]
@@ -69,7 +71,7 @@ WITHDRAWN = "a refused call was withdrawn before it could be read"
 _DRAIN_SECONDS = 5.0
 
 
-class NotifyError(OSError):
+class NotifyError(SandboxError, ChildFailed, OSError):
     """The listener could not be taken or read."""
 
 

@@ -21,7 +21,9 @@ import itertools
 import os
 import struct
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
@@ -36,7 +38,7 @@ _INSN = struct.Struct("<HBBI")
 _MAX_INSNS = 4096
 
 
-class SeccompError(OSError):
+class SeccompError(SandboxError, ChildFailed, OSError):
     """Loading the filter failed (the kernel's errno is kept)."""
 
 

@@ -31,6 +31,8 @@ import errno
 import os
 from collections.abc import Iterable
 
+from warden.errors import Unavailable
+from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.spec import INNER_ID
 
 # /proc/sys/user/<name> of the sandbox's user namespace, lowered from INT_MAX
@@ -53,7 +55,7 @@ DEFAULT_LIMITS: dict[str, int] = {
 }
 
 
-class UserNsError(OSError):
+class UserNsError(SandboxError, Unavailable, OSError):
     """Writing the id maps failed."""
 
 
