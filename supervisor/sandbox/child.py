@@ -53,10 +53,10 @@ from warden.supervisor.sandbox import (
     pidns,
     userns,
 )
-from warden.supervisor.sandbox.keyring import join_new_session_keyring, mask_proc_keys
+from warden.supervisor.sandbox.keyring import child_join_session_keyring, child_mask_proc_keys
 from warden.supervisor.sandbox.lowlevel import wait_readable
 from warden.supervisor.sandbox.plan import Plan
-from warden.supervisor.sandbox.proctitle import hide_parent_argv
+from warden.supervisor.sandbox.proctitle import child_hide_parent_argv
 from warden.supervisor.sandbox.seccomp import PreparedFilter
 from warden.supervisor.sandbox.spec import INNER_ID
 from warden.supervisor.sandbox.status import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP
@@ -110,9 +110,9 @@ def _workload(plan: Plan, sock_fd: int, execute: _sys.PreparedExec,
         os.setpgid(0, 0)
         step = "landlock"
         if ruleset_fd >= 0:
-            landlock.restrict_self(ruleset_fd)
+            landlock.child_restrict(ruleset_fd)
         step = "rlimits"
-        limits.apply_rlimits(plan.late_rlimits)
+        limits.child_rlimits(plan.late_rlimits)
         step = "seccomp"
         filt.load()
     except BaseException as e:
@@ -134,7 +134,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     # A collection would touch every object and copy every page the parent shares.
     gc.disable()
     _set_name(b"warden-init")
-    hide_parent_argv(b"warden-init")  # /proc/1/cmdline showed the caller's argv
+    child_hide_parent_argv(b"warden-init")  # /proc/1/cmdline showed the caller's argv
     step = "session"
     try:
         # A supervisor that made itself non-dumpable passed that on; until the
@@ -147,47 +147,47 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _close_all_but({sock_fd, status_fd, plan.parent_pidfd,
                         *(src for _t, src in plan.fd_pairs), *mounts.tree_fds(plan.mount_ops)})
         step = "keyring"  # else the caller's session keyring (its keys) stays possessed
-        join_new_session_keyring()
+        child_join_session_keyring()
         step = "userns"
         if plan.self_maps:
-            userns.write_maps("self", *plan.map_ids, deny_setgroups=True)
+            userns.child_maps(*plan.map_ids)
         else:
             if plan.map_helper:
                 os.write(sock_fd, b"U")  # dumpable now: newuidmap may act on this process
             if os.read(sock_fd, 16) != b"G":
                 os._exit(EXIT_SETUP)
-        held_limit = userns.set_limits(plan.userns_limits)
+        held_limit = userns.child_limits(plan.userns_limits)
         # Become the sandbox's id now: files in the new root must be created by
         # an id the namespace maps. Inner 0 is unmapped, so the namespace's
         # capabilities survive this until the caps step drops them.
         step = "ids"
-        caps.set_ids(INNER_ID, INNER_ID, drop_groups=plan.drop_groups)
+        caps.child_set_ids(INNER_ID, INNER_ID, drop_groups=plan.drop_groups)
         # Changing the effective ids cleared the parent-death signal: set it again.
         step = "pdeathsig"
         _parent_death_signal(plan.parent_pidfd)
         os.close(plan.parent_pidfd)
         step = "mount"
-        mounts.setup_root(plan.mount_ops, plan.tmp_size, plan.chdir)
+        mounts.child_root(plan.mount_ops, plan.tmp_size, plan.chdir)
         step = "userns"
-        userns.finish_limits(held_limit)
+        userns.child_mount_limit(held_limit)
         step = "keyring"
         if plan.mask_proc_keys:
-            mask_proc_keys()  # it lists the keys of the uid the sandbox maps
+            child_mask_proc_keys()  # it lists the keys of the uid the sandbox maps
         step = "uts"
-        net.set_hostname(plan.hostname)
+        net.child_hostname(plan.hostname)
         step = "net"
         if not plan.share_net:
-            net.loopback_up()
+            net.child_loopback()
         step = "rlimits"
-        limits.apply_rlimits(plan.early_rlimits)
+        limits.child_rlimits(plan.early_rlimits)
         step = "fds"
         # The fd map is built in init's own table, which the workload then
         # shares (CLONE_FILES) until its exec gives it a private copy without
         # the close-on-exec descriptors. So the seccomp listener the workload
         # creates stays in init's table after the exec; init hands it to the parent.
-        sock_fd, status_fd = fds.install(plan.fd_pairs, (sock_fd, status_fd))
+        sock_fd, status_fd = fds.child_install(plan.fd_pairs, (sock_fd, status_fd))
         step = "landlock"
-        ruleset_fd = (landlock.build_ruleset(plan.landlock_abi, plan.landlock_rules)
+        ruleset_fd = (landlock.child_ruleset(plan.landlock_abi, plan.landlock_rules)
                       if plan.landlock_abi else -1)
         listener_fd = _lowest_free_fd()
         step = "exec"
@@ -206,14 +206,14 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _sys.prctl(_sys.PR_SET_DUMPABLE, 0)
         step = "caps"
         # init and workload alike: no capability in any set, securebits locked.
-        caps.drop_bounding_set(plan.last_cap)
-        caps.lock_securebits()
-        caps.clear_capabilities()
+        caps.child_drop_bounding_set(plan.last_cap)
+        caps.child_lock_securebits()
+        caps.child_clear_capabilities()
         step = "no_new_privs"
-        caps.no_new_privs()
+        caps.child_no_new_privs()
         step = "signals"
-        pidns.reset_signals()
-        pidns.block_signals()
+        pidns.child_reset_signals()
+        pidns.child_block_signals()
         step = "pidns"
         # CLONE_VFORK: init sleeps until the workload has exec'ed (or died), so
         # nothing touches the shared table meanwhile.
@@ -228,7 +228,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
         _close_all_but({status_fd})
     except BaseException as e:
         _fail(sock_fd, step, e)
-    pidns.run_init(pid, status_fd)
+    pidns.child_run_init(pid, status_fd)
     os._exit(0)
 
 
@@ -275,7 +275,7 @@ def clone_init(plan: Plan, extra_flags: int = 0) -> int:
     """clone(2) the sandbox's init: 0 in the init, its pid here.
 
     As root, with the sandbox's outer ids as the effective ids for the call,
-    so that the new user namespace is owned by them (see ids.assume_owner)."""
+    so that the new user namespace is owned by them (see ids.parent_assume_owner)."""
     if plan.clone_as is None:
         return _sys.clone(plan.clone_flags | extra_flags)
     # No Python signal handler may run while this process has the sandbox's ids
@@ -284,7 +284,7 @@ def clone_init(plan: Plan, extra_flags: int = 0) -> int:
     pid = -1
     try:
         try:
-            saved = ids.assume_owner(*plan.clone_as)
+            saved = ids.parent_assume_owner(*plan.clone_as)
         except OSError:
             # EINVAL: the ids are not mapped in this user namespace (warden run as the
             # root of one). Then nothing can map them either: the userns step says so.
@@ -294,7 +294,7 @@ def clone_init(plan: Plan, extra_flags: int = 0) -> int:
             pid = _sys.clone(plan.clone_flags | extra_flags)
         finally:
             if pid != 0:  # not in the init: its ids are the new namespace's business
-                ids.resume(saved)
+                ids.parent_resume(saved)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # in the init too: as it was
     return pid

@@ -250,14 +250,14 @@ class Saved:
         self.egid, self.pdeathsig, self.dumpable = egid, pdeathsig, dumpable
 
 
-def assume_owner(uid: int, gid: int) -> Saved:
+def parent_assume_owner(uid: int, gid: int) -> Saved:
     """Root, right before cloning the sandbox's init: make (uid, gid) this process's
     effective ids, so the user namespace the clone creates is owned by them.
 
     The kernel names the namespace's owner after the creator's effective ids and
     charges the namespace's chained counts (inotify, namespaces, rlimit counts) to
     that owner in the parent namespace. The real and saved uid stay 0, so
-    resume() can return; no other thread may run meanwhile (the caller is
+    parent_resume() can return; no other thread may run meanwhile (the caller is
     single-threaded, or a short-lived fork)."""
     import ctypes
 
@@ -275,8 +275,8 @@ def assume_owner(uid: int, gid: int) -> Saved:
     return saved
 
 
-def resume(saved: Saved) -> None:
-    """Undo assume_owner(). Changing the effective ids cleared the parent-death signal
+def parent_resume(saved: Saved) -> None:
+    """Undo parent_assume_owner(). Changing the effective ids cleared the parent-death signal
     and the dumpable flag (commit_creds does): both are put back as they were."""
     from warden.supervisor.sandbox import _sys
 
@@ -358,7 +358,7 @@ def _read_subordinate_ids(uid: int) -> Subids | None:
     return Subids(u[0], g[0], count)
 
 
-def newidmap(pid: int, inner: int, uid: int, gid: int) -> None:
+def parent_newidmap(pid: int, inner: int, uid: int, gid: int) -> None:
     """Map `inner` to (uid, gid) for `pid` with the setuid helpers (ordinary user, subids)."""
     for paths, outer, what in ((NEWUIDMAP, uid, "uid"), (NEWGIDMAP, gid, "gid")):
         prog = _find(paths)

@@ -15,7 +15,7 @@ Possession is not the only way to see a key: /proc/keys lists every key
 whose owner's uid maps into the reader's user namespace and grants that uid
 "view" (add_key's default). An ordinary user's sandbox maps the user's own
 uid, so it would still list the user's keys (descriptions, not contents);
-`mask_proc_keys()` covers /proc/keys and /proc/key-users with /dev/null in
+`child_mask_proc_keys()` covers /proc/keys and /proc/key-users with /dev/null in
 the sandbox's fresh procfs.
 """
 
@@ -27,13 +27,13 @@ import os
 
 from warden.supervisor.sandbox import _sys
 
-__all__ = ["join_new_session_keyring", "mask_proc_keys"]
+__all__ = ["child_join_session_keyring", "child_mask_proc_keys"]
 
 _NR_KEYCTL = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
-def join_new_session_keyring() -> int:
+def child_join_session_keyring() -> int:
     """Subscribe this process to a new anonymous session keyring; returns its serial.
 
     Raises OSError with the kernel's errno (ENOSYS: a kernel without keys,
@@ -50,7 +50,7 @@ def join_new_session_keyring() -> int:
     return ret
 
 
-def mask_proc_keys() -> None:
+def child_mask_proc_keys() -> None:
     """Bind /dev/null over /proc/keys and /proc/key-users (in the sandbox's new root,
     mount namespace and procfs; needs CAP_SYS_ADMIN there). Missing ones are skipped."""
     for path in (b"/proc/keys", b"/proc/key-users"):

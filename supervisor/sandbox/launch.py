@@ -92,7 +92,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
           lease: ids.Lease) -> Plan:
     global _landlock_abi
     if _landlock_abi is None:
-        _landlock_abi = landlock.abi_version()
+        _landlock_abi = landlock.parent_abi()
     flags = (_sys.CLONE_NEWUSER | _sys.CLONE_NEWPID | _sys.CLONE_NEWNS | _sys.CLONE_NEWIPC
              | _sys.CLONE_NEWUTS | signal.SIGCHLD)
     if not spec.share_net:
@@ -106,7 +106,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
     plan = Plan(
         clone_flags=flags,
         parent_pidfd=_parent_pidfd(),
-        mount_ops=mounts.plan_binds(tuple((b.source, b.dest, b.writable) for b in spec.binds),
+        mount_ops=mounts.parent_plan(tuple((b.source, b.dest, b.writable) for b in spec.binds),
                                     tuple((t.dest, limiter.tmpfs_size(t.size_bytes))
                                           for t in spec.tmpfs)),
         tmp_size=limiter.tmpfs_size(spec.tmp_size_bytes),
@@ -123,7 +123,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         search_path=path_dirs,
         seccomp_filter=spec.seccomp_filter,
         notify=spec.notify,
-        last_cap=caps.last_cap(),
+        last_cap=caps.parent_last_cap(),
         # As root, and after newgidmap (which leaves setgroups allowed), the
         # supplementary groups inherited from the supervisor can and must go.
         drop_groups=root or lease.mode != "own",
@@ -131,11 +131,11 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         self_maps=not root and lease.mode == "own",
         map_helper=not root and lease.mode != "own",
         clone_as=(lease.uid, lease.gid) if root else None,
-        userns_limits=userns.plan_limits(spec.userns_limits),
+        userns_limits=userns.parent_limits(spec.userns_limits),
         mask_proc_keys=spec.mask_proc_keys,
     )
     # Last, so that nothing after it can fail and leak the detached trees.
-    return plan._replace(mount_ops=mounts.detach_sources(plan.mount_ops))
+    return plan._replace(mount_ops=mounts.parent_detach(plan.mount_ops))
 
 
 class _Setup:
@@ -212,7 +212,7 @@ class Launch:
                     pairs.append((target, self._child_channel.fileno()))
                 else:
                     assert not isinstance(source, str)
-                    fd = fds.open_grant(source.path, source.mode, source.options)
+                    fd = fds.parent_open_grant(source.path, source.mode, source.options)
                     self._opened.append(fd)
                     pairs.append((target, fd))
             self._setup, self._child_setup = socket.socketpair(
@@ -243,7 +243,7 @@ class Launch:
                 os.close(fd)
         self._opened = []
         self.child_status = -1
-        self.plan = self.plan._replace(mount_ops=mounts.close_trees(self.plan.mount_ops))
+        self.plan = self.plan._replace(mount_ops=mounts.parent_close(self.plan.mount_ops))
 
     def abort(self) -> None:
         """Undo prepare(): no child exists."""
@@ -261,7 +261,7 @@ class Launch:
         self._opened = []
         plan: Plan | None = getattr(self, "plan", None)
         if plan is not None:
-            self.plan = plan._replace(mount_ops=mounts.close_trees(plan.mount_ops))
+            self.plan = plan._replace(mount_ops=mounts.parent_close(plan.mount_ops))
 
     def complete(self, helper_pid: int | None = None, init_pid: int | None = None) -> Sandbox:
         """The parent's side of the setup; returns once the program has exec'ed.
@@ -357,11 +357,11 @@ class Launch:
                         return _setup_failure(data)
                     if data != b"U":
                         raise OSError(errno.EPROTO, "expected the init to be ready for its maps")
-                ids.newidmap(pid, INNER_ID, *self.plan.map_ids)
+                ids.parent_newidmap(pid, INNER_ID, *self.plan.map_ids)
             else:
-                userns.write_maps(pid, *self.plan.map_ids, deny_setgroups=False)
+                userns.parent_maps(pid, *self.plan.map_ids)
                 step = "rlimits"
-                limits.set_ipc_limits(pid, self.limiter.ipc_limits())
+                limits.parent_ipc_limits(pid, self.limiter.ipc_limits())
         except OSError as e:
             return SetupFailure(step, e.errno or errno.EIO, str(e))
         return None

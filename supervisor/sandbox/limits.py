@@ -320,7 +320,7 @@ def available_mechanism() -> str:
     return "cgroup-v1" if _v1_dirs(mounts["cgroup"], own) is not None else "rlimit"
 
 
-def set_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
+def parent_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
     """Parent side, as root: write the IPC-namespace sysctls of the sandbox whose init is `pid`.
 
     /proc/sys/kernel/shm* and msg* show the writer's own IPC namespace, and only
@@ -367,7 +367,15 @@ def choose(spec: SandboxSpec) -> Limiter:
     return Limiter(spec)
 
 
-def apply_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
+def child_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
     """Child side."""
     for res, soft, hard in limits:
         resource.setrlimit(res, (soft, hard))
+
+
+def child_cgroup_namespace() -> None:
+    """In the init, once the parent has moved it into its cgroup: a cgroup namespace
+    rooted there, so the sandbox sees its own cgroup as / and no path of the host's."""
+    from warden.supervisor.sandbox import _sys
+
+    _sys.unshare(_sys.CLONE_NEWCGROUP)

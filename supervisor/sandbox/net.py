@@ -26,7 +26,7 @@ class NetError(SandboxError, ChildFailed, OSError):
     """Bringing up loopback or setting the host name failed."""
 
 
-def loopback_up() -> None:
+def child_loopback() -> None:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             req = bytearray(_IFREQ.pack(b"lo", 0))
@@ -37,7 +37,7 @@ def loopback_up() -> None:
         raise NetError(e.errno or 0, f"bringing up loopback: {e.strerror}") from None
 
 
-def set_hostname(name: bytes) -> None:
+def child_hostname(name: bytes) -> None:
     try:
         _sys.sethostname(name)
     except OSError as e:

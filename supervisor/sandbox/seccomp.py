@@ -126,3 +126,14 @@ class PreparedFilter:
     def _load(self, flags: int) -> int:
         return int(self._syscall(self._nr_seccomp, ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
                                  ctypes.c_uint(flags), ctypes.byref(self._prog)))
+
+
+def child_prepare(bpf: bytes, listener: bool) -> PreparedFilter:
+    """In the init, before the workload is forked: the load, ready to be one call."""
+    return PreparedFilter(bpf, listener)
+
+
+def child_load(filt: PreparedFilter) -> None:
+    """In the workload, last before exec: the filter (its listener, if any, lands in
+    the descriptor table the workload still shares with the init)."""
+    filt.load()
