@@ -12,7 +12,6 @@ import os
 import resource
 import signal
 import socket
-import struct
 import time
 
 from warden.supervisor.sandbox import (
@@ -25,21 +24,33 @@ from warden.supervisor.sandbox import (
     mounts,
     userns,
 )
-from warden.supervisor.sandbox.child import (
-    _ERR,
-    _PID,
-    STEPS,
-    _report,
-    _stage_a,
-    child_setup,
-    clone_init,
-)
+from warden.supervisor.sandbox.child import _stage_a, child_setup, clone_init, report
 from warden.supervisor.sandbox.errors import SetupError
 from warden.supervisor.sandbox.handle import Sandbox
-from warden.supervisor.sandbox.lowlevel import wait_readable
+from warden.supervisor.sandbox.lowlevel import (
+    close_all,
+    is_seccomp_listener,
+    recv_with_fds,
+    single_threaded,
+    wait_readable,
+)
 from warden.supervisor.sandbox.notify import Listener
 from warden.supervisor.sandbox.plan import Plan
 from warden.supervisor.sandbox.preflight import PreflightError, explain
+from warden.supervisor.sandbox.protocol import (
+    MAX_RECORD,
+    CgroupJoined,
+    Failed,
+    InitPid,
+    ListenerFd,
+    MapsWritten,
+    Message,
+    ReadyForMaps,
+    SetupProtocolError,
+    SetupStep,
+    decode,
+    encode,
+)
 from warden.supervisor.sandbox.spec import INNER_ID, SandboxSpec
 from warden.supervisor.sandbox.status import (
     EXIT_NOT_EXECUTABLE,
@@ -71,18 +82,6 @@ def _set_own_pidfd() -> None:
     _own_pidfd = os.pidfd_open(os.getpid())
     os.set_inheritable(_own_pidfd, False)
     _own_pid = os.getpid()
-
-
-def _landlock_rules(spec: SandboxSpec) -> tuple[tuple[bytes, int], ...]:
-    rules: list[tuple[bytes, int]] = [(b"/", landlock.READ_DIR)]
-    for b in spec.binds:
-        rules.append((os.fsencode(b.dest), landlock.FULL if b.writable else landlock.READ))
-    for t in spec.tmpfs:
-        rules.append((os.fsencode(t.dest), landlock.FULL))
-    rules.append((b"/tmp", landlock.FULL))
-    rules.append((b"/proc", landlock.READ_FILE | landlock.READ_DIR | landlock.WRITE_FILE))
-    rules.append((b"/dev", landlock.READ_FILE | landlock.READ_DIR | landlock.WRITE_FILE))
-    return tuple(rules)
 
 
 _landlock_abi: int | None = None
@@ -117,7 +116,8 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         late_rlimits=tuple(r for r in rl if r[0] in late_kinds),
         fd_pairs=pairs,
         landlock_abi=_landlock_abi if spec.landlock else 0,
-        landlock_rules=_landlock_rules(spec),
+        landlock_rules=landlock.parent_rules(tuple((b.dest, b.writable) for b in spec.binds),
+                                            tuple(t.dest for t in spec.tmpfs)),
         argv=tuple(os.fsencode(a) for a in spec.argv),
         envp=tuple(os.fsencode(f"{k}={v}") for k, v in spec.env),
         search_path=path_dirs,
@@ -145,32 +145,36 @@ class _Setup:
         self.sock = sock
         self.deadline = deadline
 
-    def recv(self) -> tuple[bytes, list[int]]:
-        """Next message and any fds that came with it; (b"", []) at end-of-file."""
+    def recv(self) -> tuple[Message | None, list[int]]:
+        """Next message and any fds that came with it; (None, []) at end-of-file.
+        Raises SetupProtocolError for a record that is no declared message."""
         while True:
             left = self.deadline - time.monotonic()
             if left <= 0 or not wait_readable([self.sock.fileno()], left):
                 raise TimeoutError("sandbox setup did not finish in time")
             try:
-                data, anc, _flags, _addr = self.sock.recvmsg(512, socket.CMSG_SPACE(4 * 4))
+                data, got = recv_with_fds(self.sock, MAX_RECORD, 4)
                 break
             except ConnectionResetError:
                 # The child side closed with a message of ours unread (it failed
-                # before reading "C"). Reading the error clears it; what the
-                # child sent before closing is still queued behind it.
+                # before reading CgroupJoined). Reading the error clears it; what
+                # the child sent before closing is still queued behind it.
                 continue
-        fds: list[int] = []
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.extend(struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4]))
-        return data, fds
+        if not data:
+            close_all(got)
+            return None, []
+        try:
+            return decode(data), got
+        except SetupProtocolError:
+            close_all(got)
+            raise
+
+    def send(self, msg: Message) -> None:
+        self.sock.send(encode(msg))
 
 
-def _setup_failure(data: bytes) -> SetupFailure:
-    idx, err = _ERR.unpack_from(data, 1)
-    step = STEPS[idx] if idx < len(STEPS) else f"step{idx}"
-    msg = data[1 + _ERR.size:].decode(errors="replace")
-    return SetupFailure(step, err, msg or os.strerror(err))
+def _setup_failure(msg: Failed) -> SetupFailure:
+    return SetupFailure(msg.step.value, msg.errno, msg.message or os.strerror(msg.errno))
 
 
 class Launch:
@@ -230,7 +234,7 @@ class Launch:
                 *(src for _t, src in self.plan.fd_pairs), *mounts.tree_fds(self.plan.mount_ops))
 
     def report_clone_failure(self, err: int, message: str) -> None:
-        _report(self.child_sock, "clone", err, message)
+        report(self.child_sock, SetupStep.CLONE, err, message)
 
     def release_child_fds(self) -> None:
         """Close this process's copies of what only the child needs."""
@@ -267,65 +271,86 @@ class Launch:
         """The parent's side of the setup; returns once the program has exec'ed.
 
         `init_pid`: the init's pid when this process cloned it; otherwise the
-        process that did sends it as b"P" + pid on `child_sock` (`helper_pid`,
-        a short-lived child of this process that does so and exits, is reaped
-        here)."""
+        process that did sends it as protocol.InitPid on `child_sock`
+        (`helper_pid`, a short-lived child of this process that does so and
+        exits, is reaped here). A record from the child that is no declared
+        message is a setup failure of the step `supervisor`."""
         spec, limiter, started = self.spec, self.limiter, self.started
         setup_parent, status_r, channel_parent = self._setup, self._status_r, self.channel
         conv = _Setup(setup_parent, started + SETUP_TIMEOUT)
         pidfd = -1
         listener: Listener | None = None
         failure: SetupFailure | None = None
-        ready_for_maps = False  # the init said "U" (map_helper only)
+        ready_for_maps = False  # the init said ReadyForMaps (map_helper only)
         try:
             try:
                 if init_pid is None:
-                    data, _fds = conv.recv()
-                    if data == b"U" and self.plan.map_helper:  # the init was quicker than "P"
-                        ready_for_maps = True
-                        data, _fds = conv.recv()
+                    try:
+                        msg, got = conv.recv()
+                        close_all(got)
+                        if isinstance(msg, ReadyForMaps) and self.plan.map_helper:
+                            ready_for_maps = True  # the init was quicker than its cloner
+                            msg, got = conv.recv()
+                            close_all(got)
+                    except BaseException:
+                        # No pid (a timeout, or a record that is none): the cloner may
+                        # hang, so it is killed before it is reaped.
+                        if helper_pid is not None:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(helper_pid, signal.SIGKILL)
+                            os.waitpid(helper_pid, 0)
+                        raise
                     if helper_pid is not None:
                         os.waitpid(helper_pid, 0)
-                    if data[:1] == b"E":
-                        failure = _setup_failure(data)
-                        if failure.step == "clone":
+                    if isinstance(msg, Failed):
+                        failure = _setup_failure(msg)
+                        if msg.step is SetupStep.CLONE:
                             raise PreflightError(explain(failure.errno))
-                    elif data[:1] == b"P" and len(data) == 1 + _PID.size:
-                        init_pid = _PID.unpack_from(data, 1)[0]
+                    elif isinstance(msg, InitPid):
+                        _check_child(msg.pid)
+                        init_pid = msg.pid
                     else:
                         raise OSError(errno.EPROTO, "expected the init's pid first")
                 if init_pid is not None:
                     # Straight away: the maps, then the cgroup, whose first move
                     # waits for an RCU grace period (1 to 10 ms) while the init
-                    # builds its root; it waits for "C" before forking the workload.
+                    # builds its root; it waits for CgroupJoined before forking
+                    # the workload.
                     pidfd = os.pidfd_open(init_pid)
                     if not self.plan.self_maps:
                         failure = self._map_ids(conv, init_pid, ready_for_maps)
                         if failure is not None:
                             raise OSError(failure.errno, failure.message)
-                        setup_parent.send(b"G")
+                        conv.send(MapsWritten())
                     try:
                         limiter.attach(init_pid)
                     except OSError as e:
-                        failure = SetupFailure("cgroup", e.errno or errno.EIO,
+                        failure = SetupFailure(SetupStep.CGROUP.value, e.errno or errno.EIO,
                                                f"joining the cgroup: {e.strerror}")
                         raise
                     with contextlib.suppress(OSError):
-                        setup_parent.send(b"C")
+                        conv.send(CgroupJoined())
                 while failure is None:
-                    data, got = conv.recv()
-                    if not data:
+                    msg, got = conv.recv()
+                    if msg is None:
                         break
-                    if data[:1] == b"E":
-                        failure = _setup_failure(data)
-                    elif data[:1] == b"L" and len(got) == 1 and listener is None:
+                    if isinstance(msg, ListenerFd) and self.plan.notify and listener is None \
+                            and len(got) == 1 and is_seccomp_listener(got[0]):
                         listener = Listener(got.pop())
-                    for fd in got:  # nothing else may arrive with a descriptor
-                        os.close(fd)
+                    close_all(got)  # nothing else may arrive with a descriptor
+                    if isinstance(msg, Failed):
+                        failure = _setup_failure(msg)
+                    elif listener is None or not isinstance(msg, ListenerFd):
+                        raise SetupProtocolError(
+                            "a listener record without exactly one seccomp listener"
+                            if isinstance(msg, ListenerFd) else f"{type(msg).__name__} out of turn")
             except TimeoutError as e:
-                failure = failure or SetupFailure("supervisor", errno.ETIMEDOUT, str(e))
+                failure = failure or _supervisor_failure(errno.ETIMEDOUT, str(e))
+            except SetupProtocolError as e:
+                failure = failure or _supervisor_failure(
+                    errno.EPROTO, f"the sandbox broke the setup protocol: {e}")
             except OSError as e:
-                failure = failure or SetupFailure("supervisor", e.errno or errno.EIO, str(e))
+                failure = failure or _supervisor_failure(e.errno or errno.EIO, str(e))
             if failure is not None:
                 raise SetupError(_setup_status(failure, init_pid, pidfd, limiter, started))
         except BaseException:
@@ -346,25 +371,39 @@ class Launch:
         return box
 
     def _map_ids(self, conv: _Setup, pid: int, ready: bool) -> SetupFailure | None:
-        """Parent side of the userns step (root, or subordinate ids): the id maps, and as
-        root without a cgroup the IPC namespace's caps. Returns the failure, if any."""
-        step = "userns"
+        """Parent side of the id maps (root, or subordinate ids), and as root without a
+        cgroup the IPC namespace's caps. Returns the failure, if any."""
+        step = SetupStep.PARENT_MAPS
         try:
             if self.plan.map_helper:
                 if not ready:
-                    data, _fds = conv.recv()
-                    if data[:1] == b"E":
-                        return _setup_failure(data)
-                    if data != b"U":
+                    msg, got = conv.recv()
+                    close_all(got)
+                    if isinstance(msg, Failed):
+                        return _setup_failure(msg)
+                    if not isinstance(msg, ReadyForMaps):
                         raise OSError(errno.EPROTO, "expected the init to be ready for its maps")
                 ids.parent_newidmap(pid, INNER_ID, *self.plan.map_ids)
             else:
                 userns.parent_maps(pid, *self.plan.map_ids)
-                step = "rlimits"
+                step = SetupStep.IPC_LIMITS
                 limits.parent_ipc_limits(pid, self.limiter.ipc_limits())
         except OSError as e:
-            return SetupFailure(step, e.errno or errno.EIO, str(e))
+            return SetupFailure(step.value, e.errno or errno.EIO, str(e))
         return None
+
+
+def _check_child(pid: int) -> None:
+    """The init was cloned with CLONE_PARENT, so it is this process's child: a pid
+    that is not is none to signal, map or reap (WNOWAIT: it stays unreaped)."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        raise SetupProtocolError(f"pid {pid} is not a child of this process") from None
+
+
+def _supervisor_failure(err: int, message: str) -> SetupFailure:
+    return SetupFailure(SetupStep.SUPERVISOR.value, err, message)
 
 
 def prepare(spec: SandboxSpec) -> Launch:
@@ -384,7 +423,7 @@ def spawn(spec: SandboxSpec) -> Sandbox:
     plan = launch.plan
     helper: int | None = None
     init: int | None = None
-    if _single_threaded():
+    if single_threaded():
         # Nothing else runs in this process, so a raw clone straight into the
         # namespaces finds libc and CPython consistent: one fork fewer.
         try:
@@ -411,13 +450,6 @@ def spawn(spec: SandboxSpec) -> Sandbox:
     return launch.complete(helper, init)
 
 
-def _single_threaded() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
-
-
 def _kill_and_reap(pid: int, pidfd: int) -> tuple[int, object]:
     try:
         if pidfd >= 0:
@@ -426,7 +458,10 @@ def _kill_and_reap(pid: int, pidfd: int) -> tuple[int, object]:
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    _pid, status, ru = os.wait4(pid, 0)
+    try:
+        _pid, status, ru = os.wait4(pid, 0)
+    except ChildProcessError:  # reaped by someone else (an embedder's waitpid(-1))
+        return 0, None
     return status, ru
 
 
@@ -435,7 +470,7 @@ def _setup_status(failure: SetupFailure, init_pid: int | None, pidfd: int,
     if init_pid is not None:
         _kill_and_reap(init_pid, pidfd)
     code = EXIT_SETUP
-    if failure.step == "exec":
+    if failure.step == SetupStep.EXEC.value:
         code = EXIT_NOT_FOUND if failure.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
     name = errno.errorcode.get(failure.errno, str(failure.errno))
     return Status(
