@@ -12,7 +12,7 @@ from typing import Any
 
 from warden.supervisor.sandbox import ids, limits, pidns
 from warden.supervisor.sandbox.errors import SandboxError
-from warden.supervisor.sandbox.lowlevel import wait_readable
+from warden.supervisor.sandbox.lowlevel import NoPublicConstructor, wait_readable
 from warden.supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener
 from warden.supervisor.sandbox.seccomp import WEAKENED_WAIT_KILLABLE, wait_killable_supported
 from warden.supervisor.sandbox.spec import SandboxSpec
@@ -21,10 +21,7 @@ from warden.supervisor.sandbox.status import Outcome, Status, Violation
 _KILLED_EXIT = 128 + signal.SIGKILL
 
 
-_TOKEN = object()
-
-
-class Sandbox:
+class Sandbox(metaclass=NoPublicConstructor):
     """A running sandbox. Made only by spawn(); no public constructor.
 
     The handle owns the sandbox: `kill()` ends all of it (SIGKILL to its
@@ -50,16 +47,13 @@ class Sandbox:
     _cause: tuple[Outcome, str, Violation | None] | None
     _status: Status | None
 
-    def __init__(self, token: object) -> None:
-        if token is not _TOKEN:
-            raise TypeError(
-                "Sandbox has no public constructor; use warden.supervisor.sandbox.spawn()")
+    _factory_name = "warden.supervisor.sandbox.spawn()"
 
-    @classmethod
-    def _create(cls, spec: SandboxSpec, pid: int, pidfd: int, status_r: int,
-                listener: Listener | None, channel: socket.socket | None,
-                limiter: limits.Limiter, started: float, landlock_abi: int) -> Sandbox:
-        self = cls(_TOKEN)
+    def __init__(self, spec: SandboxSpec, pid: int, pidfd: int, status_r: int,
+                 listener: Listener | None, channel: socket.socket | None,
+                 limiter: limits.Limiter, started: float, landlock_abi: int,
+                 lease: ids.Lease) -> None:
+        """Only through `Sandbox._create(...)` (Launch.complete does it)."""
         self.spec = spec
         self.pid = pid
         self._channel = channel
@@ -74,7 +68,8 @@ class Sandbox:
                           if spec.wall_time_seconds is not None else None)
         self._cause = None
         self._status = None
-        return self
+        self._lease = lease  # the sandbox's outer ids are held as long as its handle lives
+        self.outer_ids = (lease.uid, lease.gid)
 
     def __repr__(self) -> str:
         state = self._status.outcome.value if self._status else "running"

@@ -364,10 +364,9 @@ class Launch:
             raise
         setup_parent.close()
         assert init_pid is not None
-        box = Sandbox._create(spec, init_pid, pidfd, status_r, listener, channel_parent,
-                              limiter, started, self.plan.landlock_abi)
-        box._lease = self.ids  # the sandbox's outer ids are held as long as its handle lives
-        box.outer_ids = (self.ids.uid, self.ids.gid)
+        box: Sandbox = Sandbox._create(spec, init_pid, pidfd, status_r, listener,
+                                       channel_parent, limiter, started,
+                                       self.plan.landlock_abi, self.ids)
         return box
 
     def _map_ids(self, conv: _Setup, pid: int, ready: bool) -> SetupFailure | None:
