@@ -38,6 +38,7 @@ import time
 from typing import NamedTuple
 
 from warden.errors import Unavailable
+from warden.supervisor.sandbox import _sys
 from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.spec import SandboxSpec
 
@@ -330,8 +331,6 @@ def parent_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
     thread only) and comes straight back."""
     if not values:
         return
-    from warden.supervisor.sandbox import _sys
-
     own = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
     try:
         theirs = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
@@ -376,6 +375,4 @@ def child_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
 def child_cgroup_namespace() -> None:
     """In the init, once the parent has moved it into its cgroup: a cgroup namespace
     rooted there, so the sandbox sees its own cgroup as / and no path of the host's."""
-    from warden.supervisor.sandbox import _sys
-
     _sys.unshare(_sys.CLONE_NEWCGROUP)

@@ -24,6 +24,8 @@ import contextlib
 import ctypes
 import os
 
+from warden.supervisor.sandbox import _sys
+
 __all__ = ["child_hide_parent_argv", "child_title"]
 
 
@@ -71,8 +73,6 @@ def child_hide_parent_argv(title: bytes) -> None:
 def child_title(name: bytes) -> None:
     """In a fresh fork: what ps shows for it, its name (comm, 15 bytes) and its
     argv, which would otherwise be the caller's (the supervisor's command line)."""
-    from warden.supervisor.sandbox import _sys
-
     buf = ctypes.create_string_buffer(name[:15])
     with contextlib.suppress(OSError):
         _sys.prctl(_sys.PR_SET_NAME, ctypes.addressof(buf))
