@@ -1,4 +1,10 @@
-"""The running sandbox's handle: poll, wait, kill, the seccomp listener, the outcome."""
+"""The running sandbox's handle: poll, wait, kill, the seccomp listener, the outcome.
+
+Who runs this: the supervisor, outside the sandbox, once launch.py has seen the
+program exec. Everything the handle reports comes from the kernel (wait status,
+seccomp user-notify, cgroup counters) and the init's status pipe, never from
+the program.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,18 @@
 """Parent side of a sandbox's start: prepare() before the clone, Launch.complete() after.
 
+Who runs this: the supervisor (or `warden run`), outside the sandbox, with
+its own privileges (root or an ordinary user). Before the clone, `prepare()`
+turns the spec into the child's Plan through the mechanisms' `parent_*`
+halves (cgroup, outer ids, `--file` opens, bind trees, sockets), so a bad
+spec fails before any process exists. After it, `Launch.complete()` holds
+the parent's side of the setup conversation (protocol.py): the init's pid,
+its id maps, its cgroup, the seccomp listener, and any Failed record, until
+end-of-file says the program has exec'ed. Nothing the child sends is
+trusted: a record that is no declared message is a setup failure.
+
 Split around the clone so that another process (a zygote) can do the clone;
-`spawn()` does all of it in this process. The child's side is child.py.
+`spawn()` does all of it in this process. The child's side is child.py, the
+handle it returns handle.py.
 """
 
 from __future__ import annotations
