@@ -350,7 +350,7 @@ def _run(argv: list[str], profile_name: str, json_status: str | None,
 def _supervise(box: Sandbox) -> Status:
     """Wait for the sandbox while guarding its channel."""
     from warden.supervisor.cli import start_up_done
-    from warden.supervisor.sandbox.launcher import wait_readable
+    from warden.supervisor.sandbox.lowlevel import wait_readable
 
     start_up_done()  # collection back on, if the `warden` group paused it
 

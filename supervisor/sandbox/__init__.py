@@ -16,15 +16,10 @@ docs/supervisor.md.
 """
 
 from warden.supervisor.sandbox import self_confine
-from warden.supervisor.sandbox.launcher import (
-    Launch,
-    Sandbox,
-    SandboxError,
-    SetupError,
-    child_setup,
-    prepare,
-    spawn,
-)
+from warden.supervisor.sandbox.child import child_setup
+from warden.supervisor.sandbox.errors import SandboxError, SetupError
+from warden.supervisor.sandbox.handle import Sandbox
+from warden.supervisor.sandbox.launch import Launch, prepare, spawn
 from warden.supervisor.sandbox.preflight import PreflightError
 from warden.supervisor.sandbox.spec import CHANNEL_FD, FileGrant, SandboxSpec, SpecError, build_spec
 from warden.supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation

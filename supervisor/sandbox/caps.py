@@ -13,7 +13,9 @@ from __future__ import annotations
 import ctypes
 import os
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 # SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED (without
@@ -21,7 +23,7 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 SECUREBITS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40 | 0x80
 
 
-class CapsError(OSError):
+class CapsError(SandboxError, ChildFailed, OSError):
     """A privilege could not be dropped."""
 
 
@@ -34,7 +36,7 @@ class _Data(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
-def last_cap() -> int:
+def parent_last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
             return int(f.read())
@@ -46,7 +48,7 @@ def _as_caps_error(what: str, e: OSError) -> CapsError:
     return CapsError(e.errno or 0, f"{what}: {os.strerror(e.errno or 0)}")
 
 
-def drop_bounding_set(last: int) -> None:
+def child_drop_bounding_set(last: int) -> None:
     for cap in range(last + 1):
         try:
             _sys.prctl(_sys.PR_CAPBSET_DROP, cap)
@@ -54,14 +56,14 @@ def drop_bounding_set(last: int) -> None:
             raise _as_caps_error(f"dropping capability {cap} from the bounding set", e) from None
 
 
-def lock_securebits() -> None:
+def child_lock_securebits() -> None:
     try:
         _sys.prctl(_sys.PR_SET_SECUREBITS, SECUREBITS)
     except OSError as e:
         raise _as_caps_error("locking securebits", e) from None
 
 
-def set_ids(uid: int, gid: int, drop_groups: bool) -> None:
+def child_set_ids(uid: int, gid: int, drop_groups: bool) -> None:
     try:
         if drop_groups:
             _sys.setgroups_empty()
@@ -71,7 +73,7 @@ def set_ids(uid: int, gid: int, drop_groups: bool) -> None:
         raise _as_caps_error(f"switching to uid/gid {uid}/{gid}", e) from None
 
 
-def clear_capabilities() -> None:
+def child_clear_capabilities() -> None:
     hdr = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_Data * 2)()
     if _sys.libc.capset(ctypes.byref(hdr), data) == -1:
@@ -80,7 +82,7 @@ def clear_capabilities() -> None:
     _sys.prctl(_sys.PR_CAP_AMBIENT, _sys.PR_CAP_AMBIENT_CLEAR_ALL)
 
 
-def no_new_privs() -> None:
+def child_no_new_privs() -> None:
     try:
         _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)
     except OSError as e:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import fcntl
 import os
 
+from warden.errors import InvalidInput
 from warden.supervisor.sandbox import _sys, hostpath
+from warden.supervisor.sandbox.errors import SandboxError
 
 _OPEN_FLAGS = {
     "r": os.O_RDONLY,
@@ -29,7 +31,7 @@ MODES = tuple(_OPEN_FLAGS)
 GRANT_OPTIONS = ("fifo", "device", "follow")
 
 
-class FdError(OSError):
+class FdError(SandboxError, InvalidInput, OSError):
     """A descriptor could not be opened (parent) or installed (child)."""
 
 
@@ -51,7 +53,7 @@ def parse_grant(text: str) -> tuple[str, str, tuple[str, ...]]:
     return os.path.abspath(path), mode, tuple(options)
 
 
-def open_grant(path: str, mode: str, options: tuple[str, ...] = ()) -> int:
+def parent_open_grant(path: str, mode: str, options: tuple[str, ...] = ()) -> int:
     """Open a --file grant with the parent's rights (close-on-exec in the parent).
 
     Through the host-path rule: no link followed (unless "follow"), never
@@ -66,7 +68,7 @@ def open_grant(path: str, mode: str, options: tuple[str, ...] = ()) -> int:
                     "the way is yours")
 
 
-def install(pairs: tuple[tuple[int, int], ...], keep: tuple[int, ...]) -> tuple[int, ...]:
+def child_install(pairs: tuple[tuple[int, int], ...], keep: tuple[int, ...]) -> tuple[int, ...]:
     """Make the fd table exactly `pairs` plus `keep` (close-on-exec, parked right
     above the targets); returns keep's new numbers."""
     top = max(t for t, _ in pairs) + 1
@@ -88,3 +90,20 @@ def install(pairs: tuple[tuple[int, int], ...], keep: tuple[int, ...]) -> tuple[
     _sys.close_range(prev + 1, top - 1)
     _sys.close_range(top + len(keep), 0xFFFFFFFF)
     return parked
+
+
+def child_close_all_but(keep: set[int]) -> None:
+    """Close every descriptor but `keep` (close_range around each kept one)."""
+    prev = -1
+    for fd in sorted(keep):
+        _sys.close_range(prev + 1, fd - 1)
+        prev = fd
+    _sys.close_range(prev + 1, 0xFFFFFFFF)
+
+
+def child_lowest_free() -> int:
+    """The number the next new descriptor gets (where the workload's seccomp
+    listener lands in the table it shares with the init)."""
+    fd = os.dup(0)
+    os.close(fd)
+    return fd

@@ -30,7 +30,9 @@ import os
 import stat
 from collections.abc import Collection
 
+from warden.errors import InvalidInput
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 # What a kind is called in messages and in the names callers pass in `kinds`.
 KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symlink",
@@ -43,7 +45,7 @@ _NO_LINKS = _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS
 _openat2_missing = False
 
 
-class HostPathError(OSError):
+class HostPathError(SandboxError, InvalidInput, OSError):
     """A host path was refused or could not be opened; str() is one sentence naming it."""
 
     def __init__(self, err: int, sentence: str, path: str) -> None:

@@ -39,6 +39,9 @@ import stat
 import threading
 from collections.abc import Mapping
 
+from warden.errors import InvalidInput, OutOfCapacity, Unavailable
+from warden.supervisor.sandbox.errors import SandboxError
+
 # As root, sandboxes get ids from this range (START, COUNT): above the ranges
 # distributions, systemd and subordinate-id tools hand out, below 2^31 (ids
 # from there up break programs that hold them in a signed int).
@@ -57,15 +60,19 @@ _held: set[int] = set()  # ids this process holds (skipped without a syscall)
 _accounts: tuple[frozenset[int], frozenset[int]] | None = None
 
 
-class OuterIdError(ValueError):
+class OuterIdError(SandboxError, InvalidInput, ValueError):
     """An outer id or range is invalid; the message names the option or variable."""
 
 
-class IdsUnavailable(OSError):
+class IdsUnavailable(SandboxError, Unavailable, OSError):
     """No outer id could be allocated (the range is used up, or the lock directory is unsafe)."""
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()  # the sentence, without "[Errno N]"
+
+
+class IdsExhausted(IdsUnavailable, OutOfCapacity):
+    """Every outer id of the range is held by a live sandbox: try later, or widen it."""
 
 
 # (Plain classes with __slots__, not NamedTuples: defining those costs more on
@@ -243,14 +250,14 @@ class Saved:
         self.egid, self.pdeathsig, self.dumpable = egid, pdeathsig, dumpable
 
 
-def assume_owner(uid: int, gid: int) -> Saved:
+def parent_assume_owner(uid: int, gid: int) -> Saved:
     """Root, right before cloning the sandbox's init: make (uid, gid) this process's
     effective ids, so the user namespace the clone creates is owned by them.
 
     The kernel names the namespace's owner after the creator's effective ids and
     charges the namespace's chained counts (inotify, namespaces, rlimit counts) to
     that owner in the parent namespace. The real and saved uid stay 0, so
-    resume() can return; no other thread may run meanwhile (the caller is
+    parent_resume() can return; no other thread may run meanwhile (the caller is
     single-threaded, or a short-lived fork)."""
     import ctypes
 
@@ -268,8 +275,8 @@ def assume_owner(uid: int, gid: int) -> Saved:
     return saved
 
 
-def resume(saved: Saved) -> None:
-    """Undo assume_owner(). Changing the effective ids cleared the parent-death signal
+def parent_resume(saved: Saved) -> None:
+    """Undo parent_assume_owner(). Changing the effective ids cleared the parent-death signal
     and the dumpable flag (commit_creds does): both are put back as they were."""
     from warden.supervisor.sandbox import _sys
 
@@ -351,7 +358,7 @@ def _read_subordinate_ids(uid: int) -> Subids | None:
     return Subids(u[0], g[0], count)
 
 
-def newidmap(pid: int, inner: int, uid: int, gid: int) -> None:
+def parent_newidmap(pid: int, inner: int, uid: int, gid: int) -> None:
     """Map `inner` to (uid, gid) for `pid` with the setuid helpers (ordinary user, subids)."""
     for paths, outer, what in ((NEWUIDMAP, uid, "uid"), (NEWGIDMAP, gid, "gid")):
         prog = _find(paths)
@@ -483,7 +490,7 @@ def _allocate(start: int, count: int, gid_start: int, mode: str) -> Lease:
                 _held.discard(uid)
             continue
         return Lease(uid, gid_start + (uid - start), mode, fd)
-    raise IdsUnavailable(errno.EAGAIN, f"all {count} outer ids from {start} are in use by live "
+    raise IdsExhausted(errno.EAGAIN, f"all {count} outer ids from {start} are in use by live "
                          "sandboxes; widen the range with --outer-uid-range START:COUNT")
 
 

@@ -7,15 +7,15 @@ in a sandbox would show them. Joining a new anonymous session keyring
 (keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL), as runc does for a container's
 init) drops that possession for this process and everything it forks.
 The new keyring counts against its owner's key quota (kernel.keys.maxkeys,
-200 for a uid other than root) for as long as the sandbox lives: the
-launcher joins it before taking the sandbox's ids, so a root supervisor's
+200 for a uid other than root) for as long as the sandbox lives: the sandbox's
+init joins it before taking the sandbox's ids, so a root supervisor's
 sandboxes are charged to root, not to their one shared outer uid.
 
 Possession is not the only way to see a key: /proc/keys lists every key
 whose owner's uid maps into the reader's user namespace and grants that uid
 "view" (add_key's default). An ordinary user's sandbox maps the user's own
 uid, so it would still list the user's keys (descriptions, not contents);
-`mask_proc_keys()` covers /proc/keys and /proc/key-users with /dev/null in
+`child_mask_proc_keys()` covers /proc/keys and /proc/key-users with /dev/null in
 the sandbox's fresh procfs.
 """
 
@@ -27,13 +27,13 @@ import os
 
 from warden.supervisor.sandbox import _sys
 
-__all__ = ["join_new_session_keyring", "mask_proc_keys"]
+__all__ = ["child_join_session_keyring", "child_mask_proc_keys"]
 
 _NR_KEYCTL = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
-def join_new_session_keyring() -> int:
+def child_join_session_keyring() -> int:
     """Subscribe this process to a new anonymous session keyring; returns its serial.
 
     Raises OSError with the kernel's errno (ENOSYS: a kernel without keys,
@@ -50,7 +50,7 @@ def join_new_session_keyring() -> int:
     return ret
 
 
-def mask_proc_keys() -> None:
+def child_mask_proc_keys() -> None:
     """Bind /dev/null over /proc/keys and /proc/key-users (in the sandbox's new root,
     mount namespace and procfs; needs CAP_SYS_ADMIN there). Missing ones are skipped."""
     for path in (b"/proc/keys", b"/proc/key-users"):

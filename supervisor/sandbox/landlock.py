@@ -17,7 +17,9 @@ import errno
 import os
 from collections.abc import Sequence
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 EXECUTE = 1 << 0
 WRITE_FILE = 1 << 1
@@ -46,7 +48,7 @@ ALL_ABI1 = (EXECUTE | WRITE_FILE | READ_FILE | READ_DIR | REMOVE_DIR | REMOVE_FI
             | MAKE_DIR | MAKE_REG | MAKE_SOCK | MAKE_FIFO | MAKE_BLOCK | MAKE_SYM)
 
 
-class LandlockError(OSError):
+class LandlockError(SandboxError, ChildFailed, OSError):
     """Landlock refused a ruleset, a rule or the restriction."""
 
 
@@ -60,13 +62,32 @@ class _PathBeneath(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
-def abi_version() -> int:
+def parent_abi() -> int:
     """The kernel's Landlock ABI (0 when unavailable or disabled)."""
     try:
         return _sys.syscall("landlock_create_ruleset", None, ctypes.c_size_t(0),
                             ctypes.c_uint32(_CREATE_RULESET_VERSION))
     except OSError:
         return 0
+
+
+abi_version = parent_abi  # the name the supervisor's confinement knows it by
+
+
+def parent_rules(binds: Sequence[tuple[str, bool]], tmpfs: Sequence[str]) \
+        -> tuple[tuple[bytes, int], ...]:
+    """The sandbox's rules [(path, rights)] for child_ruleset(): everything readable,
+    each bind (dest, writable) as bound, each tmpfs dest and /tmp writable, /proc
+    and /dev readable and writable but not executable."""
+    rules: list[tuple[bytes, int]] = [(b"/", READ_DIR)]
+    for dest, writable in binds:
+        rules.append((os.fsencode(dest), FULL if writable else READ))
+    for dest in tmpfs:
+        rules.append((os.fsencode(dest), FULL))
+    rules.append((b"/tmp", FULL))
+    rules.append((b"/proc", READ_FILE | READ_DIR | WRITE_FILE))
+    rules.append((b"/dev", READ_FILE | READ_DIR | WRITE_FILE))
+    return tuple(rules)
 
 
 def handled_fs(abi: int) -> int:
@@ -78,9 +99,9 @@ def handled_fs(abi: int) -> int:
     return h
 
 
-def build_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool = True) -> int:
+def child_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool = True) -> int:
     """A ruleset fd (close-on-exec) for `rules` [(path, rights)], resolved in this mount
-    namespace; `restrict_self()` applies it. Paths that do not exist are skipped.
+    namespace; `child_restrict()` applies it. Paths that do not exist are skipped.
     `handle_fs=False`: a ruleset for the scopes alone (ABI 6), leaving file access as is."""
     handled = handled_fs(abi) if handle_fs else 0
     attr = _RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
@@ -109,7 +130,7 @@ def build_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool 
     return rfd
 
 
-def restrict_self(ruleset_fd: int) -> None:
+def child_restrict(ruleset_fd: int) -> None:
     """Enter the ruleset's domain (no_new_privs must be set); one syscall, for the workload."""
     try:
         _sys.syscall("landlock_restrict_self", ctypes.c_int(ruleset_fd), ctypes.c_uint32(0))

@@ -37,6 +37,9 @@ import resource
 import time
 from typing import NamedTuple
 
+from warden.errors import Unavailable
+from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.spec import SandboxSpec
 
 _counter = itertools.count()
@@ -78,7 +81,7 @@ def sweep(parent: str) -> None:
                 os.rmdir(os.path.join(parent, name))  # refused while not empty
 
 
-class LimitsError(OSError):
+class LimitsError(SandboxError, Unavailable, OSError):
     """A cgroup could not be created, limited or joined."""
 
 
@@ -318,7 +321,7 @@ def available_mechanism() -> str:
     return "cgroup-v1" if _v1_dirs(mounts["cgroup"], own) is not None else "rlimit"
 
 
-def set_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
+def parent_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
     """Parent side, as root: write the IPC-namespace sysctls of the sandbox whose init is `pid`.
 
     /proc/sys/kernel/shm* and msg* show the writer's own IPC namespace, and only
@@ -328,8 +331,6 @@ def set_ipc_limits(pid: int, values: tuple[tuple[str, str], ...]) -> None:
     thread only) and comes straight back."""
     if not values:
         return
-    from warden.supervisor.sandbox import _sys
-
     own = os.open("/proc/thread-self/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
     try:
         theirs = os.open(f"/proc/{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC)
@@ -365,7 +366,13 @@ def choose(spec: SandboxSpec) -> Limiter:
     return Limiter(spec)
 
 
-def apply_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
+def child_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
     """Child side."""
     for res, soft, hard in limits:
         resource.setrlimit(res, (soft, hard))
+
+
+def child_cgroup_namespace() -> None:
+    """In the init, once the parent has moved it into its cgroup: a cgroup namespace
+    rooted there, so the sandbox sees its own cgroup as / and no path of the host's."""
+    _sys.unshare(_sys.CLONE_NEWCGROUP)

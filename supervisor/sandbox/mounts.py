@@ -18,14 +18,16 @@ import os
 import stat
 from typing import NamedTuple
 
+from warden.errors import InvalidInput
 from warden.supervisor.sandbox import _sys, hostpath
+from warden.supervisor.sandbox.errors import SandboxError
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 
 
-class MountError(OSError):
+class MountError(SandboxError, InvalidInput, OSError):
     """A mount step failed; `str()` names the path."""
 
 
@@ -47,9 +49,9 @@ class MountOp(NamedTuple):
     ino: int = 0
 
 
-def plan_binds(binds: tuple[tuple[str, str, bool], ...],
+def parent_plan(binds: tuple[tuple[str, str, bool], ...],
                tmpfs: tuple[tuple[str, int], ...]) -> tuple[MountOp, ...]:
-    """Order mounts parents-first. Touches no file: `detach_sources` resolves the sources."""
+    """Order mounts parents-first. Touches no file: `parent_detach` resolves the sources."""
     ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable)
            for src, dst, writable in binds]
     ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
@@ -83,7 +85,7 @@ def _resolve_source(op: MountOp) -> MountOp:
         os.close(fd)
 
 
-def detach_sources(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
+def parent_detach(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
     """Resolve each bind's source here, in the parent, and clone its tree with the
     parent's rights.
 
@@ -95,14 +97,14 @@ def detach_sources(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
     kernel or the caller's privilege does not allow open_tree (an ordinary
     user, Linux before 5.2), the op keeps tree_fd -1 and the child binds the
     path in its own namespace, refusing it unless it is the very file resolved
-    here. Close the returned fds with `close_trees` once the child has them.
+    here. Close the returned fds with `parent_close` once the child has them.
     """
     out: list[MountOp] = []
     try:
         for op in ops:
             out.append(_resolve_source(op) if op.kind == "bind" else op)
     except BaseException:
-        close_trees(tuple(out))
+        parent_close(tuple(out))
         raise
     return tuple(out)
 
@@ -111,7 +113,7 @@ def tree_fds(ops: tuple[MountOp, ...]) -> tuple[int, ...]:
     return tuple(op.tree_fd for op in ops if op.tree_fd >= 0)
 
 
-def close_trees(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
+def parent_close(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
     """Close the detached trees' fds; returns the ops without them (closing twice is safe)."""
     for fd in tree_fds(ops):
         with contextlib.suppress(OSError):
@@ -350,7 +352,7 @@ def _dir_at(root_fd: int, dest: bytes) -> None:
     os.close(parent)
 
 
-def setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
+def child_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     """Build the new root and pivot into it. Raises MountError naming the path."""
     try:
         _setup_root(ops, tmp_size, chdir)

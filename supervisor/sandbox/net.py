@@ -12,7 +12,9 @@ import fcntl
 import socket
 import struct
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -20,11 +22,11 @@ IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH22x")
 
 
-class NetError(OSError):
+class NetError(SandboxError, ChildFailed, OSError):
     """Bringing up loopback or setting the host name failed."""
 
 
-def loopback_up() -> None:
+def child_loopback() -> None:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             req = bytearray(_IFREQ.pack(b"lo", 0))
@@ -35,7 +37,7 @@ def loopback_up() -> None:
         raise NetError(e.errno or 0, f"bringing up loopback: {e.strerror}") from None
 
 
-def set_hostname(name: bytes) -> None:
+def child_hostname(name: bytes) -> None:
     try:
         _sys.sethostname(name)
     except OSError as e:

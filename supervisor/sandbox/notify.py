@@ -50,6 +50,9 @@ import threading
 import time
 from typing import Any, NamedTuple
 
+from warden.errors import ChildFailed
+from warden.supervisor.sandbox.errors import SandboxError
+from warden.supervisor.sandbox.lowlevel import wait_readable
 from warden.supervisor.sandbox.status import Violation
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, nr, arch, ip, args[6]
@@ -69,7 +72,7 @@ WITHDRAWN = "a refused call was withdrawn before it could be read"
 _DRAIN_SECONDS = 5.0
 
 
-class NotifyError(OSError):
+class NotifyError(SandboxError, ChildFailed, OSError):
     """The listener could not be taken or read."""
 
 
@@ -382,9 +385,7 @@ class Listener:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            p = select.poll()
-            p.register(fd, select.POLLIN)
-            p.poll(min(10, max(1, int(left * 1000))))
+            wait_readable([fd], min(0.010, max(0.001, left)))  # a hang-up wakes it too
 
     def close(self) -> None:
         with self._lock:

@@ -16,18 +16,66 @@ import os
 import signal
 import struct
 
+from warden.errors import EXIT_SETUP
+from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.lowlevel import wait_readable
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 WAITED = {signal.SIGCHLD, *FORWARDED}
 STATUS = struct.Struct("=i")
 
 
-def block_signals() -> None:
+def child_session() -> None:
+    """The init's own session (no terminal's signals reach it or the workload)."""
+    os.setsid()
+
+
+def child_dumpable(dumpable: bool) -> None:
+    """True until the parent has written the id maps (a supervisor that made itself
+    non-dumpable passed that on, and /proc/PID/*_map is then the kernel's to refuse);
+    False once they are: nothing in the sandbox may read this process's memory, a
+    copy of the parent's. (The workload's exec makes the workload dumpable again.)"""
+    _sys.prctl(_sys.PR_SET_DUMPABLE, 1 if dumpable else 0)
+
+
+def child_parent_death_signal(parent_pidfd: int, *, last: bool = False) -> None:
+    """SIGKILL when the parent dies, with the race closed: if the parent died
+    before prctl, nobody would ever send it, so its pidfd is checked after.
+    `last`: the pidfd is closed (an id change clears the signal: it is set twice)."""
+    _sys.prctl(_sys.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if wait_readable([parent_pidfd], 0):
+        os._exit(EXIT_SETUP)  # nobody is left to read a report
+    if last:
+        os.close(parent_pidfd)
+
+
+def child_fork_workload() -> int:
+    """clone(CLONE_FILES | CLONE_VFORK): 0 in the workload, its pid in the init.
+
+    The workload shares the init's descriptor table until its exec, so the seccomp
+    listener it creates right before exec stays in the init's table; the init sleeps
+    meanwhile (CLONE_VFORK), so nothing touches the shared table."""
+    return _sys.clone(_sys.CLONE_FILES | _sys.CLONE_VFORK | signal.SIGCHLD)
+
+
+def child_workload_signals() -> None:
+    """In the workload: the empty signal mask it execs with."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def child_own_process_group() -> None:
+    """In the workload: kill(0, ...) from it reaches only itself and its children,
+    not the init."""
+    os.setpgid(0, 0)
+
+
+def child_block_signals() -> None:
     """Before forking the workload, so no SIGCHLD is lost between fork and the wait loop."""
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
 
 
-def reset_signals() -> None:
+def child_reset_signals() -> None:
     """Default dispositions (CPython ignores some, and ignored ones survive exec); the
     workload then empties its mask right before exec."""
     # exec resets caught signals by itself; only ignored ones would survive it.
@@ -41,7 +89,7 @@ def reset_signals() -> None:
             pass
 
 
-def run_init(workload: int, status_fd: int) -> None:
+def child_run_init(workload: int, status_fd: int) -> None:
     """Never returns: exits when the workload ends."""
     while True:
         info = signal.sigwaitinfo(WAITED)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import errno
 import os
 
+from warden.errors import EXIT_SETUP, Unavailable
+from warden.supervisor.sandbox.errors import SandboxError
 
-class PreflightError(RuntimeError):
+
+class PreflightError(SandboxError, Unavailable, RuntimeError):
     """User namespaces cannot be created here; the message says why and how to fix it."""
 
-    exit_code = 125
+    exit_code = EXIT_SETUP
 
 
 def _read(path: str) -> str | None:

@@ -7,7 +7,7 @@ own memory, the ranges mm->arg_start..arg_end and env_start..env_end that
 execve filled: after a fork those are the parent's strings (`--api-token=…`,
 `--env KEY=secret`, host paths, the whole environment). cmdline is readable
 by every process that can see the pid (no ptrace check), so a workload read
-its init's. `hide_parent_argv()` overwrites both ranges in the calling
+its init's. `child_hide_parent_argv()` overwrites both ranges in the calling
 process's copy (copy-on-write: the parent's own memory is untouched),
 leaving a short title for ps.
 
@@ -20,10 +20,13 @@ this does the two memsets itself.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 
-__all__ = ["hide_parent_argv"]
+from warden.supervisor.sandbox import _sys
+
+__all__ = ["child_hide_parent_argv", "child_title"]
 
 
 def _ranges() -> tuple[int, int, int, int] | None:
@@ -49,7 +52,7 @@ _RANGES = _ranges()
 _PID = os.getpid()
 
 
-def hide_parent_argv(title: bytes) -> None:
+def child_hide_parent_argv(title: bytes) -> None:
     """In a fresh fork: replace the inherited argv and environ strings with `title`.
 
     /proc/PID/cmdline then reads `title` followed by NULs, /proc/PID/environ
@@ -65,3 +68,12 @@ def hide_parent_argv(title: bytes) -> None:
     # that range, not the setproctitle(3) convention of reading on into environ.
     keep = max(0, min(len(title), arg_end - arg_start - 1))
     ctypes.memmove(arg_start, title, keep)
+
+
+def child_title(name: bytes) -> None:
+    """In a fresh fork: what ps shows for it, its name (comm, 15 bytes) and its
+    argv, which would otherwise be the caller's (the supervisor's command line)."""
+    buf = ctypes.create_string_buffer(name[:15])
+    with contextlib.suppress(OSError):
+        _sys.prctl(_sys.PR_SET_NAME, ctypes.addressof(buf))
+    child_hide_parent_argv(name)

@@ -3,7 +3,7 @@
 The filter arrives as raw `struct sock_filter[]` bytes compiled in the parent.
 When it reports kill actions through user-notify, the child loads it with
 SECCOMP_FILTER_FLAG_NEW_LISTENER; the listener lands in the descriptor table
-the workload still shares with its init (see launcher.py), which hands it to
+the workload still shares with its init (see child.py), which hands it to
 the supervisor after the exec. With it goes SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 (Linux 5.19): once the supervisor has received a refused call, the caller's
 own signals no longer interrupt its wait, only the supervisor's kill ends it
@@ -21,7 +21,9 @@ import itertools
 import os
 import struct
 
+from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.errors import SandboxError
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
@@ -36,7 +38,7 @@ _INSN = struct.Struct("<HBBI")
 _MAX_INSNS = 4096
 
 
-class SeccompError(OSError):
+class SeccompError(SandboxError, ChildFailed, OSError):
     """Loading the filter failed (the kernel's errno is kept)."""
 
 
@@ -124,3 +126,14 @@ class PreparedFilter:
     def _load(self, flags: int) -> int:
         return int(self._syscall(self._nr_seccomp, ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
                                  ctypes.c_uint(flags), ctypes.byref(self._prog)))
+
+
+def child_prepare(bpf: bytes, listener: bool) -> PreparedFilter:
+    """In the init, before the workload is forked: the load, ready to be one call."""
+    return PreparedFilter(bpf, listener)
+
+
+def child_load(filt: PreparedFilter) -> None:
+    """In the workload, last before exec: the filter (its listener, if any, lands in
+    the descriptor table the workload still shares with the init)."""
+    filt.load()

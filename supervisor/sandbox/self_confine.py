@@ -89,23 +89,23 @@ def clear_capabilities() -> None:
     The bounding set is left as is: with no_new_privs set and an unmapped
     uid, no exec can raise capabilities again.
     """
-    caps.clear_capabilities()
+    caps.child_clear_capabilities()
 
 
 def set_no_new_privs() -> None:
     """PR_SET_NO_NEW_PRIVS: no exec can gain privilege (setuid bits and file
     capabilities are inert); required to load a seccomp filter unprivileged."""
-    caps.no_new_privs()
+    caps.child_no_new_privs()
 
 
 def hide_parent_argv(title: bytes) -> None:
     """Overwrite the argv and environ strings inherited from the parent (see proctitle)."""
-    proctitle.hide_parent_argv(title)
+    proctitle.child_hide_parent_argv(title)
 
 
 def join_new_session_keyring() -> None:
     """Leave the parent's session keyring for a new, empty one (see keyring)."""
-    keyring.join_new_session_keyring()
+    keyring.child_join_session_keyring()
 
 
 # ------------------------------------------------------------- parent-death lock
@@ -209,8 +209,8 @@ def hide_proc() -> None:
 
 
 def mask_proc_keys() -> None:
-    """/dev/null over /proc/keys and /proc/key-users (see keyring.mask_proc_keys)."""
-    keyring.mask_proc_keys()
+    """/dev/null over /proc/keys and /proc/key-users (see keyring.child_mask_proc_keys)."""
+    keyring.child_mask_proc_keys()
 
 
 def mount_private_tmp(size_bytes: int, keep: tuple[str, ...] = ()) -> None:
@@ -287,8 +287,8 @@ def scope_landlock(abi: int, rules: tuple[tuple[bytes, int], ...] = ()) -> None:
     handles the filesystem: call after the mounts. No-op when abi is 0."""
     if abi <= 0 or (abi < 6 and not rules):
         return
-    ruleset = landlock.build_ruleset(abi, rules, handle_fs=bool(rules))
+    ruleset = landlock.child_ruleset(abi, rules, handle_fs=bool(rules))
     try:
-        landlock.restrict_self(ruleset)
+        landlock.child_restrict(ruleset)
     finally:
         os.close(ruleset)

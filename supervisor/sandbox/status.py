@@ -12,6 +12,8 @@ import signal
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from warden.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP
+
 
 class Outcome(enum.Enum):
     OK = "ok"
@@ -25,10 +27,10 @@ class Outcome(enum.Enum):
     SETUP_ERROR = "setup_error"
 
 
-# Exit codes of `warden run` for outcomes where the supervisor ended the child.
-EXIT_SETUP = 125
-EXIT_NOT_EXECUTABLE = 126
-EXIT_NOT_FOUND = 127
+# Exit codes of `warden run` for outcomes where the supervisor ended the child:
+# defined once, in warden.errors, and named here for this layer's callers.
+__all__ = ["EXIT_NOT_EXECUTABLE", "EXIT_NOT_FOUND", "EXIT_SETUP", "Outcome", "SetupFailure",
+           "Status", "Violation"]
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ import errno
 import os
 from collections.abc import Iterable
 
+from warden.errors import Unavailable
+from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.spec import INNER_ID
 
 # /proc/sys/user/<name> of the sandbox's user namespace, lowered from INT_MAX
@@ -53,11 +55,11 @@ DEFAULT_LIMITS: dict[str, int] = {
 }
 
 
-class UserNsError(OSError):
+class UserNsError(SandboxError, Unavailable, OSError):
     """Writing the id maps failed."""
 
 
-def plan_limits(overrides: Iterable[tuple[str, int]]) -> tuple[tuple[bytes, bytes], ...]:
+def parent_limits(overrides: Iterable[tuple[str, int]]) -> tuple[tuple[bytes, bytes], ...]:
     """(path, value) pairs for the init to write (parent side, before fork)."""
     values = dict(DEFAULT_LIMITS)
     values.update(overrides)
@@ -70,12 +72,12 @@ def plan_limits(overrides: Iterable[tuple[str, int]]) -> tuple[tuple[bytes, byte
 AFTER_MOUNTS = b"/proc/sys/user/max_mnt_namespaces"
 
 
-def set_limits(limits: tuple[tuple[bytes, bytes], ...]) -> tuple[int, bytes] | None:
+def child_limits(limits: tuple[tuple[bytes, bytes], ...]) -> tuple[int, bytes] | None:
     """Child side, in the new user namespace with its capabilities: lower its limits.
     A limit this kernel does not have (ENOENT: e.g. no fanotify) is skipped.
 
     The mount-namespace limit is only opened here (the host's /proc is still the one
-    mounted): returns (fd, value) for finish_limits() after the mount step."""
+    mounted): returns (fd, value) for child_mount_limit() after the mount step."""
     deferred = None
     for path, value in limits:
         try:
@@ -89,8 +91,8 @@ def set_limits(limits: tuple[tuple[bytes, bytes], ...]) -> tuple[int, bytes] | N
     return deferred
 
 
-def finish_limits(deferred: tuple[int, bytes] | None) -> None:
-    """Child side, after the mount step: write the limit set_limits() held back."""
+def child_mount_limit(deferred: tuple[int, bytes] | None) -> None:
+    """Child side, after the mount step: write the limit child_limits() held back."""
     if deferred is None:
         return
     fd, value = deferred
@@ -106,6 +108,18 @@ def _write_limit(fd: int, path: bytes, value: bytes) -> None:
                           f"{path.decode()} = {value.decode()}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+def parent_maps(pid: int, uid: int, gid: int) -> None:
+    """Parent side (root): map the init's INNER_ID to the sandbox's outer (uid, gid).
+    With CAP_SETGID here, setgroups stays allowed (the init drops its groups)."""
+    write_maps(pid, uid, gid, deny_setgroups=False)
+
+
+def child_maps(uid: int, gid: int) -> None:
+    """Child side (an ordinary user's sandbox, mapping its own uid): the init maps
+    itself, setgroups denied first as the kernel requires without CAP_SETGID."""
+    write_maps("self", uid, gid, deny_setgroups=True)
 
 
 def write_maps(pid: int | str, uid: int, gid: int, *, deny_setgroups: bool) -> None:

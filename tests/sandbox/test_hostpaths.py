@@ -315,7 +315,7 @@ def test_bind_source_replaced_after_warden_resolved_it(tmp_path: Path,
     ordinary user the child, which binds by path, finds another file and refuses."""
     from sandbox_util import MODE, run
 
-    from warden.supervisor.sandbox import SetupError, launcher
+    from warden.supervisor.sandbox import SetupError, launch
 
     src = tmp_path / "src"
     src.mkdir()
@@ -325,15 +325,15 @@ def test_bind_source_replaced_after_warden_resolved_it(tmp_path: Path,
     (other / "marker").write_text("other\n")
     for d in (tmp_path, src, other):
         d.chmod(0o755)
-    real_prepare = launcher.prepare
+    real_prepare = launch.prepare
 
     def prepare_then_swap(spec: object) -> object:
-        launch = real_prepare(spec)  # type: ignore[arg-type]
+        launched = real_prepare(spec)  # type: ignore[arg-type]
         src.rename(tmp_path / "moved")
         other.rename(src)
-        return launch
+        return launched
 
-    monkeypatch.setattr(launcher, "prepare", prepare_then_swap)
+    monkeypatch.setattr(launch, "prepare", prepare_then_swap)
     try:
         result = run(["/bin/cat", "/b/marker"], ro_binds=[f"{src}:/b"])
     except SetupError as e:

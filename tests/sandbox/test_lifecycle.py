@@ -322,7 +322,7 @@ def test_prepare_and_complete_let_another_process_do_the_clone() -> None:
     """What a zygote does: a helper that holds launch.child_fds() clones the init with
     CLONE_PARENT, so the init is still this process's child."""
     from warden.supervisor.sandbox import _sys, child_setup, prepare
-    from warden.supervisor.sandbox.launcher import announce_init
+    from warden.supervisor.sandbox.child import announce_init
 
     out = os.open(os.devnull, os.O_WRONLY)
     spec = build_spec([PY, "-I", "-S", "-c", "import os; os._exit(7)"], TEST_PROFILE,
@@ -393,16 +393,16 @@ def test_a_setup_error_is_reported_even_when_the_child_left_our_message_unread(
     # (no such program) before reading it, and closes with it unread, which the
     # kernel reports to the parent (ECONNRESET) ahead of the error message. A
     # slow parent (every read late) meets that every time.
-    from warden.supervisor.sandbox import launcher
+    from warden.supervisor.sandbox import launch
 
     monkeypatch.setenv("WARDEN_CGROUP", "none")
-    recv = launcher._Setup.recv
+    recv = launch._Setup.recv
 
-    def slow_recv(self: launcher._Setup) -> tuple[bytes, list[int]]:
+    def slow_recv(self: launch._Setup) -> tuple[bytes, list[int]]:
         time.sleep(0.05)
         return recv(self)
 
-    monkeypatch.setattr(launcher._Setup, "recv", slow_recv)
+    monkeypatch.setattr(launch._Setup, "recv", slow_recv)
     for _ in range(3):
         with pytest.raises(SetupError) as e:
             start(["no-such-program"])
