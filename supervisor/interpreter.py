@@ -10,6 +10,7 @@ environment uses, found from what `sys` and `site` report.
 
 from __future__ import annotations
 
+import functools
 import os
 import site
 import sys
@@ -30,6 +31,7 @@ def _under(path: str, dirs: list[str] | tuple[str, ...]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
+@functools.cache
 def sandbox_python() -> SandboxPython:
     """This process's interpreter, the directories a sandbox must see to run it,
     and the site-packages to put on its path.

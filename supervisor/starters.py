@@ -147,16 +147,52 @@ class ZygoteStarter:
         self._max_workers = max_workers
         self.client: ZygoteClient | None = None
         self._restart: asyncio.Future[ZygoteClient] | None = None
+        # Worker modules the zygote binds without importing them, and what that
+        # binds: a worker of a module outside it needs a zygote that has it.
+        self._code: tuple[str, ...] = ()
+        self._binds = specs.code_binds(self._preload)
+        self._retired: list[ZygoteClient] = []  # replaced, kept while their workers run
+        self._switch = asyncio.Lock()
 
     def _start_client(self) -> asyncio.Future[ZygoteClient]:
         return asyncio.ensure_future(ZygoteClient.start(
             self._specs, self._thread, self._preload, self._warm,
-            shared_tmp=self._shared_tmp, max_workers=self._max_workers))
+            shared_tmp=self._shared_tmp, max_workers=self._max_workers, code=self._code))
+
+    async def _for_module(self, module: str) -> ZygoteClient:
+        """A zygote whose sandbox has `module`'s files: the live one, or (the first
+        time a worker's code lies elsewhere) a new one that binds it too. The old
+        zygote is kept until its workers end: they live in its PID namespace."""
+        if self._specs.code_binds([module]) <= self._binds:
+            return await self.live()
+        async with self._switch:
+            if self._specs.code_binds([module]) <= self._binds:
+                return await self.live()
+            code = (*self._code, module)
+            new = await ZygoteClient.start(
+                self._specs, self._thread, self._preload, self._warm,
+                shared_tmp=self._shared_tmp, max_workers=self._max_workers, code=code)
+            old, self.client = self.client, new
+            self._code = code
+            self._binds = self._specs.code_binds((*self._preload, *code))
+            events.logger.info("started a zygote that also binds %s", module)
+            if old is not None:
+                self._retired.append(old)
+            await self._stop_idle_retired()
+            return new
+
+    async def _stop_idle_retired(self) -> None:
+        for old in [z for z in self._retired if z.dead or not z.by_zpid]:
+            self._retired.remove(old)
+            await old.stop()
 
     async def open(self) -> None:
         self.client = await self._start_client()
 
     async def close(self) -> None:
+        for old in self._retired:
+            await old.stop()
+        self._retired.clear()
         if self.client is not None:
             await self.client.stop()
             self.client = None
@@ -188,7 +224,7 @@ class ZygoteStarter:
                            ) -> tuple[socket.socket, WorkerProcess]:
         parent, child = _channel_pair(boot)
         try:
-            zygote = await self.live()
+            zygote = await self._for_module(boot.target.partition(":")[0])
             proc = await zygote.fork(child)
         except BaseException:
             parent.close()

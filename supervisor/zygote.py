@@ -197,16 +197,17 @@ class ZygoteClient:
 
     @classmethod
     async def start(cls, specs: PythonSpecs, thread: SandboxThread, preload: Sequence[str],
-                    warm: int = 2, *, shared_tmp: bool = False, max_workers: int = 4096
-                    ) -> ZygoteClient:
+                    warm: int = 2, *, shared_tmp: bool = False, max_workers: int = 4096,
+                    code: Sequence[str] = ()) -> ZygoteClient:
         """Start a zygote (a fresh interpreter in a sandbox of its own) and wait until it
-        is ready; ZygoteError if it is not."""
+        is ready; ZygoteError if it is not. `preload` is imported before forking;
+        `code` is only bound (the modules later workers import)."""
         loop = asyncio.get_running_loop()
         zfilter = zygote_filter(resolve_profile(PROFILE_PATH))
         shared = ["--shared-tmp"] if shared_tmp else []
         spec = specs.spec(["warden.supervisor.zygote_main", f"--warm={warm}", *shared,
                            *preload],
-                          PROFILE_PATH, "warden.supervisor.zygote_main", *preload,
+                          PROFILE_PATH, "warden.supervisor.zygote_main", *preload, *code,
                           seccomp_filter=zfilter)
         # Each worker is a user, PID, mount and IPC namespace nested in the zygote's
         # sandbox, whose namespace limits are otherwise 0 (see userns.DEFAULT_LIMITS),
