@@ -51,9 +51,6 @@ KNOWN_VIOLATIONS: set[str] = {
     " (the sandbox imports only profiles, errors and itself)",
     "warden.supervisor.sandbox.channel_guard imports warden.ipc.wire"
     " (the sandbox imports only profiles, errors and itself)",
-    # The zygote builds its spec through core._sandbox_spec_for (and takes the Supervisor).
-    "circle: warden.supervisor.core -> warden.supervisor.zygote",
-    "circle: warden.supervisor.zygote -> warden.supervisor.core",
     # spec checks cgroup limits and userns limits through the mechanisms that use the spec.
     "circle: warden.supervisor.sandbox.limits -> warden.supervisor.sandbox.spec",
     "circle: warden.supervisor.sandbox.spec -> warden.supervisor.sandbox.limits",
@@ -197,7 +194,7 @@ def _check(found: set[str]) -> None:
 def test_the_source_map_finds_every_layer() -> None:
     """A guard for the test itself: the AST walk sees the modules and their imports."""
     for name in ("warden", "warden.errors", "warden.__main__", "warden.profiles.loader",
-                 "warden.ipc.session", "warden.supervisor.core", f"{SANDBOX}.launcher",
+                 "warden.ipc.session", "warden.supervisor.core", f"{SANDBOX}.child",
                  *CLI_MODULES):
         assert name in MODULES, name
     loader = {imp.target for imp in IMPORTS if imp.source == "warden.profiles.loader"}
