@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import WORKTREE, alive
+from warden.errors import EXIT_SETUP
 from warden.supervisor.cli import main as cli
 from warden.supervisor.serve import ConfigError, load_config
 
@@ -51,7 +52,7 @@ def test_config_parses(tmp_path: Path) -> None:
     (("count = 2", "count = 0"), "pools.calc.count: expected an integer >= 1, got 0"),
     (("restart = \"on-failure\"", "restart = \"sometimes\""),
      "pools.calc.restart: expected one of never, on-failure, always, got 'sometimes'"),
-    (("memory = \"512M\"", "memory = \"lots\""), "pools.calc.memory: expected a size"),
+    (("memory = \"512M\"", "memory = \"lots\""), "pools.calc.memory 'lots': expected a size"),
     (("profile = \"strict\"", "colour = \"red\""), "pools.calc.colour: unknown key"),
     (("start_method = \"zygote\"", "start_method = \"vfork\""),
      "supervisor.start_method: expected one of spawn, zygote, fork, got 'vfork'"),
@@ -75,8 +76,9 @@ def test_config_errors_name_file_and_key(tmp_path: Path, change: tuple[str, str]
 def test_cli_reports_config_errors(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.format(sock="s").replace("count = 2", "count = -1"))
     r = CliRunner().invoke(cli, ["serve", path])
-    assert r.exit_code == 1
-    assert f"Error: {path}: pools.calc.count: expected an integer >= 1, got -1" in r.output
+    assert r.exit_code == EXIT_SETUP
+    assert r.output == (f"{path}:11:9: error: pools.calc.count: expected an integer >= 1, "
+                        "got -1\n    count = -1\n            ^\n")
 
 
 def test_serve_status_sigusr1_and_clean_shutdown(tmp_path: Path) -> None:
