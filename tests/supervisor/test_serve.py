@@ -150,3 +150,59 @@ count = 2
         assert await asyncio.wait_for(server, 60) == 0
 
     asyncio.run(main())
+
+
+PROGRAM = """
+[supervisor]
+code_paths = ["code"]
+
+[pools.prog]
+interface = "m:I"
+program = ["/bin/cat"]
+"""
+
+
+def test_program_pool_takes_every_sandbox_option_warden_run_takes(tmp_path: Path) -> None:
+    """One vocabulary: a program pool's keys are SandboxOptions' fields (those serve
+    can give), decoded with the same bounds; module pools keep profile and memory."""
+    from warden.supervisor.sandbox.options import SandboxOptions, described
+
+    (tmp_path / "code").mkdir()
+    extra = ('tmpfs = ["/scratch"]\ntimeout = 30\nmax_procs = 8\ntmp_size = "16M"\n'
+             'share_net = true\nfiles = ["/etc/hostname:r"]\nkeep_env = ["LANG"]\n')
+    cfg = load_config(write(tmp_path, PROGRAM + extra))
+    assert cfg.code_paths == (str(tmp_path / "code"),)
+    (pool,) = cfg.pools
+    assert pool.options == SandboxOptions(
+        profile="default", tmpfs=("/scratch",), timeout=30, max_procs=8, tmp_size=16 << 20,
+        share_net=True, files=("/etc/hostname:r",), keep_env=("LANG",))
+    # Every option serve can give is a key; none it cannot give is.
+    for name, o in described():
+        text = PROGRAM + f"{name} = {{}}\n"  # a table: of the wrong type for every option
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert ("unknown key" in str(info.value)) == (not o.serve), (name, str(info.value))
+    with pytest.raises(ConfigError, match=r":8:1: error: pools.calc.tmpfs: only for program"):
+        load_config(write(tmp_path, GOOD.format(sock="s").replace(
+            "[pools.calc]", "[pools.calc]\ntmpfs = [\"/x\"]")))
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    (PROGRAM.replace('["code"]', '["code", "nowhere"]'),
+     ':3:23: error: supervisor.code_paths[1]: {tmp}/nowhere is not a directory'),
+    (PROGRAM + 'env = ["A=1", 7]\n', ":8:15: error: pools.prog.env[1]: expected a string, got 7"),
+    (PROGRAM + 'env = ["A=1", "B"]\n', ":8:15: error: pools.prog.env[1]: 'B' is not NAME=VALUE"),
+    (PROGRAM + "count = 1.5\n", ":8:9: error: pools.prog.count: expected an integer >= 1"),
+    (PROGRAM + "[other]\n", ":8:1: error: other: unknown section"),
+    (PROGRAM.replace('interface = "m:I"\n', ""), ":5:1: error: pools.prog: interface is required"),
+])
+def test_config_errors_carry_line_and_column(tmp_path: Path, text: str, where: str) -> None:
+    (tmp_path / "code").mkdir()
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    e = info.value
+    assert str(e).startswith(path + where.format(tmp=tmp_path)), str(e)
+    # Like a profile error: the line itself, and a caret under the column.
+    _head, line, caret = str(e).split("\n")
+    assert line == "    " + e.source_line and caret == "    " + " " * (e.column - 1) + "^"
