@@ -16,6 +16,7 @@ from typing import Any
 
 from warden.errors import InvalidInput
 from warden.profiles.model import Bind, Profile, Tmpfs
+from warden.profiles.parser import size_bytes
 from warden.supervisor.sandbox import ids
 from warden.supervisor.sandbox.fds import parse_grant
 from warden.supervisor.sandbox.options import SandboxOptions, flag
@@ -107,12 +108,11 @@ class SandboxSpec:
 
 
 def parse_size(text: str, option: str) -> int:
-    """'512M', '2G', '65536' -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
-    if not m:
+    """'512M', '2G', '65536' -> bytes (warden.profiles.parser.size_bytes, the one syntax)."""
+    n = size_bytes(text)
+    if n is None:
         raise SpecError(f"{option} {text!r}: expected a size such as 512M, 2G or 65536")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(m.group(1)) * mult
+    return n
 
 
 def split_bind(text: str, option: str) -> tuple[str, str]:
