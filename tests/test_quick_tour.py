@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.interpreter import EXTRA_PATH, PYTHON, python_env
+from tests.interpreter import EXTRA_PATH, PYTHON
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,10 +46,11 @@ def workspace() -> tuple[Path, dict[str, str]]:
         os.chmod(d, 0o755)
         for f in files:
             os.chmod(os.path.join(d, f), 0o644)
-    env = python_env(EXTRA_PATH) if EXTRA_PATH else dict(os.environ)
-    if not EXTRA_PATH:
-        env.pop("PYTHONPATH", None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+    # What this interpreter needs to find warden (the ordinary-uid run under the
+    # system python has the venv's packages there), without the checkout.
+    env = dict(os.environ)
+    paths = (EXTRA_PATH, *env.get("PYTHONPATH", "").split(os.pathsep))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths
                                         if p and os.path.realpath(p) != str(ROOT))
     script = Path(sys.executable).parent / "warden"
     if sys.executable == PYTHON and os.access(script, os.X_OK):

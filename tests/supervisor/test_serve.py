@@ -120,7 +120,11 @@ def test_program_pool_in_process(tmp_path: Path) -> None:
 
     from warden.supervisor.serve import serve
 
-    paths = [WORKTREE, *(p for p in site.getsitepackages() if os.path.isdir(p))]
+    # Where this interpreter finds warden: its site-packages, or (the ordinary-uid run
+    # under the system python) the venv's packages on PYTHONPATH.
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    paths = list(dict.fromkeys(p for p in (WORKTREE, *site.getsitepackages(), *inherited)
+                               if p and os.path.isdir(p)))
     code = ("from warden import ipc; from tests.supervisor.workers import CalcImpl; "
             "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
     path = write(tmp_path, f"""
