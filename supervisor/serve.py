@@ -200,8 +200,7 @@ class _Reader:
         line, column = (self.where.key if key else self.where.value)(at)
         if at and not named:
             message = f"{dotted(at)}: {message}"
-        return ConfigError(message,
-                           file=self.path, line=line, column=column,
+        return ConfigError(message, file=self.path, line=line, column=column,
                            source_line=self.where.source_line(line))
 
     def convert(self, raw: Any, into: Any, at: tuple[Any, ...]) -> Any:
