@@ -39,7 +39,7 @@ SIZE = _Size()
 
 
 class OptionError(click.UsageError, InvalidInput):
-    """A bad option or profile: the sandbox cannot be set up, so 125 like a setup error."""
+    """A bad option or profile: the sandbox cannot be set up, so EXIT_SETUP like a setup error."""
 
     exit_code = EXIT_SETUP
 
@@ -83,9 +83,9 @@ def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
 
     Exit codes: the program's own; 128+N when it died of signal N (159 for a
     seccomp violation, 137 when warden killed it: timeout, memory, bad
-    message); 125 when the sandbox could not be set up (bad option, profile
-    error, setup step refused, a host path refused); 126/127 when PROGRAM is
-    not executable / not found inside the sandbox.
+    message); 125 when the sandbox could not be set up (a usage error or bad
+    option, profile error, setup step refused, a host path refused); 126/127
+    when PROGRAM is not executable / not found inside the sandbox.
 
     Host paths (--file, --json-status, bind sources) are opened with warden's
     rights under one rule: no symbolic link followed anywhere in the path,
