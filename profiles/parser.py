@@ -160,11 +160,9 @@ class _Context:
     def size(self, path: Path, value: object) -> int:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
-        if isinstance(value, str):
-            m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
-            if m and int(m.group(1)) > 0:
-                scale = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-                return int(m.group(1)) * scale[m.group(2).upper()]
+        n = size_bytes(value) if isinstance(value, str) else None
+        if n:
+            return n
         self.error(path, f'"{_dotted(path)}" must be a size',
                    expected=f'a byte count or a string like "64M", not {value!r}')
 
@@ -175,6 +173,16 @@ class _Context:
         if "\0" in text:
             self.error(path, "path contains a NUL byte")
         return text
+
+
+def size_bytes(text: str) -> int | None:
+    """'64M', '2G', '1KiB', '65536' -> bytes; None if `text` is not a size. The one
+    size syntax of warden: profiles, `warden run`'s options and serve configs."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        return None
+    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30,
+                              "T": 1 << 40}[m.group(2).upper()]
 
 
 def _dotted(path: Path) -> str:

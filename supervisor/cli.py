@@ -1,5 +1,9 @@
 """The `warden` command: one click group; each concern registers its own commands.
 
+Usage errors of every command (an unknown flag, a bad value, a missing
+argument) exit with warden.errors.EXIT_SETUP, like any other failure to set up,
+so a program's own exit code 2 stays its own.
+
 Sub-commands are registered by name and imported only when one is invoked (or
 when help lists them all), so `warden run` does not load the profile tools,
 the serve machinery or asyncio just to start.
@@ -7,11 +11,15 @@ the serve machinery or asyncio just to start.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 import click
+
+from warden.errors import EXIT_SETUP
 
 # name -> "module:attribute"; each command lives beside the code it drives.
 COMMANDS = {
@@ -24,6 +32,15 @@ COMMANDS = {
 START_UP_WITHOUT_GC = frozenset({"run"})
 
 _gc_paused = False
+
+
+@contextlib.contextmanager
+def _usage_exits_setup() -> Iterator[None]:
+    try:
+        yield
+    except click.UsageError as e:
+        e.exit_code = EXIT_SETUP  # type: ignore[misc]  # click reads it from the instance
+        raise
 
 
 def start_up_done() -> None:
@@ -55,6 +72,16 @@ class LazyGroup(click.Group):
             return super().main(*args, **kwargs)
         finally:
             start_up_done()
+
+    # Usage errors (a bad flag or value, a missing argument) exit like every other
+    # failure to set up, EXIT_SETUP, never click's 2, which is a program's own code.
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with _usage_exits_setup():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _usage_exits_setup():
+            return super().invoke(ctx)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})

@@ -9,9 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from warden.errors import EXIT_SETUP, InvalidInput
+from warden.supervisor.sandbox.options import SandboxOptions, described, flag
 
 if TYPE_CHECKING:
     from warden.supervisor.sandbox import Sandbox, SandboxSpec, Status
@@ -26,8 +30,7 @@ class _Size(click.ParamType):  # type: ignore[type-arg]
         from warden.supervisor.sandbox.spec import SpecError, parse_size
 
         try:
-            return parse_size(str(value), f"--{param.name.replace('_', '-')}" if param and
-                              param.name else "size")
+            return parse_size(str(value), flag(param.name) if param and param.name else "size")
         except SpecError as e:
             self.fail(str(e), param, ctx)
 
@@ -35,62 +38,54 @@ class _Size(click.ParamType):  # type: ignore[type-arg]
 SIZE = _Size()
 
 
-class OptionError(click.UsageError):
-    """A bad option or profile: the sandbox cannot be set up, so 125 like a setup error."""
+class OptionError(click.UsageError, InvalidInput):
+    """A bad option or profile: the sandbox cannot be set up, so EXIT_SETUP like a setup error."""
 
-    exit_code = 125
+    exit_code = EXIT_SETUP
+
+
+# The click type of each kind of sandbox option (warden.supervisor.sandbox.options).
+_TYPES: dict[str, Any] = {
+    "size": SIZE, "count": click.IntRange(min=1), "fd": click.IntRange(min=0),
+    "fds": click.IntRange(min=0), "id": int,
+    "seconds": click.FloatRange(min=0, min_open=True),
+}
+
+
+def sandbox_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one click option per SandboxOptions field, filling the field of the same name."""
+    for name, o in reversed(described()):
+        if o.kind == "api":
+            continue
+        decls = [d for d in (o.short, o.flag, name) if d]
+        kw: dict[str, Any] = {"help": o.help, "metavar": o.metavar}
+        if o.kind == "flag":
+            kw["is_flag"] = True
+        elif o.kind == "no-flag":
+            kw.update(flag_value=False, default=True)
+        else:
+            kw["multiple"] = o.kind in ("texts", "fds")
+            if o.kind in _TYPES:
+                kw["type"] = _TYPES[o.kind]
+            default = SandboxOptions.__dataclass_fields__[name].default
+            if default not in (None, ()):
+                kw.update(default=default, show_default=True)
+        command = click.option(*decls, **kw)(command)
+    return command
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})
-@click.option("-p", "--profile", default="default", show_default=True, metavar="NAME|PATH",
-              help="Profile to run under (built-in name, name on the search path, or file).")
-@click.option("--ro-bind", multiple=True, metavar="SRC[:DST]", help="Bind SRC read-only.")
-@click.option("--bind", multiple=True, metavar="SRC[:DST]", help="Bind SRC read-write.")
-@click.option("--tmpfs", multiple=True, metavar="DST", help="Mount an empty tmpfs at DST.")
-@click.option("--chdir", metavar="DIR", help="Working directory inside the sandbox.")
-@click.option("--memory", type=SIZE, help="Memory limit (e.g. 512M).")
-@click.option("--max-procs", type=click.IntRange(min=1), help="Process/thread limit.")
-@click.option("--max-open-files", type=click.IntRange(min=1), help="Open-file limit.")
-@click.option("--cpu-time", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="CPU-time limit.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Wall-clock limit; the sandbox is killed when it expires.")
-@click.option("--tmp-size", type=SIZE, help="Size of the private /tmp.")
-@click.option("--share-net", is_flag=True, help="Share the host's network (no new net namespace).")
-@click.option("--no-channel", is_flag=True, help="Do not open the channel at fd 3.")
-@click.option("--pass-fd", type=click.IntRange(min=0), multiple=True, metavar="N",
-              help="Hand over this process's fd N at the same number.")
-@click.option("--file", "files", multiple=True, metavar="PATH[:r|w|rw|a][:fifo|:device|:follow]",
-              help="Open PATH here (with warden's rights) and hand the fd over; a link, FIFO "
-              "or device is refused unless :follow, :fifo, :device is added.")
-@click.option("--env", multiple=True, metavar="K=V", help="Set a variable in the child.")
-@click.option("--keep-env", multiple=True, metavar="K",
-              help="Copy a variable from this environment.")
-@click.option("--json-status", metavar="FILE|-",
-              help="Write the status record as JSON to FILE (opened before the program "
-              "starts; refused inside a writable bind), or to stdout with -, which then "
-              "carries the record alone (the program's stdout goes to stderr).")
-@click.option("--json-status-fd", type=click.IntRange(min=0), metavar="N",
-              help="Write the status record to this process's fd N (not handed to the program).")
-@click.option("--outer-uid", type=int,
-              help="A fixed outer uid, shared by every sandbox given it (default: one each).")
-@click.option("--outer-gid", type=int, help="A fixed outer gid (default: the --outer-uid).")
-@click.option("--outer-uid-range", metavar="START:COUNT",
-              help="As root: the ids each sandbox gets one of its own from "
-                   "(default 2000000000:65536).")
-@click.option("--memory-rlimit-only", is_flag=True,
-              help="Accept a --memory limit held only by rlimits when no cgroup is usable.")
+@sandbox_options
 @click.option("-q", "--quiet", is_flag=True, help="No status line on stderr.")
 @click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
-                json_status_fd: int | None, quiet: bool, **options: Any) -> None:
+def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
     """Run PROGRAM in a sandbox under a profile; exit with its exit code.
 
     Exit codes: the program's own; 128+N when it died of signal N (159 for a
     seccomp violation, 137 when warden killed it: timeout, memory, bad
-    message); 125 when the sandbox could not be set up (bad option, profile
-    error, setup step refused, a host path refused); 126/127 when PROGRAM is
-    not executable / not found inside the sandbox.
+    message); 125 when the sandbox could not be set up (a usage error or bad
+    option, profile error, setup step refused, a host path refused); 126/127
+    when PROGRAM is not executable / not found inside the sandbox.
 
     Host paths (--file, --json-status, bind sources) are opened with warden's
     rights under one rule: no symbolic link followed anywhere in the path,
@@ -106,16 +101,17 @@ def run_command(program: tuple[str, ...], profile: str, json_status: str | None,
       WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
                          using ~/.cache/warden/seccomp
     """
-    if json_status is not None and json_status_fd is not None:
-        raise OptionError("--json-status and --json-status-fd: give one of them")
-    status, out = _run(list(program), profile, json_status, json_status_fd, options)
+    options = SandboxOptions(**fields)
+    if options.json_status is not None and options.json_status_fd is not None:
+        raise OptionError(f"{flag('json_status')} and {flag('json_status_fd')}: give one of them")
+    status, out = _run(list(program), options)
     if out is not None:
         try:
             out.write(status.to_json() + "\n")
         except OSError as e:
             click.echo(f"warden: {out.what}: the status record could not be written: "
                        f"{e.strerror}", err=True)
-            os._exit(125)
+            os._exit(EXIT_SETUP)
     if not quiet and status.outcome.value not in ("ok", "exited"):
         click.echo(f"warden: {status.describe()}", err=True)
     # Everything is written and the sandbox is gone (reaped, cgroup removed):
@@ -151,7 +147,8 @@ class StatusOutput:
         if path is None and fd is None:
             return None
         if path is None or path == "-":
-            what = f"--json-status-fd {fd}" if path is None else "--json-status -"
+            what = (f"{flag('json_status_fd')} {fd}" if path is None
+                    else f"{flag('json_status')} -")
             n = 1 if fd is None else fd
             try:
                 flags = fcntl.fcntl(n, fcntl.F_GETFL)
@@ -164,7 +161,7 @@ class StatusOutput:
                                              "reading only", str(n))
             cls._refuse_shared(what, hostpath.identity(st), _handed(spec))
             return cls(n, what, False, False)
-        what = f"--json-status {path}"
+        what = f"{flag('json_status')} {path}"
         full = os.path.abspath(path)
         parent, name = os.path.split(full)
         dir_fd, dst = hostpath.open_path(parent or "/", what)
@@ -206,7 +203,8 @@ class StatusOutput:
             raise hostpath.HostPathError(
                 errno.EPERM, f"{what}: refused, it is the same file as the program's "
                 f"{handed[ident]}, so the program could write a forged record there; use "
-                "--json-status FILE or --json-status-fd N with a file the program is not given",
+                f"{flag('json_status')} FILE or {flag('json_status_fd')} N with a file the "
+                "program is not given",
                 what)
 
     def write(self, text: str) -> None:
@@ -240,16 +238,16 @@ def _handed(spec: SandboxSpec) -> dict[tuple[int, int], str]:
     for child_fd, source in sorted(spec.fd_map().items(), reverse=True):
         if isinstance(source, int):
             with contextlib.suppress(OSError):
-                desc = names[child_fd] if child_fd < 3 else f"fd {child_fd} (--pass-fd)"
+                desc = names[child_fd] if child_fd < 3 else f"fd {child_fd} ({flag('pass_fds')})"
                 out[hostpath.identity(os.fstat(source))] = desc
         elif not isinstance(source, str):
             try:
-                fd, st = hostpath.open_path(source.path, "--file",
+                fd, st = hostpath.open_path(source.path, flag("files"),
                                             follow="follow" in source.options)
             except OSError:
                 continue  # not there yet (created by the grant) or refused later
             os.close(fd)
-            out[hostpath.identity(st)] = f"fd {child_fd} (--file {source.path})"
+            out[hostpath.identity(st)] = f"fd {child_fd} ({flag('files')} {source.path})"
     return out
 
 
@@ -295,9 +293,7 @@ class _Forwarder:
             box.send_signal(signum)
 
 
-def _run(argv: list[str], profile_name: str, json_status: str | None,
-         json_status_fd: int | None, options: dict[str, Any]) \
-        -> tuple[Status, StatusOutput | None]:
+def _run(argv: list[str], options: SandboxOptions) -> tuple[Status, StatusOutput | None]:
     forwarder = _Forwarder()
     from warden.supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
 
@@ -305,26 +301,14 @@ def _run(argv: list[str], profile_name: str, json_status: str | None,
         from warden.profiles import ProfileError, load_profile
 
         try:
-            prof = load_profile(profile_name)
+            prof = load_profile(options.profile)
         except ProfileError as e:
-            raise OptionError(f"--profile {profile_name}: {e}") from None
-        spec = build_spec(
-            argv, prof,
-            ro_binds=options["ro_bind"], binds=options["bind"], tmpfs=options["tmpfs"],
-            chdir=options["chdir"], memory=options["memory"], max_procs=options["max_procs"],
-            max_open_files=options["max_open_files"], cpu_time=options["cpu_time"],
-            timeout=options["timeout"], tmp_size=options["tmp_size"],
-            share_net=options["share_net"], channel=not options["no_channel"],
-            pass_fds=options["pass_fd"], files=options["files"], env=options["env"],
-            keep_env=options["keep_env"], outer_uid=options["outer_uid"],
-            outer_gid=options["outer_gid"],
-            # With `--json-status -` stdout carries the record alone.
-            stdio=(0, 2, 2) if json_status == "-" else (0, 1, 2),
-            outer_id_range=options["outer_uid_range"],
-            memory_rlimit_only=options["memory_rlimit_only"],
-        )
+            raise OptionError(f"{flag('profile')} {options.profile}: {e}") from None
+        # With `--json-status -` stdout carries the record alone.
+        stdio = (0, 2, 2) if options.json_status == "-" else (0, 1, 2)
+        spec = build_spec(argv, prof, options, stdio=stdio)
         # Before the sandbox exists, so nothing it does can change what is opened.
-        out = StatusOutput.open(spec, json_status, json_status_fd)
+        out = StatusOutput.open(spec, options.json_status, options.json_status_fd)
     except SpecError as e:
         raise OptionError(str(e)) from None
     except OSError as e:
@@ -342,7 +326,7 @@ def _run(argv: list[str], profile_name: str, json_status: str | None,
         return e.status, out
     except OSError as e:
         click.echo(f"warden: {e}", err=True)
-        sys.exit(125)
+        sys.exit(EXIT_SETUP)
     forwarder.attach(box)
     return _supervise(box), out
 

@@ -6,11 +6,21 @@ import asyncio
 import json
 import logging
 import sys
+from typing import NoReturn
 
 import click
 
+from warden.errors import EXIT_SETUP
 from warden.supervisor.sandbox.hostpath import HostPathError
 from warden.supervisor.serve import ConfigError, load_config, query_status
+
+
+def _refused(e: ConfigError | HostPathError) -> NoReturn:
+    """A config or path that cannot be used: its diagnostic (file:line:col, the line,
+    a caret, as profile errors print), and EXIT_SETUP like every failure to set up."""
+    click.echo(f"warden: {e}" if not isinstance(e, ConfigError) or not e.line else str(e),
+               err=True)
+    sys.exit(EXIT_SETUP)
 
 
 @click.command("serve")
@@ -30,7 +40,7 @@ def serve_command(config: str, verbose: bool) -> None:
         cfg = load_config(config)
         code = asyncio.run(serve(cfg))
     except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+        _refused(e)
     sys.exit(code)
 
 
@@ -45,7 +55,7 @@ def status_command(config: str | None, sock: str | None) -> None:
         path = sock if sock is not None else load_config(config).status_socket  # type: ignore[arg-type]
         snap = query_status(path)
     except (ConfigError, HostPathError) as e:
-        raise click.ClickException(str(e)) from None
+        _refused(e)
     except OSError as e:
         raise click.ClickException(f"no server answers on {path}: {e.strerror or e}") from None
     click.echo(json.dumps(snap, indent=2, sort_keys=True))

@@ -15,8 +15,9 @@ import os
 import sys
 import tempfile
 
-from examples.thumbnailer.api import Thumbnailer
 from warden import ipc, supervisor
+
+from .api import Thumbnailer
 
 
 def sample_images(d: str) -> list[str]:

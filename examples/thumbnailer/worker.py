@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from examples.thumbnailer.api import Thumbnail, Thumbnailer
 from warden import ipc
+
+from .api import Thumbnail, Thumbnailer
 
 
 class ThumbnailerImpl(Thumbnailer):

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+from warden.errors import InvalidInput
 from warden.profiles.model import Bind, Profile, Tmpfs
+from warden.profiles.parser import size_bytes
 from warden.supervisor.sandbox import ids
 from warden.supervisor.sandbox.fds import parse_grant
+from warden.supervisor.sandbox.options import SandboxOptions, flag
 
 # The workload's uid/gid inside its user namespace: an ordinary user, never 0.
 INNER_ID = 1000
@@ -35,7 +39,7 @@ _RESERVED = ("/proc", "/dev")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class SpecError(ValueError):
+class SpecError(InvalidInput, ValueError):
     """A sandbox option is invalid or conflicts with another; the message names them."""
 
 
@@ -104,12 +108,11 @@ class SandboxSpec:
 
 
 def parse_size(text: str, option: str) -> int:
-    """'512M', '2G', '65536' -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)(i?[bB])?\s*", text)
-    if not m:
+    """'512M', '2G', '65536' -> bytes (warden.profiles.parser.size_bytes, the one syntax)."""
+    n = size_bytes(text)
+    if n is None:
         raise SpecError(f"{option} {text!r}: expected a size such as 512M, 2G or 65536")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(m.group(1)) * mult
+    return n
 
 
 def split_bind(text: str, option: str) -> tuple[str, str]:
@@ -151,19 +154,22 @@ def _env(profile: Profile, keep_env: Sequence[str], set_env: Sequence[str],
         env[k] = v
     for k in keep_env:
         if not _ENV_NAME.match(k):
-            raise SpecError(f"--keep-env {k!r}: not a variable name")
+            raise SpecError(f"{flag('keep_env')} {k!r}: not a variable name")
         if k in source_env:
             env[k] = source_env[k]
     for item in set_env:
         k, sep, v = item.partition("=")
         if not sep or not _ENV_NAME.match(k):
-            raise SpecError(f"--env {item!r}: expected NAME=VALUE")
+            raise SpecError(f"{flag('env')} {item!r}: expected NAME=VALUE")
         env[k] = v
     for k, v in extra.items():
         if k in env and k.startswith("WARDEN_"):
-            raise SpecError(f"--env {k}: {k} is set by warden itself")
+            raise SpecError(f"{flag('env')} {k}: {k} is set by warden itself")
         env[k] = v
     return tuple(env.items())
+
+
+_NONE = SandboxOptions()
 
 
 def _positive(value: float | int | None, option: str) -> None:
@@ -174,38 +180,26 @@ def _positive(value: float | int | None, option: str) -> None:
 def build_spec(
     argv: Sequence[str],
     profile: Profile,
+    options: SandboxOptions | None = None,
     *,
     seccomp_filter: bytes | None = None,
-    ro_binds: Iterable[str] = (),
-    binds: Iterable[str] = (),
-    tmpfs: Iterable[str] = (),
-    chdir: str | None = None,
-    memory: int | None = None,
-    max_procs: int | None = None,
-    max_open_files: int | None = None,
-    cpu_time: float | None = None,
-    timeout: float | None = None,
-    tmp_size: int | None = None,
-    share_net: bool = False,
-    channel: bool = True,
-    pass_fds: Iterable[int] = (),
-    files: Iterable[str] = (),
-    env: Sequence[str] = (),
-    keep_env: Sequence[str] = (),
     stdio: tuple[int, int, int] = (0, 1, 2),
-    outer_uid: int | None = None,
-    outer_gid: int | None = None,
-    outer_id_range: tuple[int, int] | str | None = None,
-    memory_rlimit_only: bool = False,
-    userns_limits: Mapping[str, int] | None = None,
     source_env: Mapping[str, str] | None = None,
+    **changes: Any,
 ) -> SandboxSpec:
-    """Merge `profile` with overrides (CLI spelling in errors) into a validated SandboxSpec.
+    """Merge `profile` with `options` into a validated SandboxSpec.
 
-    `seccomp_filter` replaces the profile's compiled filter (tests, custom filters);
-    by default the profile's policy is compiled here, with kill actions turned
-    into user-notify so the supervisor observes violations.
+    `options` (a SandboxOptions, default none set) and `changes`, keywords named
+    like its fields (`ro_binds=`, `memory=`, `timeout=`, ...) that replace them,
+    are what `warden run`'s flags and a serve pool's keys give; errors name
+    each by its flag. `profile` is the loaded profile (options.profile is the
+    name warden run loads it by). `seccomp_filter` replaces the profile's
+    compiled filter (tests, custom filters); by default the profile's policy is
+    compiled here, with kill actions turned into user-notify so the supervisor
+    observes violations. `stdio`: the caller's fds that become the child's
+    0, 1, 2; `source_env`: where --keep-env copies from (default os.environ).
     """
+    o = replace(options or SandboxOptions(), **changes) if changes else options or _NONE
     if not argv:
         raise SpecError("no program given: warden run [OPTIONS] -- PROGRAM [ARGS...]")
     src_env = dict(os.environ if source_env is None else source_env)
@@ -216,12 +210,13 @@ def build_spec(
         if not getattr(ns, name):
             raise SpecError(f"profile {profile.name}: namespaces.{name} = false is not "
                             "supported; only the network namespace can be shared")
-    share = share_net or not ns.net
+    share = o.share_net or not ns.net
 
     # Filesystem.
     all_binds: list[tuple[Bind, str]] = [(b, f"profile {profile.name} bind {b.source}")
                                          for b in profile.filesystem.binds]
-    for opt, items, writable in (("--ro-bind", ro_binds, False), ("--bind", binds, True)):
+    for opt, items, writable in ((flag("ro_binds"), o.ro_binds, False),
+                                 (flag("binds"), o.binds, True)):
         for text in items:
             src, dst = split_bind(text, f"{opt} {text}")
             all_binds.append((Bind(src, dst, writable=writable), f"{opt} {text}"))
@@ -247,57 +242,57 @@ def build_spec(
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
         seen[dest] = what
         out_tmpfs.append(Tmpfs(dest, t.size_bytes))
-    for text in tmpfs:
-        what = f"--tmpfs {text}"
+    for text in o.tmpfs:
+        what = f"{flag('tmpfs')} {text}"
         dest = _clean_dest(text, what)
         if dest in seen:
-            hint = "; use --tmp-size to size it" if dest == "/tmp" else ""
+            hint = f"; use {flag('tmp_size')} to size it" if dest == "/tmp" else ""
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}{hint}")
         seen[dest] = what
         out_tmpfs.append(Tmpfs(dest))
-    cwd = chdir if chdir is not None else profile.filesystem.chdir
+    cwd = o.chdir if o.chdir is not None else profile.filesystem.chdir
     if not cwd.startswith("/"):
-        raise SpecError(f"--chdir {cwd!r}: must be an absolute path inside the sandbox")
+        raise SpecError(f"{flag('chdir')} {cwd!r}: must be an absolute path inside the sandbox")
 
     # Limits: option, then profile, then the built-in cap.
     lim = profile.limits
-    for opt, val in (("--memory", memory), ("--max-procs", max_procs),
-                     ("--max-open-files", max_open_files), ("--cpu-time", cpu_time),
-                     ("--timeout", timeout), ("--tmp-size", tmp_size)):
-        _positive(val, opt)
-    mem = memory or lim.memory_bytes or DEFAULT_MEMORY
-    procs = max_procs or lim.processes or DEFAULT_PROCESSES
-    nofile = max_open_files or lim.open_files or DEFAULT_OPEN_FILES
-    tmp = tmp_size or profile.filesystem.tmp_size_bytes
+    for name in ("memory", "max_procs", "max_open_files", "cpu_time", "timeout", "tmp_size"):
+        _positive(getattr(o, name), flag(name))
+    mem = o.memory or lim.memory_bytes or DEFAULT_MEMORY
+    procs = o.max_procs or lim.processes or DEFAULT_PROCESSES
+    nofile = o.max_open_files or lim.open_files or DEFAULT_OPEN_FILES
+    tmp = o.tmp_size or profile.filesystem.tmp_size_bytes
 
     # fds: 0-2 stdio, 3 the channel, then --pass-fd, then --file at the next free numbers.
     used: dict[int, str] = {0: "stdin", 1: "stdout", 2: "stderr"}
-    if channel:
+    if o.channel:
         used[CHANNEL_FD] = "the channel"
     pfds: list[int] = []
-    for fd in pass_fds:
+    for fd in o.pass_fds:
         if fd in used:
-            hint = "; add --no-channel to free it" if fd == CHANNEL_FD and channel else ""
-            raise SpecError(f"--pass-fd {fd}: fd {fd} is already {used[fd]}{hint}")
+            hint = (f"; add {flag('channel')} to free it" if fd == CHANNEL_FD and o.channel
+                    else "")
+            raise SpecError(f"{flag('pass_fds')} {fd}: fd {fd} is already {used[fd]}{hint}")
         try:
             os.fstat(fd)
         except OSError:
-            raise SpecError(f"--pass-fd {fd}: not an open file descriptor in this process") \
-                from None
-        used[fd] = f"passed by --pass-fd {fd}"
+            raise SpecError(f"{flag('pass_fds')} {fd}: not an open file descriptor in this "
+                            "process") from None
+        used[fd] = f"passed by {flag('pass_fds')} {fd}"
         pfds.append(fd)
     grants: list[FileGrant] = []
     nxt = max(used) + 1
-    for text in files:
-        path, mode, options = parse_grant(text)
+    for text in o.files:
+        path, mode, kinds = parse_grant(text)
         if mode == "r" and not os.path.exists(path):
-            raise SpecError(f"--file {text}: {path} does not exist")
+            raise SpecError(f"{flag('files')} {text}: {path} does not exist")
         if os.path.isdir(path):
-            raise SpecError(f"--file {text}: {path} is a directory")
-        grants.append(FileGrant(path, mode, nxt, options))
+            raise SpecError(f"{flag('files')} {text}: {path} is a directory")
+        grants.append(FileGrant(path, mode, nxt, kinds))
         nxt += 1
     if nxt + 1 > nofile:
-        raise SpecError(f"--max-open-files {nofile}: too low for the {nxt} fds handed to the child")
+        raise SpecError(f"{flag('max_open_files')} {nofile}: too low for the {nxt} fds handed "
+                        "to the child")
     for i, fd in enumerate(stdio):
         try:
             os.fstat(fd)
@@ -305,22 +300,23 @@ def build_spec(
             raise SpecError(f"{('stdin', 'stdout', 'stderr')[i]}: fd {fd} is not open") from None
 
     extra: dict[str, str] = {}
-    if channel:
+    if o.channel:
         extra["WARDEN_CHANNEL_FD"] = str(CHANNEL_FD)
     if grants:
         extra["WARDEN_FILES"] = " ".join(f"{g.fd}:{g.path}" for g in grants)
-    environment = _env(profile, keep_env, env, src_env, extra)
+    environment = _env(profile, o.keep_env, o.env, src_env, extra)
 
     # Outer identity: one validated reading of options and environment (ids.py).
     try:
-        if isinstance(outer_id_range, str):
-            outer_id_range = ids.parse_range(outer_id_range, "--outer-uid-range")
-        outer = ids.choose(src_env, outer_uid, outer_gid, outer_id_range)
+        id_range = o.outer_id_range
+        if isinstance(id_range, str):
+            id_range = ids.parse_range(id_range, flag("outer_id_range"))
+        outer = ids.choose(src_env, o.outer_uid, o.outer_gid, id_range)
     except ids.OuterIdError as e:
         raise SpecError(str(e)) from None
-    ns_limits = _userns_limits(userns_limits or {})
-    if memory and not memory_rlimit_only:
-        _require_memory_cgroup(memory)
+    ns_limits = _userns_limits(o.userns_limits or {})
+    if o.memory and not o.memory_rlimit_only:
+        _require_memory_cgroup(o.memory)
 
     if seccomp_filter is None:
         from warden.profiles.cache import cached_compile
@@ -344,12 +340,12 @@ def build_spec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
         binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), tmp_size_bytes=tmp, chdir=cwd,
         share_net=share, memory_bytes=mem, processes=procs, open_files=nofile,
-        cpu_time_seconds=cpu_time or lim.cpu_time_seconds,
-        wall_time_seconds=timeout or lim.wall_time_seconds, env=environment,
-        channel=channel, pass_fds=tuple(pfds), files=tuple(grants), stdio=stdio,
+        cpu_time_seconds=o.cpu_time or lim.cpu_time_seconds,
+        wall_time_seconds=o.timeout or lim.wall_time_seconds, env=environment,
+        channel=o.channel, pass_fds=tuple(pfds), files=tuple(grants), stdio=stdio,
         outer_uid=outer.fixed[0] if outer.fixed else None,
         outer_gid=outer.fixed[1] if outer.fixed else None, outer_id_range=outer.range,
-        userns_limits=ns_limits, memory_rlimit_only=memory_rlimit_only,
+        userns_limits=ns_limits, memory_rlimit_only=o.memory_rlimit_only,
         notify=uses_notify(seccomp_filter),
     )
 
@@ -372,7 +368,7 @@ def _require_memory_cgroup(memory: int) -> None:
 
     if available_mechanism() == "rlimit":
         raise SpecError(
-            f"--memory {memory}: no usable cgroup here (cgroup v2 needs a delegated subtree, "
-            "cgroup v1 needs root; WARDEN_CGROUP=none turns them off), so the limit would "
-            "bind only each process's address space; add --memory-rlimit-only "
+            f"{flag('memory')} {memory}: no usable cgroup here (cgroup v2 needs a delegated "
+            "subtree, cgroup v1 needs root; WARDEN_CGROUP=none turns them off), so the limit would "
+            f"bind only each process's address space; add {flag('memory_rlimit_only')} "
             "(memory_rlimit_only=True) to accept that, or run where warden can create a cgroup")

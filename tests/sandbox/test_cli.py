@@ -8,7 +8,13 @@ import select
 import signal
 import subprocess
 
+from click.testing import CliRunner
 from sandbox_util import PYTHON, supervisor_env
+
+from warden.errors import EXIT_SETUP
+from warden.supervisor.cli import main as cli
+from warden.supervisor.run_cli import run_command
+from warden.supervisor.sandbox.options import SandboxOptions, described
 
 
 def warden(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -114,3 +120,38 @@ def test_user_namespaces_off_is_one_clear_sentence_and_125() -> None:
     assert r.returncode == 125
     assert r.stderr == ("warden: user namespaces are disabled: user.max_user_namespaces is 0; "
                         "enable them with: sysctl -w user.max_user_namespaces=15000\n")
+
+
+def test_usage_errors_exit_125_naming_the_option() -> None:
+    # 125 like every other failure to set up; 2 stays the program's own exit code.
+    assert warden("--", "/bin/sh", "-c", "exit 2").returncode == 2
+    for args, named in [(("--no-such-flag", "--", "/bin/true"), "--no-such-flag"),
+                        ((), "PROGRAM"),
+                        (("--memory", "lots", "--", "/bin/true"), "--memory"),
+                        (("--max-procs", "0", "--", "/bin/true"), "--max-procs"),
+                        (("--json-status", "-", "--json-status-fd", "1", "--", "/bin/true"),
+                         "--json-status-fd")]:
+        r = warden(*args)
+        assert r.returncode == EXIT_SETUP, (args, r.stderr)
+        assert named in r.stderr.splitlines()[-1], (args, r.stderr)
+    r = CliRunner().invoke(cli, ["profile", "explain"])
+    assert r.exit_code == EXIT_SETUP and "Missing argument" in r.output
+
+
+def test_every_sandbox_option_is_a_run_flag_filling_its_field() -> None:
+    """One vocabulary: each SandboxOptions field is the `warden run` option of the same
+    name, spelled by its declared flag; given nothing, click fills in the defaults."""
+    params = {p.name: p for p in run_command.params}
+    for name, o in described():
+        if o.kind == "api":
+            assert name not in params
+        else:
+            assert o.flag in params[name].opts, name
+    filled = run_command.make_context("run", ["--", "/bin/true"]).params
+    assert (filled.pop("program"), filled.pop("quiet")) == (("/bin/true",), False)
+    assert SandboxOptions(**filled) == SandboxOptions()
+    filled = run_command.make_context("run", ["--no-channel", "--memory", "1M", "--ro-bind",
+                                              "/a", "--ro-bind", "/b", "--", "x"]).params
+    del filled["program"], filled["quiet"]
+    assert SandboxOptions(**filled).changed() == {"channel": False, "memory": 1 << 20,
+                                                  "ro_binds": ("/a", "/b")}

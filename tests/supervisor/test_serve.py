@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import WORKTREE, alive
+from warden.errors import EXIT_SETUP
 from warden.supervisor.cli import main as cli
 from warden.supervisor.serve import ConfigError, load_config
 
@@ -51,7 +52,7 @@ def test_config_parses(tmp_path: Path) -> None:
     (("count = 2", "count = 0"), "pools.calc.count: expected an integer >= 1, got 0"),
     (("restart = \"on-failure\"", "restart = \"sometimes\""),
      "pools.calc.restart: expected one of never, on-failure, always, got 'sometimes'"),
-    (("memory = \"512M\"", "memory = \"lots\""), "pools.calc.memory: expected a size"),
+    (("memory = \"512M\"", "memory = \"lots\""), "pools.calc.memory 'lots': expected a size"),
     (("profile = \"strict\"", "colour = \"red\""), "pools.calc.colour: unknown key"),
     (("start_method = \"zygote\"", "start_method = \"vfork\""),
      "supervisor.start_method: expected one of spawn, zygote, fork, got 'vfork'"),
@@ -75,8 +76,9 @@ def test_config_errors_name_file_and_key(tmp_path: Path, change: tuple[str, str]
 def test_cli_reports_config_errors(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.format(sock="s").replace("count = 2", "count = -1"))
     r = CliRunner().invoke(cli, ["serve", path])
-    assert r.exit_code == 1
-    assert f"Error: {path}: pools.calc.count: expected an integer >= 1, got -1" in r.output
+    assert r.exit_code == EXIT_SETUP
+    assert r.output == (f"{path}:11:9: error: pools.calc.count: expected an integer >= 1, "
+                        "got -1\n    count = -1\n            ^\n")
 
 
 def test_serve_status_sigusr1_and_clean_shutdown(tmp_path: Path) -> None:
@@ -118,7 +120,11 @@ def test_program_pool_in_process(tmp_path: Path) -> None:
 
     from warden.supervisor.serve import serve
 
-    paths = [WORKTREE, *(p for p in site.getsitepackages() if os.path.isdir(p))]
+    # Where this interpreter finds warden: its site-packages, or (the ordinary-uid run
+    # under the system python) the venv's packages on PYTHONPATH.
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    paths = list(dict.fromkeys(p for p in (WORKTREE, *site.getsitepackages(), *inherited)
+                               if p and os.path.isdir(p)))
     code = ("from warden import ipc; from tests.supervisor.workers import CalcImpl; "
             "ipc.connect_from_env(serve=CalcImpl()).serve_forever()")
     path = write(tmp_path, f"""
@@ -148,3 +154,59 @@ count = 2
         assert await asyncio.wait_for(server, 60) == 0
 
     asyncio.run(main())
+
+
+PROGRAM = """
+[supervisor]
+code_paths = ["code"]
+
+[pools.prog]
+interface = "m:I"
+program = ["/bin/cat"]
+"""
+
+
+def test_program_pool_takes_every_sandbox_option_warden_run_takes(tmp_path: Path) -> None:
+    """One vocabulary: a program pool's keys are SandboxOptions' fields (those serve
+    can give), decoded with the same bounds; module pools keep profile and memory."""
+    from warden.supervisor.sandbox.options import SandboxOptions, described
+
+    (tmp_path / "code").mkdir()
+    extra = ('tmpfs = ["/scratch"]\ntimeout = 30\nmax_procs = 8\ntmp_size = "16M"\n'
+             'share_net = true\nfiles = ["/etc/hostname:r"]\nkeep_env = ["LANG"]\n')
+    cfg = load_config(write(tmp_path, PROGRAM + extra))
+    assert cfg.code_paths == (str(tmp_path / "code"),)
+    (pool,) = cfg.pools
+    assert pool.options == SandboxOptions(
+        profile="default", tmpfs=("/scratch",), timeout=30, max_procs=8, tmp_size=16 << 20,
+        share_net=True, files=("/etc/hostname:r",), keep_env=("LANG",))
+    # Every option serve can give is a key; none it cannot give is.
+    for name, o in described():
+        text = PROGRAM + f"{name} = {{}}\n"  # a table: of the wrong type for every option
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text))
+        assert ("unknown key" in str(info.value)) == (not o.serve), (name, str(info.value))
+    with pytest.raises(ConfigError, match=r":8:1: error: pools.calc.tmpfs: only for program"):
+        load_config(write(tmp_path, GOOD.format(sock="s").replace(
+            "[pools.calc]", "[pools.calc]\ntmpfs = [\"/x\"]")))
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    (PROGRAM.replace('["code"]', '["code", "nowhere"]'),
+     ':3:23: error: supervisor.code_paths[1]: {tmp}/nowhere is not a directory'),
+    (PROGRAM + 'env = ["A=1", 7]\n', ":8:15: error: pools.prog.env[1]: expected a string, got 7"),
+    (PROGRAM + 'env = ["A=1", "B"]\n', ":8:15: error: pools.prog.env[1]: 'B' is not NAME=VALUE"),
+    (PROGRAM + "count = 1.5\n", ":8:9: error: pools.prog.count: expected an integer >= 1"),
+    (PROGRAM + "[other]\n", ":8:1: error: other: unknown section"),
+    (PROGRAM.replace('interface = "m:I"\n', ""), ":5:1: error: pools.prog: interface is required"),
+])
+def test_config_errors_carry_line_and_column(tmp_path: Path, text: str, where: str) -> None:
+    (tmp_path / "code").mkdir()
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    e = info.value
+    assert str(e).startswith(path + where.format(tmp=tmp_path)), str(e)
+    # Like a profile error: the line itself, and a caret under the column.
+    _head, line, caret = str(e).split("\n")
+    assert line == "    " + e.source_line and caret == "    " + " " * (e.column - 1) + "^"

@@ -1,0 +1,147 @@
+"""The one vocabulary of sandbox options: `warden run`'s flags, a `warden serve`
+program pool's keys and build_spec()'s keywords are the fields of SandboxOptions.
+
+Each option is declared once, here: its name (build_spec's keyword, the serve
+config's key and click's parameter name), its type, its default and, in its
+metadata, the command-line flag, metavar, help and kind. `warden run` makes its
+click options from these fields (supervisor/run_cli.py), `warden serve` its
+config struct (supervisor/serve.py), and build_spec() reads the object; none
+of them spells a name or a default again.
+
+This module imports nothing of warden's and no third-party module: `warden run`
+loads it at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+# What kind of value an option takes; the CLI and the serve config map each to
+# their own type (click's ParamType, a msgspec annotation), with the same bounds.
+Kind = Literal[
+    "text",      # a string
+    "texts",     # a string, given any number of times (a list in a config)
+    "flag",      # on when given
+    "no-flag",   # on unless the flag is given (the flag turns it off)
+    "size",      # bytes: 512M, 2G, 65536 (parse_size)
+    "count",     # an integer >= 1
+    "seconds",   # a number > 0
+    "fd",        # an integer >= 0
+    "fds",       # integers >= 0, any number of times
+    "id",        # an integer (a uid or gid)
+    "api",       # no flag and no config key: the Python API's only
+]
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one field is spelled outside Python."""
+
+    flag: str                 # "--ro-bind"; "" for an API-only option
+    help: str
+    kind: Kind = "text"
+    metavar: str | None = None
+    short: str | None = None  # "-p"
+    serve: bool = True        # a key of a serve program pool
+    sandbox: bool = True      # read by build_spec (False: where warden run reports)
+
+
+def _opt(default: Any, flag: str, help: str, kind: Kind = "text", *, metavar: str | None = None,
+         short: str | None = None, serve: bool = True, sandbox: bool = True) -> Any:
+    return field(default=default, metadata={"option": Option(flag, help, kind, metavar, short,
+                                                             serve, sandbox)})
+
+
+_TUPLES = ("ro_binds", "binds", "tmpfs", "pass_fds", "files", "env", "keep_env")
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """Everything a user sets about one sandbox, before it is merged with a profile.
+
+    build_spec(argv, profile, options) merges it (option, then profile, then the
+    built-in default) and validates it; errors name the option by its flag.
+    """
+
+    profile: str = _opt("default", "--profile", "Profile to run under (built-in name, name "
+                        "on the search path, or file).", short="-p", metavar="NAME|PATH",
+                        sandbox=False)
+    ro_binds: tuple[str, ...] = _opt((), "--ro-bind", "Bind SRC read-only.", "texts",
+                                     metavar="SRC[:DST]")
+    binds: tuple[str, ...] = _opt((), "--bind", "Bind SRC read-write.", "texts",
+                                  metavar="SRC[:DST]")
+    tmpfs: tuple[str, ...] = _opt((), "--tmpfs", "Mount an empty tmpfs at DST.", "texts",
+                                  metavar="DST")
+    chdir: str | None = _opt(None, "--chdir", "Working directory inside the sandbox.",
+                             metavar="DIR")
+    memory: int | None = _opt(None, "--memory", "Memory limit (e.g. 512M).", "size")
+    max_procs: int | None = _opt(None, "--max-procs", "Process/thread limit.", "count")
+    max_open_files: int | None = _opt(None, "--max-open-files", "Open-file limit.", "count")
+    cpu_time: float | None = _opt(None, "--cpu-time", "CPU-time limit.", "seconds",
+                                  metavar="SECONDS")
+    timeout: float | None = _opt(None, "--timeout", "Wall-clock limit; the sandbox is killed "
+                                 "when it expires.", "seconds", metavar="SECONDS")
+    tmp_size: int | None = _opt(None, "--tmp-size", "Size of the private /tmp.", "size")
+    share_net: bool = _opt(False, "--share-net", "Share the host's network (no new net "
+                           "namespace).", "flag")
+    channel: bool = _opt(True, "--no-channel", "Do not open the channel at fd 3.", "no-flag",
+                         serve=False)
+    pass_fds: tuple[int, ...] = _opt((), "--pass-fd", "Hand over this process's fd N at the "
+                                     "same number.", "fds", metavar="N", serve=False)
+    files: tuple[str, ...] = _opt((), "--file", "Open PATH here (with warden's rights) and "
+                                  "hand the fd over; a link, FIFO or device is refused unless "
+                                  ":follow, :fifo, :device is added.", "texts",
+                                  metavar="PATH[:r|w|rw|a][:fifo|:device|:follow]")
+    env: tuple[str, ...] = _opt((), "--env", "Set a variable in the child.", "texts",
+                                metavar="K=V")
+    keep_env: tuple[str, ...] = _opt((), "--keep-env", "Copy a variable from this "
+                                     "environment.", "texts", metavar="K")
+    json_status: str | None = _opt(
+        None, "--json-status", "Write the status record as JSON to FILE (opened before the "
+        "program starts; refused inside a writable bind), or to stdout with -, which then "
+        "carries the record alone (the program's stdout goes to stderr).", metavar="FILE|-",
+        serve=False, sandbox=False)
+    json_status_fd: int | None = _opt(None, "--json-status-fd", "Write the status record to "
+                                      "this process's fd N (not handed to the program).", "fd",
+                                      metavar="N", serve=False, sandbox=False)
+    outer_uid: int | None = _opt(None, "--outer-uid", "A fixed outer uid, shared by every "
+                                 "sandbox given it (default: one each).", "id")
+    outer_gid: int | None = _opt(None, "--outer-gid", "A fixed outer gid (default: the "
+                                 "--outer-uid).", "id")
+    outer_id_range: str | tuple[int, int] | None = _opt(
+        None, "--outer-uid-range", "As root: the ids each sandbox gets one of its own from "
+        "(default 2000000000:65536).", metavar="START:COUNT")
+    memory_rlimit_only: bool = _opt(False, "--memory-rlimit-only", "Accept a --memory limit "
+                                    "held only by rlimits when no cgroup is usable.", "flag")
+    # /proc/sys/user limits of the sandbox's user namespace raised above the
+    # defaults (userns.DEFAULT_LIMITS), e.g. {"max_user_namespaces": 4096}.
+    userns_limits: Mapping[str, int] | None = _opt(None, "", "", "api", serve=False)
+
+    def __post_init__(self) -> None:
+        # Frozen all the way down: lists the API was given become tuples.
+        for name in _TUPLES:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise TypeError(f"{name}: expected a list of strings, got a string")
+            if not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+
+    def changed(self) -> dict[str, Any]:
+        """{name: value} of every option not at its default."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != f.default}
+
+
+def described() -> tuple[tuple[str, Option], ...]:
+    """(name, how it is spelled) of every option, in declaration order."""
+    return tuple((f.name, f.metadata["option"]) for f in fields(SandboxOptions))
+
+
+def flag(name: str) -> str:
+    """The command-line flag of option `name` (how errors name it)."""
+    return _FLAGS[name]
+
+
+_FLAGS = {name: o.flag or name for name, o in described()}
