@@ -1,0 +1,416 @@
+"""The transparent broker: an unmodified program's own open() and connect() answered
+by the supervisor, with the supervisor's rights, by policy.
+
+Parent, outside the sandbox, with the supervisor's privilege. The child's
+filter sends open, openat, openat2, creat (and connect) to user-notify; the
+calling thread waits in the kernel while the supervisor, for each
+notification:
+
+1. reads what the call names from the caller's memory (the path, the
+   `struct open_how`, the sockaddr) with process_vm_readv, bounded (a path of
+   PATH_MAX bytes without its NUL is ENAMETOOLONG, as the kernel says);
+2. checks SECCOMP_IOCTL_NOTIF_ID_VALID: the notification still waits, so
+   the pid it names was still that caller while we read (a pid reused by
+   another process after the caller died would otherwise have been read);
+3. decides by the sandbox's `Policy` on the copy it read, and acts on the
+   copy: opens the path from its own directory fd (paths.py) or connects its
+   own socket to the address it checked;
+4. installs the result in the caller with SECCOMP_IOCTL_NOTIF_ADDFD: for an
+   open, with SECCOMP_ADDFD_FLAG_SEND, so installing and answering are one
+   step and the caller's open() returns the new fd; for a connect, in place of
+   the caller's socket (SETFD), then the answer 0 (connect returns 0, not an
+   fd); or answers with the errno the policy gives.
+
+SECCOMP_USER_NOTIF_FLAG_CONTINUE (run the call as the caller made it) is
+never the answer to a request a rule names: the kernel would read the path
+again from the caller's memory, after our check, where another thread may
+have rewritten it. It is only the answer to requests no rule names, when the
+embedder asks for that (`unnamed=None`): the caller then runs its own call
+with its own rights in its own namespaces, exactly as without a broker, so
+whatever it rewrote gains it nothing it did not have. docs/broker.md has
+the whole threat analysis.
+
+The broker never blocks: an open is O_NONBLOCK; a connect is started
+non-blocking and, unless the caller's socket is non-blocking (then it gets
+the connecting socket and EINPROGRESS, as from the kernel), finished when
+its socket is writable (`pending_fds`, `finish`) or answered ETIMEDOUT at
+its deadline (`expire`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import ipaddress
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from typing import Literal
+
+from warden.supervisor.broker import _notif
+from warden.supervisor.broker.addresses import IPAddress, Protocol
+from warden.supervisor.broker.decision import Decision, Refused
+from warden.supervisor.broker.paths import PATH_MAX, OpenRequest
+from warden.supervisor.broker.policy import Policy
+from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.notify import Notification
+
+logger = logging.getLogger("warden.broker")
+
+_X32_BIT = 0x40000000
+_SYSCALLS: dict[str, dict[int, str]] = {
+    "x86_64": {2: "open", 257: "openat", 437: "openat2", 85: "creat", 42: "connect"},
+    "aarch64": {56: "openat", 437: "openat2", 203: "connect"},
+}
+CALLS = _SYSCALLS.get(os.uname().machine, {})
+OPEN_CALLS = ("open", "openat", "openat2", "creat")
+_AT_FDCWD = 0xFFFFFF9C  # -100 as the kernel passes it, an unsigned 64-bit register
+_OPEN_HOW = struct.Struct("=QQQ")
+_RESOLVE_HONOURED = _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS
+_SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
+CONNECT_TIMEOUT = 30.0
+
+
+def brokered_syscalls(connect: bool = True) -> list[str]:
+    """The calls a child's filter must send to user-notify for this broker."""
+    names = [n for n in CALLS.values() if n in OPEN_CALLS]
+    return names + (["connect"] if connect else [])
+
+
+@dataclasses.dataclass
+class _Pending:
+    n: Notification
+    sock: socket.socket
+    target: int
+    cloexec: bool
+    blocking: bool
+    request: str
+    decision: Decision
+    deadline: float
+
+
+class _Withdrawn(Exception):
+    """The caller is gone or no longer in the call: nothing to answer."""
+
+
+class TransparentBroker:
+    """Answers the brokered calls of one sandbox's listener by its `Policy`.
+
+    `seccomp_fd` is the listener (notify.Listener receives from it; this only
+    answers). `unnamed` is the answer to a request no rule names: None lets the
+    call run as the child made it (its own rights, its own namespaces: what the
+    sandbox gives today), an errno fails it. Used from one thread."""
+
+    def __init__(self, seccomp_fd: int, policy: Policy, *, unnamed: int | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        self._fd = seccomp_fd
+        self.policy = policy
+        self.unnamed = unnamed
+        self.connect_timeout = connect_timeout
+        self._pending: dict[int, _Pending] = {}
+
+    # -- which notifications are ours -------------------------------------------------
+
+    def call_of(self, n: Notification) -> str | None:
+        """The brokered call `n` is ("open", ..., "connect"), or None: not ours (a
+        refused call to report as a violation, a foreign architecture, withdrawn)."""
+        if n.withdrawn or n.arch != _sys.AUDIT_ARCH or n.nr & _X32_BIT:
+            return None
+        return CALLS.get(n.nr)
+
+    def handle(self, n: Notification) -> bool:
+        """Answer `n` if it is a brokered call (True), else leave it (False)."""
+        call = self.call_of(n)
+        if call is None:
+            return False
+        try:
+            if call == "connect":
+                self._connect(n)
+            else:
+                self._open(n, call)
+        except _Withdrawn:
+            logger.debug("broker: %s by pid %d was withdrawn before its answer", call, n.pid)
+        return True
+
+    # -- open ---------------------------------------------------------------------------
+
+    def _read(self, n: Notification, addr: int, size: int) -> bytes:
+        try:
+            data = _notif.read_memory(n.pid, addr, size)
+        except OSError as e:
+            self._check_valid(n)
+            raise Refused(Decision.refuse(errno.EFAULT, None, f"unreadable: {e.strerror}")) \
+                from None
+        return data
+
+    def _check_valid(self, n: Notification) -> None:
+        if not _notif.id_valid(self._fd, n.id):
+            raise _Withdrawn
+
+    def _open_request(self, n: Notification, call: str) -> tuple[OpenRequest, int]:
+        """What the caller asked (read from its memory, checked still valid), and the
+        RESOLVE_* flags of its openat2."""
+        a = n.args
+        dirfd, ptr, flags, mode, resolve = _AT_FDCWD, a[0], a[1], a[2], 0
+        if call == "openat":
+            dirfd, ptr, flags, mode = a[0], a[1], a[2], a[3]
+        elif call == "creat":
+            flags, mode = os.O_CREAT | os.O_WRONLY | os.O_TRUNC, a[1]
+        elif call == "openat2":
+            dirfd, ptr = a[0], a[1]
+            if a[3] < _OPEN_HOW.size or a[3] > 4096:
+                self._check_valid(n)
+                raise Refused(Decision.refuse(errno.EINVAL, None, "open_how of a bad size"))
+            how = self._read(n, a[2], a[3])
+            if len(how) < a[3]:
+                self._check_valid(n)
+                raise Refused(Decision.refuse(errno.EFAULT, None, "open_how is unreadable"))
+            if any(how[_OPEN_HOW.size:]):
+                self._check_valid(n)
+                raise Refused(Decision.refuse(errno.E2BIG, None, "open_how with unknown fields"))
+            flags, mode, resolve = _OPEN_HOW.unpack_from(how)
+        try:
+            path = _notif.read_string(n.pid, ptr, PATH_MAX)
+        except OSError as e:
+            self._check_valid(n)
+            raise Refused(Decision.refuse(errno.EFAULT, None, f"path unreadable: {e.strerror}")) \
+                from None
+        self._check_valid(n)
+        if path is None:
+            raise Refused(Decision.refuse(errno.ENAMETOOLONG, None,
+                                          f"a path of {PATH_MAX} bytes or more"))
+        shown = os.fsdecode(path)
+        if not shown.startswith("/") and dirfd & 0xFFFFFFFF != _AT_FDCWD:
+            shown = f"(fd {dirfd & 0xFFFFFFFF})/{shown}"
+        return OpenRequest(shown, flags & 0xFFFFFFFF, mode & 0o7777), resolve
+
+    def _open(self, n: Notification, call: str) -> None:
+        audit = self.policy.auditor
+        try:
+            req, resolve = self._open_request(n, call)
+        except Refused as r:
+            # The call is malformed as the kernel would judge it: its own answer.
+            audit.record("open", "transparent", f"({call} by pid {n.pid})", r.decision)
+            _notif.respond(self._fd, n.id, error=r.decision.errno)
+            return
+        if not self.policy.paths.names(req.path):
+            self._unnamed(n, "open", req.path)
+            return
+        try:
+            if resolve & ~_RESOLVE_HONOURED:
+                raise Refused(Decision.refuse(errno.EACCES, None, "openat2 RESOLVE_* flags "
+                                              "other than NO_SYMLINKS/NO_MAGICLINKS"))
+            if resolve & _sys.RESOLVE_NO_SYMLINKS:
+                fd, decision = self.policy.paths.open(req, no_links=True)
+            else:
+                fd, decision = self.policy.paths.open(req)
+        except Refused as r:
+            audit.record("open", "transparent", req.path, r.decision)
+            _notif.respond(self._fd, n.id, error=r.decision.errno)
+            return
+        try:
+            # Installing and answering in one step: the caller's open() returns this fd.
+            installed = _notif.add_fd(self._fd, n.id, fd, cloexec=bool(req.flags & os.O_CLOEXEC),
+                                      send=True)
+        except OSError as e:  # EMFILE in the caller, say: its own limit, its own answer
+            installed = -1
+            _notif.respond(self._fd, n.id, error=e.errno or errno.EMFILE)
+        finally:
+            os.close(fd)
+        if installed is None:
+            raise _Withdrawn
+        audit.record("open", "transparent", req.path, decision)
+
+    def _unnamed(self, n: Notification, kind: Literal["open", "connect"], request: str) -> None:
+        decision = Decision.refuse(self.unnamed or 0, None,
+                                   "no rule names it: " + ("the sandbox's own call runs"
+                                                           if self.unnamed is None else
+                                                           "refused"))
+        self.policy.auditor.record(kind, "transparent", request, decision, unnamed=True)
+        if self.unnamed is None:
+            _notif.respond(self._fd, n.id, cont=True)
+        else:
+            _notif.respond(self._fd, n.id, error=self.unnamed)
+
+    # -- connect ------------------------------------------------------------------------
+
+    def _connect(self, n: Notification) -> None:
+        audit = self.policy.auditor
+        target, ptr, length = n.args[0] & 0xFFFFFFFF, n.args[1], n.args[2] & 0xFFFFFFFF
+        try:
+            if not 2 <= length <= _SOCKADDR_MAX:
+                self._check_valid(n)
+                raise Refused(Decision.refuse(errno.EINVAL, None, "a bad sockaddr length"))
+            raw = self._read(n, ptr, length)
+            self._check_valid(n)
+            if len(raw) < length:
+                raise Refused(Decision.refuse(errno.EFAULT, None, "sockaddr unreadable"))
+            family = int.from_bytes(raw[:2], "little")
+            parsed = _parse_sockaddr(family, raw)
+        except Refused as r:
+            audit.record("connect", "transparent", f"(connect by pid {n.pid})", r.decision)
+            _notif.respond(self._fd, n.id, error=r.decision.errno)
+            return
+        if parsed is None:  # AF_UNIX, AF_UNSPEC, ...: not an address the broker names
+            self._unnamed(n, "connect", f"family {family}")
+            return
+        ip, port, extra = parsed
+        request = f"{ip} port {port}"
+        try:
+            domain, protocol, blocking, cloexec = self._caller_socket(n, target)
+            request = f"{ip} port {port}/{protocol}"
+            if (domain == socket.AF_INET) != (family == socket.AF_INET):
+                raise Refused(Decision.refuse(errno.EAFNOSUPPORT, None,
+                                              "the address is not of the socket's family"))
+            decision = self.policy.addresses.check(ip, port, protocol)
+            if not decision.allowed:
+                raise Refused(decision)
+        except Refused as r:
+            audit.record("connect", "transparent", request, r.decision)
+            _notif.respond(self._fd, n.id, error=r.decision.errno)
+            return
+        sock = socket.socket(domain, socket.SOCK_STREAM if protocol == "tcp" else
+                             socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        err = sock.connect_ex((str(ip), port, *extra))
+        pending = _Pending(n, sock, target, cloexec, blocking, request, decision,
+                           time.monotonic() + self.connect_timeout)
+        if err == errno.EINPROGRESS and blocking:
+            self._pending[sock.fileno()] = pending
+            return
+        self._finish_connect(pending, err)
+
+    def _caller_socket(self, n: Notification, target: int) -> tuple[int, Protocol, bool, bool]:
+        """Domain, protocol, blocking and close-on-exec of the caller's socket `target`."""
+        try:
+            pidfd = os.pidfd_open(n.pid)
+        except OSError:
+            raise _Withdrawn from None
+        try:
+            self._check_valid(n)  # the pidfd is of the caller, not of a reused pid
+            try:
+                copy = _notif.pidfd_getfd(pidfd, target)
+            except OSError as e:
+                self._check_valid(n)
+                raise Refused(Decision.refuse(e.errno or errno.EBADF, None,
+                                              "not an open descriptor")) from None
+        finally:
+            os.close(pidfd)
+        try:
+            try:
+                s = socket.socket(fileno=os.dup(copy))
+            except OSError:
+                raise Refused(Decision.refuse(errno.ENOTSOCK, None, "not a socket")) from None
+            with s:
+                stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+                proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+                domain = s.family
+            blocking = not fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_NONBLOCK
+        finally:
+            os.close(copy)
+        if stype == socket.SOCK_STREAM and proto in (0, socket.IPPROTO_TCP):
+            protocol: Protocol = "tcp"
+        elif stype == socket.SOCK_DGRAM and proto in (0, socket.IPPROTO_UDP):
+            protocol = "udp"
+        else:
+            raise Refused(Decision.refuse(errno.EACCES, None, "only TCP and UDP are brokered"))
+        if domain not in (socket.AF_INET, socket.AF_INET6):
+            raise Refused(Decision.refuse(errno.EACCES, None, "not an IP socket"))
+        return domain, protocol, blocking, _notif.fd_cloexec(n.pid, target)
+
+    def _finish_connect(self, p: _Pending, err: int) -> None:
+        audit = self.policy.auditor
+        try:
+            if err not in (0, errno.EINPROGRESS):
+                audit.record("connect", "transparent", p.request, Decision.refuse(
+                    err, p.decision.rule, f"allowed, but the connection failed: "
+                    f"{os.strerror(err)}"))
+                _notif.respond(self._fd, p.n.id, error=err)
+                return
+            # The file description is shared with the caller: its blocking mode first.
+            p.sock.setblocking(p.blocking)
+            if _notif.add_fd(self._fd, p.n.id, p.sock.fileno(), cloexec=p.cloexec,
+                             target=p.target) is None:
+                logger.debug("broker: connect by pid %d was withdrawn", p.n.pid)
+                return
+            audit.record("connect", "transparent", p.request, p.decision)
+            _notif.respond(self._fd, p.n.id, error=err)
+        except OSError as e:
+            _notif.respond(self._fd, p.n.id, error=e.errno or errno.EIO)
+        finally:
+            p.sock.close()
+
+    def pending_fds(self) -> list[int]:
+        """Sockets of connects in progress: call `finish(fd)` when one is writable."""
+        return list(self._pending)
+
+    def next_deadline(self) -> float | None:
+        return min((p.deadline for p in self._pending.values()), default=None)
+
+    def finish(self, fd: int) -> None:
+        """A pending connect's socket became writable: answer its caller."""
+        p = self._pending.pop(fd, None)
+        if p is not None:
+            self._finish_connect(p, p.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def expire(self, now: float | None = None) -> None:
+        """Answer ETIMEDOUT to the connects whose deadline has passed."""
+        now = time.monotonic() if now is None else now
+        for fd, p in list(self._pending.items()):
+            if p.deadline <= now:
+                del self._pending[fd]
+                self._finish_connect(p, errno.ETIMEDOUT)
+
+    def close(self) -> None:
+        """Drop the connects in progress (their callers are being killed)."""
+        for p in self._pending.values():
+            with contextlib.suppress(OSError):
+                _notif.respond(self._fd, p.n.id, error=errno.ECONNABORTED)
+            p.sock.close()
+        self._pending.clear()
+
+
+def _parse_sockaddr(family: int, raw: bytes) -> tuple[IPAddress, int, tuple[int, ...]] | None:
+    """(address, port, (flowinfo, scope_id) for IPv6) of an AF_INET/AF_INET6 sockaddr;
+    None for any other family."""
+    if family == socket.AF_INET:
+        if len(raw) < 16:
+            raise Refused(Decision.refuse(errno.EINVAL, None, "a short sockaddr_in"))
+        return ipaddress.IPv4Address(raw[4:8]), int.from_bytes(raw[2:4], "big"), ()
+    if family == socket.AF_INET6:
+        if len(raw) < 24:
+            raise Refused(Decision.refuse(errno.EINVAL, None, "a short sockaddr_in6"))
+        scope = int.from_bytes(raw[24:28], "little") if len(raw) >= 28 else 0
+        return (ipaddress.IPv6Address(raw[8:24]), int.from_bytes(raw[2:4], "big"),
+                (int.from_bytes(raw[4:8], "big"), scope))
+    return None
+
+
+def serve(broker: TransparentBroker, seccomp_fd: int) -> None:
+    """Answer `seccomp_fd`'s brokered calls until no process uses the filter (for
+    tests, benches and a broker thread of its own; the supervisor instead feeds
+    `handle` from notify.Listener and watches `pending_fds` in its loop). A
+    notification that is not a brokered call is answered EPERM."""
+    while True:
+        p = select.poll()
+        p.register(seccomp_fd, select.POLLIN)
+        for fd in broker.pending_fds():
+            p.register(fd, select.POLLOUT)
+        deadline = broker.next_deadline()
+        wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+        for fd, ev in p.poll(wait):
+            if fd != seccomp_fd:
+                broker.finish(fd)
+            elif ev & select.POLLIN:
+                n = _notif.receive(seccomp_fd)
+                if n is not None and not broker.handle(n):
+                    _notif.respond(seccomp_fd, n.id, error=errno.EPERM)
+            elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                broker.close()
+                return
+        broker.expire()
