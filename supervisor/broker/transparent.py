@@ -94,7 +94,19 @@ class _Pending:
     deadline: float
 
 
-class _Withdrawn(Exception):
+@dataclasses.dataclass(frozen=True)
+class OpenCall:
+    """An open as read from the caller: `request` (None if unreadable, then `refused`
+    says how the kernel would answer) and its openat2 RESOLVE_* flags."""
+
+    n: Notification
+    call: str
+    request: OpenRequest | None
+    resolve: int
+    refused: Decision | None
+
+
+class Withdrawn(Exception):
     """The caller is gone or no longer in the call: nothing to answer."""
 
 
@@ -133,7 +145,7 @@ class TransparentBroker:
                 self._connect(n)
             else:
                 self._open(n, call)
-        except _Withdrawn:
+        except Withdrawn:
             logger.debug("broker: %s by pid %d was withdrawn before its answer", call, n.pid)
         return True
 
@@ -150,7 +162,7 @@ class TransparentBroker:
 
     def _check_valid(self, n: Notification) -> None:
         if not _notif.id_valid(self._fd, n.id):
-            raise _Withdrawn
+            raise Withdrawn
 
     def _open_request(self, n: Notification, call: str) -> tuple[OpenRequest, int]:
         """What the caller asked (read from its memory, checked still valid), and the
@@ -189,26 +201,35 @@ class TransparentBroker:
             shown = f"(fd {dirfd & 0xFFFFFFFF})/{shown}"
         return OpenRequest(shown, flags & 0xFFFFFFFF, mode & 0o7777), resolve
 
-    def _open(self, n: Notification, call: str) -> None:
-        audit = self.policy.auditor
+    def read_open(self, n: Notification, call: str) -> OpenCall:
+        """Step 1-2 of an open: what the caller asked, read once from its memory and
+        checked still valid. Raises Withdrawn when the caller is gone."""
         try:
             req, resolve = self._open_request(n, call)
         except Refused as r:
-            # The call is malformed as the kernel would judge it: its own answer.
-            audit.record("open", "transparent", f"({call} by pid {n.pid})", r.decision)
-            _notif.respond(self._fd, n.id, error=r.decision.errno)
+            return OpenCall(n, call, None, 0, r.decision)
+        return OpenCall(n, call, req, resolve, None)
+
+    def answer_open(self, c: OpenCall) -> None:
+        """Step 3-4: decide on the copy read, open it with our rights and install it,
+        or answer with the refusal's errno. Raises Withdrawn when the caller is gone."""
+        audit = self.policy.auditor
+        n, req = c.n, c.request
+        if req is None or c.refused is not None:
+            # Malformed as the kernel would judge it (EFAULT, ENAMETOOLONG...): its answer.
+            decision = c.refused or Decision.refuse(errno.EINVAL, None, "unreadable")
+            audit.record("open", "transparent", f"({c.call} by pid {n.pid})", decision)
+            _notif.respond(self._fd, n.id, error=decision.errno)
             return
         if not self.policy.paths.names(req.path):
             self._unnamed(n, "open", req.path)
             return
         try:
-            if resolve & ~_RESOLVE_HONOURED:
+            if c.resolve & ~_RESOLVE_HONOURED:
                 raise Refused(Decision.refuse(errno.EACCES, None, "openat2 RESOLVE_* flags "
                                               "other than NO_SYMLINKS/NO_MAGICLINKS"))
-            if resolve & _sys.RESOLVE_NO_SYMLINKS:
-                fd, decision = self.policy.paths.open(req, no_links=True)
-            else:
-                fd, decision = self.policy.paths.open(req)
+            fd, decision = self.policy.paths.open(
+                req, no_links=bool(c.resolve & _sys.RESOLVE_NO_SYMLINKS))
         except Refused as r:
             audit.record("open", "transparent", req.path, r.decision)
             _notif.respond(self._fd, n.id, error=r.decision.errno)
@@ -223,8 +244,11 @@ class TransparentBroker:
         finally:
             os.close(fd)
         if installed is None:
-            raise _Withdrawn
+            raise Withdrawn
         audit.record("open", "transparent", req.path, decision)
+
+    def _open(self, n: Notification, call: str) -> None:
+        self.answer_open(self.read_open(n, call))
 
     def _unnamed(self, n: Notification, kind: Literal["open", "connect"], request: str) -> None:
         decision = Decision.refuse(self.unnamed or 0, None,
@@ -290,7 +314,7 @@ class TransparentBroker:
         try:
             pidfd = os.pidfd_open(n.pid)
         except OSError:
-            raise _Withdrawn from None
+            raise Withdrawn from None
         try:
             self._check_valid(n)  # the pidfd is of the caller, not of a reused pid
             try:
