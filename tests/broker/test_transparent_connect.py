@@ -9,7 +9,6 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,6 +17,8 @@ from warden.supervisor.broker.addresses import AddressRule
 from warden.supervisor.broker.policy import AuditRecord, Policy
 
 GREETING = b"hello from the host side"
+# Short: a sun_path holds 108 bytes, less than the test directories' names.
+UNIX_PATH = "/nonexistent-warden-broker/sock"
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def policy(rules: list[str], records: list[AuditRecord] | None = None) -> Policy
                         on_record=None if records is None else records.append)
 
 
-def test_an_allowed_address_connects_and_others_are_refused(server: int, tmp_path: Path) -> None:
+def test_an_allowed_address_connects_and_others_are_refused(server: int) -> None:
     port = server
     records: list[AuditRecord] = []
     v6 = _ipv6()
@@ -99,7 +100,7 @@ def test_an_allowed_address_connects_and_others_are_refused(server: int, tmp_pat
             "other_v4": try_connect(socket.AF_INET, ("127.0.0.2", port)),
             "other_port": try_connect(socket.AF_INET, ("127.0.0.1", port + 1)),
             "udp_not_named": try_connect(socket.AF_INET, ("127.0.0.1", port), socket.SOCK_DGRAM),
-            "unix": try_connect(socket.AF_UNIX, str(tmp_path / "sock")),
+            "unix": try_connect(socket.AF_UNIX, UNIX_PATH),
             "after": try_connect(socket.AF_INET, ("127.0.0.1", port)),
         }
         if v6:
@@ -137,10 +138,9 @@ def test_ranges_names_udp_and_failures(server: int) -> None:
         assert run(pol, body) == [GREETING.decode(), "ok 9", "ECONNREFUSED"]
 
 
-def test_unix_sockets_are_the_sandboxs_own_when_unnamed_is_none(tmp_path: Path) -> None:
-    path = str(tmp_path / "nothing-here")
+def test_unix_sockets_are_the_sandboxs_own_when_unnamed_is_none() -> None:
     with policy(["127.0.0.1:1"]) as pol:
-        assert run(pol, lambda: try_connect(socket.AF_UNIX, path)) == "ENOENT"
+        assert run(pol, lambda: try_connect(socket.AF_UNIX, UNIX_PATH)) == "ENOENT"
 
 
 def test_a_child_killed_during_a_pending_connect_costs_nothing(server: int) -> None:
