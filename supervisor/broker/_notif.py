@@ -155,3 +155,7 @@ def fd_cloexec(pid: int, target: int) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return True
+
+
+class Withdrawn(Exception):
+    """The caller is gone or no longer in the call: nothing to answer."""

@@ -39,21 +39,18 @@ its deadline (`expire`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
-import fcntl
-import ipaddress
 import logging
 import os
 import select
-import socket
 import struct
 import time
 from typing import Literal
 
 from warden.supervisor.broker import _notif
-from warden.supervisor.broker.addresses import IPAddress, Protocol
+from warden.supervisor.broker._notif import Withdrawn
+from warden.supervisor.broker.connects import CONNECT_TIMEOUT, MAX_PENDING, Connects
 from warden.supervisor.broker.decision import Decision, Refused
 from warden.supervisor.broker.paths import PATH_MAX, OpenRequest
 from warden.supervisor.broker.policy import Policy
@@ -72,26 +69,12 @@ OPEN_CALLS = ("open", "openat", "openat2", "creat")
 _AT_FDCWD = 0xFFFFFF9C  # -100 as the kernel passes it, an unsigned 64-bit register
 _OPEN_HOW = struct.Struct("=QQQ")
 _RESOLVE_HONOURED = _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS
-_SOCKADDR_MAX = 128  # sizeof(struct sockaddr_storage)
-CONNECT_TIMEOUT = 30.0
 
 
 def brokered_syscalls(connect: bool = True) -> list[str]:
     """The calls a child's filter must send to user-notify for this broker."""
     names = [n for n in CALLS.values() if n in OPEN_CALLS]
     return names + (["connect"] if connect else [])
-
-
-@dataclasses.dataclass
-class _Pending:
-    n: Notification
-    sock: socket.socket
-    target: int
-    cloexec: bool
-    blocking: bool
-    request: str
-    decision: Decision
-    deadline: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +89,6 @@ class OpenCall:
     refused: Decision | None
 
 
-class Withdrawn(Exception):
-    """The caller is gone or no longer in the call: nothing to answer."""
-
-
 class TransparentBroker:
     """Answers the brokered calls of one sandbox's listener by its `Policy`.
 
@@ -119,12 +98,12 @@ class TransparentBroker:
     sandbox gives today), an errno fails it. Used from one thread."""
 
     def __init__(self, seccomp_fd: int, policy: Policy, *, unnamed: int | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
-        self._fd = seccomp_fd
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 max_pending: int = MAX_PENDING) -> None:
+        self._fd = self.seccomp_fd = seccomp_fd
         self.policy = policy
         self.unnamed = unnamed
-        self.connect_timeout = connect_timeout
-        self._pending: dict[int, _Pending] = {}
+        self.connects = Connects(self, connect_timeout, max_pending)
 
     # -- which notifications are ours -------------------------------------------------
 
@@ -142,7 +121,7 @@ class TransparentBroker:
             return False
         try:
             if call == "connect":
-                self._connect(n)
+                self.connects.connect(n)
             else:
                 self._open(n, call)
         except Withdrawn:
@@ -151,16 +130,16 @@ class TransparentBroker:
 
     # -- open ---------------------------------------------------------------------------
 
-    def _read(self, n: Notification, addr: int, size: int) -> bytes:
+    def read(self, n: Notification, addr: int, size: int) -> bytes:
         try:
             data = _notif.read_memory(n.pid, addr, size)
         except OSError as e:
-            self._check_valid(n)
+            self.check_valid(n)
             raise Refused(Decision.refuse(errno.EFAULT, None, f"unreadable: {e.strerror}")) \
                 from None
         return data
 
-    def _check_valid(self, n: Notification) -> None:
+    def check_valid(self, n: Notification) -> None:
         if not _notif.id_valid(self._fd, n.id):
             raise Withdrawn
 
@@ -176,23 +155,23 @@ class TransparentBroker:
         elif call == "openat2":
             dirfd, ptr = a[0], a[1]
             if a[3] < _OPEN_HOW.size or a[3] > 4096:
-                self._check_valid(n)
+                self.check_valid(n)
                 raise Refused(Decision.refuse(errno.EINVAL, None, "open_how of a bad size"))
-            how = self._read(n, a[2], a[3])
+            how = self.read(n, a[2], a[3])
             if len(how) < a[3]:
-                self._check_valid(n)
+                self.check_valid(n)
                 raise Refused(Decision.refuse(errno.EFAULT, None, "open_how is unreadable"))
             if any(how[_OPEN_HOW.size:]):
-                self._check_valid(n)
+                self.check_valid(n)
                 raise Refused(Decision.refuse(errno.E2BIG, None, "open_how with unknown fields"))
             flags, mode, resolve = _OPEN_HOW.unpack_from(how)
         try:
             path = _notif.read_string(n.pid, ptr, PATH_MAX)
         except OSError as e:
-            self._check_valid(n)
+            self.check_valid(n)
             raise Refused(Decision.refuse(errno.EFAULT, None, f"path unreadable: {e.strerror}")) \
                 from None
-        self._check_valid(n)
+        self.check_valid(n)
         if path is None:
             raise Refused(Decision.refuse(errno.ENAMETOOLONG, None,
                                           f"a path of {PATH_MAX} bytes or more"))
@@ -222,7 +201,7 @@ class TransparentBroker:
             _notif.respond(self._fd, n.id, error=decision.errno)
             return
         if not self.policy.paths.names(req.path):
-            self._unnamed(n, "open", req.path)
+            self.answer_unnamed(n, "open", req.path)
             return
         try:
             if c.resolve & ~_RESOLVE_HONOURED:
@@ -250,7 +229,9 @@ class TransparentBroker:
     def _open(self, n: Notification, call: str) -> None:
         self.answer_open(self.read_open(n, call))
 
-    def _unnamed(self, n: Notification, kind: Literal["open", "connect"], request: str) -> None:
+    def answer_unnamed(self, n: Notification, kind: Literal["open", "connect"],
+                       request: str) -> None:
+        """Answer a request no rule names as the embedder chose (`unnamed`)."""
         decision = Decision.refuse(self.unnamed or 0, None,
                                    "no rule names it: " + ("the sandbox's own call runs"
                                                            if self.unnamed is None else
@@ -263,156 +244,26 @@ class TransparentBroker:
 
     # -- connect ------------------------------------------------------------------------
 
-    def _connect(self, n: Notification) -> None:
-        audit = self.policy.auditor
-        target, ptr, length = n.args[0] & 0xFFFFFFFF, n.args[1], n.args[2] & 0xFFFFFFFF
-        try:
-            if not 2 <= length <= _SOCKADDR_MAX:
-                self._check_valid(n)
-                raise Refused(Decision.refuse(errno.EINVAL, None, "a bad sockaddr length"))
-            raw = self._read(n, ptr, length)
-            self._check_valid(n)
-            if len(raw) < length:
-                raise Refused(Decision.refuse(errno.EFAULT, None, "sockaddr unreadable"))
-            family = int.from_bytes(raw[:2], "little")
-            parsed = _parse_sockaddr(family, raw)
-        except Refused as r:
-            audit.record("connect", "transparent", f"(connect by pid {n.pid})", r.decision)
-            _notif.respond(self._fd, n.id, error=r.decision.errno)
-            return
-        if parsed is None:  # AF_UNIX, AF_UNSPEC, ...: not an address the broker names
-            self._unnamed(n, "connect", f"family {family}")
-            return
-        ip, port, extra = parsed
-        request = f"{ip} port {port}"
-        try:
-            domain, protocol, blocking, cloexec = self._caller_socket(n, target)
-            request = f"{ip} port {port}/{protocol}"
-            if (domain == socket.AF_INET) != (family == socket.AF_INET):
-                raise Refused(Decision.refuse(errno.EAFNOSUPPORT, None,
-                                              "the address is not of the socket's family"))
-            decision = self.policy.addresses.check(ip, port, protocol)
-            if not decision.allowed:
-                raise Refused(decision)
-        except Refused as r:
-            audit.record("connect", "transparent", request, r.decision)
-            _notif.respond(self._fd, n.id, error=r.decision.errno)
-            return
-        sock = socket.socket(domain, socket.SOCK_STREAM if protocol == "tcp" else
-                             socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        err = sock.connect_ex((str(ip), port, *extra))
-        pending = _Pending(n, sock, target, cloexec, blocking, request, decision,
-                           time.monotonic() + self.connect_timeout)
-        if err == errno.EINPROGRESS and blocking:
-            self._pending[sock.fileno()] = pending
-            return
-        self._finish_connect(pending, err)
-
-    def _caller_socket(self, n: Notification, target: int) -> tuple[int, Protocol, bool, bool]:
-        """Domain, protocol, blocking and close-on-exec of the caller's socket `target`."""
-        try:
-            pidfd = os.pidfd_open(n.pid)
-        except OSError:
-            raise Withdrawn from None
-        try:
-            self._check_valid(n)  # the pidfd is of the caller, not of a reused pid
-            try:
-                copy = _notif.pidfd_getfd(pidfd, target)
-            except OSError as e:
-                self._check_valid(n)
-                raise Refused(Decision.refuse(e.errno or errno.EBADF, None,
-                                              "not an open descriptor")) from None
-        finally:
-            os.close(pidfd)
-        try:
-            try:
-                s = socket.socket(fileno=os.dup(copy))
-            except OSError:
-                raise Refused(Decision.refuse(errno.ENOTSOCK, None, "not a socket")) from None
-            with s:
-                stype = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-                proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
-                domain = s.family
-            blocking = not fcntl.fcntl(copy, fcntl.F_GETFL) & os.O_NONBLOCK
-        finally:
-            os.close(copy)
-        if stype == socket.SOCK_STREAM and proto in (0, socket.IPPROTO_TCP):
-            protocol: Protocol = "tcp"
-        elif stype == socket.SOCK_DGRAM and proto in (0, socket.IPPROTO_UDP):
-            protocol = "udp"
-        else:
-            raise Refused(Decision.refuse(errno.EACCES, None, "only TCP and UDP are brokered"))
-        if domain not in (socket.AF_INET, socket.AF_INET6):
-            raise Refused(Decision.refuse(errno.EACCES, None, "not an IP socket"))
-        return domain, protocol, blocking, _notif.fd_cloexec(n.pid, target)
-
-    def _finish_connect(self, p: _Pending, err: int) -> None:
-        audit = self.policy.auditor
-        try:
-            if err not in (0, errno.EINPROGRESS):
-                audit.record("connect", "transparent", p.request, Decision.refuse(
-                    err, p.decision.rule, f"allowed, but the connection failed: "
-                    f"{os.strerror(err)}"))
-                _notif.respond(self._fd, p.n.id, error=err)
-                return
-            # The file description is shared with the caller: its blocking mode first.
-            p.sock.setblocking(p.blocking)
-            if _notif.add_fd(self._fd, p.n.id, p.sock.fileno(), cloexec=p.cloexec,
-                             target=p.target) is None:
-                logger.debug("broker: connect by pid %d was withdrawn", p.n.pid)
-                return
-            audit.record("connect", "transparent", p.request, p.decision)
-            _notif.respond(self._fd, p.n.id, error=err)
-        except OSError as e:
-            _notif.respond(self._fd, p.n.id, error=e.errno or errno.EIO)
-        finally:
-            p.sock.close()
+    # -- connect (connects.py) ------------------------------------------------------------
 
     def pending_fds(self) -> list[int]:
         """Sockets of connects in progress: call `finish(fd)` when one is writable."""
-        return list(self._pending)
+        return self.connects.pending_fds()
 
     def next_deadline(self) -> float | None:
-        return min((p.deadline for p in self._pending.values()), default=None)
+        return self.connects.next_deadline()
 
     def finish(self, fd: int) -> None:
         """A pending connect's socket became writable: answer its caller."""
-        p = self._pending.pop(fd, None)
-        if p is not None:
-            self._finish_connect(p, p.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        self.connects.finish(fd)
 
     def expire(self, now: float | None = None) -> None:
         """Answer ETIMEDOUT to the connects whose deadline has passed."""
-        now = time.monotonic() if now is None else now
-        for fd, p in list(self._pending.items()):
-            if p.deadline <= now:
-                del self._pending[fd]
-                self._finish_connect(p, errno.ETIMEDOUT)
+        self.connects.expire(now)
 
     def close(self) -> None:
         """Drop the connects in progress (their callers are being killed)."""
-        for p in self._pending.values():
-            with contextlib.suppress(OSError):
-                _notif.respond(self._fd, p.n.id, error=errno.ECONNABORTED)
-            p.sock.close()
-        self._pending.clear()
-
-
-def _parse_sockaddr(family: int, raw: bytes) -> tuple[IPAddress, int, tuple[int, ...]] | None:
-    """(address, port, (flowinfo, scope_id) for IPv6) of an AF_INET/AF_INET6 sockaddr;
-    None for any other family."""
-    if family == socket.AF_INET:
-        if len(raw) < 16:
-            raise Refused(Decision.refuse(errno.EINVAL, None, "a short sockaddr_in"))
-        return ipaddress.IPv4Address(raw[4:8]), int.from_bytes(raw[2:4], "big"), ()
-    if family == socket.AF_INET6:
-        if len(raw) < 24:
-            raise Refused(Decision.refuse(errno.EINVAL, None, "a short sockaddr_in6"))
-        scope = int.from_bytes(raw[24:28], "little") if len(raw) >= 28 else 0
-        return (ipaddress.IPv6Address(raw[8:24]), int.from_bytes(raw[2:4], "big"),
-                (int.from_bytes(raw[4:8], "big"), scope))
-    return None
+        self.connects.close()
 
 
 def serve(broker: TransparentBroker, seccomp_fd: int) -> None:
