@@ -27,6 +27,7 @@ import fcntl
 import ipaddress
 import logging
 import os
+import select
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -70,6 +71,10 @@ class Connects:
         self.connect_timeout = timeout
         self.max_pending = max_pending
         self._pending: dict[int, _Pending] = {}
+        # One descriptor for all the connects in progress, readable (POLLIN) when one
+        # of them completes: an event loop that watches readability (wait_readable,
+        # asyncio's add_reader) needs nothing else.
+        self._epoll = select.epoll()
 
     def connect(self, n: Notification) -> None:
         """Answer one connect notification (or leave it pending: `pending_fds`)."""
@@ -118,6 +123,7 @@ class Connects:
                            time.monotonic() + self.connect_timeout)
         if err == errno.EINPROGRESS and blocking:
             self._pending[sock.fileno()] = pending
+            self._epoll.register(sock.fileno(), select.EPOLLOUT)
             return
         self._finish_connect(pending, err)
 
@@ -187,27 +193,49 @@ class Connects:
     def next_deadline(self) -> float | None:
         return min((p.deadline for p in self._pending.values()), default=None)
 
+    def fileno(self) -> int:
+        """Readable when a connect in progress has completed: then call `ready()`."""
+        return self._epoll.fileno()
+
+    def ready(self) -> None:
+        """Answer every connect that has completed, and those past their deadline."""
+        for fd, _ev in self._epoll.poll(0):
+            self.finish(fd)
+        self.expire()
+
     def finish(self, fd: int) -> None:
-        """A pending connect's socket became writable: answer its caller."""
-        p = self._pending.pop(fd, None)
-        if p is not None:
-            self._finish_connect(p, p.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+        """A pending connect's socket may have completed: if so, answer its caller."""
+        p = self._pending.get(fd)
+        if p is None:
+            return
+        probe = select.poll()
+        probe.register(fd, select.POLLOUT)
+        if not probe.poll(0):
+            return  # still connecting
+        self._drop(fd)
+        self._finish_connect(p, p.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _drop(self, fd: int) -> None:
+        del self._pending[fd]
+        with contextlib.suppress(OSError):
+            self._epoll.unregister(fd)
 
     def expire(self, now: float | None = None) -> None:
         """Answer ETIMEDOUT to the connects whose deadline has passed."""
         now = time.monotonic() if now is None else now
         for fd, p in list(self._pending.items()):
             if p.deadline <= now:
-                del self._pending[fd]
+                self._drop(fd)
                 self._finish_connect(p, errno.ETIMEDOUT)
 
     def close(self) -> None:
         """Drop the connects in progress (their callers are being killed)."""
-        for p in self._pending.values():
+        for fd, p in list(self._pending.items()):
+            self._drop(fd)
             with contextlib.suppress(OSError):
                 _notif.respond(self._fd, p.n.id, error=errno.ECONNABORTED)
             p.sock.close()
-        self._pending.clear()
+        self._epoll.close()
 
 
 

@@ -246,8 +246,17 @@ class TransparentBroker:
 
     # -- connect (connects.py) ------------------------------------------------------------
 
+    def fileno(self) -> int:
+        """Readable when a connect in progress has completed: then call `ready()`.
+        Watch it beside the listener; call `ready()` also by `next_deadline()`."""
+        return self.connects.fileno()
+
+    def ready(self) -> None:
+        """Answer the connects that completed or passed their deadline."""
+        self.connects.ready()
+
     def pending_fds(self) -> list[int]:
-        """Sockets of connects in progress: call `finish(fd)` when one is writable."""
+        """Sockets of connects in progress (`fileno()` stands for all of them)."""
         return self.connects.pending_fds()
 
     def next_deadline(self) -> float | None:
@@ -269,23 +278,21 @@ class TransparentBroker:
 def serve(broker: TransparentBroker, seccomp_fd: int) -> None:
     """Answer `seccomp_fd`'s brokered calls until no process uses the filter (for
     tests, benches and a broker thread of its own; the supervisor instead feeds
-    `handle` from notify.Listener and watches `pending_fds` in its loop). A
+    `handle` from notify.Listener and watches `fileno()` in its loop). A
     notification that is not a brokered call is answered EPERM."""
     while True:
-        p = select.poll()
-        p.register(seccomp_fd, select.POLLIN)
-        for fd in broker.pending_fds():
-            p.register(fd, select.POLLOUT)
         deadline = broker.next_deadline()
         wait = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
-        for fd, ev in p.poll(wait):
-            if fd != seccomp_fd:
-                broker.finish(fd)
-            elif ev & select.POLLIN:
-                n = _notif.receive(seccomp_fd)
-                if n is not None and not broker.handle(n):
-                    _notif.respond(seccomp_fd, n.id, error=errno.EPERM)
-            elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                broker.close()
-                return
-        broker.expire()
+        p = select.poll()
+        p.register(seccomp_fd, select.POLLIN)
+        p.register(broker.fileno(), select.POLLIN)
+        events = dict(p.poll(wait))
+        ev = events.get(seccomp_fd, 0)
+        if ev & select.POLLIN:
+            n = _notif.receive(seccomp_fd)
+            if n is not None and not broker.handle(n):
+                _notif.respond(seccomp_fd, n.id, error=errno.EPERM)
+        elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            broker.close()
+            return
+        broker.ready()

@@ -328,6 +328,7 @@ def test_a_withdrawn_notification_costs_nothing(area: Path) -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(child.pid, 0)
         assert broker.handle(n) is True  # answered nothing, raised nothing
+        broker.close()
         child.close()
         assert open_fds() == before
         assert [r.decision for r in records] == []
