@@ -167,3 +167,32 @@ def test_a_child_killed_during_a_pending_connect_costs_nothing(server: int) -> N
         finally:
             broker.close()
             child.close()
+
+
+def test_malformed_connects_get_the_kernels_answers(server: int) -> None:
+    import ctypes
+
+    from tests.broker.test_transparent_open import transparent_nr
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = transparent_nr("connect")
+
+    def raw(fd: int, addr: object, length: int) -> str:
+        ret = libc.syscall(ctypes.c_long(nr), ctypes.c_int(fd), addr, ctypes.c_int(length))
+        return "ok" if ret == 0 else errno.errorcode[ctypes.get_errno()]
+
+    def body() -> dict[str, str]:
+        s = socket.socket()
+        sin = (ctypes.c_ubyte * 16)(2, 0, server >> 8, server & 0xFF, 127, 0, 0, 1)
+        with open("/dev/null", "rb") as f:  # not brokered: the harness' unnamed=None
+            not_socket = raw(f.fileno(), sin, 16)
+        return {"too_long": raw(s.fileno(), sin, 4096), "too_short": raw(s.fileno(), sin, 1),
+                "short_sin": raw(s.fileno(), sin, 8), "bad_pointer": raw(s.fileno(), None, 16),
+                "not_a_socket": not_socket, "bad_fd": raw(999, sin, 16),
+                "ok": raw(s.fileno(), sin, 16)}
+
+    with policy([f"127.0.0.1:{server}"]) as pol:
+        got = run(pol, body)
+    assert got == {"too_long": "EINVAL", "too_short": "EINVAL", "short_sin": "EINVAL",
+                   "bad_pointer": "EFAULT", "not_a_socket": "ENOTSOCK", "bad_fd": "EBADF",
+                   "ok": "ok"}

@@ -335,3 +335,56 @@ def test_a_withdrawn_notification_costs_nothing(area: Path) -> None:
         # and the supervisor carries on with the next sandbox
         assert run(pol, lambda: try_open(path)) == "allowed content"
     assert [r.decision for r in records] == ["allowed"]
+
+
+def test_malformed_calls_get_the_kernels_answers(area: Path) -> None:
+    a = str(area / "allowed")
+    nr_openat, nr_openat2 = transparent_nr("openat"), transparent_nr("openat2")
+
+    def raw(nr: int, *args: Any) -> str:
+        fd = libc.syscall(ctypes.c_long(nr), *args)
+        if fd < 0:
+            return errno.errorcode[ctypes.get_errno()]
+        os.close(fd)
+        return "ok"
+
+    def body() -> dict[str, Any]:
+        path = f"{a}/file.txt".encode()
+        how = (ctypes.c_uint64 * 4)(os.O_RDONLY, 0, 0, 0)
+        how_extra = (ctypes.c_uint64 * 4)(os.O_RDONLY, 0, 0, 1)
+
+        def with_resolve(p: str, resolve: int) -> str:
+            try:
+                os.close(_sys.openat2(AT_FDCWD, p.encode(), os.O_RDONLY, 0, resolve))
+                return "ok"
+            except OSError as e:
+                return errname(e)
+
+        fd = libc.syscall(ctypes.c_long(nr_openat), ctypes.c_int(AT_FDCWD), path,
+                          ctypes.c_int(os.O_RDONLY))  # no O_CLOEXEC asked
+        inheritable = os.get_inheritable(fd)
+        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)  # Python's open asks for O_CLOEXEC
+        python_inheritable = os.get_inheritable(fd)
+        os.close(fd)
+        return {
+            "null_path": raw(nr_openat, ctypes.c_int(AT_FDCWD), ctypes.c_void_p(8),
+                             ctypes.c_int(0)),
+            "how_too_small": raw(nr_openat2, ctypes.c_int(AT_FDCWD), path, how,
+                                 ctypes.c_size_t(16)),
+            "how_unknown_field": raw(nr_openat2, ctypes.c_int(AT_FDCWD), path, how_extra,
+                                     ctypes.c_size_t(32)),
+            "how_bigger_but_zero": raw(nr_openat2, ctypes.c_int(AT_FDCWD), path, how,
+                                       ctypes.c_size_t(32)),
+            "resolve_no_symlinks": with_resolve(f"{a}/inner", _sys.RESOLVE_NO_SYMLINKS),
+            "resolve_beneath": with_resolve(f"{a}/file.txt", 0x08),
+            "inheritable_without_cloexec": inheritable,
+            "inheritable_with_cloexec": python_inheritable,
+        }
+
+    with policy([PathRule(a, frozenset({"read"}), links=True)]) as pol:
+        got = run(pol, body)
+    assert got == {"null_path": "EFAULT", "how_too_small": "EINVAL",
+                   "how_unknown_field": "E2BIG", "how_bigger_but_zero": "ok",
+                   "resolve_no_symlinks": "EACCES", "resolve_beneath": "EACCES",
+                   "inheritable_without_cloexec": True, "inheritable_with_cloexec": False}
