@@ -219,7 +219,9 @@ class TransparentBroker:
                                       send=True)
         except OSError as e:  # EMFILE in the caller, say: its own limit, its own answer
             installed = -1
-            _notif.respond(self._fd, n.id, error=e.errno or errno.EMFILE)
+            decision = Decision.refuse(e.errno or errno.EMFILE, decision.rule,
+                                       f"allowed, but not installed: {e.strerror}")
+            _notif.respond(self._fd, n.id, error=decision.errno)
         finally:
             os.close(fd)
         if installed is None:

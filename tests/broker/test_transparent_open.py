@@ -388,3 +388,28 @@ def test_malformed_calls_get_the_kernels_answers(area: Path) -> None:
                    "how_unknown_field": "E2BIG", "how_bigger_but_zero": "ok",
                    "resolve_no_symlinks": "EACCES", "resolve_beneath": "EACCES",
                    "inheritable_without_cloexec": True, "inheritable_with_cloexec": False}
+
+
+def test_a_caller_out_of_descriptors_gets_emfile_and_nothing_leaks(area: Path) -> None:
+    path = str(area / "allowed" / "file.txt")
+    records: list[AuditRecord] = []
+
+    def body() -> list[str]:
+        import resource
+
+        lowest_free = os.dup(0)  # every fd below it is in use
+        os.close(lowest_free)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        try:
+            full = try_open(path)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        return [full, try_open(path)]
+
+    with policy([PathRule.read(str(area / "allowed"))], records) as pol:
+        before = open_fds()
+        assert run(pol, body) == ["EMFILE", "allowed content"]
+        assert open_fds() == before
+    assert [(r.decision, r.errno) for r in records] == [("refused", errno.EMFILE),
+                                                        ("allowed", 0)]
