@@ -84,6 +84,19 @@ class PathRule:
         """`--broker-write PATH`: read, write, create and truncate."""
         return cls(prefix, frozenset(MODES))
 
+    @classmethod
+    def parse(cls, text: str, *, write: bool = False) -> PathRule:
+        """`PATH[:links][:fifo][:device]` as `--broker-read` (or, with `write`,
+        `--broker-write`) and a profile's `broker.read` / `broker.write` lists give it."""
+        path, options = text, list[str]()
+        while True:
+            head, sep, tail = path.rpartition(":")
+            if not sep or tail not in ("links", *KINDS):
+                break
+            path, options = head, [tail, *options]
+        return cls(path, frozenset(MODES if write else ("read",)), links="links" in options,
+                   kinds=frozenset(o for o in options if o in KINDS))
+
     def spelled(self) -> str:
         extra = [*(["links"] if self.links else []), *sorted(self.kinds)]
         return (f"{self.prefix} ({','.join(m for m in MODES if m in self.modes)}"

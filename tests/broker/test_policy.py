@@ -159,3 +159,13 @@ def test_a_raising_audit_callback_does_not_stop_the_broker(tmp_path: Path) -> No
         fd, d = pol.paths.open(OpenRequest(f"{tmp_path}/f", os.O_RDONLY))
         os.close(fd)
         pol.auditor.record("open", "explicit", "x", d)
+
+
+def test_path_rules_parse_as_the_cli_and_profiles_give_them() -> None:
+    assert PathRule.parse("/srv/in") == PathRule.read("/srv/in")
+    assert PathRule.parse("/srv/out", write=True) == PathRule.write("/srv/out")
+    rule = PathRule.parse("/dev/null:device:links")
+    assert (rule.prefix, rule.links, rule.kinds) == ("/dev/null", True, frozenset({"device"}))
+    assert PathRule.parse("/a:b").prefix == "/a:b"  # a colon that is no option stays
+    with pytest.raises(ValueError, match="not an absolute"):
+        PathRule.parse("data:links")
