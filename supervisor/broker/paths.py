@@ -272,6 +272,23 @@ class PathPolicy:
             raise Refused(Decision.refuse(e.errno or errno.EIO, rule, e.strerror or "")) from None
         return fd, Decision.allow(rule, f"opened {kind_name(st.st_mode)} beneath the rule")
 
+    def lookup(self, path: str, *, follow: bool = True) -> tuple[int, PathRule, Decision]:
+        """An O_PATH fd of `path` by the rule naming it (for stat and access: O_PATH opens
+        nothing, so any kind will do), that rule and the decision; raises Refused. Without
+        `follow` a link as the last component is the link itself."""
+        if "\0" in path or len(os.fsencode(path)) >= PATH_MAX:
+            raise Refused(Decision.refuse(errno.ENAMETOOLONG, None, "not a usable path"))
+        found = self._match(path)
+        if found is None:
+            raise Refused(Decision.refuse(errno.EACCES, None, "no rule names this path"))
+        held, rest = found
+        rule = held.rule.spelled()
+        resolve = RESOLVE_BENEATH | _sys.RESOLVE_NO_MAGICLINKS | (
+            0 if held.rule.links else _sys.RESOLVE_NO_SYMLINKS)
+        flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+        fd = self._openat2(held, rest, flags, 0, resolve, rule, False)
+        return fd, held.rule, Decision.allow(rule, "looked up beneath the rule")
+
     @staticmethod
     def _openat2(held: _Held, rest: str, flags: int, mode: int, resolve: int, rule: str,
                  create_refused: bool) -> int:

@@ -52,6 +52,7 @@ from warden.supervisor.broker import _notif
 from warden.supervisor.broker._notif import Withdrawn
 from warden.supervisor.broker.connects import CONNECT_TIMEOUT, MAX_PENDING, Connects
 from warden.supervisor.broker.decision import Decision, Refused
+from warden.supervisor.broker.lookups import LOOKUP_CALLS, Lookups
 from warden.supervisor.broker.paths import PATH_MAX, OpenRequest
 from warden.supervisor.broker.policy import Policy
 from warden.supervisor.sandbox import _sys
@@ -71,10 +72,13 @@ _OPEN_HOW = struct.Struct("=QQQ")
 _RESOLVE_HONOURED = _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS
 
 
-def brokered_syscalls(connect: bool = True) -> list[str]:
-    """The calls a child's filter must send to user-notify for this broker."""
+def brokered_syscalls(connect: bool = True, lookups: bool = False) -> list[str]:
+    """The calls a child's filter must send to user-notify for this broker (with
+    `lookups`, newfstatat and statx only when AT_EMPTY_PATH is clear in the argument
+    lookups.LOOKUP_FILTER names)."""
     names = [n for n in CALLS.values() if n in OPEN_CALLS]
-    return names + (["connect"] if connect else [])
+    return (names + (["connect"] if connect else [])
+            + (list(LOOKUP_CALLS.values()) if lookups else []))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +103,16 @@ class TransparentBroker:
 
     def __init__(self, seccomp_fd: int, policy: Policy, *, unnamed: int | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, connect: bool = True,
+                 lookups: bool = False) -> None:
         self._fd = self.seccomp_fd = seccomp_fd
+        # Only the calls this broker was made for: any other notification (a kill the
+        # profile turned into user-notify, say) is left to the caller, as a violation.
+        self.calls = frozenset(brokered_syscalls(connect, lookups))
         self.policy = policy
         self.unnamed = unnamed
         self.connects = Connects(self, connect_timeout, max_pending)
+        self.lookups = Lookups(self)
 
     # -- which notifications are ours -------------------------------------------------
 
@@ -112,7 +121,8 @@ class TransparentBroker:
         refused call to report as a violation, a foreign architecture, withdrawn)."""
         if n.withdrawn or n.arch != _sys.AUDIT_ARCH or n.nr & _X32_BIT:
             return None
-        return CALLS.get(n.nr)
+        call = CALLS.get(n.nr) or LOOKUP_CALLS.get(n.nr)
+        return call if call in self.calls else None
 
     def handle(self, n: Notification) -> bool:
         """Answer `n` if it is a brokered call (True), else leave it (False)."""
@@ -122,8 +132,10 @@ class TransparentBroker:
         try:
             if call == "connect":
                 self.connects.connect(n)
-            else:
+            elif call in OPEN_CALLS:
                 self._open(n, call)
+            else:
+                self.lookups.handle(n, call)
         except Withdrawn:
             logger.debug("broker: %s by pid %d was withdrawn before its answer", call, n.pid)
         return True

@@ -23,6 +23,7 @@ from typing import Any
 import pyseccomp
 
 from warden.supervisor.broker import _notif, transparent
+from warden.supervisor.broker.lookups import AT_EMPTY_PATH, LOOKUP_FILTER
 from warden.supervisor.broker.policy import Policy
 from warden.supervisor.sandbox import _sys
 from warden.supervisor.sandbox.notify import Notification
@@ -32,10 +33,15 @@ HANG_GUARD = 60.0  # seconds; only to turn a hang into a failure
 
 
 def notify_bpf(calls: list[str]) -> bytes:
-    """A filter allowing everything but `calls`, which go to user-notify."""
+    """A filter allowing everything but `calls`, which go to user-notify (newfstatat
+    and statx only when AT_EMPTY_PATH is clear, as lookups.LOOKUP_FILTER says)."""
     f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     for name in calls:
-        f.add_rule(pyseccomp.NOTIFY, name)
+        if name in LOOKUP_FILTER:
+            f.add_rule(pyseccomp.NOTIFY, name,
+                       pyseccomp.Arg(LOOKUP_FILTER[name], pyseccomp.MASKED_EQ, AT_EMPTY_PATH, 0))
+        else:
+            f.add_rule(pyseccomp.NOTIFY, name)
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)
@@ -136,10 +142,11 @@ class Child:
 
 
 def run(policy: Policy, body: Callable[[], Any], *, unnamed: int | None = None,
-        calls: list[str] | None = None) -> Any:
+        calls: list[str] | None = None, lookups: bool = False) -> Any:
     """Run `body` in a child under the broker until the child ends; its result."""
-    child = Child(body, calls)
-    broker = transparent.TransparentBroker(child.listener, policy, unnamed=unnamed)
+    child = Child(body, calls or transparent.brokered_syscalls(lookups=lookups))
+    broker = transparent.TransparentBroker(child.listener, policy, unnamed=unnamed,
+                                           lookups=lookups)
     try:
         transparent.serve(broker, child.listener)
         return child.result()
