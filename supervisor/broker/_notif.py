@@ -1,0 +1,161 @@
+"""The seccomp user-notification calls the transparent broker answers with, and
+reading a caller's memory. Parent, outside the sandbox, with the supervisor's
+privilege; each wrapper raises OSError with the kernel's errno.
+
+struct layouts and ioctl numbers from <linux/seccomp.h>:
+  seccomp_notif        id u64, pid u32, flags u32, data{nr i32, arch u32, ip u64, args u64[6]}
+  seccomp_notif_resp   id u64, val s64, error s32, flags u32
+  seccomp_notif_addfd  id u64, flags u32, srcfd u32, newfd u32, newfd_flags u32
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import struct
+
+from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.notify import SECCOMP_IOCTL_NOTIF_RECV, Notification
+
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
+SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
+SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_ADDFD_FLAG_SETFD = 1
+SECCOMP_ADDFD_FLAG_SEND = 2
+
+_NOTIF = struct.Struct("=QIIiIQ6Q")
+_RESP = struct.Struct("=QqiI")
+_ADDFD = struct.Struct("=QIIII")
+_ID = struct.Struct("=Q")
+_NR_PIDFD_GETFD = 438
+_PAGE = mmap.PAGESIZE
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_readv = _sys.libc.process_vm_readv
+_readv.restype = ctypes.c_ssize_t
+_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong,
+                   ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+def receive(fd: int) -> Notification | None:
+    """One SECCOMP_IOCTL_NOTIF_RECV; None when the notification was withdrawn (ENOENT)."""
+    buf = bytearray(_NOTIF.size)
+    while True:
+        try:
+            fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, buf, True)
+        except InterruptedError:
+            continue
+        except FileNotFoundError:
+            return None
+        nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
+        return Notification(nid, pid, nr, arch, tuple(args))
+
+
+def id_valid(fd: int, nid: int) -> bool:
+    """Whether notification `nid` still waits for an answer (its caller is alive and
+    still in the call), so what was read from its pid was read from that caller."""
+    try:
+        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, _ID.pack(nid))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def respond(fd: int, nid: int, *, val: int = 0, error: int = 0, cont: bool = False) -> bool:
+    """Answer `nid`: return `val`, fail with `error` (a positive errno), or let the call
+    run as the caller made it (`cont`). False when it was withdrawn meanwhile."""
+    buf = bytearray(_RESP.pack(nid, val, -error if error else 0,
+                               SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0))
+    try:
+        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, buf, True)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def add_fd(fd: int, nid: int, src: int, *, cloexec: bool, send: bool = False,
+           target: int | None = None) -> int | None:
+    """Install a copy of our `src` in the caller's table (at `target` if given,
+    replacing what is there); with `send`, the caller's call returns that fd number
+    at once (no separate answer: the install and the answer are one step).
+    Returns the fd number in the caller, or None when `nid` was withdrawn."""
+    flags = (SECCOMP_ADDFD_FLAG_SEND if send else 0) | (
+        SECCOMP_ADDFD_FLAG_SETFD if target is not None else 0)
+    buf = bytearray(_ADDFD.pack(nid, flags, src, target or 0, os.O_CLOEXEC if cloexec else 0))
+    try:
+        return int(fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ADDFD, buf, True))
+    except FileNotFoundError:
+        return None
+
+
+def read_memory(pid: int, addr: int, size: int) -> bytes:
+    """Up to `size` bytes at `addr` in process `pid` (fewer where a mapping ends);
+    OSError EFAULT when nothing at `addr` is mapped."""
+    out = bytearray()
+    while len(out) < size:
+        # One page at a time: process_vm_readv stops at the first unmapped page,
+        # and a string may end just before one.
+        chunk = min(size - len(out), _PAGE - (addr + len(out)) % _PAGE)
+        buf = ctypes.create_string_buffer(chunk)
+        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), chunk)
+        remote = _IOVec(addr + len(out), chunk)
+        n = _readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if n <= 0:
+            if out:
+                break
+            err = ctypes.get_errno() or errno.EFAULT
+            raise OSError(err, os.strerror(err))
+        out += buf.raw[:n]
+        if n < chunk:
+            break
+    return bytes(out)
+
+
+def read_string(pid: int, addr: int, limit: int) -> bytes | None:
+    """The NUL-terminated string at `addr` in `pid`, without its NUL; None when no NUL
+    comes within `limit` bytes (the kernel's ENAMETOOLONG)."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = min(limit - len(out), _PAGE - (addr + len(out)) % _PAGE)
+        part = read_memory(pid, addr + len(out), chunk)
+        nul = part.find(b"\0")
+        if nul >= 0:
+            return bytes(out + part[:nul])
+        out += part
+        if len(part) < chunk:
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+    return None
+
+
+def pidfd_getfd(pidfd: int, target: int) -> int:
+    """Our copy (close-on-exec) of fd `target` of the process `pidfd` refers to."""
+    ret = int(_sys.libc.syscall(ctypes.c_long(_NR_PIDFD_GETFD), ctypes.c_int(pidfd),
+                                ctypes.c_int(target), ctypes.c_uint(0)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def fd_cloexec(pid: int, target: int) -> bool:
+    """Whether fd `target` of `pid` is close-on-exec (its fdinfo `flags`, octal)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{target}", "rb") as f:
+            for line in f:
+                if line.startswith(b"flags:"):
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+    except (OSError, ValueError, IndexError):
+        pass
+    return True
+
+
+class Withdrawn(Exception):
+    """The caller is gone or no longer in the call: nothing to answer."""
