@@ -128,6 +128,12 @@ class Handle:
         return f"<{type(self).__name__} fd={self._fd}>"
 
 
+def close_if_handle(value: Any) -> None:
+    """Close `value` if it is a handle (a decoded value no one will receive)."""
+    if isinstance(value, Handle):
+        value.close()
+
+
 def _regular_with_access(fd: int, what: str, modes: tuple[int, ...]) -> str | None:
     st = os.fstat(fd)
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import threading
+from pathlib import Path
 
+import msgspec
+
+from tests.ipc.helpers import call, frame, mid, open_fds, tmpfile
+from tests.ipc.impls import ServiceImpl
 from warden import ipc
+from warden.ipc.channel import send_frame
+from warden.ipc.wire import KIND_REPLY
 
 
 class Sink(ipc.Interface, name="test.Sink"):
@@ -104,3 +112,64 @@ def test_a_returned_handle_lives_until_its_reply_is_sent() -> None:
         server.close()
     assert not t.is_alive()
     assert failures == []
+
+
+# ---- received handles: their lifetime is the channel's business, not a local's ----------------
+#
+# A handler that lets go of a handle expects its fd closed before the next frame is read (it
+# no longer counts against the peer's max_fds_held). Each test below failed before the frame
+# read and dispatch were one path each: the inlined loops kept the last message in a local
+# until the next frame came.
+
+
+class Dropper(ServiceImpl):
+    """Lets go of the handle it was given without closing it."""
+
+    def read_file(self, ctx: ipc.Context, f: ipc.ReadFile) -> bytes:
+        return b"dropped"
+
+
+def _send_with_file(evil: socket.socket, data: bytes, tmp_path: Path, name: str) -> None:
+    fd = tmpfile(tmp_path, name)
+    send_frame(evil, data, [fd])
+    os.close(fd)
+
+
+def test_serve_forever_closes_a_dropped_handle_before_the_next_frame(tmp_path: Path) -> None:
+    before = open_fds()
+    ours, evil = ipc.channel_pair()
+    ch = ipc.connect(ours, serve=Dropper(), limits=ipc.Limits(max_fds_held=1))
+    for rid in (1, 2, 3):  # one fd each: over the quota only if a dropped one stays open
+        _send_with_file(evil, call("read_file", rid, {}), tmp_path, f"f{rid}")
+    evil.shutdown(socket.SHUT_WR)
+    ch.serve_forever()  # returns at end of stream: no CutOff
+    replies = [msgspec.msgpack.decode(evil.recv(4096)) for _ in range(3)]
+    assert [r[2:] for r in replies] == [[1, b"dropped"], [2, b"dropped"], [3, b"dropped"]]
+    evil.close()
+    assert ch.closed
+    assert open_fds() == before
+
+
+class Waiting(ipc.Interface, name="test.Waiting"):
+    @ipc.call()
+    def answer(self, ctx: ipc.Context) -> int:
+        raise NotImplementedError
+
+    @ipc.call()
+    def fresh(self, ctx: ipc.Context) -> ipc.ReadFile:
+        raise NotImplementedError
+
+
+def test_a_call_waiting_for_its_reply_closes_dropped_handles_meanwhile(tmp_path: Path) -> None:
+    """While our call waits, the peer calls us three times with an fd each; the handler drops
+    them, so none counts against max_fds_held=1 when the next arrives."""
+    before = open_fds()
+    ours, evil = ipc.channel_pair()
+    ch = ipc.connect(ours, serve=Dropper(), remote=Waiting, limits=ipc.Limits(max_fds_held=1))
+    for rid in (1, 2, 3):
+        _send_with_file(evil, call("read_file", rid, {}), tmp_path, f"f{rid}")
+    evil.send(frame(KIND_REPLY, mid("answer", "test.Waiting"), 1, 42))  # our call's id is 1
+    assert ch.remote.answer() == 42
+    ch.close()
+    evil.close()
+    assert open_fds() == before
