@@ -342,6 +342,10 @@ class AsyncChannel:
         if reason is not None:
             detached(reason)  # kept by the embedder: it must pin no frame, buffer or fd
         self.close_reason = reason
+        if isinstance(reason, PeerError):
+            # The peer misbehaved: every fd it gave us that is still open is closed now,
+            # whoever still references its handle (a handler, a future, a traceback).
+            self._session.account.close()
         self._loop.remove_reader(self._fd)
         self._reader.release()
         if self._writing:

@@ -26,7 +26,7 @@ from warden.ipc.channel import (
 from warden.ipc.context import Context
 from warden.ipc.dispatch import bind_handlers, failure_message
 from warden.ipc.errors import ChannelClosed, ChannelError, PeerError, RemoteError, detached
-from warden.ipc.handles import Receiver, Remote, fd_to_int
+from warden.ipc.handles import Receiver, Remote, close_if_handle, fd_to_int
 from warden.ipc.interface import Interface, MethodSpec, interface_of
 from warden.ipc.limits import DEFAULT_LIMITS, Limits
 from warden.ipc.session import Session
@@ -145,10 +145,12 @@ class Channel:
         """Close the channel after a failed receive; the error to raise (None: end of stream).
 
         A BadMessage/CutOff is raised without the decoder's traceback: it must not keep the
-        receive buffer or fds alive for as long as the caller keeps the error.
+        receive buffer or fds alive for as long as the caller keeps the error. The peer broke
+        the rules, so every handle it gave us that is still open is closed too.
         """
         if isinstance(e, PeerError):
             detached(e)
+            self._session.account.close()
             self.close()
             return e
         self.close()
@@ -163,8 +165,8 @@ class Channel:
         A call or message runs its handler (a call's reply, or error reply, is sent); a reply
         is filed for its caller. The message lives in this frame only: once it returns, what
         the handler let go of is closed, before the next frame is read. On a bad frame the
-        channel is closed and the BadMessage/CutOff raised carries no traceback from the
-        decoder.
+        channel is closed (with every fd the peer gave us) and the BadMessage/CutOff raised
+        carries no traceback from the decoder.
         """
         failure: ChannelError | None
         try:
@@ -223,12 +225,18 @@ class Channel:
         return self._sock.fileno()
 
     def close(self) -> None:
+        """Close the channel. Replies filed for callers that will never take them (a nested
+        call's caller unwound) are closed with it: their handles are the peer's."""
         if not self.closed:
             self.closed = True
             self._sock.close()
             # Drop the buffers: a closed channel someone keeps must not keep them.
             self._reader.release()
             self._last_sent = b""
+            replies, self._replies = self._replies, {}
+            for kind, value in replies.values():
+                if kind == KIND_REPLY:
+                    close_if_handle(value)
 
     def __enter__(self) -> Channel:
         return self

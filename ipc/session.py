@@ -76,7 +76,6 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
 
 
 def _make_handle(param: HandleParam, fd: int, account: FdAccount) -> Handle:
-    account.held += 1
     if issubclass(param.cls, _Endpoint):
         return param.cls(fd, _account=account, interface=param.interface)
     return param.cls(fd, _account=account)
