@@ -87,7 +87,7 @@ class Channel:
             interface=serve_iface.__ipc_name__ if serve_iface else None,
         )
         self._replies: dict[int, tuple[int, Any]] = {}
-        self._last_sent = b""
+        self._last_reply = b""
         self.remote: Any = _Proxy(self)
         self.closed = False
 
@@ -96,10 +96,6 @@ class Channel:
     def _send(self, data: bytes, fds: Carried) -> None:
         """Send one frame; the only send path. `fds` (numbers or their owners) stay
         referenced until sendmsg returns."""
-        # The frame's bytes (never its fds) are kept until the next frame is sent. Measured:
-        # freeing a 64 KiB reply before the next frame is decoded made 64 KiB round trips
-        # ~20% slower (the allocator then hands back colder memory for the next one).
-        self._last_sent = data
         try:
             if fds:
                 send_frame(self._sock, data, fds)
@@ -195,6 +191,11 @@ class Channel:
                         return True
                     data, fds = self._session.encode_error(spec, rid, msg), NO_FDS
                 result = None
+                # The reply's bytes (never its fds) are kept until the next reply. Measured:
+                # freeing a 64 KiB reply before the next frame is decoded made 64 KiB round
+                # trips ~20% slower (the allocator then hands back colder memory), and
+                # keeping our requests' bytes as well made them slower again.
+                self._last_reply = data
                 self._send(data, fds)
             except BaseException:
                 value = result = fds = None  # an error the caller keeps must not keep them
@@ -232,7 +233,7 @@ class Channel:
             self._sock.close()
             # Drop the buffers: a closed channel someone keeps must not keep them.
             self._reader.release()
-            self._last_sent = b""
+            self._last_reply = b""
             replies, self._replies = self._replies, {}
             for kind, value in replies.values():
                 if kind == KIND_REPLY:
