@@ -152,27 +152,6 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid envelope: {e}") from None
         if kind >= KIND_REPLY:
-            if kind == KIND_REPLY and not fds:  # the common reply, its checks inlined
-                spec = self.pending.pop(rid, None)
-                if spec is None:
-                    raise self._bad(
-                        fds, f"reply to request id {rid}, which is not awaiting a reply"
-                    )
-                if spec.id != method:
-                    raise self._bad(
-                        fds, f"reply carries method id {method:#010x}, but request {rid} "
-                        f"called {spec.name}", spec,
-                    )
-                if spec.plain_result:
-                    try:
-                        return kind, spec, rid, spec.result_decoder.decode(payload)
-                    except msgspec.ValidationError as e:
-                        raise self._bad(fds, str(e), spec, error_field(str(e))) from None
-                    except RecursionError:
-                        raise self._bad(fds, NESTING_REASON, spec) from None
-                    except Exception as e:
-                        raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
-                return self._decode_reply(kind, spec, rid, payload, fds)
             spec = self.pending.pop(rid, None)
             if spec is None:
                 raise self._bad(fds, f"reply to request id {rid}, which is not awaiting a reply")
@@ -181,6 +160,15 @@ class Session:
                     fds, f"reply carries method id {method:#010x}, but request {rid} called "
                     f"{spec.name}", spec,
                 )
+            if kind == KIND_REPLY and not fds and spec.plain_result:  # the common reply
+                try:
+                    return kind, spec, rid, spec.result_decoder.decode(payload)
+                except msgspec.ValidationError as e:
+                    raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+                except RecursionError:
+                    raise self._bad(fds, NESTING_REASON, spec) from None
+                except Exception as e:
+                    raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
             return self._decode_reply(kind, spec, rid, payload, fds)
         spec = self._by_id.get(method)
         if spec is None:
