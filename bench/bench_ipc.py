@@ -13,12 +13,17 @@ then one-way validated message throughput at 64 B, and 1 GiB through a sealed me
 
     python bench/bench_ipc.py            # full run (under a minute)
     python bench/bench_ipc.py --quick    # fewer iterations
+    python bench/bench_ipc.py --typed    # only the typed call round trips, pinned, as JSON
+
+`--typed` is for comparing two builds: run it alternately against each (PYTHONPATH pointing
+at one install, then the other), several times, and compare the medians.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import mmap
 import multiprocessing
 import multiprocessing.connection
@@ -349,15 +354,36 @@ def memfd_gib(cpu: int | None) -> dict[str, float]:
     }
 
 
+def typed_round_trips(cpu: int, repeat: int, scale: float) -> None:
+    pinned(cpu)
+    best: dict[str, float] = {}
+    for label, size in SIZES.items():
+        data = os.urandom(size)
+        n = int((5000 if size <= 4096 else 1000) * scale)
+        runs: dict[str, list[float]] = {"ipc": [], "ipc-async": [], "ipc+fd": []}
+        for _ in range(repeat):
+            runs["ipc"].append(rt_ipc(data, n, cpu))
+            runs["ipc-async"].append(rt_ipc_async(data, n, cpu))
+            runs["ipc+fd"].append(rt_ipc(data, n, cpu, with_fd=True))
+        best.update({f"{kind} {label}": round(min(v), 2) for kind, v in runs.items()})
+    print(json.dumps(best), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--repeat", type=int, default=5,
                         help="runs per cell; the best is shown (as timeit does: other jobs on"
                              " the machine only ever add time)")
+    parser.add_argument("--typed", action="store_true",
+                        help="only ipc, ipc-async and ipc+fd round trips, pinned; one JSON line "
+                             "of the best run per cell, in µs")
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
     cpu = min(os.sched_getaffinity(0))
+    if args.typed:
+        typed_round_trips(cpu, args.repeat, scale)
+        return
     all_cpus = os.sched_getaffinity(0)
     print(f"python {sys.version.split()[0]}, msgspec {msgspec.__version__}, "
           f"{os.cpu_count()} CPUs, pinned runs use CPU {cpu}\n")

@@ -18,6 +18,7 @@ from warden.ipc.errors import (
     CutOff,
     FrameTooLarge,
     InterfaceError,
+    IpcError,
     PeerError,
     RemoteError,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "Handle",
     "Interface",
     "InterfaceError",
+    "IpcError",
     "Limits",
     "MemoryWriter",
     "PeerError",

@@ -15,19 +15,16 @@ import functools
 import inspect
 import logging
 import os
-import select
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from warden.ipc.channel import (
     NO_FDS,
-    RECV_FLAGS,
     SEND_FLAGS,
-    TRUNCATED,
+    Carried,
     FrameReader,
-    close_fds,
     peer_credentials,
     send_frame,
 )
@@ -42,8 +39,10 @@ from warden.ipc.errors import (
     RemoteError,
     detached,
 )
+from warden.ipc.handles import close_if_handle, fd_to_int
 from warden.ipc.interface import Interface, MethodSpec, interface_of
 from warden.ipc.limits import DEFAULT_LIMITS, Limits
+from warden.ipc.lowlevel import close_all, poller
 from warden.ipc.session import Session
 from warden.ipc.wire import KIND_CALL, KIND_REPLY
 
@@ -113,23 +112,18 @@ class AsyncChannel:
         self.closed = False
         self.remote: Any = _AsyncProxy(self)
         self._max_reads = limits.max_reads_per_wakeup
+        self._read = self._reader.read
+        self._decode = self._session.decode
         self._encode_request = self._session.encode_request
         self._encode_reply = self._session.encode_reply
         self._sock_send = sock.send
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        self._poll = poller.poll
+        self._poll = poller(self._fd)
         loop.add_reader(self._fd, self._on_readable)
 
     # ---- reading --------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
-        reader = self._reader
-        recv, bufs, anc_size, cap, view = (
-            reader.recv, reader.bufs, reader.anc_size, reader.cap, reader.view
-        )
-        decode = self._session.decode
-        pending = self._pending
+        step = self._step
         for i in range(self._max_reads):
             if self.closed:
                 return
@@ -138,44 +132,47 @@ class AsyncChannel:
                 # cheaper than the BlockingIOError a recv on an empty socket raises. A peer
                 # with more queued is drained until that error (or the per-wakeup bound).
                 return
-            try:
-                n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
-                if anc or flags & TRUNCATED or not 0 < n < cap:  # FrameReader.read, inlined
-                    got = reader.check(n, anc, flags)
-                    if got is None:
-                        self._close(None)
-                        return
-                    kind, spec, rid, value = decode(*got)
-                else:
-                    kind, spec, rid, value = decode(view[:n], NO_FDS)
-            except BlockingIOError:
+            if not step():
                 return
-            except PeerError as e:
-                self._close(e)
-                return
-            except (ConnectionResetError, BrokenPipeError):
+
+    def _step(self) -> bool:
+        """Read and handle one frame; False when there is nothing more to read now.
+
+        The one receive and dispatch path. The message lives in this frame only: once it
+        returns, what a handler let go of is closed, before the next frame is read.
+        """
+        try:
+            got = self._read()
+            if got is None:
                 self._close(None)
-                return
-            except OSError as e:  # e.g. an endpoint a peer handed us that was never connected
-                self._close(None, f"receive failed: {e}")
-                return
-            except Exception as e:  # our bug, not the peer's: never let the loop spin on it
-                log_exception(e, "ipc channel %r failed", self.peer_id)
-                self._close(None, f"internal error: {e}")
-                return
-            if kind >= KIND_REPLY:  # a reply or an error reply
-                fut = pending.pop(rid)  # present: the session checked rid was pending
-                if fut.done():  # the caller gave up (cancelled): drop the reply
-                    _close_value(value)
-                elif kind == KIND_REPLY:
-                    fut.set_result(value)
-                else:
-                    fut.set_exception(RemoteError(value))
-            else:
-                self._dispatch(kind, spec, rid, value)
-            # Drop this message's arguments now: a handler that let go of a handle expects it
-            # closed, not kept by this frame while the next frame is read.
-            value = None
+                return False
+            kind, spec, rid, value = self._decode(*got)
+        except BlockingIOError:
+            return False
+        except PeerError as e:
+            self._close(e)
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            self._close(None)
+            return False
+        except OSError as e:  # e.g. an endpoint a peer handed us that was never connected
+            self._close(None, f"receive failed: {e}")
+            return False
+        except Exception as e:  # our bug, not the peer's: never let the loop spin on it
+            log_exception(e, "ipc channel %r failed", self.peer_id)
+            self._close(None, f"internal error: {e}")
+            return False
+        if kind < KIND_REPLY:
+            self._dispatch(kind, spec, rid, value)
+            return True
+        fut = self._pending.pop(rid)  # present: the session checked rid was pending
+        if fut.done():  # the caller gave up (cancelled): drop the reply
+            close_if_handle(value)
+        elif kind == KIND_REPLY:
+            fut.set_result(value)
+        else:
+            fut.set_exception(RemoteError(value))
+        return True
 
     def _dispatch(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
         handler = self._handlers[spec.id]
@@ -183,8 +180,8 @@ class AsyncChannel:
             # Calls are bounded by the session; one-way messages to async handlers would not
             # be, so bound the running handlers of this peer as a whole.
             if len(self._tasks) >= self.limits.max_calls_in_flight:
-                for value in args:
-                    _close_value(value)
+                for value in args:  # never delivered
+                    close_if_handle(value)
                 self._close(CutOff(
                     self.peer_id,
                     f"more than {self.limits.max_calls_in_flight} handlers running",
@@ -200,23 +197,7 @@ class AsyncChannel:
         except Exception as exc:
             self._finish(kind, spec, rid, None, exc)
             return
-        if kind != KIND_CALL or self.closed:
-            return
-        # _finish's success path, inlined: encode the reply and send it at once.
-        try:
-            data, fds = self._encode_reply(spec, rid, result)
-        except Exception as e:
-            self._unencodable(spec, rid, e)
-            return
-        if fds or self._queue:
-            self._enqueue(data, fds)
-            return
-        try:
-            self._sock_send(data, SEND_FLAGS)
-        except BlockingIOError:
-            self._enqueue(data, fds)
-        except OSError as e:
-            self._send_failed(e)
+        self._finish(kind, spec, rid, result, None)
 
     async def _run_async(
         self, handler: Callable[..., Any], kind: int, spec: MethodSpec, rid: int,
@@ -236,23 +217,26 @@ class AsyncChannel:
     def _finish(
         self, kind: int, spec: MethodSpec, rid: int, result: Any, exc: BaseException | None
     ) -> None:
+        """A handler ended: a call's reply (or error reply) is sent, a failure logged."""
         if exc is not None:
             msg = failure_message(spec, self.peer_id, exc)
             if kind == KIND_CALL and not self.closed:
-                self._enqueue(self._session.encode_error(spec, rid, msg), [])
+                self._send(self._session.encode_error(spec, rid, msg), NO_FDS)
             return
         if kind == KIND_CALL and not self.closed:
             try:
+                # A returned handle is carried in `fds` as itself: it stays open until sent
+                # (or until _send has queued a copy).
                 data, fds = self._encode_reply(spec, rid, result)
             except Exception as e:
                 self._unencodable(spec, rid, e)
                 return
-            self._enqueue(data, fds)
+            self._send(data, fds)
 
     def _unencodable(self, spec: MethodSpec, rid: int, e: Exception) -> None:
         """The handler returned what its declaration does not allow: our bug, logged."""
         log_exception(e, "cannot encode reply of %s", spec.qualname)
-        self._enqueue(self._session.encode_error(spec, rid, "internal error"), [])
+        self._send(self._session.encode_error(spec, rid, "internal error"), NO_FDS)
 
     # ---- writing --------------------------------------------------------------------------
 
@@ -267,23 +251,23 @@ class AsyncChannel:
         if not spec.oneway:
             fut = self._loop.create_future()
             self._pending[rid] = fut
-        if fds or self._queue:
-            self._enqueue(data, fds)
-        else:
-            try:
-                self._sock_send(data, SEND_FLAGS)  # _enqueue's first step, inlined
-            except BlockingIOError:
-                self._enqueue(data, fds)
-            except OSError as e:
-                self._send_failed(e)
+        self._send(data, fds)
         if self.closed and fut is None:  # a call's future already carries ChannelClosed
             raise ChannelClosed(f"channel to {self.peer_id!r} closed: {self.close_reason}")
         return fut
 
-    def _enqueue(self, data: bytes, fds: Sequence[int]) -> None:
+    def _send(self, data: bytes, fds: Carried) -> None:
+        """Send one frame now, or queue it while the peer's socket is full; the only send path.
+
+        `fds` (numbers or the objects owning them) stay referenced until sent; a queued frame
+        holds its own copies, so the caller may close its fds once this returns.
+        """
         if not self._queue:
             try:
-                send_frame(self._sock, data, fds)
+                if fds:
+                    send_frame(self._sock, data, fds)
+                else:
+                    self._sock_send(data, SEND_FLAGS)
                 return
             except BlockingIOError:
                 pass
@@ -300,7 +284,7 @@ class AsyncChannel:
                 limit="max_fds_queued",
             ))
             return
-        held = [os.dup(fd) for fd in fds]  # the caller may close its fds once we return
+        held = [os.dup(fd_to_int(fd)) for fd in fds]  # the caller may close its fds now
         self._queue.append((data, held))
         self._queued_bytes += len(data)
         self._queued_fds += len(held)
@@ -335,14 +319,13 @@ class AsyncChannel:
                 send_frame(self._sock, data, fds)
             except BlockingIOError:
                 return
-            except OSError as e:  # peer gone, or EMSGSIZE: a cap above the socket's buffer
-                log.warning("ipc channel %r: send failed: %s", self.peer_id, e)
-                self._close(None, f"send failed: {e}")
+            except OSError as e:
+                self._send_failed(e)
                 return
             queue.popleft()
             self._queued_bytes -= len(data)
             self._queued_fds -= len(fds)
-            close_fds(fds)
+            close_all(fds)
         self._writing = False
         self._loop.remove_writer(self._fd)
 
@@ -359,13 +342,17 @@ class AsyncChannel:
         if reason is not None:
             detached(reason)  # kept by the embedder: it must pin no frame, buffer or fd
         self.close_reason = reason
+        if isinstance(reason, PeerError):
+            # The peer misbehaved: every fd it gave us that is still open is closed now,
+            # whoever still references its handle (a handler, a future, a traceback).
+            self._session.account.close()
         self._loop.remove_reader(self._fd)
         self._reader.release()
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False
         for _, fds in self._queue:
-            close_fds(fds)
+            close_all(fds)
         self._queue.clear()
         self._queued_bytes = 0
         self._queued_fds = 0
@@ -398,12 +385,6 @@ class AsyncChannel:
     async def wait_closed(self) -> ChannelError | None:
         """Wait until the channel closes; returns the BadMessage/CutOff that closed it, if any."""
         return await asyncio.shield(self._closed_future)
-
-
-def _close_value(value: Any) -> None:
-    close = getattr(value, "close", None)
-    if callable(close):
-        close()
 
 
 def attach(

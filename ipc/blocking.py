@@ -11,15 +11,14 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from warden.ipc.channel import (
     CHANNEL_FD_ENV,
     NO_FDS,
-    RECV_FLAGS,
     SEND_FLAGS,
-    TRUNCATED,
+    Carried,
     FrameReader,
     peer_credentials,
     send_frame,
@@ -27,10 +26,10 @@ from warden.ipc.channel import (
 from warden.ipc.context import Context
 from warden.ipc.dispatch import bind_handlers, failure_message
 from warden.ipc.errors import ChannelClosed, ChannelError, PeerError, RemoteError, detached
-from warden.ipc.handles import Receiver, Remote, fd_to_int
+from warden.ipc.handles import Receiver, Remote, close_if_handle, fd_to_int
 from warden.ipc.interface import Interface, MethodSpec, interface_of
 from warden.ipc.limits import DEFAULT_LIMITS, Limits
-from warden.ipc.session import Event, Session
+from warden.ipc.session import Session
 from warden.ipc.wire import KIND_CALL, KIND_ERROR, KIND_REPLY
 
 
@@ -76,8 +75,7 @@ class Channel:
             limits=limits, validate_outgoing=validate_outgoing,
         )
         self._reader = FrameReader(sock, limits, peer_id)
-        self._recv, self._bufs, self._view = self._reader.recv, self._reader.bufs, self._reader.view
-        self._anc_size, self._cap = self._reader.anc_size, self._reader.cap
+        self._read = self._reader.read
         self._decode = self._session.decode
         self._encode_request = self._session.encode_request
         self._encode_reply = self._session.encode_reply
@@ -94,7 +92,9 @@ class Channel:
 
     # ---- calling --------------------------------------------------------------------------
 
-    def _send(self, data: bytes, fds: Sequence[int]) -> None:
+    def _send(self, data: bytes, fds: Carried) -> None:
+        """Send one frame; the only send path. `fds` (numbers or their owners) stay
+        referenced until sendmsg returns."""
         try:
             if fds:
                 send_frame(self._sock, data, fds)
@@ -112,42 +112,23 @@ class Channel:
         raise e
 
     def _call(self, spec: MethodSpec, /, *args: Any, **kwargs: Any) -> Any:
-        """``remote.<method>(*args)``: send the request, then serve frames until its reply."""
+        """``remote.<method>(*args)``: send the request, then serve frames until its reply.
+
+        The arguments are this call's own: they (and the fds they own) stay referenced until
+        the frame is sent.
+        """
         if self.closed:
             raise ChannelClosed("channel is closed")
         data, fds, rid = self._encode_request(spec, args, kwargs)
-        try:
-            if fds:
-                send_frame(self._sock, data, fds)
-            else:
-                self._sock_send(data, SEND_FLAGS)  # Channel._send, inlined
-        except OSError as e:
-            self._send_failed(e)
+        self._send(data, fds)
         if spec.oneway:
             return None
-        replies = self._replies
-        receive = self._receive
         # Handle frames until our reply arrives: calls from the peer run meanwhile, replies
         # for outer (nested) calls are filed for their callers.
+        replies = self._replies
         while rid not in replies:
-            try:
-                event = receive()
-            except BaseException:
-                # The error's traceback keeps this frame: let it not keep the last message
-                # (a handler that dropped a handle expects it closed).
-                event = value = None
-                raise
-            if event is None:
+            if not self._step():
                 raise ChannelClosed(f"peer closed the channel before replying to {spec.name}")
-            kind, got_spec, got_rid, value = event
-            if kind < KIND_REPLY:
-                self._run(kind, got_spec, got_rid, value)
-            elif got_rid == rid:
-                if kind == KIND_ERROR:
-                    raise RemoteError(value)
-                return value
-            else:
-                replies[got_rid] = (kind, value)
         kind, value = replies.pop(rid)
         if kind == KIND_ERROR:
             raise RemoteError(value)
@@ -155,163 +136,101 @@ class Channel:
 
     # ---- serving --------------------------------------------------------------------------
 
-    def _receive(self) -> Event | None:
-        """The next checked event, or None at end of stream; the only receive path.
-
-        On a bad frame the channel is closed and the BadMessage/CutOff raised carries no
-        traceback from the decoder: it must not keep the receive buffer or fds alive.
-        """
-        error: ChannelError | None
-        try:
-            n, anc, flags, _ = self._recv(self._bufs, self._anc_size, RECV_FLAGS)
-            if anc or flags & TRUNCATED or not 0 < n < self._cap:
-                got = self._reader.check(n, anc, flags)  # the rare frame: fds, size, EOF
-                if got is None:
-                    self.close()
-                    return None
-                return self._decode(*got)
-            return self._decode(self._view[:n], NO_FDS)
-        except (PeerError, OSError) as e:
-            error = self._receive_failed(e)
-        got = None  # nothing of the frame stays in this frame's locals
-        if error is None:
-            return None
-        try:
-            raise error
-        finally:
-            del error  # no cycle through this frame
-
     def _receive_failed(self, e: PeerError | OSError) -> ChannelError | None:
         """Close the channel after a failed receive; the error to raise (None: end of stream).
 
         A BadMessage/CutOff is raised without the decoder's traceback: it must not keep the
-        receive buffer or fds alive for as long as the caller keeps the error.
+        receive buffer or fds alive for as long as the caller keeps the error. The peer broke
+        the rules, so every handle it gave us that is still open is closed too.
         """
-        self.close()
         if isinstance(e, PeerError):
-            return detached(e)
+            detached(e)
+            self._session.account.close()
+            self.close()
+            return e
+        self.close()
         if isinstance(e, ConnectionResetError):
             return None
         return ChannelClosed(f"receive failed: {e}")
 
     def _step(self) -> bool:
-        """Receive and handle one frame (replies are filed for their caller); False at EOF."""
-        if self.closed:
-            return False
-        event = self._receive()
-        if event is None:
-            return False
-        kind, spec, rid, value = event
-        if kind < KIND_REPLY:
-            self._run(kind, spec, rid, value)
+        """Receive one frame and handle it; False at end of stream. The one receive and
+        dispatch path: serve_forever, serve_one and a call waiting for its reply all use it.
+
+        A call or message runs its handler (a call's reply, or error reply, is sent); a reply
+        is filed for its caller. The message lives in this frame only: once it returns, what
+        the handler let go of is closed, before the next frame is read. On a bad frame the
+        channel is closed (with every fd the peer gave us) and the BadMessage/CutOff raised
+        carries no traceback from the decoder.
+        """
+        failure: ChannelError | None
+        try:
+            got = self._read()
+            if got is None:
+                self.close()
+                return False
+            kind, spec, rid, value = self._decode(*got)
+        except (PeerError, OSError) as e:
+            failure = self._receive_failed(e)
         else:
-            self._replies[rid] = (kind, value)
-        return True
-
-    def _run(self, kind: int, spec: MethodSpec, rid: int, args: tuple[Any, ...]) -> None:
+            got = None  # the frame is a view of the receive buffer: decoded, let it go
+            if kind >= KIND_REPLY:
+                self._replies[rid] = (kind, value)
+                return True
+            try:
+                try:
+                    result = self._handlers[spec.id](self.context, *value)
+                    if kind != KIND_CALL:
+                        return True
+                    # A returned handle is carried in `fds` as itself: open until sent.
+                    data, fds = self._encode_reply(spec, rid, result)
+                except Exception as exc:  # logged; a caller learns only what CallFailed says
+                    msg = failure_message(spec, self._session.peer, exc)
+                    if kind != KIND_CALL:
+                        return True
+                    data, fds = self._session.encode_error(spec, rid, msg), NO_FDS
+                result = None
+                self._send(data, fds)
+            except BaseException:
+                value = result = fds = None  # an error the caller keeps must not keep them
+                raise
+            return True
+        got = None  # nor is it kept by the traceback of the error raised below
+        if failure is None:
+            return False
         try:
-            # `result` stays bound until the frame is sent: a returned handle that nothing
-            # else references would otherwise close its fd before sendmsg.
-            result = self._handlers[spec.id](self.context, *args)
-            if kind != KIND_CALL:
-                return
-            data, fds = self._encode_reply(spec, rid, result)
-        except Exception as exc:
-            self._failed(kind, spec, rid, exc)
-            return
-        try:
-            if fds:
-                send_frame(self._sock, data, fds)
-            else:
-                self._sock_send(data, SEND_FLAGS)  # Channel._send, inlined
-        except OSError as e:
-            result, args = None, ()  # the ChannelClosed raised must not keep handles alive
-            self._send_failed(e)
-
-    def _failed(self, kind: int, spec: MethodSpec, rid: int, exc: Exception) -> None:
-        """A handler (or encoding its reply) raised: log it; a caller gets an error reply."""
-        msg = failure_message(spec, self._session.peer, exc)
-        if kind == KIND_CALL:
-            self._send(self._session.encode_error(spec, rid, msg), NO_FDS)
+            raise failure
+        finally:
+            del failure  # no cycle through this frame
 
     def serve_forever(self) -> None:
         """Handle incoming calls and messages until the peer closes the channel.
 
         Raises BadMessage/CutOff (channel closed) if the peer breaks the protocol.
         """
-        # The receive path of _receive, inlined (the same failure path, _receive_failed):
-        # the server half of every round trip, measured slower through the extra call.
-        reader = self._reader
-        recv, bufs, view = self._recv, self._bufs, self._view
-        anc_size, cap = self._anc_size, self._cap
-        decode = self._decode
-        run = self._run
-        replies = self._replies
-        handlers, context = self._handlers, self.context
-        encode_reply, sock_send = self._encode_reply, self._sock_send
-        while not self.closed:
-            try:
-                n, anc, flags, _ = recv(bufs, anc_size, RECV_FLAGS)
-                if anc or flags & TRUNCATED or not 0 < n < cap:
-                    got = reader.check(n, anc, flags)
-                    if got is None:
-                        self.close()
-                        return
-                    kind, spec, rid, value = decode(*got)
-                else:
-                    kind, spec, rid, value = decode(view[:n], NO_FDS)
-            except (PeerError, OSError) as e:
-                error = self._receive_failed(e)
-                # The error's traceback keeps this frame: let it not keep the last message (a
-                # handler that dropped a handle expects it closed). The receive buffer is let
-                # go by close(): FrameReader.release empties `bufs` and releases `view`.
-                got = value = result = data = None
-                if error is None:  # end of stream
-                    return
-                try:
-                    raise error from None
-                finally:
-                    del error  # no cycle through this frame
-            if kind != KIND_CALL:
-                if kind < KIND_REPLY:
-                    run(kind, spec, rid, value)
-                else:
-                    replies[rid] = (kind, value)
-                continue
-            # Channel._run for a call, inlined: the server half of every round trip. Measured:
-            # calling _run, which frees the reply before the next frame is decoded, made
-            # 64 KiB round trips ~40% slower (the allocator then hands back colder memory).
-            try:
-                # `result` stays bound until the frame is sent: a returned handle that nothing
-                # else references would otherwise close its fd before sendmsg.
-                result = handlers[spec.id](context, *value)
-                data, fds = encode_reply(spec, rid, result)
-            except Exception as exc:
-                self._failed(kind, spec, rid, exc)
-                continue
-            try:
-                if fds:
-                    send_frame(self._sock, data, fds)
-                else:
-                    sock_send(data, SEND_FLAGS)
-            except OSError as e:
-                value = result = None  # see above
-                self._send_failed(e)
+        step = self._step
+        while not self.closed and step():
+            pass
 
     def serve_one(self) -> bool:
         """Handle one incoming frame; False once the channel is closed."""
-        return self._step()
+        return not self.closed and self._step()
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def close(self) -> None:
+        """Close the channel. Replies filed for callers that will never take them (a nested
+        call's caller unwound) are closed with it: their handles are the peer's."""
         if not self.closed:
             self.closed = True
             self._sock.close()
             # Drop the receive buffer: a closed channel someone keeps must not keep it.
             self._reader.release()
-            self._bufs, self._view, self._cap = self._reader.bufs, self._reader.view, 0
+            replies, self._replies = self._replies, {}
+            for kind, value in replies.values():
+                if kind == KIND_REPLY:
+                    close_if_handle(value)
 
     def __enter__(self) -> Channel:
         return self

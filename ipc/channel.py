@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import array
 import contextlib
-import os
-import select
 import socket
 import struct
 from collections.abc import Sequence
+from typing import Any
 
 from warden.ipc.errors import BadMessage
+from warden.ipc.handles import fd_to_int
 from warden.ipc.limits import Limits
+from warden.ipc.lowlevel import close_all, fds_from_ancillary, hung_up, rights
 
 CHANNEL_FD_ENV = "WARDEN_CHANNEL_FD"
 # Plain ints: socket.MSG_* are IntFlag members, whose `&` runs Python code on every frame.
@@ -28,6 +29,10 @@ _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 TRUNCATED = _MSG_TRUNC | _MSG_CTRUNC  # returned flags also echo MSG_CMSG_CLOEXEC: ignore it
 _FD_SIZE = array.array("i").itemsize
 NO_FDS: tuple[int, ...] = ()
+# What an outgoing frame carries as its fds: fd numbers, or the objects that own them
+# (handles, sockets, files). Carrying the owner keeps its fd open until the frame is sent
+# (or queued with a copy), whatever else lets go of it.
+Carried = Sequence[Any]
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
@@ -49,109 +54,85 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def close_fds(fds: Sequence[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
 class FrameReader:
-    """Reads frames from one socket into a reused buffer of max_frame_bytes + 1."""
+    """Reads frames from one socket into a reused buffer of max_frame_bytes + 1.
 
-    __slots__ = ("_buf", "_max_fds", "_peer", "_sock", "anc_size", "bufs", "cap", "recv", "view")
+    `read` is the one frame-read path of the layer (both front-ends and the sandbox's channel
+    guard call it). The fds of a frame it returns are the caller's to close or wrap; on
+    every error it raises, they are already closed.
+    """
+
+    __slots__ = ("_anc_size", "_buf", "_bufs", "_max_fds", "_peer", "_recv", "_sock", "_view",
+                 "cap")
 
     def __init__(self, sock: socket.socket, limits: Limits, peer: str) -> None:
         self._sock = sock
         self.cap = limits.max_frame_bytes
         self._max_fds = limits.max_fds_per_frame
         self._buf = bytearray(self.cap + 1)
-        self.view = memoryview(self._buf)
-        self.bufs = [self._buf]
-        self.anc_size = socket.CMSG_SPACE(self._max_fds * _FD_SIZE)
+        self._view = memoryview(self._buf)
+        self._bufs = [self._buf]
+        self._anc_size = socket.CMSG_SPACE(self._max_fds * _FD_SIZE)
         self._peer = peer
-        # Hot loops inline `read`: recv(bufs, anc_size, RECV_FLAGS), and unless the result is a
-        # plain frame (no ancillary data, no TRUNCATED flag, 0 < n < cap) hand it to `check`.
-        self.recv = sock.recvmsg_into
+        self._recv = sock.recvmsg_into
 
     def release(self) -> None:
         """Drop the receive buffer (the channel is closed): a closed channel the embedder
-        keeps must not keep max_frame_bytes alive.
-
-        In place, so that the loops holding `bufs` and `view` as locals (and any traceback
-        through them) let go of it too.
-        """
-        self.bufs.clear()
+        keeps must not keep max_frame_bytes alive. A read after this fails (the socket is
+        closed first) and never touches the old buffer."""
         with contextlib.suppress(BufferError):  # a slice still in use keeps it until freed
-            self.view.release()
+            self._view.release()
         self._buf = bytearray(0)
-        self.view = memoryview(self._buf)
-        self.bufs = [self._buf]
+        self._view = memoryview(self._buf)
+        self._bufs = [self._buf]
         self.cap = 0
 
     def read(self) -> tuple[memoryview, Sequence[int]] | None:
         """The next frame and its fds, or None at end of stream.
 
         Raises BlockingIOError when a non-blocking socket has nothing, BadMessage (fds
-        already closed) when the frame breaks a frame-level rule.
+        already closed) when the frame breaks a frame-level rule. The frame is a view of the
+        reused buffer: decode it before the next read.
         """
-        n, anc, flags, _ = self.recv(self.bufs, self.anc_size, RECV_FLAGS)
+        n, anc, flags, _ = self._recv(self._bufs, self._anc_size, RECV_FLAGS)
         if anc or flags & TRUNCATED or not 0 < n < self.cap:
-            return self.check(n, anc, flags)
-        return self.view[:n], NO_FDS  # the common case: a well-sized frame, no fds
+            return self._check(n, anc, flags)
+        return self._view[:n], NO_FDS  # the common case: a well-sized frame, no fds
 
-    def check(
+    def _check(
         self, n: int, anc: list[tuple[int, int, bytes]], flags: int
     ) -> tuple[memoryview, Sequence[int]] | None:
-        fds: list[int] = []
-        foreign = None
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got = array.array("i")
-                got.frombytes(data[: len(data) - (len(data) % _FD_SIZE)])
-                fds.extend(got)
-            else:
-                foreign = (level, kind)
+        """The rare frame: one with fds, an odd size, a truncation, or the end of stream."""
+        fds, foreign = fds_from_ancillary(anc)
+        problem = None
         if flags & _MSG_CTRUNC:
-            close_fds(fds)
-            raise BadMessage(
-                self._peer,
-                f"control data truncated (more than {self._max_fds} fds, or other ancillary data)",
-            )
-        if foreign is not None:
-            close_fds(fds)
-            raise BadMessage(self._peer, f"unexpected ancillary data (level {foreign[0]}, "
-                             f"type {foreign[1]})")
-        if flags & _MSG_TRUNC or n > self.cap:
-            close_fds(fds)
-            raise BadMessage(self._peer, f"frame truncated: larger than the {self.cap}-byte cap")
-        if n == self.cap:
-            close_fds(fds)
-            raise BadMessage(self._peer, f"frame of {n} bytes is at the {self.cap}-byte cap")
-        if len(fds) > self._max_fds:
-            close_fds(fds)
-            raise BadMessage(self._peer, f"{len(fds)} fds in one frame (at most {self._max_fds})")
-        if n == 0:
-            if not fds and _hung_up(self._sock):
+            problem = (f"control data truncated (more than {self._max_fds} fds, or other "
+                       "ancillary data)")
+        elif foreign is not None:
+            problem = f"unexpected ancillary data (level {foreign[0]}, type {foreign[1]})"
+        elif flags & _MSG_TRUNC or n > self.cap:
+            problem = f"frame truncated: larger than the {self.cap}-byte cap"
+        elif n == self.cap:
+            problem = f"frame of {n} bytes is at the {self.cap}-byte cap"
+        elif len(fds) > self._max_fds:
+            problem = f"{len(fds)} fds in one frame (at most {self._max_fds})"
+        elif n == 0:
+            if not fds and hung_up(self._sock.fileno()):
                 return None
-            close_fds(fds)
-            raise BadMessage(self._peer, "empty frame")
-        return self.view[:n], fds
+            problem = "empty frame"
+        if problem is not None:
+            close_all(fds)
+            raise BadMessage(self._peer, problem)
+        return self._view[:n], fds
 
 
-def _hung_up(sock: socket.socket) -> bool:
-    p = select.poll()
-    p.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
-    events = p.poll(0)
-    return bool(events and events[0][1] & (select.POLLHUP | select.POLLRDHUP))
+def send_frame(sock: socket.socket, data: bytes, fds: Carried = NO_FDS) -> None:
+    """Send one frame (and its fds). Raises BlockingIOError if a non-blocking socket is full.
 
-
-def send_frame(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
-    """Send one frame (and its fds). Raises BlockingIOError if a non-blocking socket is full."""
+    `fds` may hold the objects that own the fds (handles, sockets): they stay referenced,
+    hence open, until sendmsg has passed the kernel its own copies.
+    """
     if fds:
-        sock.sendmsg(
-            [data],
-            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))],
-            SEND_FLAGS,
-        )
+        sock.sendmsg([data], rights([fd_to_int(f) for f in fds]), SEND_FLAGS)
     else:
         sock.send(data, SEND_FLAGS)

@@ -1,5 +1,23 @@
 """The errors a channel raises, one type per way a channel can end or a call can fail.
 
+Every one is an `IpcError` (this layer's base, under `warden.errors.WardenError`) and,
+where one fits, also the `warden.errors` class that says how the caller must react:
+
+    IpcError
+    ├── ChannelError
+    │   ├── ChannelClosed                     + ChildFailed   the channel (its peer) is gone
+    │   ├── PeerError                         + ChildFailed   the peer misbehaved
+    │   │   ├── BadMessage                                    an invalid message
+    │   │   └── CutOff                                        a quota, or a peer not reading
+    │   └── RemoteError                                       the remote handler refused
+    ├── CallFailed                                            raised by handlers, not by ipc
+    ├── FrameTooLarge      + InvalidInput + ValueError        our own argument is too large
+    └── InterfaceError     + InvalidInput + TypeError         a declaration is wrong
+
+The builtin bases are kept so that ``except ValueError`` / ``except TypeError`` written
+before this hierarchy still catch what they caught. RemoteError has no reaction class: what
+the caller must do depends on the message the remote chose to send.
+
 `BadMessage` and `CutOff` are what the trusted side reports about a peer: the first is an
 invalid message (the peer broke the protocol; the supervisor kills it), the second a peer
 that exceeded a quota or stopped reading. Both close the channel; nothing is delivered.
@@ -8,6 +26,8 @@ that exceeded a quota or stopped reading. Both close the channel; nothing is del
 from __future__ import annotations
 
 from typing import TypeVar
+
+from warden.errors import ChildFailed, InvalidInput, WardenError
 
 E = TypeVar("E", bound=BaseException)
 
@@ -26,12 +46,20 @@ def detached(exc: E) -> E:
     return exc
 
 
-class ChannelError(Exception):
+class IpcError(WardenError):
+    """Base class of every error the ipc layer raises (and of `CallFailed`)."""
+
+
+class ChannelError(IpcError):
     """Base class of every error this package raises about a channel."""
 
 
-class ChannelClosed(ChannelError):
-    """The channel is closed (by us, by the peer, or after a bad message or a cut-off)."""
+class ChannelClosed(ChannelError, ChildFailed):
+    """The channel is closed (by us, by the peer, or after a bad message or a cut-off).
+
+    A ChildFailed: the usual cause is a peer that exited or was killed; a new channel (a new
+    child) is the way on.
+    """
 
 
 MAX_REASON = 500  # characters of a reason kept; the rest is counted, not stored
@@ -50,7 +78,7 @@ def printable(text: str, limit: int = MAX_REASON) -> str:
     return escaped if len(text) <= limit else f"{escaped}... ({len(text)} characters)"
 
 
-class PeerError(ChannelError):
+class PeerError(ChannelError, ChildFailed):
     """A peer broke the channel's rules; carries who and why. The channel is closed."""
 
     def __init__(self, peer: str, reason: str) -> None:
@@ -106,7 +134,7 @@ class RemoteError(ChannelError):
     """The remote handler failed; carries only the message the remote chose to send."""
 
 
-class CallFailed(Exception):
+class CallFailed(IpcError):
     """Raise in a handler to fail the call with this message sent back to the caller.
 
     Any other exception in a handler is logged locally and reported to the caller only as
@@ -114,9 +142,9 @@ class CallFailed(Exception):
     """
 
 
-class FrameTooLarge(ValueError):
+class FrameTooLarge(IpcError, InvalidInput, ValueError):
     """We tried to send a frame at or over the cap (nothing was sent; the channel is fine)."""
 
 
-class InterfaceError(TypeError):
+class InterfaceError(IpcError, InvalidInput, TypeError):
     """An interface declaration is wrong (raised when the class is defined, never at runtime)."""

@@ -4,7 +4,10 @@ A method parameter annotated with one of these classes travels as an fd in the f
 SCM_RIGHTS, in declaration order. On arrival the fd is checked with fstat (file type),
 fcntl F_GETFL (access mode) and, for sealed memory, F_GET_SEALS; an fd of the wrong kind
 makes the whole message a `BadMessage`. A received handle owns its fd: close it (or use
-``with``) when done; it is closed on garbage collection otherwise.
+``with``) when done; it is closed on garbage collection otherwise. Every received handle is
+also known to its channel's `FdAccount`, which closes the ones still open when the channel
+closes because the peer misbehaved (`BadMessage`, `CutOff`): take the fd over (`detach`,
+`open`, `socket`) to keep it past that.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import mmap
 import os
 import socket
 import stat
+import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -26,12 +30,39 @@ REQUIRED_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
 
 class FdAccount:
-    """Counts the fds one peer has put into our process that are still open (a quota)."""
+    """The handles made from one peer's fds that are still open in our process.
 
-    __slots__ = ("held",)
+    Their number is the peer's `max_fds_held` quota; `close` closes every one of them, which
+    the channel does when it closes because the peer misbehaved, so no fd of a hostile peer
+    stays open whatever the embedder, a handler, a traceback or a close reason still
+    references. A handle leaves the account when it is closed, collected or detached.
+    """
+
+    __slots__ = ("_live",)
 
     def __init__(self) -> None:
-        self.held = 0
+        # fd -> the handle owning it. Weak: a handle a handler drops must still close (and
+        # leave the account) when collected.
+        self._live: dict[int, weakref.ref[Handle]] = {}
+
+    @property
+    def held(self) -> int:
+        return len(self._live)
+
+    def adopt(self, handle: Handle) -> None:
+        self._live[handle._fd] = weakref.ref(handle)
+        handle._account = self
+
+    def forget(self, fd: int) -> None:
+        self._live.pop(fd, None)
+
+    def close(self) -> None:
+        """Close every handle of the account still open (each stops counting)."""
+        while self._live:
+            _fd, ref = self._live.popitem()
+            handle = ref()
+            if handle is not None:  # None: being collected, its finalizer closes the fd
+                handle.close()
 
 
 def _describe(mode: int) -> str:
@@ -79,7 +110,9 @@ class Handle:
     def __init__(self, fd: int, *, _account: FdAccount | None = None) -> None:
         """Take ownership of `fd` (no check: `check` runs on received fds before this)."""
         self._fd = fd
-        self._account = _account
+        self._account: FdAccount | None = None
+        if _account is not None:  # a received fd: its channel's account knows the handle
+            _account.adopt(self)
 
     @classmethod
     def check(cls, fd: int) -> str | None:
@@ -98,7 +131,7 @@ class Handle:
     def _release(self) -> int:
         fd, self._fd = self._fd, -1
         if fd >= 0 and self._account is not None:
-            self._account.held -= 1
+            self._account.forget(fd)
             self._account = None
         return fd
 
@@ -126,6 +159,12 @@ class Handle:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} fd={self._fd}>"
+
+
+def close_if_handle(value: Any) -> None:
+    """Close `value` if it is a handle (a decoded value no one will receive)."""
+    if isinstance(value, Handle):
+        value.close()
 
 
 def _regular_with_access(fd: int, what: str, modes: tuple[int, ...]) -> str | None:

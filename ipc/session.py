@@ -18,11 +18,12 @@ from typing import Any, NoReturn
 
 import msgspec
 
-from warden.ipc.channel import NO_FDS, close_fds
+from warden.ipc.channel import NO_FDS, Carried
 from warden.ipc.errors import BadMessage, CutOff, FrameTooLarge
 from warden.ipc.handles import FdAccount, Handle, SealedMemory, _Endpoint, fd_to_int
 from warden.ipc.interface import HandleParam, Interface, MethodSpec
 from warden.ipc.limits import Limits
+from warden.ipc.lowlevel import close_all
 from warden.ipc.wire import (
     ENVELOPE_DECODER,
     ERROR_DECODER,
@@ -75,7 +76,6 @@ def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
 
 
 def _make_handle(param: HandleParam, fd: int, account: FdAccount) -> Handle:
-    account.held += 1
     if issubclass(param.cls, _Endpoint):
         return param.cls(fd, _account=account, interface=param.interface)
     return param.cls(fd, _account=account)
@@ -133,7 +133,7 @@ class Session:
         self, fds: Sequence[int], reason: str, spec: MethodSpec | None = None,
         field: str | None = None,
     ) -> BadMessage:
-        close_fds(fds)
+        close_all(fds)
         return BadMessage(
             self.peer, reason,
             interface=spec.interface if spec else (self.serve.__ipc_name__ if self.serve else None),
@@ -152,27 +152,6 @@ class Session:
         except Exception as e:
             raise self._bad(fds, f"invalid envelope: {e}") from None
         if kind >= KIND_REPLY:
-            if kind == KIND_REPLY and not fds:  # the common reply, its checks inlined
-                spec = self.pending.pop(rid, None)
-                if spec is None:
-                    raise self._bad(
-                        fds, f"reply to request id {rid}, which is not awaiting a reply"
-                    )
-                if spec.id != method:
-                    raise self._bad(
-                        fds, f"reply carries method id {method:#010x}, but request {rid} "
-                        f"called {spec.name}", spec,
-                    )
-                if spec.plain_result:
-                    try:
-                        return kind, spec, rid, spec.result_decoder.decode(payload)
-                    except msgspec.ValidationError as e:
-                        raise self._bad(fds, str(e), spec, error_field(str(e))) from None
-                    except RecursionError:
-                        raise self._bad(fds, NESTING_REASON, spec) from None
-                    except Exception as e:
-                        raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
-                return self._decode_reply(kind, spec, rid, payload, fds)
             spec = self.pending.pop(rid, None)
             if spec is None:
                 raise self._bad(fds, f"reply to request id {rid}, which is not awaiting a reply")
@@ -181,6 +160,15 @@ class Session:
                     fds, f"reply carries method id {method:#010x}, but request {rid} called "
                     f"{spec.name}", spec,
                 )
+            if kind == KIND_REPLY and not fds and spec.plain_result:  # the common reply
+                try:
+                    return kind, spec, rid, spec.result_decoder.decode(payload)
+                except msgspec.ValidationError as e:
+                    raise self._bad(fds, str(e), spec, error_field(str(e))) from None
+                except RecursionError:
+                    raise self._bad(fds, NESTING_REASON, spec) from None
+                except Exception as e:
+                    raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
             return self._decode_reply(kind, spec, rid, payload, fds)
         spec = self._by_id.get(method)
         if spec is None:
@@ -201,7 +189,7 @@ class Session:
         if spec.guarded:
             self._check_guards(spec, fds)
         if kind == KIND_CALL and self.calls_in_flight >= self._max_calls:
-            close_fds(fds)
+            close_all(fds)
             raise CutOff(
                 self.peer, f"more than {self._max_calls} calls in flight",
                 limit="max_calls_in_flight",
@@ -241,7 +229,7 @@ class Session:
         if len(fds) != len(handles):
             raise self._bad(fds, f"expected {len(handles)} fds, got {len(fds)}", spec)
         if self.account.held + len(fds) > self.limits.max_fds_held:
-            close_fds(fds)
+            close_all(fds)
             raise CutOff(
                 self.peer, f"more than {self.limits.max_fds_held} received fds held open",
                 limit="max_fds_held",
@@ -285,7 +273,7 @@ class Session:
         if len(fds) != want:
             raise self._bad(fds, f"expected {want} fds in the reply, got {len(fds)}", spec)
         if fds and self.account.held + 1 > self.limits.max_fds_held:
-            close_fds(fds)
+            close_all(fds)
             raise CutOff(
                 self.peer, f"more than {self.limits.max_fds_held} received fds held open",
                 limit="max_fds_held",
@@ -357,11 +345,16 @@ class Session:
 
     def encode_reply(
         self, spec: MethodSpec, rid: int, value: Any
-    ) -> tuple[bytes, Sequence[int]]:
-        """Frame the reply to an incoming call (and count it as answered)."""
-        fds: Sequence[int]
+    ) -> tuple[bytes, Carried]:
+        """Frame the reply to an incoming call (and count it as answered).
+
+        A returned handle travels as itself, not as its fd number: the frame keeps it (and
+        so its fd) alive until it is sent, even when nothing else references it.
+        """
+        fds: Carried
         if spec.result_handle is not None:
-            data, fds = encode((KIND_REPLY, spec.id, rid, None)), [fd_to_int(value)]
+            fd_to_int(value)  # not an fd: the handler's mistake, reported before anything
+            data, fds = encode((KIND_REPLY, spec.id, rid, None)), (value,)
         else:
             if self.validate_outgoing:
                 value = self._validated(
