@@ -12,7 +12,6 @@ the serve machinery or asyncio just to start.
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import click
 
 from warden.errors import EXIT_SETUP
+from warden.supervisor.startup import pause_gc, start_up_done
 
 # name -> "module:attribute"; each command lives beside the code it drives.
 COMMANDS = {
@@ -31,9 +31,6 @@ COMMANDS = {
 # Commands that call start_up_done() themselves once their start-up is over.
 START_UP_WITHOUT_GC = frozenset({"run"})
 
-_gc_paused = False
-
-
 @contextlib.contextmanager
 def _usage_exits_setup() -> Iterator[None]:
     try:
@@ -41,14 +38,6 @@ def _usage_exits_setup() -> Iterator[None]:
     except click.UsageError as e:
         e.exit_code = EXIT_SETUP  # type: ignore[misc]  # click reads it from the instance
         raise
-
-
-def start_up_done() -> None:
-    """Turn garbage collection back on if the group paused it for start-up."""
-    global _gc_paused
-    if _gc_paused:
-        _gc_paused = False
-        gc.enable()
 
 
 class LazyGroup(click.Group):
@@ -64,10 +53,7 @@ class LazyGroup(click.Group):
         self.lazy = dict(lazy)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        global _gc_paused
-        if gc.isenabled():
-            gc.disable()
-            _gc_paused = True
+        pause_gc()
         try:
             return super().main(*args, **kwargs)
         finally:

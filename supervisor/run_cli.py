@@ -333,12 +333,12 @@ def _run(argv: list[str], options: SandboxOptions) -> tuple[Status, StatusOutput
 
 def _supervise(box: Sandbox) -> Status:
     """Wait for the sandbox while guarding its channel."""
-    from warden.supervisor.cli import start_up_done
     from warden.supervisor.sandbox.lowlevel import wait_readable
+    from warden.supervisor.startup import start_up_done
 
     start_up_done()  # collection back on, if the `warden` group paused it
 
-    from warden.supervisor.sandbox.channel_guard import ChannelGuard
+    from warden.supervisor.channel_guard import ChannelGuard
     from warden.supervisor.sandbox.status import Outcome
 
     guard = ChannelGuard(box.channel) if box.channel is not None else None

@@ -38,25 +38,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # Each line is one violation on the branch this set was written on, with why it is
 # there; the layers' own clean-ups remove them.
-KNOWN_VIOLATIONS: set[str] = {
-    # run_cli tells the start-up timer it is done through cli.start_up_done.
-    "warden.supervisor.run_cli imports warden.supervisor.cli"
-    " (only the CLI entry points import a CLI module)",
-    # The channel guard decodes ipc frames itself (lazily) to name what a child sent.
-    "warden.supervisor.sandbox.channel_guard imports warden.ipc.channel"
-    " (the sandbox imports only profiles, errors and itself)",
-    "warden.supervisor.sandbox.channel_guard imports warden.ipc.errors"
-    " (the sandbox imports only profiles, errors and itself)",
-    "warden.supervisor.sandbox.channel_guard imports warden.ipc.limits"
-    " (the sandbox imports only profiles, errors and itself)",
-    "warden.supervisor.sandbox.channel_guard imports warden.ipc.wire"
-    " (the sandbox imports only profiles, errors and itself)",
-    # spec checks cgroup limits and userns limits through the mechanisms that use the spec.
-    "circle: warden.supervisor.sandbox.limits -> warden.supervisor.sandbox.spec",
-    "circle: warden.supervisor.sandbox.spec -> warden.supervisor.sandbox.limits",
-    "circle: warden.supervisor.sandbox.spec -> warden.supervisor.sandbox.userns",
-    "circle: warden.supervisor.sandbox.userns -> warden.supervisor.sandbox.spec",
-}
+KNOWN_VIOLATIONS: set[str] = set()
 
 LEAF_LAYERS = ("warden.profiles", "warden.ipc")  # import only warden.errors
 SANDBOX = "warden.supervisor.sandbox"

@@ -20,6 +20,7 @@ from warden.supervisor.sandbox.child import child_setup
 from warden.supervisor.sandbox.errors import SandboxError, SetupError
 from warden.supervisor.sandbox.handle import Sandbox
 from warden.supervisor.sandbox.launch import Launch, prepare, spawn
+from warden.supervisor.sandbox.options import SandboxOptions
 from warden.supervisor.sandbox.preflight import PreflightError
 from warden.supervisor.sandbox.spec import CHANNEL_FD, FileGrant, SandboxSpec, SpecError, build_spec
 from warden.supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
@@ -32,6 +33,7 @@ __all__ = [
     "PreflightError",
     "Sandbox",
     "SandboxError",
+    "SandboxOptions",
     "SandboxSpec",
     "SetupError",
     "SetupFailure",

@@ -87,7 +87,7 @@ from warden.supervisor.sandbox.protocol import (
     decode,
     encode,
 )
-from warden.supervisor.sandbox.spec import INNER_ID
+from warden.supervisor.sandbox.userns import INNER_ID
 
 S = SetupStep
 T = TypeVar("T")

@@ -62,7 +62,7 @@ from warden.supervisor.sandbox.protocol import (
     decode,
     encode,
 )
-from warden.supervisor.sandbox.spec import INNER_ID, SandboxSpec
+from warden.supervisor.sandbox.spec import SandboxSpec
 from warden.supervisor.sandbox.status import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -71,6 +71,7 @@ from warden.supervisor.sandbox.status import (
     SetupFailure,
     Status,
 )
+from warden.supervisor.sandbox.userns import INNER_ID
 
 SETUP_TIMEOUT = 30.0
 

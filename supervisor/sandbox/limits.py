@@ -35,12 +35,14 @@ import itertools
 import os
 import resource
 import time
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from warden.errors import Unavailable
 from warden.supervisor.sandbox import _sys
 from warden.supervisor.sandbox.errors import SandboxError
-from warden.supervisor.sandbox.spec import SandboxSpec
+
+if TYPE_CHECKING:  # (spec checks limits through this module: no import back)
+    from warden.supervisor.sandbox.spec import SandboxSpec
 
 _counter = itertools.count()
 _swept: set[str] = set()

@@ -18,11 +18,10 @@ from warden.errors import InvalidInput
 from warden.profiles.model import Bind, Profile, Tmpfs
 from warden.profiles.parser import size_bytes
 from warden.supervisor.sandbox import ids
+from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.fds import parse_grant
 from warden.supervisor.sandbox.options import SandboxOptions, flag
 
-# The workload's uid/gid inside its user namespace: an ordinary user, never 0.
-INNER_ID = 1000
 # The outer id that sandboxes share when they get none of their own (see
 # supervisor/sandbox/ids.py, which allocates one per sandbox).
 DEFAULT_OUTER_ID = ids.SHARED_ID
@@ -39,7 +38,7 @@ _RESERVED = ("/proc", "/dev")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class SpecError(InvalidInput, ValueError):
+class SpecError(SandboxError, InvalidInput, ValueError):
     """A sandbox option is invalid or conflicts with another; the message names them."""
 
 

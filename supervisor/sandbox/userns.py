@@ -33,7 +33,9 @@ from collections.abc import Iterable
 
 from warden.errors import Unavailable
 from warden.supervisor.sandbox.errors import SandboxError
-from warden.supervisor.sandbox.spec import INNER_ID
+
+# The workload's uid/gid inside its user namespace: an ordinary user, never 0.
+INNER_ID = 1000
 
 # /proc/sys/user/<name> of the sandbox's user namespace, lowered from INT_MAX
 # (what the kernel gives a new namespace). Programs rarely need more than a

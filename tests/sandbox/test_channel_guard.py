@@ -8,8 +8,8 @@ import msgspec
 import pytest
 from sandbox_util import PY, collect, start
 
+from warden.supervisor.channel_guard import ChannelGuard
 from warden.supervisor.sandbox import Outcome
-from warden.supervisor.sandbox.channel_guard import ChannelGuard
 
 
 def _guarded(code: str) -> tuple[Outcome, str]:

@@ -10,7 +10,7 @@ import pytest
 from sandbox_util import MODE, PY, collect, py, run, start, world_dir
 
 from warden.supervisor.sandbox import ids
-from warden.supervisor.sandbox.spec import INNER_ID
+from warden.supervisor.sandbox.userns import INNER_ID
 
 STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp")
 

@@ -10,8 +10,7 @@ from warden import errors
 from warden.supervisor.sandbox import SandboxError
 
 REACTIONS = (errors.InvalidInput, errors.Unavailable, errors.ChildFailed, errors.OutOfCapacity)
-# spec.py (SpecError) belongs to the options layer's change and is checked there.
-SKIP = {"warden.supervisor.sandbox.spec"}
+SKIP: set[str] = set()
 
 
 def _error_classes() -> list[type[BaseException]]:
