@@ -305,7 +305,7 @@ def test_memory_limit_without_a_cgroup_is_refused_unless_accepted(no_cgroup: Non
     with pytest.raises(SpecError, match=r"^--memory 67108864: no usable cgroup here .* add "
                                         r"--memory-rlimit-only \(memory_rlimit_only=True\)"):
         build_spec(["/bin/true"], TEST_PROFILE, seccomp_filter=PERMISSIVE, memory=64 << 20)
-    r = subprocess.run([PYTHON, "-m", "supervisor", "run", "--memory", "64M", "--",
+    r = subprocess.run([PYTHON, "-m", "warden", "run", "--memory", "64M", "--",
                         "/bin/true"], capture_output=True, text=True, cwd=WORKTREE,
                        env=supervisor_env(), timeout=60)
     assert r.returncode == 125, r
@@ -501,7 +501,7 @@ def test_ids_come_from_the_configured_range_until_it_is_used_up() -> None:
                                                      r"with --outer-uid-range START:COUNT"):
             start(SLEEP, outer_id_range=rng)
         env = {**supervisor_env(), "WARDEN_OUTER_ID_RANGE": rng}
-        cli = subprocess.run([PYTHON, "-m", "supervisor", "run", "--", "/bin/true"],
+        cli = subprocess.run([PYTHON, "-m", "warden", "run", "--", "/bin/true"],
                              capture_output=True, text=True, env=env, timeout=60)
         assert cli.returncode == 125 and "widen the range" in cli.stderr, cli
     finally:

@@ -18,7 +18,7 @@ from warden.supervisor.sandbox.options import SandboxOptions, described
 
 
 def warden(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "supervisor", "run", *args], capture_output=True,
+    return subprocess.run([PYTHON, "-m", "warden", "run", *args], capture_output=True,
                           text=True, env=supervisor_env(), timeout=timeout)
 
 
@@ -68,7 +68,7 @@ def test_invalid_message_on_the_channel_kills_with_bad_message() -> None:
 def _start_ready(seconds: int) -> subprocess.Popen[bytes]:
     """`warden run` of a program that says "ready" once it runs: the readiness
     signal the tests wait on (never a sleep)."""
-    p = subprocess.Popen([PYTHON, "-m", "supervisor", "run", "--", "/bin/sh", "-c",
+    p = subprocess.Popen([PYTHON, "-m", "warden", "run", "--", "/bin/sh", "-c",
                           f"echo ready; exec /bin/sleep {seconds}"],
                          env=supervisor_env(), stdout=subprocess.PIPE)
     assert p.stdout is not None
@@ -115,7 +115,7 @@ def test_user_namespaces_off_is_one_clear_sentence_and_125() -> None:
     r = subprocess.run(
         ["unshare", "--user", "--map-root-user", "sh", "-c",
          'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"', "sh",
-         PYTHON, "-m", "supervisor", "run", "--", "/bin/true"],
+         PYTHON, "-m", "warden", "run", "--", "/bin/true"],
         capture_output=True, text=True, env=supervisor_env(), timeout=60)
     assert r.returncode == 125
     assert r.stderr == ("warden: user namespaces are disabled: user.max_user_namespaces is 0; "

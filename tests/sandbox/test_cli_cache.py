@@ -58,7 +58,7 @@ def warden(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**supervisor_env(), "XDG_CACHE_HOME": str(home / "cache"),
            "XDG_STATE_HOME": str(home / "state")}
     env.pop("WARDEN_NO_CACHE", None)
-    return subprocess.run([PYTHON, "-m", "supervisor", "run", "--json-status", "-", *args],
+    return subprocess.run([PYTHON, "-m", "warden", "run", "--json-status", "-", *args],
                           capture_output=True, text=True, env=env, timeout=60)
 
 

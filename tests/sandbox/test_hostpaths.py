@@ -38,7 +38,7 @@ def needs_profiles() -> None:
 
 
 def warden(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "supervisor", "run", *args], text=True,
+    return subprocess.run([PYTHON, "-m", "warden", "run", *args], text=True,
                           env=supervisor_env(), timeout=HANG_GUARD,
                           **{"capture_output": True, **kw})  # type: ignore[call-overload]
 
@@ -104,7 +104,7 @@ def test_status_is_written_through_the_fd_opened_before_the_run(
     sync.chmod(0o777)
     status = shared / "status.json"
     attacker = subprocess.Popen(
-        [PYTHON, "-m", "supervisor", "run", "--timeout", str(HANG_GUARD), "--bind",
+        [PYTHON, "-m", "warden", "run", "--timeout", str(HANG_GUARD), "--bind",
          f"{shared}:/out", "--bind", f"{sync}:/sync", "--", "/bin/sh", "-c",
          "while [ ! -e /sync/go ]; do sleep 0.01; done; "
          f"mv /out/status.json /out/opened.json && ln -s {secret} /out/status.json; "
@@ -277,7 +277,7 @@ def test_bind_source_swapped_with_a_link_never_binds_the_other_tree(
     (shared / "src" / "marker").write_text("original\n")
     (shared / "swap").symlink_to(other)
     swapper = subprocess.Popen(
-        [PYTHON, "-m", "supervisor", "run", "--timeout", str(HANG_GUARD), "--bind",
+        [PYTHON, "-m", "warden", "run", "--timeout", str(HANG_GUARD), "--bind",
          f"{shared}:/out", "--", "/usr/bin/python3", "-I", "-S", "-c", RENAME_LOOP],
         env=supervisor_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen: dict[str, int] = {}

@@ -33,7 +33,7 @@ print(__import__('json').dumps(seen))
 
 
 def _warden(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "supervisor", "run", *args], capture_output=True,
+    return subprocess.run([PYTHON, "-m", "warden", "run", *args], capture_output=True,
                           text=True, env=env, timeout=120)
 
 

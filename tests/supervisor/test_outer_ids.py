@@ -93,7 +93,7 @@ def test_forked_workers_run_as_the_validated_outer_id(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize(("value", "message"), BAD)
 def test_warden_run_refuses_a_bad_outer_uid_with_125(value: str, message: str) -> None:
-    r = subprocess.run([PYTHON, "-m", "supervisor", "run", "--", "/bin/true"],
+    r = subprocess.run([PYTHON, "-m", "warden", "run", "--", "/bin/true"],
                        capture_output=True, text=True, timeout=60,
                        env={**python_env(), "WARDEN_OUTER_UID": value})
     assert r.returncode == 125, r
@@ -116,7 +116,7 @@ def test_a_bad_outer_id_range_is_refused(text: str, message: str) -> None:
         build_spec(["/bin/true"], TEST_PROFILE, seccomp_filter=PERMISSIVE, outer_id_range=text,
                    source_env={})
     assert str(e.value) == message
-    r = subprocess.run([PYTHON, "-m", "supervisor", "run", "--outer-uid-range", text, "--",
+    r = subprocess.run([PYTHON, "-m", "warden", "run", "--outer-uid-range", text, "--",
                         "/bin/true"], capture_output=True, text=True, timeout=60,
                        env=python_env())
     assert r.returncode == 125 and r.stderr.strip().endswith(message), r

@@ -85,13 +85,13 @@ def test_serve_status_sigusr1_and_clean_shutdown(tmp_path: Path) -> None:
     sock = tmp_path / "status.sock"
     path = write(tmp_path, GOOD.format(sock=sock))
     env = python_env(WORKTREE)
-    srv = subprocess.Popen([PYTHON, "-m", "supervisor", "serve", "-v", path],
+    srv = subprocess.Popen([PYTHON, "-m", "warden", "serve", "-v", path],
                            env=env, cwd=WORKTREE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while not sock.exists() and time.monotonic() < deadline and srv.poll() is None:
             time.sleep(0.05)
-        r = subprocess.run([PYTHON, "-m", "supervisor", "status", path], env=env,
+        r = subprocess.run([PYTHON, "-m", "warden", "status", path], env=env,
                            cwd=WORKTREE, capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stderr
         snap = json.loads(r.stdout)
