@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -244,6 +245,11 @@ def new_cmd(name: str, parent: str, directory: str, force: bool) -> None:
     if path.exists() and not force:
         raise ProfileError(f"{path} already exists (use --force to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "/" in parent or parent.endswith(".toml"):
+        # A file: `extends` is read relative to the new file, not to where we are.
+        parent = os.path.relpath(os.path.abspath(parent), os.path.abspath(path.parent))
+        if "/" not in parent:
+            parent = "./" + parent
     path.write_text(starter(name, parent, str(path)))
     loader.load_profile(str(path))
     click.echo(f"wrote {path} (extends {parent}); check it with: warden profile check {path}; "

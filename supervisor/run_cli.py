@@ -113,13 +113,27 @@ def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
                        f"{e.strerror}", err=True)
             os._exit(EXIT_SETUP)
     if not quiet and status.outcome.value not in ("ok", "exited"):
-        click.echo(f"warden: {status.describe()}", err=True)
+        _report(status, options.profile)
     # Everything is written and the sandbox is gone (reaped, cgroup removed):
     # skip the interpreter's teardown of every loaded module (~10 ms).
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
     os._exit(status.exit_code)
+
+
+def _report(status: Status, profile: str) -> None:
+    """The end of a run that did not end well, on stderr; after a seccomp kill, the
+    call as a person reads it and how to allow it."""
+    if status.violation is None or status.outcome.value != "seccomp_violation":
+        click.echo(f"warden: {status.describe()}", err=True)
+        return
+    from warden.supervisor.hints import call_text, how_to_allow
+
+    click.echo(f"warden: seccomp violation: {call_text(status.violation)}; sandbox killed",
+               err=True)
+    for line in how_to_allow(status.violation, profile):
+        click.echo(f"warden: {line}", err=True)
 
 
 class StatusOutput:
