@@ -36,7 +36,7 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 def test_help_lists_every_command() -> None:
-    out = subprocess.run([PYTHON, "-m", "supervisor", "--help"], capture_output=True,
+    out = subprocess.run([PYTHON, "-m", "warden", "--help"], capture_output=True,
                          text=True, check=True, env=python_env(ROOT)).stdout
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
     assert listed == ["profile", "run", "serve", "status"]

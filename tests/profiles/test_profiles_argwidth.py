@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from profiles_child import records, try_syscalls
 
+from tests.profiles.profiles_child import records, try_syscalls
 from warden.profiles import (
     ProfileError,
     argwidth,

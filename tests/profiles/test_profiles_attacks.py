@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from profiles_child import records, run_python, try_syscalls
 
 from tests.i386 import emulation_works, int80_getpid
+from tests.profiles.profiles_child import records, run_python, try_syscalls
 from warden.profiles import ProfileError, compiler, load_profile, load_text, syscalls
 from warden.profiles.parser import parse_text
 

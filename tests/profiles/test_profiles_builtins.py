@@ -13,8 +13,8 @@ import socket
 import sys
 
 import pytest
-from profiles_child import exec_under, records, run_python, try_syscalls
 
+from tests.profiles.profiles_child import exec_under, records, run_python, try_syscalls
 from warden.profiles import compiler, load_profile, syscalls
 
 CLONE_NS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000

@@ -17,9 +17,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from unpriv_util import as_unprivileged
 
 import warden.profiles.compiler
+from tests.profiles.unpriv_util import as_unprivileged
 from warden.profiles import cache, load_profile
 from warden.profiles.cache import CacheWarning, cached_compile, policy_key
 from warden.profiles.compiler import compile_policy

@@ -172,7 +172,7 @@ def test_real_subprocess_and_bwrap_accepts_the_bpf(tmp_path: Path) -> None:
     env = python_env(str(ROOT))
     bad = tmp_path / "bad.toml"
     bad.write_text('extends = "default"\n[seccomp]\ndeny = ["@mountt"]\n')
-    proc = subprocess.run([PYTHON, "-m", "supervisor", "profile", "check", str(bad)],
+    proc = subprocess.run([PYTHON, "-m", "warden", "profile", "check", str(bad)],
                           capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
@@ -181,7 +181,7 @@ def test_real_subprocess_and_bwrap_accepts_the_bpf(tmp_path: Path) -> None:
         "             ^",
     ]
     target = tmp_path / "default.bpf"
-    proc = subprocess.run([PYTHON, "-m", "supervisor", "profile", "compile", "default",
+    proc = subprocess.run([PYTHON, "-m", "warden", "profile", "compile", "default",
                            "-o", str(target)], capture_output=True, text=True, env=env,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -11,8 +11,8 @@ import pyseccomp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from profiles_child import records, try_syscalls
 
+from tests.profiles.profiles_child import records, try_syscalls
 from warden.profiles import ProfileError, bpf, compiler, load_profile, syscalls
 from warden.profiles.model import (
     ALLOW,

@@ -50,7 +50,7 @@ def warden(cwd: Path, *args: str, xdg: Path | None = None) -> subprocess.Complet
     env = {**python_env(WORKTREE), "PYTHONDONTWRITEBYTECODE": "1", "WARDEN_NO_CACHE": "1",
            "XDG_CONFIG_HOME": str(xdg or cwd / "no-such-config")}
     env.pop("WARDEN_PROFILE_PATH", None)
-    return subprocess.run([PYTHON, "-m", "supervisor", "run", "--json-status", "-", *args],
+    return subprocess.run([PYTHON, "-m", "warden", "run", "--json-status", "-", *args],
                           capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
 
 

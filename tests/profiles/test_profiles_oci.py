@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyseccomp
 import pytest
-from profiles_child import exec_under
 
+from tests.profiles.profiles_child import exec_under
 from warden.profiles import ProfileError, bpf, compiler, load_profile, load_text, oci, syscalls
 from warden.profiles.model import ActionKind, ArgOp, SeccompPolicy
 

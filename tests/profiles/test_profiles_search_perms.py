@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from unpriv_util import as_unprivileged
 
+from tests.profiles.unpriv_util import as_unprivileged
 from warden.profiles import ProfileError, load_profile
 from warden.profiles.loader import find
 

@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 import pytest
-from sandbox_util import (
+
+from tests.sandbox.sandbox_util import (
     MODE,
     PERMISSIVE,
     PY,
@@ -34,7 +35,6 @@ from sandbox_util import (
     start,
     supervisor_env,
 )
-
 from warden.supervisor.sandbox import Outcome, Sandbox, SpecError, build_spec, ids, limits, spawn
 from warden.supervisor.sandbox.userns import DEFAULT_LIMITS
 
@@ -386,7 +386,7 @@ def test_a_memory_limit_is_enforced_by_a_cgroup_where_there_is_one() -> None:
 SUBID_SCENARIO = """
 import json, os, sys
 sys.path[:0] = [{tests!r}, {root!r}]
-from sandbox_util import PY, collect, start
+from tests.sandbox.sandbox_util import PY, collect, start
 from warden.supervisor.sandbox import ids
 boxes = []
 for _ in range(2):

@@ -9,8 +9,8 @@ import os
 import select
 
 import pytest
-from sandbox_util import PY, collect, default_profile, filter_notifying, py, start
 
+from tests.sandbox.sandbox_util import PY, collect, default_profile, filter_notifying, py, start
 from warden.supervisor.sandbox import Outcome
 
 SIGNALS_AND_PTRACE = """

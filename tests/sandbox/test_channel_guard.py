@@ -6,8 +6,8 @@ import select
 
 import msgspec
 import pytest
-from sandbox_util import PY, collect, start
 
+from tests.sandbox.sandbox_util import PY, collect, start
 from warden.supervisor.channel_guard import ChannelGuard
 from warden.supervisor.sandbox import Outcome
 

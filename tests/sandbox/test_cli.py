@@ -9,8 +9,8 @@ import signal
 import subprocess
 
 from click.testing import CliRunner
-from sandbox_util import PYTHON, supervisor_env
 
+from tests.sandbox.sandbox_util import PYTHON, supervisor_env
 from warden.errors import EXIT_SETUP
 from warden.supervisor.cli import main as cli
 from warden.supervisor.run_cli import run_command

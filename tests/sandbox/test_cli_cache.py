@@ -21,7 +21,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sandbox_util import MODE, PYTHON, supervisor_env
+
+from tests.sandbox.sandbox_util import MODE, PYTHON, supervisor_env
 
 PY = "/usr/bin/python3"
 SETHOSTNAME = [PY, "-I", "-S", "-c", "import socket; socket.sethostname('evil')"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from sandbox_util import PYTHON, py, supervisor_env
-
 from tests.high_fds import high_fds
+from tests.sandbox.sandbox_util import PYTHON, py, supervisor_env
 from warden.supervisor.sandbox import Outcome
 
 __all__ = ["high_fds"]

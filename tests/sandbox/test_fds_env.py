@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from sandbox_util import PERMISSIVE, TEST_PROFILE, collect, py, start, world_dir
 
+from tests.sandbox.sandbox_util import PERMISSIVE, TEST_PROFILE, collect, py, start, world_dir
 from warden.supervisor.sandbox import SpecError, build_spec
 
 # The listing's own directory fd is closed by the time the filter runs.

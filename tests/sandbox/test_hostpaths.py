@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_util import PYTHON, supervisor_env
 
+from tests.sandbox.sandbox_util import PYTHON, supervisor_env
 from warden.supervisor.sandbox import hostpath
 
 pytestmark = pytest.mark.usefixtures("needs_profiles")
@@ -313,8 +313,7 @@ def test_bind_source_replaced_after_warden_resolved_it(tmp_path: Path,
     """The source is replaced at the worst moment: after the parent resolved it, before
     the child is cloned. As root the tree cloned from the parent's fd is bound; as an
     ordinary user the child, which binds by path, finds another file and refuses."""
-    from sandbox_util import MODE, run
-
+    from tests.sandbox.sandbox_util import MODE, run
     from warden.supervisor.sandbox import SetupError, launch
 
     src = tmp_path / "src"

@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from sandbox_util import MODE, PY, collect, py, run, start, world_dir
 
+from tests.sandbox.sandbox_util import MODE, PY, collect, py, run, start, world_dir
 from warden.supervisor.sandbox import ids
 from warden.supervisor.sandbox.userns import INNER_ID
 

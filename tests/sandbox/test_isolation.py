@@ -7,7 +7,8 @@ import os
 import socket
 
 import pytest
-from sandbox_util import MODE, WORKTREE, py, run
+
+from tests.sandbox.sandbox_util import MODE, WORKTREE, py, run
 
 NS = ("user", "pid", "mnt", "net", "ipc", "uts", "cgroup")
 
@@ -140,7 +141,7 @@ def test_share_net_opts_in_to_the_host_network() -> None:
 def test_landlock_stops_a_passed_directory_fd_from_reaching_unbound_files() -> None:
     """A directory fd from outside the new root is a path the mount namespace
     missed; Landlock refuses to open anything beneath it."""
-    from sandbox_util import world_dir
+    from tests.sandbox.sandbox_util import world_dir
 
     d = world_dir()
     with open(os.path.join(d, "host-file"), "w") as f:
@@ -179,8 +180,7 @@ def test_the_status_names_what_the_sandbox_went_without() -> None:
 
 
 def test_binds_tmpfs_and_chdir_options() -> None:
-    from sandbox_util import world_dir
-
+    from tests.sandbox.sandbox_util import world_dir
     from warden.supervisor.sandbox import ids
 
     rw = world_dir()
@@ -229,7 +229,7 @@ def test_binds_stay_readonly_nosuid_nodev_through_the_pre_5_12_remount_path(
 
 def test_a_bind_below_tmp_is_visible_on_the_private_tmp() -> None:
     """The private /tmp lies under the binds: a checkout in /tmp/... can be bound at its path."""
-    from sandbox_util import world_dir
+    from tests.sandbox.sandbox_util import world_dir
 
     d = world_dir()  # itself under the host's /tmp
     with open(os.path.join(d, "note"), "w") as f:

@@ -8,8 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from sandbox_util import PYTHON, supervisor_env
-
+from tests.sandbox.sandbox_util import PYTHON, supervisor_env
 from warden.supervisor.hints import call_text
 from warden.supervisor.sandbox.status import Violation
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_util import (
+
+from tests.sandbox.sandbox_util import (
     PERMISSIVE,
     PY,
     PYTHON,
@@ -26,7 +27,6 @@ from sandbox_util import (
     supervisor_env,
     world_dir,
 )
-
 from warden.supervisor.sandbox import Outcome, Sandbox, SandboxError, SetupError, build_spec, spawn
 
 
@@ -189,7 +189,7 @@ def test_the_childs_own_identity_still_applies_inside_a_bind() -> None:
 SUPERVISOR = textwrap.dedent("""
     import sys, threading, time
     sys.path.insert(0, sys.argv[1])
-    from sandbox_util import start
+    from tests.sandbox.sandbox_util import start
     if sys.argv[2] == "threaded":  # spawn() then takes its fork-then-clone path
         threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
     box, out, err = start(["/bin/sleep", "60"])
@@ -225,7 +225,7 @@ def test_children_die_with_the_supervisor(threads: str) -> None:
 USERNS_OFF = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from sandbox_util import start
+    from tests.sandbox.sandbox_util import start
     from warden.supervisor.sandbox import PreflightError
     try:
         start(["/bin/true"])
@@ -370,7 +370,7 @@ def test_a_dropped_handle_kills_its_sandbox_and_warns() -> None:
 NON_DUMPABLE = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from sandbox_util import collect, start
+    from tests.sandbox.sandbox_util import collect, start
     from warden.supervisor.sandbox import _sys
     _sys.prctl(_sys.PR_SET_DUMPABLE, 0)  # as a supervisor marks itself
     for _ in range(20):  # a race with the child's own start would show up here
@@ -413,7 +413,7 @@ def test_a_setup_error_is_reported_even_when_the_child_left_our_message_unread(
 USERNS_FILTERED = textwrap.dedent("""
     import sys, pyseccomp
     sys.path.insert(0, sys.argv[1])
-    from sandbox_util import start
+    from tests.sandbox.sandbox_util import start
     from warden.supervisor.sandbox import PreflightError, _sys
     # What a container runtime's filter does: clone with CLONE_NEWUSER refused.
     f = pyseccomp.SyscallFilter(pyseccomp.ALLOW)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_util import MODE, collect, py, start
+
+from tests.sandbox.sandbox_util import MODE, collect, py, start
 
 FORK_BOMB = """
 import os, json, time

@@ -12,9 +12,9 @@ import os
 import signal
 
 import pytest
-from sandbox_util import py
 
 from tests.i386 import NR_GETPID_I386, emulation_works
+from tests.sandbox.sandbox_util import py
 from warden.profiles import compiler
 from warden.profiles.model import ALLOW, KILL_PROCESS, SeccompPolicy, SyscallRule
 from warden.supervisor.sandbox import Outcome, Status

@@ -8,8 +8,8 @@ import os
 import time
 
 import pytest
-from sandbox_util import PERMISSIVE, PY, TEST_PROFILE
 
+from tests.sandbox.sandbox_util import PERMISSIVE, PY, TEST_PROFILE
 from warden.supervisor.sandbox import Outcome, SetupError, build_spec, child, prepare, protocol
 from warden.supervisor.sandbox.protocol import (
     CgroupJoined,

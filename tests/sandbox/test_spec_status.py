@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from sandbox_util import PERMISSIVE, TEST_PROFILE
 
+from tests.sandbox.sandbox_util import PERMISSIVE, TEST_PROFILE
 from warden.profiles.model import Bind, Environment, Filesystem, Limits, Namespaces, Profile
 from warden.supervisor.sandbox import Outcome, SpecError, Status, Violation, build_spec
 from warden.supervisor.sandbox.spec import DEFAULT_OPEN_FILES, parse_size
@@ -80,7 +80,7 @@ def test_status_json_shape() -> None:
 
 
 def test_a_filter_that_refuses_execve_is_refused_before_fork() -> None:
-    from sandbox_util import filter_notifying
+    from tests.sandbox.sandbox_util import filter_notifying
 
     with pytest.raises(SpecError, match=r"^profile test: its seccomp filter refuses execve"):
         build_spec(["/bin/true"], TEST_PROFILE, seccomp_filter=filter_notifying("execve"))

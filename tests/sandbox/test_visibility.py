@@ -16,8 +16,8 @@ import socket
 import subprocess
 
 import pytest
-from sandbox_util import PY, PYTHON, WORKTREE, default_profile, py, supervisor_env
 
+from tests.sandbox.sandbox_util import PY, PYTHON, WORKTREE, default_profile, py, supervisor_env
 from warden.supervisor.sandbox import landlock
 
 _READ_ALL = """
