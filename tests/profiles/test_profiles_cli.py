@@ -64,7 +64,7 @@ def test_compile_writes_loadable_bpf(tmp_path: Path) -> None:
     assert code == 0 and "instructions" in out
     assert target.read_bytes() == compiler.compile_policy(load_profile("default").seccomp)
     run("compile", "default", "-o", str(target), "--kill-as-notify")
-    assert bpf.describe(bpf.evaluate(target.read_bytes(), 170)) == "user-notify"  # sethostname
+    assert bpf.describe(bpf.evaluate(target.read_bytes(), 279)) == "user-notify"  # move_pages
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,7 @@ def test_compile_writes_loadable_bpf(tmp_path: Path) -> None:
          "clone(0x10000000) [x86_64] under default: errno EPERM",
          "if arg0 & 0x10000000 == 0x10000000"),
         (["default", "mount"], "mount() [x86_64] under default: errno EPERM", "(via @mount)"),
-        (["default", "sethostname", "0"], "sethostname(0x0) [x86_64] under default: kill-process",
+        (["default", "move_pages", "0"], "move_pages(0x0) [x86_64] under default: kill-process",
          "decided by: default action"),
         (["default", "read", "--arch", "x32"], "read() [x32] under default: kill-process",
          "foreign architecture x32"),

@@ -3,7 +3,7 @@
 Each test runs the real program (node, ps, top, ip, sqlite3, git, gcc, tar,
 CPython's multiprocessing and sockets) through the command line and checks
 what it printed. The calls these programs make that `default` once killed
-(pkey_alloc, set_mempolicy, capset, setgroups, AF_INET sockets) are allowed
+(pkey_alloc, set_mempolicy, capset, setgroups, sethostname, AF_INET sockets) are allowed
 or answered as the kernel answers an unprivileged process; `strict` and
 `python-worker` still kill every one of them, and a Python worker under
 `default` still gets no inet socket (it shares a network namespace).
@@ -231,6 +231,8 @@ NEWLY_ALLOWED = [
     ("setresgid", (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF)),
     ("setfsuid", (os.getuid(),)),
     ("setgroups", (0, 0)),
+    ("sethostname", (0, 0)),
+    ("sched_rr_get_interval", (0, 0)),
     ("socket", (socket.AF_INET, socket.SOCK_STREAM, 0)),
     ("socket", (socket.AF_INET6, socket.SOCK_DGRAM, 0)),
     ("socket", (socket.AF_NETLINK, socket.SOCK_RAW, 0)),
@@ -261,7 +263,8 @@ def test_default_answers_the_new_calls_without_a_kill() -> None:
     assert result.exit_code == 0, result.status
     got = dict(zip([c if c != "socket" else f"socket-{a[0]}" for c, a in NEWLY_ALLOWED],
                    records(result), strict=True))
-    assert got["setgroups"] == (-1, errno.EPERM)
+    assert got["setgroups"] == got["sethostname"] == (-1, errno.EPERM)
+    assert got["sched_rr_get_interval"][1] == errno.EFAULT  # reached the kernel: NULL buffer
     assert got["pkey_free"][1] == errno.EINVAL  # reached the kernel: no such key
     assert got["capget"][1] == errno.EFAULT     # reached the kernel: NULL header
     for fam in (socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK):
