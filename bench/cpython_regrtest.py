@@ -147,9 +147,14 @@ def run_module(module: str, inside: bool, warden: list[str], timeout: float) -> 
     return side
 
 
+def _same(o: Side, i: Side) -> bool:
+    return (o.passed, o.failed, o.skipped, o.outcome) == (i.passed, i.failed, i.skipped, i.outcome)
+
+
 def table(results: dict[str, dict[str, Side]]) -> str:
-    rows = ["| module | outside pass / fail / skip | inside pass / fail / skip | same? |",
-            "|---|---:|---:|---|"]
+    rows = ["| module | outside pass / fail / skip | inside pass / fail / skip | regrtest outside"
+            " / inside | same? |",
+            "|---|---:|---:|---|---|"]
     tot = {k: [0, 0, 0] for k in ("out", "in")}
     for module, sides in results.items():
         cells = []
@@ -159,33 +164,41 @@ def table(results: dict[str, dict[str, Side]]) -> str:
                                               strict=True)]
             cells.append(f"{s.passed} / {s.failed} / {s.skipped}")
         o, i = sides["out"], sides["in"]
-        same = "yes" if (o.passed, o.failed, o.skipped) == (i.passed, i.failed, i.skipped) \
-            else "**no**"
-        rows.append(f"| {module} | {cells[0]} | {cells[1]} | {same} |")
+        same = "yes" if _same(o, i) else "**no**"
+        rows.append(f"| {module} | {cells[0]} | {cells[1]} | {o.outcome} / {i.outcome} | {same} |")
     rows.append("| **total** | " + " | ".join(" / ".join(map(str, tot[k])) for k in ("out", "in"))
-                + " | |")
+                + " | | |")
     return "\n".join(rows)
+
+
+def _names(names: list[str], most: int = 6) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def differences(results: dict[str, dict[str, Side]]) -> str:
     out = []
     for module, sides in results.items():
         o, i = sides["out"], sides["in"]
-        if (o.passed, o.failed, o.skipped) == (i.passed, i.failed, i.skipped):
+        if _same(o, i):
             continue
         only_in = sorted(set(i.failures) - set(o.failures))
         only_out = sorted(set(o.failures) - set(i.failures))
         out.append(f"- {module}: outside {o.outcome}, inside {i.outcome}"
                    + (f" ({i.note})" if i.note else ""))
         if only_in:
-            out.append(f"  - fail only inside: {', '.join(only_in)}")
+            out.append(f"  - fail only inside: {_names(only_in)}")
         if only_out:
-            out.append(f"  - fail only outside: {', '.join(only_out)}")
+            out.append(f"  - fail only outside: {_names(only_out)}")
         for where, names in (("inside", sorted(set(i.skips) - set(o.skips))),
                              ("outside", sorted(set(o.skips) - set(i.skips)))):
             if names:
-                out.append(f"  - skipped only {where}: {', '.join(names)}")
+                out.append(f"  - skipped only {where}: {_names(names)}")
     return "\n".join(out) or "(none)"
+
+
+def report(results: dict[str, dict[str, Side]]) -> str:
+    return f"{table(results)}\n\nDifferences:\n{differences(results)}"
 
 
 def main() -> None:
@@ -193,7 +206,13 @@ def main() -> None:
     ap.add_argument("modules", nargs="*", help=f"test modules (default: {len(MODULES)} of them)")
     ap.add_argument("--timeout", type=float, default=900, help="per test file, each side")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results here")
+    ap.add_argument("--report", metavar="FILE", help="print the tables of an earlier --json file")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            raw = json.load(f)
+        print(report({m: {k: Side(**s) for k, s in v.items()} for m, v in raw.items()}))
+        return
     testdir = subprocess.run([PYTHON, "-c", "import test, os; print(os.path.dirname("
                               "test.__file__))"], capture_output=True, text=True).stdout.strip()
     if not os.path.exists(os.path.join(testdir, "test_os.py")):
@@ -214,10 +233,7 @@ def main() -> None:
         print(f"{module}: outside {o.passed}/{o.failed}/{o.skipped} {o.outcome} "
               f"({o.seconds:.0f}s), inside {i.passed}/{i.failed}/{i.skipped} {i.outcome} "
               f"({i.seconds:.0f}s) {i.note}", file=sys.stderr, flush=True)
-    print(table(results))
-    print()
-    print("Differences:")
-    print(differences(results))
+    print(report(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({m: {k: asdict(s) for k, s in v.items()} for m, v in results.items()}, f,
