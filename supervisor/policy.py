@@ -1,7 +1,7 @@
 """A worker profile's seccomp filter as the worker loads it on itself.
 
 Python workers load their profile's filter in-process, after start-up (the
-`strict` profile is written for exactly that). Two adaptations, both here so
+`strict` profile is written for exactly that). Three adaptations, all here so
 the profile files stay as written:
 
 - kill actions become user-notify: every Python worker loads its filter
@@ -12,7 +12,11 @@ the profile files stay as written:
   compiled by `launch_filter()`: no listener, plain kills;
 - the calls the ipc channel on fd 3 needs are allowed when the profile says
   nothing about them: a worker that cannot receive its calls is no worker.
-  They act only on descriptors the worker already holds.
+  They act only on descriptors the worker already holds;
+- the AF_INET/AF_INET6 sockets `default` allows a program (which has a
+  network namespace of its own) are refused to a worker whose profile does
+  not ask for the host network: a fork worker shares the supervisor's
+  namespace and a zygote worker its siblings' (`_without_own_net_inet`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import functools
 import resource
 
 from warden.profiles import load_profile
-from warden.profiles.compiler import compile_policy
+from warden.profiles.compiler import compile_policy, rule_matches
 from warden.profiles.model import (
     ALLOW,
     KILL_PROCESS,
@@ -66,9 +70,25 @@ def resolve_profile(profile: str | Profile) -> Profile:
     return _profile(profile) if isinstance(profile, str) else profile
 
 
+_INET_PROBES = ((2, 1, 0), (10, 1, 0), (2, 2, 0), (10, 2, 0))  # AF_INET/AF_INET6 x stream/dgram
+
+
+def _without_own_net_inet(profile: Profile) -> SeccompPolicy:
+    """`profile`'s policy without the rules that allow AF_INET/AF_INET6 sockets, unless
+    it asks for the host network (namespaces.net = false): they then fall back to the
+    profile's refusal of other domains, under every start method alike."""
+    policy = profile.seccomp
+    if not profile.namespaces.net:
+        return policy
+    keep = tuple(r for r in policy.rules
+                 if not (r.syscall == "socket" and r.action == ALLOW and r.conditions
+                         and any(rule_matches(r, a) for a in _INET_PROBES)))
+    return dataclasses.replace(policy, rules=keep)
+
+
 @functools.lru_cache(maxsize=64)
 def _filter_for(profile: Profile, notify: bool) -> bytes:
-    return compile_policy(worker_policy(profile.seccomp), kill_as_notify=notify)
+    return compile_policy(worker_policy(_without_own_net_inet(profile)), kill_as_notify=notify)
 
 
 def worker_filter(profile: Profile, notify: bool = False) -> bytes:

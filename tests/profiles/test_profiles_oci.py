@@ -101,8 +101,11 @@ def test_export_keeps_exceptions_when_runc_compiles_it() -> None:
     socket = syscalls.number("socket") or 0
     assert bpf.describe(bpf.evaluate(code, ioctl, [0, 0x5412])) == "errno EPERM"
     assert bpf.describe(bpf.evaluate(code, ioctl, [0, 0x5413])) == "allow"
-    assert bpf.describe(bpf.evaluate(code, socket, [2])) == "errno EPERM"
+    assert bpf.describe(bpf.evaluate(code, socket, [17])) == "errno EPERM"  # AF_PACKET
     assert bpf.describe(bpf.evaluate(code, socket, [1])) == "allow"
+    assert bpf.describe(bpf.evaluate(code, socket, [2])) == "allow"
+    assert bpf.describe(bpf.evaluate(code, socket, [16, 3, 0])) == "allow"  # route netlink
+    assert bpf.describe(bpf.evaluate(code, socket, [16, 3, 15])) == "errno EPERM"  # uevents
 
 
 def test_bad_json_points_at_the_line() -> None:

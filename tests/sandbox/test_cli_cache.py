@@ -2,7 +2,7 @@
 
 A sandbox given a writable bind of the cache directory rewrites its entry as
 a one-instruction RET_ALLOW filter, with the old plain digest or a MAC under
-a guessed key: the next run is still filtered (the forbidden sethostname is
+a guessed key: the next run is still filtered (the unlisted move_pages is
 reported by the kernel as a violation), warns naming the entry, and replaces
 it. A run whose binds cover the cache gets none (an entry that would change
 its behaviour is neither read nor rewritten); a key that is not private means
@@ -25,7 +25,13 @@ import pytest
 from tests.sandbox.sandbox_util import MODE, PYTHON, supervisor_env
 
 PY = "/usr/bin/python3"
-SETHOSTNAME = [PY, "-I", "-S", "-c", "import socket; socket.sethostname('evil')"]
+# move_pages(self, 1 page, MPOL_MF_MOVE_ALL): default kills it; where a filter
+# let it through, the kernel refuses it (no CAP_SYS_NICE): PermissionError.
+UNLISTED = [
+    PY, "-I", "-S", "-c",
+    "import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+    "libc.syscall(279, 0, 1, 0, 0, 0, 4); raise OSError(ctypes.get_errno(), 'move_pages')",
+]
 ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K SECCOMP_RET_ALLOW
 
 # Run inside the sandbox with the cache directory bound writable at /c.
@@ -83,11 +89,11 @@ def key_file(home: Path) -> Path:
 
 
 def assert_filtered(r: subprocess.CompletedProcess[str]) -> None:
-    """sethostname was stopped by the filter and reported from the kernel."""
+    """move_pages was stopped by the filter and reported from the kernel."""
     assert r.returncode == 128 + signal.SIGSYS, r.stdout + r.stderr
     st = status(r)
     assert st["outcome"] == "seccomp_violation"
-    assert st["violation"]["syscall"] == "sethostname"  # type: ignore[index]
+    assert st["violation"]["syscall"] == "move_pages"  # type: ignore[index]
 
 
 def plant_allow_all(home: Path) -> Path:
@@ -119,9 +125,9 @@ def test_the_first_run_fills_the_cache_privately(home: Path) -> None:
 def test_control_an_entry_with_the_real_key_changes_what_the_sandbox_gets(home: Path) -> None:
     """Proves the attack tests can fail: the same allow-all body, MACed with the real
     key, is what the sandbox gets. The key is the whole of the defence."""
-    assert_filtered(warden(home, "--", *SETHOSTNAME))
+    assert_filtered(warden(home, "--", *UNLISTED))
     plant_allow_all(home)
-    r = warden(home, "--", *SETHOSTNAME)
+    r = warden(home, "--", *UNLISTED)
     # No filter stopped the call: the kernel itself refused it (no CAP_SYS_ADMIN).
     assert (r.returncode, status(r)["outcome"]) == (1, "exited"), r.stdout + r.stderr
     assert "PermissionError" in r.stderr
@@ -130,7 +136,7 @@ def test_control_an_entry_with_the_real_key_changes_what_the_sandbox_gets(home: 
 @pytest.mark.parametrize("how", ["old unkeyed digest", "guessed key"])
 def test_a_sandbox_that_rewrites_the_cache_does_not_unfilter_later_runs(home: Path,
                                                                         how: str) -> None:
-    assert_filtered(warden(home, "--", *SETHOSTNAME))
+    assert_filtered(warden(home, "--", *UNLISTED))
     (entry,) = entries(home)
     cache_dir = entry.parent
     r = warden(home, "--bind", f"{cache_dir}:/c", "--", PY, "-I", "-S", "-c", FORGE, how)
@@ -146,38 +152,38 @@ def test_a_sandbox_that_rewrites_the_cache_does_not_unfilter_later_runs(home: Pa
         subprocess.run([PYTHON, "-I", "-S", "-c", FORGE.replace('"/c', f'"{cache_dir}'), how],
                        check=True, capture_output=True)
     assert entry.read_bytes().endswith(ALLOW_ALL)
-    r = warden(home, "--", *SETHOSTNAME)
+    r = warden(home, "--", *UNLISTED)
     assert_filtered(r)
     assert f"filter cache entry {entry} failed authentication" in r.stderr
     assert not entry.read_bytes().endswith(ALLOW_ALL)  # replaced by a fresh compile
-    r = warden(home, "--", *SETHOSTNAME)
+    r = warden(home, "--", *UNLISTED)
     assert_filtered(r)
     assert "failed authentication" not in r.stderr
 
 
 @pytest.mark.parametrize("bind", ["cache dir", "its parent", "the home above both"])
 def test_a_run_whose_bind_covers_the_cache_gets_no_cache(home: Path, bind: str) -> None:
-    assert_filtered(warden(home, "--", *SETHOSTNAME))
-    entry = plant_allow_all(home)  # would let sethostname through if it were read
+    assert_filtered(warden(home, "--", *UNLISTED))
+    entry = plant_allow_all(home)  # would let move_pages through if it were read
     planted = entry.read_bytes()
     source = {"cache dir": entry.parent, "its parent": entry.parent.parent,
               "the home above both": home}[bind]
-    r = warden(home, "--bind", f"{source}:/x", "--", *SETHOSTNAME)
+    r = warden(home, "--bind", f"{source}:/x", "--", *UNLISTED)
     assert_filtered(r)
     assert entry.read_bytes() == planted  # neither read nor rewritten
     assert entries(home) == [entry]
     if bind != "the home above both":
         # Read-only the same bind leaves the cache on (the control): the entry is used.
-        r = warden(home, "--ro-bind", f"{source}:/x", "--", *SETHOSTNAME)
+        r = warden(home, "--ro-bind", f"{source}:/x", "--", *UNLISTED)
         assert status(r)["outcome"] == "exited", r.stdout + r.stderr
 
 
 def test_a_key_that_is_not_private_means_no_cache(home: Path) -> None:
-    assert_filtered(warden(home, "--", *SETHOSTNAME))
+    assert_filtered(warden(home, "--", *UNLISTED))
     entry = plant_allow_all(home)
     planted = entry.read_bytes()
     key_file(home).chmod(0o644)
-    r = warden(home, "--", *SETHOSTNAME)
+    r = warden(home, "--", *UNLISTED)
     assert_filtered(r)
     assert f"the filter cache's key {key_file(home)} is not private" in r.stderr
     assert entry.read_bytes() == planted
@@ -195,7 +201,7 @@ except OSError as e:
 @pytest.mark.parametrize("option", ["--ro-bind", "--bind"])
 def test_a_sandbox_that_can_see_the_key_directory_never_reads_the_key(home: Path,
                                                                       option: str) -> None:
-    assert_filtered(warden(home, "--", *SETHOSTNAME))
+    assert_filtered(warden(home, "--", *UNLISTED))
     old = key_file(home).read_bytes()
     r = warden(home, option, f"{home / 'state'}:/s", "--", PY, "-I", "-S", "-c", READ_KEY,
                "/s/warden/cache.key")
@@ -205,7 +211,7 @@ def test_a_sandbox_that_can_see_the_key_directory_never_reads_the_key(home: Path
         assert "key was discarded" in r.stderr
         assert not key_file(home).exists()
         # That supervisor has exited: the next run makes a new key and is filtered.
-        assert_filtered(warden(home, "--", *SETHOSTNAME))
+        assert_filtered(warden(home, "--", *UNLISTED))
         assert len(key_file(home).read_bytes()) == 32 and key_file(home).read_bytes() != old
     else:
         assert _program_said(r) == "no 13"  # 0600 root: not the outer uid's to read

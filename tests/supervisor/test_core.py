@@ -202,16 +202,16 @@ def test_program_seccomp_violation_names_the_call() -> None:
             q = s.event_queue()
             w = await s.spawn_program(
                 ["/usr/bin/python3", "-c",
-                 "import ctypes, time; ctypes.CDLL(None).syscall(330, 0, 0); time.sleep(30)"],
+                 "import ctypes, time; ctypes.CDLL(None).syscall(279, 0, 0); time.sleep(30)"],
                 profile="default")
             st = await w.wait()
             assert st.outcome is Outcome.SECCOMP_VIOLATION
-            assert st.violation is not None and st.violation.syscall == "pkey_alloc"
+            assert st.violation is not None and st.violation.syscall == "move_pages"
             evs = []
             while not q.empty():
                 evs.append(q.get_nowait())
             viol = [e for e in evs if isinstance(e, SeccompViolation)]
-            assert len(viol) == 1 and viol[0].syscall == "pkey_alloc"
+            assert len(viol) == 1 and viol[0].syscall == "move_pages"
     run(main())
 
 

@@ -293,7 +293,7 @@ def test_worker_holds_only_stdio_and_its_channel(method: str) -> None:
 
 def test_a_worker_breaking_the_zygotes_filter_is_refused_alone() -> None:
     """A worker whose own profile allows everything still runs under the zygote's filter.
-    A call that filter refuses (pkey_alloc) is not executed (ENOSYS: see
+    A call that filter refuses (move_pages) is not executed (ENOSYS: see
     zygote.zygote_filter), and never ends the zygote's sandbox and with it every
     sibling."""
     from warden.profiles.model import ALLOW, SeccompPolicy
@@ -305,7 +305,7 @@ def test_a_worker_breaking_the_zygotes_filter_is_refused_alone() -> None:
         async with sup("zygote") as s:
             sibling = await s.spawn(Calc, CALC)
             evil = await s.spawn(Calc, CALC, profile=anything)
-            assert await evil.remote.act("syscall", 330) == errno.ENOSYS  # pkey_alloc
+            assert await evil.remote.act("syscall", 279) == errno.ENOSYS  # move_pages
             assert await evil.remote.square(2) == 4
             assert not s._zygote.dead
             assert await sibling.remote.square(3) == 9
