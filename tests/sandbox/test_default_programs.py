@@ -21,9 +21,9 @@ import subprocess
 import threading
 
 import pytest
-from sandbox_util import PYTHON, supervisor_env
 
 from tests.profiles.profiles_child import records, try_syscalls
+from tests.sandbox.sandbox_util import PYTHON, supervisor_env
 from warden.profiles import compiler, load_profile, syscalls
 
 
