@@ -129,6 +129,21 @@ class Session:
 
     # ---- incoming -------------------------------------------------------------------------
 
+    def _decode(self, decoder: Any, data: bytes | memoryview, fds: Sequence[int],
+                spec: MethodSpec | None,
+                what: str, *, named: bool = False) -> Any:
+        """decoder.decode(data); whatever it refuses is a bad message about `what`
+        (a validation error's own sentence stands alone unless `named`)."""
+        try:
+            return decoder.decode(data)
+        except msgspec.ValidationError as e:
+            reason = f"invalid {what}: {e}" if named else str(e)
+            raise self._bad(fds, reason, spec, error_field(str(e))) from None
+        except RecursionError:
+            raise self._bad(fds, NESTING_REASON, spec) from None
+        except Exception as e:
+            raise self._bad(fds, f"invalid {what}: {e}", spec) from None
+
     def _bad(
         self, fds: Sequence[int], reason: str, spec: MethodSpec | None = None,
         field: str | None = None,
@@ -143,14 +158,8 @@ class Session:
 
     def decode(self, frame: memoryview | bytes, fds: Sequence[int]) -> Event:
         """Check and decode one frame; on failure every fd in `fds` is closed."""
-        try:
-            kind, method, rid, payload = ENVELOPE_DECODER.decode(frame)
-        except msgspec.ValidationError as e:
-            raise self._bad(fds, f"invalid envelope: {e}", field=error_field(str(e))) from None
-        except RecursionError:
-            raise self._bad(fds, NESTING_REASON) from None
-        except Exception as e:
-            raise self._bad(fds, f"invalid envelope: {e}") from None
+        kind, method, rid, payload = self._decode(ENVELOPE_DECODER, frame, fds, None, "envelope",
+                                                  named=True)
         if kind >= KIND_REPLY:
             spec = self.pending.pop(rid, None)
             if spec is None:
@@ -161,14 +170,8 @@ class Session:
                     f"{spec.name}", spec,
                 )
             if kind == KIND_REPLY and not fds and spec.plain_result:  # the common reply
-                try:
-                    return kind, spec, rid, spec.result_decoder.decode(payload)
-                except msgspec.ValidationError as e:
-                    raise self._bad(fds, str(e), spec, error_field(str(e))) from None
-                except RecursionError:
-                    raise self._bad(fds, NESTING_REASON, spec) from None
-                except Exception as e:
-                    raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
+                return kind, spec, rid, self._decode(spec.result_decoder, payload, fds, spec,
+                                                     "reply payload")
             return self._decode_reply(kind, spec, rid, payload, fds)
         spec = self._by_id.get(method)
         if spec is None:
@@ -197,14 +200,7 @@ class Session:
         if fds or spec.full_params:
             args = self._decode_full(spec, payload, fds)
         else:
-            try:
-                args = _astuple(spec.params_decoder.decode(payload))
-            except msgspec.ValidationError as e:
-                raise self._bad(fds, str(e), spec, error_field(str(e))) from None
-            except RecursionError:
-                raise self._bad(fds, NESTING_REASON, spec) from None
-            except Exception as e:
-                raise self._bad(fds, f"invalid payload: {e}", spec) from None
+            args = _astuple(self._decode(spec.params_decoder, payload, fds, spec, "payload"))
         if kind == KIND_CALL:
             self._last_incoming = rid
             self.calls_in_flight += 1
@@ -234,14 +230,7 @@ class Session:
                 self.peer, f"more than {self.limits.max_fds_held} received fds held open",
                 limit="max_fds_held",
             )
-        try:
-            values = _astuple(spec.params_decoder.decode(payload))
-        except msgspec.ValidationError as e:
-            raise self._bad(fds, str(e), spec, error_field(str(e))) from None
-        except RecursionError:
-            raise self._bad(fds, NESTING_REASON, spec) from None
-        except Exception as e:
-            raise self._bad(fds, f"invalid payload: {e}", spec) from None
+        values = _astuple(self._decode(spec.params_decoder, payload, fds, spec, "payload"))
         if spec.params_unbounded and too_deep(values):
             raise self._bad(fds, NESTING_REASON, spec)
         for i, (param, fd) in enumerate(zip(handles, fds, strict=True)):
@@ -259,14 +248,7 @@ class Session:
         if kind == KIND_ERROR:
             if fds:
                 raise self._bad(fds, f"error reply with {len(fds)} fds (expected none)", spec)
-            try:
-                err = ERROR_DECODER.decode(payload)
-            except msgspec.ValidationError as e:
-                raise self._bad(
-                    fds, f"invalid error reply: {e}", spec, error_field(str(e))
-                ) from None
-            except Exception as e:
-                raise self._bad(fds, f"invalid error reply: {e}", spec) from None
+            err = self._decode(ERROR_DECODER, payload, fds, spec, "error reply", named=True)
             return KIND_ERROR, spec, rid, err.message
         rh = spec.result_handle
         want = 1 if rh is not None else 0
@@ -278,14 +260,7 @@ class Session:
                 self.peer, f"more than {self.limits.max_fds_held} received fds held open",
                 limit="max_fds_held",
             )
-        try:
-            value = spec.result_decoder.decode(payload)
-        except msgspec.ValidationError as e:
-            raise self._bad(fds, str(e), spec, error_field(str(e))) from None
-        except RecursionError:
-            raise self._bad(fds, NESTING_REASON, spec) from None
-        except Exception as e:
-            raise self._bad(fds, f"invalid reply payload: {e}", spec) from None
+        value = self._decode(spec.result_decoder, payload, fds, spec, "reply payload")
         if spec.result_unbounded and too_deep(value, MAX_NESTING):
             raise self._bad(fds, NESTING_REASON, spec)
         if rh is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from warden.profiles.model import Profile
@@ -54,6 +54,23 @@ def _channel_pair(boot: bootstrap.Bootstrap) -> tuple[socket.socket, socket.sock
     parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     parent.send(bootstrap.encode(boot))
     return parent, child
+
+
+async def _started(boot: bootstrap.Bootstrap,
+                   start: Callable[[socket.socket], Awaitable[WorkerProcess]]
+                   ) -> tuple[socket.socket, WorkerProcess]:
+    """A new channel, its worker end handed to `start` (which makes the worker
+    that inherits it) and closed here either way; our end, non-blocking."""
+    parent, child = _channel_pair(boot)
+    try:
+        proc = await start(child)
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    parent.setblocking(False)
+    return parent, proc
 
 
 class SpawnStarter:
@@ -119,19 +136,12 @@ class ForkStarter:
     async def start_worker(self, wid: str, profile: Profile, boot: bootstrap.Bootstrap, *,
                            memory: int | None, timeout: float | None
                            ) -> tuple[socket.socket, WorkerProcess]:
-        parent, child = _channel_pair(boot)
-        try:
+        async def fork(child: socket.socket) -> WorkerProcess:
             # outer_ids(): the one validated source of the ids every start method uses.
-            pid = fork_worker(child.fileno(), self._own_pidfd, outer_ids(),
-                              fork_isolation(self._shared_tmp))
-            proc = ForkedProcess(pid)
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        parent.setblocking(False)
-        return parent, proc
+            return ForkedProcess(fork_worker(child.fileno(), self._own_pidfd, outer_ids(),
+                                             fork_isolation(self._shared_tmp)))
+
+        return await _started(boot, fork)
 
 
 class ZygoteStarter:
@@ -222,14 +232,8 @@ class ZygoteStarter:
     async def start_worker(self, wid: str, profile: Profile, boot: bootstrap.Bootstrap, *,
                            memory: int | None, timeout: float | None
                            ) -> tuple[socket.socket, WorkerProcess]:
-        parent, child = _channel_pair(boot)
-        try:
+        async def fork(child: socket.socket) -> WorkerProcess:
             zygote = await self._for_module(boot.target.partition(":")[0])
-            proc = await zygote.fork(child)
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        parent.setblocking(False)
-        return parent, proc
+            return await zygote.fork(child)
+
+        return await _started(boot, fork)
