@@ -19,6 +19,7 @@ never reach the broker.
 from __future__ import annotations
 
 import dataclasses
+import errno
 from collections.abc import Sequence
 
 from warden.profiles.model import (
@@ -86,7 +87,9 @@ def filter_policy(seccomp: SeccompPolicy, names: Sequence[str], profile: str = "
 
 
 def _spelled(action: Action) -> str:
-    return action.kind.value + (f" {action.errno}" if action.errno is not None else "")
+    if action.errno is None:
+        return action.kind.value
+    return f"{action.kind.value} {errno.errorcode.get(action.errno, action.errno)}"
 
 
 def attach(box: Sandbox, policy: Policy, names: Sequence[str]) -> transparent.TransparentBroker:
