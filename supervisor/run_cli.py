@@ -124,110 +124,6 @@ def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
     os._exit(status.exit_code)
 
 
-class BrokerRecords:
-    """The broker's audit records kept for the status record: every allowed and
-    refused decision, up to MAX; the requests no rule names (each file a program
-    looks at, answered by its own call) only counted. Bounded, so a program that
-    opens without end cannot grow the supervisor's memory or the record."""
-
-    MAX = 1000
-
-    def __init__(self) -> None:
-        self.kept: list[AuditRecord] = []
-        self.unnamed = 0
-        self.dropped = 0
-
-    def __call__(self, record: AuditRecord) -> None:
-        if record.decision == "unnamed":
-            self.unnamed += 1
-        elif len(self.kept) < self.MAX:
-            self.kept.append(record)
-        else:
-            self.dropped += 1
-
-    def to_dict(self) -> dict[str, Any]:
-        import dataclasses
-
-        return {"broker": [dataclasses.asdict(r) for r in self.kept],
-                "broker_unnamed": self.unnamed, "broker_dropped": self.dropped}
-
-
-def _status_json(status: Status, records: BrokerRecords | None) -> str:
-    """The status record; with the broker, its audit records as the list `broker`
-    (and `broker_unnamed`, `broker_dropped`: counts of those not listed)."""
-    if records is None:
-        return status.to_json()
-    import json
-
-    return json.dumps({**status.to_dict(), **records.to_dict()}, sort_keys=True)
-
-
-class _BrokerSetup:
-    """The transparent broker of one `warden run`, made in the parent before the
-    sandbox starts: its rules (each option's values through the rules' one parser),
-    the calls the filter sends to it, and its Policy (prefixes opened, names
-    resolved now, so a bad rule fails before a process exists)."""
-
-    def __init__(self, options: SandboxOptions) -> None:
-        from warden.supervisor.broker import AddressRule, PathRule, wiring
-
-        self.paths: list[PathRule] = []
-        self.addresses: list[AddressRule] = []
-        for name, write in (("broker_read", False), ("broker_write", True)):
-            for text in getattr(options, name):
-                try:
-                    self.paths.append(PathRule.parse(text, write=write))
-                except ValueError as e:
-                    raise OptionError(f"{flag(name)} {text}: {e}") from None
-        for text in options.broker_connect:
-            try:
-                self.addresses.append(AddressRule.parse(text))
-            except ValueError as e:
-                raise OptionError(f"{flag('broker_connect')} {text}: {e}") from None
-        self.names = wiring.calls(paths=bool(self.paths), addresses=bool(self.addresses))
-        self.option = flag("broker_read" if options.broker_read else "broker_write"
-                           if options.broker_write else "broker_connect")
-        self.records = BrokerRecords()
-        self.policy: Policy | None = None
-
-    @staticmethod
-    def wanted(options: SandboxOptions) -> bool:
-        return bool(options.broker_read or options.broker_write or options.broker_connect)
-
-    def profile(self, prof: Profile) -> Profile:
-        """`prof` with the brokered calls sent to user-notify."""
-        import dataclasses
-
-        from warden.supervisor.broker import wiring
-
-        try:
-            seccomp = wiring.filter_policy(prof.seccomp, self.names, prof.name, self.option)
-        except wiring.BrokerFilterError as e:
-            raise OptionError(str(e)) from None
-        return dataclasses.replace(prof, seccomp=seccomp)
-
-    def build(self, sandbox_id: str) -> None:
-        from warden.supervisor.broker import Policy
-
-        try:
-            self.policy = Policy.build(sandbox_id, paths=self.paths, addresses=self.addresses,
-                                       on_record=self.records)
-        except (OSError, ValueError) as e:
-            raise OptionError(f"{self.option}: {e}") from None
-
-    def attach(self, box: Sandbox) -> None:
-        from warden.supervisor.broker import wiring
-
-        assert self.policy is not None
-        wiring.attach(box, self.policy, self.names)
-        self.policy = None  # the sandbox's handle closes it
-
-    def close(self) -> None:
-        if self.policy is not None:
-            self.policy.close()
-            self.policy = None
-
-
 class StatusOutput:
     """Where the status record goes, opened before the sandbox starts.
 
@@ -371,6 +267,110 @@ def _writable_binds(spec: SandboxSpec) -> dict[tuple[int, int], str]:
             os.close(fd)
             out[hostpath.identity(st)] = f"the writable bind {b.source} (on {b.dest})"
     return out
+
+
+class BrokerRecords:
+    """The broker's audit records kept for the status record: every allowed and
+    refused decision, up to MAX; the requests no rule names (each file a program
+    looks at, answered by its own call) only counted. Bounded, so a program that
+    opens without end cannot grow the supervisor's memory or the record."""
+
+    MAX = 1000
+
+    def __init__(self) -> None:
+        self.kept: list[AuditRecord] = []
+        self.unnamed = 0
+        self.dropped = 0
+
+    def __call__(self, record: AuditRecord) -> None:
+        if record.decision == "unnamed":
+            self.unnamed += 1
+        elif len(self.kept) < self.MAX:
+            self.kept.append(record)
+        else:
+            self.dropped += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"broker": [dataclasses.asdict(r) for r in self.kept],
+                "broker_unnamed": self.unnamed, "broker_dropped": self.dropped}
+
+
+def _status_json(status: Status, records: BrokerRecords | None) -> str:
+    """The status record; with the broker, its audit records as the list `broker`
+    (and `broker_unnamed`, `broker_dropped`: counts of those not listed)."""
+    if records is None:
+        return status.to_json()
+    import json
+
+    return json.dumps({**status.to_dict(), **records.to_dict()}, sort_keys=True)
+
+
+class _BrokerSetup:
+    """The transparent broker of one `warden run`, made in the parent before the
+    sandbox starts: its rules (each option's values through the rules' one parser),
+    the calls the filter sends to it, and its Policy (prefixes opened, names
+    resolved now, so a bad rule fails before a process exists)."""
+
+    def __init__(self, options: SandboxOptions) -> None:
+        from warden.supervisor.broker import AddressRule, PathRule, wiring
+
+        self.paths: list[PathRule] = []
+        self.addresses: list[AddressRule] = []
+        for name, write in (("broker_read", False), ("broker_write", True)):
+            for text in getattr(options, name):
+                try:
+                    self.paths.append(PathRule.parse(text, write=write))
+                except ValueError as e:
+                    raise OptionError(f"{flag(name)} {text}: {e}") from None
+        for text in options.broker_connect:
+            try:
+                self.addresses.append(AddressRule.parse(text))
+            except ValueError as e:
+                raise OptionError(f"{flag('broker_connect')} {text}: {e}") from None
+        self.names = wiring.calls(paths=bool(self.paths), addresses=bool(self.addresses))
+        self.option = flag("broker_read" if options.broker_read else "broker_write"
+                           if options.broker_write else "broker_connect")
+        self.records = BrokerRecords()
+        self.policy: Policy | None = None
+
+    @staticmethod
+    def wanted(options: SandboxOptions) -> bool:
+        return bool(options.broker_read or options.broker_write or options.broker_connect)
+
+    def profile(self, prof: Profile) -> Profile:
+        """`prof` with the brokered calls sent to user-notify."""
+        import dataclasses
+
+        from warden.supervisor.broker import wiring
+
+        try:
+            seccomp = wiring.filter_policy(prof.seccomp, self.names, prof.name, self.option)
+        except wiring.BrokerFilterError as e:
+            raise OptionError(str(e)) from None
+        return dataclasses.replace(prof, seccomp=seccomp)
+
+    def build(self, sandbox_id: str) -> None:
+        from warden.supervisor.broker import Policy
+
+        try:
+            self.policy = Policy.build(sandbox_id, paths=self.paths, addresses=self.addresses,
+                                       on_record=self.records)
+        except (OSError, ValueError) as e:
+            raise OptionError(f"{self.option}: {e}") from None
+
+    def attach(self, box: Sandbox) -> None:
+        from warden.supervisor.broker import wiring
+
+        assert self.policy is not None
+        wiring.attach(box, self.policy, self.names)
+        self.policy = None  # the sandbox's handle closes it
+
+    def close(self) -> None:
+        if self.policy is not None:
+            self.policy.close()
+            self.policy = None
 
 
 class _Forwarder:
