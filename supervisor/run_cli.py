@@ -339,11 +339,22 @@ class _BrokerSetup:
     def wanted(options: SandboxOptions) -> bool:
         return bool(options.broker_read or options.broker_write or options.broker_connect)
 
-    def profile(self, prof: Profile) -> Profile:
+    def profile(self, prof: Profile, options: SandboxOptions) -> Profile:
         """`prof` with the brokered calls sent to user-notify."""
         import dataclasses
 
         from warden.supervisor.broker import wiring
+
+        if self.addresses and (options.share_net or not prof.namespaces.net):
+            # The allowlist holds because the sandbox's own network reaches nothing: on
+            # the host's, the program's own sendto() (UDP, TCP fast open) would reach
+            # any address without a connect for the broker to judge.
+            why = flag("share_net") if options.share_net else f"profile {prof.name}"
+            raise OptionError(f"{flag('broker_connect')}: the sandbox shares the host's "
+                              f"network ({why}), where the program could reach any address "
+                              "without connect(); the allowlist needs the sandbox's own "
+                              f"network: drop {flag('share_net')} or use a profile that "
+                              "keeps namespaces.net")
 
         try:
             seccomp = wiring.filter_policy(prof.seccomp, self.names, prof.name, self.option)
@@ -426,7 +437,7 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup | N
         # With `--json-status -` stdout carries the record alone.
         stdio = (0, 2, 2) if options.json_status == "-" else (0, 1, 2)
         if broker is not None:
-            prof = broker.profile(prof)
+            prof = broker.profile(prof, options)
         spec = build_spec(argv, prof, options, stdio=stdio)
         # Before the sandbox exists, so nothing it does can change what is opened.
         out = StatusOutput.open(spec, options.json_status, options.json_status_fd)

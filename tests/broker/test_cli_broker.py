@@ -188,6 +188,9 @@ def test_a_call_the_broker_does_not_answer_is_still_a_violation(host: Path,
      "--broker-connect 127.0.0.1: broker address '127.0.0.1': expected HOST:PORT"),
     (["--profile", "python-worker", "--broker-read", "/etc"],
      "--broker-read: profile python-worker does not allow open (errno EACCES)"),
+    (["--share-net", "--broker-connect", "127.0.0.1:80"],
+     "--broker-connect: the sandbox shares the host's network (--share-net), where the "
+     "program could reach any address without connect()"),
 ])
 def test_bad_values_exit_125_naming_the_option(args: list[str], message: str) -> None:
     if args[0] == "--broker-write":
