@@ -8,7 +8,10 @@ names (the supervisor opens it and installs the fd), an open no rule names
 TCP server on 127.0.0.1 the parent runs (the supervisor connects its own
 socket and installs it). Rounds are interleaved and the best round of each row
 counts, so load elsewhere hits every row alike. Numbers are microseconds per
-call (open+close, connect+close), measured inside the child.
+call (open+close, connect+close), measured inside the child. The same open loop
+then runs in a program under `warden run` (default profile): the file bound in
+(direct), brokered with --broker-read, and bound in while the broker names
+another path (CONTINUE).
 
     .venv/bin/python bench/bench_broker.py [--rounds 3] [--opens 2000] [--connects 300] [--json]
 """
@@ -103,6 +106,39 @@ def _round(policy: Policy, bpf: bytes, brokered: str, unnamed: str, port: int,
         return dict(json.loads(f.read()))
 
 
+_LOOP = """
+import os, sys, time
+path, n = sys.argv[1], int(sys.argv[2])
+t0 = time.perf_counter_ns()
+for _ in range(n):
+    os.close(os.open(path, os.O_RDONLY))
+print((time.perf_counter_ns() - t0) / n / 1000)
+"""
+
+
+def _warden_run(data: str, opens: int) -> dict[str, float]:
+    """The same open loop in a program under `warden run` (default profile): the file
+    bound in (direct: the profile allows openat, no broker), brokered with
+    --broker-read (outside every bind), and bound in while --broker-read names
+    another path (the broker's CONTINUE round trip)."""
+    import subprocess
+
+    file = os.path.join(data, "file")
+    warden = [sys.executable, "-m", "warden", "run", "-q"]
+    py = ["/usr/bin/python3", "-I", "-S", "-c", _LOOP]
+    runs = {"warden run direct open": [f"--ro-bind={data}:/in", "--", *py, "/in/file"],
+            "warden run brokered open": [f"--broker-read={file}", "--", *py, file],
+            "warden run unnamed open (CONTINUE)": [f"--ro-bind={data}:/in",
+                                                   f"--broker-read={file}", "--", *py,
+                                                   "/in/file"]}
+    out = {}
+    for name, args in runs.items():
+        done = subprocess.run([*warden, *args, str(opens)], capture_output=True, text=True,
+                              check=True, timeout=600)
+        out[name] = float(done.stdout.strip())
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -138,6 +174,7 @@ def main() -> None:
                           addresses=[AddressRule("127.0.0.1", port)]) as policy:
             for _ in range(args.rounds):
                 got = _round(policy, bpf, brokered, unnamed, port, args.opens, args.connects)
+                got.update(_warden_run(data, args.opens))
                 for k, v in got.items():
                     best[k] = min(v, best.get(k, v))
     stop.set()
@@ -151,7 +188,11 @@ def main() -> None:
     rows = [("open + close", best["direct open"], best["brokered open"]),
             ("open + close, no rule names it (CONTINUE)", best["direct open"],
              best["unnamed open (CONTINUE)"]),
-            ("connect 127.0.0.1 + close", best["direct connect"], best["brokered connect"])]
+            ("connect 127.0.0.1 + close", best["direct connect"], best["brokered connect"]),
+            ("warden run: open + close (default profile; direct: the file bound in)",
+             best["warden run direct open"], best["warden run brokered open"]),
+            ("warden run: open + close, no rule names it (CONTINUE)",
+             best["warden run direct open"], best["warden run unnamed open (CONTINUE)"])]
     for name, direct, brokered_us in rows:
         print(f"| {name} | {direct:.1f} | {brokered_us:.1f} | {brokered_us / direct:.1f}x |")
 

@@ -18,6 +18,8 @@ from warden.errors import EXIT_SETUP, InvalidInput
 from warden.supervisor.sandbox.options import SandboxOptions, described, flag
 
 if TYPE_CHECKING:
+    from warden.profiles.model import Profile
+    from warden.supervisor.broker import AuditRecord, Policy
     from warden.supervisor.sandbox import Sandbox, SandboxSpec, Status
 
 
@@ -104,10 +106,10 @@ def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
     options = SandboxOptions(**fields)
     if options.json_status is not None and options.json_status_fd is not None:
         raise OptionError(f"{flag('json_status')} and {flag('json_status_fd')}: give one of them")
-    status, out = _run(list(program), options)
+    status, out, records = _run(list(program), options)
     if out is not None:
         try:
-            out.write(status.to_json() + "\n")
+            out.write(_status_json(status, records) + "\n")
         except OSError as e:
             click.echo(f"warden: {out.what}: the status record could not be written: "
                        f"{e.strerror}", err=True)
@@ -281,6 +283,121 @@ def _writable_binds(spec: SandboxSpec) -> dict[tuple[int, int], str]:
     return out
 
 
+class BrokerRecords:
+    """The broker's audit records kept for the status record: every allowed and
+    refused decision, up to MAX; the requests no rule names (each file a program
+    looks at, answered by its own call) only counted. Bounded, so a program that
+    opens without end cannot grow the supervisor's memory or the record."""
+
+    MAX = 1000
+
+    def __init__(self) -> None:
+        self.kept: list[AuditRecord] = []
+        self.unnamed = 0
+        self.dropped = 0
+
+    def __call__(self, record: AuditRecord) -> None:
+        if record.decision == "unnamed":
+            self.unnamed += 1
+        elif len(self.kept) < self.MAX:
+            self.kept.append(record)
+        else:
+            self.dropped += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"broker": [dataclasses.asdict(r) for r in self.kept],
+                "broker_unnamed": self.unnamed, "broker_dropped": self.dropped}
+
+
+def _status_json(status: Status, records: BrokerRecords | None) -> str:
+    """The status record; with the broker, its audit records as the list `broker`
+    (and `broker_unnamed`, `broker_dropped`: counts of those not listed)."""
+    if records is None:
+        return status.to_json()
+    import json
+
+    return json.dumps({**status.to_dict(), **records.to_dict()}, sort_keys=True)
+
+
+class _BrokerSetup:
+    """The transparent broker of one `warden run`, made in the parent before the
+    sandbox starts: its rules (each option's values through the rules' one parser),
+    the calls the filter sends to it, and its Policy (prefixes opened, names
+    resolved now, so a bad rule fails before a process exists)."""
+
+    def __init__(self, options: SandboxOptions) -> None:
+        from warden.supervisor.broker import AddressRule, PathRule, wiring
+
+        self.paths: list[PathRule] = []
+        self.addresses: list[AddressRule] = []
+        for name, write in (("broker_read", False), ("broker_write", True)):
+            for text in getattr(options, name):
+                try:
+                    self.paths.append(PathRule.parse(text, write=write))
+                except ValueError as e:
+                    raise OptionError(f"{flag(name)} {text}: {e}") from None
+        for text in options.broker_connect:
+            try:
+                self.addresses.append(AddressRule.parse(text))
+            except ValueError as e:
+                raise OptionError(f"{flag('broker_connect')} {text}: {e}") from None
+        self.names = wiring.calls(paths=bool(self.paths), addresses=bool(self.addresses))
+        self.option = flag("broker_read" if options.broker_read else "broker_write"
+                           if options.broker_write else "broker_connect")
+        self.records = BrokerRecords()
+        self.policy: Policy | None = None
+
+    @staticmethod
+    def wanted(options: SandboxOptions) -> bool:
+        return bool(options.broker_read or options.broker_write or options.broker_connect)
+
+    def profile(self, prof: Profile, options: SandboxOptions) -> Profile:
+        """`prof` with the brokered calls sent to user-notify."""
+        import dataclasses
+
+        from warden.supervisor.broker import wiring
+
+        if self.addresses and (options.share_net or not prof.namespaces.net):
+            # The allowlist holds because the sandbox's own network reaches nothing: on
+            # the host's, the program's own sendto() (UDP, TCP fast open) would reach
+            # any address without a connect for the broker to judge.
+            why = flag("share_net") if options.share_net else f"profile {prof.name}"
+            raise OptionError(f"{flag('broker_connect')}: the sandbox shares the host's "
+                              f"network ({why}), where the program could reach any address "
+                              "without connect(); the allowlist needs the sandbox's own "
+                              f"network: drop {flag('share_net')} or use a profile that "
+                              "keeps namespaces.net")
+
+        try:
+            seccomp = wiring.filter_policy(prof.seccomp, self.names, prof.name, self.option)
+        except wiring.BrokerFilterError as e:
+            raise OptionError(str(e)) from None
+        return dataclasses.replace(prof, seccomp=seccomp)
+
+    def build(self, sandbox_id: str) -> None:
+        from warden.supervisor.broker import Policy
+
+        try:
+            self.policy = Policy.build(sandbox_id, paths=self.paths, addresses=self.addresses,
+                                       on_record=self.records)
+        except (OSError, ValueError) as e:
+            raise OptionError(f"{self.option}: {e}") from None
+
+    def attach(self, box: Sandbox) -> None:
+        from warden.supervisor.broker import wiring
+
+        assert self.policy is not None
+        wiring.attach(box, self.policy, self.names)
+        self.policy = None  # the sandbox's handle closes it
+
+    def close(self) -> None:
+        if self.policy is not None:
+            self.policy.close()
+            self.policy = None
+
+
 class _Forwarder:
     """SIGINT/SIGTERM/SIGHUP go to the program; those that arrive while the sandbox is
     still being set up are delivered as soon as it runs."""
@@ -307,10 +424,23 @@ class _Forwarder:
             box.send_signal(signum)
 
 
-def _run(argv: list[str], options: SandboxOptions) -> tuple[Status, StatusOutput | None]:
+def _run(argv: list[str], options: SandboxOptions
+         ) -> tuple[Status, StatusOutput | None, BrokerRecords | None]:
     forwarder = _Forwarder()
+    broker = _BrokerSetup(options) if _BrokerSetup.wanted(options) else None
+    try:
+        return _run_with(argv, options, broker, forwarder)
+    finally:
+        if broker is not None:
+            broker.close()  # unless the sandbox's handle took it over
+
+
+def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup | None,
+              forwarder: _Forwarder
+              ) -> tuple[Status, StatusOutput | None, BrokerRecords | None]:
     from warden.supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
 
+    records = broker.records if broker is not None else None
     try:
         from warden.profiles import ProfileError, load_profile
 
@@ -320,6 +450,8 @@ def _run(argv: list[str], options: SandboxOptions) -> tuple[Status, StatusOutput
             raise OptionError(f"{flag('profile')} {options.profile}: {e}") from None
         # With `--json-status -` stdout carries the record alone.
         stdio = (0, 2, 2) if options.json_status == "-" else (0, 1, 2)
+        if broker is not None:
+            prof = broker.profile(prof, options)
         spec = build_spec(argv, prof, options, stdio=stdio)
         # Before the sandbox exists, so nothing it does can change what is opened.
         out = StatusOutput.open(spec, options.json_status, options.json_status_fd)
@@ -331,18 +463,23 @@ def _run(argv: list[str], options: SandboxOptions) -> tuple[Status, StatusOutput
     from warden.supervisor.sandbox.self_confine import set_dumpable
 
     set_dumpable(False)
+    if broker is not None:
+        # The supervisor's own id for the sandbox (never the program's word): this run.
+        broker.build(f"warden-run-{os.getpid()}")
     try:
         box = spawn(spec)
     except PreflightError as e:
         click.echo(f"warden: {e}", err=True)
         sys.exit(PreflightError.exit_code)
     except SetupError as e:
-        return e.status, out
+        return e.status, out, records
     except OSError as e:
         click.echo(f"warden: {e}", err=True)
         sys.exit(EXIT_SETUP)
+    if broker is not None:
+        broker.attach(box)
     forwarder.attach(box)
-    return _supervise(box), out
+    return _supervise(box), out, records
 
 
 def _supervise(box: Sandbox) -> Status:
@@ -363,7 +500,7 @@ def _supervise(box: Sandbox) -> Status:
         watch = list(box.fds())
         if guard is not None and guard.open:
             watch.append(guard.fileno())
-        left = box.time_left()
+        left = box.wake_in()
         ready = wait_readable(watch, None if left is None else max(left, 0.01))
         if guard is not None and guard.open and guard.fileno() in ready:
             problem = guard.check()

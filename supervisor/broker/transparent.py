@@ -104,8 +104,9 @@ class TransparentBroker:
     def __init__(self, seccomp_fd: int, policy: Policy, *, unnamed: int | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT,
                  max_pending: int = MAX_PENDING, connect: bool = True,
-                 lookups: bool = False) -> None:
+                 lookups: bool = False, close_policy: bool = False) -> None:
         self._fd = self.seccomp_fd = seccomp_fd
+        self._close_policy = close_policy
         # Only the calls this broker was made for: any other notification (a kill the
         # profile turned into user-notify, say) is left to the caller, as a violation.
         self.calls = frozenset(brokered_syscalls(connect, lookups))
@@ -285,8 +286,13 @@ class TransparentBroker:
         self.connects.expire(now)
 
     def close(self) -> None:
-        """Drop the connects in progress (their callers are being killed)."""
-        self.connects.close()
+        """Drop the connects in progress (their callers are being killed); with
+        `close_policy`, close the policy too (the sandbox's handle owns both)."""
+        try:
+            self.connects.close()
+        finally:
+            if self._close_policy:
+                self.policy.close()
 
 
 def serve(broker: TransparentBroker, seccomp_fd: int) -> None:

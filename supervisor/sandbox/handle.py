@@ -13,18 +13,45 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from warden.supervisor.sandbox import ids, limits, pidns
 from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.lowlevel import NoPublicConstructor, wait_readable
-from warden.supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener
+from warden.supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener, Notification
 from warden.supervisor.sandbox.seccomp import WEAKENED_WAIT_KILLABLE, wait_killable_supported
 from warden.supervisor.sandbox.spec import SandboxSpec
 from warden.supervisor.sandbox.status import Outcome, Status, Violation
 
 _KILLED_EXIT = 128 + signal.SIGKILL
+
+WEAKENED_BROKER_WITHDRAWN = (
+    "seccomp refusal witness (the broker shares the listener: a call withdrawn before "
+    "warden read it may have been a brokered one, so it is not reported as a violation)")
+
+
+class NotificationBroker(Protocol):
+    """What the running sandbox needs of a broker sharing its seccomp listener
+    (warden.supervisor.broker.transparent.TransparentBroker is one; this layer does
+    not import it)."""
+
+    def handle(self, n: Notification) -> bool:
+        """Answer `n` if it is a brokered call (True); False leaves it a violation."""
+        ...
+
+    def fileno(self) -> int:
+        """Readable when work is pending: then call ready()."""
+        ...
+
+    def ready(self) -> None: ...
+
+    def next_deadline(self) -> float | None:
+        """time.monotonic() by which ready() must be called, or None."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Sandbox(metaclass=NoPublicConstructor):
@@ -46,6 +73,7 @@ class Sandbox(metaclass=NoPublicConstructor):
     _pidfd: int
     _status_r: int
     _listener: Listener | None
+    _broker: NotificationBroker | None
     _limiter: limits.Limiter
     _started: float
     _landlock_abi: int
@@ -67,6 +95,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         self._pidfd = pidfd
         self._status_r = status_r
         self._listener = listener
+        self._broker = None
         self._limiter = limiter
         self._started = started
         self._landlock_abi = landlock_abi
@@ -115,7 +144,36 @@ class Sandbox(metaclass=NoPublicConstructor):
         fds = [self._pidfd]
         if self._listener is not None and self._listener.fd >= 0:
             fds.append(self._listener.fd)
+        if self._broker is not None:
+            fds.append(self._broker.fileno())
         return tuple(fds)
+
+    def attach_broker(self, make: Callable[[int], NotificationBroker]) -> NotificationBroker:
+        """Share the seccomp listener with a broker: `make(seccomp_fd)` returns it.
+
+        From then on each notification goes to `broker.handle()` first; what it
+        does not take stays a violation. Call it right after spawn(), before the
+        handle is first serviced: the program's calls wait in the kernel until
+        then. The handle closes the broker when the sandbox ends. Raises
+        SandboxError when the sandbox has no listener (its filter sends nothing
+        to user-notify) or already has a broker."""
+        lst = self._listener
+        if self._status is not None or lst is None or lst.seccomp_fd < 0:
+            raise SandboxError("this sandbox has no seccomp listener to share with a broker")
+        if self._broker is not None:
+            raise SandboxError("this sandbox already has a broker")
+        self._broker = make(lst.seccomp_fd)
+        return self._broker
+
+    def wake_in(self) -> float | None:
+        """Seconds until service() has timed work to do (the wall-clock timeout, a
+        brokered connect's deadline), or None: what an event loop waits at most."""
+        times = [t for t in (self.time_left(),) if t is not None]
+        if self._broker is not None and self._status is None:
+            deadline = self._broker.next_deadline()
+            if deadline is not None:
+                times.append(max(0.0, deadline - time.monotonic()))
+        return min(times) if times else None
 
     def time_left(self) -> float | None:
         """Seconds until the wall-clock timeout, or None without one."""
@@ -155,6 +213,8 @@ class Sandbox(metaclass=NoPublicConstructor):
         if self._status is not None:
             return self._status
         self._read_listener()
+        if self._broker is not None:
+            self._broker.ready()
         if self._deadline is not None and time.monotonic() >= self._deadline:
             self.kill(Outcome.TIMEOUT, f"wall-clock timeout of {self.spec.wall_time_seconds:g}s")
         if wait_readable([self._pidfd], 0):
@@ -175,6 +235,14 @@ class Sandbox(metaclass=NoPublicConstructor):
                 break
             if n is None:
                 continue
+            if self._broker is not None:
+                if n.withdrawn:
+                    # Queued, then taken back before we read it: with the broker on
+                    # the listener most notifications are brokered calls, so this is
+                    # no evidence of a refused one (WEAKENED_BROKER_WITHDRAWN says so).
+                    continue
+                if self._broker.handle(n):
+                    continue
             if self._cause is None:
                 self._cause = (Outcome.SECCOMP_VIOLATION, n.reason(), n.violation())
             self.kill()
@@ -186,7 +254,9 @@ class Sandbox(metaclass=NoPublicConstructor):
         """What the kernel lacked for reading this sandbox's refused calls."""
         if self._listener is None:
             return ()
-        return (((WEAKENED_WAIT_KILLABLE,) if not wait_killable_supported() else ())
+        return (((WEAKENED_BROKER_WITHDRAWN,) if self._broker is not None
+                 and self._listener.witnessed else ())
+                + ((WEAKENED_WAIT_KILLABLE,) if not wait_killable_supported() else ())
                 + ((WEAKENED_NO_WITNESS,) if not self._listener.witnessed else ()))
 
     def poll(self) -> Status | None:
@@ -199,7 +269,7 @@ class Sandbox(metaclass=NoPublicConstructor):
             st = self.service()
             if st is not None:
                 return st
-            waits = [t for t in (self.time_left(),
+            waits = [t for t in (self.wake_in(),
                                  None if end is None else end - time.monotonic())
                      if t is not None]
             left = max(0.0, min(waits)) if waits else None
@@ -303,6 +373,10 @@ class Sandbox(metaclass=NoPublicConstructor):
 
     def _close(self) -> None:
         self._lease.release()  # every process of the sandbox is gone: the ids are free
+        if self._broker is not None:
+            # Before the listener: it answers its connects in progress through it.
+            with contextlib.suppress(Exception):
+                self._broker.close()
         if self._listener is not None:
             self._listener.close()
         for fd in (self._pidfd, self._status_r):

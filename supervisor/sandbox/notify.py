@@ -301,6 +301,12 @@ class Listener:
         # Whether a refused call the sandbox withdraws is seen on this listener.
         self.witnessed = self._ring is not None
 
+    @property
+    def seccomp_fd(self) -> int:
+        """The seccomp listener itself (-1 once closed), for a broker that answers the
+        notifications this listener receives (ioctls only: never read or close it)."""
+        return self._seccomp_fd
+
     def _recv(self) -> Notification | None:
         """One RECV, after the poll said a notification was queued (so it cannot block)."""
         buf = bytearray(_NOTIF.size)

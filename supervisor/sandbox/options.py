@@ -55,6 +55,7 @@ def _opt(default: Any, flag: str, help: str, kind: Kind = "text", *, metavar: st
 
 
 _TUPLES = ("ro_binds", "binds", "tmpfs", "pass_fds", "files", "env", "keep_env")
+_BROKER_TUPLES = ("broker_read", "broker_write", "broker_connect")
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,23 @@ class SandboxOptions:
                                 metavar="K=V")
     keep_env: tuple[str, ...] = _opt((), "--keep-env", "Copy a variable from this "
                                      "environment.", "texts", metavar="K")
+    # The transparent broker (docs/broker.md): the program's own open() and connect()
+    # of what these name are answered by warden, with warden's rights. Read where
+    # warden run starts the sandbox (the policy lives in the supervisor), not by
+    # build_spec.
+    broker_read: tuple[str, ...] = _opt(
+        (), "--broker-read", "Let the program open files at or beneath host PATH for "
+        "reading, opened by warden (outside every bind too); a link, FIFO or device "
+        "only with :links, :fifo, :device.", "texts", metavar="PATH[:links][:fifo][:device]",
+        serve=False, sandbox=False)
+    broker_write: tuple[str, ...] = _opt(
+        (), "--broker-write", "As --broker-read, and for writing, creating and truncating.",
+        "texts", metavar="PATH[:links][:fifo][:device]", serve=False, sandbox=False)
+    broker_connect: tuple[str, ...] = _opt(
+        (), "--broker-connect", "Let the program connect to this address, connected by "
+        "warden in its own network (a name is resolved once, now; IPv6 in brackets); "
+        "every other IP connect is refused.", "texts",
+        metavar="HOST:PORT[-PORT][/tcp|/udp]", serve=False, sandbox=False)
     json_status: str | None = _opt(
         None, "--json-status", "Write the status record as JSON to FILE (opened before the "
         "program starts; refused inside a writable bind), or to stdout with -, which then "
@@ -121,7 +139,7 @@ class SandboxOptions:
 
     def __post_init__(self) -> None:
         # Frozen all the way down: lists the API was given become tuples.
-        for name in _TUPLES:
+        for name in _TUPLES + _BROKER_TUPLES:
             value = getattr(self, name)
             if isinstance(value, str):
                 raise TypeError(f"{name}: expected a list of strings, got a string")
