@@ -28,6 +28,9 @@ def _bpf(paths: bool, addresses: bool, rules: tuple[SyscallRule, ...] = ()) -> b
     return compile_policy(wiring.filter_policy(seccomp, names, "default"), kill_as_notify=True)
 
 
+AF_PACKET = 17
+
+
 def _ret(bpf: bytes, call: str, *args: int) -> int:
     nr = number(call)
     assert nr is not None
@@ -45,7 +48,8 @@ def test_paths_only_notify_the_open_family_and_lookups_not_connect() -> None:
     assert _ret(bpf, "statx", 3, 0, AT_EMPTY_PATH) == ALLOW
     assert _ret(bpf, "statx", 3, 0, 0) == NOTIFY
     assert _ret(bpf, "connect") == ALLOW
-    assert _ret(bpf, "socket", AF_INET) == EPERM  # the profile's own rule stands
+    assert _ret(bpf, "socket", AF_PACKET) == EPERM  # the profile's own rules stand
+    assert _ret(bpf, "socket", AF_INET) == ALLOW
 
 
 def test_addresses_notify_connect_and_allow_ip_sockets() -> None:
@@ -54,7 +58,7 @@ def test_addresses_notify_connect_and_allow_ip_sockets() -> None:
     assert _ret(bpf, "stat") == ALLOW  # no path rules: no lookups
     for family in (AF_UNIX, AF_INET, AF_INET6, AF_INET | 1 << 32):
         assert _ret(bpf, "socket", family) == ALLOW, family
-    assert _ret(bpf, "socket", 16) == EPERM  # AF_NETLINK: still the profile's answer
+    assert _ret(bpf, "socket", AF_PACKET) == EPERM  # still the profile's answer
 
 
 def test_the_profiles_conditional_refusals_come_first() -> None:
