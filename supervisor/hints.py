@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 
 from warden.profiles.constants import CONSTANTS
-from warden.supervisor.sandbox.status import Violation
+from warden.supervisor.sandbox.status import Complaint, Violation
 
 # Which argument of a call holds which family of constants (by name prefix):
 # "=" a single value of the family, "|" flags of it (several may be or-ed).
@@ -85,7 +85,7 @@ def _clone_flags(value: int) -> str:
     return text or "0"
 
 
-def call_text(v: Violation) -> str:
+def call_text(v: Violation | Complaint) -> str:
     """`name(arg, ...)` with the arguments warden knows the meaning of decoded."""
     kinds = _ARGS.get(v.syscall, ())
     shown = []
@@ -119,3 +119,22 @@ def how_to_allow(v: Violation, profile: str) -> list[str]:
         f'    then set allow = ["{v.syscall}"] in it and run with -p profiles/{mine}.toml',
         f"(warden profile explain {profile} {v.syscall} shows which rule refused it)",
     ]
+
+
+def allow_all(complaints: tuple[Complaint, ...], profile: str) -> list[str]:
+    """After --complain: the allow list that lets every named call through, and how
+    to start the profile that holds it."""
+    names = sorted({c.syscall for c in complaints
+                    if not c.syscall.startswith("unknown(") and c.arch in ("x86_64", "native")})
+    others = sorted({f"{c.syscall} ({c.arch})" for c in complaints
+                     if c.syscall.startswith("unknown(") or c.arch not in ("x86_64", "native")})
+    lines = []
+    if names:
+        mine = "my-" + profile.rsplit("/", 1)[-1].removesuffix(".toml")
+        listed = ", ".join(f'"{n}"' for n in names)
+        lines += [f"to allow them: warden profile new {mine} --from {profile}, then in "
+                  f"profiles/{mine}.toml set", f"    allow = [{listed}]"]
+    if others:
+        lines.append("not allowable by name (another architecture or an unknown number): "
+                     + ", ".join(others))
+    return lines

@@ -114,6 +114,8 @@ def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
             click.echo(f"warden: {out.what}: the status record could not be written: "
                        f"{e.strerror}", err=True)
             os._exit(EXIT_SETUP)
+    if not quiet and status.complaints:
+        _report_complaints(status, options.profile)
     if not quiet and status.outcome.value not in ("ok", "exited"):
         _report(status, options.profile)
     # Everything is written and the sandbox is gone (reaped, cgroup removed):
@@ -135,6 +137,18 @@ def _report(status: Status, profile: str) -> None:
     click.echo(f"warden: seccomp violation: {call_text(status.violation)}; sandbox killed",
                err=True)
     for line in how_to_allow(status.violation, profile):
+        click.echo(f"warden: {line}", err=True)
+
+
+def _report_complaints(status: Status, profile: str) -> None:
+    """--complain: every call the profile would have killed for, and one line that
+    allows them all."""
+    from warden.supervisor.hints import allow_all, call_text
+
+    for c in status.complaints:
+        times = f" ({c.count} times)" if c.count > 1 else ""
+        click.echo(f"warden: refused (EPERM under --complain): {call_text(c)}{times}", err=True)
+    for line in allow_all(status.complaints, profile):
         click.echo(f"warden: {line}", err=True)
 
 

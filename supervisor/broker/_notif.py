@@ -19,16 +19,14 @@ import struct
 
 from warden.supervisor.sandbox import _sys
 from warden.supervisor.sandbox.notify import SECCOMP_IOCTL_NOTIF_RECV, Notification
+from warden.supervisor.sandbox.notify import respond as respond  # the one copy, re-exported
 
-SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
 SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
-SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 SECCOMP_ADDFD_FLAG_SETFD = 1
 SECCOMP_ADDFD_FLAG_SEND = 2
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")
-_RESP = struct.Struct("=QqiI")
 _ADDFD = struct.Struct("=QIIII")
 _ID = struct.Struct("=Q")
 _NR_PIDFD_GETFD = 438
@@ -64,18 +62,6 @@ def id_valid(fd: int, nid: int) -> bool:
     still in the call), so what was read from its pid was read from that caller."""
     try:
         fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, _ID.pack(nid))
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def respond(fd: int, nid: int, *, val: int = 0, error: int = 0, cont: bool = False) -> bool:
-    """Answer `nid`: return `val`, fail with `error` (a positive errno), or let the call
-    run as the caller made it (`cont`). False when it was withdrawn meanwhile."""
-    buf = bytearray(_RESP.pack(nid, val, -error if error else 0,
-                               SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0))
-    try:
-        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, buf, True)
     except FileNotFoundError:
         return False
     return True

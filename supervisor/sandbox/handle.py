@@ -9,6 +9,8 @@ the program.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import os
 import signal
 import socket
@@ -20,16 +22,26 @@ from typing import Any, Protocol
 from warden.supervisor.sandbox import ids, limits, pidns
 from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.lowlevel import NoPublicConstructor, wait_readable
-from warden.supervisor.sandbox.notify import WEAKENED_NO_WITNESS, Listener, Notification
+from warden.supervisor.sandbox.notify import (
+    WEAKENED_NO_WITNESS,
+    Listener,
+    Notification,
+    respond,
+)
 from warden.supervisor.sandbox.seccomp import WEAKENED_WAIT_KILLABLE, wait_killable_supported
 from warden.supervisor.sandbox.spec import SandboxSpec
-from warden.supervisor.sandbox.status import Outcome, Status, Violation
+from warden.supervisor.sandbox.status import Complaint, Outcome, Status, Violation
 
 _KILLED_EXIT = 128 + signal.SIGKILL
 
 WEAKENED_BROKER_WITHDRAWN = (
     "seccomp refusal witness (the broker shares the listener: a call withdrawn before "
     "warden read it may have been a brokered one, so it is not reported as a violation)")
+
+
+# Distinct refused calls --complain keeps (each with its count): a program cannot
+# grow the supervisor's memory by making every possible call.
+MAX_COMPLAINTS = 512
 
 
 class NotificationBroker(Protocol):
@@ -79,6 +91,7 @@ class Sandbox(metaclass=NoPublicConstructor):
     _landlock_abi: int
     _deadline: float | None
     _cause: tuple[Outcome, str, Violation | None] | None
+    _complaints: dict[tuple[str, str], Complaint]
     _status: Status | None
 
     _factory_name = "warden.supervisor.sandbox.spawn()"
@@ -102,6 +115,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         self._deadline = (started + spec.wall_time_seconds
                           if spec.wall_time_seconds is not None else None)
         self._cause = None
+        self._complaints = {}
         self._status = None
         self._lease = lease  # the sandbox's outer ids are held as long as its handle lives
         self.outer_ids = (lease.uid, lease.gid)
@@ -243,12 +257,29 @@ class Sandbox(metaclass=NoPublicConstructor):
                     continue
                 if self._broker.handle(n):
                     continue
+            if self.spec.complain:
+                self._complain(lst.seccomp_fd, n)
+                continue
             if self._cause is None:
                 self._cause = (Outcome.SECCOMP_VIOLATION, n.reason(), n.violation())
             self.kill()
             return
         if state != "idle":  # ended: no process uses the filter any more, or it failed
             lst.close()
+
+    def _complain(self, fd: int, n: Notification) -> None:
+        """--complain: record the refused call (first args, count) and answer EPERM.
+        A withdrawn one was never made; distinct calls kept are bounded."""
+        if n.withdrawn:
+            return
+        v = n.violation()
+        key = (v.syscall, v.arch)
+        seen = self._complaints.get(key)
+        if seen is not None:
+            self._complaints[key] = dataclasses.replace(seen, count=seen.count + 1)
+        elif len(self._complaints) < MAX_COMPLAINTS:
+            self._complaints[key] = Complaint(v.syscall, v.nr, v.arch, v.args, 1)
+        respond(fd, n.id, error=errno.EPERM)
 
     def _notify_weakened(self) -> tuple[str, ...]:
         """What the kernel lacked for reading this sandbox's refused calls."""
@@ -306,7 +337,8 @@ class Sandbox(metaclass=NoPublicConstructor):
         common: dict[str, Any] = dict(
             wall_time=wall, cpu_time=cpu, peak_memory_bytes=peak,
             limits_mechanism=self._limiter.mechanism, landlock_abi=self._landlock_abi,
-            weakened=self._weakened() + notify_weakened)
+            weakened=self._weakened() + notify_weakened,
+            complaints=tuple(self._complaints.values()))
         st: Status
         if self._cause is not None:
             outcome, reason, violation = self._cause

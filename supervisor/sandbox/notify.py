@@ -57,6 +57,9 @@ from warden.supervisor.sandbox.status import Violation
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")  # id, pid, flags, nr, arch, ip, args[6]
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+_RESP = struct.Struct("=QqiI")  # seccomp_notif_resp: id u64, val s64, error s32, flags u32
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -104,6 +107,19 @@ class Notification(NamedTuple):
             return f"seccomp refused a call: {WITHDRAWN}"
         v = self.violation()
         return f"seccomp refused {v.syscall}" + (f" ({v.arch})" if v.arch != "x86_64" else "")
+
+
+def respond(fd: int, nid: int, *, val: int = 0, error: int = 0, cont: bool = False) -> bool:
+    """Answer notification `nid` on listener `fd`: return `val`, fail with `error` (a
+    positive errno), or let the call run as the caller made it (`cont`). False when it
+    was withdrawn meanwhile (its caller was interrupted or is gone)."""
+    buf = bytearray(_RESP.pack(nid, val, -error if error else 0,
+                               SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0))
+    try:
+        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, buf, True)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def syscall_name(arch_token: int, nr: int) -> str:

@@ -116,6 +116,9 @@ class SandboxOptions:
         "warden in its own network (a name is resolved once, now; IPv6 in brackets); "
         "every other IP connect is refused.", "texts",
         metavar="HOST:PORT[-PORT][/tcp|/udp]", serve=False, sandbox=False)
+    complain: bool = _opt(False, "--complain", "Answer every call the profile would kill "
+                          "for with EPERM instead, let the program go on, and list every such "
+                          "call in the status: the loop for writing a profile.", "flag")
     json_status: str | None = _opt(
         None, "--json-status", "Write the status record as JSON to FILE (opened before the "
         "program starts; refused inside a writable bind), or to stdout with -, which then "

@@ -92,6 +92,9 @@ class SandboxSpec:
     # zygote): the kernel refuses a new procfs where the old one is partly covered.
     mask_proc_keys: bool = True
     notify: bool = field(default=True)  # filter reports kill actions to the supervisor
+    # Answer the calls the filter reports with EPERM and record them all, instead of
+    # killing the sandbox at the first (--complain).
+    complain: bool = False
 
     def fd_map(self) -> dict[int, int | FileGrant | str]:
         """{child_fd: source}: a caller fd, a file to open, or "channel"."""
@@ -345,8 +348,17 @@ def build_spec(
         outer_uid=outer.fixed[0] if outer.fixed else None,
         outer_gid=outer.fixed[1] if outer.fixed else None, outer_id_range=outer.range,
         userns_limits=ns_limits, memory_rlimit_only=o.memory_rlimit_only,
-        notify=uses_notify(seccomp_filter),
+        notify=uses_notify(seccomp_filter), complain=_complain(o.complain, seccomp_filter),
     )
+
+
+def _complain(complain: bool, seccomp_filter: bytes) -> bool:
+    from warden.supervisor.sandbox.seccomp import uses_notify
+
+    if complain and not uses_notify(seccomp_filter):
+        raise SpecError(f"{flag('complain')}: the seccomp filter given reports no call to "
+                        "the supervisor (it was compiled without kill_as_notify)")
+    return complain
 
 
 def _userns_limits(values: Mapping[str, int]) -> tuple[tuple[str, int], ...]:

@@ -45,6 +45,18 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class Complaint:
+    """A call the filter would have killed for, answered with EPERM under --complain:
+    the first time it was made, and how many times in all."""
+
+    syscall: str
+    nr: int
+    arch: str
+    args: tuple[int, ...]  # of the first such call
+    count: int
+
+
+@dataclass(frozen=True)
 class SetupFailure:
     """A setup step in the child that the kernel refused."""
 
@@ -72,6 +84,8 @@ class Status:
     # Confinement this sandbox went without, each with why: an explicit opt-out
     # (--share-net) or what the kernel lacks (Landlock). Never silent.
     weakened: tuple[str, ...] = field(default_factory=tuple)
+    # Under --complain: every refused call, in the order first made (see Complaint).
+    complaints: tuple[Complaint, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -81,6 +95,7 @@ class Status:
         d["weakened"] = list(self.weakened)
         if self.violation is not None:
             d["violation"]["args"] = list(self.violation.args)
+        d["complaints"] = [{**asdict(c), "args": list(c.args)} for c in self.complaints]
         return d
 
     def to_json(self) -> str:
