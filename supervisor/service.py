@@ -164,6 +164,7 @@ Text = Annotated[str, msgspec.Meta(max_length=1000)]
 class ParamInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(max_length=200)]
     handle: Annotated[str, msgspec.Meta(max_length=64)]  # "" for a value, else the kind
+    optional: bool = False  # has a default
 
 
 class MethodInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -230,7 +231,8 @@ def describe(iface: type[ipc.Interface]) -> tuple[MethodInfo, ...]:
         params = []
         for p in spec.signature.parameters.values():
             h = next((h for h in spec.handles if h.name == p.name), None)
-            params.append(ParamInfo(p.name, h.cls.__name__ if h else ""))
+            params.append(ParamInfo(p.name, h.cls.__name__ if h else "",
+                                    p.default is not p.empty))
         rh = spec.result_handle
         out.append(MethodInfo(name=name, params=tuple(params), oneway=spec.oneway,
                               signature=f"{name}{spec.signature}"[:1000],
