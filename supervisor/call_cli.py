@@ -64,13 +64,15 @@ class _Raw:
 
     def request(self, name: str, params: dict[str, Any], fds: list[int],
                 oneway: bool = False) -> tuple[int, Any, list[int]]:
+        kind, rid = (KIND_MESSAGE, 0) if oneway else (KIND_CALL, self.rid + 1)
+        try:
+            send_frame(self.sock, _encode((kind, method_id(WIRE_NAME, name), rid, params)),
+                       fds)
+        except (ConnectionResetError, BrokenPipeError):  # refused before we sent
+            self._closed(name)
         if oneway:
-            send_frame(self.sock, _encode((KIND_MESSAGE, method_id(WIRE_NAME, name), 0,
-                                           params)), fds)
             return KIND_MESSAGE, None, []
-        self.rid += 1
-        send_frame(self.sock, _encode((KIND_CALL, method_id(WIRE_NAME, name), self.rid,
-                                       params)), fds)
+        self.rid = rid
         try:
             got = self.reader.read()
         except BadMessage as e:
@@ -80,9 +82,7 @@ class _Raw:
         except TimeoutError:
             _fail(f"{self.address}: no reply to {name}() in time")
         if got is None:
-            _fail(f"{self.address}: the service closed the connection during {name}(): no "
-                  "role for this uid, over its connection limits, or a call it refused as "
-                  "malformed (its log says which)")
+            self._closed(name)
         frame, got_fds = got
         kind, _method, rid, payload = ENVELOPE_DECODER.decode(frame)
         if rid != self.rid:
@@ -92,6 +92,12 @@ class _Raw:
             close_all(got_fds)
             return kind, ERROR_DECODER.decode(payload).message, []
         return kind, bytes(payload), list(got_fds)
+
+
+    def _closed(self, name: str) -> NoReturn:
+        _fail(f"{self.address}: the service closed the connection during {name}(): no "
+              "role for this uid, over its connection limits, or a call it refused as "
+              "malformed (its log says which)")
 
 
 def _open_arg(path: str, kind: str) -> int:

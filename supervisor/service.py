@@ -544,7 +544,7 @@ class ServiceClient:
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
             return getattr(self.channel.remote, method)(*args, **kwargs)
-        except ipc.ChannelClosed as e:
+        except (ipc.ChannelClosed, BrokenPipeError, ConnectionResetError) as e:
             raise ServiceRefused(
                 f"the service closed the connection during {method}(): no role for this "
                 "uid, over its connection limits, or a call it refused (see its log)"
