@@ -302,6 +302,8 @@ class Service:
         self.refused: collections.Counter[str] = collections.Counter()
         self.records: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
         self.served = 0
+        self._last_refusal_log = -1e9
+        self._quiet_refusals = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._impls: dict[str, ipc.Interface] = {}
         self.limits = ipc.Limits(max_calls_in_flight=cfg.max_calls_per_connection,
@@ -384,6 +386,15 @@ class Service:
     def _record(self, what: str, **fields: Any) -> None:
         rec = {"time": time.time(), "event": what, **fields}
         self.records.append(rec)
+        if what == "refused":  # a flood must not flood the log: one line a second
+            now = time.monotonic()
+            if now - self._last_refusal_log < 1.0:
+                self._quiet_refusals += 1
+                return
+            self._last_refusal_log = now
+            if self._quiet_refusals:
+                fields = {**fields, "not_logged_since_last": self._quiet_refusals}
+                self._quiet_refusals = 0
         log.warning("service: %s: %s", what, " ".join(f"{k}={v}" for k, v in fields.items()))
 
     def _admit(self, conn: socket.socket) -> None:
