@@ -23,6 +23,7 @@ from warden.supervisor.startup import pause_gc, start_up_done
 
 # name -> "module:attribute"; each command lives beside the code it drives.
 COMMANDS = {
+    "call": "warden.supervisor.call_cli:call_command",
     "profile": "warden.profiles.cli:profile_group",
     "run": "warden.supervisor.run_cli:run_command",
     "serve": "warden.supervisor.serve_cli:serve_command",

@@ -51,6 +51,7 @@ import sys
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -63,6 +64,16 @@ from warden.supervisor.pool import RESTART_MODES, RestartPolicy
 from warden.supervisor.sandbox import hostpath
 from warden.supervisor.sandbox.options import SandboxOptions, described
 from warden.supervisor.sandbox.spec import SpecError, parse_size
+from warden.supervisor.service import (
+    BUILTIN,
+    Role,
+    RoleSection,
+    Service,
+    ServiceConfig,
+    ServiceSection,
+    group_id,
+    user_id,
+)
 from warden.supervisor.worker_main import resolve
 
 log = logging.getLogger("warden.serve")
@@ -132,6 +143,8 @@ class ServeConfig:
     # Directories the workers' modules are imported from (absolute): on sys.path
     # here, bound read-only into the workers.
     code_paths: tuple[str, ...] = ()
+    # The named-socket service ([service] and [roles.NAME]; supervisor/service.py), if any.
+    service: ServiceConfig | None = None
 
 
 # ---- the config file's structs (decoded with msgspec, strict, unknown keys refused) ----
@@ -309,10 +322,10 @@ def load_config(path: str) -> ServeConfig:
         lines = text.splitlines()
         raise ConfigError(str(e)[: at.start()], file=path, line=line, column=column,
                           source_line=lines[line - 1] if line <= len(lines) else "") from None
-    top = sorted(set(r.data) - {"supervisor", "pools"})
+    top = sorted(set(r.data) - {"supervisor", "pools", "service", "roles"})
     if top:
-        raise r.error((top[0],), "unknown section (expected [supervisor] and [pools.NAME])",
-                      key=True)
+        raise r.error((top[0],), "unknown section (expected [supervisor], [pools.NAME], "
+                      "[service] and [roles.NAME])", key=True)
     sup: SupervisorSection = r.convert(r.data.get("supervisor", {}), SupervisorSection,
                                        ("supervisor",))
     here = os.path.dirname(os.path.abspath(path))
@@ -328,9 +341,67 @@ def load_config(path: str) -> ServeConfig:
     if not isinstance(pools_raw, dict) or not pools_raw:
         raise r.error(("pools",) if "pools" in r.data else (),
                       "no [pools.NAME] section: nothing to serve", named=True)
+    pools = tuple(_pool(r, name, raw) for name, raw in pools_raw.items())
     return ServeConfig(path=path, start_method=sup.start_method, preload=sup.preload,
                        status_socket=status_socket, code_paths=tuple(code_paths),
-                       pools=tuple(_pool(r, name, raw) for name, raw in pools_raw.items()))
+                       pools=pools, service=_service(r, here, {p.name for p in pools}))
+
+
+def _service(r: _Reader, here: str, pools: set[str]) -> ServiceConfig | None:
+    """[service] and [roles.NAME]: both, or neither."""
+    if "service" not in r.data and "roles" not in r.data:
+        return None
+    if "service" not in r.data:
+        raise r.error(("roles",), "roles without a [service] section (its socket)", key=True)
+    raw_roles = r.data.get("roles", {})
+    if not isinstance(raw_roles, dict) or not raw_roles:
+        raise r.error(("service",), "a [service] needs at least one [roles.NAME]: "
+                      "nobody could call it", key=True)
+    svc: ServiceSection = r.convert(r.data["service"], ServiceSection, ("service",))
+    if (svc.socket is None) == (svc.abstract is None):
+        raise r.error(("service",), 'give exactly one of socket = "PATH" or '
+                      'abstract = "NAME"', key=True)
+    if BUILTIN in pools:
+        raise r.error(("pools", BUILTIN), f"the pool name {BUILTIN!r} is reserved for the "
+                      "service's own methods", key=True)
+    ids: dict[str, int | None] = {}
+    for key, look in (("owner", user_id), ("group", group_id)):
+        ref = getattr(svc, key)
+        if ref is not None and svc.abstract is not None:
+            raise r.error(("service", key), "an abstract socket has no owner or mode",
+                          key=True)
+        try:
+            ids[key] = None if ref is None else look(ref)
+        except KeyError:
+            raise r.error(("service", key), f"no such {'user' if key == 'owner' else 'group'}"
+                          f" {ref!r}") from None
+    roles = []
+    for name, raw in raw_roles.items():
+        at = ("roles", name)
+        rs: RoleSection = r.convert(raw, RoleSection, at)
+        for i, p in enumerate(rs.pools):
+            if p not in pools:
+                raise r.error((*at, "pools", i), f"no pool named {p!r} (pools: "
+                              f"{', '.join(sorted(pools))})")
+        if not (rs.uids or rs.gids or rs.groups):
+            raise r.error(at, "a role needs uids, gids or groups: it would match nobody",
+                          key=True)
+        gids = set()
+        for i, g in enumerate(rs.groups):
+            try:
+                gids.add(group_id(g))
+            except KeyError:
+                raise r.error((*at, "groups", i), f"no such group {g!r}") from None
+        roles.append(Role(name=name, uids=frozenset(rs.uids), gids=frozenset(rs.gids),
+                          groups=frozenset(gids), pools=rs.pools, admin=rs.admin,
+                          permissions=frozenset(rs.permissions)))
+    path = None if svc.socket is None else os.path.abspath(os.path.join(here, svc.socket))
+    return ServiceConfig(path=path, abstract=svc.abstract, mode=svc.mode,
+                         owner=ids["owner"], group=ids["group"], backlog=svc.backlog,
+                         max_connections=svc.max_connections,
+                         max_connections_per_uid=svc.max_connections_per_uid,
+                         max_calls_per_connection=svc.max_calls_per_connection,
+                         roles=tuple(roles))
 
 
 def _pool(r: _Reader, name: str, raw: Any) -> PoolConfig:
@@ -382,17 +453,25 @@ async def serve(cfg: ServeConfig, *, ready: asyncio.Event | None = None) -> int:
     sys.path[:0] = [p for p in cfg.code_paths if p not in sys.path]
     # First, so a socket path that is refused fails before any worker starts.
     place = StatusSocket.place(cfg.status_socket)
-    sup = Supervisor(start_method=cfg.start_method, zygote=cfg.start_method == "zygote",
-                     zygote_preload=preload, code_paths=cfg.code_paths)
+    svc_place: StatusSocket | None = None
     try:
-        return await _serve(cfg, sup, place, stop, ready)
+        if cfg.service is not None and cfg.service.path is not None:
+            svc_place = StatusSocket.place(cfg.service.path, what="service.socket")
+        sup = Supervisor(start_method=cfg.start_method, zygote=cfg.start_method == "zygote",
+                         zygote_preload=preload, code_paths=cfg.code_paths)
+        return await _serve(cfg, sup, place, svc_place, stop, ready)
     finally:
         place.remove()
+        if svc_place is not None:
+            svc_place.remove()
 
 
 async def _serve(cfg: ServeConfig, sup: Supervisor, place: StatusSocket,
-                 stop: asyncio.Event, ready: asyncio.Event | None) -> int:
+                 svc_place: StatusSocket | None, stop: asyncio.Event,
+                 ready: asyncio.Event | None) -> int:
     loop = asyncio.get_running_loop()
+    pools: dict[str, Any] = {}
+    service: Service | None = None
     async with sup:
         for pc in cfg.pools:
             try:
@@ -404,14 +483,24 @@ async def _serve(cfg: ServeConfig, sup: Supervisor, place: StatusSocket,
             kw: dict[str, Any] = {"options": pc.options} if pc.program else \
                 {k: v for k, v in pc.options.changed().items() if k in _MODULE_OPTIONS}
             kw.setdefault("profile", pc.profile)
-            await sup.pool(iface, pc.module if pc.module else list(pc.program or ()),
-                           size=pc.count, name=pc.name, restart=pc.restart,
-                           call_timeout=pc.call_timeout, **kw)
+            pools[pc.name] = await sup.pool(
+                iface, pc.module if pc.module else list(pc.program or ()), size=pc.count,
+                name=pc.name, restart=pc.restart, call_timeout=pc.call_timeout, **kw)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning(
             "status: %s", json.dumps(sup.status(), sort_keys=True)))
-        server = await _status_server(place, sup)
+        status = sup.status
+        if cfg.service is not None:
+            try:
+                service = Service(cfg.service, pools, sup.status)
+            except InvalidInput as e:
+                raise ConfigError(f"{cfg.path}: {e}") from None
+            service.start(_service_socket(cfg.service, svc_place))
+            status = service.status
+            log.info("service socket %s: %d role(s)", cfg.service.address,
+                     len(cfg.service.roles))
+        server = await _status_server(place, status)
         log.info("serving %d pool(s); status socket %s", len(cfg.pools), cfg.status_socket)
         if ready is not None:
             ready.set()
@@ -420,6 +509,8 @@ async def _serve(cfg: ServeConfig, sup: Supervisor, place: StatusSocket,
         finally:
             log.info("shutting down")
             server.close()
+            if service is not None:
+                await service.aclose()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
     return 0
@@ -439,27 +530,27 @@ class StatusSocket:
 
     WHAT = "supervisor.status_socket"
 
-    def __init__(self, path: str, dir_fd: int, name: str) -> None:
-        self.path, self.dir_fd, self.name = path, dir_fd, name
+    def __init__(self, path: str, dir_fd: int, name: str, what: str = WHAT) -> None:
+        self.path, self.dir_fd, self.name, self.WHAT = path, dir_fd, name, what
         self.sock: socket.socket | None = None
         self.ident = (0, 0)
 
     @classmethod
-    def place(cls, path: str) -> StatusSocket:
+    def place(cls, path: str, what: str = WHAT) -> StatusSocket:
         """Check where the socket goes (before any worker starts); `bind` makes it.
 
         Raises ConfigError, one sentence naming the path, when the place is refused."""
         parent, name = os.path.split(os.path.abspath(path))
         try:
-            dir_fd, st = hostpath.open_path(parent or "/", cls.WHAT)
+            dir_fd, st = hostpath.open_path(parent or "/", what)
         except hostpath.HostPathError as e:
             raise ConfigError(str(e)) from None
         problem = _unsafe_dir(st)
         if problem:
             os.close(dir_fd)
-            raise ConfigError(f"{cls.WHAT}: {path} was refused: its directory {parent} "
+            raise ConfigError(f"{what}: {path} was refused: its directory {parent} "
                               f"{problem}; put the socket in a directory only you can write")
-        out = cls(path, dir_fd, name)
+        out = cls(path, dir_fd, name, what)
         try:
             out._stale()
         except BaseException:
@@ -478,13 +569,13 @@ class StatusSocket:
                               "socket of ours; remove it or choose another path")
         return True
 
-    def bind(self) -> socket.socket:
+    def bind(self, kind: int = socket.SOCK_STREAM) -> socket.socket:
         """Make the socket (mode 0600), replacing a previous server's."""
         if self._stale():
             # Its name is ours, in a directory where nobody else may rename or
             # remove entries, so this removes that very socket.
             os.unlink(self.name, dir_fd=self.dir_fd)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
         umask = os.umask(0o177)
         try:
             sock.bind(f"/proc/self/fd/{self.dir_fd}/{self.name}")
@@ -521,10 +612,38 @@ def _unsafe_dir(st: os.stat_result) -> str:
     return ""
 
 
-async def _status_server(place: StatusSocket, sup: Supervisor) -> asyncio.AbstractServer:
+def _service_socket(cfg: ServiceConfig, place: StatusSocket | None) -> socket.socket:
+    """The service's listening socket: at its path (made as the status socket is, then
+    given the config's owner, group and mode) or at its abstract name."""
+    if place is None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind("\0" + (cfg.abstract or ""))
+        except OSError as e:
+            sock.close()
+            raise ConfigError(f"service.abstract: @{cfg.abstract}: {e.strerror}") from None
+    else:
+        sock = place.bind(socket.SOCK_SEQPACKET)
+        try:
+            if cfg.owner is not None or cfg.group is not None:
+                os.chown(place.name, -1 if cfg.owner is None else cfg.owner,
+                         -1 if cfg.group is None else cfg.group, dir_fd=place.dir_fd,
+                         follow_symlinks=False)
+            # Made 0600 by bind; its name is ours in a directory nobody else may change
+            # (place checked that), so this is that very socket.
+            os.chmod(place.name, cfg.mode, dir_fd=place.dir_fd)
+        except OSError as e:
+            raise ConfigError(f"service.socket: {cfg.path}: cannot set its owner or mode: "
+                              f"{e.strerror}") from None
+    sock.listen(cfg.backlog)
+    return sock
+
+
+async def _status_server(place: StatusSocket,
+                         status: Callable[[], dict[str, Any]]) -> asyncio.AbstractServer:
     async def answer(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         try:
-            w.write(json.dumps(sup.status(), sort_keys=True).encode() + b"\n")
+            w.write(json.dumps(status(), sort_keys=True).encode() + b"\n")
             await w.drain()
         finally:
             w.close()

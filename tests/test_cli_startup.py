@@ -39,7 +39,7 @@ def test_help_lists_every_command() -> None:
     out = subprocess.run([PYTHON, "-m", "warden", "--help"], capture_output=True,
                          text=True, check=True, env=python_env(ROOT)).stdout
     listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed == ["profile", "run", "serve", "status"]
+    assert listed == ["call", "profile", "run", "serve", "status"]
 
 
 def test_warden_run_loads_neither_asyncio_nor_the_profile_tools(tmp_path: Path) -> None:
