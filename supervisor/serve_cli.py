@@ -12,7 +12,8 @@ import click
 
 from warden.errors import EXIT_SETUP
 from warden.supervisor.sandbox.hostpath import HostPathError
-from warden.supervisor.serve import ConfigError, load_config, query_status
+from warden.supervisor.serve import query_status
+from warden.supervisor.serve_config import ConfigError, load_config
 
 
 def _refused(e: ConfigError | HostPathError) -> NoReturn:

@@ -400,7 +400,7 @@ def test_the_walk_without_openat2_refuses_links_too(tmp_path: Path,
 
 
 def test_serve_config_fifo_and_link_are_refused_without_blocking(tmp_path: Path) -> None:
-    from warden.supervisor.serve import ConfigError, load_config
+    from warden.supervisor.serve_config import ConfigError, load_config
 
     fifo = tmp_path / "serve.toml"
     os.mkfifo(fifo)
@@ -414,7 +414,8 @@ def test_serve_config_fifo_and_link_are_refused_without_blocking(tmp_path: Path)
 
 def test_serve_status_socket_never_unlinks_or_follows_what_it_did_not_make(
         tmp_path: Path) -> None:
-    from warden.supervisor.serve import ConfigError, StatusSocket
+    from warden.supervisor.serve import StatusSocket
+    from warden.supervisor.serve_config import ConfigError
 
     victim = tmp_path / "victim"
     victim.write_text("keep me")

@@ -16,7 +16,7 @@ from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import WORKTREE, alive
 from warden.errors import EXIT_SETUP
 from warden.supervisor.cli import main as cli
-from warden.supervisor.serve import ConfigError, load_config
+from warden.supervisor.serve_config import ConfigError, load_config
 
 GOOD = """
 [supervisor]

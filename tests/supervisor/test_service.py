@@ -23,7 +23,8 @@ from tests.interpreter import PYTHON, python_env
 from tests.supervisor.util import WORKTREE
 from warden.errors import EXIT_SETUP
 from warden.ipc.wire import method_id
-from warden.supervisor.serve import ConfigError, load_config, query_status
+from warden.supervisor.serve import query_status
+from warden.supervisor.serve_config import ConfigError, load_config
 from warden.supervisor.service import WIRE_NAME
 
 ROOT = os.geteuid() == 0
