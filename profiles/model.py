@@ -130,6 +130,26 @@ class Bind:
     optional: bool = False  # a missing source is skipped instead of an error
 
 
+# Mount points every sandbox makes itself: no bind or tmpfs may replace them,
+# except a tmpfs on /dev/shm, which then replaces the built-in one (its size).
+RESERVED_DESTS = ("/proc", "/dev")
+SHM_DEST = "/dev/shm"
+
+
+def reserved_dest(dest: str, tmpfs: bool = False) -> str | None:
+    """The reserved mount (/proc, /dev) `dest` lies in, or None when it may be used.
+
+    The one rule: `warden profile check` (the parser) and `warden run` (build_spec)
+    both ask it, so run never refuses what check accepted."""
+    clean = "/" + "/".join(p for p in dest.split("/") if p and p != ".")
+    if tmpfs and clean == SHM_DEST:
+        return None
+    for r in RESERVED_DESTS:
+        if clean == r or clean.startswith(r + "/"):
+            return r
+    return None
+
+
 @dataclass(frozen=True)
 class Tmpfs:
     """An empty tmpfs mounted at `dest` inside the sandbox."""

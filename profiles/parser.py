@@ -17,7 +17,16 @@ from typing import NoReturn
 from warden.profiles import constants, syscalls
 from warden.profiles.errors import ProfileError
 from warden.profiles.locator import Locator, Path
-from warden.profiles.model import Action, ActionKind, ArgCondition, ArgOp, Bind, Origin, Tmpfs
+from warden.profiles.model import (
+    Action,
+    ActionKind,
+    ArgCondition,
+    ArgOp,
+    Bind,
+    Origin,
+    Tmpfs,
+    reserved_dest,
+)
 
 TOP_KEYS = ("description", "extends", "include", "seccomp", "namespaces", "filesystem",
             "limits", "environment")
@@ -425,6 +434,7 @@ def _rule(ctx: _Context, layer: Layer, path: Path, value: object) -> None:
 def _bind(ctx: _Context, path: Path, value: object, writable: bool) -> Bind:
     if isinstance(value, str):
         src = ctx.abspath(path, value)
+        _not_reserved(ctx, path, src, False)
         return Bind(src, src, writable)
     entry = ctx.table(path, value)
     ctx.check_keys(path, entry, BIND_KEYS)
@@ -433,7 +443,15 @@ def _bind(ctx: _Context, path: Path, value: object, writable: bool) -> Bind:
     src = ctx.abspath((*path, "source"), entry["source"])
     dest = ctx.abspath((*path, "dest"), entry["dest"]) if "dest" in entry else src
     optional = ctx.boolean((*path, "optional"), entry["optional"]) if "optional" in entry else False
+    _not_reserved(ctx, (*path, "dest") if "dest" in entry else (*path, "source"), dest, False)
     return Bind(src, dest, writable, optional)
+
+
+def _not_reserved(ctx: _Context, path: Path, dest: str, tmpfs: bool) -> None:
+    r = reserved_dest(dest, tmpfs)
+    if r is not None:
+        ctx.error(path, f"destination {dest} is reserved (the sandbox mounts its own {r})",
+                  expected="a path outside /proc and /dev (a tmpfs may be /dev/shm)")
 
 
 def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
@@ -456,12 +474,14 @@ def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
             p: Path = (*base, "tmpfs", i)
             if isinstance(item, str):
                 layer.tmpfs.append(Tmpfs(ctx.abspath(p, item)))
+                _not_reserved(ctx, p, item, True)
                 continue
             entry = ctx.table(p, item)
             ctx.check_keys(p, entry, TMPFS_KEYS)
             if "dest" not in entry:
                 ctx.error(p, 'tmpfs has no "dest"', expected='{ dest = "/path" }')
             dest = ctx.abspath((*p, "dest"), entry["dest"])
+            _not_reserved(ctx, (*p, "dest"), dest, True)
             if "size" in entry:
                 layer.tmpfs.append(Tmpfs(dest, ctx.size((*p, "size"), entry["size"])))
             else:

@@ -113,7 +113,8 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     # survive this until the caps steps drop them.
     step(S.IDS, caps.child_set_ids, INNER_ID, INNER_ID, plan.drop_groups)
     step(S.PDEATHSIG_AGAIN, pidns.child_parent_death_signal, plan.parent_pidfd, last=True)
-    step(S.MOUNT, mounts.child_root, plan.mount_ops, plan.tmp_size, plan.chdir)
+    step(S.MOUNT, mounts.child_root, plan.mount_ops, plan.tmp_size, plan.chdir,
+         plan.shm_size)
     step(S.USERNS_MOUNT_LIMIT, userns.child_mount_limit, held)
     if plan.mask_proc_keys:  # it lists the keys of the uid the sandbox maps
         step(S.PROC_KEYS, keyring.child_mask_proc_keys)

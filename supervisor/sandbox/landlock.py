@@ -77,7 +77,7 @@ abi_version = parent_abi  # the name the supervisor's confinement knows it by
 def parent_rules(binds: Sequence[tuple[str, bool]], tmpfs: Sequence[str]) \
         -> tuple[tuple[bytes, int], ...]:
     """The sandbox's rules [(path, rights)] for child_ruleset(): everything readable,
-    each bind (dest, writable) as bound, each tmpfs dest and /tmp writable, /proc
+    each bind (dest, writable) as bound, each tmpfs dest, /tmp and /dev/shm writable, /proc
     and /dev readable and writable but not executable."""
     rules: list[tuple[bytes, int]] = [(b"/", READ_DIR)]
     for dest, writable in binds:
@@ -85,6 +85,7 @@ def parent_rules(binds: Sequence[tuple[str, bool]], tmpfs: Sequence[str]) \
     for dest in tmpfs:
         rules.append((os.fsencode(dest), FULL))
     rules.append((b"/tmp", FULL))
+    rules.append((b"/dev/shm", FULL))
     rules.append((b"/proc", READ_FILE | READ_DIR | WRITE_FILE))
     rules.append((b"/dev", READ_FILE | READ_DIR | WRITE_FILE))
     return tuple(rules)

@@ -121,6 +121,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
                                     tuple((t.dest, limiter.tmpfs_size(t.size_bytes))
                                           for t in spec.tmpfs)),
         tmp_size=limiter.tmpfs_size(spec.tmp_size_bytes),
+        shm_size=limiter.tmpfs_size(spec.shm_size_bytes),
         chdir=os.fsencode(spec.chdir),
         hostname=spec.hostname.encode(),
         share_net=spec.share_net,

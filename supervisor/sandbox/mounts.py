@@ -6,8 +6,8 @@ host root kept at /oldroot; build the new root (a tmpfs) from /oldroot
 paths; pivot into the new root and detach the old one, so nothing of the
 host stays reachable. Read-only binds are made read-only recursively
 (mount_setattr), every bind gets nosuid and nodev, /proc is a fresh procfs
-of the new PID namespace, /dev holds five device binds and /tmp is a
-size-capped tmpfs. The root itself ends read-only.
+of the new PID namespace, /dev holds five device binds and a size-capped
+/dev/shm tmpfs, and /tmp is a size-capped tmpfs. The root itself ends read-only.
 """
 
 from __future__ import annotations
@@ -352,10 +352,11 @@ def _dir_at(root_fd: int, dest: bytes) -> None:
     os.close(parent)
 
 
-def child_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
+def child_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes,
+               shm_size: int = 64 << 20) -> None:
     """Build the new root and pivot into it. Raises MountError naming the path."""
     try:
-        _setup_root(ops, tmp_size, chdir)
+        _setup_root(ops, tmp_size, chdir, shm_size)
     except MountError:
         raise
     except OSError as e:
@@ -374,7 +375,7 @@ def _step(what: str, fn: object, *args: object) -> None:
             from None
 
 
-def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
+def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes, shm_size: int) -> None:
     m = _sys.mount
     _step("make / private", m, None, b"/", None, _sys.MS_REC | _sys.MS_PRIVATE)
     # Scratch root on /tmp (private to this namespace); the host stays at /oldroot.
@@ -426,6 +427,12 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
         _step(f"bind /dev/{name}", m, b"/oldroot/dev/" + name.encode(), node, None, _sys.MS_BIND)
     for link, points_to in DEV_LINKS:
         os.symlink(points_to.encode(), dev + b"/" + link.encode())
+    # /dev/shm: POSIX shared memory and semaphores (multiprocessing's locks), a
+    # size-capped tmpfs of this sandbox's own, like /tmp; it stays writable
+    # when /dev (the mount beneath it, alone) is made read-only.
+    os.mkdir(dev + b"/shm", 0o755)
+    _step("tmpfs /dev/shm", m, b"tmpfs", dev + b"/shm", b"tmpfs",
+          _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=1777,size=%d" % shm_size)
     _step("read-only /dev", _readonly, dev)
 
     # Into the new root; stack the old one on it and detach it.

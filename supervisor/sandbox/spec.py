@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warden.errors import InvalidInput
-from warden.profiles.model import Bind, Profile, Tmpfs
+from warden.profiles.model import SHM_DEST, Bind, Profile, Tmpfs, reserved_dest
 from warden.profiles.parser import size_bytes
 from warden.supervisor.sandbox import ids
 from warden.supervisor.sandbox.errors import SandboxError
@@ -34,7 +34,7 @@ DEFAULT_PROCESSES = 256
 DEFAULT_OPEN_FILES = 1024
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-_RESERVED = ("/proc", "/dev")
+DEFAULT_SHM_SIZE = 64 << 20
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -62,6 +62,8 @@ class SandboxSpec:
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[Tmpfs, ...] = ()
     tmp_size_bytes: int = 64 << 20
+    # The private /dev/shm tmpfs every sandbox gets (POSIX semaphores and shared memory).
+    shm_size_bytes: int = DEFAULT_SHM_SIZE
     chdir: str = "/"
     share_net: bool = False
     memory_bytes: int = DEFAULT_MEMORY
@@ -124,7 +126,7 @@ def split_bind(text: str, option: str) -> tuple[str, str]:
     return os.path.abspath(src), dst
 
 
-def _clean_dest(dest: str, what: str) -> str:
+def _clean_dest(dest: str, what: str, tmpfs: bool = False) -> str:
     if not dest.startswith("/"):
         raise SpecError(f"{what}: destination {dest!r} must be an absolute path")
     if ".." in dest.split("/"):
@@ -134,9 +136,10 @@ def _clean_dest(dest: str, what: str) -> str:
         clean = clean[1:]
     if clean == "/":
         raise SpecError(f"{what}: cannot replace the sandbox root '/'")
-    for r in _RESERVED:
-        if clean == r or clean.startswith(r + "/"):
-            raise SpecError(f"{what}: {clean} is reserved (the sandbox mounts its own {r})")
+    r = reserved_dest(clean, tmpfs)
+    if r is not None:
+        hint = f"; a tmpfs may replace {SHM_DEST}" if r == "/dev" else ""
+        raise SpecError(f"{what}: {clean} is reserved (the sandbox mounts its own {r}){hint}")
     return clean
 
 
@@ -220,6 +223,7 @@ def build_spec(
             src, dst = split_bind(text, f"{opt} {text}")
             all_binds.append((Bind(src, dst, writable=writable), f"{opt} {text}"))
     seen: dict[str, str] = {"/tmp": "the built-in /tmp"}
+    shm = DEFAULT_SHM_SIZE
     out_binds: list[Bind] = []
     for b, what in all_binds:
         dest = _clean_dest(b.dest, what)
@@ -236,18 +240,23 @@ def build_spec(
     out_tmpfs: list[Tmpfs] = []
     for t in profile.filesystem.tmpfs:
         what = f"profile {profile.name} tmpfs {t.dest}"
-        dest = _clean_dest(t.dest, what)
+        dest = _clean_dest(t.dest, what, tmpfs=True)
         if dest in seen:
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
         seen[dest] = what
+        if dest == SHM_DEST:  # replaces the built-in one: its size
+            shm = t.size_bytes
+            continue
         out_tmpfs.append(Tmpfs(dest, t.size_bytes))
     for text in o.tmpfs:
         what = f"{flag('tmpfs')} {text}"
-        dest = _clean_dest(text, what)
+        dest = _clean_dest(text, what, tmpfs=True)
         if dest in seen:
             hint = f"; use {flag('tmp_size')} to size it" if dest == "/tmp" else ""
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}{hint}")
         seen[dest] = what
+        if dest == SHM_DEST:  # the built-in one, at its default size
+            continue
         out_tmpfs.append(Tmpfs(dest))
     cwd = o.chdir if o.chdir is not None else profile.filesystem.chdir
     if not cwd.startswith("/"):
@@ -337,7 +346,8 @@ def build_spec(
 
     return SandboxSpec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
-        binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), tmp_size_bytes=tmp, chdir=cwd,
+        binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), tmp_size_bytes=tmp, shm_size_bytes=shm,
+        chdir=cwd,
         share_net=share, memory_bytes=mem, processes=procs, open_files=nofile,
         cpu_time_seconds=o.cpu_time or lim.cpu_time_seconds,
         wall_time_seconds=o.timeout or lim.wall_time_seconds, env=environment,
