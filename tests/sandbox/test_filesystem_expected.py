@@ -3,11 +3,16 @@ inline data, symlinks, directories and a tmpfs wherever asked. Real kernel, real
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
 import os
+import shutil
 import subprocess
+import tarfile
 import textwrap
 
-from sandbox_util import PYTHON, py, supervisor_env, world_dir
+from sandbox_util import PY, PYTHON, py, run, supervisor_env, world_dir
 
 from warden.profiles import load_profile
 from warden.supervisor.sandbox import SpecError, build_spec
@@ -78,3 +83,94 @@ def test_check_refuses_what_run_refuses_under_proc_and_dev() -> None:
             assert "is reserved" in str(e)
         else:
             raise AssertionError(kw)
+
+
+# ---------------------------------------------------------------- files reopened by path
+
+def _host_file(name: str, data: bytes) -> str:
+    path = os.path.join(world_dir(), name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _need(program: str) -> str:
+    found = shutil.which(program)
+    assert found, f"{program} is missing here: scripts/setup installs it"
+    return found
+
+
+def test_programs_reopen_a_read_grant_by_path() -> None:
+    doc = _host_file("doc.json", b'{"b": 1, "a": [2, 3]}')
+    r = run([PY, "-I", "-m", "json.tool", "--sort-keys", "/dev/fd/4"], files=[doc])
+    assert r.status.exit_code == 0, r.err
+    assert json.loads(r.out) == {"a": [2, 3], "b": 1}
+    lines = _host_file("lines.txt", b"pear\napple\nfig\n")
+    r = run([_need("sort"), "/dev/fd/4"], files=[lines])
+    assert (r.status.exit_code, r.out) == (0, "apple\nfig\npear\n"), r.err
+    r = run(["/bin/cat", "/proc/self/fd/4"], files=[lines])
+    assert (r.status.exit_code, r.out) == (0, "pear\napple\nfig\n"), r.err
+    # sqlite3 reads a script by path. (A database opened at /dev/fd/N it resolves
+    # through the link to the host's path, which the sandbox does not have.)
+    script = _host_file("q.sql", b"select 'from the host';\n")
+    r = run([_need("sqlite3"), ":memory:", ".read /dev/fd/4"], files=[script])
+    assert (r.status.exit_code, r.out) == (0, "from the host\n"), r.err
+
+
+def test_stdin_that_is_a_regular_file_reopens_as_dev_stdin() -> None:
+    path = _host_file("in.txt", b"via stdin\n")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        r = run(["/bin/cat", "/dev/stdin"], stdin=fd)
+    finally:
+        os.close(fd)
+    assert (r.status.exit_code, r.out) == (0, "via stdin\n"), r.err
+
+
+def test_tar_writes_its_archive_to_a_write_grant_by_path() -> None:
+    # Reopening by path checks the file's own permissions too: as root the
+    # sandbox's outer uid is not its owner, so the file is made writable to it.
+    out = _host_file("out.tgz", b"old contents")
+    os.chmod(out, 0o666)
+    r = run([_need("tar"), "czf", "/dev/fd/4", "-C", "/etc", "passwd"], files=[out + ":w"])
+    assert r.status.exit_code == 0, r.err
+    with open(out, "rb") as f, tarfile.open(fileobj=io.BytesIO(gzip.decompress(f.read()))) as t:
+        assert t.getnames() == ["passwd"]
+
+
+def test_a_grant_reaches_that_one_file_and_no_sibling() -> None:
+    d = world_dir()
+    granted = os.path.join(d, "granted")
+    for name in ("granted", "sibling"):
+        with open(os.path.join(d, name), "w") as f:
+            f.write(name)
+        os.chmod(os.path.join(d, name), 0o666)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)  # the host directory itself, by fd
+    try:
+        r = py("import os, json\n"
+               "def t(f):\n"
+               "    try: return f()\n"
+               "    except OSError as e: return e.errno\n"
+               "g = '/dev/fd/' + os.environ['WARDEN_FILES'].split(':')[0]\n"
+               "print(json.dumps([open(g).read(), t(lambda: open(g, 'w').close()),\n"
+               "  t(lambda: os.read(os.open('sibling', os.O_RDONLY, dir_fd=DFD), 9).decode()),\n"
+               "  t(lambda: os.open('new', os.O_CREAT | os.O_WRONLY, dir_fd=DFD))]))"
+               .replace("DFD", str(dfd)),
+               files=[granted], pass_fds=[dfd])
+    finally:
+        os.close(dfd)
+    assert r.status.exit_code == 0, r.err
+    # Read as granted; not writable (a read grant); nothing else in its directory,
+    # even through an fd of that directory (whose own listing the fd itself grants).
+    assert r.json() == ["granted", 13, 13, 13]
+    assert not os.path.exists(os.path.join(d, "new"))
+
+
+def test_an_append_grant_is_not_reopened_for_overwriting() -> None:
+    log = _host_file("log", b"kept\n")
+    os.chmod(log, 0o666)
+    r = run(["/bin/sh", "-c", "echo more >&4; echo lost > /dev/fd/4; echo $?"],
+            files=[log + ":a"])
+    assert r.status.exit_code == 0, r.err
+    with open(log) as f:
+        assert f.read() == "kept\nmore\n"
