@@ -34,8 +34,8 @@ class MountError(SandboxError, InvalidInput, OSError):
 class MountOp(NamedTuple):
     """One prepared mount, with paths already encoded; built in the parent."""
 
-    kind: str  # "bind", "symlink", "tmpfs"
-    source: bytes  # host path (bind), link target (symlink), b"" (tmpfs)
+    kind: str  # "bind", "symlink", "tmpfs", "data", "dir"
+    source: bytes  # host path (bind), link target (symlink), contents (data), b"" (tmpfs, dir)
     dest: bytes  # path inside the sandbox
     writable: bool = False
     is_dir: bool = True
@@ -50,11 +50,20 @@ class MountOp(NamedTuple):
 
 
 def parent_plan(binds: tuple[tuple[str, str, bool], ...],
-               tmpfs: tuple[tuple[str, int], ...]) -> tuple[MountOp, ...]:
-    """Order mounts parents-first. Touches no file: `parent_detach` resolves the sources."""
+               tmpfs: tuple[tuple[str, int], ...],
+               data: tuple[tuple[str, bytes], ...] = (),
+               symlinks: tuple[tuple[str, str], ...] = (),
+               dirs: tuple[str, ...] = ()) -> tuple[MountOp, ...]:
+    """Order mounts parents-first. Touches no file: `parent_detach` resolves the sources.
+
+    `data`: (dest, contents) of read-only files; `symlinks`: (dest, target); `dirs`:
+    directories to make. All are made in the child like the binds' mount points."""
     ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable)
            for src, dst, writable in binds]
     ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
+    ops.extend(MountOp("data", contents, os.fsencode(d), False, False) for d, contents in data)
+    ops.extend(MountOp("symlink", os.fsencode(t), os.fsencode(d)) for d, t in symlinks)
+    ops.extend(MountOp("dir", b"", os.fsencode(d)) for d in dirs)
     ops.sort(key=lambda op: op.dest.count(b"/"))
     return tuple(ops)
 
@@ -346,6 +355,60 @@ def _symlink_at(root_fd: int, dest: bytes, points_to: bytes) -> None:
         os.close(parent)
 
 
+_STAGE = b"/data"  # in the scratch root: the data files, before each is bound at its dest
+
+
+def _stage_data(ops: tuple[MountOp, ...]) -> None:
+    """Write each data op's contents to a file (mode 0444) on a tmpfs of its own in the
+    scratch root; the file is then bound at its dest and gone with the scratch root."""
+    data = [op for op in ops if op.kind == "data"]
+    if not data:
+        return
+    os.mkdir(_STAGE, 0o700)
+    size = sum(len(op.source) + 4096 for op in data) + 4096
+    _step("tmpfs for data files", _sys.mount, b"tmpfs", _STAGE, b"tmpfs",
+          _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC, b"mode=0700,size=%d" % size)
+    for i, op in enumerate(data):
+        fd = os.open(_STAGE + b"/%d" % i, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                     0o444)
+        try:
+            view = memoryview(op.source)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+
+def _data_at(root_fd: int, dest: bytes, index: int) -> None:
+    """Bind staged data file `index` read-only on a file mount point made at `dest`."""
+    parent, name, target = _mount_point(root_fd, dest, False)
+    try:
+        src = os.open(_STAGE + b"/%d" % index, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            tree = _sys.open_tree_clone_fd(src)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            tree = -1
+        finally:
+            os.close(src)
+        if tree < 0:  # before Linux 5.2: by path
+            _sys.mount(_STAGE + b"/%d" % index, b"/newroot" + dest, None, _sys.MS_BIND)
+        else:
+            try:
+                _sys.move_mount_to_fd(tree, target)
+            finally:
+                os.close(tree)
+        top = _at(parent, name)
+        try:
+            _lock_down_fd(top, b"/newroot" + dest, True)
+        finally:
+            os.close(top)
+    finally:
+        os.close(target)
+        os.close(parent)
+
+
 def _dir_at(root_fd: int, dest: bytes) -> None:
     parent, _name, target = _mount_point(root_fd, dest, True)
     os.close(target)
@@ -395,14 +458,21 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes, shm_size:
     _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
           b"mode=1777,size=%d" % tmp_size)
 
+    _stage_data(ops)
     # Every mount point below is reached through fds from here, never a link.
     root_fd = os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    data = 0
     try:
         for op in ops:
             if op.kind == "symlink":
                 _step(f"symlink {op.dest.decode()}", _symlink_at, root_fd, op.dest, op.source)
             elif op.kind == "tmpfs":
                 _step(f"tmpfs {op.dest.decode()}", _tmpfs_at, root_fd, op.dest, op.size)
+            elif op.kind == "data":
+                _step(f"data file {op.dest.decode()}", _data_at, root_fd, op.dest, data)
+                data += 1
+            elif op.kind == "dir":
+                _step(f"dir {op.dest.decode()}", _dir_at, root_fd, op.dest)
             else:
                 what = f"bind {op.source.decode()} on {op.dest.decode()}"
                 _step(what, _bind_at, root_fd, op, what)

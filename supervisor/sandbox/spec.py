@@ -35,6 +35,7 @@ DEFAULT_OPEN_FILES = 1024
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 DEFAULT_SHM_SIZE = 64 << 20
+MAX_DATA_BYTES = 16 << 20  # one --ro-bind-data file, read into memory before the fork
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -61,6 +62,11 @@ class SandboxSpec:
     seccomp_filter: bytes  # raw struct sock_filter[] for the native architecture
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[Tmpfs, ...] = ()
+    # (dest, contents) of read-only files made from data (--ro-bind-data), (dest,
+    # target) of symbolic links, and directories, placed in the new root.
+    data_files: tuple[tuple[str, bytes], ...] = ()
+    symlinks: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[str, ...] = ()
     tmp_size_bytes: int = 64 << 20
     # The private /dev/shm tmpfs every sandbox gets (POSIX semaphores and shared memory).
     shm_size_bytes: int = DEFAULT_SHM_SIZE
@@ -258,6 +264,7 @@ def build_spec(
         if dest == SHM_DEST:  # the built-in one, at its default size
             continue
         out_tmpfs.append(Tmpfs(dest))
+    data_files, symlinks, dirs = _placed(o, seen)
     cwd = o.chdir if o.chdir is not None else profile.filesystem.chdir
     if not cwd.startswith("/"):
         raise SpecError(f"{flag('chdir')} {cwd!r}: must be an absolute path inside the sandbox")
@@ -346,8 +353,8 @@ def build_spec(
 
     return SandboxSpec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
-        binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), tmp_size_bytes=tmp, shm_size_bytes=shm,
-        chdir=cwd,
+        binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), data_files=data_files,
+        symlinks=symlinks, dirs=dirs, tmp_size_bytes=tmp, shm_size_bytes=shm, chdir=cwd,
         share_net=share, memory_bytes=mem, processes=procs, open_files=nofile,
         cpu_time_seconds=o.cpu_time or lim.cpu_time_seconds,
         wall_time_seconds=o.timeout or lim.wall_time_seconds, env=environment,
@@ -357,6 +364,51 @@ def build_spec(
         userns_limits=ns_limits, memory_rlimit_only=o.memory_rlimit_only,
         notify=uses_notify(seccomp_filter),
     )
+
+
+def _placed(o: SandboxOptions, seen: dict[str, str]) -> tuple[
+        tuple[tuple[str, bytes], ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """--ro-bind-data, --symlink and --dir, checked; each fd's data read here, once."""
+    def claim(dest: str, what: str) -> str:
+        clean = _clean_dest(dest, what)
+        if clean in seen:
+            raise SpecError(f"{what}: destination {clean} is already used by {seen[clean]}")
+        seen[clean] = what
+        return clean
+
+    data: list[tuple[str, bytes]] = []
+    for text in o.ro_bind_data:
+        what = f"{flag('ro_bind_data')} {text}"
+        num, sep, dest = text.partition(":")
+        if not sep or not num.isdigit():
+            raise SpecError(f"{what}: expected FD:DEST (an fd number of this process, and a "
+                            "path inside the sandbox)")
+        data.append((claim(dest, what), _read_data(int(num), what)))
+    links: list[tuple[str, str]] = []
+    for text in o.symlinks:
+        what = f"{flag('symlinks')} {text}"
+        target, sep, dest = text.rpartition(":")
+        if not sep or not target or "\0" in target:
+            raise SpecError(f"{what}: expected TARGET:DEST")
+        links.append((claim(dest, what), target))
+    dirs = tuple(claim(d, f"{flag('dirs')} {d}") for d in o.dirs)
+    return tuple(data), tuple(links), dirs
+
+
+def _read_data(fd: int, what: str) -> bytes:
+    """All of fd's data from its offset to its end (the caller asked for exactly that fd)."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > MAX_DATA_BYTES:
+                raise SpecError(f"{what}: more than {MAX_DATA_BYTES >> 20}M of data; bind a "
+                                f"file with {flag('ro_binds')} instead")
+            chunks.append(chunk)
+    except OSError as e:
+        raise SpecError(f"{what}: fd {fd}: {e.strerror}") from None
+    return b"".join(chunks)
 
 
 def _userns_limits(values: Mapping[str, int]) -> tuple[tuple[str, int], ...]:

@@ -12,10 +12,11 @@ import subprocess
 import tarfile
 import textwrap
 
+import pytest
 from sandbox_util import PY, PYTHON, py, run, supervisor_env, world_dir
 
 from warden.profiles import load_profile
-from warden.supervisor.sandbox import SpecError, build_spec
+from warden.supervisor.sandbox import SetupError, SpecError, build_spec
 
 
 def warden(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -174,3 +175,82 @@ def test_an_append_grant_is_not_reopened_for_overwriting() -> None:
     assert r.status.exit_code == 0, r.err
     with open(log) as f:
         assert f.read() == "kept\nmore\n"
+
+
+# ---------------------------------------------------------------- placed in the sandbox
+
+def test_data_symlink_dir_and_tmpfs_anywhere() -> None:
+    r_fd, w_fd = os.pipe()
+    os.write(w_fd, b"inline config\n")
+    os.close(w_fd)
+    try:
+        r = py("import os, json\n"
+               "def t(f):\n"
+               "    try: return f()\n"
+               "    except OSError as e: return e.errno\n"
+               "print(json.dumps([open('/etc/app/conf').read(),\n"
+               "  oct(os.stat('/etc/app/conf').st_mode),\n"
+               "  t(lambda: open('/etc/app/conf', 'w')) ,\n"
+               "  os.readlink('/opt/py'), os.path.realpath('/opt/py'),\n"
+               "  os.path.isdir('/srv/empty'), os.listdir('/srv/empty'),\n"
+               "  t(lambda: open('/var/cache/x', 'w').write('ok'))]))",
+               ro_bind_data=[f"{r_fd}:/etc/app/conf"], symlinks=["/usr/bin:/opt/py"],
+               dirs=["/srv/empty"], tmpfs=["/var/cache"])
+    finally:
+        os.close(r_fd)
+    assert r.status.exit_code == 0, r.err
+    assert r.json() == ["inline config\n", "0o100444", 30, "/usr/bin", "/usr/bin", True, [], 2]
+
+
+def test_placed_entries_are_run_options_and_checked() -> None:
+    d = world_dir()
+    data = _host_file("d", b"from fd 5\n")
+    fd = os.open(data, os.O_RDONLY)
+    try:
+        r = subprocess.run([PYTHON, "-m", "warden", "run", "--ro-bind-data", f"{fd}:/etc/x",
+                            "--symlink", "x:/etc/y", "--dir", "/a/b", "--", "/bin/sh", "-c",
+                            "cat /etc/y; test -d /a/b && echo dir"],
+                           capture_output=True, text=True, env=supervisor_env(), timeout=60,
+                           pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert (r.returncode, r.stdout) == (0, "from fd 5\ndir\n"), r.stderr
+    assert d
+    prof = load_profile("default")
+    for kw, msg in (({"ro_bind_data": ["x:/etc/x"]}, "expected FD:DEST"),
+                    ({"ro_bind_data": ["999:/etc/x"]}, "fd 999: Bad file descriptor"),
+                    ({"symlinks": ["/a:/dev/z"]}, "/dev/z is reserved"),
+                    ({"dirs": ["/tmp"]}, "already used by the built-in /tmp"),
+                    ({"dirs": ["/x", "/x"]}, "already used by --dir /x")):
+        try:
+            build_spec(["/bin/true"], prof, **kw)  # type: ignore[arg-type]
+        except SpecError as e:
+            assert msg in str(e), (kw, str(e))
+        else:
+            raise AssertionError(kw)
+
+
+def test_placed_entries_never_follow_a_link_planted_in_a_writable_bind() -> None:
+    # An earlier sandbox left links in a writable bind, pointing at a host
+    # directory (as the child sees the host while it builds the root: /oldroot).
+    w = world_dir()
+    outside = world_dir()
+    for name in ("abs", "rel"):
+        target = "/oldroot" + outside if name == "abs" else "../../../../../oldroot" + outside
+        os.symlink(target, os.path.join(w, name))
+    r_fd, w_fd = os.pipe()
+    os.close(w_fd)
+    try:
+        for kw in ({"dirs": ["/w/abs/made"]}, {"dirs": ["/w/rel"]},
+                   {"symlinks": ["/x:/w/abs/link"]}, {"symlinks": ["/x:/w/rel"]},
+                   {"ro_bind_data": [f"{r_fd}:/w/abs/data"]}, {"ro_bind_data": [f"{r_fd}:/w/rel"]},
+                   {"tmpfs": ["/w/abs/t"]}):
+            with pytest.raises(SetupError) as e:
+                run(["/bin/true"], binds=[f"{w}:/w"], **kw)  # type: ignore[arg-type]
+            # Refused: a link on the way, or (a link at a --symlink's dest) already there.
+            assert ("is a symbolic link, which warden does not follow" in str(e.value)
+                    or (kw.get("symlinks") == ["/x:/w/rel"] and "File exists" in str(e.value))), \
+                (kw, str(e.value))
+            assert os.listdir(outside) == [], kw
+    finally:
+        os.close(r_fd)
