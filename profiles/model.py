@@ -128,6 +128,10 @@ class Bind:
     dest: str
     writable: bool = False
     optional: bool = False  # a missing source is skipped instead of an error
+    # As root: an idmapped bind, on which the source's owner (uid and gid) is the
+    # sandbox's own id, so the sandbox reads with the owner's rights there (git
+    # trusts a repository). Read-only binds only (build_spec refuses a writable one).
+    owned: bool = False
 
 
 # Mount points every sandbox makes itself: no bind or tmpfs may replace them,

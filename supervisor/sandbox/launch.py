@@ -120,7 +120,8 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         mount_ops=mounts.parent_plan(tuple((b.source, b.dest, b.writable) for b in spec.binds),
                                     tuple((t.dest, limiter.tmpfs_size(t.size_bytes))
                                           for t in spec.tmpfs),
-                                    spec.data_files, spec.symlinks, spec.dirs),
+                                    spec.data_files, spec.symlinks, spec.dirs,
+                                    owned=tuple(b.owned for b in spec.binds)),
         tmp_size=limiter.tmpfs_size(spec.tmp_size_bytes),
         shm_size=limiter.tmpfs_size(spec.shm_size_bytes),
         chdir=os.fsencode(spec.chdir),
@@ -150,7 +151,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         mask_proc_keys=spec.mask_proc_keys,
     )
     # Last, so that nothing after it can fail and leak the detached trees.
-    return plan._replace(mount_ops=mounts.parent_detach(plan.mount_ops))
+    return plan._replace(mount_ops=mounts.parent_detach(plan.mount_ops, (lease.uid, lease.gid)))
 
 
 class _Setup:

@@ -13,8 +13,10 @@ of the new PID namespace, /dev holds five device binds and a size-capped
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import signal
 import stat
 from typing import NamedTuple
 
@@ -47,19 +49,23 @@ class MountOp(NamedTuple):
     # that binds the path itself checks it found that same file.
     dev: int = 0
     ino: int = 0
+    # An idmapped bind (--ro-bind-owned): the source's owner is the sandbox's own id.
+    owned: bool = False
 
 
 def parent_plan(binds: tuple[tuple[str, str, bool], ...],
                tmpfs: tuple[tuple[str, int], ...],
                data: tuple[tuple[str, bytes], ...] = (),
                symlinks: tuple[tuple[str, str], ...] = (),
-               dirs: tuple[str, ...] = ()) -> tuple[MountOp, ...]:
+               dirs: tuple[str, ...] = (),
+               owned: tuple[bool, ...] = ()) -> tuple[MountOp, ...]:
     """Order mounts parents-first. Touches no file: `parent_detach` resolves the sources.
 
     `data`: (dest, contents) of read-only files; `symlinks`: (dest, target); `dirs`:
     directories to make. All are made in the child like the binds' mount points."""
-    ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable)
-           for src, dst, writable in binds]
+    ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable,
+                   owned=i < len(owned) and owned[i])
+           for i, (src, dst, writable) in enumerate(binds)]
     ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
     ops.extend(MountOp("data", contents, os.fsencode(d), False, False) for d, contents in data)
     ops.extend(MountOp("symlink", os.fsencode(t), os.fsencode(d)) for d, t in symlinks)
@@ -68,7 +74,65 @@ def parent_plan(binds: tuple[tuple[str, str, bool], ...],
     return tuple(ops)
 
 
-def _resolve_source(op: MountOp) -> MountOp:
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _idmap_userns(uid_map: bytes, gid_map: bytes) -> int:
+    """Parent, as root: an fd of a new user namespace with these maps (it holds no
+    process once this returns), for MOUNT_ATTR_IDMAP."""
+    r, w = os.pipe()
+    pid = _sys.clone(_sys.CLONE_NEWUSER | signal.SIGCHLD)
+    if pid == 0:  # only waits to be read from /proc, then ends
+        try:
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        for name, text in ((b"uid_map", uid_map), (b"gid_map", gid_map)):
+            fd = os.open(b"/proc/%d/%s" % (pid, name), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        return os.open(b"/proc/%d/ns/user" % pid, os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+
+
+def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str) -> None:
+    """Make the detached tree an idmapped mount: the source's owner (uid, gid) appears
+    as the sandbox's outer ids `ids`, which its user namespace maps to its own id."""
+    # An id on disk is read as an id inside this namespace; the mount shows it as the
+    # outer id the map makes of it (and writes map back the other way).
+    userns = _idmap_userns(b"%d %d 1\n" % (st.st_uid, ids[0]),
+                           b"%d %d 1\n" % (st.st_gid, ids[1]))
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns)
+        _sys.syscall("mount_setattr", ctypes.c_int(tree_fd), b"",
+                     ctypes.c_uint(_sys.AT_EMPTY_PATH | _sys.AT_RECURSIVE),
+                     ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM):
+            raise MountError(e.errno, f"{what}: this kernel or filesystem cannot make an "
+                             f"idmapped mount ({os.strerror(e.errno)}; Linux 5.12+ and a "
+                             "filesystem that supports them are needed, below every submount "
+                             "too): bind it with --ro-bind instead, and give the "
+                             "sandbox's uid access there (a fixed --outer-uid and chown, or an "
+                             "ACL)") from None
+        raise
+    finally:
+        os.close(userns)
+
+
+def _resolve_source(op: MountOp, ids: tuple[int, int] | None = None) -> MountOp:
     """Parent, outside the sandbox, privileged: resolve a bind source once and take
     everything from that one fd: its kind, the link it is, or a clone of its tree.
 
@@ -81,20 +145,36 @@ def _resolve_source(op: MountOp) -> MountOp:
         if stat.S_ISLNK(st.st_mode):
             return MountOp("symlink", os.fsencode(os.readlink("", dir_fd=fd)), op.dest)
         op = op._replace(is_dir=stat.S_ISDIR(st.st_mode), dev=st.st_dev, ino=st.st_ino)
+        what = f"bind {src} on {op.dest.decode()}"
         try:
-            return op._replace(tree_fd=_sys.open_tree_clone_fd(fd))
+            tree = _sys.open_tree_clone_fd(fd)
         except OSError as e:
             # EPERM: an ordinary user may not clone a tree of the host's mount
             # namespace; the child binds it inside its own (checking identity).
             if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
                 raise MountError(e.errno or errno.EIO,
                                  f"bind source {src}: {e.strerror}") from None
-            return op
+            tree = -1
+        if op.owned and ids is not None and (st.st_uid, st.st_gid) != ids:
+            if tree < 0 or os.geteuid() != 0:
+                if tree >= 0:
+                    os.close(tree)
+                raise MountError(errno.EPERM, f"{what}: an idmapped mount needs root, and "
+                                 f"{src} is owned by {st.st_uid}:{st.st_gid}, not by the "
+                                 f"sandbox's outer ids {ids[0]}:{ids[1]}; bind it with "
+                                 "--ro-bind instead, or make it yours")
+            try:
+                _idmap(tree, st, ids, what)
+            except BaseException:
+                os.close(tree)
+                raise
+        return op._replace(tree_fd=tree)
     finally:
         os.close(fd)
 
 
-def parent_detach(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
+def parent_detach(ops: tuple[MountOp, ...],
+                  ids: tuple[int, int] | None = None) -> tuple[MountOp, ...]:
     """Resolve each bind's source here, in the parent, and clone its tree with the
     parent's rights.
 
@@ -107,11 +187,14 @@ def parent_detach(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
     user, Linux before 5.2), the op keeps tree_fd -1 and the child binds the
     path in its own namespace, refusing it unless it is the very file resolved
     here. Close the returned fds with `parent_close` once the child has them.
+
+    `ids`: the sandbox's outer (uid, gid); an owned bind whose source another id
+    owns becomes an idmapped mount mapping that owner to them (root only).
     """
     out: list[MountOp] = []
     try:
         for op in ops:
-            out.append(_resolve_source(op) if op.kind == "bind" else op)
+            out.append(_resolve_source(op, ids) if op.kind == "bind" else op)
     except BaseException:
         parent_close(tuple(out))
         raise

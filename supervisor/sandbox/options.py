@@ -54,8 +54,8 @@ def _opt(default: Any, flag: str, help: str, kind: Kind = "text", *, metavar: st
                                                              serve, sandbox)})
 
 
-_TUPLES = ("ro_binds", "binds", "tmpfs", "ro_bind_data", "symlinks", "dirs", "pass_fds", "files",
-           "env", "keep_env")
+_TUPLES = ("ro_binds", "binds", "owned_ro_binds", "tmpfs", "ro_bind_data",
+           "symlinks", "dirs", "pass_fds", "files", "env", "keep_env")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class SandboxOptions:
                                      metavar="SRC[:DST]")
     binds: tuple[str, ...] = _opt((), "--bind", "Bind SRC read-write.", "texts",
                                   metavar="SRC[:DST]")
+    owned_ro_binds: tuple[str, ...] = _opt(
+        (), "--ro-bind-owned", "Bind SRC read-only with SRC's owner as the sandbox's own "
+        "uid (an idmapped mount: its owner-only files become readable; git trusts a "
+        "repository there).", "texts", metavar="SRC[:DST]")
     tmpfs: tuple[str, ...] = _opt((), "--tmpfs", "Mount an empty tmpfs at DST (anywhere "
                                   "but /proc and /dev; /dev/shm replaces the built-in one).",
                                   "texts", metavar="DST")

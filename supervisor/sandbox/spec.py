@@ -223,11 +223,12 @@ def build_spec(
     # Filesystem.
     all_binds: list[tuple[Bind, str]] = [(b, f"profile {profile.name} bind {b.source}")
                                          for b in profile.filesystem.binds]
-    for opt, items, writable in ((flag("ro_binds"), o.ro_binds, False),
-                                 (flag("binds"), o.binds, True)):
+    for opt, items, writable, owned in ((flag("ro_binds"), o.ro_binds, False, False),
+                                        (flag("binds"), o.binds, True, False),
+                                        (flag("owned_ro_binds"), o.owned_ro_binds, False, True)):
         for text in items:
             src, dst = split_bind(text, f"{opt} {text}")
-            all_binds.append((Bind(src, dst, writable=writable), f"{opt} {text}"))
+            all_binds.append((Bind(src, dst, writable=writable, owned=owned), f"{opt} {text}"))
     seen: dict[str, str] = {"/tmp": "the built-in /tmp"}
     shm = DEFAULT_SHM_SIZE
     out_binds: list[Bind] = []
@@ -241,8 +242,16 @@ def build_spec(
             raise SpecError(f"{what}: source {b.source} does not exist")
         if dest in seen:
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
+        if b.owned and b.writable:
+            # What the sandbox created there would belong to the owner outside, setuid
+            # bits included: a root-owned directory would take a setuid-root program.
+            raise SpecError(f"{what}: an owned (idmapped) bind is read-only: written to, "
+                            "it would let the sandbox leave setuid programs of the owner "
+                            "on the host; bind it read-write without owned, and give the "
+                            f"sandbox's uid access there ({flag('outer_uid')} and chown, or "
+                            "an ACL)")
         seen[dest] = what
-        out_binds.append(Bind(b.source, dest, writable=b.writable))
+        out_binds.append(Bind(b.source, dest, writable=b.writable, owned=b.owned))
     out_tmpfs: list[Tmpfs] = []
     for t in profile.filesystem.tmpfs:
         what = f"profile {profile.name} tmpfs {t.dest}"
