@@ -115,6 +115,8 @@ def fd_rights(fd: int) -> int:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     except OSError:
         return 0
+    if flags & os.O_PATH:  # it grants no access of its own
+        return 0
     acc = flags & os.O_ACCMODE
     rights = READ_FILE if acc in (os.O_RDONLY, os.O_RDWR) else 0
     if acc in (os.O_WRONLY, os.O_RDWR) and not flags & os.O_APPEND:

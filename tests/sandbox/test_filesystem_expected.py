@@ -254,3 +254,16 @@ def test_placed_entries_never_follow_a_link_planted_in_a_writable_bind() -> None
             assert os.listdir(outside) == [], kw
     finally:
         os.close(r_fd)
+
+
+def test_an_o_path_fd_grants_no_reopen() -> None:
+    path = _host_file("p", b"secret\n")
+    os.chmod(path, 0o644)
+    fd = os.open(path, os.O_PATH)
+    try:
+        r = py("import os, errno\n"
+               f"try: open('/proc/self/fd/{fd}').read(); print('read')\n"
+               "except OSError as e: print(errno.errorcode[e.errno])", pass_fds=[fd])
+    finally:
+        os.close(fd)
+    assert (r.status.exit_code, r.out) == (0, "EACCES\n"), r.err
