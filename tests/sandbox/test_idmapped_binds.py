@@ -101,3 +101,20 @@ def test_a_filesystem_without_idmapped_mounts_is_a_clear_error_naming_the_bind()
     assert "bind /sys/kernel on /k" in text and "--ro-bind instead" in text
     if MODE == "root":
         assert "cannot make an idmapped mount" in text
+
+
+def test_a_profile_declares_owned_binds_as_ro_owned() -> None:
+    from warden.profiles import load_profile
+
+    d = world_dir()
+    with open(os.path.join(d, "x"), "w") as f:
+        f.write("owner's\n")
+    os.chmod(os.path.join(d, "x"), 0o600)
+    prof = os.path.join(world_dir(), "owned.toml")
+    with open(prof, "w") as f:
+        f.write(f'extends = "default"\n[filesystem]\nro-owned = [{{ source = "{d}", '
+                'dest = "/w" }]\n')
+    p = load_profile(prof)
+    assert [b for b in p.filesystem.binds if b.dest == "/w"] == [Bind(d, "/w", owned=True)]
+    r = run(["/bin/cat", "/w/x"], profile=p, bpf=None)
+    assert (r.status.exit_code, r.out) == (0, "owner's\n"), r.err
