@@ -103,8 +103,9 @@ def _idmap_userns(uid_map: bytes, gid_map: bytes) -> int:
                 os.close(fd)
         return os.open(b"/proc/%d/ns/user" % pid, os.O_RDONLY | os.O_CLOEXEC)
     finally:
-        os.close(w)
-        os.waitpid(pid, 0)
+        os.close(w)  # the process reads end-of-file and ends
+        with contextlib.suppress(ChildProcessError):  # an embedder's reaper took it
+            os.waitpid(pid, 0)
 
 
 def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str) -> None:
