@@ -128,6 +128,30 @@ class Bind:
     dest: str
     writable: bool = False
     optional: bool = False  # a missing source is skipped instead of an error
+    # As root: an idmapped bind, on which the source's owner (uid and gid) is the
+    # sandbox's own id, so the sandbox reads with the owner's rights there (git
+    # trusts a repository). Read-only binds only (build_spec refuses a writable one).
+    owned: bool = False
+
+
+# Mount points every sandbox makes itself: no bind or tmpfs may replace them,
+# except a tmpfs on /dev/shm, which then replaces the built-in one (its size).
+RESERVED_DESTS = ("/proc", "/dev")
+SHM_DEST = "/dev/shm"
+
+
+def reserved_dest(dest: str, tmpfs: bool = False) -> str | None:
+    """The reserved mount (/proc, /dev) `dest` lies in, or None when it may be used.
+
+    The one rule: `warden profile check` (the parser) and `warden run` (build_spec)
+    both ask it, so run never refuses what check accepted."""
+    clean = "/" + "/".join(p for p in dest.split("/") if p and p != ".")
+    if tmpfs and clean == SHM_DEST:
+        return None
+    for r in RESERVED_DESTS:
+        if clean == r or clean.startswith(r + "/"):
+            return r
+    return None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,16 @@ from typing import NoReturn
 from warden.profiles import constants, syscalls
 from warden.profiles.errors import ProfileError
 from warden.profiles.locator import Locator, Path
-from warden.profiles.model import Action, ActionKind, ArgCondition, ArgOp, Bind, Origin, Tmpfs
+from warden.profiles.model import (
+    Action,
+    ActionKind,
+    ArgCondition,
+    ArgOp,
+    Bind,
+    Origin,
+    Tmpfs,
+    reserved_dest,
+)
 
 TOP_KEYS = ("description", "extends", "include", "seccomp", "namespaces", "filesystem",
             "limits", "environment")
@@ -25,7 +34,7 @@ SECCOMP_KEYS = ("default-action", "bad-arch-action", "allow", "deny", "deny-acti
                 "rules")
 RULE_KEYS = ("syscall", "action", "args", "why")
 NAMESPACE_KEYS = ("user", "pid", "mount", "net", "ipc", "uts", "cgroup")
-FILESYSTEM_KEYS = ("ro", "rw", "tmpfs", "tmp-size", "chdir")
+FILESYSTEM_KEYS = ("ro", "rw", "ro-owned", "tmpfs", "tmp-size", "chdir")
 BIND_KEYS = ("source", "dest", "optional")
 TMPFS_KEYS = ("dest", "size")
 LIMIT_KEYS = ("memory", "processes", "open-files", "cpu-time", "wall-time")
@@ -422,10 +431,11 @@ def _rule(ctx: _Context, layer: Layer, path: Path, value: object) -> None:
             layer.entries.append(Entry(call, action, conds, ctx.origin(where, via), RANK_RULE))
 
 
-def _bind(ctx: _Context, path: Path, value: object, writable: bool) -> Bind:
+def _bind(ctx: _Context, path: Path, value: object, writable: bool, owned: bool = False) -> Bind:
     if isinstance(value, str):
         src = ctx.abspath(path, value)
-        return Bind(src, src, writable)
+        _not_reserved(ctx, path, src, False)
+        return Bind(src, src, writable, owned=owned)
     entry = ctx.table(path, value)
     ctx.check_keys(path, entry, BIND_KEYS)
     if "source" not in entry:
@@ -433,19 +443,30 @@ def _bind(ctx: _Context, path: Path, value: object, writable: bool) -> Bind:
     src = ctx.abspath((*path, "source"), entry["source"])
     dest = ctx.abspath((*path, "dest"), entry["dest"]) if "dest" in entry else src
     optional = ctx.boolean((*path, "optional"), entry["optional"]) if "optional" in entry else False
-    return Bind(src, dest, writable, optional)
+    _not_reserved(ctx, (*path, "dest") if "dest" in entry else (*path, "source"), dest, False)
+    return Bind(src, dest, writable, optional, owned)
+
+
+def _not_reserved(ctx: _Context, path: Path, dest: str, tmpfs: bool) -> None:
+    r = reserved_dest(dest, tmpfs)
+    if r is not None:
+        ctx.error(path, f"destination {dest} is reserved (the sandbox mounts its own {r})",
+                  expected="a path outside /proc and /dev (a tmpfs may be /dev/shm)")
 
 
 def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
     base: Path = ("filesystem",)
     ctx.check_keys(base, table, FILESYSTEM_KEYS)
-    for key, writable in (("ro", False), ("rw", True)):
+    # ro-owned: read-only binds on which the source's owner is the sandbox's uid
+    # (idmapped, as root: see docs/sandbox.md).
+    for key, writable, owned in (("ro", False, False), ("rw", True, False),
+                                 ("ro-owned", False, True)):
         if key in table:
             items = table[key]
             if not isinstance(items, list):
                 ctx.error((*base, key), f'"filesystem.{key}" must be a list',
                           expected='["/path", { source = "/path", optional = true }]')
-            layer.binds.extend(_bind(ctx, (*base, key, i), v, writable)
+            layer.binds.extend(_bind(ctx, (*base, key, i), v, writable, owned)
                                for i, v in enumerate(items))
     if "tmpfs" in table:
         items = table["tmpfs"]
@@ -456,12 +477,14 @@ def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
             p: Path = (*base, "tmpfs", i)
             if isinstance(item, str):
                 layer.tmpfs.append(Tmpfs(ctx.abspath(p, item)))
+                _not_reserved(ctx, p, item, True)
                 continue
             entry = ctx.table(p, item)
             ctx.check_keys(p, entry, TMPFS_KEYS)
             if "dest" not in entry:
                 ctx.error(p, 'tmpfs has no "dest"', expected='{ dest = "/path" }')
             dest = ctx.abspath((*p, "dest"), entry["dest"])
+            _not_reserved(ctx, (*p, "dest"), dest, True)
             if "size" in entry:
                 layer.tmpfs.append(Tmpfs(dest, ctx.size((*p, "size"), entry["size"])))
             else:

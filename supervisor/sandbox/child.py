@@ -113,7 +113,8 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     # survive this until the caps steps drop them.
     step(S.IDS, caps.child_set_ids, INNER_ID, INNER_ID, plan.drop_groups)
     step(S.PDEATHSIG_AGAIN, pidns.child_parent_death_signal, plan.parent_pidfd, last=True)
-    step(S.MOUNT, mounts.child_root, plan.mount_ops, plan.tmp_size, plan.chdir)
+    step(S.MOUNT, mounts.child_root, plan.mount_ops, plan.tmp_size, plan.chdir,
+         plan.shm_size)
     step(S.USERNS_MOUNT_LIMIT, userns.child_mount_limit, held)
     if plan.mask_proc_keys:  # it lists the keys of the uid the sandbox maps
         step(S.PROC_KEYS, keyring.child_mask_proc_keys)
@@ -128,8 +129,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     step.sock_fd = sock_fd
     ruleset_fd = -1
     if plan.landlock_abi:
+        # After the fd map: each handed-over regular file gets a rule of its own.
         ruleset_fd = step(S.LANDLOCK_RULESET, landlock.child_ruleset, plan.landlock_abi,
-                          plan.landlock_rules)
+                          plan.landlock_rules, fds=tuple(t for t, _s in plan.fd_pairs))
     listener_fd = step(S.LISTENER_SLOT, fds.child_lowest_free)
     execute = step(S.EXEC, _prepare_exec, plan.argv, plan.envp, plan.search_path)
     filt = step(S.SECCOMP_PREPARE, seccomp.child_prepare, plan.seccomp_filter, plan.notify)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
+import stat
 from collections.abc import Sequence
 
 from warden.errors import ChildFailed
@@ -77,7 +79,7 @@ abi_version = parent_abi  # the name the supervisor's confinement knows it by
 def parent_rules(binds: Sequence[tuple[str, bool]], tmpfs: Sequence[str]) \
         -> tuple[tuple[bytes, int], ...]:
     """The sandbox's rules [(path, rights)] for child_ruleset(): everything readable,
-    each bind (dest, writable) as bound, each tmpfs dest and /tmp writable, /proc
+    each bind (dest, writable) as bound, each tmpfs dest, /tmp and /dev/shm writable, /proc
     and /dev readable and writable but not executable."""
     rules: list[tuple[bytes, int]] = [(b"/", READ_DIR)]
     for dest, writable in binds:
@@ -85,6 +87,7 @@ def parent_rules(binds: Sequence[tuple[str, bool]], tmpfs: Sequence[str]) \
     for dest in tmpfs:
         rules.append((os.fsencode(dest), FULL))
     rules.append((b"/tmp", FULL))
+    rules.append((b"/dev/shm", FULL))
     rules.append((b"/proc", READ_FILE | READ_DIR | WRITE_FILE))
     rules.append((b"/dev", READ_FILE | READ_DIR | WRITE_FILE))
     return tuple(rules)
@@ -99,10 +102,38 @@ def handled_fs(abi: int) -> int:
     return h
 
 
-def child_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool = True) -> int:
+def fd_rights(fd: int) -> int:
+    """The rights reopening `fd` by path (/dev/fd/N, /proc/self/fd/N, /dev/stdin) may
+    have: what the fd itself grants, for a regular file only (0 for anything else).
+
+    Read for a readable fd; write (and truncate, which the fd allows anyway) for a
+    writable one unless it is append-only: a reopen could drop O_APPEND and
+    overwrite what the grant only let the program add to."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    except OSError:
+        return 0
+    if flags & os.O_PATH:  # it grants no access of its own
+        return 0
+    acc = flags & os.O_ACCMODE
+    rights = READ_FILE if acc in (os.O_RDONLY, os.O_RDWR) else 0
+    if acc in (os.O_WRONLY, os.O_RDWR) and not flags & os.O_APPEND:
+        rights |= WRITE_FILE | TRUNCATE
+    return rights
+
+
+def child_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool = True,
+                  fds: Sequence[int] = ()) -> int:
     """A ruleset fd (close-on-exec) for `rules` [(path, rights)], resolved in this mount
     namespace; `child_restrict()` applies it. Paths that do not exist are skipped.
-    `handle_fs=False`: a ruleset for the scopes alone (ABI 6), leaving file access as is."""
+    `handle_fs=False`: a ruleset for the scopes alone (ABI 6), leaving file access as is.
+
+    `fds`: the descriptors handed to the program; each that is a regular file gets
+    a rule of its own on that one file (the fd is the rule's parent_fd), with the
+    rights of fd_rights(), so a program can reopen it by path. The rule covers that
+    inode alone: nothing else in the file's host directory becomes reachable."""
     handled = handled_fs(abi) if handle_fs else 0
     attr = _RulesetAttr(handled, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0)
     size = 24 if abi >= 6 else (16 if abi >= 4 else 8)
@@ -124,6 +155,12 @@ def child_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool 
                              ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(pb), ctypes.c_uint32(0))
             finally:
                 os.close(pfd)
+        for fd in fds if handle_fs else ():
+            allowed = fd_rights(fd) & handled
+            if allowed:
+                pb = _PathBeneath(allowed, fd)
+                _sys.syscall("landlock_add_rule", ctypes.c_int(rfd),
+                             ctypes.c_int(_RULE_PATH_BENEATH), ctypes.byref(pb), ctypes.c_uint32(0))
     except OSError as e:
         os.close(rfd)
         raise LandlockError(e.errno or errno.EIO, str(e)) from None

@@ -119,8 +119,11 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         parent_pidfd=_parent_pidfd(),
         mount_ops=mounts.parent_plan(tuple((b.source, b.dest, b.writable) for b in spec.binds),
                                     tuple((t.dest, limiter.tmpfs_size(t.size_bytes))
-                                          for t in spec.tmpfs)),
+                                          for t in spec.tmpfs),
+                                    spec.data_files, spec.symlinks, spec.dirs,
+                                    owned=tuple(b.owned for b in spec.binds)),
         tmp_size=limiter.tmpfs_size(spec.tmp_size_bytes),
+        shm_size=limiter.tmpfs_size(spec.shm_size_bytes),
         chdir=os.fsencode(spec.chdir),
         hostname=spec.hostname.encode(),
         share_net=spec.share_net,
@@ -128,7 +131,8 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         late_rlimits=tuple(r for r in rl if r[0] in late_kinds),
         fd_pairs=pairs,
         landlock_abi=_landlock_abi if spec.landlock else 0,
-        landlock_rules=landlock.parent_rules(tuple((b.dest, b.writable) for b in spec.binds),
+        landlock_rules=landlock.parent_rules(tuple((b.dest, b.writable) for b in spec.binds)
+                                            + tuple((d, False) for d, _c in spec.data_files),
                                             tuple(t.dest for t in spec.tmpfs)),
         argv=tuple(os.fsencode(a) for a in spec.argv),
         envp=tuple(os.fsencode(f"{k}={v}") for k, v in spec.env),
@@ -147,7 +151,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         mask_proc_keys=spec.mask_proc_keys,
     )
     # Last, so that nothing after it can fail and leak the detached trees.
-    return plan._replace(mount_ops=mounts.parent_detach(plan.mount_ops))
+    return plan._replace(mount_ops=mounts.parent_detach(plan.mount_ops, (lease.uid, lease.gid)))
 
 
 class _Setup:

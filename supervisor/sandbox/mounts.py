@@ -6,15 +6,17 @@ host root kept at /oldroot; build the new root (a tmpfs) from /oldroot
 paths; pivot into the new root and detach the old one, so nothing of the
 host stays reachable. Read-only binds are made read-only recursively
 (mount_setattr), every bind gets nosuid and nodev, /proc is a fresh procfs
-of the new PID namespace, /dev holds five device binds and /tmp is a
-size-capped tmpfs. The root itself ends read-only.
+of the new PID namespace, /dev holds five device binds and a size-capped
+/dev/shm tmpfs, and /tmp is a size-capped tmpfs. The root itself ends read-only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
+import signal
 import stat
 from typing import NamedTuple
 
@@ -34,8 +36,8 @@ class MountError(SandboxError, InvalidInput, OSError):
 class MountOp(NamedTuple):
     """One prepared mount, with paths already encoded; built in the parent."""
 
-    kind: str  # "bind", "symlink", "tmpfs"
-    source: bytes  # host path (bind), link target (symlink), b"" (tmpfs)
+    kind: str  # "bind", "symlink", "tmpfs", "data", "dir"
+    source: bytes  # host path (bind), link target (symlink), contents (data), b"" (tmpfs, dir)
     dest: bytes  # path inside the sandbox
     writable: bool = False
     is_dir: bool = True
@@ -47,19 +49,91 @@ class MountOp(NamedTuple):
     # that binds the path itself checks it found that same file.
     dev: int = 0
     ino: int = 0
+    # An idmapped bind (--ro-bind-owned): the source's owner is the sandbox's own id.
+    owned: bool = False
 
 
 def parent_plan(binds: tuple[tuple[str, str, bool], ...],
-               tmpfs: tuple[tuple[str, int], ...]) -> tuple[MountOp, ...]:
-    """Order mounts parents-first. Touches no file: `parent_detach` resolves the sources."""
-    ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable)
-           for src, dst, writable in binds]
+               tmpfs: tuple[tuple[str, int], ...],
+               data: tuple[tuple[str, bytes], ...] = (),
+               symlinks: tuple[tuple[str, str], ...] = (),
+               dirs: tuple[str, ...] = (),
+               owned: tuple[bool, ...] = ()) -> tuple[MountOp, ...]:
+    """Order mounts parents-first. Touches no file: `parent_detach` resolves the sources.
+
+    `data`: (dest, contents) of read-only files; `symlinks`: (dest, target); `dirs`:
+    directories to make. All are made in the child like the binds' mount points."""
+    ops = [MountOp("bind", os.fsencode(src), os.fsencode(dst), writable,
+                   owned=i < len(owned) and owned[i])
+           for i, (src, dst, writable) in enumerate(binds)]
     ops.extend(MountOp("tmpfs", b"", os.fsencode(d), True, True, size) for d, size in tmpfs)
+    ops.extend(MountOp("data", contents, os.fsencode(d), False, False) for d, contents in data)
+    ops.extend(MountOp("symlink", os.fsencode(t), os.fsencode(d)) for d, t in symlinks)
+    ops.extend(MountOp("dir", b"", os.fsencode(d)) for d in dirs)
     ops.sort(key=lambda op: op.dest.count(b"/"))
     return tuple(ops)
 
 
-def _resolve_source(op: MountOp) -> MountOp:
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def _idmap_userns(uid_map: bytes, gid_map: bytes) -> int:
+    """Parent, as root: an fd of a new user namespace with these maps (it holds no
+    process once this returns), for MOUNT_ATTR_IDMAP."""
+    r, w = os.pipe()
+    pid = _sys.clone(_sys.CLONE_NEWUSER | signal.SIGCHLD)
+    if pid == 0:  # only waits to be read from /proc, then ends
+        try:
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        for name, text in ((b"uid_map", uid_map), (b"gid_map", gid_map)):
+            fd = os.open(b"/proc/%d/%s" % (pid, name), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text)
+            finally:
+                os.close(fd)
+        return os.open(b"/proc/%d/ns/user" % pid, os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(w)  # the process reads end-of-file and ends
+        with contextlib.suppress(ChildProcessError):  # an embedder's reaper took it
+            os.waitpid(pid, 0)
+
+
+def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str) -> None:
+    """Make the detached tree an idmapped mount: the source's owner (uid, gid) appears
+    as the sandbox's outer ids `ids`, which its user namespace maps to its own id."""
+    # An id on disk is read as an id inside this namespace; the mount shows it as the
+    # outer id the map makes of it (and writes map back the other way).
+    userns = _idmap_userns(b"%d %d 1\n" % (st.st_uid, ids[0]),
+                           b"%d %d 1\n" % (st.st_gid, ids[1]))
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns)
+        _sys.syscall("mount_setattr", ctypes.c_int(tree_fd), b"",
+                     ctypes.c_uint(_sys.AT_EMPTY_PATH | _sys.AT_RECURSIVE),
+                     ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS, errno.EPERM):
+            raise MountError(e.errno, f"{what}: this kernel or filesystem cannot make an "
+                             f"idmapped mount ({os.strerror(e.errno)}; Linux 5.12+ and a "
+                             "filesystem that supports them are needed, below every submount "
+                             "too): bind it with --ro-bind instead, and give the "
+                             "sandbox's uid access there (a fixed --outer-uid and chown, or an "
+                             "ACL)") from None
+        raise
+    finally:
+        os.close(userns)
+
+
+def _resolve_source(op: MountOp, ids: tuple[int, int] | None = None) -> MountOp:
     """Parent, outside the sandbox, privileged: resolve a bind source once and take
     everything from that one fd: its kind, the link it is, or a clone of its tree.
 
@@ -72,20 +146,36 @@ def _resolve_source(op: MountOp) -> MountOp:
         if stat.S_ISLNK(st.st_mode):
             return MountOp("symlink", os.fsencode(os.readlink("", dir_fd=fd)), op.dest)
         op = op._replace(is_dir=stat.S_ISDIR(st.st_mode), dev=st.st_dev, ino=st.st_ino)
+        what = f"bind {src} on {op.dest.decode()}"
         try:
-            return op._replace(tree_fd=_sys.open_tree_clone_fd(fd))
+            tree = _sys.open_tree_clone_fd(fd)
         except OSError as e:
             # EPERM: an ordinary user may not clone a tree of the host's mount
             # namespace; the child binds it inside its own (checking identity).
             if e.errno not in (errno.EPERM, errno.ENOSYS, errno.EINVAL):
                 raise MountError(e.errno or errno.EIO,
                                  f"bind source {src}: {e.strerror}") from None
-            return op
+            tree = -1
+        if op.owned and ids is not None and (st.st_uid, st.st_gid) != ids:
+            if tree < 0 or os.geteuid() != 0:
+                if tree >= 0:
+                    os.close(tree)
+                raise MountError(errno.EPERM, f"{what}: an idmapped mount needs root, and "
+                                 f"{src} is owned by {st.st_uid}:{st.st_gid}, not by the "
+                                 f"sandbox's outer ids {ids[0]}:{ids[1]}; bind it with "
+                                 "--ro-bind instead, or make it yours")
+            try:
+                _idmap(tree, st, ids, what)
+            except BaseException:
+                os.close(tree)
+                raise
+        return op._replace(tree_fd=tree)
     finally:
         os.close(fd)
 
 
-def parent_detach(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
+def parent_detach(ops: tuple[MountOp, ...],
+                  ids: tuple[int, int] | None = None) -> tuple[MountOp, ...]:
     """Resolve each bind's source here, in the parent, and clone its tree with the
     parent's rights.
 
@@ -98,11 +188,14 @@ def parent_detach(ops: tuple[MountOp, ...]) -> tuple[MountOp, ...]:
     user, Linux before 5.2), the op keeps tree_fd -1 and the child binds the
     path in its own namespace, refusing it unless it is the very file resolved
     here. Close the returned fds with `parent_close` once the child has them.
+
+    `ids`: the sandbox's outer (uid, gid); an owned bind whose source another id
+    owns becomes an idmapped mount mapping that owner to them (root only).
     """
     out: list[MountOp] = []
     try:
         for op in ops:
-            out.append(_resolve_source(op) if op.kind == "bind" else op)
+            out.append(_resolve_source(op, ids) if op.kind == "bind" else op)
     except BaseException:
         parent_close(tuple(out))
         raise
@@ -346,16 +439,71 @@ def _symlink_at(root_fd: int, dest: bytes, points_to: bytes) -> None:
         os.close(parent)
 
 
+_STAGE = b"/data"  # in the scratch root: the data files, before each is bound at its dest
+
+
+def _stage_data(ops: tuple[MountOp, ...]) -> None:
+    """Write each data op's contents to a file (mode 0444) on a tmpfs of its own in the
+    scratch root; the file is then bound at its dest and gone with the scratch root."""
+    data = [op for op in ops if op.kind == "data"]
+    if not data:
+        return
+    os.mkdir(_STAGE, 0o700)
+    size = sum(len(op.source) + 4096 for op in data) + 4096
+    _step("tmpfs for data files", _sys.mount, b"tmpfs", _STAGE, b"tmpfs",
+          _sys.MS_NOSUID | _sys.MS_NODEV | _sys.MS_NOEXEC, b"mode=0700,size=%d" % size)
+    for i, op in enumerate(data):
+        fd = os.open(_STAGE + b"/%d" % i, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC,
+                     0o444)
+        try:
+            view = memoryview(op.source)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+
+def _data_at(root_fd: int, dest: bytes, index: int) -> None:
+    """Bind staged data file `index` read-only on a file mount point made at `dest`."""
+    parent, name, target = _mount_point(root_fd, dest, False)
+    try:
+        src = os.open(_STAGE + b"/%d" % index, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            tree = _sys.open_tree_clone_fd(src)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            tree = -1
+        finally:
+            os.close(src)
+        if tree < 0:  # before Linux 5.2: by path
+            _sys.mount(_STAGE + b"/%d" % index, b"/newroot" + dest, None, _sys.MS_BIND)
+        else:
+            try:
+                _sys.move_mount_to_fd(tree, target)
+            finally:
+                os.close(tree)
+        top = _at(parent, name)
+        try:
+            _lock_down_fd(top, b"/newroot" + dest, True)
+        finally:
+            os.close(top)
+    finally:
+        os.close(target)
+        os.close(parent)
+
+
 def _dir_at(root_fd: int, dest: bytes) -> None:
     parent, _name, target = _mount_point(root_fd, dest, True)
     os.close(target)
     os.close(parent)
 
 
-def child_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
+def child_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes,
+               shm_size: int = 64 << 20) -> None:
     """Build the new root and pivot into it. Raises MountError naming the path."""
     try:
-        _setup_root(ops, tmp_size, chdir)
+        _setup_root(ops, tmp_size, chdir, shm_size)
     except MountError:
         raise
     except OSError as e:
@@ -374,7 +522,7 @@ def _step(what: str, fn: object, *args: object) -> None:
             from None
 
 
-def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
+def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes, shm_size: int) -> None:
     m = _sys.mount
     _step("make / private", m, None, b"/", None, _sys.MS_REC | _sys.MS_PRIVATE)
     # Scratch root on /tmp (private to this namespace); the host stays at /oldroot.
@@ -394,14 +542,21 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
     _step("tmpfs /tmp", m, b"tmpfs", new + b"/tmp", b"tmpfs", _sys.MS_NOSUID | _sys.MS_NODEV,
           b"mode=1777,size=%d" % tmp_size)
 
+    _stage_data(ops)
     # Every mount point below is reached through fds from here, never a link.
     root_fd = os.open(new, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    data = 0
     try:
         for op in ops:
             if op.kind == "symlink":
                 _step(f"symlink {op.dest.decode()}", _symlink_at, root_fd, op.dest, op.source)
             elif op.kind == "tmpfs":
                 _step(f"tmpfs {op.dest.decode()}", _tmpfs_at, root_fd, op.dest, op.size)
+            elif op.kind == "data":
+                _step(f"data file {op.dest.decode()}", _data_at, root_fd, op.dest, data)
+                data += 1
+            elif op.kind == "dir":
+                _step(f"dir {op.dest.decode()}", _dir_at, root_fd, op.dest)
             else:
                 what = f"bind {op.source.decode()} on {op.dest.decode()}"
                 _step(what, _bind_at, root_fd, op, what)
@@ -426,6 +581,12 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes) -> None:
         _step(f"bind /dev/{name}", m, b"/oldroot/dev/" + name.encode(), node, None, _sys.MS_BIND)
     for link, points_to in DEV_LINKS:
         os.symlink(points_to.encode(), dev + b"/" + link.encode())
+    # /dev/shm: POSIX shared memory and semaphores (multiprocessing's locks), a
+    # size-capped tmpfs of this sandbox's own, like /tmp; it stays writable
+    # when /dev (the mount beneath it, alone) is made read-only.
+    os.mkdir(dev + b"/shm", 0o755)
+    _step("tmpfs /dev/shm", m, b"tmpfs", dev + b"/shm", b"tmpfs",
+          _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=1777,size=%d" % shm_size)
     _step("read-only /dev", _readonly, dev)
 
     # Into the new root; stack the old one on it and detach it.

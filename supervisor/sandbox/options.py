@@ -54,7 +54,8 @@ def _opt(default: Any, flag: str, help: str, kind: Kind = "text", *, metavar: st
                                                              serve, sandbox)})
 
 
-_TUPLES = ("ro_binds", "binds", "tmpfs", "pass_fds", "files", "env", "keep_env")
+_TUPLES = ("ro_binds", "binds", "owned_ro_binds", "tmpfs", "ro_bind_data",
+           "symlinks", "dirs", "pass_fds", "files", "env", "keep_env")
 _BROKER_TUPLES = ("broker_read", "broker_write", "broker_connect")
 
 
@@ -73,8 +74,22 @@ class SandboxOptions:
                                      metavar="SRC[:DST]")
     binds: tuple[str, ...] = _opt((), "--bind", "Bind SRC read-write.", "texts",
                                   metavar="SRC[:DST]")
-    tmpfs: tuple[str, ...] = _opt((), "--tmpfs", "Mount an empty tmpfs at DST.", "texts",
-                                  metavar="DST")
+    owned_ro_binds: tuple[str, ...] = _opt(
+        (), "--ro-bind-owned", "Bind SRC read-only with SRC's owner as the sandbox's own "
+        "uid (an idmapped mount: its owner-only files become readable; git trusts a "
+        "repository there).", "texts", metavar="SRC[:DST]")
+    tmpfs: tuple[str, ...] = _opt((), "--tmpfs", "Mount an empty tmpfs at DST (anywhere "
+                                  "but /proc and /dev; /dev/shm replaces the built-in one).",
+                                  "texts", metavar="DST")
+    ro_bind_data: tuple[str, ...] = _opt((), "--ro-bind-data", "Read this process's fd FD to "
+                                         "its end (16M at most) and place the data as a "
+                                         "read-only file at DEST.", "texts", metavar="FD:DEST",
+                                         serve=False)
+    symlinks: tuple[str, ...] = _opt((), "--symlink", "Make a symbolic link at DEST pointing "
+                                     "to TARGET (a path inside the sandbox).", "texts",
+                                     metavar="TARGET:DEST")
+    dirs: tuple[str, ...] = _opt((), "--dir", "Make an empty directory at DEST.", "texts",
+                                 metavar="DEST")
     chdir: str | None = _opt(None, "--chdir", "Working directory inside the sandbox.",
                              metavar="DIR")
     memory: int | None = _opt(None, "--memory", "Memory limit (e.g. 512M).", "size")

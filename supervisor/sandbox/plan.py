@@ -17,6 +17,7 @@ class Plan(NamedTuple):
     parent_pidfd: int
     mount_ops: tuple[mounts.MountOp, ...]
     tmp_size: int
+    shm_size: int
     chdir: bytes
     hostname: bytes
     share_net: bool

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warden.errors import InvalidInput
-from warden.profiles.model import Bind, Profile, Tmpfs
+from warden.profiles.model import SHM_DEST, Bind, Profile, Tmpfs, reserved_dest
 from warden.profiles.parser import size_bytes
 from warden.supervisor.sandbox import ids
 from warden.supervisor.sandbox.errors import SandboxError
@@ -34,7 +34,8 @@ DEFAULT_PROCESSES = 256
 DEFAULT_OPEN_FILES = 1024
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-_RESERVED = ("/proc", "/dev")
+DEFAULT_SHM_SIZE = 64 << 20
+MAX_DATA_BYTES = 16 << 20  # one --ro-bind-data file, read into memory before the fork
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -61,7 +62,14 @@ class SandboxSpec:
     seccomp_filter: bytes  # raw struct sock_filter[] for the native architecture
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[Tmpfs, ...] = ()
+    # (dest, contents) of read-only files made from data (--ro-bind-data), (dest,
+    # target) of symbolic links, and directories, placed in the new root.
+    data_files: tuple[tuple[str, bytes], ...] = ()
+    symlinks: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[str, ...] = ()
     tmp_size_bytes: int = 64 << 20
+    # The private /dev/shm tmpfs every sandbox gets (POSIX semaphores and shared memory).
+    shm_size_bytes: int = DEFAULT_SHM_SIZE
     chdir: str = "/"
     share_net: bool = False
     memory_bytes: int = DEFAULT_MEMORY
@@ -127,7 +135,7 @@ def split_bind(text: str, option: str) -> tuple[str, str]:
     return os.path.abspath(src), dst
 
 
-def _clean_dest(dest: str, what: str) -> str:
+def _clean_dest(dest: str, what: str, tmpfs: bool = False) -> str:
     if not dest.startswith("/"):
         raise SpecError(f"{what}: destination {dest!r} must be an absolute path")
     if ".." in dest.split("/"):
@@ -137,9 +145,10 @@ def _clean_dest(dest: str, what: str) -> str:
         clean = clean[1:]
     if clean == "/":
         raise SpecError(f"{what}: cannot replace the sandbox root '/'")
-    for r in _RESERVED:
-        if clean == r or clean.startswith(r + "/"):
-            raise SpecError(f"{what}: {clean} is reserved (the sandbox mounts its own {r})")
+    r = reserved_dest(clean, tmpfs)
+    if r is not None:
+        hint = f"; a tmpfs may replace {SHM_DEST}" if r == "/dev" else ""
+        raise SpecError(f"{what}: {clean} is reserved (the sandbox mounts its own {r}){hint}")
     return clean
 
 
@@ -217,12 +226,14 @@ def build_spec(
     # Filesystem.
     all_binds: list[tuple[Bind, str]] = [(b, f"profile {profile.name} bind {b.source}")
                                          for b in profile.filesystem.binds]
-    for opt, items, writable in ((flag("ro_binds"), o.ro_binds, False),
-                                 (flag("binds"), o.binds, True)):
+    for opt, items, writable, owned in ((flag("ro_binds"), o.ro_binds, False, False),
+                                        (flag("binds"), o.binds, True, False),
+                                        (flag("owned_ro_binds"), o.owned_ro_binds, False, True)):
         for text in items:
             src, dst = split_bind(text, f"{opt} {text}")
-            all_binds.append((Bind(src, dst, writable=writable), f"{opt} {text}"))
+            all_binds.append((Bind(src, dst, writable=writable, owned=owned), f"{opt} {text}"))
     seen: dict[str, str] = {"/tmp": "the built-in /tmp"}
+    shm = DEFAULT_SHM_SIZE
     out_binds: list[Bind] = []
     for b, what in all_binds:
         dest = _clean_dest(b.dest, what)
@@ -234,24 +245,38 @@ def build_spec(
             raise SpecError(f"{what}: source {b.source} does not exist")
         if dest in seen:
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
+        if b.owned and b.writable:
+            # What the sandbox created there would belong to the owner outside, setuid
+            # bits included: a root-owned directory would take a setuid-root program.
+            raise SpecError(f"{what}: an owned (idmapped) bind is read-only: written to, "
+                            "it would let the sandbox leave setuid programs of the owner "
+                            "on the host; bind it read-write without owned, and give the "
+                            f"sandbox's uid access there ({flag('outer_uid')} and chown, or "
+                            "an ACL)")
         seen[dest] = what
-        out_binds.append(Bind(b.source, dest, writable=b.writable))
+        out_binds.append(Bind(b.source, dest, writable=b.writable, owned=b.owned))
     out_tmpfs: list[Tmpfs] = []
     for t in profile.filesystem.tmpfs:
         what = f"profile {profile.name} tmpfs {t.dest}"
-        dest = _clean_dest(t.dest, what)
+        dest = _clean_dest(t.dest, what, tmpfs=True)
         if dest in seen:
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
         seen[dest] = what
+        if dest == SHM_DEST:  # replaces the built-in one: its size
+            shm = t.size_bytes
+            continue
         out_tmpfs.append(Tmpfs(dest, t.size_bytes))
     for text in o.tmpfs:
         what = f"{flag('tmpfs')} {text}"
-        dest = _clean_dest(text, what)
+        dest = _clean_dest(text, what, tmpfs=True)
         if dest in seen:
             hint = f"; use {flag('tmp_size')} to size it" if dest == "/tmp" else ""
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}{hint}")
         seen[dest] = what
+        if dest == SHM_DEST:  # the built-in one, at its default size
+            continue
         out_tmpfs.append(Tmpfs(dest))
+    data_files, symlinks, dirs = _placed(o, seen)
     cwd = o.chdir if o.chdir is not None else profile.filesystem.chdir
     if not cwd.startswith("/"):
         raise SpecError(f"{flag('chdir')} {cwd!r}: must be an absolute path inside the sandbox")
@@ -340,7 +365,8 @@ def build_spec(
 
     return SandboxSpec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
-        binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), tmp_size_bytes=tmp, chdir=cwd,
+        binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), data_files=data_files,
+        symlinks=symlinks, dirs=dirs, tmp_size_bytes=tmp, shm_size_bytes=shm, chdir=cwd,
         share_net=share, memory_bytes=mem, processes=procs, open_files=nofile,
         cpu_time_seconds=o.cpu_time or lim.cpu_time_seconds,
         wall_time_seconds=o.timeout or lim.wall_time_seconds, env=environment,
@@ -359,6 +385,51 @@ def _complain(complain: bool, seccomp_filter: bytes) -> bool:
         raise SpecError(f"{flag('complain')}: the seccomp filter given reports no call to "
                         "the supervisor (it was compiled without kill_as_notify)")
     return complain
+
+
+def _placed(o: SandboxOptions, seen: dict[str, str]) -> tuple[
+        tuple[tuple[str, bytes], ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """--ro-bind-data, --symlink and --dir, checked; each fd's data read here, once."""
+    def claim(dest: str, what: str) -> str:
+        clean = _clean_dest(dest, what)
+        if clean in seen:
+            raise SpecError(f"{what}: destination {clean} is already used by {seen[clean]}")
+        seen[clean] = what
+        return clean
+
+    data: list[tuple[str, bytes]] = []
+    for text in o.ro_bind_data:
+        what = f"{flag('ro_bind_data')} {text}"
+        num, sep, dest = text.partition(":")
+        if not sep or not num.isdigit():
+            raise SpecError(f"{what}: expected FD:DEST (an fd number of this process, and a "
+                            "path inside the sandbox)")
+        data.append((claim(dest, what), _read_data(int(num), what)))
+    links: list[tuple[str, str]] = []
+    for text in o.symlinks:
+        what = f"{flag('symlinks')} {text}"
+        target, sep, dest = text.rpartition(":")
+        if not sep or not target or "\0" in target:
+            raise SpecError(f"{what}: expected TARGET:DEST")
+        links.append((claim(dest, what), target))
+    dirs = tuple(claim(d, f"{flag('dirs')} {d}") for d in o.dirs)
+    return tuple(data), tuple(links), dirs
+
+
+def _read_data(fd: int, what: str) -> bytes:
+    """All of fd's data from its offset to its end (the caller asked for exactly that fd)."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > MAX_DATA_BYTES:
+                raise SpecError(f"{what}: more than {MAX_DATA_BYTES >> 20}M of data; bind a "
+                                f"file with {flag('ro_binds')} instead")
+            chunks.append(chunk)
+    except OSError as e:
+        raise SpecError(f"{what}: fd {fd}: {e.strerror}") from None
+    return b"".join(chunks)
 
 
 def _userns_limits(values: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
