@@ -10,7 +10,7 @@ import warden.supervisor
 
 HERE = Path(next(iter(warden.supervisor.__path__)))
 # Modules above the Supervisor: they use it; nothing below may reach back up to it.
-ABOVE_CORE = {"__init__", "sync", "executor", "dask_executor", "serve", "serve_cli"}
+ABOVE_CORE = {"__init__", "sync", "executor", "dask_executor", "serve", "serve_config", "serve_cli"}
 
 
 def _imports() -> dict[str, set[str]]:
