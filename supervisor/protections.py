@@ -1,6 +1,6 @@
 """Invariant 1 (the parent's lifetime is its own), one named protection per function.
 
-Each is applied or checked by the Supervisor; tests/supervisor/test_hostile.py
+Each is applied or checked by the Supervisor; tests/supervisor/test_supervisor_hostile.py
 attacks each one. Protections that live elsewhere, by design:
 
 - own session, process group, PID namespace of every worker:

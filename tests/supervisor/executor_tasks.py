@@ -1,4 +1,5 @@
-"""Functions the executor tests submit (preloaded by the workers; see test_executor.py)."""
+"""Functions the executor tests submit (preloaded by the workers; see
+test_supervisor_executor.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Workers that flood the supervisor with *valid* traffic or spin the CPU (test_floods.py).
+"""Workers that flood the supervisor with *valid* traffic or spin the CPU
+(test_supervisor_floods.py).
 
 Imported by both sides: the supervisor serves FloodHost, the flooding worker calls it."""
 

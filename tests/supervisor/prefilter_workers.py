@@ -1,5 +1,5 @@
 """Targets whose import-time or constructor code tries to outlive the filter that comes
-after it (test_prefilter.py). Each runs under the launch filter only, as documented."""
+after it (test_supervisor_prefilter.py). Each runs under the launch filter only, as documented."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""A worker that says which interpreter runs it (for tests/supervisor/test_any_python.py)."""
+"""A worker that says which interpreter runs it (for
+tests/supervisor/test_supervisor_any_python.py)."""
 
 from __future__ import annotations
 

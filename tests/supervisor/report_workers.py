@@ -1,4 +1,5 @@
-"""A worker for tests/supervisor/test_reports_workers.py: refused calls it tries to withdraw
+"""A worker for tests/supervisor/test_supervisor_reports_workers.py: refused calls it tries
+to withdraw
 (its own interval timer, another thread ending the process) or to make through the
 i386 and x32 tables. Imported by the zygote (preload) and by the workers."""
 

@@ -1,4 +1,4 @@
-"""A worker that looks for the supervisor's secrets in itself (test_secrets.py)."""
+"""A worker that looks for the supervisor's secrets in itself (test_supervisor_secrets.py)."""
 
 from __future__ import annotations
 

@@ -230,7 +230,7 @@ class SlowStart(CalcImpl):
 
 
 class LivenessImpl(CalcImpl):
-    """Breaks the one-channel-one-process rule from inside a call (test_liveness.py).
+    """Breaks the one-channel-one-process rule from inside a call (test_supervisor_liveness.py).
 
     act("hang_up"): closes fd 3 and keeps running; act("shutdown"): shuts fd 3 down
     (arg: SHUT_WR or SHUT_RDWR) and keeps running; act("exec"): becomes /bin/sleep

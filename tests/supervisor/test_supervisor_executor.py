@@ -141,8 +141,8 @@ def test_functions_that_cannot_be_sent_are_refused_at_submit() -> None:
                 ex.submit(fn, 1)
         with pytest.raises(TypeError, match="is not a plain Python function"):
             ex.submit(functools.partial(tasks.identity, 1))
-        with pytest.raises(TypeError, match=r"test_executor.test_result_decoding_kills_"
-                           r"nothing_else: its module '[\w.]*test_executor' is not "
+        with pytest.raises(TypeError, match=r"test_supervisor_executor.test_result_decoding_kills_"
+                           r"nothing_else: its module '[\w.]*test_supervisor_executor' is not "
                            r"loaded in the workers; name it in SandboxExecutor\(preload="):
             ex.submit(test_result_decoding_kills_nothing_else)
         assert ex.submit(tasks.identity, 5).result() == 5

@@ -37,12 +37,12 @@ _serial = itertools.count()
 CONFIG = """
 [supervisor]
 start_method = "zygote"
-preload = ["tests.supervisor.test_service_helpers"]
+preload = ["tests.supervisor.service_helpers"]
 status_socket = "{status}"
 
 [pools.h]
-interface = "tests.supervisor.test_service_helpers:Holder"
-module = "tests.supervisor.test_service_helpers:HolderImpl"
+interface = "tests.supervisor.service_helpers:Holder"
+module = "tests.supervisor.service_helpers:HolderImpl"
 count = 1
 call_timeout = 30
 
@@ -118,7 +118,7 @@ def as_uid(uid: int | None) -> list[str]:
 
 
 def client(kind: str, *args: str, uid: int | None = None) -> Any:
-    r = subprocess.run([*as_uid(uid), PYTHON, "-m", "tests.supervisor.test_service_helpers",
+    r = subprocess.run([*as_uid(uid), PYTHON, "-m", "tests.supervisor.service_helpers",
                         kind, *args], env=ENV, cwd=WORKTREE, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
@@ -231,7 +231,7 @@ def test_a_flood_of_connections_is_refused_beyond_the_limits(serve: Any) -> None
     warm_up(srv)
     baseline = srv.status()["open_fds"]
     flood = subprocess.Popen([*as_uid(flooder), PYTHON, "-m",
-                              "tests.supervisor.test_service_helpers", "flood", srv.address,
+                              "tests.supervisor.service_helpers", "flood", srv.address,
                               "500"], env=ENV, cwd=WORKTREE, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
@@ -273,7 +273,7 @@ def test_a_client_killed_mid_call_costs_nothing(serve: Any, tmp_path: Path) -> N
     baseline = srv.status()
     with open(data, "rb") as f:  # its stdin: the file it passes
         victim = subprocess.Popen([*as_uid(lower), PYTHON, "-m",
-                                   "tests.supervisor.test_service_helpers", "hold",
+                                   "tests.supervisor.service_helpers", "hold",
                                    srv.address, "-", "1500"], env=ENV, cwd=WORKTREE,
                                   stdin=f, stdout=subprocess.PIPE, text=True)
     assert victim.stdout is not None and victim.stdout.readline() == "calling\n"

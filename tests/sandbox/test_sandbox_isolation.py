@@ -172,7 +172,7 @@ def _open(fd: int) -> bool:
 def test_the_status_names_what_the_sandbox_went_without() -> None:
     base = py("pass").status.weakened
     # As root with a cgroup nothing is missing; an ordinary user's sandbox may share the
-    # user's ids and go without a memory cgroup (test_accounting.py), and says so.
+    # user's ids and go without a memory cgroup (test_sandbox_accounting.py), and says so.
     assert base == () if MODE == "root" else all(
         w.startswith(("outer ids", "memory limit")) for w in base)
     assert py("pass", share_net=True).status.weakened == (

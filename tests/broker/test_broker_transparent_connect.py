@@ -188,7 +188,7 @@ def test_a_child_killed_during_a_pending_connect_costs_nothing() -> None:
 def test_malformed_connects_get_the_kernels_answers(server: int) -> None:
     import ctypes
 
-    from tests.broker.test_transparent_open import transparent_nr
+    from tests.broker.test_broker_transparent_open import transparent_nr
 
     libc = ctypes.CDLL(None, use_errno=True)
     nr = transparent_nr("connect")

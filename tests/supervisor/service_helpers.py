@@ -1,5 +1,5 @@
 """For the service tests: a worker interface that holds a call (and a client's fd), and the
-clients the tests run as separate processes (`python -m tests.supervisor.test_service_helpers
+clients the tests run as separate processes (`python -m tests.supervisor.service_helpers
 KIND ADDRESS ...`). No tests here."""
 
 from __future__ import annotations
