@@ -9,9 +9,11 @@ it, and the command that starts a profile of one's own from the one in use.
 
 from __future__ import annotations
 
+import json
 import signal
 
 from warden.profiles.constants import CONSTANTS
+from warden.supervisor.sandbox.notify import PATH_ARG
 from warden.supervisor.sandbox.status import Complaint, Violation
 
 # Which argument of a call holds which family of constants (by name prefix):
@@ -91,7 +93,10 @@ def call_text(v: Violation | Complaint) -> str:
     shown = []
     for i, a in enumerate(v.args):
         kind = kinds[i] if i < len(kinds) else None
-        if i == 0 and v.syscall in _DIRFD_FIRST and a & 0xFFFFFFFF == _AT_FDCWD:
+        path = getattr(v, "path", None)
+        if path is not None and PATH_ARG.get(v.syscall) == i:
+            shown.append(json.dumps(path))
+        elif i == 0 and v.syscall in _DIRFD_FIRST and a & 0xFFFFFFFF == _AT_FDCWD:
             shown.append("AT_FDCWD")
         elif v.syscall in ("clone", "unshare") and i == 0:
             shown.append(_clone_flags(a & 0xFFFFFFFF))

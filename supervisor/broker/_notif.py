@@ -11,7 +11,6 @@ struct layouts and ioctl numbers from <linux/seccomp.h>:
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import mmap
 import os
@@ -19,28 +18,21 @@ import struct
 
 from warden.supervisor.sandbox import _sys
 from warden.supervisor.sandbox.notify import SECCOMP_IOCTL_NOTIF_RECV, Notification
-from warden.supervisor.sandbox.notify import respond as respond  # the one copy, re-exported
 
-SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
+# The one copy of each, re-exported for the broker's modules:
+from warden.supervisor.sandbox.notify import id_valid as id_valid
+from warden.supervisor.sandbox.notify import read_memory as read_memory
+from warden.supervisor.sandbox.notify import read_string as read_string
+from warden.supervisor.sandbox.notify import respond as respond
+
 SECCOMP_IOCTL_NOTIF_ADDFD = 0x40182103
 SECCOMP_ADDFD_FLAG_SETFD = 1
 SECCOMP_ADDFD_FLAG_SEND = 2
 
 _NOTIF = struct.Struct("=QIIiIQ6Q")
 _ADDFD = struct.Struct("=QIIII")
-_ID = struct.Struct("=Q")
 _NR_PIDFD_GETFD = 438
 _PAGE = mmap.PAGESIZE
-
-
-class _IOVec(ctypes.Structure):
-    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
-
-
-_readv = _sys.libc.process_vm_readv
-_readv.restype = ctypes.c_ssize_t
-_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong,
-                   ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.c_ulong]
 
 
 def receive(fd: int) -> Notification | None:
@@ -57,16 +49,6 @@ def receive(fd: int) -> Notification | None:
         return Notification(nid, pid, nr, arch, tuple(args))
 
 
-def id_valid(fd: int, nid: int) -> bool:
-    """Whether notification `nid` still waits for an answer (its caller is alive and
-    still in the call), so what was read from its pid was read from that caller."""
-    try:
-        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, _ID.pack(nid))
-    except FileNotFoundError:
-        return False
-    return True
-
-
 def add_fd(fd: int, nid: int, src: int, *, cloexec: bool, send: bool = False,
            target: int | None = None) -> int | None:
     """Install a copy of our `src` in the caller's table (at `target` if given,
@@ -80,45 +62,6 @@ def add_fd(fd: int, nid: int, src: int, *, cloexec: bool, send: bool = False,
         return int(fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ADDFD, buf, True))
     except FileNotFoundError:
         return None
-
-
-def read_memory(pid: int, addr: int, size: int) -> bytes:
-    """Up to `size` bytes at `addr` in process `pid` (fewer where a mapping ends);
-    OSError EFAULT when nothing at `addr` is mapped."""
-    out = bytearray()
-    while len(out) < size:
-        # One page at a time: process_vm_readv stops at the first unmapped page,
-        # and a string may end just before one.
-        chunk = min(size - len(out), _PAGE - (addr + len(out)) % _PAGE)
-        buf = ctypes.create_string_buffer(chunk)
-        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), chunk)
-        remote = _IOVec(addr + len(out), chunk)
-        n = _readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        if n <= 0:
-            if out:
-                break
-            err = ctypes.get_errno() or errno.EFAULT
-            raise OSError(err, os.strerror(err))
-        out += buf.raw[:n]
-        if n < chunk:
-            break
-    return bytes(out)
-
-
-def read_string(pid: int, addr: int, limit: int) -> bytes | None:
-    """The NUL-terminated string at `addr` in `pid`, without its NUL; None when no NUL
-    comes within `limit` bytes (the kernel's ENAMETOOLONG)."""
-    out = bytearray()
-    while len(out) < limit:
-        chunk = min(limit - len(out), _PAGE - (addr + len(out)) % _PAGE)
-        part = read_memory(pid, addr + len(out), chunk)
-        nul = part.find(b"\0")
-        if nul >= 0:
-            return bytes(out + part[:nul])
-        out += part
-        if len(part) < chunk:
-            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
-    return None
 
 
 def pidfd_getfd(pidfd: int, target: int) -> int:

@@ -27,6 +27,7 @@ from warden.supervisor.sandbox.notify import (
     Listener,
     Notification,
     respond,
+    violation_path,
 )
 from warden.supervisor.sandbox.seccomp import WEAKENED_WAIT_KILLABLE, wait_killable_supported
 from warden.supervisor.sandbox.spec import SandboxSpec
@@ -261,7 +262,11 @@ class Sandbox(metaclass=NoPublicConstructor):
                 self._complain(lst.seccomp_fd, n)
                 continue
             if self._cause is None:
-                self._cause = (Outcome.SECCOMP_VIOLATION, n.reason(), n.violation())
+                v = n.violation()
+                path = violation_path(lst.seccomp_fd, n, v)
+                if path is not None:
+                    v = dataclasses.replace(v, path=path)
+                self._cause = (Outcome.SECCOMP_VIOLATION, n.reason(), v)
             self.kill()
             return
         if state != "idle":  # ended: no process uses the filter any more, or it failed

@@ -51,6 +51,7 @@ import time
 from typing import Any, NamedTuple
 
 from warden.errors import ChildFailed
+from warden.supervisor.sandbox import _sys
 from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.lowlevel import wait_readable
 from warden.supervisor.sandbox.status import Violation
@@ -60,6 +61,9 @@ SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
 SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
 SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
 _RESP = struct.Struct("=QqiI")  # seccomp_notif_resp: id u64, val s64, error s32, flags u32
+SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102
+_ID = struct.Struct("=Q")
+_PAGE = mmap.PAGESIZE
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_I386 = 0x40000003
@@ -120,6 +124,94 @@ def respond(fd: int, nid: int, *, val: int = 0, error: int = 0, cont: bool = Fal
     except FileNotFoundError:
         return False
     return True
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+_readv = _sys.libc.process_vm_readv
+_readv.restype = ctypes.c_ssize_t
+_readv.argtypes = [ctypes.c_int, ctypes.POINTER(_IOVec), ctypes.c_ulong,
+                   ctypes.POINTER(_IOVec), ctypes.c_ulong, ctypes.c_ulong]
+
+
+def id_valid(fd: int, nid: int) -> bool:
+    """Whether notification `nid` still waits for an answer (its caller is alive and
+    still in the call), so what was read from its pid was read from that caller."""
+    try:
+        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, _ID.pack(nid))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_memory(pid: int, addr: int, size: int) -> bytes:
+    """Up to `size` bytes at `addr` in process `pid` (fewer where a mapping ends);
+    OSError EFAULT when nothing at `addr` is mapped."""
+    out = bytearray()
+    while len(out) < size:
+        # One page at a time: process_vm_readv stops at the first unmapped page,
+        # and a string may end just before one.
+        chunk = min(size - len(out), _PAGE - (addr + len(out)) % _PAGE)
+        buf = ctypes.create_string_buffer(chunk)
+        local = _IOVec(ctypes.cast(buf, ctypes.c_void_p), chunk)
+        remote = _IOVec(addr + len(out), chunk)
+        n = _readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if n <= 0:
+            if out:
+                break
+            err = ctypes.get_errno() or errno.EFAULT
+            raise OSError(err, os.strerror(err))
+        out += buf.raw[:n]
+        if n < chunk:
+            break
+    return bytes(out)
+
+
+def read_string(pid: int, addr: int, limit: int) -> bytes | None:
+    """The NUL-terminated string at `addr` in `pid`, without its NUL; None when no NUL
+    comes within `limit` bytes (the kernel's ENAMETOOLONG)."""
+    out = bytearray()
+    while len(out) < limit:
+        chunk = min(limit - len(out), _PAGE - (addr + len(out)) % _PAGE)
+        part = read_memory(pid, addr + len(out), chunk)
+        nul = part.find(b"\0")
+        if nul >= 0:
+            return bytes(out + part[:nul])
+        out += part
+        if len(part) < chunk:
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
+    return None
+
+
+# Which argument of a path-taking call holds the path (x86_64 names).
+PATH_ARG = {
+    "open": 0, "creat": 0, "openat": 1, "openat2": 1, "execve": 0, "execveat": 1,
+    "stat": 0, "lstat": 0, "newfstatat": 1, "statx": 1, "access": 0, "faccessat": 1,
+    "faccessat2": 1, "readlink": 0, "readlinkat": 1, "unlink": 0, "unlinkat": 1,
+    "mkdir": 0, "mkdirat": 1, "rmdir": 0, "chdir": 0, "chmod": 0, "fchmodat": 1,
+    "chown": 0, "lchown": 0, "fchownat": 1, "truncate": 0, "mknod": 0, "mknodat": 1,
+    "rename": 0, "renameat": 1, "renameat2": 1, "link": 0, "linkat": 1, "symlink": 1,
+    "symlinkat": 2, "utimensat": 1, "chroot": 0, "mount": 1, "umount2": 0,
+    "pivot_root": 0, "swapon": 0, "acct": 0,
+}
+
+
+def violation_path(fd: int, n: Notification, v: Violation) -> str | None:
+    """The path argument of the refused call `n`, read from its caller's memory and
+    kept only if the notification was still pending after the read (so the bytes
+    are the caller's, not a reused pid's). At most 4 KiB; None when unreadable."""
+    index = PATH_ARG.get(v.syscall)
+    if index is None or v.arch != "x86_64" or n.withdrawn or not n.args[index]:
+        return None
+    try:
+        raw = read_string(n.pid, n.args[index], 4096)
+    except OSError:
+        return None
+    if raw is None or not id_valid(fd, n.id):
+        return None
+    return raw.decode(errors="backslashreplace")
 
 
 def syscall_name(arch_token: int, nr: int) -> str:

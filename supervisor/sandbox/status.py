@@ -42,6 +42,9 @@ class Violation:
     arch: str  # "x86_64", "i386", "x32", ... or hex
     args: tuple[int, ...]
     pid: int  # host pid of the calling process
+    # The path argument of a path-taking call (open, openat, execve, stat, ...), as the
+    # caller passed it, read from its memory before the kill; None for other calls.
+    path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -57,3 +57,19 @@ def test_arguments_are_decoded_where_their_meaning_is_known() -> None:
     assert text("ioctl", 0, 0x5412) == "ioctl(0x0, TIOCSTI)"
     assert text("unshare", 0x10000000) == "unshare(CLONE_NEWUSER)"
     assert text("mount", 1, 2).startswith("mount(0x1, 0x2")  # nothing known: hex
+
+
+def test_the_path_of_a_refused_path_call_is_read_before_the_kill(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    (tmp_path / "nocreat.toml").write_text(
+        'extends = "default"\n[seccomp]\nreset = ["creat"]\n')
+    r = warden("run", "-p", "./nocreat.toml", "--json-status", "-", "--", "/usr/bin/python3",
+               "-c", "import ctypes; ctypes.CDLL(None).syscall(85, b'/tmp/planted \\xff', 0o644)",
+               cwd=str(tmp_path))
+    assert r.returncode == 159, r.stderr
+    import json
+
+    st = json.loads(r.stdout)
+    assert st["violation"]["syscall"] == "creat"
+    assert st["violation"]["path"] == "/tmp/planted \\xff"  # undecodable bytes escaped
+    assert 'creat("/tmp/planted \\\\xff", 0x1a4' in r.stderr, r.stderr

@@ -72,9 +72,9 @@ def test_status_json_shape() -> None:
     d = json.loads(st.to_json())
     assert d["outcome"] == "seccomp_violation" and d["signal_name"] == "SIGKILL"
     assert d["violation"] == {"syscall": "mkdir", "nr": 83, "arch": "x86_64",
-                              "args": [1, 2, 3, 4, 5, 6], "pid": 4242}
+                              "args": [1, 2, 3, 4, 5, 6], "pid": 4242, "path": None}
     assert {"wall_time", "cpu_time", "peak_memory_bytes", "limits_mechanism", "landlock_abi",
-            "exit_code", "returncode", "setup", "reason", "weakened"} <= set(d)
+            "exit_code", "returncode", "setup", "reason", "weakened", "complaints"} <= set(d)
     assert st.describe() == ("seccomp violation: mkdir(0x1, 0x2, 0x3, 0x4, 0x5, 0x6); "
                              "sandbox killed")
 
