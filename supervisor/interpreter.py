@@ -14,6 +14,7 @@ import functools
 import os
 import site
 import sys
+from collections.abc import Iterable
 from typing import NamedTuple
 
 # What every launch profile already binds read-only: an interpreter here needs
@@ -27,7 +28,8 @@ class SandboxPython(NamedTuple):
     path: tuple[str, ...]    # PYTHONPATH entries: a venv's site-packages
 
 
-def _under(path: str, dirs: list[str] | tuple[str, ...]) -> bool:
+def is_under(path: str, dirs: Iterable[str]) -> bool:
+    """True when `path` is one of `dirs` or lies below one (by path, not by file)."""
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
@@ -43,15 +45,15 @@ def sandbox_python() -> SandboxPython:
     sites = tuple(dict.fromkeys(os.path.realpath(p) for p in site.getsitepackages()
                                 if os.path.isdir(p)))
     binds: list[str] = []
-    if not _under(exe, SYSTEM_PREFIXES):
+    if not is_under(exe, SYSTEM_PREFIXES):
         for prefix in dict.fromkeys((os.path.realpath(sys.base_prefix),
                                      os.path.realpath(sys.base_exec_prefix))):
-            if not _under(prefix, SYSTEM_PREFIXES) and prefix != "/":
+            if not is_under(prefix, SYSTEM_PREFIXES) and prefix != "/":
                 binds.append(prefix)
-        if not _under(exe, binds):  # an executable kept outside its prefix
+        if not is_under(exe, binds):  # an executable kept outside its prefix
             binds.append(os.path.dirname(exe))
     for s in sites:
-        if not _under(s, (*SYSTEM_PREFIXES, *binds)):
+        if not is_under(s, (*SYSTEM_PREFIXES, *binds)):
             binds.append(s)
     # Outside a venv the interpreter finds its own site-packages; a venv's come
     # through PYTHONPATH, since the sandbox runs the base interpreter.
