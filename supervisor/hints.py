@@ -111,13 +111,18 @@ def call_text(v: Violation | Complaint) -> str:
     return f"{v.syscall}({', '.join(shown[:used])})"
 
 
+def _own_name(profile: str) -> str:
+    """The name suggested for a profile of one's own that starts from `profile`."""
+    return "my-" + profile.rsplit("/", 1)[-1].removesuffix(".toml")
+
+
 def how_to_allow(v: Violation, profile: str) -> list[str]:
     """The lines after a kill: the rule that allows the call, and the command that
     starts a profile of one's own from `profile`."""
     if v.syscall.startswith("unknown(") or v.arch not in ("x86_64", "native"):
         return [f"{v.syscall} on {v.arch} is not a call a profile can allow by name; "
                 "see docs/profiles.md (architectures)"]
-    mine = "my-" + profile.rsplit("/", 1)[-1].removesuffix(".toml")
+    mine = _own_name(profile)
     return [
         f'to allow it, add "{v.syscall}" to the allow list of a profile\'s [seccomp] table:',
         f"    warden profile new {mine} --from {profile}   # writes profiles/{mine}.toml",
@@ -135,7 +140,7 @@ def allow_all(complaints: tuple[Complaint, ...], profile: str) -> list[str]:
                      if c.syscall.startswith("unknown(") or c.arch not in ("x86_64", "native")})
     lines = []
     if names:
-        mine = "my-" + profile.rsplit("/", 1)[-1].removesuffix(".toml")
+        mine = _own_name(profile)
         listed = ", ".join(f'"{n}"' for n in names)
         lines += [f"to allow them: warden profile new {mine} --from {profile}, then in "
                   f"profiles/{mine}.toml set", f"    allow = [{listed}]"]

@@ -6,24 +6,22 @@ server on the host's 127.0.0.1 through the supervisor, and nothing else."""
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import ipaddress
 import json
 import os
 import signal
 import socket
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.broker.web import PAGE, serving
 from tests.interpreter import PYTHON, python_env
 from warden.errors import EXIT_SETUP
 
-PAGE = b"served on the host side"
 PY = "/usr/bin/python3"  # the sandbox's own interpreter (the default profile binds /usr)
 
 # Reports each attempt as a line: what it read or fetched, or the errno it got.
@@ -42,32 +40,11 @@ for url in sys.argv[2].split(","):
 """
 
 
-def _server() -> tuple[http.server.ThreadingHTTPServer, threading.Thread]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    return srv, t
-
-
 @pytest.fixture
 def web() -> Iterator[tuple[int, int]]:
     """Two servers on the host's 127.0.0.1: the one the policy names, and another."""
-    servers = [_server(), _server()]
-    yield servers[0][0].server_address[1], servers[1][0].server_address[1]
-    for srv, t in servers:
-        srv.shutdown()
-        srv.server_close()
-        t.join()
+    with serving() as named, serving() as other:
+        yield named, other
 
 
 @pytest.fixture

@@ -4,42 +4,24 @@ supervisor; without the address rule the same fetch is refused."""
 
 from __future__ import annotations
 
-import http.server
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.broker.harness import run
+from tests.broker.web import PAGE, serving
 from tests.interpreter import PYTHON
 from warden.supervisor.broker.addresses import AddressRule
 from warden.supervisor.broker.paths import PathRule
 from warden.supervisor.broker.policy import AuditRecord, Policy
 
-PAGE = b"served on the host side"
-
 
 @pytest.fixture
 def web() -> Iterator[int]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(PAGE)))
-            self.end_headers()
-            self.wfile.write(PAGE)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield srv.server_address[1]
-    srv.shutdown()
-    srv.server_close()
-    t.join()
+    with serving() as port:
+        yield port
 
 
 CODE = """
