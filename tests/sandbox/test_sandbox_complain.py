@@ -58,3 +58,23 @@ def test_without_complain_the_first_such_call_kills(tmp_path: Path) -> None:
     assert r.stdout == ""
     assert st["outcome"] == "seccomp_violation" and st["violation"]["syscall"] == "sysfs"
     assert st["complaints"] == []
+
+
+def test_a_child_cannot_grow_the_record_past_its_bound(tmp_path: Path) -> None:
+    """600 distinct refused calls (unknown numbers, each a kill under default): the
+    program still runs to its end, and the supervisor keeps at most MAX_COMPLAINTS."""
+    from warden.supervisor.sandbox.handle import MAX_COMPLAINTS
+
+    os.chmod(tmp_path, 0o755)
+    status = tmp_path / "st.json"
+    code = ("import ctypes\nlibc = ctypes.CDLL(None)\n"
+            "print(sum(libc.syscall(n) == -1 for n in range(1000, 1600)))\n")
+    r = subprocess.run([PYTHON, "-m", "warden", "run", "--complain", "-q", "--json-status",
+                        str(status), "--", "/usr/bin/python3", "-c", code],
+                       capture_output=True, text=True, env=supervisor_env(), cwd=tmp_path,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "600\n"
+    st = json.loads(status.read_text())
+    assert len(st["complaints"]) == MAX_COMPLAINTS
+    assert all(c["count"] == 1 for c in st["complaints"])
