@@ -195,7 +195,8 @@ class Supervisor:
                    **spawn_kwargs: Any) -> Pool[IfaceT]:
         """Start a Pool of `size` workers (see warden.supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
-        spawn() or spawn_program()."""
+        spawn() or spawn_program() (`broker=BrokerRules(...)`: each Python worker,
+        replacements included, gets its own broker by those rules)."""
         pname = name or f"pool{next(self._ids)}"
         if pname in self.pools:
             raise InvalidArgument(f"pool name {pname!r} is already in use")
