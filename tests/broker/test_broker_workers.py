@@ -153,8 +153,9 @@ def test_attacks_alongside_honest_workers(tmp_path: Path) -> None:
                                                                connect=[f"127.0.0.1:{port}"]))
                 hostile = await s.pool(Brokered, TARGET, size=2, name="hostile", restart=FAST,
                                        profile=PROFILE,
-                                       broker=BrokerRules.parse(read=[str(mine)],
-                                                                connect=[f"127.0.0.1:{port}"]))
+                                       broker=BrokerRules.parse(
+                                           read=[str(mine)],
+                                           connect=[f"127.0.0.1:{port}", "127.0.0.2:7"]))
                 other = await s.spawn(Brokered, TARGET, profile=PROFILE, worker_id="other",
                                       broker=BrokerRules.parse(read=[str(theirs)]))
                 # Every worker holds the same fds (channels, pidfd, listener, broker): at
@@ -186,6 +187,14 @@ def test_attacks_alongside_honest_workers(tmp_path: Path) -> None:
                                 ("::ffff:10.0.0.1", port), ("127.0.0.1", 1),
                                 ("::1", port), ("localhost", 1), ("169.254.169.254", 80)]:
                     assert await hostile.call("fetch", host, p) == "EACCES", (host, p)
+                # A name is judged by what it resolves to: localhost is 127.0.0.1, which
+                # no rule allows on port 7 (a rule names the port for another address).
+                assert await hostile.call("fetch", "localhost", 7) == "EACCES"
+                # ...and allowed on `port` only when every address it has is allowed.
+                local = {i[4][0] for i in socket.getaddrinfo("localhost", port,
+                                                             type=socket.SOCK_STREAM)}
+                assert await hostile.call("fetch", "localhost", port) == (
+                    GREETING if local == {"127.0.0.1"} else "EACCES")
                 # The mapped form of the allowed address is that address.
                 assert await hostile.call("fetch", "::ffff:127.0.0.1", port) == GREETING
                 assert await other.remote.read(f"{theirs}/in.txt") == "input of theirs"
