@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.broker.broker_workers import Brokered
+from tests.interpreter import PYTHON, python_env
 from tests.supervisor.service_helpers import Holder
+from tests.supervisor.util import WORKTREE
 from warden import ipc
 from warden.supervisor import service
 from warden.supervisor.serve import query_status, serve
@@ -201,6 +204,11 @@ def test_admin_restart_replaces_the_workers_and_fails_calls_in_flight(tmp_path: 
         assert recs and recs[-1]["pool"] == "h" and recs[-1]["workers"] == 2
         with service.connect(address, pools={"h": Holder}) as svc:
             assert svc.pool("h").square(12) == 144
+        # The command line reaches it too (warden call asks describe for its parameters).
+        r = subprocess.run([PYTHON, "-m", "warden", "call", address, "warden.restart", '"h"',
+                            "--json"], env=python_env(WORKTREE), cwd=WORKTREE,
+                           capture_output=True, text=True, timeout=120)
+        assert (r.returncode, r.stdout) == (0, "2\n"), r.stderr
 
     served(path, body)
 
