@@ -40,6 +40,9 @@ class Bootstrap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notify: bool
     rlimits: tuple[tuple[int, int], ...]  # (RLIMIT_*, value): soft = hard
     max_frame_bytes: int = 1 << 17
+    # True: right behind this record, one more datagram (broker.offer.ENDPOINT) carries
+    # the worker's end of its explicit broker channel (Supervisor.spawn(broker=...)).
+    broker: bool = False
 
 
 def encode(b: Bootstrap) -> bytes:

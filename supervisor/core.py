@@ -30,6 +30,7 @@ from warden import ipc
 from warden.ipc.interface import interface_of
 from warden.profiles.model import Profile
 from warden.supervisor import bootstrap, events, protections
+from warden.supervisor.broker.offer import BrokerRules, WorkerBroker
 from warden.supervisor.errors import (
     InvalidArgument,
     NotRunning,
@@ -110,6 +111,7 @@ class Supervisor:
         self._starters: dict[str, Starter] = {}
         self._zygote_starter: ZygoteStarter | None = None
         self._channel_watches: set[asyncio.Task[None]] = set()
+        self._brokers: dict[WorkerHandle, WorkerBroker] = {}
         self._closing = False
 
     # ---------------------------------------------------------------- lifetime
@@ -193,7 +195,8 @@ class Supervisor:
                    **spawn_kwargs: Any) -> Pool[IfaceT]:
         """Start a Pool of `size` workers (see warden.supervisor.pool). `target` is a Python
         worker ("module:Impl") or a program's argv (a list); spawn_kwargs go to
-        spawn() or spawn_program()."""
+        spawn() or spawn_program() (`broker=BrokerRules(...)`: each Python worker,
+        replacements included, gets its own broker by those rules)."""
         pname = name or f"pool{next(self._ids)}"
         if pname in self.pools:
             raise InvalidArgument(f"pool name {pname!r} is already in use")
@@ -244,7 +247,7 @@ class Supervisor:
         return starter
 
     def _bootstrap(self, wid: str, target: str, profile: Profile, host: ipc.Interface | None,
-                   limits: ipc.Limits) -> bootstrap.Bootstrap:
+                   limits: ipc.Limits, broker: bool = False) -> bootstrap.Bootstrap:
         host_iface = None
         if host is not None:
             iface = interface_of(host)
@@ -252,20 +255,25 @@ class Supervisor:
         return bootstrap.Bootstrap(
             worker_id=wid, target=target, host_interface=host_iface, profile=profile.name,
             seccomp_filter=worker_filter(profile, notify=True),
-            notify=True, rlimits=worker_rlimits(profile), max_frame_bytes=limits.max_frame_bytes)
+            notify=True, rlimits=worker_rlimits(profile), max_frame_bytes=limits.max_frame_bytes,
+            broker=broker)
 
     async def spawn(self, interface: type[ipc.Interface], target: str, *,
                     profile: str | Profile = "strict", start_method: str | None = None,
                     host: ipc.Interface | None = None, granted: Iterable[str] = (),
                     worker_id: str | None = None, limits: ipc.Limits | None = None,
                     ready_timeout: float = 30.0, memory: int | None = None,
-                    timeout: float | None = None) -> WorkerHandle:
+                    timeout: float | None = None,
+                    broker: BrokerRules | None = None) -> WorkerHandle:
         """Start a Python worker serving `interface` with `target` ("module:Impl").
 
         profile: the seccomp/limits profile the worker loads on itself before
         serving (default "strict"). host: an implementation of an interface the
         worker may call back (its handlers get the trusted ctx: worker id,
         profile, pid); granted: the permissions this worker holds on it.
+        broker: the worker's explicit broker (warden.supervisor.broker.offer):
+        files and connections the supervisor opens for it by these rules, which
+        the worker reaches through `warden.supervisor.worker.broker()`.
         Raises SpawnError (with .status) if the worker ends before it is ready,
         CapacityError when the supervisor keeps its headroom.
         """
@@ -277,18 +285,69 @@ class Supervisor:
         if wid in self.workers and self.workers[wid].running:
             raise InvalidArgument(f"worker id {wid!r} is already in use")
         limits = limits or self.limits
-        boot = self._bootstrap(wid, target, prof, host, limits)
-        sock, proc = await starter.start_worker(wid, prof, boot, memory=memory, timeout=timeout)
-        pid = await await_ready(sock, proc, ready_timeout, wid, sink=self._events,
-                                reaper=self._reaper)
-        return self._adopt(loop, wid, proc, pid, sock, method, prof.name, interface, host,
-                           granted, limits)
+        offer = self._broker_for(wid, broker)
+        try:
+            boot = self._bootstrap(wid, target, prof, host, limits, broker=offer is not None)
+            sock, proc = await starter.start_worker(wid, prof, boot, memory=memory,
+                                                    timeout=timeout)
+            if offer is not None:  # no await since the bootstrap: it is queued right behind
+                offer.send_endpoint(sock)
+            pid = await await_ready(sock, proc, ready_timeout, wid, sink=self._events,
+                                    reaper=self._reaper)
+        except BaseException:
+            if offer is not None:
+                offer.close()
+            raise
+        handle = self._adopt(loop, wid, proc, pid, sock, method, prof.name, interface, host,
+                             granted, limits)
+        if offer is not None:
+            self._serve_broker(handle, offer)
+        return handle
+
+    # ---------------------------------------------------------------- the broker
+    def _broker_for(self, wid: str, rules: BrokerRules | None) -> WorkerBroker | None:
+        """The worker's broker, its policy built now: a bad rule fails the spawn."""
+        if rules is None:
+            return None
+        if not isinstance(rules, BrokerRules):
+            raise InvalidArgument(f"broker={rules!r}: expected BrokerRules "
+                                  "(warden.supervisor.broker.offer)")
+        try:
+            return WorkerBroker(wid, rules, self._emit)
+        except (OSError, ValueError) as e:
+            raise InvalidArgument(f"worker {wid}: broker: {e}") from None
+
+    def _serve_broker(self, handle: WorkerHandle, offer: WorkerBroker) -> None:
+        """Our end of the worker's broker channel, bound to Broker alone. A bad frame on
+        it is the worker's bad message (killed, recorded); it ends with the worker."""
+        if not handle.running:
+            offer.close()
+            return
+        self._brokers[handle] = offer
+
+        def on_bad_message(bad: ipc.BadMessage) -> None:
+            handle._kill_for(Outcome.BAD_MESSAGE, f"on its broker channel: {bad}")
+            self._emit(events.BadMessageEvent(handle.id, handle.pid, "warden.Broker",
+                                              bad.method, bad.field, bad.reason))
+
+        def on_cut_off(cut: ipc.CutOff) -> None:
+            handle._kill_for(Outcome.KILLED, f"on its broker channel: {cut}")
+
+        offer.attach(handle.pid, {"worker_id": handle.id, "profile": handle.profile,
+                                  "start_method": handle.start_method},
+                     on_bad_message, on_cut_off)
+
+    def _end_broker(self, handle: WorkerHandle) -> None:
+        offer = self._brokers.pop(handle, None)
+        if offer is not None:
+            offer.close()
 
     async def spawn_program(self, argv: Sequence[str], *,
                             interface: type[ipc.Interface] | None = None,
                             profile: str | Profile = "default", host: ipc.Interface | None = None,
                             granted: Iterable[str] = (), worker_id: str | None = None,
-                            limits: ipc.Limits | None = None, **sandbox_options: Any
+                            limits: ipc.Limits | None = None,
+                            broker: BrokerRules | None = None, **sandbox_options: Any
                             ) -> WorkerHandle:
         """Start any program (the `warden run` machinery) that speaks ipc on fd 3.
 
@@ -298,6 +357,10 @@ class Supervisor:
         arguments). sandbox_options are build_spec keywords (ro_binds=,
         memory=, timeout=, files=, ...).
         """
+        if broker is not None:
+            raise InvalidArgument("broker= serves Python workers (spawn); a program gets "
+                                  "its files and connections from the transparent broker "
+                                  "(warden run --broker-read/--broker-write/--broker-connect)")
         loop = self._check_capacity()
         prof = resolve_profile(profile)
         wid = worker_id or f"w{next(self._ids)}"
@@ -421,6 +484,7 @@ class Supervisor:
                 reason=f"the worker exited with code 0 {when}; the supervisor had not "
                        "asked it to end")
         handle._hang_up()
+        self._end_broker(handle)
         if self.workers.get(handle.id) is handle:
             del self.workers[handle.id]  # ended workers are not kept: a soak must not grow
         handle._ended(status)

@@ -263,6 +263,21 @@ class Pool(Generic[IfaceT]):
         await asyncio.gather(*(w.terminate(grace) for w in list(self.workers.values())),
                              return_exceptions=True)
 
+    def replace_workers(self, reason: str = "the pool was restarted") -> int:
+        """Replace every worker: each is killed now (its calls in flight fail with
+        WorkerDied naming `reason`) and a new one started in its place, as for a worker
+        retired after its share of calls (no restart backoff, no crash-loop count).
+        Returns how many were replaced."""
+        if self.closed or self.failed:
+            return 0
+        workers = list(self.workers.values())
+        for w in workers:
+            self._retired.add(w.id)
+            while w in self._idle:
+                self._idle.remove(w)
+            w.kill(reason)
+        return len(workers)
+
     # ------------------------------------------------------------ routing
     def _count_call(self, w: WorkerHandle) -> None:
         """A call starts on `w`: at max_calls_per_worker it takes no more."""

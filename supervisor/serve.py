@@ -75,6 +75,8 @@ async def _serve(cfg: ServeConfig, sup: Supervisor, place: StatusSocket,
             kw: dict[str, Any] = {"options": pc.options} if pc.program else \
                 {k: v for k, v in pc.options.changed().items() if k in MODULE_OPTIONS}
             kw.setdefault("profile", pc.profile)
+            if pc.broker is not None:
+                kw["broker"] = pc.broker
             pools[pc.name] = await sup.pool(
                 iface, pc.module if pc.module else list(pc.program or ()), size=pc.count,
                 name=pc.name, restart=pc.restart, call_timeout=pc.call_timeout, **kw)

@@ -19,6 +19,11 @@
     crash_loop_window = 30
     call_timeout = 5                        # seconds per call (pool.call)
     memory = "256M"                         # spawn/program workers: cgroup; others: RLIMIT_AS
+
+    [pools.thumbs.broker]                   # module pools: the explicit broker (docs/broker.md)
+    read = ["/srv/images"]                  # PATH[:links][:fifo][:device], as --broker-read
+    write = ["/srv/thumbs"]                 # as --broker-write
+    connect = ["10.1.2.3:5432"]             # HOST:PORT[-PORT][/tcp|/udp], as --broker-connect
     # A program pool takes every sandbox option `warden run` does, named like
     # build_spec's keywords (warden.supervisor.sandbox.options): ro_binds = ["/opt/x"],
     # binds, tmpfs, files, env = ["MODE=fast"], keep_env, chdir, timeout, cpu_time,
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from warden.errors import InvalidInput
+from warden.supervisor.broker.offer import BrokerRules
 from warden.supervisor.core import START_METHODS
 from warden.supervisor.pool import RESTART_MODES, RestartPolicy
 from warden.supervisor.sandbox import hostpath
@@ -104,6 +110,7 @@ class PoolConfig:
     restart: RestartPolicy
     call_timeout: float | None
     options: SandboxOptions  # the profile, and for a program pool its sandbox options
+    broker: BrokerRules | None = None  # [pools.NAME.broker]: each worker's explicit broker
 
     @property
     def profile(self) -> str:
@@ -145,6 +152,14 @@ class SupervisorSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     code_paths: tuple[str, ...] = ()  # relative to the config file's directory
 
 
+class BrokerSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """[pools.NAME.broker]: the texts of warden run's --broker-* options."""
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    connect: tuple[str, ...] = ()
+
+
 class PoolKeys(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A pool's own keys; the sandbox options' keys are added from SandboxOptions."""
 
@@ -158,6 +173,7 @@ class PoolKeys(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     crash_loop_limit: Annotated[int, msgspec.Meta(ge=1)] = 10
     crash_loop_window: Positive = 30.0
     call_timeout: Positive | None = None
+    broker: BrokerSection | None = None
 
 
 # Each kind of sandbox option as a config value (the bounds of warden run's click types).
@@ -382,7 +398,26 @@ def _service(r: _Reader, here: str, pools: set[str]) -> ServiceConfig | None:
                          max_connections=svc.max_connections,
                          max_connections_per_uid=svc.max_connections_per_uid,
                          max_calls_per_connection=svc.max_calls_per_connection,
+                         idle_timeout=svc.idle_timeout,
                          roles=tuple(roles))
+
+
+def _broker(r: _Reader, at: tuple[Any, ...], p: Any) -> BrokerRules | None:
+    """[pools.NAME.broker], each rule through the rules' one parser (BrokerRules.parse);
+    an error points at the rule."""
+    b: BrokerSection | None = p.broker
+    if b is None:
+        return None
+    if p.module is None:
+        raise r.error((*at, "broker"), "only for module pools (a program pool's workers "
+                      "do not speak the broker's ipc)", key=True)
+    for key in ("read", "write", "connect"):
+        for i, text in enumerate(getattr(b, key)):
+            try:
+                BrokerRules.parse(**{key: [text]})
+            except ValueError as e:
+                raise r.error((*at, "broker", key, i), str(e)) from None
+    return BrokerRules.parse(read=b.read, write=b.write, connect=b.connect)
 
 
 def _pool(r: _Reader, name: str, raw: Any) -> PoolConfig:
@@ -420,6 +455,7 @@ def _pool(r: _Reader, name: str, raw: Any) -> PoolConfig:
     return PoolConfig(
         name=name, interface=p.interface, module=p.module, program=p.program,
         count=p.count, call_timeout=p.call_timeout, options=SandboxOptions(**given),
+        broker=_broker(r, at, p),
         restart=RestartPolicy(p.restart, backoff=p.backoff, max_backoff=p.max_backoff,
                               crash_loop_limit=p.crash_loop_limit,
                               crash_loop_window=p.crash_loop_window))

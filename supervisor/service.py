@@ -8,6 +8,7 @@
     max_connections = 256                   # open connections, all uids together
     max_connections_per_uid = 16
     max_calls_per_connection = 8
+    idle_timeout = 60                       # seconds a connection may stay with no call
 
     [roles.reader]                          # matched in file order, the first one wins
     uids = [4242]                           # the peer's uid (SO_PEERCRED) ...
@@ -18,7 +19,7 @@
     [roles.admin]
     uids = [0]
     pools = ["thumbs"]
-    admin = true                            # and warden.status
+    admin = true                            # and warden.status, warden.restart
 
 Each accepted connection is identified by the kernel only: SO_PEERCRED (the
 uid, gid and pid of the process that connected) and a pidfd of that process
@@ -26,7 +27,7 @@ uid, gid and pid of the process that connected) and a pidfd of that process
 message carries an identity. The role that matches binds its interface on the
 connection: one ipc interface, named "warden.service", whose methods are
 "POOL.METHOD" for each pool the role names, plus "warden.describe" (and
-"warden.status" for admin roles). Method ids derive from those names, so a
+"warden.status", "warden.restart" for admin roles). Method ids derive from those names, so a
 method of another role's interface is an unknown method id on this
 connection: a bad message, the connection is closed and the refusal recorded.
 
@@ -90,6 +91,7 @@ class ServiceSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_connections: Count = 256
     max_connections_per_uid: Count = 16
     max_calls_per_connection: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
+    idle_timeout: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 60.0
 
 
 class RoleSection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -128,6 +130,9 @@ class ServiceConfig:
     max_connections: int = 256
     max_connections_per_uid: int = 16
     max_calls_per_connection: int = 8
+    # A connection with no call running and none received for this long is closed, so
+    # a client that connects and never sends does not hold a slot (per uid, in all).
+    idle_timeout: float = 60.0
     roles: tuple[Role, ...] = field(default_factory=tuple)
 
     @property
@@ -159,6 +164,7 @@ def groups_of(uid: int) -> frozenset[int]:
 
 # ---- the interfaces ---------------------------------------------------------------------
 Text = Annotated[str, msgspec.Meta(max_length=1000)]
+PoolName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class ParamInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -191,6 +197,12 @@ class Builtin(ipc.Interface, name="warden.service.builtin"):
         """The server's status snapshot as JSON text (admin roles only)."""
         raise NotImplementedError
 
+    @ipc.call()
+    def restart(self, ctx: ipc.Context, pool: PoolName) -> Annotated[int, msgspec.Meta(ge=0)]:
+        """Replace every worker of `pool` (admin roles only); calls in flight on them
+        fail with an error naming the restart. Returns how many were replaced."""
+        raise NotImplementedError
+
 
 def _renamed(func: Any, name: str) -> Any:
     """A copy of a declared method under another name (its options, annotations and
@@ -210,7 +222,8 @@ def service_interface(pools: Mapping[str, type[ipc.Interface]], *, admin: bool =
     and warden.status if `admin`. Both ends build it the same way; a method's id depends
     only on its pool's name and its own, never on the role."""
     ns: dict[str, Any] = {"__module__": __name__}
-    own = [("describe", Builtin.describe)] + ([("status", Builtin.status)] if admin else [])
+    own = [("describe", Builtin.describe)] + (
+        [("status", Builtin.status), ("restart", Builtin.restart)] if admin else [])
     for name, func in own:
         ns[f"{BUILTIN}.{name}"] = _renamed(func, f"{BUILTIN}.{name}")
     for pool, iface in pools.items():
@@ -286,6 +299,13 @@ class Connection:
     peer: Peer
     role: Role
     channel: ipc.AsyncChannel | None = None
+    # For the idle timeout: calls running now, and when the last one began or ended.
+    calls: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+    idle_timer: asyncio.TimerHandle | None = None
+
+    def active(self) -> None:
+        self.last_active = time.monotonic()
 
 
 class Service:
@@ -305,7 +325,9 @@ class Service:
         self._last_refusal_log = -1e9
         self._quiet_refusals = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._impls: dict[str, ipc.Interface] = {}
+        self._ifaces: dict[str, type[ipc.Interface]] = {}
+        self._methods: dict[str, tuple[MethodInfo, ...]] = {}
+        self.idle_closed = 0
         self.limits = ipc.Limits(max_calls_in_flight=cfg.max_calls_per_connection,
                                  max_fds_held=max(8, cfg.max_calls_per_connection * 8))
         self._need_groups = any(r.groups for r in cfg.roles)
@@ -315,27 +337,54 @@ class Service:
                     raise InvalidInput(f"roles.{role.name}.pools: no pool named {p!r}")
             iface = service_interface({p: self.pools[p].interface for p in role.pools},
                                       admin=role.admin, label=f"Role_{role.name}")
-            self._impls[role.name] = self._implement(iface, role)
+            self._ifaces[role.name] = iface
+            self._methods[role.name] = describe(iface)
 
     # -- the role's implementation: forwards POOL.METHOD to the pool ------------------------
-    def _implement(self, iface: type[ipc.Interface], role: Role) -> ipc.Interface:
+    def _implement(self, c: Connection) -> ipc.Interface:
+        """The role's interface served on one connection (its handlers mark the
+        connection active, for the idle timeout)."""
+        role = c.role
+        iface = self._ifaces[role.name]
         impl = iface()
-        methods = describe(iface)
-        setattr(impl, f"{BUILTIN}.describe", lambda ctx: methods)
+        methods = self._methods[role.name]
+        setattr(impl, f"{BUILTIN}.describe", self._counted(c, lambda ctx: methods))
         if role.admin:
-            setattr(impl, f"{BUILTIN}.status",
-                    lambda ctx: json.dumps(self.status(), sort_keys=True))
+            setattr(impl, f"{BUILTIN}.status", self._counted(
+                c, lambda ctx: json.dumps(self.status(), sort_keys=True)))
+            setattr(impl, f"{BUILTIN}.restart",
+                    self._counted(c, functools.partial(self._restart, c)))
         for qual in iface.__ipc_methods__:
             pool_name, _, method = qual.partition(".")
             if pool_name != BUILTIN:
-                setattr(impl, qual, self._forward(self.pools[pool_name], method))
+                setattr(impl, qual, self._forward(c, self.pools[pool_name], method))
         return impl
 
     @staticmethod
-    def _forward(pool: Pool[Any], method: str) -> Callable[..., Any]:
+    def _counted(c: Connection, func: Callable[..., Any]) -> Callable[..., Any]:
+        def handler(ctx: ipc.Context, *args: Any) -> Any:
+            c.active()
+            return func(ctx, *args)
+        return handler
+
+    def _restart(self, c: Connection, ctx: ipc.Context, pool: str) -> int:
+        """warden.restart (admin roles): the pool's workers replaced."""
+        if pool not in c.role.pools:
+            raise ipc.CallFailed(f"warden.restart: role {c.role.name} has no pool "
+                                 f"named {pool!r}")
+        n = self.pools[pool].replace_workers(f"pool {pool} restarted by uid {c.peer.uid} "
+                                     f"(role {c.role.name}, warden.restart)")
+        self._record("restart", uid=c.peer.uid, pid=c.peer.pid, role=c.role.name,
+                     pool=pool, workers=n)
+        return n
+
+    @staticmethod
+    def _forward(c: Connection, pool: Pool[Any], method: str) -> Callable[..., Any]:
         from warden.errors import WardenError
 
         async def handler(ctx: ipc.Context, *args: Any) -> Any:
+            c.calls += 1
+            c.active()
             try:
                 return await pool.call(method, *args)  # the pool's own deadline
             except ipc.RemoteError as e:
@@ -343,10 +392,32 @@ class Service:
             except WardenError as e:  # no worker in time, a worker died, the pool failed
                 raise ipc.CallFailed(f"{pool.name}.{method}: {e}") from None
             finally:
+                c.calls -= 1
+                c.active()
                 for a in args:  # the client's fds: the worker has its own copies by now
                     if isinstance(a, ipc.Handle):
                         a.close()
         return handler
+
+    # -- the idle timeout --------------------------------------------------------------------
+    def _watch_idle(self, c: Connection, delay: float) -> None:
+        c.idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle, c)
+
+    def _check_idle(self, c: Connection) -> None:
+        """No call running and none begun or ended for idle_timeout: close it, recorded.
+        Otherwise look again when it could first be idle that long."""
+        c.idle_timer = None
+        if c.channel is None or c.channel.closed:
+            return
+        idle = time.monotonic() - c.last_active
+        limit = self.cfg.idle_timeout
+        if c.calls or idle < limit:
+            self._watch_idle(c, limit - idle if not c.calls else limit)
+            return
+        self.idle_closed += 1
+        self._record("idle", uid=c.peer.uid, pid=c.peer.pid, role=c.role.name,
+                     reason=f"no call for {limit:g}s (idle_timeout): disconnected")
+        c.channel.close()
 
     # -- accepting -------------------------------------------------------------------------
     def start(self, listener: socket.socket) -> None:
@@ -434,7 +505,7 @@ class Service:
         try:
             c.channel = ipc.attach(
                 conn, peer_id=f"uid {uid} pid {peer.pid} role {role.name}",
-                serve=self._impls[role.name], granted=role.permissions, pid=peer.pid,
+                serve=self._implement(c), granted=role.permissions, pid=peer.pid,
                 extra={"role": role.name, "uid": uid, "gid": gid}, limits=self.limits,
                 on_bad_message=functools.partial(self._misbehaved, c, "bad message"),
                 on_cut_off=functools.partial(self._misbehaved, c, "cut off"))
@@ -443,6 +514,7 @@ class Service:
             conn.close()
             raise
         self.connections.add(c)
+        self._watch_idle(c, self.cfg.idle_timeout)
         self.per_uid[uid] += 1
         self.served += 1
         task = asyncio.get_running_loop().create_task(self._closed(c))
@@ -462,6 +534,9 @@ class Service:
         try:
             await c.channel.wait_closed()
         finally:
+            if c.idle_timer is not None:
+                c.idle_timer.cancel()
+                c.idle_timer = None
             self.connections.discard(c)
             self.per_uid[c.peer.uid] -= 1
             if self.per_uid[c.peer.uid] <= 0:
@@ -476,6 +551,7 @@ class Service:
             "address": self.cfg.address, "connections": len(self.connections),
             "per_uid": {str(u): n for u, n in sorted(self.per_uid.items())},
             "accepted": self.served, "refused": dict(self.refused),
+            "idle_closed": self.idle_closed,
             "records": list(self.records)[-32:],
         }
         return out
@@ -570,6 +646,11 @@ class ServiceClient:
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = json.loads(self.call(f"{BUILTIN}.status"))
+        return result
+
+    def restart(self, pool: str) -> int:
+        """Replace every worker of `pool` (an admin role's method); how many were."""
+        result: int = self.call(f"{BUILTIN}.restart", pool)
         return result
 
     def close(self) -> None:

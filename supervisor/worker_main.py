@@ -41,11 +41,17 @@ from warden.supervisor.sandbox.seccomp import PreparedFilter
 CHANNEL_FD = 3
 
 _host: Any = None
+_broker: ipc.Channel | None = None
 
 
 def host() -> Any:
     """The typed remote of the interface the supervisor serves to this worker (or None)."""
     return _host
+
+
+def broker_channel() -> ipc.Channel | None:
+    """The channel of this worker's explicit broker (None: spawned without broker=)."""
+    return _broker
 
 
 def resolve(target: str) -> Any:
@@ -63,6 +69,26 @@ def _read_bootstrap(fd: int) -> bootstrap.Bootstrap:
     os.set_blocking(fd, True)
     data = os.read(fd, bootstrap.MAX_BOOTSTRAP_BYTES)  # one whole datagram (SOCK_SEQPACKET)
     return bootstrap.decode(data)
+
+
+def _read_broker_endpoint(fd: int) -> ipc.Channel:
+    """The datagram behind the bootstrap: exactly one fd, our end of the broker channel
+    (trusted, from the supervisor; checked all the same, so a mix-up fails the start)."""
+    from warden.supervisor.broker.explicit import Broker
+    from warden.supervisor.broker.offer import ENDPOINT
+    from warden.supervisor.sandbox.lowlevel import close_all, recv_with_fds
+
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        data, fds = recv_with_fds(sock, len(ENDPOINT) + 1, 2)
+    finally:
+        sock.close()
+    if data != ENDPOINT or len(fds) != 1:
+        close_all(fds)
+        raise InvalidArgument("the bootstrap announced a broker endpoint, and the next "
+                              "message on the channel is not one")
+    os.set_inheritable(fds[0], False)
+    return ipc.connect(fds[0], remote=Broker, peer_id="broker")
 
 
 def report_start_failure(fd: int, error: BaseException) -> None:
@@ -101,8 +127,10 @@ _filtered = False
 
 
 def _start_and_serve(fd: int) -> int:
-    global _host, _hello_sent
+    global _host, _hello_sent, _broker
     boot = _read_bootstrap(fd)
+    if boot.broker:
+        _broker = _read_broker_endpoint(fd)
     factory = resolve(boot.target)
     impl = factory()
     host_iface = resolve(boot.host_interface) if boot.host_interface else None

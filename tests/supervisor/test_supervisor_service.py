@@ -159,7 +159,7 @@ def test_two_uids_get_different_roles(serve: Any) -> None:
     srv = serve(READER_ADMIN)
     (mine,) = client("describe", srv.address)
     (theirs,) = client("describe", srv.address, uid=OTHER)
-    assert mine == ["h.hold", "h.square", "warden.describe", "warden.status"]
+    assert mine == ["h.hold", "h.square", "warden.describe", "warden.restart", "warden.status"]
     assert theirs == ["h.hold", "h.square", "warden.describe"]
     r = warden_call(srv.address, "warden.status", "--json")
     assert r.returncode == 0, r.stderr
@@ -218,7 +218,8 @@ def test_forged_scm_credentials_are_ignored_by_the_service(serve: Any) -> None:
     srv = serve(READER_ADMIN)
     (got,) = client("forge", srv.address, "1", str(OTHER), str(OTHER))
     assert got == {"sendmsg": 0,
-                   "methods": ["h.hold", "h.square", "warden.describe", "warden.status"]}
+                   "methods": ["h.hold", "h.square", "warden.describe", "warden.restart",
+                               "warden.status"]}
     assert srv.status()["service"]["refused"] == {}
 
 
