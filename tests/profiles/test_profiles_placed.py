@@ -170,3 +170,32 @@ def test_checked_then_run_the_sandbox_holds_them(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["/usr/bin/python3 /etc/app.conf", "True True",
                                      "mode = fast 0o100444", "write 30"]  # EROFS
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "profiles.md"
+
+
+@pytest.mark.parametrize("heading", ["## Links, directories and files placed in the sandbox",
+                                     "## The `[broker]` section"])
+def test_the_documented_examples_load_or_fail_as_shown(heading: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each TOML example of the section loads; one followed by "is refused with" fails
+    with exactly the error shown after it (as `mine.toml` in the current directory)."""
+    section = DOC.read_text().split(heading + "\n", 1)[1].split("\n## ", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    blocks = section.split("```")
+    examples = 0
+    for i in range(1, len(blocks), 2):
+        if not blocks[i].startswith("toml\n"):
+            continue
+        text = blocks[i].removeprefix("toml\n")
+        name = blocks[i - 1].rsplit("`", 2)[1] if "is refused with" in blocks[i + 1] else "ok.toml"
+        Path(name).write_text(text)
+        examples += 1
+        if name == "ok.toml":
+            load_profile(f"./{name}")
+            continue
+        with pytest.raises(ProfileError) as info:
+            load_profile(name)
+        assert str(info.value) == blocks[i + 2].strip("\n")
+    assert examples == 2
