@@ -606,7 +606,7 @@ def _list(ctx: _Context, path: Path, value: object, example: str) -> list[object
 
 
 _PLACED_EXAMPLES = {
-    "symlinks": '[{ dest = "/usr/bin/python", target = "python3" }]',
+    "symlinks": '[{ dest = "/opt/app/python", target = "/usr/bin/python3" }]',
     "dirs": '["/work", { dest = "/var/cache/app" }]',
     "data-files": '[{ dest = "/etc/app.conf", contents = "..." }]',
 }
