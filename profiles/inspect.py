@@ -56,17 +56,10 @@ def show(profile: Profile) -> dict[str, Any]:
 
 
 def filesystem_data(profile: Profile) -> dict[str, Any]:
-    """[filesystem] as plain data; a data file's contents as text (its size too), or
-    as None when they are not UTF-8 (the API may give any bytes)."""
+    """[filesystem] as plain data; a data file with its size in bytes."""
     data = asdict(profile.filesystem)
-    files = []
-    for f in profile.filesystem.data_files:
-        try:
-            text: str | None = f.contents.decode()
-        except UnicodeDecodeError:
-            text = None
-        files.append({"dest": f.dest, "size": len(f.contents), "contents": text})
-    data["data_files"] = files
+    data["data_files"] = [{"dest": f.dest, "size": len(f.contents.encode()),
+                           "contents": f.contents} for f in profile.filesystem.data_files]
     return data
 
 

@@ -179,11 +179,12 @@ class Symlink:
 
 @dataclass(frozen=True)
 class DataFile:
-    """A read-only file (mode 0444) at `dest` inside the sandbox holding `contents`
-    (at most MAX_DATA_FILE_BYTES)."""
+    """A read-only file (mode 0444) at `dest` inside the sandbox holding `contents`,
+    UTF-8 encoded (at most MAX_DATA_FILE_BYTES bytes). Text, as a profile holds it;
+    binary data is bound from a file."""
 
     dest: str
-    contents: bytes
+    contents: str
 
 
 @dataclass(frozen=True)

@@ -641,11 +641,12 @@ def _placed(ctx: _Context, layer: Layer, key: str, value: object,
                           "NUL byte")
             thing = Symlink(dest, target)
         elif key == "data-files":
-            contents = ctx.string((*p, "contents"), entry["contents"]).encode()
-            if len(contents) > MAX_DATA_FILE_BYTES:
+            contents = ctx.string((*p, "contents"), entry["contents"])
+            size = len(contents.encode())
+            if size > MAX_DATA_FILE_BYTES:
                 ctx.error((*p, "contents"), f"an inline data file holds at most "
                           f"{MAX_DATA_FILE_BYTES >> 20}M ({MAX_DATA_FILE_BYTES} bytes), this "
-                          f"one {len(contents)}; bind a host file with filesystem.ro instead")
+                          f"one {size}; bind a host file with filesystem.ro instead")
             thing = DataFile(dest, contents)
         claim(at, dest)
         line, _ = ctx.loc.value(at)

@@ -403,10 +403,11 @@ def _placed(o: SandboxOptions, profile: Profile, seen: dict[str, str]) -> tuple[
     data: list[tuple[str, bytes]] = []
     for f in fs.data_files:
         what = f"{name} data file {f.dest}"
-        if len(f.contents) > MAX_DATA_FILE_BYTES:
+        contents = f.contents.encode()
+        if len(contents) > MAX_DATA_FILE_BYTES:
             raise SpecError(f"{what}: more than {MAX_DATA_FILE_BYTES >> 20}M of data; bind a "
                             "file instead")
-        data.append((claim(f.dest, what), bytes(f.contents)))
+        data.append((claim(f.dest, what), contents))
     links: list[tuple[str, str]] = []
     for link in fs.symlinks:
         what = f"{name} symlink {link.dest}"

@@ -46,7 +46,7 @@ def test_the_keys_parse_into_the_model(tmp_path: Path) -> None:
     assert fs.symlinks == (Symlink("/opt/app/python", "/usr/bin/python3"),
                            Symlink("/opt/app/conf", "../../etc/app.conf"))
     assert fs.dirs == ("/work", "/var/cache/app")  # destinations as the sandbox compares them
-    assert fs.data_files == (DataFile("/etc/app.conf", b"mode = fast\n"),)
+    assert fs.data_files == (DataFile("/etc/app.conf", "mode = fast\n"),)
     assert any(b.dest == "/usr" for b in fs.binds)  # the parent's binds stay
 
 
@@ -106,7 +106,7 @@ def test_extends_and_include_merge_by_destination(tmp_path: Path) -> None:
     assert set(fs.symlinks) == {Symlink("/opt/app/conf", "../../etc/app.conf"),
                                 Symlink("/work", "/tmp")}
     assert set(fs.dirs) == {"/var/cache/app", "/frag", "/opt/app/python"}
-    assert fs.data_files == (DataFile("/etc/app.conf", b"mode = slow\n"),)
+    assert fs.data_files == (DataFile("/etc/app.conf", "mode = slow\n"),)
 
 
 def test_a_link_where_another_layer_binds_is_an_error_at_the_link(tmp_path: Path) -> None:
