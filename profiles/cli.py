@@ -118,7 +118,7 @@ def show_cmd(name: str, as_json: bool) -> None:
     for r in sec["rules"]:
         cond = f" if {' and '.join(r['conditions'])}" if r["conditions"] else ""
         click.echo(f"  {r['syscall']:<{width}}  {r['action']}{cond}    [{r['origin']}]")
-    for section in ("namespaces", "filesystem", "limits", "environment"):
+    for section in ("namespaces", "filesystem", "limits", "environment", "broker"):
         click.echo(f"{section}:")
         for key, value in data[section].items():
             if isinstance(value, list | tuple) and value and isinstance(value[0], dict):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from warden.profiles import argwidth, bpf, compiler, constants, syscalls
+from warden.profiles import argwidth, bpf, brokerrules, compiler, constants, syscalls
 from warden.profiles.errors import ProfileError
 from warden.profiles.model import Profile, SyscallRule
 from warden.profiles.parser import format_action
@@ -47,11 +47,29 @@ def show(profile: Profile) -> dict[str, Any]:
             "rules": [rule_data(r) for r in rules],
         },
         "namespaces": asdict(profile.namespaces),
-        "filesystem": asdict(profile.filesystem),
+        "filesystem": filesystem_data(profile),
         "limits": asdict(profile.limits),
         "environment": {"keep": list(profile.environment.keep),
                         "set": dict(profile.environment.set)},
+        "broker": broker_data(profile),
     }
+
+
+def filesystem_data(profile: Profile) -> dict[str, Any]:
+    """[filesystem] as plain data; a data file with its size in bytes."""
+    data = asdict(profile.filesystem)
+    data["data_files"] = [{"dest": f.dest, "size": len(f.contents.encode()),
+                           "contents": f.contents} for f in profile.filesystem.data_files]
+    return data
+
+
+def broker_data(profile: Profile) -> dict[str, list[str]]:
+    """[broker] in the profile's own syntax (read, write, connect)."""
+    b = profile.broker
+    return {"read": [brokerrules.spelled_path(p) for p in b.paths if not p.write],
+            "write": [brokerrules.spelled_path(p) for p in b.paths if p.write],
+            "connect": [brokerrules.spelled_address(a.host, a.low, a.high, a.protocol)
+                        for a in b.connect]}
 
 
 def parse_syscall(text: str) -> tuple[str, int]:
@@ -168,8 +186,10 @@ def diff(a: Profile, b: Profile) -> dict[str, Any]:
                         "bad_arch_action": action_text(a.seccomp.bad_arch_action)},
             {"default_action": action_text(b.seccomp.default_action),
              "bad_arch_action": action_text(b.seccomp.bad_arch_action)})
-    for section in ("namespaces", "filesystem", "limits", "environment"):
+    for section in ("namespaces", "limits", "environment"):
         compare(section, asdict(getattr(a, section)), asdict(getattr(b, section)))
+    compare("filesystem", filesystem_data(a), filesystem_data(b))
+    compare("broker", broker_data(a), broker_data(b))
     return {
         "a": a.name,
         "b": b.name,

@@ -32,7 +32,15 @@ from warden.profiles.model import (
     SyscallRule,
     Tmpfs,
 )
-from warden.profiles.parser import RANK_RULE, Entry, Layer, Reference, parse_condition, parse_text
+from warden.profiles.parser import (
+    RANK_RULE,
+    Entry,
+    Layer,
+    Placed,
+    Reference,
+    parse_condition,
+    parse_text,
+)
 
 # The built-ins are package data in builtin/ beside this module, found through the
 # installed package and never through the working directory or the search path: a
@@ -170,6 +178,7 @@ class _State:
     limits: dict[str, int | float] = field(default_factory=dict)
     env_keep: list[str] = field(default_factory=list)
     env_set: dict[str, str] = field(default_factory=dict)
+    placed: Placed = field(default_factory=Placed)  # links, dirs, data files; [broker]
 
 
 def _via(rule: SyscallRule, label: str) -> SyscallRule:
@@ -199,6 +208,7 @@ def _merge(into: _State, other: _State, label: str) -> None:
     into.limits.update(other.limits)
     into.env_keep.extend(k for k in other.env_keep if k not in into.env_keep)
     into.env_set.update(other.env_set)
+    into.placed.merge(other.placed)
 
 
 def _add_cond(slot: _Slot, rule: SyscallRule) -> None:
@@ -246,6 +256,7 @@ def _apply_own(state: _State, layer: Layer) -> None:
     state.limits.update(layer.limits)
     state.env_keep.extend(k for k in layer.env_keep if k not in state.env_keep)
     state.env_set.update(layer.env_set)
+    state.placed.apply(layer)
 
 
 def _line_of(file: str, line: int) -> str:
@@ -373,7 +384,7 @@ def _to_profile(name: str, source: str, state: _State) -> Profile:
     )
     fs_defaults = Filesystem()
     lim = state.limits
-    return Profile(
+    return state.placed.finish(Profile(
         name=name,
         source=source,
         description=state.description,
@@ -394,7 +405,7 @@ def _to_profile(name: str, source: str, state: _State) -> Profile:
             wall_time_seconds=_float(lim.get("wall-time")),
         ),
         environment=Environment(keep=tuple(state.env_keep), set=tuple(state.env_set.items())),
-    )
+    ))
 
 
 def _int(value: int | float | None) -> int | None:

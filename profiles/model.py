@@ -162,6 +162,31 @@ class Tmpfs:
     size_bytes: int = 64 * 1024 * 1024
 
 
+# The most an inline data file (filesystem.data-files) may hold: it is kept in the
+# profile and in memory, and copied into the sandbox before it starts.
+MAX_DATA_FILE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Symlink:
+    """A symbolic link made at `dest` inside the sandbox, pointing to `target` (a path
+    inside the sandbox, absolute or relative to the link's directory; never followed
+    by warden)."""
+
+    dest: str
+    target: str
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A read-only file (mode 0444) at `dest` inside the sandbox holding `contents`,
+    UTF-8 encoded (at most MAX_DATA_FILE_BYTES bytes). Text, as a profile holds it;
+    binary data is bound from a file."""
+
+    dest: str
+    contents: str
+
+
 @dataclass(frozen=True)
 class Filesystem:
     """What the sandbox's new root holds besides /proc, /dev and /tmp."""
@@ -171,6 +196,10 @@ class Filesystem:
     # Size of the private /tmp tmpfs every sandbox gets.
     tmp_size_bytes: int = 64 * 1024 * 1024
     chdir: str = "/"
+    # Placed in the new root as `--symlink`, `--dir` and `--ro-bind-data` place them.
+    symlinks: tuple[Symlink, ...] = ()
+    dirs: tuple[str, ...] = ()
+    data_files: tuple[DataFile, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +222,41 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class BrokerPath:
+    """A host path (a directory, or one file) whose files the transparent broker opens
+    for the sandbox with the supervisor's rights (`broker.read`, `broker.write`; the
+    `--broker-read`/`--broker-write` syntax, PATH[:links][:fifo][:device])."""
+
+    prefix: str
+    write: bool = False  # False: read only; True: read, write, create and truncate
+    links: bool = False  # follow symbolic links beneath the prefix (never out of it)
+    kinds: tuple[str, ...] = ()  # "fifo", "device": handed out too
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Connections the transparent broker makes for the sandbox (`broker.connect`, the
+    `--broker-connect` syntax HOST:PORT[-PORT][/tcp|/udp]): `host` a name, an IP or a
+    CIDR range, on ports `low`..`high`."""
+
+    host: str
+    low: int
+    high: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Broker:
+    """What the transparent broker answers for the sandbox ([broker]); empty: no broker."""
+
+    paths: tuple[BrokerPath, ...] = ()
+    connect: tuple[BrokerAddress, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.paths or self.connect)
+
+
+@dataclass(frozen=True)
 class Profile:
     """A flattened profile: everything a sandbox needs, extends and includes applied."""
 
@@ -204,3 +268,4 @@ class Profile:
     filesystem: Filesystem = field(default_factory=Filesystem)
     limits: Limits = field(default_factory=Limits)
     environment: Environment = field(default_factory=Environment)
+    broker: Broker = field(default_factory=Broker)

@@ -10,33 +10,45 @@ from __future__ import annotations
 import itertools
 import re
 import tomllib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
-from warden.profiles import constants, syscalls
+from warden.profiles import brokerrules, constants, syscalls
 from warden.profiles.errors import ProfileError
 from warden.profiles.locator import Locator, Path
 from warden.profiles.model import (
+    MAX_DATA_FILE_BYTES,
     Action,
     ActionKind,
     ArgCondition,
     ArgOp,
     Bind,
+    Broker,
+    BrokerAddress,
+    BrokerPath,
+    DataFile,
     Origin,
+    Profile,
+    Symlink,
     Tmpfs,
     reserved_dest,
 )
 
 TOP_KEYS = ("description", "extends", "include", "seccomp", "namespaces", "filesystem",
-            "limits", "environment")
+            "limits", "environment", "broker")
 SECCOMP_KEYS = ("default-action", "bad-arch-action", "allow", "deny", "deny-action", "reset",
                 "rules")
 RULE_KEYS = ("syscall", "action", "args", "why")
 NAMESPACE_KEYS = ("user", "pid", "mount", "net", "ipc", "uts", "cgroup")
-FILESYSTEM_KEYS = ("ro", "rw", "ro-owned", "tmpfs", "tmp-size", "chdir")
+FILESYSTEM_KEYS = ("ro", "rw", "ro-owned", "tmpfs", "symlinks", "dirs", "data-files",
+                   "tmp-size", "chdir")
 BIND_KEYS = ("source", "dest", "optional")
 TMPFS_KEYS = ("dest", "size")
+SYMLINK_KEYS = ("dest", "target")
+DIR_KEYS = ("dest",)
+DATA_FILE_KEYS = ("dest", "contents")
+BROKER_KEYS = ("read", "write", "connect")
 LIMIT_KEYS = ("memory", "processes", "open-files", "cpu-time", "wall-time")
 ENVIRONMENT_KEYS = ("keep", "set")
 
@@ -94,6 +106,78 @@ class Layer:
     limits: dict[str, int | float] = field(default_factory=dict)
     env_keep: list[str] = field(default_factory=list)
     env_set: dict[str, str] = field(default_factory=dict)
+    # filesystem.symlinks, dirs and data-files by (clean) dest, and the [broker] rules.
+    placed: dict[str, PlacedEntry] = field(default_factory=dict)
+    broker_paths: list[BrokerPath] = field(default_factory=list)
+    broker_connect: list[BrokerAddress] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PlacedEntry:
+    """A link, directory (a str: its dest) or data file, and where it was written."""
+
+    item: Symlink | str | DataFile
+    origin: Origin
+    source_line: str
+
+    @property
+    def kind(self) -> str:
+        return ("symlink" if isinstance(self.item, Symlink) else
+                "data file" if isinstance(self.item, DataFile) else "directory")
+
+
+@dataclass
+class Placed:
+    """filesystem.symlinks, dirs, data-files and the [broker] rules of a profile being
+    flattened (what warden.profiles.loader carries through extends and include).
+
+    A later layer's link, directory or data file replaces an inherited one at the
+    same destination, whatever its kind; one at the destination of a bind or a
+    tmpfs is an error (`finish`), since the sandbox would refuse it. Broker rules
+    add up."""
+
+    entries: dict[str, PlacedEntry] = field(default_factory=dict)
+    broker_paths: list[BrokerPath] = field(default_factory=list)
+    broker_connect: list[BrokerAddress] = field(default_factory=list)
+
+    def merge(self, other: Placed) -> None:
+        """Stack an already flattened parent or include on top."""
+        self.entries.update(other.entries)
+        self._add(other.broker_paths, other.broker_connect)
+
+    def apply(self, layer: Layer) -> None:
+        """The layer's own entries, on top of what it inherited."""
+        self.entries.update(layer.placed)
+        self._add(layer.broker_paths, layer.broker_connect)
+
+    def _add(self, paths: list[BrokerPath], connect: list[BrokerAddress]) -> None:
+        self.broker_paths.extend(p for p in paths if p not in self.broker_paths)
+        self.broker_connect.extend(a for a in connect if a not in self.broker_connect)
+
+    def finish(self, profile: Profile) -> Profile:
+        """`profile` (binds and tmpfs flattened) with these entries and rules."""
+        fs = profile.filesystem
+        taken = {clean_dest(b.dest): "bind" for b in fs.binds}
+        taken.update({clean_dest(t.dest): "tmpfs" for t in fs.tmpfs})
+        for dest, entry in self.entries.items():
+            if dest in taken:
+                o = entry.origin
+                raise ProfileError(
+                    f"destination {dest} of this {entry.kind} is also a {taken[dest]}'s, "
+                    f"from another layer (extends or include); a later layer replaces only "
+                    "a link, directory or data file there: remove one of them",
+                    file=o.file, line=o.line, column=o.column, source_line=entry.source_line)
+        items = [e.item for e in self.entries.values()]
+        fs = replace(fs, symlinks=tuple(i for i in items if isinstance(i, Symlink)),
+                     dirs=tuple(i for i in items if isinstance(i, str)),
+                     data_files=tuple(i for i in items if isinstance(i, DataFile)))
+        return replace(profile, filesystem=fs,
+                       broker=Broker(tuple(self.broker_paths), tuple(self.broker_connect)))
+
+
+def clean_dest(dest: str) -> str:
+    """A destination as the sandbox compares them: no empty or "." components."""
+    return "/" + "/".join(p for p in dest.split("/") if p and p != ".")
 
 
 class _Context:
@@ -328,6 +412,8 @@ def parse_text(text: str, file: str) -> Layer:
         _limits(ctx, layer, ctx.table(("limits",), doc["limits"]))
     if "environment" in doc:
         _environment(ctx, layer, ctx.table(("environment",), doc["environment"]))
+    if "broker" in doc:
+        _broker(ctx, layer, ctx.table(("broker",), doc["broker"]))
     return layer
 
 
@@ -457,6 +543,17 @@ def _not_reserved(ctx: _Context, path: Path, dest: str, tmpfs: bool) -> None:
 def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
     base: Path = ("filesystem",)
     ctx.check_keys(base, table, FILESYSTEM_KEYS)
+    # Within one file a destination is used once, by a bind, tmpfs, link, directory or
+    # data file (the sandbox refuses two mounts on one path); /tmp is the built-in one.
+    seen: dict[str, str] = {"/tmp": "the built-in /tmp"}
+
+    def claim(path: Path, dest: str) -> None:
+        clean = clean_dest(dest)
+        if clean in seen:
+            ctx.error(path, f"destination {clean} is already used by {seen[clean]}",
+                      expected="one entry per destination")
+        seen[clean] = f"{_dotted(path)} (line {ctx.loc.value(path)[0]})"
+
     # ro-owned: read-only binds on which the source's owner is the sandbox's uid
     # (idmapped, as root: see docs/sandbox.md).
     for key, writable, owned in (("ro", False, False), ("rw", True, False),
@@ -466,18 +563,22 @@ def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
             if not isinstance(items, list):
                 ctx.error((*base, key), f'"filesystem.{key}" must be a list',
                           expected='["/path", { source = "/path", optional = true }]')
-            layer.binds.extend(_bind(ctx, (*base, key, i), v, writable, owned)
-                               for i, v in enumerate(items))
+            for i, v in enumerate(items):
+                bind = _bind(ctx, (*base, key, i), v, writable, owned)
+                at: Path = (*base, key, i)
+                if isinstance(v, dict):
+                    at = (*at, "dest" if "dest" in v else "source")
+                claim(at, bind.dest)
+                layer.binds.append(bind)
     if "tmpfs" in table:
-        items = table["tmpfs"]
-        if not isinstance(items, list):
-            ctx.error((*base, "tmpfs"), '"filesystem.tmpfs" must be a list',
-                      expected='["/path", { dest = "/path", size = "16M" }]')
+        items = _list(ctx, (*base, "tmpfs"), table["tmpfs"],
+                      '["/path", { dest = "/path", size = "16M" }]')
         for i, item in enumerate(items):
             p: Path = (*base, "tmpfs", i)
             if isinstance(item, str):
                 layer.tmpfs.append(Tmpfs(ctx.abspath(p, item)))
                 _not_reserved(ctx, p, item, True)
+                claim(p, item)
                 continue
             entry = ctx.table(p, item)
             ctx.check_keys(p, entry, TMPFS_KEYS)
@@ -485,14 +586,85 @@ def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
                 ctx.error(p, 'tmpfs has no "dest"', expected='{ dest = "/path" }')
             dest = ctx.abspath((*p, "dest"), entry["dest"])
             _not_reserved(ctx, (*p, "dest"), dest, True)
+            claim((*p, "dest"), dest)
             if "size" in entry:
                 layer.tmpfs.append(Tmpfs(dest, ctx.size((*p, "size"), entry["size"])))
             else:
                 layer.tmpfs.append(Tmpfs(dest))
+    for key in [k for k in table if k in ("symlinks", "dirs", "data-files")]:  # file order
+        _placed(ctx, layer, key, table[key], claim)
     if "tmp-size" in table:
         layer.tmp_size = ctx.size((*base, "tmp-size"), table["tmp-size"])
     if "chdir" in table:
         layer.chdir = ctx.abspath((*base, "chdir"), table["chdir"])
+
+
+def _list(ctx: _Context, path: Path, value: object, example: str) -> list[object]:
+    if not isinstance(value, list):
+        ctx.error(path, f'"{_dotted(path)}" must be a list', expected=example)
+    return value
+
+
+_PLACED_EXAMPLES = {
+    "symlinks": '[{ dest = "/opt/app/python", target = "/usr/bin/python3" }]',
+    "dirs": '["/work", { dest = "/var/cache/app" }]',
+    "data-files": '[{ dest = "/etc/app.conf", contents = "..." }]',
+}
+
+
+def _placed(ctx: _Context, layer: Layer, key: str, value: object,
+            claim: Callable[[Path, str], None]) -> None:
+    """filesystem.symlinks, dirs, data-files: what `--symlink`, `--dir` and
+    `--ro-bind-data` place in the new root."""
+    base: Path = ("filesystem", key)
+    for i, item in enumerate(_list(ctx, base, value, _PLACED_EXAMPLES[key])):
+        p: Path = (*base, i)
+        if key == "dirs" and isinstance(item, str):
+            at = p
+            dest = _place_dest(ctx, p, item)
+        else:
+            entry = ctx.table(p, item)
+            ctx.check_keys(p, entry, {"symlinks": SYMLINK_KEYS, "dirs": DIR_KEYS,
+                                      "data-files": DATA_FILE_KEYS}[key])
+            for needed in ("dest", "target" if key == "symlinks" else
+                           "contents" if key == "data-files" else "dest"):
+                if needed not in entry:
+                    ctx.error(p, f'{_dotted(p)} has no "{needed}"',
+                              expected=_PLACED_EXAMPLES[key].strip("[]"), at_key=True)
+            at = (*p, "dest")
+            dest = _place_dest(ctx, at, entry["dest"])
+        thing: Symlink | str | DataFile = dest
+        if key == "symlinks":
+            target = ctx.string((*p, "target"), entry["target"])
+            if not target or "\0" in target:
+                ctx.error((*p, "target"), "a link target must be a non-empty path with no "
+                          "NUL byte")
+            thing = Symlink(dest, target)
+        elif key == "data-files":
+            contents = ctx.string((*p, "contents"), entry["contents"])
+            size = len(contents.encode())
+            if size > MAX_DATA_FILE_BYTES:
+                ctx.error((*p, "contents"), f"an inline data file holds at most "
+                          f"{MAX_DATA_FILE_BYTES >> 20}M ({MAX_DATA_FILE_BYTES} bytes), this "
+                          f"one {size}; bind a host file with filesystem.ro instead")
+            thing = DataFile(dest, contents)
+        claim(at, dest)
+        line, _ = ctx.loc.value(at)
+        layer.placed[dest] = PlacedEntry(thing, ctx.origin(at), ctx.loc.source_line(line))
+
+
+def _place_dest(ctx: _Context, path: Path, value: object) -> str:
+    """A destination of a link, directory or data file, checked as the sandbox checks
+    it (build_spec): absolute, no "..", not the root, not in /proc or /dev."""
+    dest = ctx.abspath(path, value)
+    if ".." in dest.split("/"):
+        ctx.error(path, f'destination {dest} must not contain ".."',
+                  expected='an absolute path with no ".." component')
+    clean = clean_dest(dest)
+    if clean == "/":
+        ctx.error(path, "the sandbox root / cannot be replaced", expected="a path below /")
+    _not_reserved(ctx, path, clean, False)
+    return clean
 
 
 def _limits(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
@@ -533,5 +705,31 @@ def _environment(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
             layer.env_set[name] = text
 
 
-__all__ = ["Entry", "Layer", "Reference", "format_action", "parse_action", "parse_condition",
-           "parse_text"]
+def _broker(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
+    """[broker]: the rules of `--broker-read`, `--broker-write` and `--broker-connect`,
+    in their syntax, read by their one parser (warden.profiles.brokerrules)."""
+    base: Path = ("broker",)
+    ctx.check_keys(base, table, BROKER_KEYS)
+    for key in BROKER_KEYS:
+        if key not in table:
+            continue
+        single = isinstance(table[key], str)
+        for i, text in enumerate(ctx.strings((*base, key), table[key])):
+            where: Path = (*base, key) if single else (*base, key, i)
+            try:
+                if key == "connect":
+                    address = brokerrules.parse_address(text)
+                    if address not in layer.broker_connect:
+                        layer.broker_connect.append(address)
+                    continue
+                rule = brokerrules.parse_path(text, write=key == "write")
+            except ValueError as e:
+                syntax = ("PATH[:links][:fifo][:device]" if key != "connect"
+                          else "HOST:PORT[-PORT][/tcp|/udp]")
+                ctx.error(where, str(e), expected=None if syntax in str(e) else syntax)
+            if rule not in layer.broker_paths:
+                layer.broker_paths.append(rule)
+
+
+__all__ = ["Entry", "Layer", "Placed", "PlacedEntry", "Reference", "clean_dest", "format_action",
+           "parse_action", "parse_condition", "parse_text"]

@@ -19,7 +19,7 @@ from warden.supervisor.sandbox.options import SandboxOptions, described, flag
 
 if TYPE_CHECKING:
     from warden.profiles.model import Profile
-    from warden.supervisor.broker import AuditRecord, Policy
+    from warden.supervisor.broker import AddressRule, AuditRecord, PathRule, Policy
     from warden.supervisor.sandbox import Sandbox, SandboxSpec, Status
 
 
@@ -337,29 +337,32 @@ def _status_json(status: Status, records: BrokerRecords | None) -> str:
 
 class _BrokerSetup:
     """The transparent broker of one `warden run`, made in the parent before the
-    sandbox starts: its rules (each option's values through the rules' one parser),
-    the calls the filter sends to it, and its Policy (prefixes opened, names
-    resolved now, so a bad rule fails before a process exists)."""
+    sandbox starts: its rules (each option's values through the rules' one parser,
+    then the profile's [broker] section, which adds to them), the calls the filter
+    sends to it, and its Policy (prefixes opened, names resolved now, so a bad rule
+    fails before a process exists)."""
 
     def __init__(self, options: SandboxOptions) -> None:
-        from warden.supervisor.broker import AddressRule, PathRule, wiring
-
         self.paths: list[PathRule] = []
         self.addresses: list[AddressRule] = []
-        for name, write in (("broker_read", False), ("broker_write", True)):
-            for text in getattr(options, name):
-                try:
-                    self.paths.append(PathRule.parse(text, write=write))
-                except ValueError as e:
-                    raise OptionError(f"{flag(name)} {text}: {e}") from None
-        for text in options.broker_connect:
-            try:
-                self.addresses.append(AddressRule.parse(text))
-            except ValueError as e:
-                raise OptionError(f"{flag('broker_connect')} {text}: {e}") from None
-        self.names = wiring.calls(paths=bool(self.paths), addresses=bool(self.addresses))
+        self.names: list[str] = []
         self.option = flag("broker_read" if options.broker_read else "broker_write"
                            if options.broker_write else "broker_connect")
+        self.connect_option = flag("broker_connect")
+        if self.wanted(options):
+            from warden.supervisor.broker import AddressRule, PathRule
+
+            for name, write in (("broker_read", False), ("broker_write", True)):
+                for text in getattr(options, name):
+                    try:
+                        self.paths.append(PathRule.parse(text, write=write))
+                    except ValueError as e:
+                        raise OptionError(f"{flag(name)} {text}: {e}") from None
+            for text in options.broker_connect:
+                try:
+                    self.addresses.append(AddressRule.parse(text))
+                except ValueError as e:
+                    raise OptionError(f"{flag('broker_connect')} {text}: {e}") from None
         self.records = BrokerRecords()
         self.policy: Policy | None = None
 
@@ -367,18 +370,42 @@ class _BrokerSetup:
     def wanted(options: SandboxOptions) -> bool:
         return bool(options.broker_read or options.broker_write or options.broker_connect)
 
+    @property
+    def active(self) -> bool:
+        return bool(self.paths or self.addresses)
+
+    def add_profile(self, prof: Profile, options: SandboxOptions) -> None:
+        """The profile's [broker] rules join the options' (checked by the parser
+        already; again here, since a Profile may come from elsewhere)."""
+        if not prof.broker:
+            return
+        from warden.supervisor.broker import wiring
+
+        label = f"{flag('profile')} {options.profile} [broker]"
+        if not self.active:
+            self.option = label
+        if not options.broker_connect:
+            self.connect_option = label
+        try:
+            paths, addresses = wiring.profile_rules(prof.broker)
+        except ValueError as e:
+            raise OptionError(f"{label}: {e}") from None
+        self.paths.extend(p for p in paths if p not in self.paths)
+        self.addresses.extend(a for a in addresses if a not in self.addresses)
+
     def profile(self, prof: Profile, options: SandboxOptions) -> Profile:
         """`prof` with the brokered calls sent to user-notify."""
         import dataclasses
 
         from warden.supervisor.broker import wiring
 
+        self.names = wiring.calls(paths=bool(self.paths), addresses=bool(self.addresses))
         if self.addresses and (options.share_net or not prof.namespaces.net):
             # The allowlist holds because the sandbox's own network reaches nothing: on
             # the host's, the program's own sendto() (UDP, TCP fast open) would reach
             # any address without a connect for the broker to judge.
             why = flag("share_net") if options.share_net else f"profile {prof.name}"
-            raise OptionError(f"{flag('broker_connect')}: the sandbox shares the host's "
+            raise OptionError(f"{self.connect_option}: the sandbox shares the host's "
                               f"network ({why}), where the program could reach any address "
                               "without connect(); the allowlist needs the sandbox's own "
                               f"network: drop {flag('share_net')} or use a profile that "
@@ -441,20 +468,18 @@ class _Forwarder:
 def _run(argv: list[str], options: SandboxOptions
          ) -> tuple[Status, StatusOutput | None, BrokerRecords | None]:
     forwarder = _Forwarder()
-    broker = _BrokerSetup(options) if _BrokerSetup.wanted(options) else None
+    broker = _BrokerSetup(options)
     try:
         return _run_with(argv, options, broker, forwarder)
     finally:
-        if broker is not None:
-            broker.close()  # unless the sandbox's handle took it over
+        broker.close()  # unless the sandbox's handle took it over
 
 
-def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup | None,
+def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup,
               forwarder: _Forwarder
               ) -> tuple[Status, StatusOutput | None, BrokerRecords | None]:
     from warden.supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
 
-    records = broker.records if broker is not None else None
     try:
         from warden.profiles import ProfileError, load_profile
 
@@ -464,7 +489,8 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup | N
             raise OptionError(f"{flag('profile')} {options.profile}: {e}") from None
         # With `--json-status -` stdout carries the record alone.
         stdio = (0, 2, 2) if options.json_status == "-" else (0, 1, 2)
-        if broker is not None:
+        broker.add_profile(prof, options)  # its [broker] rules add to the options'
+        if broker.active:
             prof = broker.profile(prof, options)
         spec = build_spec(argv, prof, options, stdio=stdio)
         # Before the sandbox exists, so nothing it does can change what is opened.
@@ -477,7 +503,8 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup | N
     from warden.supervisor.sandbox.self_confine import set_dumpable
 
     set_dumpable(False)
-    if broker is not None:
+    records = broker.records if broker.active else None
+    if broker.active:
         # The supervisor's own id for the sandbox (never the program's word): this run.
         broker.build(f"warden-run-{os.getpid()}")
     try:
@@ -490,7 +517,7 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup | N
     except OSError as e:
         click.echo(f"warden: {e}", err=True)
         sys.exit(EXIT_SETUP)
-    if broker is not None:
+    if broker.active:
         broker.attach(box)
     forwarder.attach(box)
     return _supervise(box), out, records

@@ -21,11 +21,11 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
-import re
 import socket
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+from warden.profiles import brokerrules
 from warden.supervisor.broker.decision import Decision, Refused
 
 Protocol = Literal["tcp", "udp"]
@@ -33,10 +33,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], list[str]]
 
-_RULE = re.compile(r"\A(?:\[(?P<v6>[0-9A-Fa-f:.]+(?:/\d{1,3})?)\]|(?P<host>[^\s:\[\]/]+"
-                   r"(?:/\d{1,2})?)):(?P<lo>\d{1,5})(?:-(?P<hi>\d{1,5}))?(?:/(?P<proto>tcp|udp))?\Z")
-_NAME = re.compile(r"\A(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})"
-                   r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?\Z")
+_NAME = brokerrules.HOST_NAME  # the rules' one syntax and check, shared with profiles
 
 
 def normalise(ip: IPAddress) -> IPAddress:
@@ -72,13 +69,10 @@ class AddressRule:
 
     @classmethod
     def parse(cls, text: str) -> AddressRule:
-        """`HOST:PORT[-PORT][/tcp|/udp]` (`--broker-connect`, a profile's list)."""
-        m = _RULE.match(text)
-        if m is None:
-            raise ValueError(f"broker address {text!r}: expected HOST:PORT[-PORT][/tcp|/udp] "
-                             "(an IPv6 address or range in brackets: [::1]:443)")
-        lo = int(m["lo"])
-        return cls(m["v6"] or m["host"], lo, int(m["hi"] or lo), m["proto"] or "tcp")  # type: ignore[arg-type]
+        """`HOST:PORT[-PORT][/tcp|/udp]` (`--broker-connect`, a profile's list; the one
+        syntax: warden.profiles.brokerrules)."""
+        rule = brokerrules.parse_address(text)
+        return cls(rule.host, rule.low, rule.high, rule.protocol)  # type: ignore[arg-type]
 
     def network(self) -> IPNetwork | None:
         """The rule's range, or None when its host is a name."""
@@ -100,13 +94,9 @@ class AddressRule:
 
 def check_rule(rule: AddressRule) -> None:
     """The one validator of an address rule, for every source (CLI, profile, API)."""
-    where = f"broker address {rule.spelled()!r}"
-    if not 1 <= rule.low <= rule.high <= 65535:
-        raise ValueError(f"{where}: ports must be 1..65535, the lower first")
-    if rule.protocol not in ("tcp", "udp"):
-        raise ValueError(f"{where}: the protocol is tcp or udp")
-    if rule.network() is None and _NAME.match(rule.host) is None:
-        raise ValueError(f"{where}: {rule.host!r} is neither an IP, a CIDR range nor a host name")
+    problem = brokerrules.address_problem(rule.host, rule.low, rule.high, rule.protocol)
+    if problem:
+        raise ValueError(problem)
 
 
 class AddressPolicy:

@@ -33,12 +33,12 @@ import os
 import stat
 from collections.abc import Iterable
 
+from warden.profiles import brokerrules
 from warden.supervisor.broker.decision import Decision, Refused
 from warden.supervisor.sandbox import _sys, hostpath
 
-MODES = ("read", "write", "create", "truncate")
-KINDS = ("fifo", "device")  # kinds a rule may accept besides regular files
-PATH_MAX = 4096
+# The rules' one syntax and check, shared with the profile parser.
+MODES, KINDS, PATH_MAX = brokerrules.MODES, brokerrules.KINDS, brokerrules.PATH_MAX
 RESOLVE_BENEATH = 0x08
 
 # Flags of the child's open that are carried over as they are; everything else
@@ -87,15 +87,11 @@ class PathRule:
     @classmethod
     def parse(cls, text: str, *, write: bool = False) -> PathRule:
         """`PATH[:links][:fifo][:device]` as `--broker-read` (or, with `write`,
-        `--broker-write`) and a profile's `broker.read` / `broker.write` lists give it."""
-        path, options = text, list[str]()
-        while True:
-            head, sep, tail = path.rpartition(":")
-            if not sep or tail not in ("links", *KINDS):
-                break
-            path, options = head, [tail, *options]
-        return cls(path, frozenset(MODES if write else ("read",)), links="links" in options,
-                   kinds=frozenset(o for o in options if o in KINDS))
+        `--broker-write`) and a profile's `broker.read` / `broker.write` lists give it
+        (the one syntax: warden.profiles.brokerrules)."""
+        rule = brokerrules.parse_path(text, write=write)
+        return cls(rule.prefix, frozenset(MODES if rule.write else ("read",)), links=rule.links,
+                   kinds=frozenset(rule.kinds))
 
     def spelled(self) -> str:
         extra = [*(["links"] if self.links else []), *sorted(self.kinds)]
@@ -105,19 +101,9 @@ class PathRule:
 
 def check_rule(rule: PathRule) -> None:
     """The one validator of a path rule, for every source (CLI, profile, API)."""
-    where = f"broker path {rule.prefix!r}"
-    if not rule.prefix.startswith("/"):
-        raise ValueError(f"{where}: not an absolute path")
-    if "\0" in rule.prefix or len(rule.prefix.encode()) >= PATH_MAX:
-        raise ValueError(f"{where}: not a usable path (a NUL, or PATH_MAX bytes or more)")
-    if ".." in rule.prefix.split("/"):
-        raise ValueError(f"{where}: contains '..'; name the real path")
-    if not rule.modes or not rule.modes <= set(MODES):
-        raise ValueError(f"{where}: modes must be some of {', '.join(MODES)}, "
-                         f"not {sorted(rule.modes)}")
-    if not rule.kinds <= set(KINDS):
-        raise ValueError(f"{where}: kinds must be some of {', '.join(KINDS)}, "
-                         f"not {sorted(rule.kinds)}")
+    problem = brokerrules.path_problem(rule.prefix, rule.modes, rule.kinds)
+    if problem:
+        raise ValueError(problem)
 
 
 @dataclasses.dataclass(frozen=True)

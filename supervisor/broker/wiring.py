@@ -27,11 +27,14 @@ from warden.profiles.model import (
     ActionKind,
     ArgCondition,
     ArgOp,
+    Broker,
     SeccompPolicy,
     SyscallRule,
 )
 from warden.supervisor.broker import transparent
+from warden.supervisor.broker.addresses import AddressRule
 from warden.supervisor.broker.lookups import AT_EMPTY_PATH, LOOKUP_CALLS, LOOKUP_FILTER
+from warden.supervisor.broker.paths import MODES, PathRule
 from warden.supervisor.broker.policy import Policy
 from warden.supervisor.sandbox.handle import Sandbox
 
@@ -50,6 +53,17 @@ def calls(*, paths: bool, addresses: bool) -> list[str]:
     answers: the open family and, with path rules, the lookups (a program stats a
     file before it opens it); connect with address rules."""
     return transparent.brokered_syscalls(connect=addresses, lookups=paths)
+
+
+def profile_rules(broker: Broker) -> tuple[list[PathRule], list[AddressRule]]:
+    """The path and address rules a profile's [broker] section names (`read` and
+    `write` as `--broker-read` and `--broker-write`, `connect` as `--broker-connect`),
+    each checked again by the rules' one validator (a Profile may come from the API)."""
+    paths = [PathRule(p.prefix, frozenset(MODES if p.write else ("read",)), links=p.links,
+                      kinds=frozenset(p.kinds)) for p in broker.paths]
+    addresses = [AddressRule(a.host, a.low, a.high, a.protocol)  # type: ignore[arg-type]
+                 for a in broker.connect]
+    return paths, addresses
 
 
 def _fallback(seccomp: SeccompPolicy, call: str) -> Action:

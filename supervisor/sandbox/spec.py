@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from warden.errors import InvalidInput
-from warden.profiles.model import SHM_DEST, Bind, Profile, Tmpfs, reserved_dest
+from warden.profiles.model import MAX_DATA_FILE_BYTES, SHM_DEST, Bind, Profile, Tmpfs, reserved_dest
 from warden.profiles.parser import size_bytes
 from warden.supervisor.sandbox import ids
 from warden.supervisor.sandbox.errors import SandboxError
@@ -276,7 +276,7 @@ def build_spec(
         if dest == SHM_DEST:  # the built-in one, at its default size
             continue
         out_tmpfs.append(Tmpfs(dest))
-    data_files, symlinks, dirs = _placed(o, seen)
+    data_files, symlinks, dirs = _placed(o, profile, seen)
     cwd = o.chdir if o.chdir is not None else profile.filesystem.chdir
     if not cwd.startswith("/"):
         raise SpecError(f"{flag('chdir')} {cwd!r}: must be an absolute path inside the sandbox")
@@ -387,9 +387,11 @@ def _complain(complain: bool, seccomp_filter: bytes) -> bool:
     return complain
 
 
-def _placed(o: SandboxOptions, seen: dict[str, str]) -> tuple[
+def _placed(o: SandboxOptions, profile: Profile, seen: dict[str, str]) -> tuple[
         tuple[tuple[str, bytes], ...], tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """--ro-bind-data, --symlink and --dir, checked; each fd's data read here, once."""
+    """The profile's data files, links and directories (filesystem.data-files, symlinks,
+    dirs), then --ro-bind-data, --symlink and --dir, checked alike; each fd's data
+    read here, once."""
     def claim(dest: str, what: str) -> str:
         clean = _clean_dest(dest, what)
         if clean in seen:
@@ -397,7 +399,22 @@ def _placed(o: SandboxOptions, seen: dict[str, str]) -> tuple[
         seen[clean] = what
         return clean
 
+    fs, name = profile.filesystem, f"profile {profile.name}"
     data: list[tuple[str, bytes]] = []
+    for f in fs.data_files:
+        what = f"{name} data file {f.dest}"
+        contents = f.contents.encode()
+        if len(contents) > MAX_DATA_FILE_BYTES:
+            raise SpecError(f"{what}: more than {MAX_DATA_FILE_BYTES >> 20}M of data; bind a "
+                            "file instead")
+        data.append((claim(f.dest, what), contents))
+    links: list[tuple[str, str]] = []
+    for link in fs.symlinks:
+        what = f"{name} symlink {link.dest}"
+        if not link.target or "\0" in link.target:
+            raise SpecError(f"{what}: the target must be a non-empty path with no NUL byte")
+        links.append((claim(link.dest, what), link.target))
+    dirs = [claim(d, f"{name} dir {d}") for d in fs.dirs]
     for text in o.ro_bind_data:
         what = f"{flag('ro_bind_data')} {text}"
         num, sep, dest = text.partition(":")
@@ -405,15 +422,14 @@ def _placed(o: SandboxOptions, seen: dict[str, str]) -> tuple[
             raise SpecError(f"{what}: expected FD:DEST (an fd number of this process, and a "
                             "path inside the sandbox)")
         data.append((claim(dest, what), _read_data(int(num), what)))
-    links: list[tuple[str, str]] = []
     for text in o.symlinks:
         what = f"{flag('symlinks')} {text}"
         target, sep, dest = text.rpartition(":")
         if not sep or not target or "\0" in target:
             raise SpecError(f"{what}: expected TARGET:DEST")
         links.append((claim(dest, what), target))
-    dirs = tuple(claim(d, f"{flag('dirs')} {d}") for d in o.dirs)
-    return tuple(data), tuple(links), dirs
+    dirs.extend(claim(d, f"{flag('dirs')} {d}") for d in o.dirs)
+    return tuple(data), tuple(links), tuple(dirs)
 
 
 def _read_data(fd: int, what: str) -> bytes:

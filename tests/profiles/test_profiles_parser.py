@@ -130,7 +130,8 @@ def error_of(text: str) -> str:
         (
             'extend = "default"\n',
             'x.toml:1:1: error: unknown key "extend" (did you mean "extends"?) (expected one of '
-            "description, extends, include, seccomp, namespaces, filesystem, limits, environment)\n"
+            "description, extends, include, seccomp, namespaces, filesystem, limits, environment, "
+            "broker)\n"
             '    extend = "default"\n'
             "    ^",
         ),
