@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +84,8 @@ def square(n: int) -> int:
 
 
 # ------------------------------------------------------------------ measurements
-async def start_times(runs: int, spawn_runs: int) -> dict[str, list[float]]:
+async def start_times(runs: int, spawn_runs: int,
+                      only: Sequence[str] = ()) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"zygote": [], "fork": [], "spawn": [], "mp": [], "bwrap": []}
     async def ours(method: str) -> float:
         t = time.perf_counter()
@@ -101,6 +102,8 @@ async def start_times(runs: int, spawn_runs: int) -> dict[str, list[float]]:
         "mp": lambda: asyncio.to_thread(mp_fork_pipe)}
     if shutil.which("bwrap"):
         rows["bwrap"] = lambda: asyncio.to_thread(bwrap_true)
+    if only:
+        rows = {k: v for k, v in rows.items() if k in only}
     async with supervisor.Supervisor(zygote=True, zygote_preload=PRELOAD,
                                      validate_outgoing=False) as sup:
         # Rounds of short blocks, so load from elsewhere hits every row alike. Each
@@ -238,6 +241,12 @@ def main() -> None:
                     help="each busy worker's call: 0 square() back to back, N a sleep of N "
                          "ms (default 0 100)")
     ap.add_argument("--only-kill", action="store_true", help="only the kill latency tables")
+    ap.add_argument("--only-spawn", action="store_true",
+                    help="only the spawn() to first reply table (run it with another tree's "
+                         "interpreter for before/after rows)")
+    ap.add_argument("--methods", default="",
+                    help="with --only-spawn: the rows to time, comma-separated, of "
+                         "zygote,fork,spawn,mp,bwrap (default all)")
     args = ap.parse_args()
     runs, spawn_runs = (15, 5) if args.quick else (60, 15)
     idle_n = args.idle or (200 if args.quick else 1000)
@@ -246,6 +255,9 @@ def main() -> None:
     logging.getLogger("warden.ipc").setLevel(logging.ERROR)
     print(f"# bench_supervisor ({os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"{time.strftime('%Y-%m-%d')})\n")
+    if args.only_spawn:
+        spawn_table(runs, spawn_runs, [m for m in args.methods.split(",") if m])
+        return
     if not args.only_kill:
         others(args, runs, spawn_runs, idle_n)
     for busy, work in ((b, w) for w in args.work_ms for b in args.busy):
@@ -260,6 +272,25 @@ def main() -> None:
         print(row("`await w.wait()` returns", lat))
         print(f"\nother workers meanwhile: {done} calls ok, {failed} failed "
               f"(load average {os.getloadavg()[0]:.1f}; goal: p99 <= 5 ms, 0 failed)\n")
+
+
+def spawn_table(runs: int, spawn_runs: int, only: Sequence[str] = ()) -> None:
+    load = os.getloadavg()[0]
+    st = asyncio.run(start_times(runs, spawn_runs, only))
+    print(f"## spawn() to first validated reply (ms), load average {load:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after\n")
+    print("| start method | min | median | p90 | runs |\n|---|---|---|---|---|")
+    names = {"zygote": "warden zygote (strict, own user+pid ns)",
+             "fork": "warden fork (strict, own user+pid ns)",
+             "spawn": "warden spawn (fresh interpreter in a new sandbox)",
+             "mp": "multiprocessing fork + Pipe (no sandbox)",
+             "bwrap": "bwrap --unshare-all /bin/true (to exit, no reply)"}
+    for key, name in names.items():
+        if st[key]:
+            print(f"| {name} | {min(st[key]) * 1000:.2f} | {ms(st[key]):.2f} | "
+                  f"{ms(st[key], 0.9):.2f} | {len(st[key])} |")
+    if st["bwrap"]:
+        print(f"\nzygote vs bwrap: {ms(st['bwrap']) / ms(st['zygote']):.1f}x faster (goal >= 4x)")
 
 
 def others(args: argparse.Namespace, runs: int, spawn_runs: int, idle_n: int) -> None:

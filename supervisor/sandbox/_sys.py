@@ -33,7 +33,7 @@ if _MACHINE not in _NR:  # pragma: no cover - only x86_64/aarch64 are supported
 
 NR = dict(_NR[_MACHINE])
 NR.update(
-    open_tree=428, move_mount=429, close_range=436, mount_setattr=442,
+    clone3=435, open_tree=428, move_mount=429, close_range=436, mount_setattr=442,
     landlock_create_ruleset=444, landlock_add_rule=445, landlock_restrict_self=446,
 )
 
@@ -48,6 +48,8 @@ CLONE_NEWNET = 0x40000000
 CLONE_PARENT = 0x00008000
 CLONE_FILES = 0x00000400
 CLONE_VFORK = 0x00004000
+CLONE_INTO_CGROUP = 0x200000000  # clone3 only (Linux 5.7+), cgroup v2
+CSIGNAL = 0xFF
 
 # mount flags
 MS_RDONLY = 1
@@ -101,6 +103,35 @@ def clone(flags: int) -> int:
     if ret == -1:
         raise _fail("clone")
     return ret
+
+
+class _CloneArgs(ctypes.Structure):
+    # struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes)
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size",
+        "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+def clone3_into_cgroup(flags: int, cgroup_fd: int) -> int:
+    """fork-like clone3(2) with CLONE_INTO_CGROUP: the child is born in the cgroup v2
+    directory `cgroup_fd` refers to, so nothing has to move it there afterwards.
+
+    `flags` as for clone(): its low byte is the exit signal (clone3 takes it apart).
+    Raises OSError: ENOSYS before Linux 5.3, E2BIG before 5.7 (no cgroup field), and
+    the kernel's check of the caller's right to write that cgroup's procs file."""
+    args = _CloneArgs(flags=(flags & ~CSIGNAL) | CLONE_INTO_CGROUP,
+                      exit_signal=flags & CSIGNAL, cgroup=cgroup_fd)
+    ret = int(_libc_gil.syscall(ctypes.c_long(NR["clone3"]), ctypes.byref(args),
+                                ctypes.c_size_t(ctypes.sizeof(args))))
+    if ret == -1:
+        raise _fail("clone3")
+    return ret
+
+
+def setfsuid(uid: int) -> int:
+    """setfsuid(2); returns the previous filesystem uid (the call reports no errors:
+    a uid it refuses leaves the old one, which the caller checks with a second call)."""
+    return int(_libc.setfsuid(ctypes.c_uint(uid)))
 
 
 def unshare(flags: int) -> None:

@@ -269,13 +269,21 @@ def _hand_over_listener(sock_fd: int, fd: int) -> None:
 # The parent itself, or its fork A (a copy of a threaded process: the rules above
 # hold there too), or a zygote.
 
-def clone_init(plan: Plan, extra_flags: int = 0) -> int:
+def clone_init(plan: Plan, extra_flags: int = 0, into_cgroup: int = -1) -> int:
     """clone(2) the sandbox's init: 0 in the init, its pid here.
 
     As root, with the sandbox's outer ids as the effective ids for the call,
-    so that the new user namespace is owned by them (see ids.parent_assume_owner)."""
+    so that the new user namespace is owned by them (see ids.parent_assume_owner).
+    `into_cgroup` (a cgroup v2 directory's fd): clone3 with CLONE_INTO_CGROUP, so
+    the init is born in its cgroup; OSError if this kernel or cgroup refuses that
+    (the caller then clones without it and moves the init)."""
+    def clone() -> int:
+        if into_cgroup < 0:
+            return _sys.clone(plan.clone_flags | extra_flags)
+        return _sys.clone3_into_cgroup(plan.clone_flags | extra_flags, into_cgroup)
+
     if plan.clone_as is None:
-        return _sys.clone(plan.clone_flags | extra_flags)
+        return clone()
     # No Python signal handler may run while this process has the sandbox's ids
     # (it would act with them): signals wait until the ids are back.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
@@ -286,10 +294,17 @@ def clone_init(plan: Plan, extra_flags: int = 0) -> int:
         except OSError:
             # EINVAL: the ids are not mapped in this user namespace (warden run as the
             # root of one). Then nothing can map them either: the userns step says so.
-            pid = _sys.clone(plan.clone_flags | extra_flags)
+            pid = clone()
             return pid
         try:
-            pid = _sys.clone(plan.clone_flags | extra_flags)
+            if into_cgroup >= 0:
+                # The kernel checks the right to write the cgroup's procs file (and
+                # its parent's) with the filesystem uid, which followed the effective
+                # one; the namespace's owner is the effective uid. So root's
+                # filesystem uid for the call: the init is born with it and keeps it
+                # only until its ids step, running nothing but its own setup.
+                _sys.setfsuid(0)
+            pid = clone()
         finally:
             if pid != 0:  # not in the init: its ids are the new namespace's business
                 ids.parent_resume(saved)

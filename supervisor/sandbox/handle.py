@@ -80,6 +80,10 @@ class Sandbox(metaclass=NoPublicConstructor):
     pid: int
     spec: SandboxSpec
     outer_ids: tuple[int, int]  # (uid, gid) the sandbox runs as outside its user namespace
+    # How its init entered its cgroup: "clone_into_cgroup" (born there: clone3 on
+    # cgroup v2), "migration" (moved after the clone: cgroup v1, or v2 where clone3
+    # could not), None without a cgroup (rlimits).
+    cgroup_entry: str | None
     _lease: ids.Lease
     _channel: socket.socket | None
     _channel_taken: bool
@@ -100,9 +104,10 @@ class Sandbox(metaclass=NoPublicConstructor):
     def __init__(self, spec: SandboxSpec, pid: int, pidfd: int, status_r: int,
                  listener: Listener | None, channel: socket.socket | None,
                  limiter: limits.Limiter, started: float, landlock_abi: int,
-                 lease: ids.Lease) -> None:
+                 lease: ids.Lease, cgroup_entry: str | None = None) -> None:
         """Only through `Sandbox._create(...)` (Launch.complete does it)."""
         self.spec = spec
+        self.cgroup_entry = cgroup_entry
         self.pid = pid
         self._channel = channel
         self._channel_taken = False

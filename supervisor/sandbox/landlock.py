@@ -146,7 +146,7 @@ def child_ruleset(abi: int, rules: Sequence[tuple[bytes, int]], handle_fs: bool 
             except FileNotFoundError:
                 continue
             try:
-                is_dir = os.path.isdir(path)
+                is_dir = stat.S_ISDIR(os.fstat(pfd).st_mode)  # the object opened, not the path
                 allowed = rights & handled
                 if not is_dir:
                     allowed &= EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE

@@ -183,8 +183,15 @@ class Limiter:
     def create(self) -> None:
         """Prepare before fork (cgroups: mkdir and write the limits)."""
 
-    def attach(self, pid: int) -> None:
-        """Move `pid` (the child's init) in, before it runs anything of the workload."""
+    def clone_into_fd(self) -> int:
+        """cgroup v2: an O_PATH descriptor of the new cgroup, for clone3(CLONE_INTO_CGROUP),
+        so the init is born in it and attach() has nothing to move; -1 otherwise
+        (cgroup v1 has no such clone: the init is moved there after the clone)."""
+        return -1
+
+    def attach(self, pid: int, born_in: bool = False) -> None:
+        """Move `pid` (the child's init) in, before it runs anything of the workload.
+        `born_in`: clone3 put it there already (clone_into_fd())."""
 
     def usage(self) -> Usage:
         return Usage(None, False)
@@ -200,21 +207,33 @@ class CgroupV2(Limiter):
         super().__init__(spec)
         sweep(parent)
         self.dir = os.path.join(parent, _name())
+        self._dir_fd = -1
 
     def create(self) -> None:
         try:
             os.mkdir(self.dir, 0o755)
-            _write(f"{self.dir}/memory.max", str(self.spec.memory_bytes))
-            if os.path.exists(f"{self.dir}/memory.swap.max"):
-                _write(f"{self.dir}/memory.swap.max", "0")
-            _write(f"{self.dir}/pids.max", str(self.spec.processes))
+            self._limit()
+            self._dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             self.destroy()
             raise LimitsError(e.errno or errno.EIO, f"cgroup v2 {self.dir}: {e.strerror}") \
                 from None
 
-    def attach(self, pid: int) -> None:
-        _write(f"{self.dir}/cgroup.procs", str(pid))
+    def _limit(self) -> None:
+        _write(f"{self.dir}/memory.max", str(self.spec.memory_bytes))
+        if os.path.exists(f"{self.dir}/memory.swap.max"):
+            _write(f"{self.dir}/memory.swap.max", "0")
+        _write(f"{self.dir}/pids.max", str(self.spec.processes))
+
+    def clone_into_fd(self) -> int:
+        return self._dir_fd
+
+    def attach(self, pid: int, born_in: bool = False) -> None:
+        if self._dir_fd >= 0:  # the clone is over: the descriptor has done its part
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+        if not born_in:
+            _write(f"{self.dir}/cgroup.procs", str(pid))
 
     def usage(self) -> Usage:
         peak = _read(f"{self.dir}/memory.peak").strip()
@@ -226,6 +245,9 @@ class CgroupV2(Limiter):
         return Usage(int(peak) if peak.isdigit() else None, oom)
 
     def destroy(self) -> None:
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
         _rmdir(self.dir)
 
 
@@ -252,7 +274,10 @@ class CgroupV1(Limiter):
             self.destroy()
             raise LimitsError(e.errno or errno.EIO, f"cgroup v1: {e.strerror}") from None
 
-    def attach(self, pid: int) -> None:
+    def attach(self, pid: int, born_in: bool = False) -> None:
+        # Each move waits for an RCU grace period (cgroup_threadgroup_rwsem's writer
+        # side), 1-10 ms on a loaded machine; the second follows within the first's
+        # and does not wait again. The init builds its root meanwhile.
         _write(f"{self.mem}/cgroup.procs", str(pid))
         _write(f"{self.pids}/cgroup.procs", str(pid))
 

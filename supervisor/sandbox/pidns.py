@@ -78,15 +78,30 @@ def child_block_signals() -> None:
 def child_reset_signals() -> None:
     """Default dispositions (CPython ignores some, and ignored ones survive exec); the
     workload then empties its mask right before exec."""
-    # exec resets caught signals by itself; only ignored ones would survive it.
-    for sig in signal.valid_signals():
+    # exec resets caught signals by itself; only ignored ones would survive it. The
+    # kernel lists them (SigIgn, a hex mask of signal numbers minus one): one read,
+    # where asking for each of the 62 signals in turn took ~0.3 ms.
+    for sig in _ignored_signals():
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def _ignored_signals() -> list[int]:
+    try:
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if signal.getsignal(sig) in (signal.SIG_IGN, None):
-                signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
+            data = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
+        start = data.index(b"\nSigIgn:") + 8
+        mask = int(data[start:data.index(b"\n", start)], 16)
+    except (OSError, ValueError):  # no /proc here: ask for each signal
+        return [sig for sig in signal.valid_signals()
+                if sig not in (signal.SIGKILL, signal.SIGSTOP)
+                and signal.getsignal(sig) in (signal.SIG_IGN, None)]
+    return [n + 1 for n in range(mask.bit_length()) if mask >> n & 1]
 
 
 def child_run_init(workload: int, status_fd: int) -> None:
