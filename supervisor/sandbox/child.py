@@ -102,7 +102,6 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     step(S.SESSION, pidns.child_session)
     step(S.PDEATHSIG, pidns.child_parent_death_signal, plan.parent_pidfd)
     step(S.CLOSE_FDS, fds.child_close_all_but, _inherited(plan, sock_fd, status_fd))
-    step(S.KEYRING, keyring.child_join_session_keyring)  # else the caller's keys stay possessed
     if plan.self_maps:
         step(S.USERNS, userns.child_maps, *plan.map_ids)
     else:
@@ -113,6 +112,9 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     # survive this until the caps steps drop them.
     step(S.IDS, caps.child_set_ids, INNER_ID, INNER_ID, plan.drop_groups)
     step(S.PDEATHSIG_AGAIN, pidns.child_parent_death_signal, plan.parent_pidfd, last=True)
+    # After the ids: the keyring is owned by (and charged to) the sandbox's own id, never
+    # a filesystem uid the clone was made with.
+    step(S.KEYRING, keyring.child_join_session_keyring)  # else the caller's keys stay possessed
     step(S.MOUNT, mounts.child_root, plan.mount_ops, plan.tmp_size, plan.chdir,
          plan.shm_size)
     step(S.USERNS_MOUNT_LIMIT, userns.child_mount_limit, held)

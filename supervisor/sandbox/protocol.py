@@ -43,7 +43,6 @@ class SetupStep(enum.Enum):
     SESSION = "session"                    # init: a session of its own
     PDEATHSIG = "pdeathsig"                # init: SIGKILL when the parent dies
     CLOSE_FDS = "close_fds"                # init: none of the parent's fds but its own
-    KEYRING = "keyring"                    # init: a new session keyring
     USERNS = "userns"                      # init (ordinary user): writes its own id maps
     AWAIT_MAPS = "await_maps"              # init: waits for the parent's id maps
     PARENT_MAPS = "parent_maps"            # parent: writes the maps (root) or newuidmap
@@ -51,6 +50,7 @@ class SetupStep(enum.Enum):
     USERNS_LIMITS = "userns_limits"        # init: lowers the user namespace's limits
     IDS = "ids"                            # init: becomes the sandbox's inner id
     PDEATHSIG_AGAIN = "pdeathsig_again"    # init: the id change cleared it
+    KEYRING = "keyring"                    # init: a new session keyring
     MOUNT = "mount"                        # init: the new root
     USERNS_MOUNT_LIMIT = "userns_mount_limit"  # init: the limit the mount step needed open
     PROC_KEYS = "proc_keys"                # init: /proc/keys masked

@@ -113,6 +113,28 @@ def test_sandbox_neither_lists_nor_reads_the_callers_session_keys() -> None:
         _libc.syscall(_NR_KEYCTL, 21, serial)  # KEYCTL_INVALIDATE
 
 
+_KEYRING_OWNER = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(256)
+n = libc.syscall({nr}, 6, -3, buf, 256)  # KEYCTL_DESCRIBE of KEY_SPEC_SESSION_KEYRING
+print(json.dumps([n, ctypes.get_errno(), buf.value.decode('latin-1'), os.getuid(), os.getgid()]))
+"""
+
+
+def test_sandbox_session_keyring_is_owned_by_the_sandboxs_own_ids() -> None:
+    """The init's new session keyring belongs to the sandbox's own ids (it is charged to
+    them), never to an id the clone was made with: an id the namespace does not map
+    (host root's, say) would read as the overflow id 65534."""
+    r = py(_KEYRING_OWNER.format(nr=_NR_KEYCTL))
+    assert r.status.exit_code == 0, r.err
+    n, err, text, uid, gid = json.loads(r.out.strip().splitlines()[-1])
+    assert n > 0, os.strerror(err)
+    kind, key_uid, key_gid, _perm, _name = text.split(";", 4)
+    assert kind == "keyring"
+    assert (int(key_uid), int(key_gid)) == (uid, gid), text
+
+
 # ------------------------------------------------------------------ Landlock scopes
 
 needs_scopes = pytest.mark.skipif(landlock.abi_version() < 6,
