@@ -238,6 +238,9 @@ def main() -> None:
                     help="each busy worker's call: 0 square() back to back, N a sleep of N "
                          "ms (default 0 100)")
     ap.add_argument("--only-kill", action="store_true", help="only the kill latency tables")
+    ap.add_argument("--only-pool", action="store_true",
+                    help="only the pool calls/s table (with --calls)")
+    ap.add_argument("--calls", type=int, default=None, help="calls per pool run")
     args = ap.parse_args()
     runs, spawn_runs = (15, 5) if args.quick else (60, 15)
     idle_n = args.idle or (200 if args.quick else 1000)
@@ -246,6 +249,9 @@ def main() -> None:
     logging.getLogger("warden.ipc").setLevel(logging.ERROR)
     print(f"# bench_supervisor ({os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"{time.strftime('%Y-%m-%d')})\n")
+    if args.only_pool:
+        pool_table(args.calls or (1000 if args.quick else 4000))
+        return
     if not args.only_kill:
         others(args, runs, spawn_runs, idle_n)
     for busy, work in ((b, w) for w in args.work_ms for b in args.busy):
@@ -262,6 +268,16 @@ def main() -> None:
               f"(load average {os.getloadavg()[0]:.1f}; goal: p99 <= 5 ms, 0 failed)\n")
 
 
+def pool_table(calls: int) -> None:
+    ours, piped, theirs = asyncio.run(pool_rate(calls))
+    print("## calls/s through a pool of 2 workers (square(n), all submitted at once)\n")
+    print("| pool | calls/s |\n|---|---|")
+    print(f"| warden Pool(size=2), zygote, strict, one call per worker at a time | {ours:,.0f} |")
+    print(f"| warden Pool(size=2, per_worker=8): calls pipelined | {piped:,.0f} |")
+    print(f"| multiprocessing.Pool(2) apply_async | {theirs:,.0f} |")
+    print(f"\n(load average {os.getloadavg()[0]:.1f})\n")
+
+
 def others(args: argparse.Namespace, runs: int, spawn_runs: int, idle_n: int) -> None:
     st = asyncio.run(start_times(runs, spawn_runs))
     print("## spawn() to first validated reply (ms)\n")
@@ -274,12 +290,7 @@ def others(args: argparse.Namespace, runs: int, spawn_runs: int, idle_n: int) ->
         print(row("bwrap --unshare-all /bin/true (to exit, no reply)", st["bwrap"]))
         print(f"\nzygote vs bwrap: {ms(st['bwrap']) / ms(st['zygote']):.1f}x faster "
               "(goal >= 4x); goal zygote median <= 1.5 ms\n")
-    ours, piped, theirs = asyncio.run(pool_rate(4000 if not args.quick else 1000))
-    print("## calls/s through a pool of 2 workers (square(n), all submitted at once)\n")
-    print("| pool | calls/s |\n|---|---|")
-    print(f"| warden Pool(size=2), zygote, strict, one call per worker at a time | {ours:,.0f} |")
-    print(f"| warden Pool(size=2, per_worker=8): calls pipelined | {piped:,.0f} |")
-    print(f"| multiprocessing.Pool(2) apply_async | {theirs:,.0f} |\n")
+    pool_table(args.calls or (4000 if not args.quick else 1000))
     idle = asyncio.run(idle_workers(idle_n))
     print(f"## {idle['n']} idle sandboxed workers held (zygote)\n")
     print("| measure | value |\n|---|---|")
