@@ -131,6 +131,7 @@ class AsyncChannel:
         self._sock_send = sock.send
         self._poll = poller(self._fd)
         self._before_io = before_io
+        self._awaited_all = False  # the last frame read answered our last call in flight
         loop.add_reader(self._fd, self._on_readable)
 
     # ---- reading --------------------------------------------------------------------------
@@ -145,10 +146,13 @@ class AsyncChannel:
         for i in range(self._max_reads):
             if self.closed:
                 return
-            if i == 1 and not self._poll(0):
+            if i == 1 and (self._awaited_all or not self._poll(0)):
                 # Most wakeups carry one frame: asking poll once whether another waits is far
                 # cheaper than the BlockingIOError a recv on an empty socket raises. A peer
                 # with more queued is drained until that error (or the per-wakeup bound).
+                # Not even that after the reply to our only call in flight: a peer that
+                # answers one call at a time has nothing more to say, and should it send
+                # more anyway, the socket is still readable and the loop calls us again.
                 return
             if not step():
                 return
@@ -181,9 +185,11 @@ class AsyncChannel:
             self._close(None, f"internal error: {e}")
             return False
         if kind < KIND_REPLY:
+            self._awaited_all = False
             self._dispatch(kind, spec, rid, value)
             return True
         fut = self._pending.pop(rid)  # present: the session checked rid was pending
+        self._awaited_all = not self._pending
         if fut.done():  # the caller gave up (cancelled): drop the reply
             close_if_handle(value)
         elif kind == KIND_REPLY:
@@ -271,6 +277,15 @@ class AsyncChannel:
         if not spec.oneway:
             fut = self._loop.create_future()
             self._pending[rid] = fut
+            if not fds and not self._queue:
+                try:  # the common call, as _send's first branch (one Python call less)
+                    self._sock_send(data, SEND_FLAGS)
+                    return fut
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    self._send_failed(e)
+                    return fut
         self._send(data, fds)
         if self.closed and fut is None:  # a call's future already carries ChannelClosed
             raise ChannelClosed(f"channel to {self.peer_id!r} closed: {self.close_reason}")

@@ -123,12 +123,12 @@ class _Call:
             if not self.expired:
                 self.pool._call_ended(w)
             return
+        if not self.hold:  # the next queued call leaves first: the worker waits least
+            self.pool._call_ended(w)
         if exc is not None:
             fut.set_exception(exc)
         else:
             fut.set_result(value)
-        if not self.hold:
-            self.pool._call_ended(w)
 
     def expire(self) -> None:
         """The call's deadline: a queued call fails; a running one gets its worker killed."""
