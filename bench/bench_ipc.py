@@ -378,6 +378,8 @@ def main() -> None:
     parser.add_argument("--typed", action="store_true",
                         help="only ipc, ipc-async and ipc+fd round trips, pinned; one JSON line "
                              "of the best run per cell, in µs")
+    parser.add_argument("--only-rt", action="store_true",
+                        help="only the round-trip table, pinned (no one-way or memfd runs)")
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
     cpu = min(os.sched_getaffinity(0))
@@ -393,7 +395,10 @@ def main() -> None:
               + f" {'ipc/raw':>8} {'ipc/pkl':>8}")
     print(header)
     print("-" * len(header))
-    for mode, mode_cpu in (("pinned", cpu), ("unpinned", None)):
+    modes: tuple[tuple[str, int | None], ...] = (("pinned", cpu), ("unpinned", None))
+    if args.only_rt:
+        modes = modes[:1]
+    for mode, mode_cpu in modes:
         pinned(mode_cpu)
         for label, size in SIZES.items():
             data = os.urandom(size)
@@ -411,6 +416,9 @@ def main() -> None:
                   + f" {row['ipc'] / row['raw']:8.2f} {row['ipc'] / row['mp-pickle']:8.2f}",
                   flush=True)
         os.sched_setaffinity(0, all_cpus)
+    print(f"(load average {os.getloadavg()[0]:.1f})")
+    if args.only_rt:
+        return
     print("\nOne-way 64 B messages per second, child → parent (higher is better; best run)")
     n = int(100_000 * scale)
     for mode, mode_cpu in (("pinned", cpu), ("unpinned", None)):

@@ -18,7 +18,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from warden.ipc.channel import (
     NO_FDS,
@@ -47,6 +47,17 @@ from warden.ipc.session import Session
 from warden.ipc.wire import KIND_CALL, KIND_REPLY
 
 log = logging.getLogger("warden.ipc")
+
+
+class Reply(Protocol):
+    """Where a call's outcome goes: an asyncio.Future, or an object with the same three
+    methods that acts on the reply inside the read callback (`AsyncChannel.call_into`)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, value: Any, /) -> None: ...
+
+    def set_exception(self, exc: BaseException, /) -> None: ...
 
 
 class _AsyncProxy:
@@ -84,6 +95,7 @@ class AsyncChannel:
         on_bad_message: Callable[[BadMessage], object] | None,
         on_cut_off: Callable[[CutOff], object] | None,
         validate_outgoing: bool = False,
+        before_io: Callable[[], object] | None = None,
     ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
@@ -99,7 +111,7 @@ class AsyncChannel:
         self._reader = FrameReader(sock, limits, peer_id)
         self._handlers = bind_handlers(serve)
         self._is_async = {i: inspect.iscoroutinefunction(h) for i, h in self._handlers.items()}
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._pending: dict[int, Reply] = {}
         self._queue: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         self._queued_bytes = 0
         self._queued_fds = 0  # our copies of fds in queued frames, bounded by max_fds_queued
@@ -118,19 +130,29 @@ class AsyncChannel:
         self._encode_reply = self._session.encode_reply
         self._sock_send = sock.send
         self._poll = poller(self._fd)
+        self._before_io = before_io
+        self._awaited_all = False  # the last frame read answered our last call in flight
         loop.add_reader(self._fd, self._on_readable)
 
     # ---- reading --------------------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if self._before_io is not None:
+            # The embedder's urgent work first (the supervisor's watch on workers it has
+            # killed), ahead of the frames queued here: in a loop saturated with replies,
+            # waiting for its own turn would put it behind every other channel's.
+            self._before_io()
         step = self._step
         for i in range(self._max_reads):
             if self.closed:
                 return
-            if i == 1 and not self._poll(0):
+            if i == 1 and (self._awaited_all or not self._poll(0)):
                 # Most wakeups carry one frame: asking poll once whether another waits is far
                 # cheaper than the BlockingIOError a recv on an empty socket raises. A peer
                 # with more queued is drained until that error (or the per-wakeup bound).
+                # Not even that after the reply to our only call in flight: a peer that
+                # answers one call at a time has nothing more to say, and should it send
+                # more anyway, the socket is still readable and the loop calls us again.
                 return
             if not step():
                 return
@@ -163,9 +185,11 @@ class AsyncChannel:
             self._close(None, f"internal error: {e}")
             return False
         if kind < KIND_REPLY:
+            self._awaited_all = False
             self._dispatch(kind, spec, rid, value)
             return True
         fut = self._pending.pop(rid)  # present: the session checked rid was pending
+        self._awaited_all = not self._pending
         if fut.done():  # the caller gave up (cancelled): drop the reply
             close_if_handle(value)
         elif kind == KIND_REPLY:
@@ -244,6 +268,8 @@ class AsyncChannel:
         self, spec: MethodSpec, /, *args: Any, **kwargs: Any
     ) -> asyncio.Future[Any] | None:
         """``remote.<method>(*args)``: send now; a call returns the future of its reply."""
+        if self._before_io is not None:
+            self._before_io()
         if self.closed:
             raise ChannelClosed(f"channel to {self.peer_id!r} is closed")
         data, fds, rid = self._encode_request(spec, args, kwargs)
@@ -251,10 +277,44 @@ class AsyncChannel:
         if not spec.oneway:
             fut = self._loop.create_future()
             self._pending[rid] = fut
+            if not fds and not self._queue:
+                try:  # the common call, as _send's first branch (one Python call less)
+                    self._sock_send(data, SEND_FLAGS)
+                    return fut
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    self._send_failed(e)
+                    return fut
         self._send(data, fds)
         if self.closed and fut is None:  # a call's future already carries ChannelClosed
             raise ChannelClosed(f"channel to {self.peer_id!r} closed: {self.close_reason}")
         return fut
+
+    def call_into(self, spec: MethodSpec, reply: Reply, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> None:
+        """Send a call whose reply goes to `reply` (no future of ours, no extra loop turn).
+
+        `reply` is told exactly once: `set_result(value)`, `set_exception(RemoteError)` when
+        the peer's handler failed, or `set_exception(ChannelClosed)` when the channel closes
+        first; it is not told if `reply.done()` is already true then (a reply is then
+        dropped, its handles closed). The pool uses this to hand its worker the next call
+        from inside the read callback that brought the reply. Raises ChannelClosed when the
+        channel is already closed (nothing was sent), and what encoding raises.
+        """
+        if self._before_io is not None:
+            self._before_io()
+        if self.closed:
+            raise ChannelClosed(f"channel to {self.peer_id!r} is closed")
+        if spec.oneway:
+            raise ValueError(f"{spec.qualname} is a one-way message, not a call")
+        data, fds, rid = self._encode_request(spec, args, kwargs)
+        self._pending[rid] = reply
+        self._send(data, fds)
+
+    def remote_spec(self, name: str) -> MethodSpec:
+        """The declaration of the peer's method `name` (AttributeError if there is none)."""
+        return self._session.remote_spec(name)
 
     def _send(self, data: bytes, fds: Carried) -> None:
         """Send one frame now, or queue it while the peer's socket is full; the only send path.
@@ -400,6 +460,7 @@ def attach(
     on_bad_message: Callable[[BadMessage], object] | None = None,
     on_cut_off: Callable[[CutOff], object] | None = None,
     validate_outgoing: bool = True,
+    before_io: Callable[[], object] | None = None,
 ) -> AsyncChannel:
     """Attach our end of a channel to the running loop; takes ownership of `sock`.
 
@@ -412,6 +473,9 @@ def attach(
     on_bad_message / on_cut_off: hooks run once when the peer is cut off.
     validate_outgoing: check our arguments and replies against the declaration before
         sending (ValueError here, not a confused peer); one extra encode+decode per frame.
+    before_io: called at the start of every read callback and every call sent (cheap when
+        it has nothing to do: it runs once per frame); the supervisor checks there the
+        workers it has killed, so their end is reported without waiting for a loop turn.
     """
     loop = asyncio.get_running_loop()
     if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
@@ -432,8 +496,8 @@ def attach(
     return AsyncChannel(
         sock, loop=loop, peer_id=peer_id, serve=serve, remote=remote, granted=grant,
         context=context, limits=limits, on_bad_message=on_bad_message, on_cut_off=on_cut_off,
-        validate_outgoing=validate_outgoing,
+        validate_outgoing=validate_outgoing, before_io=before_io,
     )
 
 
-__all__ = ["AsyncChannel", "attach"]
+__all__ = ["AsyncChannel", "Reply", "attach"]

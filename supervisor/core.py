@@ -43,7 +43,7 @@ from warden.supervisor.handle import WorkerHandle
 from warden.supervisor.handshake import await_ready
 from warden.supervisor.policy import resolve_profile, worker_filter, worker_rlimits
 from warden.supervisor.pool import Pool, RestartPolicy
-from warden.supervisor.process import Reaper, SandboxProcess, WorkerProcess
+from warden.supervisor.process import DeathWatch, Reaper, SandboxProcess, WorkerProcess
 from warden.supervisor.python_spec import PythonSpecs
 from warden.supervisor.sandbox import Outcome, SetupError, Status, build_spec
 from warden.supervisor.sandbox_thread import SandboxThread
@@ -105,6 +105,7 @@ class Supervisor:
         self._events = EventBus()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reaper = Reaper()
+        self._deaths = DeathWatch()  # killed workers, checked before every channel read
         self._specs = PythonSpecs(self.code_paths)
         self._thread: SandboxThread | None = None
         self._own_pidfd = -1
@@ -397,12 +398,14 @@ class Supervisor:
             self._on_bad_message(handle, bad)
 
         handle._on_bad_message = on_bad_message
+        handle._on_killed = lambda: self._deaths.add(  # type: ignore[method-assign]
+            handle, proc.death_fd(), lambda: self._service(handle))
         handle.channel = ipc.attach(
             sock, peer_id=wid, serve=host, remote=interface, granted=granted,
             extra={"worker_id": wid, "profile": profile, "start_method": method},
             pid=pid, limits=limits, on_bad_message=on_bad_message,
             on_cut_off=lambda cut: self._on_cut_off(handle, cut),
-            validate_outgoing=self.validate_outgoing)
+            validate_outgoing=self.validate_outgoing, before_io=self._deaths.check)
         self._watch(handle)
         self._emit(events.Started(wid, pid, method, profile))
         return handle
@@ -463,6 +466,7 @@ class Supervisor:
         self._finish(handle, status)
 
     def _finish(self, handle: WorkerHandle, status: Status) -> None:
+        self._deaths.discard(handle)
         if handle._done.done():
             return
         loop = self._loop

@@ -153,10 +153,15 @@ class WorkerHandle(metaclass=NoPublicConstructor):
 
     def kill(self, reason: str = "killed by the embedder") -> None:
         """SIGKILL to the worker's whole sandbox now; outcome `killed` unless a cause came first."""
-        self._process.kill(Outcome.KILLED, reason)
+        self._kill_for(Outcome.KILLED, reason)
 
     def _kill_for(self, outcome: Outcome, reason: str) -> None:
         self._process.kill(outcome, reason)
+        if not self._done.done():
+            self._on_killed()
+
+    def _on_killed(self) -> None:
+        """Set by the supervisor: watch for the end of a worker it has just killed."""
 
     def _hang_up(self) -> None:
         """Close the channel from our side (so its close is not blamed on the worker)."""
@@ -190,8 +195,8 @@ class WorkerHandle(metaclass=NoPublicConstructor):
             st = await self._end_within(grace)
             if st is not None:
                 return st
-            self._process.kill(Outcome.KILLED, f"did not exit within {grace:g}s of "
-                               "its channel closing")
+            self._kill_for(Outcome.KILLED, f"did not exit within {grace:g}s of "
+                           "its channel closing")
         return await self.wait()
 
     async def wait(self) -> Status:

@@ -24,7 +24,6 @@ workers and run the pool into its crash-loop limit.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from warden import ipc
+from warden.ipc.interface import MethodSpec
 from warden.supervisor import events
 from warden.supervisor.errors import DeadlineExceeded, InvalidArgument, InvalidCall, PoolError
 from warden.supervisor.handle import WorkerHandle
@@ -46,29 +46,110 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _chain(mine: asyncio.Future[Any], sent: asyncio.Future[Any]) -> None:
-    if mine.done():  # our caller was cancelled or timed out: _abandon or the kill handles it
-        return
-    if sent.cancelled():
-        mine.cancel()
-    elif (exc := sent.exception()) is not None:
-        mine.set_exception(exc)
-    else:
-        mine.set_result(sent.result())
+def _close_reply(value: Any) -> None:
+    """Dispose of a reply nobody awaits (closing any fd it carries)."""
+    close = getattr(value, "close", None)
+    if callable(close):
+        close()
 
 
-def _drop_reply(f: asyncio.Future[Any]) -> bool:
-    """Dispose of a reply nobody awaits (closing any fds it carries). True when the
-    call ended with the channel (its worker is dying), False when the worker answered."""
-    if f.cancelled():
-        return True
-    exc = f.exception()
-    if exc is None:
-        close = getattr(f.result(), "close", None)
-        if callable(close):
-            close()
+class _Call:
+    """One pool call: queued until a worker is free, then sent on it.
+
+    The channel tells it the outcome inside the read callback that brought the reply
+    (`AsyncChannel.call_into`), where the worker is at once handed the next queued call:
+    no future chained to another, no task woken just to pass the worker on. Its caller
+    awaits `fut` only. `done()` is always false: what a reply means once the caller gave
+    up (cancelled: the worker is free again; past the deadline: the worker was killed) is
+    decided here, not by the channel.
+    """
+
+    __slots__ = ("answered", "args", "expired", "fut", "hold", "kwargs", "left", "limit",
+                 "method", "pool", "spec", "timer", "worker")
+
+    def __init__(self, pool: Pool[Any], method: str, spec: MethodSpec,
+                 args: tuple[Any, ...], kwargs: dict[str, Any], fut: asyncio.Future[Any],
+                 hold: bool) -> None:
+        self.pool = pool
+        self.method = method
+        self.spec = spec
+        self.args = args
+        self.kwargs = kwargs
+        self.fut = fut
+        self.hold = hold  # check_result runs first: the caller releases the worker
+        self.worker: WorkerHandle | None = None
+        self.answered = self.expired = self.left = False
+        self.limit = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def done(self) -> bool:
         return False
-    return isinstance(exc, ipc.ChannelClosed)
+
+    def _leave(self, w: WorkerHandle) -> None:
+        """The call no longer counts as in flight on its worker (once)."""
+        if not self.left:
+            self.left = True
+            w._in_flight -= 1
+
+    def set_result(self, value: Any) -> None:
+        self._answer(value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        if isinstance(exc, ipc.ChannelClosed):  # the channel ended first: the worker is dying
+            w = self.worker
+            assert w is not None
+            self.answered = True
+            self._leave(w)
+            w._cut_short = True
+            if self.timer is not None:
+                self.timer.cancel()
+            if not self.fut.done():
+                self.fut.set_exception(exc)
+            return
+        self._answer(None, exc)
+
+    def _answer(self, value: Any, exc: BaseException | None) -> None:
+        """The worker answered (a result, or the RemoteError of its handler): it is fine."""
+        w = self.worker
+        assert w is not None
+        self.answered = True
+        self._leave(w)
+        if self.timer is not None:
+            self.timer.cancel()
+        fut = self.fut
+        if fut.done():  # its caller gave up: cancelled, or past its deadline (killed)
+            if exc is None:
+                _close_reply(value)
+            if not self.expired:
+                self.pool._call_ended(w)
+            return
+        if not self.hold:  # the next queued call leaves first: the worker waits least
+            self.pool._call_ended(w)
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+    def expire(self) -> None:
+        """The call's deadline: a queued call fails; a running one gets its worker killed."""
+        self.timer = None
+        fut, w, m, limit = self.fut, self.worker, self.method, self.limit
+        if w is None:
+            if not fut.done():
+                fut.set_exception(DeadlineExceeded(
+                    f"pool {self.pool.name!r}: no worker free within {limit:g}s for {m}()"))
+            return
+        if self.answered:
+            return
+        self.expired = True
+        self._leave(w)
+        if fut.done():  # cancelled by its caller, still running on its worker
+            w._kill_for(Outcome.TIMEOUT, f"call {m}() was cancelled by its caller and "
+                        f"exceeded its {limit:g}s deadline")
+            return
+        w._kill_for(Outcome.TIMEOUT, f"call {m}() exceeded its {limit:g}s deadline")
+        fut.set_exception(DeadlineExceeded(f"worker {w.id}: {m}() exceeded its {limit:g}s "
+                                           "deadline; the worker was killed"))
 
 
 class WorkerSpawner(Protocol):
@@ -141,7 +222,7 @@ class Pool(Generic[IfaceT]):
         self._spawn_kwargs = spawn_kwargs
         self.workers: dict[str, WorkerHandle] = {}
         self._idle: deque[WorkerHandle] = deque()
-        self._waiters: deque[asyncio.Future[WorkerHandle]] = deque()
+        self._queue: deque[_Call] = deque()  # calls waiting for a worker, in order
         self._restarts: deque[float] = deque()
         self._consecutive_failures = 0
         self._serial = 0
@@ -246,20 +327,22 @@ class Pool(Generic[IfaceT]):
         self.failed = reason
         events.logger.error("%s", reason)
         if not self.workers:
-            while self._waiters:
-                fut = self._waiters.popleft()
-                if not fut.done():
-                    fut.set_exception(PoolError(reason))
+            self._fail_queued(PoolError(reason))
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while self._queue:
+            c = self._queue.popleft()
+            if c.timer is not None:
+                c.timer.cancel()
+            if not c.fut.done():
+                c.fut.set_exception(exc)
 
     async def aclose(self, grace: float = 1.0) -> None:
         """Terminate the workers; calls waiting for one fail with PoolError."""
         self.closed = True
         for t in list(self._tasks):
             t.cancel()
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(PoolError(f"pool {self.name!r} is closed"))
+        self._fail_queued(PoolError(f"pool {self.name!r} is closed"))
         await asyncio.gather(*(w.terminate(grace) for w in list(self.workers.values())),
                              return_exceptions=True)
 
@@ -301,35 +384,68 @@ class Pool(Generic[IfaceT]):
         self._release(w)
 
     def _release(self, w: WorkerHandle) -> None:
+        """`w` has a free slot: it takes the first queued call, or waits among the idle."""
         if not w.alive or self.closed or w.id in self._retired:
             return
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(w)
-                return
+        queue = self._queue
+        while queue:
+            c = queue.popleft()
+            if c.fut.done():  # its caller gave up (cancelled, deadline) while it waited
+                continue
+            try:
+                if self._send_on(c, w):
+                    return
+            except Exception as e:  # arguments the declaration refuses: that caller's error
+                if c.timer is not None:
+                    c.timer.cancel()
+                c.fut.set_exception(e)
+                continue
+            queue.appendleft(c)  # w's channel closed under us: c waits for another worker
+            return
         self._idle.append(w)
 
-    async def _acquire(self) -> WorkerHandle:
-        while self._idle:
-            w = self._idle.popleft()
-            if w.alive:
-                return w
+    def _send_on(self, c: _Call, w: WorkerHandle) -> bool:
+        """Send `c` on `w`; False (nothing sent) when `w`'s channel has already closed."""
+        c.worker = w
+        w._in_flight += 1
+        try:
+            w.channel.call_into(c.spec, c, c.args, c.kwargs)
+        except BaseException as e:
+            c.worker = None
+            w._in_flight -= 1
+            if isinstance(e, ipc.ChannelClosed):
+                return False
+            raise
+        self._count_call(w)
+        return True
+
+    def _dispatch(self, c: _Call) -> None:
+        """Send `c` on an idle worker now, or queue it for the next one freed."""
+        idle = self._idle
+        while idle:
+            w = idle.popleft()
+            if not w.alive:
+                continue
+            try:
+                started = self._send_on(c, w)
+            except BaseException:  # arguments the declaration refuses
+                self._release(w)
+                raise
+            if started:
+                return
+            # Its channel closed after it was idle (it is being killed): the call never
+            # left, so it goes to another worker; nothing waits on a dead channel.
         if self.closed:
             raise PoolError(f"pool {self.name!r} is closed")
         if self.failed and not self.workers:
             raise PoolError(self.failed)
-        fut: asyncio.Future[WorkerHandle] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        # A waiter leaves the queue when _release pops it; one cancelled here stays,
-        # done, until _release skips it (removing it would scan the whole queue).
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            # Cancelled after a worker was handed to us but before we ran: pass it on.
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release(fut.result())
-            raise
+        self._queue.append(c)
+
+    def _spec(self, method: str) -> MethodSpec:
+        spec = self.interface.__ipc_methods__.get(method)
+        if spec is None:
+            raise AttributeError(f"{self.interface.__ipc_name__} has no method {method!r}")
+        return spec
 
     @overload
     async def call(self, method: Callable[Concatenate[IfaceT, ipc.Context, P], R], /,
@@ -354,92 +470,68 @@ class Pool(Generic[IfaceT]):
         if not isinstance(method, str):
             method = self._method_name(method)
         limit = deadline if deadline is not None else self.call_timeout
-        end = None if limit is None else time.monotonic() + limit
-        while True:
-            try:
-                left = None if end is None else max(0.0, end - time.monotonic())
-                w = await asyncio.wait_for(self._acquire(), left)
-            except TimeoutError:
-                self.calls_failed += 1
-                raise DeadlineExceeded(f"pool {self.name!r}: no worker free within "
-                                       f"{limit:g}s for {method}()") from None
-            try:
-                sent = w._send(getattr(w.channel.remote, method), args, kwargs)
-            except BaseException:  # no such method, or arguments the declaration refuses
-                self.calls_failed += 1
-                self._release(w)
-                raise
-            if sent is not None:
-                self._count_call(w)
-                break
-            # Its channel closed after it was handed to us (it is being killed): the call
-            # never left, so it goes to another worker; nothing waits on a dead channel.
-        w._in_flight += 1
-        # We await a future of our own that the reply's resolves: cancelling us then leaves
-        # the call running on its worker (_abandon). asyncio.shield() does the same with
-        # more machinery per call.
-        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        sent.add_done_callback(functools.partial(_chain, mine))
+        loop = asyncio.get_running_loop()
+        c = _Call(self, method, self._spec(method), args, kwargs, loop.create_future(),
+                  check_result is not None)
+        if limit is not None:
+            c.limit = limit
+            c.timer = loop.call_later(max(0.0, limit), c.expire)
         try:
-            if end is None:
-                result = await mine
-            else:
-                result = await asyncio.wait_for(mine, max(0.0, end - time.monotonic()))
+            self._dispatch(c)
+        except BaseException:
+            self.calls_failed += 1
+            if c.timer is not None:
+                c.timer.cancel()
+            raise
+        try:
+            result = await c.fut
             if check_result is not None:
-                result = check_result(w.id, result)
-        except TimeoutError:
-            w._in_flight -= 1
+                assert c.worker is not None
+                result = check_result(c.worker.id, result)
+        except DeadlineExceeded:  # expire() failed it (and killed its worker, if it ran)
             self.calls_failed += 1
-            sent.add_done_callback(_drop_reply)
-            w._kill_for(Outcome.TIMEOUT, f"call {method}() exceeded its {limit:g}s deadline")
-            raise DeadlineExceeded(f"worker {w.id}: {method}() exceeded its {limit:g}s "
-                                   "deadline; the worker was killed") from None
+            raise
         except ipc.ChannelClosed:
-            w._in_flight -= 1
-            w._cut_short = True
             self.calls_failed += 1
-            raise await w._died(method) from None
+            assert c.worker is not None
+            raise await c.worker._died(method) from None
         except asyncio.CancelledError:
             self.calls_failed += 1
-            self._abandon(w, sent, method, end, limit)  # still in flight
+            self._cancelled(c)
             raise
         except ipc.BadMessage as bad:  # check_result refused the reply
-            w._in_flight -= 1
             self.calls_failed += 1
-            w._on_bad_message(bad)
+            assert c.worker is not None
+            c.worker._on_bad_message(bad)
             raise
         except BaseException:  # the worker answered with an error: it is fine
-            w._in_flight -= 1
             self.calls_failed += 1
-            self._call_ended(w)
+            if c.hold and c.worker is not None and c.answered:
+                self._call_ended(c.worker)
             raise
-        w._in_flight -= 1
         self.calls_ok += 1
         self._consecutive_failures = 0
-        self._call_ended(w)
+        if c.hold:
+            assert c.worker is not None
+            self._call_ended(c.worker)
         return result
 
-    def _abandon(self, w: WorkerHandle, sent: asyncio.Future[Any], method: str,
-                 end: float | None, limit: float | None) -> None:
+    def _cancelled(self, c: _Call) -> None:
         """A cancelled call: its worker stays busy until the reply (dropped; the worker is
         released) or the call's deadline (the worker is killed); see the module docstring."""
-        timer: asyncio.TimerHandle | None = None
-        if end is not None:
-            timer = asyncio.get_running_loop().call_later(
-                max(0.0, end - time.monotonic()), w._kill_for, Outcome.TIMEOUT,
-                f"call {method}() was cancelled by its caller and exceeded its "
-                f"{limit:g}s deadline")
-
-        def replied(f: asyncio.Future[Any]) -> None:
-            if timer is not None:
-                timer.cancel()
-            if _drop_reply(f):
-                w._cut_short = True
-            else:
-                w._in_flight -= 1
-                self._call_ended(w)
-
-        sent.add_done_callback(replied)
+        if c.worker is None:  # still queued: it never runs (the queue skips it)
+            if c.timer is not None:
+                c.timer.cancel()
+            return
+        if not c.answered:
+            return  # in flight: _Call._answer or expire() ends it
+        f = c.fut  # the reply came before its caller resumed
+        if f.cancelled():
+            return  # it came after the cancel: _answer dropped it and freed the worker
+        if f.exception() is None:
+            _close_reply(f.result())
+        if c.hold:
+            self._call_ended(c.worker)
 
     def _method_name(self, method: Callable[..., Any]) -> str:
         name = getattr(method, "__name__", "")
@@ -492,7 +584,8 @@ class Pool(Generic[IfaceT]):
             "target": self.target if isinstance(self.target, str) else list(self.target),
             "size": self.size,
             "alive": sum(1 for w in self.workers.values() if w.alive),
-            "idle": len(self._idle), "waiting_calls": sum(1 for f in self._waiters if not f.done()),
+            "idle": len(self._idle),
+            "waiting_calls": sum(1 for c in self._queue if not c.fut.done()),
             "restarts": self.restarts, "calls_ok": self.calls_ok,
             "calls_failed": self.calls_failed, "failed": self.failed,
             "workers": {w.id: {"pid": w.pid, "start_method": w.start_method,

@@ -21,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from warden.errors import EXIT_SETUP
 from warden.supervisor.sandbox import Outcome, Sandbox, Status, Violation
@@ -148,11 +149,63 @@ class WorkerProcess:
     def service(self) -> Status | None:
         raise NotImplementedError
 
+    def death_fd(self) -> int:
+        """The fd that turns readable when the worker has ended (-1: none, or ended)."""
+        return self.pidfd
+
     def kill(self, outcome: Outcome, reason: str) -> None:
         raise NotImplementedError
 
     def send_signal(self, sig: int) -> None:
         raise NotImplementedError
+
+
+class DeathWatch:
+    """Workers the supervisor has killed and not yet seen end, checked out of turn.
+
+    asyncio runs the callbacks of one loop iteration in order, so a pidfd that turns
+    readable while 200 channels have replies queued is served after all of them, and a
+    whole iteration later than the kernel said. `check()` asks the kernel (one poll(0)
+    over these pidfds, only while there are any) and serves an ended worker at once; the
+    supervisor calls it at the start of every channel's read callback and every call it
+    sends, so a death is reported within one callback of the kernel's report. The loop's
+    own reader on each pidfd stays: whichever comes first serves the worker, the same way.
+    """
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._by_fd: dict[int, tuple[Hashable, Callable[[], object]]] = {}
+        self._fd_of: dict[Hashable, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_fd)
+
+    def add(self, key: Hashable, fd: int, callback: Callable[[], object]) -> None:
+        if fd < 0 or key in self._fd_of:
+            return
+        self._poll.register(fd, select.POLLIN)
+        self._by_fd[fd] = (key, callback)
+        self._fd_of[key] = fd
+
+    def discard(self, key: Hashable) -> None:
+        """Before the fd is closed (or right after, with no fd opened in between)."""
+        fd = self._fd_of.pop(key, None)
+        if fd is not None:
+            del self._by_fd[fd]
+            self._poll.unregister(fd)
+
+    def check(self) -> None:
+        if not self._by_fd:
+            return
+        for fd, revents in self._poll.poll(0):
+            entry = self._by_fd.get(fd)
+            if entry is None:
+                continue
+            key, callback = entry
+            if revents & select.POLLNVAL:  # closed under us: the loop's reader serves it
+                self.discard(key)
+                continue
+            callback()  # serves the worker; its end discards it here
 
 
 class SandboxProcess(WorkerProcess):
@@ -163,6 +216,10 @@ class SandboxProcess(WorkerProcess):
     def fds(self) -> tuple[int, ...]:
         fds = self.box.fds()
         return (*fds, *self.listener_fds()) if fds else ()
+
+    def death_fd(self) -> int:
+        fds = self.box.fds()
+        return fds[0] if fds else -1  # the sandbox init's pidfd
 
     def ending(self, worker_pid: int) -> bool:
         if self.box.status is not None or exiting(self.pid):
