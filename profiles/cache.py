@@ -45,8 +45,12 @@ import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from warden.profiles.model import SeccompPolicy
+
+if TYPE_CHECKING:
+    from warden.profiles.model import Profile
 
 try:  # CPython's built-in module: `import hashlib` loads OpenSSL first (~2 ms)
     from _blake2 import blake2b
@@ -60,6 +64,14 @@ KEY_BYTES = 32
 # Supervisors whose sandboxes could see the key directory, one "pid starttime" a line.
 EXPOSED_NAME = "exposed"
 _SOURCES = ("compiler.py", "bpf.py", "syscalls.py", "libseccomp.py", "model.py", "cache.py")
+
+
+# Parsed profiles share the directory and the key; their own magic and MAC person, so
+# neither kind of entry can be passed off as the other.
+PROFILE_MAGIC = b"warden-profile-cache 1\n"
+_KINDS = {"filter": (MAGIC, b"warden-bpf"), "profile": (PROFILE_MAGIC, b"warden-profile")}
+_PROFILE_SOURCES = ("loader.py", "parser.py", "probe.py", "constants.py", "argwidth.py",
+                    "errors.py", "locator.py")
 
 
 class CacheWarning(UserWarning):
@@ -126,9 +138,10 @@ def policy_key(policy: SeccompPolicy, kill_as_notify: bool) -> str | None:
     return blake2b(toolchain + text.encode(), digest_size=32).hexdigest()
 
 
-def _mac(mac_key: bytes, name: str, code: bytes) -> str:
-    h = blake2b(key=mac_key, digest_size=32, person=b"warden-bpf")
-    h.update(MAGIC + name.encode() + b"\n" + code)
+def _mac(mac_key: bytes, name: str, code: bytes, magic: bytes = MAGIC,
+         person: bytes = b"warden-bpf") -> str:
+    h = blake2b(key=mac_key, digest_size=32, person=person)
+    h.update(magic + name.encode() + b"\n" + code)
     return h.hexdigest()
 
 
@@ -304,8 +317,10 @@ def load_key(key_file: Path) -> tuple[bytes | None, bool]:
 
 # ---- entries ------------------------------------------------------------------------
 
-def load(directory: Path, name: str, mac_key: bytes) -> bytes | None:
-    """The cached filter `name`, or None unless every check passes (a warning if it existed)."""
+def load(directory: Path, name: str, mac_key: bytes, kind: str = "filter") -> bytes | None:
+    """The cached filter `name`, or None unless every check passes (a warning if it existed).
+    kind "profile": a parsed-profile entry (its own magic and MAC person)."""
+    magic, person = _KINDS[kind]
     dfd = _open_private_dir(directory)
     if dfd is None:
         return None
@@ -313,22 +328,25 @@ def load(directory: Path, name: str, mac_key: bytes) -> bytes | None:
         data, why = _read_private(dfd, name, 1 << 20)
     finally:
         os.close(dfd)
+    afresh = "compiling afresh" if kind == "filter" else "parsing afresh"
     if data is None:
         if why:
-            _warn(f"filter cache entry {directory / name} {why}; not used, compiling afresh")
+            _warn(f"{kind} cache entry {directory / name} {why}; not used, {afresh}")
         return None
     head, sep, rest = data.partition(b"\n\n")
     lines = head.split(b"\n")
-    if (sep and len(lines) == 3 and lines[0] + b"\n" == MAGIC and lines[1] == name.encode()
-            and rest and not len(rest) % 8 and lines[2] == _mac(mac_key, name, rest).encode()):
+    if (sep and len(lines) == 3 and lines[0] + b"\n" == magic and lines[1] == name.encode()
+            and rest and (kind != "filter" or not len(rest) % 8)
+            and lines[2] == _mac(mac_key, name, rest, magic, person).encode()):
         return rest
-    _warn(f"filter cache entry {directory / name} failed authentication (changed by someone "
-          "without warden's key); not used, compiling afresh and replacing it")
+    _warn(f"{kind} cache entry {directory / name} failed authentication (changed by someone "
+          f"without warden's key); not used, {afresh} and replacing it")
     return None
 
 
-def store(directory: Path, name: str, code: bytes, mac_key: bytes) -> None:
+def store(directory: Path, name: str, code: bytes, mac_key: bytes, kind: str = "filter") -> None:
     """Write atomically (0600, in a 0700 directory of ours); give up silently on any problem."""
+    magic, person = _KINDS[kind]
     dfd = _open_private_dir(directory, create=True)
     if dfd is None:
         return
@@ -338,8 +356,8 @@ def store(directory: Path, name: str, code: bytes, mac_key: bytes) -> None:
                      0o600, dir_fd=dfd)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + name.encode() + b"\n" + _mac(mac_key, name, code).encode()
-                        + b"\n\n" + code)
+                f.write(magic + name.encode() + b"\n"
+                        + _mac(mac_key, name, code, magic, person).encode() + b"\n\n" + code)
             os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         except OSError:
             with contextlib.suppress(OSError):
@@ -417,6 +435,20 @@ def overlaps(host_path: str, target: Path) -> bool:
     return _Target(target).shown_by(host_path)
 
 
+def _may_use(reach: list[tuple[str, bool]], where: Path, key_file: Path,
+             discard: bool = False) -> bool:
+    """Whether a run whose sandbox sees `reach` ((host path, writable) each) may use the
+    cache: not if it can see the key or write the cache. With `discard`, a key the
+    sandbox would see is discarded first (discard_key)."""
+    if not reach:
+        return True
+    key, cache = _Target(key_file), _Target(where)
+    sees_key = [(p, w) for p, w in reach if key.shown_by(p)]
+    if discard and sees_key and os.geteuid() != 0:
+        discard_key(key_file, [p for p, _ in sees_key], any(w for _, w in sees_key))
+    return not (sees_key or any(w and cache.shown_by(p) for p, w in reach))
+
+
 def _compile(policy: SeccompPolicy, kill_as_notify: bool) -> bytes:
     from warden.profiles.compiler import compile_policy  # only on a miss: it loads the verifier
 
@@ -437,14 +469,8 @@ def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
     key_file = key_file if key_file is not None else key_path()
     if not enabled() or where is None or key_file is None:
         return _compile(policy, kill_as_notify)
-    reach = list(reachable)
-    if reach:
-        key, cache = _Target(key_file), _Target(where)
-        sees_key = [(p, w) for p, w in reach if key.shown_by(p)]
-        if sees_key and os.geteuid() != 0:
-            discard_key(key_file, [p for p, _ in sees_key], any(w for _, w in sees_key))
-        if sees_key or any(w and cache.shown_by(p) for p, w in reach):
-            return _compile(policy, kill_as_notify)
+    if not _may_use(list(reachable), where, key_file, discard=True):
+        return _compile(policy, kill_as_notify)
     name = policy_key(policy, kill_as_notify)
     mac_key, fresh = load_key(key_file) if name is not None else (None, False)
     if name is None or mac_key is None:
@@ -456,3 +482,179 @@ def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
         code = _compile(policy, kill_as_notify)
         store(where, name, code, mac_key)
     return code
+
+
+# ---- parsed profiles ------------------------------------------------------------------
+#
+# Parsing a profile (TOML, positions, hundreds of syscall names, the extends/include
+# chain) and importing the parser cost `warden run` more than anything else of its
+# own. A parsed profile is kept in the same directory, under the same key, with the
+# loader's record of every file-system answer it rested on (warden.profiles.probe:
+# each search-path candidate, present or not, and each file read, by real path and
+# content digest). Before an entry is used its MAC is checked, then it is decoded by
+# a decoder that builds only the model's own classes (never pickle), then every
+# recorded question is asked again: one different answer and the profile is parsed
+# afresh. The entry is written only after the sandbox's binds are known, and not
+# when they could reach the key or write the cache (the filter cache's rule).
+
+def profile_key(name_or_path: str) -> str | None:
+    """The entry name for `name_or_path` as asked from here (the working directory and
+    everything the search path is made of), or None when the code cannot be identified."""
+    toolchain = _toolchain()
+    if toolchain is None:
+        return None
+    try:
+        here = os.path.dirname(os.path.realpath(__file__))
+        h = blake2b(toolchain + PROFILE_MAGIC, digest_size=32)
+        for name in _PROFILE_SOURCES:
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+        where = (name_or_path, os.getcwd(), os.environ.get("WARDEN_PROFILE_PATH"),
+                 os.environ.get("XDG_CONFIG_HOME"), os.path.expanduser("~"))
+    except OSError:
+        return None
+    h.update(repr(where).encode())
+    return "p-" + h.hexdigest()
+
+
+def _model_classes() -> dict[str, type]:
+    """The classes a profile is made of: every dataclass and enum of the model."""
+    import dataclasses
+    import enum
+
+    from warden.profiles import model
+
+    return {name: obj for name, obj in vars(model).items()
+            if isinstance(obj, type) and obj.__module__ == model.__name__
+            and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))}
+
+
+def encode_model(value: object) -> object:
+    """A model object as JSON-able data, derived from its dataclass fields: a dataclass
+    is {"$": class name, field: value...}, an enum {"$enum": class name, "value": v},
+    a tuple a list. A field added to the model needs nothing here."""
+    import dataclasses
+    import enum
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out: dict[str, object] = {"$": type(value).__name__}
+        for f in dataclasses.fields(value):
+            out[f.name] = encode_model(getattr(value, f.name))
+        return out
+    if isinstance(value, enum.Enum):
+        return {"$enum": type(value).__name__, "value": value.value}
+    if isinstance(value, tuple):
+        return [encode_model(v) for v in value]
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    raise TypeError(f"cannot keep a {type(value).__name__} in the profile cache")
+
+
+class _Undecodable(ValueError):
+    pass
+
+
+def decode_model(data: object, classes: dict[str, type] | None = None) -> object:
+    """The inverse of encode_model. Builds nothing but `classes` (default: the model's),
+    each from exactly its declared fields (an unknown one is refused, a missing one takes
+    its default); lists become tuples, as the frozen model holds them."""
+    import dataclasses
+    import enum
+
+    known = _model_classes() if classes is None else classes
+    fields_of: dict[type, dict[str, dataclasses.Field[object]]] = {}
+
+    def dec(v: object) -> object:
+        if isinstance(v, list):
+            return tuple(dec(x) for x in v)
+        if isinstance(v, dict):
+            if "$enum" in v:
+                cls = known.get(str(v["$enum"]))
+                if cls is None or not issubclass(cls, enum.Enum) or set(v) != {"$enum", "value"}:
+                    raise _Undecodable(f"not an enum of the model: {v!r:.80}")
+                return cls(v["value"])
+            cls = known.get(str(v.get("$")))
+            if cls is None or not dataclasses.is_dataclass(cls):
+                raise _Undecodable(f"not a class of the model: {v.get('$')!r:.80}")
+            fs = fields_of.get(cls)
+            if fs is None:
+                fs = fields_of[cls] = {f.name: f for f in dataclasses.fields(cls) if f.init}
+            given = {k: dec(x) for k, x in v.items() if k != "$"}
+            unknown = set(given) - set(fs)
+            if unknown:
+                raise _Undecodable(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+            return cls(**given)
+        if v is None or isinstance(v, (str, int, float)):
+            return v
+        raise _Undecodable(f"unexpected {type(v).__name__}")
+
+    return dec(data)
+
+
+class ProfileLookup:
+    """A profile for `warden run`, from the cache when it can be; `keep()` stores it
+    once the sandbox's reach is known."""
+
+    def __init__(self, name_or_path: str, directory: Path | None = None,
+                 key_file: Path | None = None) -> None:
+        self.where = directory if directory is not None else cache_dir()
+        self.key_file = key_file if key_file is not None else key_path()
+        self.hit = False
+        self._pending: bytes | None = None
+        self._mac_key: bytes | None = None
+        self.profile: Profile
+        self.name = None if (not enabled() or self.where is None or self.key_file is None) \
+            else profile_key(name_or_path)
+        if self.name is not None:
+            assert self.key_file is not None and self.where is not None
+            self._mac_key, fresh = load_key(self.key_file)
+            if fresh:
+                _clear(self.where)
+            elif self._mac_key is not None:
+                found = self._lookup(self.where, self.name, self._mac_key)
+                if found is not None:
+                    self.profile, self.hit = found, True
+                    return
+        from warden.profiles.loader import load_profile_traced
+
+        profile, checks = load_profile_traced(name_or_path)
+        self.profile = profile
+        if self.name is not None and self._mac_key is not None:
+            import json
+
+            # Nothing but the model's own values: encode_model raises on anything else.
+            body = {"checks": checks, "profile": encode_model(profile)}
+            self._pending = json.dumps(body, separators=(",", ":")).encode()
+
+    @staticmethod
+    def _lookup(where: Path, name: str, mac_key: bytes) -> Profile | None:
+        import json
+
+        from warden.profiles import probe
+        from warden.profiles.model import Profile
+
+        raw = load(where, name, mac_key, kind="profile")
+        if raw is None:
+            return None
+        try:
+            body = json.loads(raw)  # authenticated above; decoded into plain data only
+            if not isinstance(body, dict) or set(body) != {"checks", "profile"}:
+                raise _Undecodable("not a profile entry")
+            profile = decode_model(body["profile"])
+            if not isinstance(profile, Profile):
+                raise _Undecodable("not a profile")
+        except (ValueError, TypeError, RecursionError) as e:
+            _warn(f"profile cache entry {where / name} cannot be read ({e}); not used, "
+                  "parsing afresh")
+            return None
+        return profile if probe.still_true(body["checks"]) else None
+
+    def keep(self, reachable: Iterable[tuple[str, bool]]) -> None:
+        """Store a freshly parsed profile, unless the sandbox that is about to start
+        could reach the key or write the cache."""
+        pending, self._pending = self._pending, None
+        if pending is None or self._mac_key is None:
+            return
+        assert self.where is not None and self.key_file is not None and self.name is not None
+        if _may_use(list(reachable), self.where, self.key_file):
+            store(self.where, self.name, pending, self._mac_key, kind="profile")

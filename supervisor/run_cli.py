@@ -527,17 +527,25 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup | N
 
     records = broker.records if broker is not None else None
     try:
-        from warden.profiles import ProfileError, load_profile
+        from warden.profiles.cache import ProfileLookup
+        from warden.profiles.errors import ProfileError
 
         try:
-            prof = load_profile(options.profile)
+            # Parsed, or from the parsed-profile cache when every file it rests on is
+            # as it was (warden.profiles.cache).
+            lookup = ProfileLookup(options.profile)
         except ProfileError as e:
             raise OptionError(f"{flag('profile')} {options.profile}: {e}") from None
+        prof = lookup.profile
         # With `--json-status -` stdout carries the record alone.
         stdio = (0, 2, 2) if options.json_status == "-" else (0, 1, 2)
         if broker is not None:
             prof = broker.profile(prof, options)
         spec = build_spec(argv, prof, options, stdio=stdio)
+        # A freshly parsed profile is kept unless this sandbox could reach the key or
+        # write the cache (the filter cache's rule).
+        lookup.keep([(b.source, b.writable) for b in spec.binds]
+                    + [(g.path, g.mode != "r") for g in spec.files])
         # Before the sandbox exists, so nothing it does can change what is opened.
         out = StatusOutput.open(spec, options.json_status, options.json_status_fd)
     except SpecError as e:
