@@ -522,11 +522,13 @@ def _model_classes() -> dict[str, type]:
     import dataclasses
     import enum
 
-    from warden.profiles import model
+    from warden.profiles import model, records
 
+    # field_names first: is_dataclass() would have dataclass() process a lazy class.
     return {name: obj for name, obj in vars(model).items()
             if isinstance(obj, type) and obj.__module__ == model.__name__
-            and (dataclasses.is_dataclass(obj) or issubclass(obj, enum.Enum))}
+            and (records.field_names(obj) is not None or dataclasses.is_dataclass(obj)
+                 or issubclass(obj, enum.Enum))}
 
 
 def encode_model(value: object) -> object:
@@ -561,8 +563,10 @@ def decode_model(data: object, classes: dict[str, type] | None = None) -> object
     import dataclasses
     import enum
 
+    from warden.profiles import records
+
     known = _model_classes() if classes is None else classes
-    fields_of: dict[type, dict[str, dataclasses.Field[object]]] = {}
+    fields_of: dict[type, tuple[str, ...]] = {}
 
     def dec(v: object) -> object:
         if isinstance(v, list):
@@ -574,15 +578,23 @@ def decode_model(data: object, classes: dict[str, type] | None = None) -> object
                     raise _Undecodable(f"not an enum of the model: {v!r:.80}")
                 return cls(v["value"])
             cls = known.get(str(v.get("$")))
-            if cls is None or not dataclasses.is_dataclass(cls):
+            if cls is None or isinstance(cls, enum.EnumMeta):
                 raise _Undecodable(f"not a class of the model: {v.get('$')!r:.80}")
             fs = fields_of.get(cls)
             if fs is None:
-                fs = fields_of[cls] = {f.name: f for f in dataclasses.fields(cls) if f.init}
+                lazy = records.field_names(cls)
+                if lazy is None and not dataclasses.is_dataclass(cls):
+                    raise _Undecodable(f"not a class of the model: {cls.__name__}")
+                fs = fields_of[cls] = lazy if lazy is not None else tuple(
+                    f.name for f in dataclasses.fields(cls) if f.init)
             given = {k: dec(x) for k, x in v.items() if k != "$"}
             unknown = set(given) - set(fs)
             if unknown:
                 raise _Undecodable(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+            if len(given) == len(fs) and records.field_names(cls) is not None:
+                # Every field given: made as __init__ makes it, without having
+                # dataclass() process the class (most are not used by `warden run`).
+                return records.build(cls, given)
             return cls(**given)
         if v is None or isinstance(v, (str, int, float)):
             return v

@@ -10,7 +10,11 @@ these objects and nothing else; they never look at TOML.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
+
+# The classes are frozen dataclasses, processed by dataclass() on first use (records.py):
+# `warden run` with a cached profile never pays for most of them.
+from warden.profiles.records import LazyRecord, lazy_frozen
 
 
 class ActionKind(enum.Enum):
@@ -25,8 +29,8 @@ class ActionKind(enum.Enum):
     NOTIFY = "user-notify"
 
 
-@dataclass(frozen=True)
-class Action:
+@lazy_frozen
+class Action(LazyRecord):
     """An action; `errno` is set exactly when kind is ERRNO."""
 
     kind: ActionKind
@@ -42,8 +46,8 @@ ALLOW = Action(ActionKind.ALLOW)
 KILL_PROCESS = Action(ActionKind.KILL_PROCESS)
 
 
-@dataclass(frozen=True)
-class Origin:
+@lazy_frozen
+class Origin(LazyRecord):
     """Where a rule came from, for `warden profile show` and error messages.
 
     `via` is the chain that brought it in, outermost first: for example
@@ -72,8 +76,8 @@ class ArgOp(enum.Enum):
     MASKED_EQ = "&="  # (arg & mask) == value
 
 
-@dataclass(frozen=True)
-class ArgCondition:
+@lazy_frozen
+class ArgCondition(LazyRecord):
     """`arg[index] op value`, with symbolic constants already resolved to ints."""
 
     index: int  # 0..5
@@ -87,8 +91,8 @@ class ArgCondition:
         return f"arg{self.index} {self.op.value} {self.value:#x}"
 
 
-@dataclass(frozen=True)
-class SyscallRule:
+@lazy_frozen
+class SyscallRule(LazyRecord):
     """One libseccomp rule: the action applies when every condition holds (AND)."""
 
     syscall: str
@@ -97,8 +101,8 @@ class SyscallRule:
     origin: Origin | None = None
 
 
-@dataclass(frozen=True)
-class SeccompPolicy:
+@lazy_frozen
+class SeccompPolicy(LazyRecord):
     """The seccomp part of a profile, already flattened (groups, extends, includes)."""
 
     default_action: Action = KILL_PROCESS
@@ -107,8 +111,8 @@ class SeccompPolicy:
     bad_arch_action: Action = KILL_PROCESS
 
 
-@dataclass(frozen=True)
-class Namespaces:
+@lazy_frozen
+class Namespaces(LazyRecord):
     """True means the child gets a new namespace of that kind (isolated)."""
 
     user: bool = True
@@ -120,8 +124,8 @@ class Namespaces:
     cgroup: bool = True
 
 
-@dataclass(frozen=True)
-class Bind:
+@lazy_frozen
+class Bind(LazyRecord):
     """A bind mount of a host path into the new root."""
 
     source: str
@@ -154,16 +158,16 @@ def reserved_dest(dest: str, tmpfs: bool = False) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Tmpfs:
+@lazy_frozen
+class Tmpfs(LazyRecord):
     """An empty tmpfs mounted at `dest` inside the sandbox."""
 
     dest: str
     size_bytes: int = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Filesystem:
+@lazy_frozen
+class Filesystem(LazyRecord):
     """What the sandbox's new root holds besides /proc, /dev and /tmp."""
 
     binds: tuple[Bind, ...] = ()
@@ -173,8 +177,8 @@ class Filesystem:
     chdir: str = "/"
 
 
-@dataclass(frozen=True)
-class Limits:
+@lazy_frozen
+class Limits(LazyRecord):
     """Resource limits; None means the sandbox's built-in cap (see warden.supervisor.sandbox)."""
 
     memory_bytes: int | None = None
@@ -184,16 +188,16 @@ class Limits:
     wall_time_seconds: float | None = None
 
 
-@dataclass(frozen=True)
-class Environment:
+@lazy_frozen
+class Environment(LazyRecord):
     """Variables the child gets beyond the sandbox's fixed minimal set."""
 
     keep: tuple[str, ...] = ()  # copied from the caller's environment when present
     set: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class Profile:
+@lazy_frozen
+class Profile(LazyRecord):
     """A flattened profile: everything a sandbox needs, extends and includes applied."""
 
     name: str
