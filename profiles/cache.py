@@ -1,4 +1,5 @@
-"""A per-user cache of compiled and verified seccomp filters, authenticated with a key.
+"""A per-user cache of compiled and verified seccomp filters (and of parsed profiles, at
+the end of this module), authenticated with a key.
 
 `compile_policy` checks every filter it builds in our own BPF interpreter
 (that check caught a real libseccomp bug), which costs 10-17 ms per compile.
@@ -44,13 +45,19 @@ import os
 import stat
 import warnings
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from warden.profiles.model import SeccompPolicy
 
+# Paths are handled as strings (os.path): `import pathlib` would cost `warden run` more
+# than everything this module does on a hit. Every function takes a str or a Path.
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import TypeAlias
+
     from warden.profiles.model import Profile
+
+    Where: TypeAlias = "str | os.PathLike[str]"
 
 try:  # CPython's built-in module: `import hashlib` loads OpenSSL first (~2 ms)
     from _blake2 import blake2b
@@ -82,26 +89,45 @@ def _warn(message: str) -> None:
     warnings.warn(f"warden: {message}", CacheWarning, stacklevel=3)
 
 
-def _xdg(var: str, fallback: str) -> Path | None:
+def _xdg(var: str, fallback: str) -> str | None:
     base = os.environ.get(var)
     if not base or not os.path.isabs(base):
         home = os.environ.get("HOME")
         if not home or not os.path.isabs(home):
             return None
         base = os.path.join(home, fallback)
-    return Path(base) / "warden"
+    return os.path.join(os.path.normpath(base), "warden")
+
+
+def _cache_dir() -> str | None:
+    base = _xdg("XDG_CACHE_HOME", ".cache")
+    return None if base is None else os.path.join(base, "seccomp")
+
+
+def _profiles_dir() -> str | None:
+    base = _xdg("XDG_CACHE_HOME", ".cache")
+    return None if base is None else os.path.join(base, "profiles")
+
+
+def _key_path() -> str | None:
+    base = _xdg("XDG_STATE_HOME", os.path.join(".local", "state"))
+    return None if base is None else os.path.join(base, KEY_NAME)
 
 
 def cache_dir() -> Path | None:
     """$XDG_CACHE_HOME/warden/seccomp (default ~/.cache/warden/seccomp); None without a home."""
-    base = _xdg("XDG_CACHE_HOME", ".cache")
-    return None if base is None else base / "seccomp"
+    from pathlib import Path
+
+    where = _cache_dir()
+    return None if where is None else Path(where)
 
 
 def key_path() -> Path | None:
     """$XDG_STATE_HOME/warden/cache.key (default ~/.local/state/warden/cache.key)."""
-    base = _xdg("XDG_STATE_HOME", os.path.join(".local", "state"))
-    return None if base is None else base / KEY_NAME
+    from pathlib import Path
+
+    where = _key_path()
+    return None if where is None else Path(where)
 
 
 def enabled() -> bool:
@@ -119,9 +145,10 @@ def _toolchain() -> bytes | None:
         major, minor, micro = libseccomp.version()
         h.update(f"libseccomp {major}.{minor}.{micro} arch {libseccomp.native_arch():#x}\n"
                  .encode())
-        here = Path(__file__).resolve().parent
+        here = os.path.dirname(os.path.realpath(__file__))
         for name in _SOURCES:
-            h.update(name.encode() + b"\0" + (here / name).read_bytes())
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
     except (OSError, AttributeError, RuntimeError):
         return None
     return h.digest()
@@ -147,16 +174,18 @@ def _mac(mac_key: bytes, name: str, code: bytes, magic: bytes = MAGIC,
 
 # ---- private directories and files --------------------------------------------------
 
-def _open_private_dir(path: Path, *, create: bool = False, warn: bool = True) -> int | None:
+def _open_private_dir(where: Where, *, create: bool = False, warn: bool = True) -> int | None:
     """An fd for `path` if it is a real directory of ours with no group/other access.
 
     Later steps work relative to this fd, so the directory checked is the
     one used even if someone renames things around it meanwhile. With
     `create`, missing directories are made 0700 first.
     """
+    path = os.fspath(where)
     if create:
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # As Path.mkdir(0o700, parents=True): 0700 for the parent, the umask above it.
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(path, 0o700)
         except OSError:
@@ -252,10 +281,11 @@ def _live_exposers(fd: int) -> list[str]:
     return live
 
 
-def discard_key(key_file: Path, reached_by: Iterable[str], writable: bool = False) -> None:
+def discard_key(key_file: Where, reached_by: Iterable[str], writable: bool = False) -> None:
     """The sandbox about to start could see `key_file`: remove it, and note this
     supervisor so that no new key is made while it (and its sandbox) lives."""
-    kdir = _open_private_dir(key_file.parent, warn=False)
+    key_file = os.fspath(key_file)
+    kdir = _open_private_dir(os.path.dirname(key_file), warn=False)
     if kdir is None:
         return
     try:
@@ -267,7 +297,7 @@ def discard_key(key_file: Path, reached_by: Iterable[str], writable: bool = Fals
                 os.lseek(lock, 0, os.SEEK_SET)
                 os.write(lock, "".join(f"{x}\n" for x in {*live, me}).encode())
             try:
-                os.unlink(key_file.name, dir_fd=kdir)
+                os.unlink(os.path.basename(key_file), dir_fd=kdir)
             except FileNotFoundError:
                 if not writable:
                     return
@@ -282,13 +312,15 @@ def discard_key(key_file: Path, reached_by: Iterable[str], writable: bool = Fals
         os.close(kdir)
 
 
-def load_key(key_file: Path) -> tuple[bytes | None, bool]:
+def load_key(key_file: Where) -> tuple[bytes | None, bool]:
     """(the cache key, whether it was just made); (None, False) when there is none to use."""
-    kdir = _open_private_dir(key_file.parent, create=True)
+    key_file = os.fspath(key_file)
+    key_name = os.path.basename(key_file)
+    kdir = _open_private_dir(os.path.dirname(key_file), create=True)
     if kdir is None:
         return None, False
     try:
-        data, why = _read_private(kdir, key_file.name, KEY_BYTES)
+        data, why = _read_private(kdir, key_name, KEY_BYTES)
         if data is not None and len(data) == KEY_BYTES:
             return data, False
         if data == b"":
@@ -302,7 +334,7 @@ def load_key(key_file: Path) -> tuple[bytes | None, bool]:
                 return None, False
             new = os.urandom(KEY_BYTES)
             try:
-                fd = os.open(key_file.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                fd = os.open(key_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                              | os.O_CLOEXEC, 0o600, dir_fd=kdir)
             except OSError:
                 return None, False
@@ -317,7 +349,7 @@ def load_key(key_file: Path) -> tuple[bytes | None, bool]:
 
 # ---- entries ------------------------------------------------------------------------
 
-def load(directory: Path, name: str, mac_key: bytes, kind: str = "filter") -> bytes | None:
+def load(directory: Where, name: str, mac_key: bytes, kind: str = "filter") -> bytes | None:
     """The cached filter `name`, or None unless every check passes (a warning if it existed).
     kind "profile": a parsed-profile entry (its own magic and MAC person)."""
     magic, person = _KINDS[kind]
@@ -331,7 +363,8 @@ def load(directory: Path, name: str, mac_key: bytes, kind: str = "filter") -> by
     afresh = "compiling afresh" if kind == "filter" else "parsing afresh"
     if data is None:
         if why:
-            _warn(f"{kind} cache entry {directory / name} {why}; not used, {afresh}")
+            _warn(f"{kind} cache entry {os.path.join(directory, name)} {why}; not used, "
+                  f"{afresh}")
         return None
     head, sep, rest = data.partition(b"\n\n")
     lines = head.split(b"\n")
@@ -339,12 +372,13 @@ def load(directory: Path, name: str, mac_key: bytes, kind: str = "filter") -> by
             and rest and (kind != "filter" or not len(rest) % 8)
             and lines[2] == _mac(mac_key, name, rest, magic, person).encode()):
         return rest
-    _warn(f"{kind} cache entry {directory / name} failed authentication (changed by someone "
+    _warn(f"{kind} cache entry {os.path.join(directory, name)} failed authentication "
+          "(changed by someone "
           f"without warden's key); not used, {afresh} and replacing it")
     return None
 
 
-def store(directory: Path, name: str, code: bytes, mac_key: bytes, kind: str = "filter") -> None:
+def store(directory: Where, name: str, code: bytes, mac_key: bytes, kind: str = "filter") -> None:
     """Write atomically (0600, in a 0700 directory of ours); give up silently on any problem."""
     magic, person = _KINDS[kind]
     dfd = _open_private_dir(directory, create=True)
@@ -368,7 +402,18 @@ def store(directory: Path, name: str, code: bytes, mac_key: bytes, kind: str = "
         os.close(dfd)
 
 
-def _clear(directory: Path) -> None:
+def _clear_for_new_key(directory: Where) -> None:
+    """_clear(directory), and the other kind's default directory when it is a default:
+    both kinds share the key, and entries a new key cannot verify would warn."""
+    _clear(directory)
+    defaults = (_cache_dir(), _profiles_dir())
+    if os.fspath(directory) in defaults:
+        for other in defaults:
+            if other is not None and other != os.fspath(directory):
+                _clear(other)
+
+
+def _clear(directory: Where) -> None:
     """Drop every entry: a new key cannot verify them, and they are not worth a warning."""
     dfd = _open_private_dir(directory, warn=False)
     if dfd is None:
@@ -407,7 +452,7 @@ def _chain(path: str) -> set[tuple[int, int]]:
 class _Target:
     """A directory the sandbox must not reach, resolved once for many comparisons."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Where) -> None:
         self.real = os.path.realpath(path)
         self.ident = _identity(self.real)
         self.above = _chain(self.real)
@@ -431,11 +476,11 @@ class _Target:
         return self.ident is not None and self.ident in _chain(src)
 
 
-def overlaps(host_path: str, target: Path) -> bool:
+def overlaps(host_path: str, target: Where) -> bool:
     return _Target(target).shown_by(host_path)
 
 
-def _may_use(reach: list[tuple[str, bool]], where: Path, key_file: Path,
+def _may_use(reach: list[tuple[str, bool]], where: Where, key_file: Where,
              discard: bool = False) -> bool:
     """Whether a run whose sandbox sees `reach` ((host path, writable) each) may use the
     cache: not if it can see the key or write the cache. With `discard`, a key the
@@ -456,7 +501,7 @@ def _compile(policy: SeccompPolicy, kill_as_notify: bool) -> bytes:
 
 
 def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
-                   directory: Path | None = None, key_file: Path | None = None,
+                   directory: Where | None = None, key_file: Where | None = None,
                    reachable: Iterable[tuple[str, bool]] = ()) -> bytes:
     """Exactly `compile_policy(policy, kill_as_notify=...)`, from the cache when it can be.
 
@@ -465,8 +510,8 @@ def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
     `key_file` override the locations (tests). Errors in the profile raise
     ProfileError as compile_policy does and are never cached.
     """
-    where = directory if directory is not None else cache_dir()
-    key_file = key_file if key_file is not None else key_path()
+    where = directory if directory is not None else _cache_dir()
+    key_file = key_file if key_file is not None else _key_path()
     if not enabled() or where is None or key_file is None:
         return _compile(policy, kill_as_notify)
     if not _may_use(list(reachable), where, key_file, discard=True):
@@ -476,7 +521,7 @@ def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
     if name is None or mac_key is None:
         return _compile(policy, kill_as_notify)
     if fresh:
-        _clear(where)
+        _clear_for_new_key(where)
     code = None if fresh else load(where, name, mac_key)
     if code is None:
         code = _compile(policy, kill_as_notify)
@@ -488,7 +533,8 @@ def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
 #
 # Parsing a profile (TOML, positions, hundreds of syscall names, the extends/include
 # chain) and importing the parser cost `warden run` more than anything else of its
-# own. A parsed profile is kept in the same directory, under the same key, with the
+# own. A parsed profile is kept beside the filters ($XDG_CACHE_HOME/warden/profiles),
+# under the same key and the same rules, with the
 # loader's record of every file-system answer it rested on (warden.profiles.probe:
 # each search-path candidate, present or not, and each file read, by real path and
 # content digest). Before an entry is used its MAC is checked, then it is decoded by
@@ -607,10 +653,10 @@ class ProfileLookup:
     """A profile for `warden run`, from the cache when it can be; `keep()` stores it
     once the sandbox's reach is known."""
 
-    def __init__(self, name_or_path: str, directory: Path | None = None,
-                 key_file: Path | None = None) -> None:
-        self.where = directory if directory is not None else cache_dir()
-        self.key_file = key_file if key_file is not None else key_path()
+    def __init__(self, name_or_path: str, directory: Where | None = None,
+                 key_file: Where | None = None) -> None:
+        self.where = os.fspath(directory) if directory is not None else _profiles_dir()
+        self.key_file = os.fspath(key_file) if key_file is not None else _key_path()
         self.hit = False
         self._pending: bytes | None = None
         self._mac_key: bytes | None = None
@@ -621,7 +667,7 @@ class ProfileLookup:
             assert self.key_file is not None and self.where is not None
             self._mac_key, fresh = load_key(self.key_file)
             if fresh:
-                _clear(self.where)
+                _clear_for_new_key(self.where)
             elif self._mac_key is not None:
                 found = self._lookup(self.where, self.name, self._mac_key)
                 if found is not None:
@@ -639,7 +685,7 @@ class ProfileLookup:
             self._pending = json.dumps(body, separators=(",", ":")).encode()
 
     @staticmethod
-    def _lookup(where: Path, name: str, mac_key: bytes) -> Profile | None:
+    def _lookup(where: str, name: str, mac_key: bytes) -> Profile | None:
         import json
 
         from warden.profiles import probe
@@ -656,7 +702,8 @@ class ProfileLookup:
             if not isinstance(profile, Profile):
                 raise _Undecodable("not a profile")
         except (ValueError, TypeError, RecursionError) as e:
-            _warn(f"profile cache entry {where / name} cannot be read ({e}); not used, "
+            _warn(f"profile cache entry {os.path.join(where, name)} cannot be read ({e}); "
+                  "not used, "
                   "parsing afresh")
             return None
         return profile if probe.still_true(body["checks"]) else None
