@@ -602,51 +602,105 @@ class _Undecodable(ValueError):
     pass
 
 
-def decode_model(data: object, classes: dict[str, type] | None = None) -> object:
-    """The inverse of encode_model. Builds nothing but `classes` (default: the model's),
-    each from exactly its declared fields (an unknown one is refused, a missing one takes
-    its default); lists become tuples, as the frozen model holds them."""
-    import dataclasses
-    import enum
+class _Decoder:
+    """Builds one model object from a dict whose values are already decoded: nothing but
+    `classes`, each from exactly its declared fields (an unknown one is refused, a
+    missing one takes its default); lists become tuples, as the frozen model holds them.
+    Used as json's object_hook, so a profile is built as it is parsed."""
 
-    from warden.profiles import records
+    def __init__(self, classes: dict[str, type] | None) -> None:
+        import enum
 
-    known = _model_classes() if classes is None else classes
-    fields_of: dict[type, tuple[str, ...]] = {}
+        from warden.profiles import records
 
-    def dec(v: object) -> object:
+        self.known = _model_classes() if classes is None else classes
+        self.types = set(self.known.values())
+        # What a field may hold as it is: plain values and objects already built.
+        self.plain = {str, int, float, bool, type(None), *self.types}
+        self.enums = {n: c for n, c in self.known.items() if issubclass(c, enum.Enum)}
+        self.members: dict[tuple[str, object], object] = {}
+        self.fields_of: dict[str, tuple[type, tuple[str, ...], frozenset[str], bool]] = {}
+        self.records = records
+
+    def value(self, v: object) -> object:
         if isinstance(v, list):
-            return tuple(dec(x) for x in v)
-        if isinstance(v, dict):
-            if "$enum" in v:
-                cls = known.get(str(v["$enum"]))
-                if cls is None or not issubclass(cls, enum.Enum) or set(v) != {"$enum", "value"}:
-                    raise _Undecodable(f"not an enum of the model: {v!r:.80}")
-                return cls(v["value"])
-            cls = known.get(str(v.get("$")))
-            if cls is None or isinstance(cls, enum.EnumMeta):
-                raise _Undecodable(f"not a class of the model: {v.get('$')!r:.80}")
-            fs = fields_of.get(cls)
-            if fs is None:
-                lazy = records.field_names(cls)
-                if lazy is None and not dataclasses.is_dataclass(cls):
-                    raise _Undecodable(f"not a class of the model: {cls.__name__}")
-                fs = fields_of[cls] = lazy if lazy is not None else tuple(
-                    f.name for f in dataclasses.fields(cls) if f.init)
-            given = {k: dec(x) for k, x in v.items() if k != "$"}
-            unknown = set(given) - set(fs)
-            if unknown:
-                raise _Undecodable(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-            if len(given) == len(fs) and records.field_names(cls) is not None:
-                # Every field given: made as __init__ makes it, without having
-                # dataclass() process the class (most are not used by `warden run`).
-                return records.build(cls, given)
-            return cls(**given)
-        if v is None or isinstance(v, (str, int, float)):
+            return tuple([self.value(x) for x in v])
+        if v is None or isinstance(v, (str, int, float)) or type(v) in self.types:
             return v
         raise _Undecodable(f"unexpected {type(v).__name__}")
 
-    return dec(data)
+    def _enum(self, v: dict[str, object]) -> object:
+        name, value = str(v["$enum"]), v.get("value")
+        member = self.members.get((name, value))
+        if member is None:
+            cls = self.enums.get(name)
+            if cls is None or len(v) != 2 or "value" not in v:
+                raise _Undecodable(f"not an enum of the model: {v!r:.80}")
+            member = self.members[name, value] = cls(value)
+        return member
+
+    def _class(self, name: str) -> tuple[type, tuple[str, ...], frozenset[str], bool]:
+        import dataclasses
+
+        cls = self.known.get(name)
+        if cls is None or cls in self.enums.values():
+            raise _Undecodable(f"not a class of the model: {name!r:.80}")
+        lazy = self.records.field_names(cls)
+        if lazy is None and not dataclasses.is_dataclass(cls):
+            raise _Undecodable(f"not a class of the model: {cls.__name__}")
+        names = lazy if lazy is not None else tuple(
+            f.name for f in dataclasses.fields(cls) if f.init)
+        found = self.fields_of[name] = (cls, names, frozenset(names), lazy is not None)
+        return found
+
+    def object(self, v: dict[str, object]) -> object:
+        name = v.pop("$", None)
+        if name is None:
+            if "$enum" in v:
+                return self._enum(v)
+            return v  # the entry's own frame ({"checks": ..., "profile": ...})
+        found = self.fields_of.get(name)  # type: ignore[call-overload]
+        if found is None:
+            found = self._class(str(name))
+        cls, names, allowed, lazy_class = found
+        plain = self.plain
+        for k, x in v.items():
+            if type(x) not in plain:
+                v[k] = self.value(x)  # a list (a tuple field), or refused
+        if not allowed.issuperset(v):
+            raise _Undecodable(f"{cls.__name__}: unknown fields {sorted(set(v) - allowed)}")
+        if lazy_class and len(v) == len(names):
+            # Every field given: made as __init__ makes it (its object.__setattr__ calls,
+            # in field order), without having dataclass() process the class: most are
+            # never used by `warden run`.
+            obj = object.__new__(cls)
+            obj.__dict__.update([(n, v[n]) for n in names])
+            return obj
+        return cls(**v)
+
+
+def decode_model(data: object, classes: dict[str, type] | None = None) -> object:
+    """The inverse of encode_model (see _Decoder); `classes` default to the model's."""
+    d = _Decoder(classes)
+
+    def walk(v: object) -> object:
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        if isinstance(v, dict):
+            return d.object({k: walk(x) for k, x in v.items()})
+        return v
+
+    out = walk(data)
+    if isinstance(out, dict):
+        raise _Undecodable("not a model object")
+    return d.value(out)
+
+
+def loads_model(raw: bytes, classes: dict[str, type] | None = None) -> object:
+    """json.loads(raw) with every model object built as it is parsed (_Decoder)."""
+    import json
+
+    return json.loads(raw, object_hook=_Decoder(classes).object)
 
 
 class ProfileLookup:
@@ -686,8 +740,6 @@ class ProfileLookup:
 
     @staticmethod
     def _lookup(where: str, name: str, mac_key: bytes) -> Profile | None:
-        import json
-
         from warden.profiles import probe
         from warden.profiles.model import Profile
 
@@ -695,16 +747,16 @@ class ProfileLookup:
         if raw is None:
             return None
         try:
-            body = json.loads(raw)  # authenticated above; decoded into plain data only
+            # Authenticated above; decoded into plain data and the model's classes only.
+            body = loads_model(raw)
             if not isinstance(body, dict) or set(body) != {"checks", "profile"}:
                 raise _Undecodable("not a profile entry")
-            profile = decode_model(body["profile"])
+            profile = body["profile"]
             if not isinstance(profile, Profile):
                 raise _Undecodable("not a profile")
         except (ValueError, TypeError, RecursionError) as e:
             _warn(f"profile cache entry {os.path.join(where, name)} cannot be read ({e}); "
-                  "not used, "
-                  "parsing afresh")
+                  "not used, parsing afresh")
             return None
         return profile if probe.still_true(body["checks"]) else None
 

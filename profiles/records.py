@@ -111,8 +111,8 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     if len(values) != len(names) or set(values) != set(names):
         raise ValueError(f"{cls.__name__}: fields {sorted(values)}, expected {list(names)}")
     obj: Any = object.__new__(cls)
-    for name in names:
-        object.__setattr__(obj, name, values[name])
+    # What __init__'s object.__setattr__ calls leave (no field is a descriptor), in order.
+    obj.__dict__.update([(name, values[name]) for name in names])
     return obj
 
 
