@@ -312,11 +312,14 @@ def discard_key(key_file: Where, reached_by: Iterable[str], writable: bool = Fal
         os.close(kdir)
 
 
-def load_key(key_file: Where) -> tuple[bytes | None, bool]:
-    """(the cache key, whether it was just made); (None, False) when there is none to use."""
+def load_key(key_file: Where, *, create: bool = True,
+             warn: bool = True) -> tuple[bytes | None, bool]:
+    """(the cache key, whether it was just made); (None, False) when there is none to use.
+    Without `create`, an absent key (or directory) stays absent; without `warn`, a key
+    that cannot be used is not warned about (the caller that may create it warns)."""
     key_file = os.fspath(key_file)
     key_name = os.path.basename(key_file)
-    kdir = _open_private_dir(os.path.dirname(key_file), create=True)
+    kdir = _open_private_dir(os.path.dirname(key_file), create=create, warn=warn)
     if kdir is None:
         return None, False
     try:
@@ -326,8 +329,11 @@ def load_key(key_file: Where) -> tuple[bytes | None, bool]:
         if data == b"":
             return None, False  # another run is writing it right now
         if data is not None or why:
-            _warn(f"the filter cache's key {key_file} {why or 'has the wrong size'}; "
-                  "the cache is not used until it is removed")
+            if warn:
+                _warn(f"the filter cache's key {key_file} {why or 'has the wrong size'}; "
+                      "the cache is not used until it is removed")
+            return None, False
+        if not create:
             return None, False
         with _exposure_lock(kdir) as lock:
             if lock is None or _live_exposers(lock):
@@ -713,17 +719,16 @@ class ProfileLookup:
         self.key_file = os.fspath(key_file) if key_file is not None else _key_path()
         self.hit = False
         self._pending: bytes | None = None
-        self._mac_key: bytes | None = None
         self.profile: Profile
         self.name = None if (not enabled() or self.where is None or self.key_file is None) \
             else profile_key(name_or_path)
         if self.name is not None:
             assert self.key_file is not None and self.where is not None
-            self._mac_key, fresh = load_key(self.key_file)
-            if fresh:
-                _clear_for_new_key(self.where)
-            elif self._mac_key is not None:
-                found = self._lookup(self.where, self.name, self._mac_key)
+            # Only a key that exists: one is made (and old entries dropped) by keep()
+            # or by the filter cache, once the sandbox's reach is known.
+            mac_key, _ = load_key(self.key_file, create=False, warn=False)
+            if mac_key is not None:
+                found = self._lookup(self.where, self.name, mac_key)
                 if found is not None:
                     self.profile, self.hit = found, True
                     return
@@ -731,7 +736,7 @@ class ProfileLookup:
 
         profile, checks = load_profile_traced(name_or_path)
         self.profile = profile
-        if self.name is not None and self._mac_key is not None:
+        if self.name is not None:
             import json
 
             # Nothing but the model's own values: encode_model raises on anything else.
@@ -764,8 +769,14 @@ class ProfileLookup:
         """Store a freshly parsed profile, unless the sandbox that is about to start
         could reach the key or write the cache."""
         pending, self._pending = self._pending, None
-        if pending is None or self._mac_key is None:
+        if pending is None:
             return
         assert self.where is not None and self.key_file is not None and self.name is not None
-        if _may_use(list(reachable), self.where, self.key_file):
-            store(self.where, self.name, pending, self._mac_key, kind="profile")
+        if not _may_use(list(reachable), self.where, self.key_file):
+            return
+        mac_key, fresh = load_key(self.key_file)
+        if mac_key is None:
+            return
+        if fresh:
+            _clear_for_new_key(self.where)
+        store(self.where, self.name, pending, mac_key, kind="profile")

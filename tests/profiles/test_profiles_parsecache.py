@@ -242,3 +242,16 @@ def test_warden_run_parses_once_and_then_never_loads_the_parser(
     assert [r.returncode for r in runs] == [0, 0], runs
     assert "warden.profiles.parser" in runs[0].stderr
     assert runs[1].stderr == "[]"
+
+
+def test_no_key_is_made_before_the_sandboxs_reach_is_known(dirs: tuple[Path, Path]) -> None:
+    """The lookup only uses a key that exists; keep() makes one, and not for a sandbox
+    that would see it (as the filter cache decides)."""
+    where, keyf = dirs
+    lookup = ProfileLookup("default", directory=where, key_file=keyf)
+    assert not keyf.exists() and not keyf.parent.exists()
+    lookup.keep([(str(keyf.parent), False)])
+    assert not keyf.exists()
+    lookup = ProfileLookup("default", directory=where, key_file=keyf)
+    lookup.keep([])
+    assert keyf.exists() and ProfileLookup("default", directory=where, key_file=keyf).hit
