@@ -11,6 +11,7 @@ load from other processes hits all rows alike. Goals (issue 3):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -45,15 +46,86 @@ def _compile_bytecode(root: str) -> None:
                    cwd=root, env=_env(root), check=True, stdout=subprocess.DEVNULL)
 
 
+# One `warden run -- /bin/true` in a fresh interpreter, in the order entry() runs it,
+# with a timestamp after each part (garbage collection paused as the command does).
+_PHASES = """
+import gc, json, os, sys, time
+t = [time.perf_counter()]
+gc.disable()
+from warden.supervisor import cli
+t.append(time.perf_counter())
+from warden.supervisor.run_cli import LEAN, _supervise
+fields, program = LEAN.parse(["--", "/bin/true"])
+t.append(time.perf_counter())
+from warden.supervisor.sandbox import build_spec, spawn
+t.append(time.perf_counter())
+from warden.profiles.cache import ProfileLookup
+lookup = ProfileLookup("default")
+t.append(time.perf_counter())
+devnull = os.open(os.devnull, os.O_RDWR)
+spec = build_spec(program, lookup.profile, stdio=(devnull, devnull, devnull))
+lookup.keep([(b.source, b.writable) for b in spec.binds])
+t.append(time.perf_counter())
+box = spawn(spec)
+t.append(time.perf_counter())
+st = _supervise(box)
+t.append(time.perf_counter())
+assert st.outcome.value == "ok", st
+print(json.dumps({"hit": lookup.hit, "t": [(b - a) * 1e3 for a, b in zip(t, t[1:])]}))
+"""
+_PHASE_NAMES = (
+    "import warden.supervisor.cli (the lean entry; no click)",
+    "import warden.supervisor.run_cli + options, lean parse",
+    "import warden.supervisor.sandbox (spawn, build_spec and their records)",
+    "profile: ProfileLookup (cache hit: key, MAC, JSON decode, re-checks)",
+    "build_spec (filter cache hit: key, read, MAC; filter checks)",
+    "spawn: parent side of the setup, overlapped with the child's",
+    "_supervise: /bin/true runs, reap, status, cgroup removal",
+)
+
+
+def phases(runs: int) -> None:
+    """Median and min of each part of `warden run`, in fresh interpreters."""
+    env = _env()
+    subprocess.run([sys.executable, "-c", _PHASES], env=env, check=True, cwd="/",
+                   stdout=subprocess.DEVNULL)  # fills the caches
+    got: list[list[float]] = []
+    for _ in range(runs):
+        r = subprocess.run([sys.executable, "-c", _PHASES], env=env, check=True, cwd="/",
+                           capture_output=True, text=True)
+        rec = json.loads(r.stdout)
+        assert rec["hit"], "the profile cache missed"
+        got.append(rec["t"])
+    start = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], env=env, check=True)
+        start.append((time.perf_counter() - t) * 1e3)
+    print(f"{runs} runs, load average {os.getloadavg()[0]:.2f}")
+    print("| part | median ms | min ms |")
+    print("|---|---:|---:|")
+    print(f"| interpreter start and exit (`python -c pass`, separately) "
+          f"| {statistics.median(start):.2f} | {min(start):.2f} |")
+    for i, name in enumerate(_PHASE_NAMES):
+        col = [g[i] for g in got]
+        print(f"| {name} | {statistics.median(col):.2f} | {min(col):.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=40)
+    ap.add_argument("--phases", action="store_true",
+                    help="instead: time each part of `warden run` in fresh interpreters")
     ap.add_argument("--before", metavar="DIR",
-                    help="another checkout of warden (e.g. `git archive` of an older commit) "
-                         "whose `warden run` gets a row of its own, for before/after numbers")
+                    help="another checkout of warden whose `warden run` gets a row of its "
+                         "own, for before/after numbers: a worktree with its own .venv (made "
+                         "by scripts/setup), or a `git archive` of the old layout")
     args = ap.parse_args()
+    if args.phases:
+        phases(args.runs)
+        return
 
-    if args.before:
+    if args.before and not os.path.exists(os.path.join(args.before, ".venv", "bin", "python")):
         _compile_bytecode(os.path.abspath(args.before))
     from warden.profiles import load_profile
     from warden.profiles.compiler import compile_policy
@@ -104,11 +176,18 @@ def main() -> None:
             _env(WARDEN_CGROUP="none"), [script, *run_true]),
     }
     if args.before:
-        # An older checkout, from before the warden namespace: `python -m supervisor`
-        # with the checkout on the path (`python -m` puts the cwd first: run there).
         before = os.path.abspath(args.before)
-        rows[f"before: python -m supervisor run from {args.before}"] = warden_run(
-            _env(before), [sys.executable, "-m", "supervisor", *run_true], cwd=before)
+        venv_python = os.path.join(before, ".venv", "bin", "python")
+        if os.path.exists(venv_python):
+            # A worktree with its own venv (scripts/setup installed its wheel there):
+            # its `python -m warden run`, the same interpreter build as ours.
+            rows[f"before: python -m warden run from {args.before}"] = warden_run(
+                env, [venv_python, "-m", "warden", *run_true])
+        else:
+            # An older checkout, from before the warden namespace: `python -m supervisor`
+            # with the checkout on the path (`python -m` puts the cwd first: run there).
+            rows[f"before: python -m supervisor run from {args.before}"] = warden_run(
+                _env(before), [sys.executable, "-m", "supervisor", *run_true], cwd=before)
     rows |= {
         f"{os.path.basename(sys.executable)} -c pass": lambda: subprocess.run(
             [sys.executable, "-c", "pass"], env=env, check=True),

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from warden.profiles import argwidth
+from warden.profiles import argwidth, probe
 from warden.profiles.errors import ProfileError
 from warden.profiles.model import (
     Action,
@@ -78,7 +78,7 @@ def default_search_path() -> list[Path]:
 
 def _is_builtin_dir(directory: Path) -> bool:
     try:
-        return directory.resolve() == BUILTIN_DIR
+        return Path(probe.real_path(str(directory))) == BUILTIN_DIR
     except OSError:
         return False
 
@@ -94,10 +94,7 @@ def shadow_error(path: Path) -> ProfileError:
 
 def _is_file(path: Path) -> bool:
     """Like Path.is_file, but a directory we may not search counts as absent."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
+    return probe.is_file(str(path))
 
 
 def _profiles_in(directory: Path) -> list[str]:
@@ -125,6 +122,7 @@ def find(name_or_path: str, search_path: Sequence[Path] | None = None,
                                file=str(path)) from None
         if not found:
             raise ProfileError(f'no such profile file "{name_or_path}"', file=str(path))
+        probe.note(["file", str(path), True])
         return path
     if not name_or_path or not all(c.isalnum() or c in "-_." for c in name_or_path):
         raise ProfileError(f'"{name_or_path}" is not a profile name',
@@ -326,11 +324,13 @@ class _Resolver:
         self.stack: list[Path] = []
 
     def load(self, path: Path) -> _State:
-        real = path.resolve()
         try:
-            text = real.read_text(encoding="utf-8")
+            # Resolved and read through probe: the parsed-profile cache checks the same.
+            resolved, data = probe.read(str(path))
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ProfileError(f"cannot read profile: {e}", file=_display(path)) from None
+        real = Path(resolved)
         self.stack.append(real)
         try:
             return self.flatten(_parse(text, _display(path)), real.parent)
@@ -426,6 +426,14 @@ def load_profile(name_or_path: str, *, search_path: Sequence[Path] | None = None
     path = find(name_or_path, search_path)
     state = _Resolver(search_path).load(path)
     return _to_profile(path.stem, _display(path), state)
+
+
+def load_profile_traced(name_or_path: str) -> tuple[Profile, list[list[object]]]:
+    """load_profile(name_or_path), and every file-system answer it rested on (probe.Trace):
+    what the parsed-profile cache checks before it reuses the profile."""
+    with probe.Trace() as trace:
+        profile = load_profile(name_or_path)
+    return profile, trace.entries
 
 
 def load_text(text: str, *, name: str = "inline", file: str = "<string>",

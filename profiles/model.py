@@ -10,7 +10,11 @@ these objects and nothing else; they never look at TOML.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
+
+# The classes are frozen dataclasses, processed by dataclass() on first use (records.py):
+# `warden run` with a cached profile never pays for most of them.
+from warden.profiles.records import LazyRecord, lazy_frozen
 
 
 class ActionKind(enum.Enum):
@@ -25,8 +29,8 @@ class ActionKind(enum.Enum):
     NOTIFY = "user-notify"
 
 
-@dataclass(frozen=True)
-class Action:
+@lazy_frozen
+class Action(LazyRecord):
     """An action; `errno` is set exactly when kind is ERRNO."""
 
     kind: ActionKind
@@ -42,8 +46,8 @@ ALLOW = Action(ActionKind.ALLOW)
 KILL_PROCESS = Action(ActionKind.KILL_PROCESS)
 
 
-@dataclass(frozen=True)
-class Origin:
+@lazy_frozen
+class Origin(LazyRecord):
     """Where a rule came from, for `warden profile show` and error messages.
 
     `via` is the chain that brought it in, outermost first: for example
@@ -72,8 +76,8 @@ class ArgOp(enum.Enum):
     MASKED_EQ = "&="  # (arg & mask) == value
 
 
-@dataclass(frozen=True)
-class ArgCondition:
+@lazy_frozen
+class ArgCondition(LazyRecord):
     """`arg[index] op value`, with symbolic constants already resolved to ints."""
 
     index: int  # 0..5
@@ -87,8 +91,8 @@ class ArgCondition:
         return f"arg{self.index} {self.op.value} {self.value:#x}"
 
 
-@dataclass(frozen=True)
-class SyscallRule:
+@lazy_frozen
+class SyscallRule(LazyRecord):
     """One libseccomp rule: the action applies when every condition holds (AND)."""
 
     syscall: str
@@ -97,8 +101,8 @@ class SyscallRule:
     origin: Origin | None = None
 
 
-@dataclass(frozen=True)
-class SeccompPolicy:
+@lazy_frozen
+class SeccompPolicy(LazyRecord):
     """The seccomp part of a profile, already flattened (groups, extends, includes)."""
 
     default_action: Action = KILL_PROCESS
@@ -107,8 +111,8 @@ class SeccompPolicy:
     bad_arch_action: Action = KILL_PROCESS
 
 
-@dataclass(frozen=True)
-class Namespaces:
+@lazy_frozen
+class Namespaces(LazyRecord):
     """True means the child gets a new namespace of that kind (isolated)."""
 
     user: bool = True
@@ -120,8 +124,8 @@ class Namespaces:
     cgroup: bool = True
 
 
-@dataclass(frozen=True)
-class Bind:
+@lazy_frozen
+class Bind(LazyRecord):
     """A bind mount of a host path into the new root."""
 
     source: str
@@ -154,8 +158,8 @@ def reserved_dest(dest: str, tmpfs: bool = False) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class Tmpfs:
+@lazy_frozen
+class Tmpfs(LazyRecord):
     """An empty tmpfs mounted at `dest` inside the sandbox."""
 
     dest: str
@@ -167,8 +171,8 @@ class Tmpfs:
 MAX_DATA_FILE_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class Symlink:
+@lazy_frozen
+class Symlink(LazyRecord):
     """A symbolic link made at `dest` inside the sandbox, pointing to `target` (a path
     inside the sandbox, absolute or relative to the link's directory; never followed
     by warden)."""
@@ -177,8 +181,8 @@ class Symlink:
     target: str
 
 
-@dataclass(frozen=True)
-class DataFile:
+@lazy_frozen
+class DataFile(LazyRecord):
     """A read-only file (mode 0444) at `dest` inside the sandbox holding `contents`,
     UTF-8 encoded (at most MAX_DATA_FILE_BYTES bytes). Text, as a profile holds it;
     binary data is bound from a file."""
@@ -187,8 +191,8 @@ class DataFile:
     contents: str
 
 
-@dataclass(frozen=True)
-class Filesystem:
+@lazy_frozen
+class Filesystem(LazyRecord):
     """What the sandbox's new root holds besides /proc, /dev and /tmp."""
 
     binds: tuple[Bind, ...] = ()
@@ -202,8 +206,8 @@ class Filesystem:
     data_files: tuple[DataFile, ...] = ()
 
 
-@dataclass(frozen=True)
-class Limits:
+@lazy_frozen
+class Limits(LazyRecord):
     """Resource limits; None means the sandbox's built-in cap (see warden.supervisor.sandbox)."""
 
     memory_bytes: int | None = None
@@ -213,16 +217,16 @@ class Limits:
     wall_time_seconds: float | None = None
 
 
-@dataclass(frozen=True)
-class Environment:
+@lazy_frozen
+class Environment(LazyRecord):
     """Variables the child gets beyond the sandbox's fixed minimal set."""
 
     keep: tuple[str, ...] = ()  # copied from the caller's environment when present
     set: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class BrokerPath:
+@lazy_frozen
+class BrokerPath(LazyRecord):
     """A host path (a directory, or one file) whose files the transparent broker opens
     for the sandbox with the supervisor's rights (`broker.read`, `broker.write`; the
     `--broker-read`/`--broker-write` syntax, PATH[:links][:fifo][:device])."""
@@ -233,8 +237,8 @@ class BrokerPath:
     kinds: tuple[str, ...] = ()  # "fifo", "device": handed out too
 
 
-@dataclass(frozen=True)
-class BrokerAddress:
+@lazy_frozen
+class BrokerAddress(LazyRecord):
     """Connections the transparent broker makes for the sandbox (`broker.connect`, the
     `--broker-connect` syntax HOST:PORT[-PORT][/tcp|/udp]): `host` a name, an IP or a
     CIDR range, on ports `low`..`high`."""
@@ -245,8 +249,8 @@ class BrokerAddress:
     protocol: str = "tcp"
 
 
-@dataclass(frozen=True)
-class Broker:
+@lazy_frozen
+class Broker(LazyRecord):
     """What the transparent broker answers for the sandbox ([broker]); empty: no broker."""
 
     paths: tuple[BrokerPath, ...] = ()
@@ -256,8 +260,8 @@ class Broker:
         return bool(self.paths or self.connect)
 
 
-@dataclass(frozen=True)
-class Profile:
+@lazy_frozen
+class Profile(LazyRecord):
     """A flattened profile: everything a sandbox needs, extends and includes applied."""
 
     name: str

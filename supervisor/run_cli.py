@@ -1,7 +1,11 @@
 """`warden run [OPTIONS] -- PROGRAM [ARGS...]`: run a program in a sandbox, report how it ended.
 
-Only click is imported at start-up; the sandbox, the profile loader and the
-compiler load when the command runs, so `warden run` starts quickly.
+Plain arguments (`warden run [flags] -- PROGRAM ...`) are read by the lean
+parser generated from the option declarations (sandbox/options.py: LeanParser)
+and click is never imported; help, errors and anything unusual go through the
+click command `run_command`, made from the same declarations when first asked
+for. The sandbox, the profile loader and the compiler load when the command
+runs, so `warden run` starts quickly.
 """
 
 from __future__ import annotations
@@ -9,13 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import click
-
 from warden.errors import EXIT_SETUP, InvalidInput
-from warden.supervisor.sandbox.options import SandboxOptions, described, flag
+from warden.supervisor.sandbox.options import LeanParser, SandboxOptions, described, flag
 
 if TYPE_CHECKING:
     from warden.profiles.model import Profile
@@ -23,39 +24,78 @@ if TYPE_CHECKING:
     from warden.supervisor.sandbox import Sandbox, SandboxSpec, Status
 
 
-class _Size(click.ParamType):  # type: ignore[type-arg]
-    name = "SIZE"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int):
-            return value
-        from warden.supervisor.sandbox.spec import SpecError, parse_size
-
-        try:
-            return parse_size(str(value), flag(param.name) if param and param.name else "size")
-        except SpecError as e:
-            self.fail(str(e), param, ctx)
-
-
-SIZE = _Size()
-
-
-class OptionError(click.UsageError, InvalidInput):
-    """A bad option or profile: the sandbox cannot be set up, so EXIT_SETUP like a setup error."""
+class OptionError(InvalidInput):
+    """A bad option or profile: the sandbox cannot be set up, so EXIT_SETUP like a setup
+    error. click shows it as a usage error (run_command turns it into one)."""
 
     exit_code = EXIT_SETUP
 
 
-# The click type of each kind of sandbox option (warden.supervisor.sandbox.options).
-_TYPES: dict[str, Any] = {
-    "size": SIZE, "count": click.IntRange(min=1), "fd": click.IntRange(min=0),
-    "fds": click.IntRange(min=0), "id": int,
-    "seconds": click.FloatRange(min=0, min_open=True),
-}
+def _echo(message: str) -> None:
+    """A line on stderr as click.echo writes it (rare paths only: it imports click)."""
+    import click
+
+    click.echo(message, err=True)
 
 
-def sandbox_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one click option per SandboxOptions field, filling the field of the same name."""
+def _parse_size(text: str, option: str) -> int:
+    from warden.supervisor.sandbox.spec import parse_size
+
+    return parse_size(text, option)
+
+
+# -q/--quiet: the command's one flag that is not a sandbox option.
+_QUIET = {"-q": "quiet", "--quiet": "quiet"}
+LEAN = LeanParser(_QUIET, {"size": _parse_size})
+
+
+def _make_command() -> Any:
+    """The click command: one click option per SandboxOptions field, filling the field
+    of the same name, then -q and PROGRAM."""
+    import click
+
+    class _Size(click.ParamType):  # type: ignore[type-arg]
+        name = "SIZE"
+
+        def convert(self, value: Any, param: click.Parameter | None,
+                    ctx: click.Context | None) -> int:
+            if isinstance(value, int):
+                return value
+            from warden.supervisor.sandbox.spec import SpecError
+
+            try:
+                return _parse_size(str(value), flag(param.name) if param and param.name
+                                   else "size")
+            except SpecError as e:
+                self.fail(str(e), param, ctx)
+
+    class _UsageError(click.UsageError, InvalidInput):
+        exit_code = EXIT_SETUP
+
+    types: dict[str, Any] = {
+        "size": _Size(), "count": click.IntRange(min=1), "fd": click.IntRange(min=0),
+        "fds": click.IntRange(min=0), "id": int,
+        "seconds": click.FloatRange(min=0, min_open=True),
+    }
+
+    def command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
+        global _deferred
+        try:
+            if _deferred is not None:
+                # lean_main ran these arguments and met this error: say it, run nothing.
+                error, _deferred = _deferred, None
+                raise error
+            run(list(program), quiet, SandboxOptions(**fields))
+        except OptionError as e:
+            raise _UsageError(str(e)) from None
+
+    command.__doc__ = run.__doc__
+    # Decorators in the order the original stack applied them (bottom up): PROGRAM, -q,
+    # then the options last to first, so --help lists them as declared.
+    command = click.argument("program", nargs=-1, required=True,
+                             type=click.UNPROCESSED)(command)
+    command = click.option(*_QUIET, "quiet", is_flag=True,
+                           help="No status line on stderr.")(command)
     for name, o in reversed(described()):
         if o.kind == "api":
             continue
@@ -67,20 +107,53 @@ def sandbox_options(command: Callable[..., Any]) -> Callable[..., Any]:
             kw.update(flag_value=False, default=True)
         else:
             kw["multiple"] = o.kind in ("texts", "fds")
-            if o.kind in _TYPES:
-                kw["type"] = _TYPES[o.kind]
+            if o.kind in types:
+                kw["type"] = types[o.kind]
             default = SandboxOptions.__dataclass_fields__[name].default
             if default not in (None, ()):
                 kw.update(default=default, show_default=True)
         command = click.option(*decls, **kw)(command)
-    return command
+    return click.command("run", context_settings={"ignore_unknown_options": False})(command)
 
 
-@click.command("run", context_settings={"ignore_unknown_options": False})
-@sandbox_options
-@click.option("-q", "--quiet", is_flag=True, help="No status line on stderr.")
-@click.argument("program", nargs=-1, required=True, type=click.UNPROCESSED)
-def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
+def __getattr__(name: str) -> Any:
+    # run_command (the click command) is made on first use: `warden run` with plain
+    # arguments never imports click.
+    if name == "run_command":
+        value = globals()["run_command"] = _make_command()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# An OptionError lean_main met, for run_command to raise as click's usage error.
+_deferred: OptionError | None = None
+
+
+def lean_main(args: list[str]) -> bool:
+    """Run `warden run ARGS` without click if the lean parser reads ARGS exactly as
+    click would; False if click must parse them (then nothing was done, or the
+    error to show is waiting for run_command)."""
+    global _deferred
+    parsed = LEAN.parse(args)
+    if parsed is None:
+        return False
+    fields, program = parsed
+    quiet = bool(fields.pop("quiet", False))
+    try:
+        run(program, quiet, SandboxOptions(**fields))
+    except OptionError as e:
+        # click words it, with its usage line and exit code: it parses the same
+        # arguments again and run_command raises this error instead of running.
+        _deferred = e
+        return False
+    except (EOFError, KeyboardInterrupt):
+        _echo("")
+        _echo("Aborted!")  # as click's main does
+        sys.exit(1)
+    return True  # pragma: no cover - run() leaves through os._exit
+
+
+def run(program: list[str], quiet: bool, options: SandboxOptions) -> None:
     """Run PROGRAM in a sandbox under a profile; exit with its exit code.
 
     Exit codes: the program's own; 128+N when it died of signal N (159 for a
@@ -103,16 +176,15 @@ def run_command(program: tuple[str, ...], quiet: bool, **fields: Any) -> None:
       WARDEN_NO_CACHE    1: compile the profile's filter every time instead of
                          using ~/.cache/warden/seccomp
     """
-    options = SandboxOptions(**fields)
     if options.json_status is not None and options.json_status_fd is not None:
         raise OptionError(f"{flag('json_status')} and {flag('json_status_fd')}: give one of them")
-    status, out, records = _run(list(program), options)
+    status, out, records = _run(program, options)
     if out is not None:
         try:
             out.write(_status_json(status, records) + "\n")
         except OSError as e:
-            click.echo(f"warden: {out.what}: the status record could not be written: "
-                       f"{e.strerror}", err=True)
+            _echo(f"warden: {out.what}: the status record could not be written: "
+                  f"{e.strerror}")
             os._exit(EXIT_SETUP)
     if not quiet and status.complaints:
         _report_complaints(status, options.profile)
@@ -130,14 +202,13 @@ def _report(status: Status, profile: str) -> None:
     """The end of a run that did not end well, on stderr; after a seccomp kill, the
     call as a person reads it and how to allow it."""
     if status.violation is None or status.outcome.value != "seccomp_violation":
-        click.echo(f"warden: {status.describe()}", err=True)
+        _echo(f"warden: {status.describe()}")
         return
     from warden.supervisor.hints import call_text, how_to_allow
 
-    click.echo(f"warden: seccomp violation: {call_text(status.violation)}; sandbox killed",
-               err=True)
+    _echo(f"warden: seccomp violation: {call_text(status.violation)}; sandbox killed")
     for line in how_to_allow(status.violation, profile):
-        click.echo(f"warden: {line}", err=True)
+        _echo(f"warden: {line}")
 
 
 def _report_complaints(status: Status, profile: str) -> None:
@@ -147,9 +218,9 @@ def _report_complaints(status: Status, profile: str) -> None:
 
     for c in status.complaints:
         times = f" ({c.count} times)" if c.count > 1 else ""
-        click.echo(f"warden: refused (EPERM under --complain): {call_text(c)}{times}", err=True)
+        _echo(f"warden: refused (EPERM under --complain): {call_text(c)}{times}")
     for line in allow_all(status.complaints, profile):
-        click.echo(f"warden: {line}", err=True)
+        _echo(f"warden: {line}")
 
 
 class StatusOutput:
@@ -481,18 +552,26 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup,
     from warden.supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
 
     try:
-        from warden.profiles import ProfileError, load_profile
+        from warden.profiles.cache import ProfileLookup
+        from warden.profiles.errors import ProfileError
 
         try:
-            prof = load_profile(options.profile)
+            # Parsed, or from the parsed-profile cache when every file it rests on is
+            # as it was (warden.profiles.cache).
+            lookup = ProfileLookup(options.profile)
         except ProfileError as e:
             raise OptionError(f"{flag('profile')} {options.profile}: {e}") from None
+        prof = lookup.profile
         # With `--json-status -` stdout carries the record alone.
         stdio = (0, 2, 2) if options.json_status == "-" else (0, 1, 2)
         broker.add_profile(prof, options)  # its [broker] rules add to the options'
         if broker.active:
             prof = broker.profile(prof, options)
         spec = build_spec(argv, prof, options, stdio=stdio)
+        # A freshly parsed profile is kept unless this sandbox could reach the key or
+        # write the cache (the filter cache's rule).
+        lookup.keep([(b.source, b.writable) for b in spec.binds]
+                    + [(g.path, g.mode != "r") for g in spec.files])
         # Before the sandbox exists, so nothing it does can change what is opened.
         out = StatusOutput.open(spec, options.json_status, options.json_status_fd)
     except SpecError as e:
@@ -510,12 +589,12 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup,
     try:
         box = spawn(spec)
     except PreflightError as e:
-        click.echo(f"warden: {e}", err=True)
+        _echo(f"warden: {e}")
         sys.exit(PreflightError.exit_code)
     except SetupError as e:
         return e.status, out, records
     except OSError as e:
-        click.echo(f"warden: {e}", err=True)
+        _echo(f"warden: {e}")
         sys.exit(EXIT_SETUP)
     if broker.active:
         broker.attach(box)

@@ -50,7 +50,9 @@ def test_warden_run_loads_neither_asyncio_nor_the_profile_tools(tmp_path: Path) 
     got = json.loads(report.read_text())
     assert got["code"] == 0
     loaded = set(got["modules"])
-    assert "warden.supervisor.sandbox" in loaded and "warden.profiles.loader" in loaded
+    # The second run finds its parsed profile in the cache too: no loader, no parser.
+    assert "warden.supervisor.sandbox" in loaded and "warden.profiles.cache" in loaded
+    assert "warden.profiles.loader" not in loaded
     for heavy in ("asyncio", "warden.ipc", "msgspec", "warden.profiles.cli",
                   "warden.supervisor.core", "warden.supervisor.serve_cli", "pyseccomp",
                   "warden.profiles.compiler", "hashlib"):

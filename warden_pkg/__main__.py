@@ -1,5 +1,5 @@
 """`python -m warden` is the `warden` command."""
 
-from warden.supervisor.cli import main
+from warden.supervisor.cli import entry
 
-main()
+entry()

@@ -15,15 +15,55 @@ workers it forks) uses the steps in `warden.supervisor.sandbox.self_confine`; se
 docs/supervisor.md.
 """
 
-from warden.supervisor.sandbox import self_confine
-from warden.supervisor.sandbox.child import child_setup
-from warden.supervisor.sandbox.errors import SandboxError, SetupError
-from warden.supervisor.sandbox.handle import Sandbox
-from warden.supervisor.sandbox.launch import Launch, prepare, spawn
-from warden.supervisor.sandbox.options import SandboxOptions
-from warden.supervisor.sandbox.preflight import PreflightError
-from warden.supervisor.sandbox.spec import CHANNEL_FD, FileGrant, SandboxSpec, SpecError, build_spec
-from warden.supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from warden.supervisor.sandbox import self_confine
+    from warden.supervisor.sandbox.child import child_setup
+    from warden.supervisor.sandbox.errors import SandboxError, SetupError
+    from warden.supervisor.sandbox.handle import Sandbox
+    from warden.supervisor.sandbox.launch import Launch, prepare, spawn
+    from warden.supervisor.sandbox.options import SandboxOptions
+    from warden.supervisor.sandbox.preflight import PreflightError
+    from warden.supervisor.sandbox.spec import (
+        CHANNEL_FD,
+        FileGrant,
+        SandboxSpec,
+        SpecError,
+        build_spec,
+    )
+    from warden.supervisor.sandbox.status import Outcome, SetupFailure, Status, Violation
+
+# The public names load on first use (PEP 562): `warden run` reads its options
+# (sandbox.options) before it needs the launch machinery, and the serve config
+# reads them without it.
+_WHERE = {
+    "self_confine": "", "child_setup": "child", "SandboxError": "errors",
+    "SetupError": "errors", "Sandbox": "handle", "Launch": "launch", "prepare": "launch",
+    "spawn": "launch", "SandboxOptions": "options", "PreflightError": "preflight",
+    "CHANNEL_FD": "spec", "FileGrant": "spec", "SandboxSpec": "spec", "SpecError": "spec",
+    "build_spec": "spec", "Outcome": "status", "SetupFailure": "status", "Status": "status",
+    "Violation": "status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if where == "":
+        return importlib.import_module(f"{__name__}.{name}")
+    value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
 
 __all__ = [
     "CHANNEL_FD",

@@ -35,17 +35,44 @@ Kind = Literal[
 ]
 
 
-@dataclass(frozen=True)
 class Option:
-    """How one field is spelled outside Python."""
+    """How one field is spelled outside Python (read-only).
 
+    A plain class, not a dataclass: 33 of them are made whenever `warden run`
+    starts, and dataclass() would compile its methods for that (~0.7 ms)."""
+
+    __slots__ = ("flag", "help", "kind", "metavar", "sandbox", "serve", "short")
+    _ORDER = ("flag", "help", "kind", "metavar", "short", "serve", "sandbox")  # __init__'s
     flag: str                 # "--ro-bind"; "" for an API-only option
     help: str
-    kind: Kind = "text"
-    metavar: str | None = None
-    short: str | None = None  # "-p"
-    serve: bool = True        # a key of a serve program pool
-    sandbox: bool = True      # read by build_spec (False: where warden run reports)
+    kind: Kind
+    metavar: str | None
+    short: str | None         # "-p"
+    serve: bool               # a key of a serve program pool
+    sandbox: bool             # read by build_spec (False: where warden run reports)
+
+    def __init__(self, flag: str, help: str, kind: Kind = "text", metavar: str | None = None,
+                 short: str | None = None, serve: bool = True, sandbox: bool = True) -> None:
+        for name, value in zip(self._ORDER, (flag, help, kind, metavar, short, serve,
+                                                sandbox), strict=True):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self._ORDER)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Option.{name} is read-only")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(self._ORDER, self._values(),
+                                                       strict=True))
+        return f"Option({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other._values() if isinstance(other, Option) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
 
 
 def _opt(default: Any, flag: str, help: str, kind: Kind = "text", *, metavar: str | None = None,
@@ -181,3 +208,100 @@ def flag(name: str) -> str:
 
 
 _FLAGS = {name: o.flag or name for name, o in described()}
+
+
+# ---- the lean command-line parser ---------------------------------------------------
+#
+# `warden run` parses its flags with click, generated from the fields above. Importing
+# click (and what it pulls in: typing's friends, inspect, datetime, uuid, gettext) is
+# most of what `warden run` pays before its sandbox starts, so plain arguments go
+# through this small parser instead, made from the same declarations. It accepts only
+# what it reads exactly as click does: known flags spelled in full (--flag VALUE,
+# --flag=VALUE, -p VALUE; like click, the word after a flag that takes a value is
+# its value, whatever it looks like), then "--" and the program. Anything else
+# (help, an unknown or misspelled flag, a bad value, no "--") returns None and
+# click parses it, so every message stays click's.
+
+# A converter raises ValueError (or returns `_REFUSE`) when click would refuse the value.
+_REFUSE = object()
+
+
+def _int_at_least(low: int) -> Any:
+    def convert(text: str, flag: str) -> Any:
+        n = int(text)  # what click's INT and IntRange call
+        return _REFUSE if n < low else n
+    return convert
+
+
+def _seconds(text: str, flag: str) -> Any:
+    # click's FloatRange(min=0, min_open=True): float(), then refuses v <= 0 (so NaN passes).
+    v = float(text)
+    return _REFUSE if v <= 0 else v
+
+
+# Kind -> converter; "size" is given by the caller (it needs the sandbox's size syntax).
+LEAN_CONVERT: dict[str, Any] = {
+    "text": lambda text, flag: text,
+    "texts": lambda text, flag: text,
+    "count": _int_at_least(1),
+    "fd": _int_at_least(0),
+    "fds": _int_at_least(0),
+    "id": lambda text, flag: int(text),
+    "seconds": _seconds,
+}
+
+
+class LeanParser:
+    """Reads `OPTIONS -- PROGRAM ARGS...` as click reads it, or gives up (None).
+
+    `extra_flags` are the command's own boolean flags besides the options
+    (warden run's -q/--quiet): {spelling: parameter name}."""
+
+    def __init__(self, extra_flags: Mapping[str, str], convert: Mapping[str, Any]) -> None:
+        self.spellings: dict[str, tuple[str, Option | None]] = {}
+        for name, o in described():
+            if o.kind == "api":
+                continue
+            for spelling in (o.short, o.flag):
+                if spelling:
+                    self.spellings[spelling] = (name, o)
+        for spelling, name in extra_flags.items():
+            self.spellings[spelling] = (name, None)
+        self.convert = {**LEAN_CONVERT, **convert}
+
+    def parse(self, args: list[str]) -> tuple[dict[str, Any], list[str]] | None:
+        """({parameter name: value} of what was given, program argv), or None."""
+        values: dict[str, Any] = {}
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            i += 1
+            if arg == "--":
+                program = args[i:]
+                return (values, program) if program else None
+            spelling, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+            known = self.spellings.get(spelling)
+            if known is None:
+                return None
+            name, o = known
+            if o is None or o.kind in ("flag", "no-flag"):
+                if eq:
+                    return None  # click: "does not take a value"
+                values[name] = o is None or o.kind == "flag"
+                continue
+            if not eq:
+                if i == len(args):
+                    return None
+                inline = args[i]
+                i += 1
+            try:
+                value = self.convert[o.kind](inline, o.flag)
+            except (ValueError, OverflowError):
+                return None
+            if value is _REFUSE:
+                return None
+            if o.kind in ("texts", "fds"):
+                values[name] = (*values.get(name, ()), value)
+            else:
+                values[name] = value
+        return None  # no "--": click decides what the program is

@@ -16,7 +16,6 @@ from typing import Any
 
 from warden.errors import InvalidInput
 from warden.profiles.model import MAX_DATA_FILE_BYTES, SHM_DEST, Bind, Profile, Tmpfs, reserved_dest
-from warden.profiles.parser import size_bytes
 from warden.supervisor.sandbox import ids
 from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.fds import parse_grant
@@ -119,6 +118,8 @@ class SandboxSpec:
 
 def parse_size(text: str, option: str) -> int:
     """'512M', '2G', '65536' -> bytes (warden.profiles.parser.size_bytes, the one syntax)."""
+    from warden.profiles.parser import size_bytes  # here: `warden run` may not need the parser
+
     n = size_bytes(text)
     if n is None:
         raise SpecError(f"{option} {text!r}: expected a size such as 512M, 2G or 65536")

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import enum
 import signal
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from typing import Any
 
 from warden.errors import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP
+
+# Frozen dataclasses processed on first use (warden.profiles.records): a run that ends
+# well never makes the violation, complaint and setup-failure classes' methods.
+from warden.profiles.records import LazyRecord, lazy_frozen
 
 
 class Outcome(enum.Enum):
@@ -33,8 +37,8 @@ __all__ = ["EXIT_NOT_EXECUTABLE", "EXIT_NOT_FOUND", "EXIT_SETUP", "Outcome", "Se
            "Status", "Violation"]
 
 
-@dataclass(frozen=True)
-class Violation:
+@lazy_frozen
+class Violation(LazyRecord):
     """A system call the seccomp filter refused, as the kernel reported it to the supervisor."""
 
     syscall: str  # name, or "unknown(NR)"
@@ -47,8 +51,8 @@ class Violation:
     path: str | None = None
 
 
-@dataclass(frozen=True)
-class Complaint:
+@lazy_frozen
+class Complaint(LazyRecord):
     """A call the filter would have killed for, answered with EPERM under --complain:
     the first time it was made, and how many times in all."""
 
@@ -59,8 +63,8 @@ class Complaint:
     count: int
 
 
-@dataclass(frozen=True)
-class SetupFailure:
+@lazy_frozen
+class SetupFailure(LazyRecord):
     """A setup step in the child that the kernel refused."""
 
     step: str
@@ -68,8 +72,8 @@ class SetupFailure:
     message: str
 
 
-@dataclass(frozen=True)
-class Status:
+@lazy_frozen
+class Status(LazyRecord):
     """How a sandbox ended: one outcome, with the facts behind it."""
 
     outcome: Outcome
