@@ -6,8 +6,9 @@ host root kept at /oldroot; build the new root (a tmpfs) from /oldroot
 paths; pivot into the new root and detach the old one, so nothing of the
 host stays reachable. Read-only binds are made read-only recursively
 (mount_setattr), every bind gets nosuid and nodev, /proc is a fresh procfs
-of the new PID namespace, /dev holds five device binds and a size-capped
-/dev/shm tmpfs, and /tmp is a size-capped tmpfs. The root itself ends read-only.
+of the new PID namespace, /dev holds five device binds, a size-capped
+/dev/shm tmpfs and a private devpts at /dev/pts (with /dev/ptmx), and /tmp
+is a size-capped tmpfs. The root itself ends read-only.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from warden.supervisor.sandbox import _sys, hostpath
 from warden.supervisor.sandbox.errors import SandboxError
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
+PTY_MAX = 64  # pseudo-terminals a sandbox may hold open at once (its devpts "max")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 
@@ -587,6 +589,17 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes, shm_size:
     os.mkdir(dev + b"/shm", 0o755)
     _step("tmpfs /dev/shm", m, b"tmpfs", dev + b"/shm", b"tmpfs",
           _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=1777,size=%d" % shm_size)
+    # /dev/pts: a devpts instance of this sandbox's own (each devpts mount is a new
+    # instance since Linux 4.7; "newinstance" says so to older ones), which holds only
+    # the terminals the sandbox opens: none of the host's is even listed. ptmxmode:
+    # anyone in the sandbox may open a pair. No gid= option: the tty group (5) is
+    # not mapped in the sandbox's user namespace, and a gid it does not map makes
+    # the mount fail; a terminal belongs to the group of the process that opens it.
+    # max: a sandbox cannot take the pseudo-terminals every other one shares.
+    os.mkdir(dev + b"/pts", 0o755)
+    _step("devpts /dev/pts", m, b"devpts", dev + b"/pts", b"devpts",
+          _sys.MS_NOSUID | _sys.MS_NOEXEC, b"newinstance,ptmxmode=0666,mode=620,max=%d" % PTY_MAX)
+    os.symlink(b"pts/ptmx", dev + b"/ptmx")
     _step("read-only /dev", _readonly, dev)
 
     # Into the new root; stack the old one on it and detach it.
