@@ -138,6 +138,7 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         envp=tuple(os.fsencode(f"{k}={v}") for k, v in spec.env),
         search_path=path_dirs,
         seccomp_filter=spec.seccomp_filter,
+        guard_filter=spec.guard_filter,
         notify=spec.notify,
         last_cap=caps.parent_last_cap(),
         # As root, and after newgidmap (which leaves setgroups allowed), the

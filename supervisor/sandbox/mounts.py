@@ -34,6 +34,9 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
 class MountError(SandboxError, InvalidInput, OSError):
     """A mount step failed; `str()` names the path."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the sentence, without "[Errno N]"
+
 
 class MountOp(NamedTuple):
     """One prepared mount, with paths already encoded; built in the parent."""
@@ -51,7 +54,8 @@ class MountOp(NamedTuple):
     # that binds the path itself checks it found that same file.
     dev: int = 0
     ino: int = 0
-    # An idmapped bind (--ro-bind-owned): the source's owner is the sandbox's own id.
+    # An idmapped bind (--ro-bind-owned, --bind-owned): the source's owner is the
+    # sandbox's own id.
     owned: bool = False
 
 
@@ -110,7 +114,13 @@ def _idmap_userns(uid_map: bytes, gid_map: bytes) -> int:
             os.waitpid(pid, 0)
 
 
-def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str) -> None:
+def _plain(op: MountOp) -> str:
+    """The option binding it without owned, for an error's fix."""
+    return "--bind" if op.writable else "--ro-bind"
+
+
+def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str,
+           plain: str) -> None:
     """Make the detached tree an idmapped mount: the source's owner (uid, gid) appears
     as the sandbox's outer ids `ids`, which its user namespace maps to its own id."""
     # An id on disk is read as an id inside this namespace; the mount shows it as the
@@ -127,7 +137,7 @@ def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str) ->
             raise MountError(e.errno, f"{what}: this kernel or filesystem cannot make an "
                              f"idmapped mount ({os.strerror(e.errno)}; Linux 5.12+ and a "
                              "filesystem that supports them are needed, below every submount "
-                             "too): bind it with --ro-bind instead, and give the "
+                             f"too): bind it with {plain} instead, and give the "
                              "sandbox's uid access there (a fixed --outer-uid and chown, or an "
                              "ACL)") from None
         raise
@@ -165,9 +175,9 @@ def _resolve_source(op: MountOp, ids: tuple[int, int] | None = None) -> MountOp:
                 raise MountError(errno.EPERM, f"{what}: an idmapped mount needs root, and "
                                  f"{src} is owned by {st.st_uid}:{st.st_gid}, not by the "
                                  f"sandbox's outer ids {ids[0]}:{ids[1]}; bind it with "
-                                 "--ro-bind instead, or make it yours")
+                                 f"{_plain(op)} instead, or make it yours")
             try:
-                _idmap(tree, st, ids, what)
+                _idmap(tree, st, ids, what, _plain(op))
             except BaseException:
                 os.close(tree)
                 raise

@@ -100,6 +100,9 @@ class SandboxSpec:
     # zygote): the kernel refuses a new procfs where the old one is partly covered.
     mask_proc_keys: bool = True
     notify: bool = field(default=True)  # filter reports kill actions to the supervisor
+    # The guard stacked under the profile's filter (seccomp.parent_guard): set*id
+    # answers, and what a writable owned bind must refuse; b"" for none.
+    guard_filter: bytes = b""
     # Answer the calls the filter reports with EPERM and record them all, instead of
     # killing the sandbox at the first (--complain).
     complain: bool = False
@@ -228,7 +231,8 @@ def build_spec(
                                          for b in profile.filesystem.binds]
     for opt, items, writable, owned in ((flag("ro_binds"), o.ro_binds, False, False),
                                         (flag("binds"), o.binds, True, False),
-                                        (flag("owned_ro_binds"), o.owned_ro_binds, False, True)):
+                                        (flag("owned_ro_binds"), o.owned_ro_binds, False, True),
+                                        (flag("owned_binds"), o.owned_binds, True, True)):
         for text in items:
             src, dst = split_bind(text, f"{opt} {text}")
             all_binds.append((Bind(src, dst, writable=writable, owned=owned), f"{opt} {text}"))
@@ -245,14 +249,6 @@ def build_spec(
             raise SpecError(f"{what}: source {b.source} does not exist")
         if dest in seen:
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
-        if b.owned and b.writable:
-            # What the sandbox created there would belong to the owner outside, setuid
-            # bits included: a root-owned directory would take a setuid-root program.
-            raise SpecError(f"{what}: an owned (idmapped) bind is read-only: written to, "
-                            "it would let the sandbox leave setuid programs of the owner "
-                            "on the host; bind it read-write without owned, and give the "
-                            f"sandbox's uid access there ({flag('outer_uid')} and chown, or "
-                            "an ACL)")
         seen[dest] = what
         out_binds.append(Bind(b.source, dest, writable=b.writable, owned=b.owned))
     out_tmpfs: list[Tmpfs] = []
@@ -342,6 +338,8 @@ def build_spec(
     except ids.OuterIdError as e:
         raise SpecError(str(e)) from None
     ns_limits = _userns_limits(o.userns_limits or {})
+    owned_writable = [b for b in out_binds if b.owned and b.writable]
+    _owned_writable_limits(owned_writable, ns_limits)
     if o.memory and not o.memory_rlimit_only:
         _require_memory_cgroup(o.memory)
 
@@ -363,8 +361,11 @@ def build_spec(
                         "filter is loaded right before the program is executed; choose a "
                         "profile that allows execve (such as default)")
 
+    guard_filter = _guard(seccomp_filter, bool(owned_writable))
+
     return SandboxSpec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
+        guard_filter=guard_filter,
         binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), data_files=data_files,
         symlinks=symlinks, dirs=dirs, tmp_size_bytes=tmp, shm_size_bytes=shm, chdir=cwd,
         share_net=share, memory_bytes=mem, processes=procs, open_files=nofile,
@@ -376,6 +377,28 @@ def build_spec(
         userns_limits=ns_limits, memory_rlimit_only=o.memory_rlimit_only,
         notify=uses_notify(seccomp_filter), complain=_complain(o.complain, seccomp_filter),
     )
+
+
+def _owned_writable_limits(binds: Sequence[Bind], ns_limits: tuple[tuple[str, int], ...]
+                           ) -> None:
+    """A writable owned bind stays safe only while nothing in the sandbox can hold a
+    capability over its files: a nested user namespace would give CAP_FSETID and
+    CAP_SETFCAP there (a setuid bit kept on a write, a file capability for the
+    owner: root). Its user namespace keeps refusing nested ones."""
+    if binds and dict(ns_limits).get("max_user_namespaces", 0) > 0:
+        b = binds[0]
+        raise SpecError(f"writable owned bind {b.source} on {b.dest}: refused with "
+                        "userns_limits max_user_namespaces above 0 (a nested user namespace "
+                        "would hold capabilities over the owner's files); leave that limit "
+                        f"at 0, or bind it with {flag('binds')}")
+
+
+def _guard(seccomp_filter: bytes, owned_writable: bool) -> bytes:
+    """The guard filter stacked under the profile's (seccomp.parent_guard); b"" for none."""
+    from warden.supervisor.sandbox.seccomp import parent_guard
+    from warden.supervisor.sandbox.userns import INNER_ID
+
+    return parent_guard(seccomp_filter, own_id=INNER_ID, owned_writable=owned_writable)
 
 
 def _complain(complain: bool, seccomp_filter: bytes) -> bool:
