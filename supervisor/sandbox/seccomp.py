@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import itertools
 import os
 import stat
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from warden.errors import ChildFailed
+from warden.errors import ChildFailed, InvalidInput
 from warden.supervisor.sandbox import _sys
 from warden.supervisor.sandbox.errors import SandboxError
 
@@ -169,20 +171,56 @@ _S_IFMT = 0o170000  # (stat.S_IFMT is a function)
 _CREATING = tuple(f for f in (os.O_CREAT, getattr(os, "O_TMPFILE", 0) & ~os.O_DIRECTORY) if f)
 
 
-def parent_guard(profile_filter: bytes, *, own_id: int, owned_writable: bool) -> bytes:
-    """Parent, before any fork: the guard filter for a sandbox whose profile compiled to
-    `profile_filter` (raw BPF for child_prepare), or b"" when it needs none."""
-    policy = guard_policy(profile_filter, own_id=own_id, owned_writable=owned_writable)
+class GuardError(SandboxError, InvalidInput, ValueError):
+    """A sandbox the guard cannot make safe (a writable owned bind with nested user
+    namespaces); the message names the bind."""
+
+
+def check_owned_writable(binds: Sequence[tuple[str, str]],
+                         userns_limits: Sequence[tuple[str, int]]) -> None:
+    """A writable owned bind stays safe only while nothing in the sandbox can hold a
+    capability over its files: a nested user namespace would hold CAP_FSETID (a setuid
+    bit kept on a write) and CAP_SETFCAP (a file capability for the owner, root) there.
+    `binds`: (source, dest) of the writable owned binds."""
+    if binds and dict(userns_limits).get("max_user_namespaces", 0) > 0:
+        src, dest = binds[0]
+        raise GuardError(f"writable owned bind {src} on {dest}: refused with userns_limits "
+                         "max_user_namespaces above 0 (a nested user namespace would hold "
+                         "capabilities over the owner's files); leave that limit at 0, or "
+                         "bind it with --bind")
+
+
+def parent_guard(profile_filter: bytes, owned_writable: Sequence[tuple[str, str]] = (),
+                 userns_limits: Sequence[tuple[str, int]] = ()) -> bytes:
+    """Parent, before the clone, from the spec as launched: the guard filter for a
+    sandbox whose profile compiled to `profile_filter`, with these writable owned binds
+    ((source, dest)) and user-namespace limits; raw BPF for child_prepare, or b"" when
+    it needs none. Raises GuardError for what check_owned_writable refuses.
+
+    A sandbox that may hold nested user namespaces (a zygote: its workers are each
+    one) gets no set*id answers: the ids there are the nested namespaces' own, and the
+    workers' filters, stacked later, decide (an errno here would outrank their kills)."""
+    check_owned_writable(owned_writable, userns_limits)
+    nested = dict(userns_limits).get("max_user_namespaces", 0) > 0
+    return _guard_code(profile_filter, bool(owned_writable), not nested)
+
+
+@functools.lru_cache(maxsize=16)
+def _guard_code(profile_filter: bytes, owned_writable: bool, setid: bool) -> bytes:
+    from warden.supervisor.sandbox.userns import INNER_ID
+
+    policy = guard_policy(profile_filter, own_id=INNER_ID, owned_writable=owned_writable,
+                          setid=setid)
     return b"" if policy is None else assemble(policy)
 
 
-def guard_policy(profile_filter: bytes, *, own_id: int, owned_writable: bool
-                 ) -> SeccompPolicy | None:
+def guard_policy(profile_filter: bytes, *, own_id: int, owned_writable: bool,
+                 setid: bool = True) -> SeccompPolicy | None:
     """What the guard means, as a policy of the profile language (None: no guard).
 
     Two parts:
 
-    - set*id calls the profile allows, answered as the kernel answers an
+    - (with `setid`) set*id calls the profile allows, answered as the kernel answers an
       unprivileged process. The sandbox's user namespace maps one id, and the
       kernel checks that an id is mapped before it checks privilege, so
       setuid(0) gets EINVAL where a program expects EPERM. The guard answers
@@ -226,9 +264,12 @@ def guard_policy(profile_filter: bytes, *, own_id: int, owned_writable: bool
     def masked(index: int, mask: int, value: int | None = None) -> ArgCondition:
         return ArgCondition(index, ArgOp.MASKED_EQ, mask if value is None else value, mask)
 
-    for name, count in _SETID_CALLS:
+    from warden.profiles.bpf import decode
+
+    insns = decode(profile_filter) if setid else []
+    for name, count in _SETID_CALLS if setid else ():
         nr = syscalls.number(name)
-        if nr is None or not _allows(profile_filter, nr, (0,) * count):
+        if nr is None or not _allows(insns, nr, (0,) * count):
             continue
         rules.append(SyscallRule(name, eperm))
         # Each id its own or -1, in every combination.
@@ -251,12 +292,13 @@ def guard_policy(profile_filter: bytes, *, own_id: int, owned_writable: bool
     return SeccompPolicy(default_action=ALLOW, rules=tuple(rules), bad_arch_action=KILL_PROCESS)
 
 
-def _allows(bpf: bytes, nr: int, args: tuple[int, ...]) -> bool:
-    """Whether the filter lets this call through (its verdict, run by our interpreter)."""
-    from warden.profiles.bpf import evaluate
+def _allows(insns: Sequence[Any], nr: int, args: tuple[int, ...]) -> bool:
+    """Whether the decoded filter lets this call through (its verdict, run by our
+    interpreter)."""
+    from warden.profiles import bpf
 
-    ret = int(evaluate(bpf, nr, args, arch=_sys.AUDIT_ARCH))
-    return (ret & RET_ACTION_FULL) == 0x7FFF0000
+    ret = bpf.run(insns, bpf.seccomp_data(nr, args, arch=_sys.AUDIT_ARCH))
+    return (ret & RET_ACTION_FULL) == bpf.SECCOMP_RET_ALLOW
 
 
 def assemble(policy: SeccompPolicy) -> bytes:

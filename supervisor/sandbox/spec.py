@@ -100,9 +100,6 @@ class SandboxSpec:
     # zygote): the kernel refuses a new procfs where the old one is partly covered.
     mask_proc_keys: bool = True
     notify: bool = field(default=True)  # filter reports kill actions to the supervisor
-    # The guard stacked under the profile's filter (seccomp.parent_guard): set*id
-    # answers, and what a writable owned bind must refuse; b"" for none.
-    guard_filter: bytes = b""
     # Answer the calls the filter reports with EPERM and record them all, instead of
     # killing the sandbox at the first (--complain).
     complain: bool = False
@@ -361,11 +358,8 @@ def build_spec(
                         "filter is loaded right before the program is executed; choose a "
                         "profile that allows execve (such as default)")
 
-    guard_filter = _guard(seccomp_filter, bool(owned_writable))
-
     return SandboxSpec(
         argv=tuple(argv), profile=profile.name, seccomp_filter=seccomp_filter,
-        guard_filter=guard_filter,
         binds=tuple(out_binds), tmpfs=tuple(out_tmpfs), data_files=data_files,
         symlinks=symlinks, dirs=dirs, tmp_size_bytes=tmp, shm_size_bytes=shm, chdir=cwd,
         share_net=share, memory_bytes=mem, processes=procs, open_files=nofile,
@@ -381,24 +375,14 @@ def build_spec(
 
 def _owned_writable_limits(binds: Sequence[Bind], ns_limits: tuple[tuple[str, int], ...]
                            ) -> None:
-    """A writable owned bind stays safe only while nothing in the sandbox can hold a
-    capability over its files: a nested user namespace would give CAP_FSETID and
-    CAP_SETFCAP there (a setuid bit kept on a write, a file capability for the
-    owner: root). Its user namespace keeps refusing nested ones."""
-    if binds and dict(ns_limits).get("max_user_namespaces", 0) > 0:
-        b = binds[0]
-        raise SpecError(f"writable owned bind {b.source} on {b.dest}: refused with "
-                        "userns_limits max_user_namespaces above 0 (a nested user namespace "
-                        "would hold capabilities over the owner's files); leave that limit "
-                        f"at 0, or bind it with {flag('binds')}")
+    """Here, before anything starts, the check the launch makes again on the final
+    spec (seccomp.check_owned_writable)."""
+    from warden.supervisor.sandbox.seccomp import GuardError, check_owned_writable
 
-
-def _guard(seccomp_filter: bytes, owned_writable: bool) -> bytes:
-    """The guard filter stacked under the profile's (seccomp.parent_guard); b"" for none."""
-    from warden.supervisor.sandbox.seccomp import parent_guard
-    from warden.supervisor.sandbox.userns import INNER_ID
-
-    return parent_guard(seccomp_filter, own_id=INNER_ID, owned_writable=owned_writable)
+    try:
+        check_owned_writable(tuple((b.source, b.dest) for b in binds), ns_limits)
+    except GuardError as e:
+        raise SpecError(str(e)) from None
 
 
 def _complain(complain: bool, seccomp_filter: bytes) -> bool:
