@@ -137,6 +137,8 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     listener_fd = step(S.LISTENER_SLOT, fds.child_lowest_free)
     execute = step(S.EXEC, _prepare_exec, plan.argv, plan.envp, plan.search_path)
     filt = step(S.SECCOMP_PREPARE, seccomp.child_prepare, plan.seccomp_filter, plan.notify)
+    guard = (step(S.SECCOMP_GUARD_PREPARE, seccomp.child_prepare, plan.guard_filter, False)
+             if plan.guard_filter else None)
     # Only now wait for the parent to have moved this process into its cgroup:
     # moving waits for an RCU grace period, which the work above overlaps. The
     # workload, forked below, is born in the cgroup.
@@ -152,7 +154,7 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
     step(S.BLOCK_SIGNALS, pidns.child_block_signals)  # no SIGCHLD lost before the wait loop
     pid = step(S.PIDNS, pidns.child_fork_workload)
     if pid == 0:
-        _workload(plan, step, execute, filt, ruleset_fd)
+        _workload(plan, step, execute, filt, guard, ruleset_fd)
     # The workload has exec'ed, or died during its setup (having said why on
     # sock_fd, which the parent reads first). Either way init now waits for it
     # like for any end; only the listener needs handing over.
@@ -164,7 +166,8 @@ def child_setup(plan: Plan, sock_fd: int, status_fd: int) -> NoReturn:
 
 
 def _workload(plan: Plan, step: _Steps, execute: _sys.PreparedExec,
-              filt: seccomp.PreparedFilter, ruleset_fd: int) -> NoReturn:
+              filt: seccomp.PreparedFilter, guard: seccomp.PreparedFilter | None,
+              ruleset_fd: int) -> NoReturn:
     """C: what only the workload may carry, from its signal mask to exec.
 
     Everything both init and the workload must have (rlimits, fd map,
@@ -175,6 +178,8 @@ def _workload(plan: Plan, step: _Steps, execute: _sys.PreparedExec,
     if ruleset_fd >= 0:
         step(S.LANDLOCK, landlock.child_restrict, ruleset_fd)
     step(S.LATE_RLIMITS, limits.child_rlimits, plan.late_rlimits)
+    if guard is not None:  # first: the profile's filter, loaded after it, owns the listener
+        step(S.SECCOMP_GUARD, seccomp.child_load, guard)
     step(S.SECCOMP, seccomp.child_load, filt)
     err = execute()
     os._exit(EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_NOT_EXECUTABLE)

@@ -33,6 +33,7 @@ from warden.supervisor.sandbox import (
     landlock,
     limits,
     mounts,
+    seccomp,
     userns,
 )
 from warden.supervisor.sandbox.child import _stage_a, child_setup, clone_init, report
@@ -138,6 +139,9 @@ def _plan(spec: SandboxSpec, limiter: limits.Limiter, pairs: tuple[tuple[int, in
         envp=tuple(os.fsencode(f"{k}={v}") for k, v in spec.env),
         search_path=path_dirs,
         seccomp_filter=spec.seccomp_filter,
+        guard_filter=seccomp.parent_guard(
+            spec.seccomp_filter, tuple((b.source, b.dest) for b in spec.binds
+                                       if b.owned and b.writable), spec.userns_limits),
         notify=spec.notify,
         last_cap=caps.parent_last_cap(),
         # As root, and after newgidmap (which leaves setgroups allowed), the

@@ -6,8 +6,9 @@ host root kept at /oldroot; build the new root (a tmpfs) from /oldroot
 paths; pivot into the new root and detach the old one, so nothing of the
 host stays reachable. Read-only binds are made read-only recursively
 (mount_setattr), every bind gets nosuid and nodev, /proc is a fresh procfs
-of the new PID namespace, /dev holds five device binds and a size-capped
-/dev/shm tmpfs, and /tmp is a size-capped tmpfs. The root itself ends read-only.
+of the new PID namespace, /dev holds five device binds, a size-capped
+/dev/shm tmpfs and a private devpts at /dev/pts (with /dev/ptmx), and /tmp
+is a size-capped tmpfs. The root itself ends read-only.
 """
 
 from __future__ import annotations
@@ -25,12 +26,16 @@ from warden.supervisor.sandbox import _sys, hostpath
 from warden.supervisor.sandbox.errors import SandboxError
 
 DEV_NODES = ("null", "zero", "full", "random", "urandom")
+PTY_MAX = 64  # pseudo-terminals a sandbox may hold open at once (its devpts "max")
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"))
 
 
 class MountError(SandboxError, InvalidInput, OSError):
     """A mount step failed; `str()` names the path."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the sentence, without "[Errno N]"
 
 
 class MountOp(NamedTuple):
@@ -49,7 +54,8 @@ class MountOp(NamedTuple):
     # that binds the path itself checks it found that same file.
     dev: int = 0
     ino: int = 0
-    # An idmapped bind (--ro-bind-owned): the source's owner is the sandbox's own id.
+    # An idmapped bind (--ro-bind-owned, --bind-owned): the source's owner is the
+    # sandbox's own id.
     owned: bool = False
 
 
@@ -108,7 +114,13 @@ def _idmap_userns(uid_map: bytes, gid_map: bytes) -> int:
             os.waitpid(pid, 0)
 
 
-def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str) -> None:
+def _plain(op: MountOp) -> str:
+    """The option binding it without owned, for an error's fix."""
+    return "--bind" if op.writable else "--ro-bind"
+
+
+def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str,
+           plain: str) -> None:
     """Make the detached tree an idmapped mount: the source's owner (uid, gid) appears
     as the sandbox's outer ids `ids`, which its user namespace maps to its own id."""
     # An id on disk is read as an id inside this namespace; the mount shows it as the
@@ -125,7 +137,7 @@ def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str) ->
             raise MountError(e.errno, f"{what}: this kernel or filesystem cannot make an "
                              f"idmapped mount ({os.strerror(e.errno)}; Linux 5.12+ and a "
                              "filesystem that supports them are needed, below every submount "
-                             "too): bind it with --ro-bind instead, and give the "
+                             f"too): bind it with {plain} instead, and give the "
                              "sandbox's uid access there (a fixed --outer-uid and chown, or an "
                              "ACL)") from None
         raise
@@ -163,9 +175,9 @@ def _resolve_source(op: MountOp, ids: tuple[int, int] | None = None) -> MountOp:
                 raise MountError(errno.EPERM, f"{what}: an idmapped mount needs root, and "
                                  f"{src} is owned by {st.st_uid}:{st.st_gid}, not by the "
                                  f"sandbox's outer ids {ids[0]}:{ids[1]}; bind it with "
-                                 "--ro-bind instead, or make it yours")
+                                 f"{_plain(op)} instead, or make it yours")
             try:
-                _idmap(tree, st, ids, what)
+                _idmap(tree, st, ids, what, _plain(op))
             except BaseException:
                 os.close(tree)
                 raise
@@ -587,6 +599,17 @@ def _setup_root(ops: tuple[MountOp, ...], tmp_size: int, chdir: bytes, shm_size:
     os.mkdir(dev + b"/shm", 0o755)
     _step("tmpfs /dev/shm", m, b"tmpfs", dev + b"/shm", b"tmpfs",
           _sys.MS_NOSUID | _sys.MS_NODEV, b"mode=1777,size=%d" % shm_size)
+    # /dev/pts: a devpts instance of this sandbox's own (each devpts mount is a new
+    # instance since Linux 4.7; "newinstance" says so to older ones), which holds only
+    # the terminals the sandbox opens: none of the host's is even listed. ptmxmode:
+    # anyone in the sandbox may open a pair. No gid= option: the tty group (5) is
+    # not mapped in the sandbox's user namespace, and a gid it does not map makes
+    # the mount fail; a terminal belongs to the group of the process that opens it.
+    # max: a sandbox cannot take the pseudo-terminals every other one shares.
+    os.mkdir(dev + b"/pts", 0o755)
+    _step("devpts /dev/pts", m, b"devpts", dev + b"/pts", b"devpts",
+          _sys.MS_NOSUID | _sys.MS_NOEXEC, b"newinstance,ptmxmode=0666,mode=620,max=%d" % PTY_MAX)
+    os.symlink(b"pts/ptmx", dev + b"/ptmx")
     _step("read-only /dev", _readonly, dev)
 
     # Into the new root; stack the old one on it and detach it.

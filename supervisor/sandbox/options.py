@@ -81,7 +81,7 @@ def _opt(default: Any, flag: str, help: str, kind: Kind = "text", *, metavar: st
                                                              serve, sandbox)})
 
 
-_TUPLES = ("ro_binds", "binds", "owned_ro_binds", "tmpfs", "ro_bind_data",
+_TUPLES = ("ro_binds", "binds", "owned_ro_binds", "owned_binds", "tmpfs", "ro_bind_data",
            "symlinks", "dirs", "pass_fds", "files", "env", "keep_env")
 _BROKER_TUPLES = ("broker_read", "broker_write", "broker_connect")
 
@@ -105,6 +105,11 @@ class SandboxOptions:
         (), "--ro-bind-owned", "Bind SRC read-only with SRC's owner as the sandbox's own "
         "uid (an idmapped mount: its owner-only files become readable; git trusts a "
         "repository there).", "texts", metavar="SRC[:DST]")
+    owned_binds: tuple[str, ...] = _opt(
+        (), "--bind-owned", "Bind SRC read-write with SRC's owner as the sandbox's own uid "
+        "(an idmapped mount: what the sandbox creates there belongs to SRC's owner; such a "
+        "sandbox may not set set-id bits, make devices or hard links).", "texts",
+        metavar="SRC[:DST]")
     tmpfs: tuple[str, ...] = _opt((), "--tmpfs", "Mount an empty tmpfs at DST (anywhere "
                                   "but /proc and /dev; /dev/shm replaces the built-in one).",
                                   "texts", metavar="DST")

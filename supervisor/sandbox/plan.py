@@ -30,6 +30,7 @@ class Plan(NamedTuple):
     envp: tuple[bytes, ...]
     search_path: tuple[bytes, ...]
     seccomp_filter: bytes
+    guard_filter: bytes  # stacked under seccomp_filter (seccomp.parent_guard), or b""
     notify: bool
     last_cap: int
     drop_groups: bool  # drop the supplementary groups (setgroups is allowed: root, subids)

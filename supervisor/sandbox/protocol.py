@@ -62,6 +62,7 @@ class SetupStep(enum.Enum):
     LISTENER_SLOT = "listener_slot"        # init: where the workload's listener will land
     EXEC = "exec"                          # init: the program found and its exec prepared
     SECCOMP_PREPARE = "seccomp_prepare"    # init: the filter's load prepared
+    SECCOMP_GUARD_PREPARE = "seccomp_guard_prepare"  # init: the guard's load, where there is one
     CGROUP = "cgroup"                      # parent: moves the init into its cgroup
     AWAIT_CGROUP = "await_cgroup"          # init: waits for that
     CGROUPNS = "cgroupns"                  # init: a cgroup namespace rooted there
@@ -77,6 +78,7 @@ class SetupStep(enum.Enum):
     PROCESS_GROUP = "process_group"        # workload: its own process group
     LANDLOCK = "landlock"                  # workload: the ruleset enforced
     LATE_RLIMITS = "late_rlimits"          # workload: RLIMIT_AS/NOFILE/FSIZE/MSGQUEUE
+    SECCOMP_GUARD = "seccomp_guard"        # workload: the guard, stacked under the filter
     SECCOMP = "seccomp"                    # workload: the filter, last before exec
     LISTENER = "listener"                  # init: hands the listener to the parent
     CLOSE_FDS_INIT = "close_fds_init"      # init: keeps only its status pipe

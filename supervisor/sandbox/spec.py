@@ -229,7 +229,8 @@ def build_spec(
                                          for b in profile.filesystem.binds]
     for opt, items, writable, owned in ((flag("ro_binds"), o.ro_binds, False, False),
                                         (flag("binds"), o.binds, True, False),
-                                        (flag("owned_ro_binds"), o.owned_ro_binds, False, True)):
+                                        (flag("owned_ro_binds"), o.owned_ro_binds, False, True),
+                                        (flag("owned_binds"), o.owned_binds, True, True)):
         for text in items:
             src, dst = split_bind(text, f"{opt} {text}")
             all_binds.append((Bind(src, dst, writable=writable, owned=owned), f"{opt} {text}"))
@@ -246,14 +247,6 @@ def build_spec(
             raise SpecError(f"{what}: source {b.source} does not exist")
         if dest in seen:
             raise SpecError(f"{what}: destination {dest} is already used by {seen[dest]}")
-        if b.owned and b.writable:
-            # What the sandbox created there would belong to the owner outside, setuid
-            # bits included: a root-owned directory would take a setuid-root program.
-            raise SpecError(f"{what}: an owned (idmapped) bind is read-only: written to, "
-                            "it would let the sandbox leave setuid programs of the owner "
-                            "on the host; bind it read-write without owned, and give the "
-                            f"sandbox's uid access there ({flag('outer_uid')} and chown, or "
-                            "an ACL)")
         seen[dest] = what
         out_binds.append(Bind(b.source, dest, writable=b.writable, owned=b.owned))
     out_tmpfs: list[Tmpfs] = []
@@ -343,6 +336,8 @@ def build_spec(
     except ids.OuterIdError as e:
         raise SpecError(str(e)) from None
     ns_limits = _userns_limits(o.userns_limits or {})
+    owned_writable = [b for b in out_binds if b.owned and b.writable]
+    _owned_writable_limits(owned_writable, ns_limits)
     if o.memory and not o.memory_rlimit_only:
         _require_memory_cgroup(o.memory)
 
@@ -377,6 +372,18 @@ def build_spec(
         userns_limits=ns_limits, memory_rlimit_only=o.memory_rlimit_only,
         notify=uses_notify(seccomp_filter), complain=_complain(o.complain, seccomp_filter),
     )
+
+
+def _owned_writable_limits(binds: Sequence[Bind], ns_limits: tuple[tuple[str, int], ...]
+                           ) -> None:
+    """Here, before anything starts, the check the launch makes again on the final
+    spec (seccomp.check_owned_writable)."""
+    from warden.supervisor.sandbox.seccomp import GuardError, check_owned_writable
+
+    try:
+        check_owned_writable(tuple((b.source, b.dest) for b in binds), ns_limits)
+    except GuardError as e:
+        raise SpecError(str(e)) from None
 
 
 def _complain(complain: bool, seccomp_filter: bytes) -> bool:

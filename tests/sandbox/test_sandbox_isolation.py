@@ -67,7 +67,7 @@ def test_binds_are_readonly_nosuid_nodev() -> None:
 def test_dev_holds_only_the_five_nodes() -> None:
     r = py("import os, json; print(json.dumps(sorted(os.listdir('/dev'))))")
     assert r.json() == sorted(["null", "zero", "full", "random", "urandom", "fd", "stdin",
-                               "stdout", "stderr", "shm"])
+                               "stdout", "stderr", "shm", "pts", "ptmx"])
     r = run(["/bin/sh", "-c", "head -c 4 /dev/urandom | wc -c; echo x > /dev/null && echo ok"])
     assert r.out.split() == ["4", "ok"]
 
