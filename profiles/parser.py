@@ -41,7 +41,7 @@ SECCOMP_KEYS = ("default-action", "bad-arch-action", "allow", "deny", "deny-acti
                 "rules")
 RULE_KEYS = ("syscall", "action", "args", "why")
 NAMESPACE_KEYS = ("user", "pid", "mount", "net", "ipc", "uts", "cgroup")
-FILESYSTEM_KEYS = ("ro", "rw", "ro-owned", "tmpfs", "symlinks", "dirs", "data-files",
+FILESYSTEM_KEYS = ("ro", "rw", "ro-owned", "rw-owned", "tmpfs", "symlinks", "dirs", "data-files",
                    "tmp-size", "chdir")
 BIND_KEYS = ("source", "dest", "optional")
 TMPFS_KEYS = ("dest", "size")
@@ -554,10 +554,10 @@ def _filesystem(ctx: _Context, layer: Layer, table: dict[str, object]) -> None:
                       expected="one entry per destination")
         seen[clean] = f"{_dotted(path)} (line {ctx.loc.value(path)[0]})"
 
-    # ro-owned: read-only binds on which the source's owner is the sandbox's uid
-    # (idmapped, as root: see docs/sandbox.md).
+    # ro-owned, rw-owned: binds on which the source's owner is the sandbox's uid
+    # (idmapped, as root; rw-owned behind the guard filter: see docs/sandbox.md).
     for key, writable, owned in (("ro", False, False), ("rw", True, False),
-                                 ("ro-owned", False, True)):
+                                 ("ro-owned", False, True), ("rw-owned", True, True)):
         if key in table:
             items = table[key]
             if not isinstance(items, list):

@@ -242,3 +242,26 @@ def test_a_profile_object_carries_a_writable_owned_bind() -> None:
     r = run(["/bin/sh", "-c", "echo hi > /w/made"], profile=prof)
     assert r.status.exit_code == 0, r.err
     assert _owner(os.path.join(d, "made")) == _owner(d)
+
+
+def test_a_profile_declares_writable_owned_binds_as_rw_owned() -> None:
+    """`rw-owned` in a profile file is `--bind-owned`: writable, the owner's inside, what
+    the sandbox makes belongs to the owner outside, and the guard still refuses set-id
+    modes on it (the file stays without its setuid bit)."""
+    from warden.profiles import load_profile
+
+    d = world_dir()
+    prof = os.path.join(world_dir(), "rw-owned.toml")
+    with open(prof, "w") as f:
+        f.write(f'extends = "default"\n[filesystem]\nrw-owned = [{{ source = "{d}", '
+                'dest = "/w" }]\n')
+    p = load_profile(prof)
+    assert [b for b in p.filesystem.binds if b.dest == "/w"] == [
+        Bind(d, "/w", writable=True, owned=True)]
+    r = run(["/bin/sh", "-c", "echo hi > /w/made; chmod 4755 /w/made; echo rc=$?"],
+            profile=p, bpf=None)
+    assert r.status.exit_code == 0, r.err
+    assert r.out.strip().endswith("rc=1"), r.out  # chmod refused (EPERM)
+    made = os.path.join(d, "made")
+    assert _owner(made) == _owner(d)
+    assert not os.stat(made).st_mode & 0o6000
