@@ -18,26 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.broker.web import PAGE, serving
+from tests.broker.web import PAGE, PROGRAM, PY, serving
 from tests.interpreter import PYTHON, python_env
 from warden.errors import EXIT_SETUP
-
-PY = "/usr/bin/python3"  # the sandbox's own interpreter (the default profile binds /usr)
-
-# Reports each attempt as a line: what it read or fetched, or the errno it got.
-PROGRAM = """
-import errno, socket, sys, urllib.request
-def attempt(what, f):
-    try:
-        print(what, "ok", f())
-    except OSError as e:
-        e = getattr(e, "reason", e)
-        print(what, "failed", errno.errorcode.get(getattr(e, "errno", 0) or 0, repr(e)))
-for path in sys.argv[1].split(","):
-    attempt("open", lambda: open(path).read().strip())
-for url in sys.argv[2].split(","):
-    attempt("fetch", lambda: urllib.request.urlopen(url, timeout=20).read().decode())
-"""
 
 
 @pytest.fixture

@@ -10,6 +10,25 @@ from collections.abc import Iterator
 
 PAGE = b"served on the host side"
 
+PY = "/usr/bin/python3"  # the sandbox's own interpreter (the default profile binds /usr)
+
+# An unmodified program: argv[1] paths to open and argv[2] URLs to fetch (each
+# comma-separated, either may be empty); one line per attempt: what it read or
+# fetched, or the errno it got.
+PROGRAM = """
+import errno, sys, urllib.request
+def attempt(what, f):
+    try:
+        print(what, "ok", f())
+    except OSError as e:
+        e = getattr(e, "reason", e)
+        print(what, "failed", errno.errorcode.get(getattr(e, "errno", 0) or 0, repr(e)))
+for path in filter(None, sys.argv[1].split(",")):
+    attempt("open", lambda: open(path).read().strip())
+for url in filter(None, sys.argv[2].split(",")):
+    attempt("fetch", lambda: urllib.request.urlopen(url, timeout=20).read().decode())
+"""
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
