@@ -104,6 +104,7 @@ class WorkerHandle(metaclass=NoPublicConstructor):
     # each call another turn of the loop).
     _in_flight: int
     _cut_short: bool
+    _kill_sent: bool
     # Set by the supervisor: what to do with a reply a caller's check refused (kill the
     # worker and report it, as for a bad message on the channel).
     _on_bad_message: Callable[[ipc.BadMessage], None]
@@ -124,6 +125,7 @@ class WorkerHandle(metaclass=NoPublicConstructor):
         self._watched = ()
         self._has_channel = True
         self._asked_to_end = self._hung_up = self._cut_short = False
+        self._kill_sent = False  # the supervisor has decided its end: it takes no more calls
         self._in_flight = 0
 
     def __repr__(self) -> str:
@@ -141,8 +143,9 @@ class WorkerHandle(metaclass=NoPublicConstructor):
 
     @property
     def alive(self) -> bool:
-        """Running, with its channel open: a worker that can take a call."""
-        if self._done.done():
+        """Running, with its channel open, not being killed: a worker that can take a
+        call (a SIGKILLed worker stays `running` until the kernel reports its end)."""
+        if self._done.done() or self._kill_sent:
             return False
         return not (self._has_channel and self.channel.closed)
 
@@ -156,6 +159,7 @@ class WorkerHandle(metaclass=NoPublicConstructor):
         self._kill_for(Outcome.KILLED, reason)
 
     def _kill_for(self, outcome: Outcome, reason: str) -> None:
+        self._kill_sent = True
         self._process.kill(outcome, reason)
         if not self._done.done():
             self._on_killed()

@@ -250,3 +250,27 @@ def test_queued_calls_keep_their_order_errors_and_deadlines() -> None:
             with pytest.raises(PoolError, match="is closed"):
                 await pool.call("square", 1)
     run(main())
+
+
+def test_a_killed_worker_takes_no_call_and_is_not_counted_before_its_end() -> None:
+    """Between the SIGKILL and the kernel's report of the end, a worker is `running` but
+    not `alive`: the pool neither counts it (status, `full()`) nor hands it a call, so a
+    kill decided on one channel (a broker cut-off, a bad reply) cannot be raced by a
+    reply on another channel into a pool that looks whole."""
+    async def main() -> None:
+        async with sup() as s:
+            pool = await s.pool(Calc, CALC, size=2, profile="python-worker", restart=FAST)
+            victim = next(iter(pool.workers.values()))
+            victim.kill("killed by the test")
+            assert victim.running and not victim.alive
+            assert pool.status()["alive"] == 1
+            # Calls made now go to the other worker or a replacement, never the victim.
+            assert await asyncio.gather(*(pool.call("square", i) for i in range(40))) == \
+                [i * i for i in range(40)]
+            assert await pool.full()
+            assert victim.id not in pool.workers and victim.status is not None
+            assert victim.status.outcome is Outcome.KILLED
+            assert victim.status.reason == "killed by the test"
+            await pool.aclose()
+            assert zombie_children() == []
+    run(main())
