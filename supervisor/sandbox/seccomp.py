@@ -159,6 +159,8 @@ def child_load(filt: PreparedFilter) -> None:
 _SETID_CALLS = (("setuid", 1), ("setgid", 1), ("setreuid", 2), ("setregid", 2),
                 ("setresuid", 3), ("setresgid", 3))
 _NO_CHANGE = 0xFFFFFFFF  # (uid_t)-1: "leave this id as it is"
+# The chown calls, with the index of the uid argument (the gid follows it).
+_CHOWN_CALLS = (("chown", 1), ("fchown", 1), ("lchown", 1), ("fchownat", 2))
 
 # Calls taking a mode, with the index of the mode argument.
 _MODE_CALLS = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2),
@@ -228,6 +230,8 @@ def guard_policy(profile_filter: bytes, *, own_id: int, owned_writable: bool,
       handles itself (setuid(-1) stays EINVAL, as everywhere). setgroups
       needs CAP_SETGID in any case (EPERM from the kernel), and
       setfsuid/setfsgid report the old id without failing: neither needs it.
+      The chown family's owner and group get the same answers (EPERM for
+      an id other than `own_id` or -1; the kernel then judges the file).
       A call the profile does not allow is left to the profile (a kill stays
       a kill).
     - with a writable owned (idmapped) bind: nothing the sandbox leaves behind
@@ -276,6 +280,16 @@ def guard_policy(profile_filter: bytes, *, own_id: int, owned_writable: bool,
         for ids in itertools.product((own_id, _NO_CHANGE), repeat=count):
             rules.append(SyscallRule(name, ALLOW, tuple(
                 ArgCondition(i, ArgOp.EQ, v) for i, v in enumerate(ids))))
+    for name, uid_at in _CHOWN_CALLS if setid else ():
+        # The same for an owner or group given to chown: the kernel would say EINVAL
+        # for an id the namespace cannot map, where an unprivileged process gets EPERM.
+        nr = syscalls.number(name)
+        if nr is None or not _allows(insns, nr, (0,) * (uid_at + 2)):
+            continue
+        rules.append(SyscallRule(name, eperm))
+        for ids in itertools.product((own_id, _NO_CHANGE), repeat=2):
+            rules.append(SyscallRule(name, ALLOW, tuple(
+                ArgCondition(uid_at + i, ArgOp.EQ, v) for i, v in enumerate(ids))))
     if owned_writable:
         for name, mode in _MODE_CALLS:
             rules.extend(SyscallRule(name, eperm, (masked(mode, bit),)) for bit in _SETID_BITS)

@@ -1,4 +1,4 @@
-"""set*id calls answer as the kernel answers any unprivileged process.
+"""set*id and chown calls answer as the kernel answers any unprivileged process.
 
 The sandbox's user namespace maps one id (1000 inside), and the kernel checks
 that an id is mapped before it checks privilege: setuid(0) would get EINVAL,
@@ -57,11 +57,25 @@ out = [
     libc.setfsgid(keep) == me,
     os.getresuid() == (me,) * 3, os.getresgid() == (me,) * 3,
 ]
+# The chown family on a file of its own: another owner or group is EPERM, its own
+# ids and -1 are the kernel's to judge (ok).
+import tempfile
+fd, name = tempfile.mkstemp()
+dfd = os.open(os.path.dirname(name), os.O_RDONLY)
+base = os.path.basename(name)
+out += [
+    call(os.chown, name, 0, keep), call(os.chown, name, keep, 0),
+    call(os.chown, name, other, keep), call(os.lchown, name, 0, keep),
+    call(os.fchown, fd, keep, other), call(lambda: os.chown(base, 0, 0, dir_fd=dfd)),
+    call(os.chown, name, me, me), call(os.fchown, fd, keep, keep),
+]
+os.unlink(name)
 print(json.dumps(out))
 """
 
 SETID = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid")
-EXPECTED = ["EPERM"] * 14 + ["ok"] * 8 + ["EINVAL"] + [True] * 6
+CHOWN = ("chown", "fchown", "lchown", "fchownat")
+EXPECTED = ["EPERM"] * 14 + ["ok"] * 8 + ["EINVAL"] + [True] * 6 + ["EPERM"] * 6 + ["ok"] * 2
 
 
 def _outside() -> list[object]:
@@ -109,8 +123,9 @@ def test_strict_and_python_worker_get_no_guard(name: str) -> None:
 
 
 def test_a_sandbox_gets_the_guard_only_where_needed() -> None:
-    none = filter_notifying(*SETID)
+    none = filter_notifying(*SETID, *CHOWN)
     assert parent_guard(none) == b""
+    assert parent_guard(filter_notifying(*SETID))  # chown allowed: its part alone
     assert parent_guard(PERMISSIVE)
     assert parent_guard(none, (("/src", "/w"),))  # the owned bind's part alone
     # A sandbox hosting nested user namespaces (a zygote: each worker is one) gets no
