@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 
 from warden.errors import ChildFailed
 from warden.supervisor.sandbox import _sys
+from warden.supervisor.sandbox.calltext import PATH_ARG
 from warden.supervisor.sandbox.errors import SandboxError
 from warden.supervisor.sandbox.lowlevel import wait_readable
 from warden.supervisor.sandbox.status import Violation
@@ -183,19 +184,6 @@ def read_string(pid: int, addr: int, limit: int) -> bytes | None:
         if len(part) < chunk:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT))
     return None
-
-
-# Which argument of a path-taking call holds the path (x86_64 names).
-PATH_ARG = {
-    "open": 0, "creat": 0, "openat": 1, "openat2": 1, "execve": 0, "execveat": 1,
-    "stat": 0, "lstat": 0, "newfstatat": 1, "statx": 1, "access": 0, "faccessat": 1,
-    "faccessat2": 1, "readlink": 0, "readlinkat": 1, "unlink": 0, "unlinkat": 1,
-    "mkdir": 0, "mkdirat": 1, "rmdir": 0, "chdir": 0, "chmod": 0, "fchmodat": 1,
-    "chown": 0, "lchown": 0, "fchownat": 1, "truncate": 0, "mknod": 0, "mknodat": 1,
-    "rename": 0, "renameat": 1, "renameat2": 1, "link": 0, "linkat": 1, "symlink": 1,
-    "symlinkat": 2, "utimensat": 1, "chroot": 0, "mount": 1, "umount2": 0,
-    "pivot_root": 0, "swapon": 0, "acct": 0,
-}
 
 
 def violation_path(fd: int, n: Notification, v: Violation) -> str | None:

@@ -120,7 +120,7 @@ class Status(LazyRecord):
         if o is Outcome.SIGNALED and self.signal is not None:
             return f"killed by signal {signal.Signals(self.signal).name}"
         if o is Outcome.SECCOMP_VIOLATION and self.violation is not None:
-            v = self.violation
-            args = ", ".join(hex(a) for a in v.args)
-            return f"seccomp violation: {v.syscall}({args}); sandbox killed"
+            from warden.supervisor.sandbox.calltext import call_text  # only when killed
+
+            return f"seccomp violation: {call_text(self.violation)}; sandbox killed"
         return f"{o.value}: {self.reason}" if self.reason else o.value
