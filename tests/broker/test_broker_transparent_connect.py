@@ -7,16 +7,15 @@ import contextlib
 import errno
 import select
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.broker.harness import errname, run
+from tests.broker.web import GREETING, greeter
 from warden.supervisor.broker.addresses import AddressRule
 from warden.supervisor.broker.policy import AuditRecord, Policy
 
-GREETING = b"hello from the host side"
 # Short: a sun_path holds 108 bytes, less than the test directories' names.
 UNIX_PATH = "/nonexistent-warden-broker/sock"
 
@@ -24,27 +23,8 @@ UNIX_PATH = "/nonexistent-warden-broker/sock"
 @pytest.fixture
 def server() -> Iterator[int]:
     """A TCP server on 127.0.0.1 that greets each connection; its port."""
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(16)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            if not select.select([lsock], [], [], 0.1)[0]:
-                continue
-            conn, _addr = lsock.accept()
-            with conn:
-                conn.sendall(GREETING)
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield lsock.getsockname()[1]
-    finally:
-        stop.set()
-        t.join()
-        lsock.close()
+    with greeter() as port:
+        yield port
 
 
 def try_connect(family: int, addr: object, kind: int = socket.SOCK_STREAM,

@@ -13,15 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
-import select
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.broker.broker_workers import Brokered
+from tests.broker.web import GREETING as HOST_GREETING
+from tests.broker.web import greeter
 from tests.supervisor.util import METHODS, eventually, run
 from warden import ipc
 from warden.supervisor import Supervisor, WorkerDied
@@ -34,33 +33,8 @@ from warden.supervisor.sandbox import Outcome
 TARGET = "tests.broker.broker_workers:BrokeredImpl"
 PRELOAD = ("tests.broker.broker_workers",)
 PROFILE = "python-worker"
-GREETING = "greetings from the host"
+GREETING = HOST_GREETING.decode()
 FAST = RestartPolicy("on-failure", backoff=0.01, max_backoff=0.05, crash_loop_limit=50)
-
-
-@contextlib.contextmanager
-def greeter() -> Iterator[int]:
-    """A host-side TCP server on 127.0.0.1 sending GREETING to each connection."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(64)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            if select.select([lsock], [], [], 0.05)[0]:
-                conn, _ = lsock.accept()
-                with conn:
-                    conn.sendall(GREETING.encode())
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        yield lsock.getsockname()[1]
-    finally:
-        stop.set()
-        t.join()
-        lsock.close()
 
 
 def tree(root: Path, name: str) -> Path:

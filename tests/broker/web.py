@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import select
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -53,3 +55,32 @@ def serving() -> Iterator[int]:
         srv.shutdown()
         srv.server_close()
         t.join()
+
+
+GREETING = b"hello from the host side"
+
+
+@contextlib.contextmanager
+def greeter() -> Iterator[int]:
+    """A host-side TCP server on 127.0.0.1 sending GREETING to each connection, while
+    the block runs; yields its port."""
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if select.select([lsock], [], [], 0.05)[0]:
+                conn, _addr = lsock.accept()
+                with conn:
+                    conn.sendall(GREETING)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield lsock.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        lsock.close()
