@@ -134,6 +134,14 @@ def enabled() -> bool:
     return os.environ.get(DISABLE_VAR, "") in ("", "0")
 
 
+def _hash_sources(h: blake2b, names: Iterable[str]) -> None:
+    """Add each of this package's source files `names` (name and contents) to `h`."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    for name in names:
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read())
+
+
 @functools.cache
 def _toolchain() -> bytes | None:
     """What, besides the policy, decides the filter: libseccomp (version, native
@@ -145,10 +153,7 @@ def _toolchain() -> bytes | None:
         major, minor, micro = libseccomp.version()
         h.update(f"libseccomp {major}.{minor}.{micro} arch {libseccomp.native_arch():#x}\n"
                  .encode())
-        here = os.path.dirname(os.path.realpath(__file__))
-        for name in _SOURCES:
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+        _hash_sources(h, _SOURCES)
     except (OSError, AttributeError, RuntimeError):
         return None
     return h.digest()
@@ -556,11 +561,8 @@ def profile_key(name_or_path: str) -> str | None:
     if toolchain is None:
         return None
     try:
-        here = os.path.dirname(os.path.realpath(__file__))
         h = blake2b(toolchain + PROFILE_MAGIC, digest_size=32)
-        for name in _PROFILE_SOURCES:
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+        _hash_sources(h, _PROFILE_SOURCES)
         where = (name_or_path, os.getcwd(), os.environ.get("WARDEN_PROFILE_PATH"),
                  os.environ.get("XDG_CONFIG_HOME"), os.path.expanduser("~"))
     except OSError:
@@ -683,23 +685,6 @@ class _Decoder:
             obj.__dict__.update([(n, v[n]) for n in names])
             return obj
         return cls(**v)
-
-
-def decode_model(data: object, classes: dict[str, type] | None = None) -> object:
-    """The inverse of encode_model (see _Decoder); `classes` default to the model's."""
-    d = _Decoder(classes)
-
-    def walk(v: object) -> object:
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        if isinstance(v, dict):
-            return d.object({k: walk(x) for k, x in v.items()})
-        return v
-
-    out = walk(data)
-    if isinstance(out, dict):
-        raise _Undecodable("not a model object")
-    return d.value(out)
 
 
 def loads_model(raw: bytes, classes: dict[str, type] | None = None) -> object:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from warden.profiles import cache, load_profile, model
-from warden.profiles.cache import CacheWarning, ProfileLookup, decode_model, encode_model
+from warden.profiles.cache import CacheWarning, ProfileLookup, encode_model, loads_model
 
 
 @pytest.fixture()
@@ -194,7 +194,7 @@ def test_the_codec_follows_the_models_fields() -> None:
     """Derived from the dataclass fields: every model class round-trips, and a field
     added to the model later needs no change to the cache."""
     prof = load_profile("default")
-    assert decode_model(json.loads(json.dumps(encode_model(prof)))) == prof
+    assert loads_model(json.dumps(encode_model(prof)).encode()) == prof
     # A model with one more field (as a later version adds one, with a default).
     Limits2 = dataclasses.make_dataclass(
         "Limits", [("stack_bytes", "int | None", dataclasses.field(default=None))],
@@ -206,7 +206,7 @@ def test_the_codec_follows_the_models_fields() -> None:
                "Limits": Limits2, "Profile": Profile2}
     newer = Profile2(name="x", source="<test>", limits=Limits2(memory_bytes=5, stack_bytes=7),
                      labels=("a", "b"))
-    back = decode_model(json.loads(json.dumps(encode_model(newer))), classes)
+    back = loads_model(json.dumps(encode_model(newer)).encode(), classes)
     assert back == newer and type(back) is Profile2
     assert back.limits.stack_bytes == 7 and back.labels == ("a", "b")  # type: ignore[attr-defined]
     # An entry written before the field existed decodes with its default.
@@ -214,7 +214,7 @@ def test_the_codec_follows_the_models_fields() -> None:
     older = encode_model(plain)
     assert isinstance(older, dict)
     del older["labels"]
-    assert decode_model(older, classes) == plain
+    assert loads_model(json.dumps(older).encode(), classes) == plain
 
 
 def test_warden_run_parses_once_and_then_never_loads_the_parser(
