@@ -52,6 +52,15 @@ def exiting(pid: int) -> bool:
     return state in (b"Z", b"X", b"x") or bool(flags & _PF_EXITING)
 
 
+def hasten_end(pid: int) -> None:
+    """After its SIGKILL: the highest CPU weight the kernel lets us give `pid`, so its end
+    (do_exit: unmapping memory, closing files) is not queued behind the busy siblings it
+    shares a CPU group with (a zygote's workers share one). It runs no code of its own
+    any more. Needs CAP_SYS_NICE (root); without it nothing changes."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, -20)
+
+
 def first_child(pid: int) -> int | None:
     """The oldest live child of `pid`'s main thread (a sandbox init's workload), or None."""
     try:
@@ -299,6 +308,7 @@ class ForkedProcess(WorkerProcess):
             self.cause = (outcome, reason)
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            hasten_end(self.pid)
 
     def send_signal(self, sig: int) -> None:
         if self.status is None:

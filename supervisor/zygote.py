@@ -55,7 +55,7 @@ from warden.profiles.model import Profile
 from warden.supervisor import zygote_messages as zm
 from warden.supervisor.errors import ZygoteError
 from warden.supervisor.policy import resolve_profile
-from warden.supervisor.process import WorkerProcess, status_from_wait
+from warden.supervisor.process import WorkerProcess, hasten_end, status_from_wait
 from warden.supervisor.python_spec import PythonSpecs
 from warden.supervisor.sandbox import Outcome, Sandbox, Status
 from warden.supervisor.sandbox.lowlevel import wait_readable
@@ -128,6 +128,7 @@ class ZygoteProcess(WorkerProcess):
         if self.pidfd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                hasten_end(self.pid)
         else:
             self.client.send(zm.Kill(pid=self.zpid))
 

@@ -11,7 +11,17 @@ nothing in the sandbox ever runs outside it.
 - cgroup v2: in `$WARDEN_CGROUP` if set, else in the supervisor's own
   cgroup, which must be writable with memory and pids enabled for its
   children (a delegated subtree; see docs/sandbox.md).
-- cgroup v1: the memory and pids hierarchies, when writable (root).
+- cgroup v1: the memory and pids hierarchies, when writable (root), and the
+  cpu hierarchy when it is writable too.
+
+A sandbox in a cgroup is also one entity to the CPU scheduler, weighing what one
+ordinary process does (cgroup v2's cpu.weight 100 when the controller is
+enabled; v1's cpu.shares 1024): however many processes it runs, and however
+many sandboxes a supervisor starts, none takes more than one process's share
+from the supervisor or a sibling. Without it each sandbox's own session is an
+autogroup of its own (kernel.sched_autogroup_enabled), as heavy as the host's
+whole session: 200 busy workers left the supervisor 1/201 of the CPU, and a
+bad frame waited ~250 ms to be read.
 - rlimits: RLIMIT_NPROC for processes, counted per user namespace by the
   kernel (5.14+), so per sandbox. Memory is then NOT held as one limit: the
   sandbox's processes together, memfds, pipes and socket buffers can exceed
@@ -224,6 +234,8 @@ class CgroupV2(Limiter):
         if os.path.exists(f"{self.dir}/memory.swap.max"):
             _write(f"{self.dir}/memory.swap.max", "0")
         _write(f"{self.dir}/pids.max", str(self.spec.processes))
+        if os.path.exists(f"{self.dir}/cpu.weight"):  # one process's weight (the default)
+            _write(f"{self.dir}/cpu.weight", "100")
 
     def clone_into_fd(self) -> int:
         return self._dir_fd
@@ -254,18 +266,26 @@ class CgroupV2(Limiter):
 class CgroupV1(Limiter):
     mechanism = "cgroup-v1"
 
-    def __init__(self, spec: SandboxSpec, mem_dir: str, pids_dir: str) -> None:
+    def __init__(self, spec: SandboxSpec, mem_dir: str, pids_dir: str,
+                 cpu_dir: str | None = None) -> None:
         super().__init__(spec)
         sweep(mem_dir)
         sweep(pids_dir)
         name = _name()
         self.mem = os.path.join(mem_dir, name)
         self.pids = os.path.join(pids_dir, name)
+        self.cpu: str | None = None
+        if cpu_dir is not None:
+            sweep(cpu_dir)
+            self.cpu = os.path.join(cpu_dir, name)
 
     def create(self) -> None:
         try:
             os.mkdir(self.mem, 0o755)
             os.mkdir(self.pids, 0o755)
+            if self.cpu is not None:  # one process's weight for the whole sandbox
+                os.mkdir(self.cpu, 0o755)
+                _write(f"{self.cpu}/cpu.shares", "1024")
             _write(f"{self.mem}/memory.limit_in_bytes", str(self.spec.memory_bytes))
             if os.path.exists(f"{self.mem}/memory.memsw.limit_in_bytes"):
                 _write(f"{self.mem}/memory.memsw.limit_in_bytes", str(self.spec.memory_bytes))
@@ -280,6 +300,8 @@ class CgroupV1(Limiter):
         # and does not wait again. The init builds its root meanwhile.
         _write(f"{self.mem}/cgroup.procs", str(pid))
         _write(f"{self.pids}/cgroup.procs", str(pid))
+        if self.cpu is not None:
+            _write(f"{self.cpu}/cgroup.procs", str(pid))
 
     def usage(self) -> Usage:
         peak = _read(f"{self.mem}/memory.max_usage_in_bytes").strip()
@@ -293,6 +315,8 @@ class CgroupV1(Limiter):
     def destroy(self) -> None:
         _rmdir(self.mem)
         _rmdir(self.pids)
+        if self.cpu is not None:
+            _rmdir(self.cpu)
 
 
 def _rmdir(path: str) -> None:
@@ -322,16 +346,19 @@ def _v2_parent(mounts: dict[str, str], own_all: dict[str, str]) -> str | None:
     return None
 
 
-def _v1_dirs(mounts: dict[str, str], own: dict[str, str]) -> tuple[str, str] | None:
+def _v1_dirs(mounts: dict[str, str], own: dict[str, str]
+             ) -> tuple[str, str, str | None] | None:
+    """The memory and pids hierarchies' directories (both needed), and the cpu one's
+    when it is writable too (else None: the sandbox is then no CPU group of its own)."""
     found: dict[str, str] = {}
     for mnt, opts in mounts.items():
-        for ctrl in ("memory", "pids"):
+        for ctrl in ("memory", "pids", "cpu"):
             if ctrl in opts.split(","):
                 d = os.path.normpath(mnt + own.get(ctrl, "/"))
-                if os.access(d, os.W_OK):
+                if os.access(d, os.W_OK) and os.path.exists(f"{d}/cgroup.procs"):
                     found[ctrl] = d
     if "memory" in found and "pids" in found:
-        return found["memory"], found["pids"]
+        return found["memory"], found["pids"], found.get("cpu")
     return None
 
 

@@ -143,6 +143,11 @@ def _act(what: str, arg: int) -> int:
         os.write(worker_main.CHANNEL_FD, b"\xff" * 40)
         time.sleep(5)
         return 0
+    if what == "burn":  # arg ms of CPU, then answer: a busy worker
+        end = time.monotonic_ns() + arg * 1_000_000
+        while time.monotonic_ns() < end:
+            pass
+        return arg
     if what == "half_frame":  # a frame claiming more than it holds
         os.write(worker_main.CHANNEL_FD, b"\x01")
         time.sleep(5)
