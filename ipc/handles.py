@@ -272,8 +272,13 @@ class SealedMemory(Handle):
             return "expected a sealed memfd, got a file that does not support seals"
         if seals & REQUIRED_SEALS != REQUIRED_SEALS:
             return "expected a sealed memfd, got one missing F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE"
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & os.O_PATH:
             return "expected a sealed memfd, got an O_PATH fd"
+        if flags & os.O_ACCMODE not in (os.O_RDONLY, os.O_RDWR):
+            # A memfd reopened through /proc/self/fd/N with O_WRONLY keeps its seals but
+            # cannot be mapped or read: the kind promises bytes to read.
+            return f"expected a sealed memfd open for reading, got a {_access(flags)} fd"
         return None
 
     @classmethod

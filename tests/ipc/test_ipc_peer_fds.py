@@ -138,6 +138,20 @@ def test_kernel_objects_that_are_no_declared_kind_are_refused(odd: str) -> None:
         assert out.reason.reason.startswith(f"fd 0 ({name}): expected "), out.reason
 
 
+def test_a_write_only_sealed_memfd_is_not_sealed_memory() -> None:
+    """Reopened through /proc with O_WRONLY, a sealed memfd keeps its seals but cannot be
+    mapped: it passed the seal check and failed in the handler's map()."""
+    mem = ipc.SealedMemory.from_bytes(b"payload")
+    fd = os.open(f"/proc/self/fd/{mem.fileno()}", os.O_WRONLY | os.O_CLOEXEC)
+    mem.close()
+    out = run_hostile(lambda: [(call("digest", 1, {}), [fd]), GARBAGE])
+    assert isinstance(out.reason, ipc.BadMessage)
+    assert (out.reason.method, out.reason.field, out.reason.reason) == (
+        "digest", "mem", "fd 0 (mem): expected a sealed memfd open for reading, got a "
+        "write-only fd",
+    )
+
+
 def test_a_plain_fd_for_a_method_that_declares_none(tmp_path: Path) -> None:
     """fds on a call, or a one-way message, whose method takes none: refused, closed."""
     out = run_hostile(lambda: [(call("whoami", 1, {}), [tmpfile(tmp_path, "f")])])
