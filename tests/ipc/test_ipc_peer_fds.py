@@ -42,10 +42,13 @@ class Recording(ServiceImpl):
 
 
 def _bound_socket_path(tmp_path: Path) -> tuple[socket.socket, str]:
-    path = str(tmp_path / "s")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    listener.bind(path)
-    return listener, path
+    dir_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # through the directory's fd: a long tmp_path would be over sun_path's 108 bytes
+        listener.bind(f"/proc/self/fd/{dir_fd}/s")
+    finally:
+        os.close(dir_fd)
+    return listener, str(tmp_path / "s")
 
 
 def test_an_o_path_directory_is_not_a_directory(tmp_path: Path) -> None:
