@@ -207,6 +207,18 @@ class WriteFile(Handle):
         return os.fdopen(self.detach(), "wb")
 
 
+def _o_path(fd: int, what: str) -> str | None:
+    """The reason an O_PATH fd is refused as `what`, or None when `fd` is not one.
+
+    fstat works on an O_PATH fd and reports the inode's type, so a kind checked by file type
+    alone would accept one: a directory that cannot be listed, a socket's inode on disk that
+    is no socket at all. Every kind refuses it.
+    """
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+        return f"expected {what}, got an O_PATH fd"
+    return None
+
+
 class Directory(Handle):
     """A directory fd (for openat-style access under it)."""
 
@@ -218,7 +230,7 @@ class Directory(Handle):
         st = os.fstat(fd)
         if not stat.S_ISDIR(st.st_mode):
             return f"expected a directory, got {_describe(st.st_mode)}"
-        return None
+        return _o_path(fd, "a directory")
 
 
 class Socket(Handle):
@@ -232,7 +244,7 @@ class Socket(Handle):
         st = os.fstat(fd)
         if not stat.S_ISSOCK(st.st_mode):
             return f"expected a socket, got {_describe(st.st_mode)}"
-        return None
+        return _o_path(fd, "a socket")
 
     def socket(self) -> socket.socket:
         """A socket object that takes over the fd."""
@@ -260,8 +272,13 @@ class SealedMemory(Handle):
             return "expected a sealed memfd, got a file that does not support seals"
         if seals & REQUIRED_SEALS != REQUIRED_SEALS:
             return "expected a sealed memfd, got one missing F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_WRITE"
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_PATH:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & os.O_PATH:
             return "expected a sealed memfd, got an O_PATH fd"
+        if flags & os.O_ACCMODE not in (os.O_RDONLY, os.O_RDWR):
+            # A memfd reopened through /proc/self/fd/N with O_WRONLY keeps its seals but
+            # cannot be mapped or read: the kind promises bytes to read.
+            return f"expected a sealed memfd open for reading, got a {_access(flags)} fd"
         return None
 
     @classmethod
@@ -325,6 +342,9 @@ def _seqpacket_unix(fd: int) -> str | None:
     st = os.fstat(fd)
     if not stat.S_ISSOCK(st.st_mode):
         return f"expected a channel endpoint, got {_describe(st.st_mode)}"
+    problem = _o_path(fd, "a channel endpoint")
+    if problem is not None:
+        return problem
     probe = socket.socket(fileno=os.dup(fd))
     try:
         family, kind = probe.family, probe.type

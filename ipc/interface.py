@@ -10,6 +10,7 @@ and overrides the methods; it adds no new ones.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import re
 import typing
@@ -79,6 +80,13 @@ def handle_type(annotation: Any) -> tuple[type[Handle], type[Interface] | None] 
             raise InterfaceError(f"{annotation} must name an Interface class")
         return origin, iface
     if isinstance(annotation, type) and issubclass(annotation, Handle):
+        if annotation is Handle:
+            # The base checks nothing: any fd at all (a FIFO, an epoll or a seccomp
+            # listener fd) would reach the handler, the fd counterpart of `Any`.
+            raise InterfaceError(
+                "ipc.Handle accepts an fd of any kind; declare the kind it must be "
+                "(ipc.ReadFile, ipc.Directory, ipc.Socket, ...)"
+            )
         if issubclass(annotation, _Endpoint):
             raise InterfaceError(
                 f"{annotation.__name__} must name its interface, e.g. {annotation.__name__}[Foo]"
@@ -129,6 +137,8 @@ def _check_type(
     seen = {} if seen is None else seen
     if isinstance(t, _SCALARS):
         _refuse_pattern(getattr(t, "pattern", None), where)
+        if isinstance(t, mi.EnumType):
+            _refuse_open_flag(t.cls, where)
         return 0
     if isinstance(t, mi.Metadata):  # Annotated with schema-only metadata (title=, extra=...)
         return _check_type(t.type, where, path, seen)
@@ -149,11 +159,14 @@ def _check_type(
             )
         return seen[t.cls]
     if isinstance(t, _ARRAYS):
+        if isinstance(t, (mi.SetType, mi.FrozenSetType)):
+            _refuse_steerable_hash(t.item_type, f"{where}: a set of", "list")
         return _nest([_check_type(t.item_type, where, path, seen)])
     if isinstance(t, mi.TupleType):
         return _nest([_check_type(sub, where, path, seen) for sub in t.item_types])
     if isinstance(t, (mi.DictType, mi.FrozenDictType)):
         key, value = t.key_type, t.value_type
+        _refuse_steerable_hash(key, f"{where}: a dict keyed by", "list of pairs")
         return _nest([_check_type(key, where, path, seen), _check_type(value, where, path, seen)])
     if isinstance(t, mi.UnionType):
         depths = [_check_type(sub, where, path, seen) for sub in t.types]
@@ -185,6 +198,82 @@ def _check_type(
         f"{where}: {name} is not a type the decoder checks; use a frozen msgspec Struct with "
         f"forbid_unknown_fields=True"
     )
+
+
+def _refuse_open_flag(cls: type, where: str) -> None:
+    """A Flag enum decodes any int unless its boundary is STRICT.
+
+    msgspec builds a flag as ``cls(value)``; IntFlag's default boundary (KEEP) turns an
+    undefined bit such as 1024 into a member-less flag instead of an error, so the declared
+    members would not bound what reaches the handler.
+    """
+    if issubclass(cls, enum.Flag) and getattr(cls, "_boundary_", None) is not enum.STRICT:
+        raise InterfaceError(
+            f"{where}: flag enum {cls.__name__} accepts undefined bits (boundary "
+            f"{getattr(cls, '_boundary_', None)}); declare it with boundary=enum.STRICT"
+        )
+
+
+# Leaves whose hash is a deterministic function of the value over a domain too large to
+# enumerate. One such value alone collides with few others (an int with the ~12 others of
+# its class modulo 2**61-1); two or more in one key (a tuple, a frozen struct, a frozenset)
+# are mixed by an unkeyed, invertible function, so a peer can solve for as many keys with
+# one hash as a frame holds.
+_NUMERIC = (mi.IntType, mi.FloatType, mi.TimeDeltaType)
+# Steerable even alone: a 128-bit int (UUID) or an arbitrary-precision number (Decimal)
+# reduced modulo 2**61-1 has as many colliding values as the peer wants.
+_STEERABLE = (mi.UUIDType, mi.DecimalType)
+_MANY = 2  # a variadic container counts as two leaves of its item type
+
+
+def _numeric_leaves(t: mi.Type, inside: tuple[type, ...] = ()) -> int:
+    """How many deterministically hashed leaves a key of type `t` can hold (capped)."""
+    if isinstance(t, mi.Metadata):
+        return _numeric_leaves(t.type, inside)
+    if isinstance(t, _STEERABLE):
+        return _MANY
+    if isinstance(t, _NUMERIC):
+        return 1
+    if isinstance(t, mi.UnionType):
+        return max((_numeric_leaves(sub, inside) for sub in t.types), default=0)
+    if isinstance(t, mi.TupleType):
+        return min(_MANY, sum(_numeric_leaves(sub, inside) for sub in t.item_types))
+    if isinstance(t, (mi.VarTupleType, mi.FrozenSetType)):
+        return _MANY if _numeric_leaves(t.item_type, inside) else 0
+    if isinstance(t, mi.StructType):
+        if t.cls in inside:  # a recursive struct: counted at its first level
+            return 0
+        sub = (*inside, t.cls)
+        return min(_MANY, sum(_numeric_leaves(f.type, sub) for f in t.fields))
+    return 0  # str, bytes, datetime/date/time (randomised hashes), bool, None, Literal, Enum
+
+
+def _refuse_steerable_hash(key: mi.Type, what: str, instead: str) -> None:
+    """Refuse hashed containers whose keys a peer can make collide in one bucket.
+
+    Building a set or dict of n values that share one hash costs n*n/2 comparisons: about
+    3000 UUIDs fit in a 128 KiB frame and take seconds to decode, during which the event loop
+    (every other channel) is stalled. str, bytes and datetime hashes are keyed per process
+    (PYTHONHASHSEED), so a peer cannot aim them.
+    """
+    if _numeric_leaves(key) >= _MANY:
+        raise InterfaceError(
+            f"{what} {_type_name(key)} is refused: a peer can choose many values with one "
+            f"hash and make decoding it quadratic, stalling the loop; declare a {instead} "
+            f"(or key by str)"
+        )
+
+
+_KEY_NAMES = {mi.TupleType: "tuple", mi.VarTupleType: "tuple", mi.FrozenSetType: "frozenset",
+              mi.UUIDType: "UUID", mi.DecimalType: "Decimal"}
+
+
+def _type_name(t: mi.Type) -> str:
+    if isinstance(t, mi.Metadata):
+        return _type_name(t.type)
+    if type(t) in _KEY_NAMES:
+        return _KEY_NAMES[type(t)]
+    return getattr(getattr(t, "cls", None), "__name__", type(t).__name__)
 
 
 def _nest(depths: list[int]) -> int:

@@ -13,13 +13,14 @@ and only then wraps the fds into handles and moves the protocol state. Any failu
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 import msgspec
 
 from warden.ipc.channel import NO_FDS, Carried
-from warden.ipc.errors import BadMessage, CutOff, FrameTooLarge
+from warden.ipc.errors import BadMessage, CutOff, FrameTooLarge, printable
 from warden.ipc.handles import FdAccount, Handle, SealedMemory, _Endpoint, fd_to_int
 from warden.ipc.interface import HandleParam, Interface, MethodSpec
 from warden.ipc.limits import Limits
@@ -48,6 +49,36 @@ Event = tuple[int, MethodSpec, int, Any]
 
 
 _CONTAINERS = (msgspec.Struct, list, tuple, dict, set, frozenset)
+
+# A payload path as msgspec writes one: declared field names, indices, `[...]` for dict
+# entries. Nothing else (no space, backtick or control character) is a path.
+_PATH = re.compile(r"\$(?:\.[^.\[\]`\s]+|\[(?:\d+|\.\.\.)\])*")
+_UNKNOWN_FIELD = "Object contains unknown field `"
+_KEY_AT = re.compile(r" - at `key` in `(\$[^`]*)`$")
+
+
+def payload_field(message: str, payload: bytes | memoryview) -> str | None:
+    """The path a validation error names (``$.size``), such that the peer cannot forge it.
+
+    msgspec quotes an unknown field's name as the peer sent it, and names no path when the
+    field is in the top-level map: a name such as ``x` - at `$.size`` there would read as
+    an error at ``$.size`` (and put whatever the peer likes into the record and the log
+    line built from it). So an unknown field is attributed to ``$`` when it is a key of the
+    top-level map, and whatever is not a path as msgspec writes them is no field at all.
+    A dict key that fails is reported at the dict (msgspec: "at `key` in `$.d`").
+    """
+    if message.startswith(_UNKNOWN_FIELD):
+        try:
+            top = msgspec.msgpack.decode(payload)
+        except Exception:  # not even generic msgpack (too deep, unhashable keys): unattributed
+            return None
+        if isinstance(top, dict) and any(
+            isinstance(k, str) and message == f"{_UNKNOWN_FIELD}{k}`" for k in top
+        ):
+            return "$"
+    key = _KEY_AT.search(message)  # a dict key failed: the field is the dict
+    field = key.group(1) if key else error_field(message)
+    return field if field is not None and _PATH.fullmatch(field) else None
 
 
 def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
@@ -138,7 +169,7 @@ class Session:
             return decoder.decode(data)
         except msgspec.ValidationError as e:
             reason = f"invalid {what}: {e}" if named else str(e)
-            raise self._bad(fds, reason, spec, error_field(str(e))) from None
+            raise self._bad(fds, reason, spec, payload_field(str(e), data)) from None
         except RecursionError:
             raise self._bad(fds, NESTING_REASON, spec) from None
         except Exception as e:
@@ -249,7 +280,9 @@ class Session:
             if fds:
                 raise self._bad(fds, f"error reply with {len(fds)} fds (expected none)", spec)
             err = self._decode(ERROR_DECODER, payload, fds, spec, "error reply", named=True)
-            return KIND_ERROR, spec, rid, err.message
+            # The peer's own words: bounded and escaped like any reason quoting it, since
+            # the embedder logs the RemoteError they become.
+            return KIND_ERROR, spec, rid, printable(err.message, MAX_ERROR_MESSAGE)
         rh = spec.result_handle
         want = 1 if rh is not None else 0
         if len(fds) != want:
