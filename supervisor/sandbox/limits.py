@@ -283,9 +283,8 @@ class CgroupV1(Limiter):
         try:
             os.mkdir(self.mem, 0o755)
             os.mkdir(self.pids, 0o755)
-            if self.cpu is not None:  # one process's weight for the whole sandbox
+            if self.cpu is not None:  # cpu.shares starts at 1024: one process's weight
                 os.mkdir(self.cpu, 0o755)
-                _write(f"{self.cpu}/cpu.shares", "1024")
             _write(f"{self.mem}/memory.limit_in_bytes", str(self.spec.memory_bytes))
             if os.path.exists(f"{self.mem}/memory.memsw.limit_in_bytes"):
                 _write(f"{self.mem}/memory.memsw.limit_in_bytes", str(self.spec.memory_bytes))
