@@ -456,6 +456,8 @@ def attach(
     granted: Iterable[str] = (),
     extra: Mapping[str, object] | None = None,
     pid: int | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     on_bad_message: Callable[[BadMessage], object] | None = None,
     on_cut_off: Callable[[CutOff], object] | None = None,
@@ -469,7 +471,8 @@ def attach(
     remote: the interface the peer serves (``await channel.remote.method(...)``).
     granted: permissions the peer holds (default: none; methods with a permission fail).
     extra: read-only fields for ``ctx.extra`` (e.g. the child's profile name).
-    pid: the peer's pid as the embedder knows it (SO_PEERCRED otherwise).
+    pid, uid, gid: the peer's pid and ids as the embedder knows them (SO_PEERCRED
+        otherwise, which on a socketpair names whoever made the pair: the supervisor).
     on_bad_message / on_cut_off: hooks run once when the peer is cut off.
     validate_outgoing: check our arguments and replies against the declaration before
         sending (ValueError here, not a confused peer); one extra encode+decode per frame.
@@ -481,15 +484,15 @@ def attach(
     if sock.type != socket.SOCK_SEQPACKET or sock.family != socket.AF_UNIX:
         raise ValueError(f"a channel must be an AF_UNIX SOCK_SEQPACKET socket, got {sock!r}")
     sock.setblocking(False)
-    cred_pid, uid, gid = peer_credentials(sock)
+    cred_pid, cred_uid, cred_gid = peer_credentials(sock)
     grant = frozenset(granted)
     serve_iface = interface_of(serve) if serve is not None else None
     context = Context(
         peer_id=peer_id,
         granted=grant,
         pid=pid if pid is not None else cred_pid,
-        uid=uid,
-        gid=gid,
+        uid=uid if uid is not None else cred_uid,
+        gid=gid if gid is not None else cred_gid,
         interface=serve_iface.__ipc_name__ if serve_iface else None,
         extra=MappingProxyType(dict(extra or {})),
     )

@@ -14,8 +14,9 @@ class Context:
     peer_id: the name the embedder gave this channel (e.g. the child's id).
     granted: the permissions granted to this peer when the channel was attached.
     pid/uid/gid: the peer's credentials: the embedder's own record if it passed one
-        (the supervisor passes the child's pid), else SO_PEERCRED. Note SO_PEERCRED on a
-        socketpair reports the process that created the pair, not the one holding the end.
+        (the supervisor passes the worker's pid and the ids the kernel shows for it,
+        outside its user namespace), else SO_PEERCRED. Note SO_PEERCRED on a socketpair
+        reports the process that created the pair, not the one holding the end.
     extra: embedder-supplied fields (e.g. {"profile": "worker"}), read-only.
     """
 

@@ -43,7 +43,7 @@ from warden.supervisor.handle import WorkerHandle
 from warden.supervisor.handshake import await_ready
 from warden.supervisor.policy import resolve_profile, worker_filter, worker_rlimits
 from warden.supervisor.pool import Pool, RestartPolicy
-from warden.supervisor.process import DeathWatch, Reaper, SandboxProcess, WorkerProcess
+from warden.supervisor.process import DeathWatch, Reaper, SandboxProcess, WorkerProcess, host_ids
 from warden.supervisor.python_spec import PythonSpecs
 from warden.supervisor.sandbox import Outcome, SetupError, Status, build_spec
 from warden.supervisor.sandbox_thread import SandboxThread
@@ -400,10 +400,14 @@ class Supervisor:
         handle._on_bad_message = on_bad_message
         handle._on_killed = lambda: self._deaths.add(  # type: ignore[method-assign]
             handle, proc.death_fd(), lambda: self._service(handle))
+        # ctx.uid/gid: the worker's own ids as the kernel shows them here (its outer ids),
+        # never SO_PEERCRED's, which on a socketpair names the supervisor; -1 when the
+        # worker ended before they could be read.
+        uid, gid = host_ids(pid, proc.death_fd()) or (-1, -1)
         handle.channel = ipc.attach(
             sock, peer_id=wid, serve=host, remote=interface, granted=granted,
             extra={"worker_id": wid, "profile": profile, "start_method": method},
-            pid=pid, limits=limits, on_bad_message=on_bad_message,
+            pid=pid, uid=uid, gid=gid, limits=limits, on_bad_message=on_bad_message,
             on_cut_off=lambda cut: self._on_cut_off(handle, cut),
             validate_outgoing=self.validate_outgoing, before_io=self._deaths.check)
         self._watch(handle)

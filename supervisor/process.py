@@ -52,6 +52,19 @@ def exiting(pid: int) -> bool:
     return state in (b"Z", b"X", b"x") or bool(flags & _PF_EXITING)
 
 
+def host_ids(pid: int, pidfd: int) -> tuple[int, int] | None:
+    """The real uid and gid the kernel shows for `pid` (as this process sees them, i.e.
+    the worker's outer ids), or None when it ended before they were read (its pid could
+    then name another process: the pidfd says it did not)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            lines = {k: v for k, _, v in (ln.partition(b":") for ln in f.read().splitlines())}
+        uid, gid = int(lines[b"Uid"].split()[0]), int(lines[b"Gid"].split()[0])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    return None if pidfd >= 0 and wait_readable([pidfd], 0) else (uid, gid)
+
+
 def hasten_end(pid: int) -> None:
     """After its SIGKILL: the highest CPU weight the kernel lets us give `pid`, so its end
     (do_exit: unmapping memory, closing files) is not queued behind the busy siblings it
