@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -57,8 +56,8 @@ def test_reading_a_profile_path_never_blocks_or_reads_without_end(tmp_path: Path
                                                                   kind: str) -> None:
     path = _plant(tmp_path, kind)
     try:
-        r = subprocess.run([sys.executable, "-I", "-c", READ, str(path)], capture_output=True,
-                           text=True, timeout=30, preexec_fn=_limited)
+        r = subprocess.run([PYTHON, "-c", READ, str(path)], capture_output=True, text=True,
+                           timeout=30, preexec_fn=_limited, env=supervisor_env())
     except subprocess.TimeoutExpired:
         pytest.fail(f"reading a {kind} as a profile blocked")
     assert r.returncode == 0 and r.stdout.startswith("refused: "), (r.stdout, r.stderr[-800:])
