@@ -26,8 +26,10 @@ What a run's sandbox can reach decides whether the cache is used at all:
 - any bind or --file of the key or a directory above it: the same, and
   since the sandbox would see the key, the key is discarded before the
   sandbox starts and no new one is made while that supervisor lives (a note
-  in the key directory names it). As root this does not arise: sandboxes run
-  as another uid, which cannot open root's 0600 key.
+  in the key directory names it). As root a plain bind does not expose it
+  (sandboxes run as another uid, which cannot open root's 0600 key), but an
+  owned bind (on which the source's owner, root, is the sandbox's uid) and a
+  --file grant (opened with root's rights) do, and discard it likewise.
 
 An entry that exists but fails any check is never used: a CacheWarning names
 it, the filter is compiled afresh and the entry replaced. A missing or
@@ -58,6 +60,11 @@ if TYPE_CHECKING:
     from warden.profiles.model import Profile
 
     Where: TypeAlias = "str | os.PathLike[str]"
+    # What a sandbox reaches: (host path, writable), or (host path, writable, as_owner)
+    # where as_owner says it acts there with the owner's rights, not its own uid's: an
+    # owned (idmapped) bind, whose source's owner is the sandbox's uid, or a --file
+    # grant, which warden opens with its own rights.
+    Reach: TypeAlias = "tuple[str, bool] | tuple[str, bool, bool]"
 
 try:  # CPython's built-in module: `import hashlib` loads OpenSSL first (~2 ms)
     from _blake2 import blake2b
@@ -491,18 +498,22 @@ def overlaps(host_path: str, target: Where) -> bool:
     return _Target(target).shown_by(host_path)
 
 
-def _may_use(reach: list[tuple[str, bool]], where: Where, key_file: Where,
+def _may_use(reach: list[Reach], where: Where, key_file: Where,
              discard: bool = False) -> bool:
-    """Whether a run whose sandbox sees `reach` ((host path, writable) each) may use the
-    cache: not if it can see the key or write the cache. With `discard`, a key the
-    sandbox would see is discarded first (discard_key)."""
+    """Whether a run whose sandbox sees `reach` (Reach each) may use the cache: not if
+    it can see the key or write the cache. With `discard`, a key the sandbox could
+    read is discarded first (discard_key): any key it sees as an ordinary user (its
+    uid is the key's owner's), and as root a key it sees with the owner's rights
+    (through an owned bind or a --file grant; through a plain bind it is an outer uid
+    of its own, which cannot open root's 0600 key)."""
     if not reach:
         return True
     key, cache = _Target(key_file), _Target(where)
-    sees_key = [(p, w) for p, w in reach if key.shown_by(p)]
-    if discard and sees_key and os.geteuid() != 0:
-        discard_key(key_file, [p for p, _ in sees_key], any(w for _, w in sees_key))
-    return not (sees_key or any(w and cache.shown_by(p) for p, w in reach))
+    sees_key = [r for r in reach if key.shown_by(r[0])]
+    readable = [r for r in sees_key if os.geteuid() != 0 or (len(r) > 2 and r[2])]
+    if discard and readable:
+        discard_key(key_file, [r[0] for r in readable], any(r[1] for r in readable))
+    return not (sees_key or any(r[1] and cache.shown_by(r[0]) for r in reach))
 
 
 def _compile(policy: SeccompPolicy, kill_as_notify: bool) -> bytes:
@@ -513,11 +524,12 @@ def _compile(policy: SeccompPolicy, kill_as_notify: bool) -> bytes:
 
 def cached_compile(policy: SeccompPolicy, *, kill_as_notify: bool = False,
                    directory: Where | None = None, key_file: Where | None = None,
-                   reachable: Iterable[tuple[str, bool]] = ()) -> bytes:
+                   reachable: Iterable[Reach] = ()) -> bytes:
     """Exactly `compile_policy(policy, kill_as_notify=...)`, from the cache when it can be.
 
     `reachable` lists the host paths the sandbox will see, each with whether
-    it may write there (its binds and --file grants); `directory` and
+    it may write there and, optionally, whether it acts there with the owner's
+    rights (Reach: its binds, owned binds and --file grants); `directory` and
     `key_file` override the locations (tests). Errors in the profile raise
     ProfileError as compile_policy does and are never cached.
     """
@@ -750,7 +762,7 @@ class ProfileLookup:
             return None
         return profile if probe.still_true(body["checks"]) else None
 
-    def keep(self, reachable: Iterable[tuple[str, bool]]) -> None:
+    def keep(self, reachable: Iterable[Reach]) -> None:
         """Store a freshly parsed profile, unless the sandbox that is about to start
         could reach the key or write the cache."""
         pending, self._pending = self._pending, None

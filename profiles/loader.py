@@ -258,8 +258,8 @@ def _apply_own(state: _State, layer: Layer) -> None:
 
 
 def _line_of(file: str, line: int) -> str:
-    try:
-        lines = Path(file).read_text().splitlines()
+    try:  # through probe.read: no FIFO, device or giant file, even for an error's excerpt
+        lines = probe.read(file)[1].decode(errors="replace").splitlines()
     except OSError:
         return ""
     return lines[line - 1] if 0 < line <= len(lines) else ""

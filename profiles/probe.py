@@ -43,11 +43,48 @@ def real_path(path: str) -> str:
     return answer
 
 
+# No profile comes near this (the largest built-in is 12K; an inline data file may
+# hold 1M): a bigger file is not read at all, so a sparse file of many gigabytes
+# left where a profile is looked for cannot exhaust the supervisor's memory.
+MAX_PROFILE_BYTES = 16 << 20
+
+
+class NotAProfileFile(OSError):
+    """A profile path that names no regular file of a sane size; str() is the sentence."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def read(path: str) -> tuple[str, bytes]:
-    """(real path, content) of a profile file; OSError as open() raises it."""
+    """(real path, content) of a profile file; OSError as open() raises it.
+
+    Links on the way are followed (profiles are often linked into place), but what
+    is opened is the real path, with O_NOFOLLOW (a link swapped in since fails),
+    O_NONBLOCK and O_NOCTTY (a FIFO, a tty or a blocking proc file cannot stall
+    the supervisor), and only a regular file of at most MAX_PROFILE_BYTES is read,
+    through that one fd."""
+    import stat
+
     real = os.path.realpath(path)
-    with open(real, "rb") as f:
-        data = f.read()
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                 | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAProfileFile(21 if stat.S_ISDIR(st.st_mode) else 22,
+                                  f"{real} is not a regular file")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_PROFILE_BYTES and (chunk := os.read(fd, 1 << 16)):
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_PROFILE_BYTES or st.st_size > MAX_PROFILE_BYTES:
+            raise NotAProfileFile(27, f"{real} is larger than {MAX_PROFILE_BYTES >> 20}M, "
+                                  "which no profile is")
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if _trace is not None:
         _trace.append(["read", path, real, digest(data)])
     return real, data

@@ -99,9 +99,11 @@ def _refusal(err: int, what: str, path: str, follow_hint: str) -> HostPathError:
 
 def _open_walk(path: str, flags: int, mode: int) -> int:
     """Before Linux 5.6 (no openat2): one component at a time, each opened O_PATH|O_NOFOLLOW
-    relative to the one before, so a link anywhere fails the walk (ELOOP/ENOTDIR)."""
+    relative to the one before, so a link anywhere fails the walk (ELOOP/ENOTDIR).
+    A relative path starts from the working directory, as openat2(AT_FDCWD) does."""
     parts = [p for p in path.split("/") if p]
-    dirfd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    start = "/" if path.startswith("/") else "."
+    dirfd = os.open(start, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:
             try:
@@ -114,7 +116,7 @@ def _open_walk(path: str, flags: int, mode: int) -> int:
             os.close(dirfd)
             dirfd = nxt
         if not parts:
-            return os.open("/", flags, mode)
+            return os.open(start, flags, mode)
         return os.open(parts[-1], flags | os.O_NOFOLLOW, mode, dir_fd=dirfd)
     finally:
         os.close(dirfd)

@@ -466,22 +466,37 @@ def _lock_dir_fd() -> tuple[int, str]:
         return _dir[1], path
 
 
+def _open_lock(dfd: int, name: str) -> int | None:
+    """The lock file `name` in the lock directory, created if missing; None when what is
+    there is no regular file of ours with one link (a link, a FIFO, a directory, a
+    hard link to some other file: left by someone who could write there, never
+    followed, opened for writing or trusted as a lock). Skipping that id keeps every
+    other id usable, where failing would make one planted name stop every start."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                     | os.O_NONBLOCK | os.O_NOCTTY, 0o600, dir_fd=dfd)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _allocate(start: int, count: int, gid_start: int, mode: str) -> Lease:
     """The lowest id of the range no live sandbox holds, in any process."""
-    dfd, path = _lock_dir_fd()
+    dfd, _path = _lock_dir_fd()
     for uid in range(start, start + count):
         with _lock:
             if uid in _held:
                 continue
             _held.add(uid)
-        try:
-            fd = os.open(str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-                         | os.O_NONBLOCK, 0o600, dir_fd=dfd)
-        except OSError as e:
+        fd = _open_lock(dfd, str(uid))
+        if fd is None:  # not a lock file of ours: that id is not handed out
             with _lock:
                 _held.discard(uid)
-            raise IdsUnavailable(e.errno or errno.EIO,
-                                 f"outer id lock {path}/{uid}: {e.strerror}") from None
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

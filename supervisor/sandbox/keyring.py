@@ -8,8 +8,8 @@ in a sandbox would show them. Joining a new anonymous session keyring
 init) drops that possession for this process and everything it forks.
 The new keyring counts against its owner's key quota (kernel.keys.maxkeys,
 200 for a uid other than root) for as long as the sandbox lives: the sandbox's
-init joins it before taking the sandbox's ids, so a root supervisor's
-sandboxes are charged to root, not to their one shared outer uid.
+init joins it after taking the sandbox's ids (child.py), so it is charged to
+the sandbox's own outer uid, never to the supervisor's.
 
 Possession is not the only way to see a key: /proc/keys lists every key
 whose owner's uid maps into the reader's user namespace and grants that uid

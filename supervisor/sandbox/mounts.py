@@ -57,6 +57,10 @@ class MountOp(NamedTuple):
     # An idmapped bind (--ro-bind-owned, --bind-owned): the source's owner is the
     # sandbox's own id.
     owned: bool = False
+    # A writable owned bind: the set-id and file-capability programs the parent found
+    # in it, and the directories above each (relative paths, shallowest first). The
+    # child binds each onto itself (_pin), so the sandbox cannot rename one into place.
+    pins: tuple[bytes, ...] = ()
 
 
 def parent_plan(binds: tuple[tuple[str, str, bool], ...],
@@ -145,6 +149,81 @@ def _idmap(tree_fd: int, st: os.stat_result, ids: tuple[int, int], what: str,
         os.close(userns)
 
 
+# More set-id programs than this in one writable owned bind: refused (each is a mount).
+MAX_PINS = 256
+_CAPABILITY_XATTR = "security.capability"
+
+
+def _privileged(st: os.stat_result, dir_fd: int, name: str) -> bool:
+    """A regular file that gains privilege when executed: set-uid, set-gid (with group
+    execute; without it the bit means mandatory locking), or a file capability."""
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if st.st_mode & stat.S_ISUID or (st.st_mode & stat.S_ISGID and st.st_mode & stat.S_IXGRP):
+        return True
+    try:
+        # The name in the directory fd, through the fd's /proc link: no path is looked
+        # up again from the root, and a link as the name is not followed.
+        os.getxattr(f"/proc/self/fd/{dir_fd}/{name}", _CAPABILITY_XATTR, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def _pins(fd: int, what: str, plain: str) -> tuple[bytes, ...]:
+    """Parent, privileged: every privileged program (`_privileged`) in the tree at the
+    O_PATH directory `fd`, with each directory above it, as paths relative to it.
+
+    A writable owned bind lets the sandbox rename what is there as the owner could:
+    an existing setuid-root program moved onto the name of a script the host runs
+    keeps its mode (rename(2) changes no bits), and the guard filter cannot see a
+    file's mode. A mount point cannot be renamed, replaced or unlinked (EBUSY), so
+    each such program, and each directory on its way, is bound onto itself in the
+    sandbox. Walked through fds, no link followed."""
+    found: set[bytes] = set()
+    top = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    stack: list[tuple[int, bytes]] = [(top, b"")]
+    try:
+        while stack:
+            dfd, rel = stack.pop()
+            try:
+                with os.scandir(dfd) as entries:
+                    for entry in entries:
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        sub = rel + os.fsencode(entry.name)
+                        if stat.S_ISDIR(st.st_mode):
+                            try:
+                                child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY
+                                                | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                                                dir_fd=dfd)
+                            except OSError as e:
+                                raise MountError(e.errno or errno.EACCES, f"{what}: "
+                                                 f"{os.fsdecode(sub)} there cannot be searched "
+                                                 f"({os.strerror(e.errno or errno.EACCES)}), so "
+                                                 "warden cannot rule out a set-id program in "
+                                                 f"it; make it searchable, or bind it with "
+                                                 f"{plain}") from None
+                            stack.append((child, sub + b"/"))
+                        elif _privileged(st, dfd, entry.name):
+                            parts = sub.split(b"/")
+                            found.update(b"/".join(parts[:i]) for i in range(1, len(parts) + 1))
+                            if len(found) > MAX_PINS:
+                                raise MountError(errno.EMFILE, f"{what}: more than {MAX_PINS} "
+                                                 "set-id programs (or directories holding "
+                                                 "them) to keep in place; bind it with "
+                                                 f"{plain}, or remove their set-id bits")
+            finally:
+                os.close(dfd)
+    except BaseException:
+        for dfd, _rel in stack:
+            os.close(dfd)
+        raise
+    return tuple(sorted(found, key=lambda p: (p.count(b"/"), p)))
+
+
 def _resolve_source(op: MountOp, ids: tuple[int, int] | None = None) -> MountOp:
     """Parent, outside the sandbox, privileged: resolve a bind source once and take
     everything from that one fd: its kind, the link it is, or a clone of its tree.
@@ -180,6 +259,13 @@ def _resolve_source(op: MountOp, ids: tuple[int, int] | None = None) -> MountOp:
                 _idmap(tree, st, ids, what, _plain(op))
             except BaseException:
                 os.close(tree)
+                raise
+        if op.owned and op.writable and op.is_dir:
+            try:
+                op = op._replace(pins=_pins(fd, what, _plain(op)))
+            except BaseException:
+                if tree >= 0:
+                    os.close(tree)
                 raise
         return op._replace(tree_fd=tree)
     finally:
@@ -410,12 +496,42 @@ def _bind_at(root_fd: int, op: MountOp, what: str) -> None:
         # just attached (the target fd still names the directory beneath it).
         top = _at(parent, name)
         try:
+            for rel in op.pins:
+                _pin(top, rel, op.dest)
             _lock_down_fd(top, b"/newroot" + op.dest, not op.writable)
         finally:
             os.close(top)
     finally:
         os.close(target)
         os.close(parent)
+
+
+def _pin(top: int, rel: bytes, dest: bytes) -> None:
+    """Child, during setup: bind `rel` (in the bind mounted at `top`) onto itself, so the
+    workload cannot rename, replace or unlink it (EBUSY). Shallowest first: a directory
+    pinned before what is in it, each looked up through the mounts made so far, no link
+    followed (one planted since the parent looked is refused)."""
+    shown = dest + b"/" + rel
+    try:
+        fd = _sys.openat2(top, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, 0,
+                          _sys.RESOLVE_NO_SYMLINKS | _sys.RESOLVE_NO_MAGICLINKS
+                          | _sys.RESOLVE_BENEATH)
+    except OSError as e:
+        raise _Refused(e.errno or errno.EIO, f"refused, {shown.decode(errors='replace')}, a "
+                       "set-id program (or a directory holding one) warden keeps in place, "
+                       f"cannot be reached without a link ({os.strerror(e.errno or 0)})") \
+            from None
+    try:
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise _Refused(errno.ELOOP, f"refused, {shown.decode(errors='replace')} is now a "
+                           "symbolic link")
+        tree = _sys.open_tree_clone_fd(fd)
+        try:
+            _sys.move_mount_to_fd(tree, fd)
+        finally:
+            os.close(tree)
+    finally:
+        os.close(fd)
 
 
 def _lock_down_fd(fd: int, path: bytes, readonly: bool) -> None:

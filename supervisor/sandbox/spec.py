@@ -347,8 +347,8 @@ def build_spec(
         # What the sandbox can reach decides whether the cache may be used (warden.profiles.cache).
         seccomp_filter = cached_compile(
             profile.seccomp, kill_as_notify=True,
-            reachable=[(b.source, b.writable) for b in out_binds]
-            + [(g.path, g.mode != "r") for g in grants])
+            reachable=[(b.source, b.writable, b.owned) for b in out_binds]
+            + [(g.path, g.mode != "r", True) for g in grants])
     from warden.supervisor.sandbox.seccomp import allows_execve, problem, uses_notify
 
     bad = problem(seccomp_filter)

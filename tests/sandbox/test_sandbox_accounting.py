@@ -177,13 +177,22 @@ def test_each_live_sandbox_has_outer_ids_of_its_own_and_they_are_reused() -> Non
         pytest.skip("needs root (or subids): "
                     "as an ordinary user without /etc/subuid and /etc/subgid ranges every "
                     "sandbox keeps the user's own id (test_shared_ids_are_named_in_weakened)")
+    # A range of two ids of this run's own (other suites running in parallel allocate
+    # from the bottom of the default range): the two live sandboxes must get one each,
+    # and a third, started after both ended, can only get one of theirs back, so
+    # "reused" is proven without racing a sibling process for the lowest free id.
+    own: dict[str, Any] = {}
+    if MODE == "root":
+        start_, count = ids.DEFAULT_RANGE
+        base = start_ + count // 2 + 2 * (os.getpid() % (count // 4))
+        own = {"outer_id_range": (base, 2)}
     boxes = []
     pipes = []
     try:
         for _ in range(2):
             r, w = os.pipe()
             pipes.append(w)
-            boxes.append(start(SLEEP, stdin=r))
+            boxes.append(start(SLEEP, stdin=r, **own))
             os.close(r)
         seen = []
         for box, _o, _e in boxes:
@@ -191,8 +200,7 @@ def test_each_live_sandbox_has_outer_ids_of_its_own_and_they_are_reused() -> Non
             assert uids == {box.outer_ids[0]} and gids == {box.outer_ids[1]}, (uids, gids)
             assert 0 not in uids | gids and os.getuid() not in uids and os.getgid() not in gids
             if MODE == "root":
-                start_, count = ids.DEFAULT_RANGE
-                assert start_ <= box.outer_ids[0] < start_ + count
+                assert base <= box.outer_ids[0] < base + 2
                 # The namespace is owned by the sandbox's id, so what the kernel
                 # charges to the owner is charged to it, not to root.
                 assert _userns_owner(box.pid) == box.outer_ids[0]
@@ -206,7 +214,7 @@ def test_each_live_sandbox_has_outer_ids_of_its_own_and_they_are_reused() -> Non
     assert not any(w.startswith("outer ids") for r in results for w in r.status.weakened)
     # Both ended: their ids are free again, and the next sandbox takes one of them.
     r, w = os.pipe()
-    box, out, err = start(SLEEP, stdin=r)
+    box, out, err = start(SLEEP, stdin=r, **own)
     os.close(r)
     try:
         assert box.outer_ids in seen
