@@ -30,7 +30,7 @@ def test_a_workers_context_carries_its_own_ids_not_the_supervisors(method: str) 
         async with Supervisor(zygote_preload=PRELOAD) as s:
             hosts = [HostImpl(), HostImpl()]
             workers = [await s.spawn(Calc, CALC, host=h, start_method=method) for h in hosts]
-            for w, h in zip(workers, hosts):
+            for w, h in zip(workers, hosts, strict=True):
                 assert await w.remote.whoami() == f"{w.id} strict {w.pid}"
                 ctx = h.contexts[-1]
                 assert (ctx.uid, ctx.gid) == _ids(w.pid)
