@@ -425,8 +425,9 @@ def _per_call(n: int, t0: int) -> float:
 
 
 def _make_block(kind: str, data: bytes, loop: asyncio.AbstractEventLoop,
-                closers: list[Callable[[], None]]) -> Block:
-    """`kind`'s peer, started now, and the function timing `n` round trips against it."""
+                closers: list[Callable[[], None]]) -> tuple[Block, int]:
+    """The function timing `n` round trips against `kind`'s peer, started now, and the
+    peer's pid."""
     if kind == "mp-pickle":
         ca, cb = multiprocessing.Pipe()
 
@@ -447,7 +448,7 @@ def _make_block(kind: str, data: bytes, loop: asyncio.AbstractEventLoop,
                 recv()
             return _per_call(n, t0)
 
-        return mp_block
+        return mp_block, pid
     if kind in ("raw", "raw-async"):
         a, pid = _peer(lambda b: _echo_child(b, len(data)))
         closers.append(lambda: (a.close(), reap(pid)))
@@ -462,7 +463,7 @@ def _make_block(kind: str, data: bytes, loop: asyncio.AbstractEventLoop,
                     recv_into(buf)
                 return _per_call(n, t0)
 
-            return raw_block
+            return raw_block, pid
         # The floor of any asyncio caller: a future per call, resolved by the reader
         # callback with the reply's bytes.
         a.setblocking(False)
@@ -488,7 +489,7 @@ def _make_block(kind: str, data: bytes, loop: asyncio.AbstractEventLoop,
                 await fut
             return _per_call(n, t0)
 
-        return lambda n: loop.run_until_complete(raw_async(n))
+        return (lambda n: loop.run_until_complete(raw_async(n))), pid
     if kind == "ipc-aserve":  # a blocking caller, served by an asyncio peer
         def aserve(b: socket.socket) -> None:
             async def serve() -> None:
@@ -515,7 +516,7 @@ def _make_block(kind: str, data: bytes, loop: asyncio.AbstractEventLoop,
                 await aecho(data)
             return _per_call(n, t0)
 
-        return lambda n: loop.run_until_complete(ipc_async(n))
+        return (lambda n: loop.run_until_complete(ipc_async(n))), pid
     c = ipc.connect(a, remote=Bench, validate_outgoing=False)
     closers.append(lambda: (c.close(), reap(pid)))
     echo = c.remote.echo
@@ -526,7 +527,13 @@ def _make_block(kind: str, data: bytes, loop: asyncio.AbstractEventLoop,
             echo(data)
         return _per_call(n, t0)
 
-    return ipc_block
+    return ipc_block, pid
+
+
+def _run_ns(pid: int) -> int:
+    """CPU time `pid` has run, in ns (the scheduler's own count: /proc/<pid>/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
 
 
 def block_runner(size: int, kinds: list[str]) -> None:
@@ -536,13 +543,17 @@ def block_runner(size: int, kinds: list[str]) -> None:
     closers: list[Callable[[], None]] = []
     blocks = {kind: _make_block(kind, data, loop, closers) for kind in kinds}
     warm = 200
-    for block in blocks.values():
+    for block, _ in blocks.values():
         block(warm)
     print("ready", flush=True)
     for line in sys.stdin:
         kind, n = line.split()
-        blocks[kind](warm // 2)  # caches and branch predictors back from the other cells
-        print(f"{blocks[kind](int(n)):.4f}", flush=True)
+        block, peer = blocks[kind]
+        block(warm // 2)  # caches and branch predictors back from the other cells
+        cpu0 = _run_ns(os.getpid()) + _run_ns(peer)
+        us = block(int(n))
+        cpu = (_run_ns(os.getpid()) + _run_ns(peer) - cpu0) / int(n) / 1e3
+        print(f"{us:.4f} {cpu:.4f}", flush=True)
     for close in closers:
         close()
     loop.close()
@@ -580,29 +591,39 @@ def interleaved(args: argparse.Namespace) -> None:
           + f"; load average {load0[0]:.1f}", flush=True)
     for label, python in builds:
         print(f"  {label}: {python}")
-    results: dict[tuple[str, str], list[float]] = {c: [] for c in cells}
-    ratios: dict[tuple[str, str, str], list[float]] = {}
+    # Per cell, per block: wall µs per round trip, and the CPU µs both processes ran for it
+    # (the scheduler's count: time other jobs took the CPU is not in it, so it is the
+    # measure that holds on a loaded machine; pinned to one CPU, a quiet round trip is
+    # that plus the wakeups).
+    metrics = ("wall", "cpu")
+    results: dict[tuple[str, str, str], list[float]] = {}
+    ratios: dict[tuple[str, str, str, str], list[float]] = {}
     rng = random.Random(args.seed)
+    ref = builds[0][0]
     for b in range(args.blocks):
         order = cells[:]
         rng.shuffle(order)
-        got: dict[tuple[str, str], float] = {}
+        got: dict[tuple[str, str, str], float] = {}
         for label, kind in order:
             proc = runners[label]
             assert proc.stdin is not None and proc.stdout is not None
             proc.stdin.write(f"{kind} {args.calls}\n")
             proc.stdin.flush()
-            got[label, kind] = float(proc.stdout.readline())
-            results[label, kind].append(got[label, kind])
+            for metric, value in zip(metrics, proc.stdout.readline().split(), strict=True):
+                got[metric, label, kind] = float(value)
+                results.setdefault((metric, label, kind), []).append(float(value))
         line = [f"block {b + 1:3}:"]
-        line += [f"{name(*c)} {got[c]:.2f}" for c in cells]
-        ref = builds[0][0]
+        line += [f"{name(*c)} {got['wall', *c]:.2f}/{got['cpu', *c]:.2f}" for c in cells]
         for num, den, _goal in RATIOS:
             for label, _ in builds:
-                if (label, num) in got and (ref, den) in got:
-                    r = got[label, num] / got[ref, den]
-                    ratios.setdefault((label, num, den), []).append(r)
-                    line.append(f"{name(label, num)}/{den} {r:.3f}")
+                if ("wall", label, num) not in got or ("wall", ref, den) not in got:
+                    continue
+                rs = []
+                for metric in metrics:
+                    r = got[metric, label, num] / got[metric, ref, den]
+                    ratios.setdefault((metric, label, num, den), []).append(r)
+                    rs.append(f"{r:.3f}")
+                line.append(f"{name(label, num)}/{den} {'/'.join(rs)}")
         print("  ".join(line), flush=True)
     for proc in runners.values():
         assert proc.stdin is not None
@@ -610,24 +631,30 @@ def interleaved(args: argparse.Namespace) -> None:
         if proc.wait() != 0:
             raise RuntimeError("a block runner failed")
     load1 = os.getloadavg()
-    print(f"\nµs per round trip over {args.blocks} blocks (load average {load0[0]:.1f} at the "
-          f"start, {load1[0]:.1f} at the end)\n")
-    print("| cell | min | median |\n|---|---:|---:|")
+    print(f"\n(each block: wall/cpu µs per round trip; ratios wall/cpu)\n\nµs per round trip "
+          f"over {args.blocks} blocks (load average {load0[0]:.1f} at the start, "
+          f"{load1[0]:.1f} at the end); cpu = both processes' CPU time\n")
+    print("| cell | wall min | wall median | cpu min | cpu median |\n|---|---:|---:|---:|---:|")
     for c in cells:
-        v = results[c]
-        print(f"| {name(*c)} | {min(v):.2f} | {statistics.median(v):.2f} |")
+        w, u = results["wall", *c], results["cpu", *c]
+        print(f"| {name(*c)} | {min(w):.2f} | {statistics.median(w):.2f} | {min(u):.2f} "
+              f"| {statistics.median(u):.2f} |")
     print("\nRatios, taken per block (min and median over the blocks)\n")
-    print("| ratio | min | median | goal |\n|---|---:|---:|---|")
+    print("| ratio | wall min | wall median | cpu min | cpu median | goal (on the wall median) |"
+          "\n|---|---:|---:|---:|---:|---|")
     goals = {(num, den): goal for num, den, goal in RATIOS}
-    for (label, num, den), v in ratios.items():
+    for (metric, label, num, den), w in ratios.items():
+        if metric != "wall":
+            continue
+        u = ratios["cpu", label, num, den]
         goal = goals[num, den]
-        med = statistics.median(v)
+        med = statistics.median(w)
         verdict = "" if goal is None else f"≤ {goal}: {'met' if med <= goal else 'not met'}"
-        print(f"| {name(label, num)} / {den} | {min(v):.3f} | {med:.3f} | {verdict} |")
+        print(f"| {name(label, num)} / {den} | {min(w):.3f} | {med:.3f} | {min(u):.3f} "
+              f"| {statistics.median(u):.3f} | {verdict} |")
     if args.json:
-        print(json.dumps({name(*c): {"min": min(v), "median": statistics.median(v)}
-                          for c, v in results.items()}))
-
+        print(json.dumps({f"{metric} {name(label, kind)}": statistics.median(v)
+                          for (metric, label, kind), v in results.items()}))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
