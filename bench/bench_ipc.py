@@ -549,7 +549,7 @@ def block_runner(size: int, kinds: list[str]) -> None:
     for line in sys.stdin:
         kind, n = line.split()
         block, peer = blocks[kind]
-        block(warm // 2)  # caches and branch predictors back from the other cells
+        block(warm // 4)  # caches and branch predictors back from the other cells
         cpu0 = _run_ns(os.getpid()) + _run_ns(peer)
         us = block(int(n))
         cpu = (_run_ns(os.getpid()) + _run_ns(peer) - cpu0) / int(n) / 1e3
@@ -586,7 +586,7 @@ def interleaved(args: argparse.Namespace) -> None:
 
     load0 = os.getloadavg()
     print(f"python {sys.version.split()[0]}, msgspec {msgspec.__version__}, {args.size} B, "
-          f"{args.blocks} blocks of {args.calls} calls per cell, "
+          f"{args.blocks} blocks of {args.calls} calls per cell in {args.rounds} rounds, "
           + (f"everything pinned to CPU {args.cpu}" if args.cpu is not None else "unpinned")
           + f"; load average {load0[0]:.1f}", flush=True)
     for label, python in builds:
@@ -601,17 +601,23 @@ def interleaved(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     ref = builds[0][0]
     for b in range(args.blocks):
-        order = cells[:]
-        rng.shuffle(order)
+        # A block is --rounds rounds; each round runs every cell for calls/rounds round
+        # trips, in a new order. A cell's value in the block is its best round: a burst of
+        # other work that hits one round of one cell does not decide the block's ratios.
         got: dict[tuple[str, str, str], float] = {}
-        for label, kind in order:
-            proc = runners[label]
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(f"{kind} {args.calls}\n")
-            proc.stdin.flush()
-            for metric, value in zip(metrics, proc.stdout.readline().split(), strict=True):
-                got[metric, label, kind] = float(value)
-                results.setdefault((metric, label, kind), []).append(float(value))
+        for _ in range(args.rounds):
+            order = cells[:]
+            rng.shuffle(order)
+            for label, kind in order:
+                proc = runners[label]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(f"{kind} {max(1, args.calls // args.rounds)}\n")
+                proc.stdin.flush()
+                for metric, value in zip(metrics, proc.stdout.readline().split(), strict=True):
+                    key = (metric, label, kind)
+                    got[key] = min(got.get(key, float("inf")), float(value))
+        for key, value in got.items():
+            results.setdefault(key, []).append(value)
         line = [f"block {b + 1:3}:"]
         line += [f"{name(*c)} {got['wall', *c]:.2f}/{got['cpu', *c]:.2f}" for c in cells]
         for num, den, _goal in RATIOS:
@@ -671,6 +677,9 @@ def main() -> None:
                         help="the goals' measurement: N interleaved blocks of every cell "
                              "(see --calls, --size, --kinds, --against, --cpu)")
     parser.add_argument("--calls", type=int, default=2000, help="round trips per cell per block")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="rounds per block: every cell runs calls/rounds round trips per "
+                             "round, and its best round is the block's value")
     parser.add_argument("--size", type=int, default=64, help="payload bytes (blocks)")
     parser.add_argument("--kinds", default=",".join(BLOCK_KINDS),
                         help=f"cells of each block, from {', '.join(BLOCK_KINDS)}")
