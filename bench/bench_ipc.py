@@ -15,8 +15,12 @@ then one-way validated message throughput at 64 B, and 1 GiB through a sealed me
     python bench/bench_ipc.py --quick    # fewer iterations
     python bench/bench_ipc.py --typed    # only the typed call round trips, pinned, as JSON
 
-`--typed` is for comparing two builds: run it alternately against each (PYTHONPATH pointing
-at one install, then the other), several times, and compare the medians.
+`--blocks N` is the goals' measurement and the way to compare two builds: every cell, the
+references included, in N interleaved blocks, with each block's ratios, then min and median
+(`--against base=/other/checkout/.venv/bin/python` times that build's ipc cells in the same
+run; `--cpu 1` pins every process to CPU 1):
+
+    python bench/bench_ipc.py --blocks 30 --calls 4000 --cpu 1 --against base=...
 """
 
 from __future__ import annotations
