@@ -15,20 +15,28 @@ then one-way validated message throughput at 64 B, and 1 GiB through a sealed me
     python bench/bench_ipc.py --quick    # fewer iterations
     python bench/bench_ipc.py --typed    # only the typed call round trips, pinned, as JSON
 
-`--typed` is for comparing two builds: run it alternately against each (PYTHONPATH pointing
-at one install, then the other), several times, and compare the medians.
+`--blocks N` is the goals' measurement and the way to compare two builds: every cell, the
+references included, in N interleaved blocks, with each block's ratios, then min and median
+(`--against base=/other/checkout/.venv/bin/python` times that build's ipc cells in the same
+run; `--cpu 1` pins every process to CPU 1):
+
+    python bench/bench_ipc.py --blocks 30 --calls 4000 --cpu 1 --against base=...
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import mmap
 import multiprocessing
 import multiprocessing.connection
 import os
+import random
 import socket
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -369,6 +377,295 @@ def typed_round_trips(cpu: int, repeat: int, scale: float) -> None:
     print(json.dumps(best), flush=True)
 
 
+# ---- interleaved blocks: the goals' measurement ---------------------------------------------
+#
+# One runner process per build (this interpreter, and each --against PYTHON) holds one peer
+# process per kind, each answering one call at a time, for the whole run. The driver asks
+# the runners for blocks of `--calls` round trips, every cell once per block, in a shuffled
+# order, so load elsewhere on the machine hits every cell alike; a runner that is not
+# measuring waits in a read and costs nothing. The references run in the first runner, in the
+# same layout as the typed calls (a forked peer, one call in flight), and the ratios are
+# taken per block, between cells measured moments apart.
+
+BLOCK_KINDS = ("raw", "raw-async", "mp-pickle", "ipc", "ipc-async", "ipc-aserve")
+REFERENCE_KINDS = ("raw", "raw-async", "mp-pickle")
+# (numerator, denominator, goal): the ratios reported per block.
+RATIOS = (("ipc", "raw", 1.4), ("ipc-async", "mp-pickle", 1.0), ("ipc-aserve", "mp-pickle", 1.0),
+          ("ipc-async", "raw-async", None))
+Block = Callable[[int], float]
+
+
+def _echo_child(b: socket.socket, size: int) -> None:
+    buf = bytearray(size + 64)
+    view = memoryview(buf)
+    while True:
+        k = b.recv_into(buf)
+        if k == 0:
+            return
+        b.send(view[:k])
+
+
+def _fork_peer(keep: int, body: Callable[[], None]) -> int:
+    """Fork a peer that keeps only fds 0-2 and `keep`: the ends of the other peers it
+    inherited must not stay open in it, or closing them would never reach their peers."""
+    def child() -> None:
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 16)
+        body()
+
+    return fork_child(child, None)
+
+
+def _peer(body: Callable[[socket.socket], None]) -> tuple[socket.socket, int]:
+    """A forked peer running `body` on its end of a new channel pair (affinity inherited)."""
+    a, b = ipc.channel_pair()
+    pid = _fork_peer(b.fileno(), lambda: body(b))
+    b.close()
+    return a, pid
+
+
+def _per_call(n: int, t0: int) -> float:
+    return (time.perf_counter_ns() - t0) / n / 1e3
+
+
+def _make_block(kind: str, data: bytes, loop: asyncio.AbstractEventLoop,
+                closers: list[Callable[[], None]]) -> tuple[Block, int]:
+    """The function timing `n` round trips against `kind`'s peer, started now, and the
+    peer's pid."""
+    if kind == "mp-pickle":
+        ca, cb = multiprocessing.Pipe()
+
+        def mp_child() -> None:
+            with contextlib.suppress(EOFError):
+                while True:
+                    cb.send(cb.recv()[1])
+
+        pid = _fork_peer(cb.fileno(), mp_child)
+        cb.close()
+        closers.append(lambda: (ca.close(), reap(pid)))
+        send, recv = ca.send, ca.recv
+
+        def mp_block(n: int) -> float:
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                send(("echo", data))
+                recv()
+            return _per_call(n, t0)
+
+        return mp_block, pid
+    if kind in ("raw", "raw-async"):
+        a, pid = _peer(lambda b: _echo_child(b, len(data)))
+        closers.append(lambda: (a.close(), reap(pid)))
+        buf = bytearray(len(data) + 64)
+        if kind == "raw":
+            sock_send, recv_into = a.send, a.recv_into
+
+            def raw_block(n: int) -> float:
+                t0 = time.perf_counter_ns()
+                for _ in range(n):
+                    sock_send(data)
+                    recv_into(buf)
+                return _per_call(n, t0)
+
+            return raw_block, pid
+        # The floor of any asyncio caller: a future per call, resolved by the reader
+        # callback with the reply's bytes.
+        a.setblocking(False)
+        waiting: list[asyncio.Future[bytes]] = []
+
+        def on_readable() -> None:
+            try:
+                k = a.recv_into(buf)
+            except BlockingIOError:
+                return
+            waiting.pop().set_result(bytes(buf[:k]))
+
+        loop.add_reader(a.fileno(), on_readable)
+        closers.insert(0, lambda: loop.remove_reader(a.fileno()))
+
+        async def raw_async(n: int) -> float:
+            create_future, sock_send = loop.create_future, a.send
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                fut: asyncio.Future[bytes] = create_future()
+                waiting.append(fut)
+                sock_send(data)
+                await fut
+            return _per_call(n, t0)
+
+        return (lambda n: loop.run_until_complete(raw_async(n))), pid
+    if kind == "ipc-aserve":  # a blocking caller, served by an asyncio peer
+        def aserve(b: socket.socket) -> None:
+            async def serve() -> None:
+                ch = ipc.attach(b, peer_id="bench", serve=BenchImpl(), validate_outgoing=False)
+                await ch.wait_closed()
+
+            asyncio.run(serve())
+
+        a, pid = _peer(aserve)
+    else:
+        a, pid = _peer(lambda b: ipc.connect(b, serve=BenchImpl(),
+                                             validate_outgoing=False).serve_forever())
+    if kind == "ipc-async":
+        async def attach() -> Any:
+            return ipc.attach(a, peer_id="bench", remote=Bench, validate_outgoing=False)
+
+        ach = loop.run_until_complete(attach())
+        closers.append(lambda: (ach.close(), reap(pid)))
+        aecho = ach.remote.echo
+
+        async def ipc_async(n: int) -> float:
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                await aecho(data)
+            return _per_call(n, t0)
+
+        return (lambda n: loop.run_until_complete(ipc_async(n))), pid
+    c = ipc.connect(a, remote=Bench, validate_outgoing=False)
+    closers.append(lambda: (c.close(), reap(pid)))
+    echo = c.remote.echo
+
+    def ipc_block(n: int) -> float:
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            echo(data)
+        return _per_call(n, t0)
+
+    return ipc_block, pid
+
+
+def _run_ns(pid: int) -> int:
+    """CPU time `pid` has run, in ns (the scheduler's own count: /proc/<pid>/schedstat)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0])
+
+
+def block_runner(size: int, kinds: list[str]) -> None:
+    """Serve the driver: read "<kind> <calls>" lines, answer µs per call (stdin/stdout)."""
+    data = bytes(i % 251 for i in range(size))  # the same bytes in every runner
+    loop = asyncio.new_event_loop()
+    closers: list[Callable[[], None]] = []
+    blocks = {kind: _make_block(kind, data, loop, closers) for kind in kinds}
+    warm = 200
+    for block, _ in blocks.values():
+        block(warm)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        kind, n = line.split()
+        block, peer = blocks[kind]
+        block(warm // 4)  # caches and branch predictors back from the other cells
+        cpu0 = _run_ns(os.getpid()) + _run_ns(peer)
+        us = block(int(n))
+        cpu = (_run_ns(os.getpid()) + _run_ns(peer) - cpu0) / int(n) / 1e3
+        print(f"{us:.4f} {cpu:.4f}", flush=True)
+    for close in closers:
+        close()
+    loop.close()
+
+
+def interleaved(args: argparse.Namespace) -> None:
+    builds = [("this", sys.executable)]
+    for spec in args.against:
+        label, _, python = spec.rpartition("=")
+        builds.append((label or f"build{len(builds)}", python))
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})  # runners and their peers inherit it
+    runners: dict[str, subprocess.Popen[str]] = {}
+    cells: list[tuple[str, str]] = []
+    for i, (label, python) in enumerate(builds):
+        kinds = [k for k in args.kinds if k not in REFERENCE_KINDS or i == 0]
+        runners[label] = subprocess.Popen(
+            [python, os.path.abspath(__file__), "--block-runner", "--size", str(args.size),
+             "--kinds", ",".join(kinds)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        cells += [(label, k) for k in kinds]
+    for proc in runners.values():
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("a block runner failed to start")
+
+    def name(label: str, kind: str) -> str:
+        return kind if kind in REFERENCE_KINDS or len(builds) == 1 else f"{kind}@{label}"
+
+    load0 = os.getloadavg()
+    print(f"python {sys.version.split()[0]}, msgspec {msgspec.__version__}, {args.size} B, "
+          f"{args.blocks} blocks of {args.calls} calls per cell in {args.rounds} rounds, "
+          + (f"everything pinned to CPU {args.cpu}" if args.cpu is not None else "unpinned")
+          + f"; load average {load0[0]:.1f}", flush=True)
+    for label, python in builds:
+        print(f"  {label}: {python}")
+    # Per cell, per block: wall µs per round trip, and the CPU µs both processes ran for it
+    # (the scheduler's count: time other jobs took the CPU is not in it, so it is the
+    # measure that holds on a loaded machine; pinned to one CPU, a quiet round trip is
+    # that plus the wakeups).
+    metrics = ("wall", "cpu")
+    results: dict[tuple[str, str, str], list[float]] = {}
+    ratios: dict[tuple[str, str, str, str], list[float]] = {}
+    rng = random.Random(args.seed)
+    ref = builds[0][0]
+    for b in range(args.blocks):
+        # A block is --rounds rounds; each round runs every cell for calls/rounds round
+        # trips, in a new order. A cell's value in the block is its best round: a burst of
+        # other work that hits one round of one cell does not decide the block's ratios.
+        got: dict[tuple[str, str, str], float] = {}
+        for _ in range(args.rounds):
+            order = cells[:]
+            rng.shuffle(order)
+            for label, kind in order:
+                proc = runners[label]
+                assert proc.stdin is not None and proc.stdout is not None
+                proc.stdin.write(f"{kind} {max(1, args.calls // args.rounds)}\n")
+                proc.stdin.flush()
+                for metric, value in zip(metrics, proc.stdout.readline().split(), strict=True):
+                    key = (metric, label, kind)
+                    got[key] = min(got.get(key, float("inf")), float(value))
+        for key, value in got.items():
+            results.setdefault(key, []).append(value)
+        line = [f"block {b + 1:3}:"]
+        line += [f"{name(*c)} {got['wall', *c]:.2f}/{got['cpu', *c]:.2f}" for c in cells]
+        for num, den, _goal in RATIOS:
+            for label, _ in builds:
+                if ("wall", label, num) not in got or ("wall", ref, den) not in got:
+                    continue
+                rs = []
+                for metric in metrics:
+                    r = got[metric, label, num] / got[metric, ref, den]
+                    ratios.setdefault((metric, label, num, den), []).append(r)
+                    rs.append(f"{r:.3f}")
+                line.append(f"{name(label, num)}/{den} {'/'.join(rs)}")
+        print("  ".join(line), flush=True)
+    for proc in runners.values():
+        assert proc.stdin is not None
+        proc.stdin.close()
+        if proc.wait() != 0:
+            raise RuntimeError("a block runner failed")
+    load1 = os.getloadavg()
+    print(f"\n(each block: wall/cpu µs per round trip; ratios wall/cpu)\n\nµs per round trip "
+          f"over {args.blocks} blocks (load average {load0[0]:.1f} at the start, "
+          f"{load1[0]:.1f} at the end); cpu = both processes' CPU time\n")
+    print("| cell | wall min | wall median | cpu min | cpu median |\n|---|---:|---:|---:|---:|")
+    for c in cells:
+        w, u = results["wall", *c], results["cpu", *c]
+        print(f"| {name(*c)} | {min(w):.2f} | {statistics.median(w):.2f} | {min(u):.2f} "
+              f"| {statistics.median(u):.2f} |")
+    print("\nRatios, taken per block (min and median over the blocks)\n")
+    print("| ratio | wall min | wall median | cpu min | cpu median | goal (on the wall median) |"
+          "\n|---|---:|---:|---:|---:|---|")
+    goals = {(num, den): goal for num, den, goal in RATIOS}
+    for (metric, label, num, den), w in ratios.items():
+        if metric != "wall":
+            continue
+        u = ratios["cpu", label, num, den]
+        goal = goals[num, den]
+        med = statistics.median(w)
+        verdict = "" if goal is None else f"≤ {goal}: {'met' if med <= goal else 'not met'}"
+        print(f"| {name(label, num)} / {den} | {min(w):.3f} | {med:.3f} | {min(u):.3f} "
+              f"| {statistics.median(u):.3f} | {verdict} |")
+    if args.json:
+        print(json.dumps({f"{metric} {name(label, kind)}": statistics.median(v)
+                          for (metric, label, kind), v in results.items()}))
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
@@ -380,7 +677,34 @@ def main() -> None:
                              "of the best run per cell, in µs")
     parser.add_argument("--only-rt", action="store_true",
                         help="only the round-trip table, pinned (no one-way or memfd runs)")
+    parser.add_argument("--blocks", type=int, metavar="N",
+                        help="the goals' measurement: N interleaved blocks of every cell "
+                             "(see --calls, --size, --kinds, --against, --cpu)")
+    parser.add_argument("--calls", type=int, default=2000, help="round trips per cell per block")
+    parser.add_argument("--rounds", type=int, default=10,
+                        help="rounds per block: every cell runs calls/rounds round trips per "
+                             "round, and its best round is the block's value")
+    parser.add_argument("--size", type=int, default=64, help="payload bytes (blocks)")
+    parser.add_argument("--kinds", default=",".join(BLOCK_KINDS),
+                        help=f"cells of each block, from {', '.join(BLOCK_KINDS)}")
+    parser.add_argument("--against", action="append", default=[], metavar="LABEL=PYTHON",
+                        help="also time the ipc cells with another build's interpreter (e.g. "
+                             "base=/path/to/checkout/.venv/bin/python), interleaved")
+    parser.add_argument("--cpu", type=int, default=None,
+                        help="pin every process of the run to this CPU (default: unpinned)")
+    parser.add_argument("--seed", type=int, default=1, help="the blocks' shuffle")
+    parser.add_argument("--json", action="store_true", help="also one JSON line of the cells")
+    parser.add_argument("--block-runner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.kinds = [k for k in args.kinds.split(",") if k]
+    if not set(args.kinds) <= set(BLOCK_KINDS):
+        parser.error(f"--kinds: choose from {', '.join(BLOCK_KINDS)}")
+    if args.block_runner:
+        block_runner(args.size, args.kinds)
+        return
+    if args.blocks:
+        interleaved(args)
+        return
     scale = 0.2 if args.quick else 1.0
     cpu = min(os.sched_getaffinity(0))
     if args.typed:

@@ -40,6 +40,7 @@ from warden.ipc.wire import (
 )
 
 _encoder = msgspec.msgpack.Encoder()
+_decode_envelope = ENVELOPE_DECODER.decode
 _astuple = msgspec.structs.astuple
 encode = _encoder.encode
 
@@ -189,8 +190,11 @@ class Session:
 
     def decode(self, frame: memoryview | bytes, fds: Sequence[int]) -> Event:
         """Check and decode one frame; on failure every fd in `fds` is closed."""
-        kind, method, rid, payload = self._decode(ENVELOPE_DECODER, frame, fds, None, "envelope",
-                                                  named=True)
+        try:  # decoded here, not in _decode (one Python call less); a failure decodes again there
+            kind, method, rid, payload = _decode_envelope(frame)
+        except Exception:
+            kind, method, rid, payload = self._decode(ENVELOPE_DECODER, frame, fds, None,
+                                                      "envelope", named=True)
         if kind >= KIND_REPLY:
             spec = self.pending.pop(rid, None)
             if spec is None:
@@ -201,8 +205,11 @@ class Session:
                     f"{spec.name}", spec,
                 )
             if kind == KIND_REPLY and not fds and spec.plain_result:  # the common reply
-                return kind, spec, rid, self._decode(spec.result_decoder, payload, fds, spec,
-                                                     "reply payload")
+                try:  # as the envelope: the refusal's reason comes from _decode
+                    return kind, spec, rid, spec.result_decoder.decode(payload)
+                except Exception:
+                    return kind, spec, rid, self._decode(spec.result_decoder, payload, fds, spec,
+                                                         "reply payload")
             return self._decode_reply(kind, spec, rid, payload, fds)
         spec = self._by_id.get(method)
         if spec is None:
@@ -231,7 +238,10 @@ class Session:
         if fds or spec.full_params:
             args = self._decode_full(spec, payload, fds)
         else:
-            args = _astuple(self._decode(spec.params_decoder, payload, fds, spec, "payload"))
+            try:  # as the envelope: the refusal's reason comes from _decode
+                args = _astuple(spec.params_decoder.decode(payload))
+            except Exception:
+                args = _astuple(self._decode(spec.params_decoder, payload, fds, spec, "payload"))
         if kind == KIND_CALL:
             self._last_incoming = rid
             self.calls_in_flight += 1
