@@ -6,9 +6,10 @@ Run from the repository root:  python bench/bench_supervisor.py [--quick]
    multiprocessing (fork) + Pipe and a bwrap spawn of /bin/true (to exit);
 2. calls per second through a pool of 2 workers vs multiprocessing.Pool(2);
 3. the supervisor's RSS and event-loop latency while holding N idle workers;
-4. bad-message kill latency (bad frame sent -> worker's sandbox dead ->
-   death reported) while 4, then 200, other workers keep answering calls
-   back to back (--busy N for another count).
+4. bad-message kill latency (the bad frame's arrival -> SIGKILL sent ->
+   worker's end -> death reported) beside 4, then 200, other workers (--busy)
+   that answer square() back to back, sleep in each call or burn CPU in each
+   (--work), with a floor row: a direct SIGKILL to the kernel's end.
 
 Goals (issue 5): zygote start <= 1.5 ms median and >= 4x faster than bwrap;
 1,000 idle workers held; bad-message kill p99 <= 5 ms. Issue 9: misbehaviour
