@@ -97,7 +97,7 @@ async def _await_hello(sock: socket.socket, proc: WorkerProcess, timeout: float,
                 os.close(listener)
             failure = bootstrap.decode_failure(data) if data else None
             fut.set_exception(ConnectionError(
-                f"it reported {failure}"
+                f"it reported {events.child_text(failure)}"
                 if failure is not None else
                 "the worker closed its channel before it was ready" if not data else
                 "the worker sent something before HELLO"))

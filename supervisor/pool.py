@@ -65,7 +65,7 @@ class _Call:
     """
 
     __slots__ = ("answered", "args", "expired", "fut", "hold", "kwargs", "left", "limit",
-                 "method", "pool", "spec", "timer", "worker")
+                 "method", "pool", "sending", "spec", "timer", "unsent", "worker")
 
     def __init__(self, pool: Pool[Any], method: str, spec: MethodSpec,
                  args: tuple[Any, ...], kwargs: dict[str, Any], fut: asyncio.Future[Any],
@@ -79,6 +79,8 @@ class _Call:
         self.hold = hold  # check_result runs first: the caller releases the worker
         self.worker: WorkerHandle | None = None
         self.answered = self.expired = self.left = False
+        # While its frame is being sent (`Pool._send_on`): a close then means it never left.
+        self.sending = self.unsent = False
         self.limit = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -95,6 +97,11 @@ class _Call:
         self._answer(value, None)
 
     def set_exception(self, exc: BaseException) -> None:
+        if isinstance(exc, ipc.ChannelClosed) and self.sending:
+            # Its own send failed (the worker stopped receiving: EPIPE) or was cut off: the
+            # channel closed before the frame left, so the call goes to another worker.
+            self.unsent = True
+            return
         if isinstance(exc, ipc.ChannelClosed):  # the channel ended first: the worker is dying
             w = self.worker
             assert w is not None
@@ -408,6 +415,7 @@ class Pool(Generic[IfaceT]):
         """Send `c` on `w`; False (nothing sent) when `w`'s channel has already closed."""
         c.worker = w
         w._in_flight += 1
+        c.sending = True
         try:
             w.channel.call_into(c.spec, c, c.args, c.kwargs)
         except BaseException as e:
@@ -416,6 +424,13 @@ class Pool(Generic[IfaceT]):
             if isinstance(e, ipc.ChannelClosed):
                 return False
             raise
+        finally:
+            c.sending = False
+        if c.unsent:  # the send itself closed the channel (see _Call.set_exception)
+            c.unsent = False
+            c.worker = None
+            w._in_flight -= 1
+            return False
         self._count_call(w)
         return True
 

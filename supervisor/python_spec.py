@@ -33,9 +33,10 @@ class PythonSpecs:
     def spec(self, module_argv: Sequence[str], profile: str | Profile, *modules: str,
              memory: int | None = None, timeout: float | None = None,
              seccomp_filter: bytes | None = None,
-             memory_rlimit_only: bool = False) -> SandboxSpec:
+             memory_rlimit_only: bool = False,
+             stdio: tuple[int, int, int] = (0, 1, 2)) -> SandboxSpec:
         """A sandbox spec running `python -m <module_argv>` with our packages and `modules`
-        bound."""
+        bound; `stdio`: the fds (ours) that become its 0, 1 and 2."""
         launch = resolve_profile(profile)
         python = sandbox_python()
         code = code_roots((*OUR_PACKAGES, *modules), visible=(*SYSTEM_PREFIXES, *python.binds))
@@ -46,7 +47,8 @@ class PythonSpecs:
         return build_spec([python.executable, "-s", "-m", *module_argv], launch,
                           ro_binds=binds,
                           env=[f"PYTHONPATH={pypath}"], memory=memory, timeout=timeout,
-                          seccomp_filter=seccomp_filter, memory_rlimit_only=memory_rlimit_only)
+                          seccomp_filter=seccomp_filter, memory_rlimit_only=memory_rlimit_only,
+                          stdio=stdio)
 
     def code_binds(self, modules: Sequence[str]) -> frozenset[str]:
         """What a sandbox must bind, beyond the interpreter, to import `modules`

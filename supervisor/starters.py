@@ -21,6 +21,7 @@ the ids and pidfd) and nothing of the Supervisor's.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
@@ -100,18 +101,26 @@ class SpawnStarter:
                            ) -> tuple[socket.socket, WorkerProcess]:
         mem = memory if memory is not None else profile.limits.memory_bytes
         launch = self._launch_for(profile)
-        # Its launch filter holds no listener (launch_filter), so the worker's
-        # own filter can take the stack's one and hand it over like the others.
-        spec = self._specs.spec(["warden.supervisor.worker_main"], launch,
-                                boot.target.partition(":")[0], memory=mem, timeout=timeout,
-                                # a profile's limit may be rlimit-only (and is then
-                                # named in the status); one the caller asked for not
-                                memory_rlimit_only=memory is None,
-                                seccomp_filter=launch_filter(launch, profile))
+        # Its fds 0-2 lead to /dev/null, as a zygote or fork worker's: the supervisor's
+        # own stdio (where its log records may go, and its input) is not the worker's
+        # to write lines that look like ours on, nor to read.
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         try:
+            # Its launch filter holds no listener (launch_filter), so the worker's
+            # own filter can take the stack's one and hand it over like the others.
+            spec = self._specs.spec(["warden.supervisor.worker_main"], launch,
+                                    boot.target.partition(":")[0], memory=mem,
+                                    timeout=timeout,
+                                    # a profile's limit may be rlimit-only (and is then
+                                    # named in the status); one the caller asked for not
+                                    memory_rlimit_only=memory is None,
+                                    seccomp_filter=launch_filter(launch, profile),
+                                    stdio=(null, null, null))
             box = await self._thread.start(spec, f"worker {wid}: spawn() was cancelled")
         except SetupError as e:
             raise WorkerStartFailed(f"worker {wid}: {e}", e.status) from None
+        finally:
+            os.close(null)
         sock = box.take_channel()  # the worker's handle owns it from here
         proc = SandboxProcess(box)
         try:
