@@ -14,29 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time as _clock
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from warden.ipc.errors import printable
 from warden.supervisor.sandbox import Status
 
 logger = logging.getLogger("warden.supervisor")
 
-# Characters that end a line or steer a terminal (C0, DEL, C1, the Unicode line and
-# paragraph separators, bidirectional overrides): in text a child chose, each is
-# written as its escape, so the text stays on the record's own line and reads as it is.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e"
-                      "\u2066-\u2069]")
 MAX_CHILD_TEXT = 4096
 
 
 def child_text(text: str, limit: int = MAX_CHILD_TEXT) -> str:
     """Text a child chose (its start failure, ...), fit for a record, an event or an
-    error: every control character escaped (a newline reads `\\n`), at most `limit`
-    characters (the end kept: it says most)."""
-    quoted = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    error: escaped as ipc quotes a peer's words (`printable`: every character that is
+    not printable, line and paragraph separators and bidirectional controls included,
+    written as its escape, so a newline reads `\\n`), then at most `limit` characters
+    (the end kept: it says most)."""
+    quoted = printable(text, len(text))
     if len(quoted) > limit:
         quoted = "…" + quoted[-(limit - 1):]
     return quoted
