@@ -52,15 +52,25 @@ def exiting(pid: int) -> bool:
     return state in (b"Z", b"X", b"x") or bool(flags & _PF_EXITING)
 
 
+def status_ids(pid: int) -> tuple[list[int], list[int]]:
+    """The Uid and Gid lines of /proc/PID/status (real, effective, saved, filesystem), as
+    this process's user namespace shows them; OSError or ValueError if it cannot tell."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        lines = dict(ln.split(b":", 1) for ln in f.read().splitlines() if b":" in ln)
+    try:
+        return [int(x) for x in lines[b"Uid"].split()], [int(x) for x in lines[b"Gid"].split()]
+    except KeyError:
+        raise ValueError(f"/proc/{pid}/status has no Uid or Gid line") from None
+
+
 def host_ids(pid: int, pidfd: int) -> tuple[int, int] | None:
     """The real uid and gid the kernel shows for `pid` (as this process sees them, i.e.
     the worker's outer ids), or None when it ended before they were read (its pid could
     then name another process: the pidfd says it did not)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            lines = {k: v for k, _, v in (ln.partition(b":") for ln in f.read().splitlines())}
-        uid, gid = int(lines[b"Uid"].split()[0]), int(lines[b"Gid"].split()[0])
-    except (OSError, KeyError, ValueError, IndexError):
+        uids, gids = status_ids(pid)
+        uid, gid = uids[0], gids[0]
+    except (OSError, ValueError, IndexError):
         return None
     return None if pidfd >= 0 and wait_readable([pidfd], 0) else (uid, gid)
 

@@ -62,6 +62,7 @@ import msgspec
 
 from warden import ipc
 from warden.errors import InvalidInput
+from warden.supervisor.process import status_ids
 from warden.supervisor.sandbox import hostpath
 from warden.supervisor.sandbox.lowlevel import close_all
 
@@ -281,13 +282,12 @@ def _pidfd_checked(pid: int, uid: int) -> int:
     except OSError:
         return -1
     try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            uids = next(line for line in f if line.startswith(b"Uid:")).split()[1:]
+        uids, _gids = status_ids(pid)
         # Still running after the read: then /proc/PID was this pidfd's process.
         signal.pidfd_send_signal(fd, 0)
-        if uid in (int(uids[0]), int(uids[1])):
+        if uid in (uids[0], uids[1]):
             return fd
-    except (OSError, StopIteration, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         pass
     os.close(fd)
     return -1
