@@ -550,6 +550,7 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup,
               forwarder: _Forwarder
               ) -> tuple[Status, StatusOutput | None, BrokerRecords | None]:
     from warden.supervisor.sandbox import PreflightError, SetupError, SpecError, build_spec, spawn
+    from warden.supervisor.sandbox.spec import reachable
 
     try:
         from warden.profiles.cache import ProfileLookup
@@ -570,8 +571,7 @@ def _run_with(argv: list[str], options: SandboxOptions, broker: _BrokerSetup,
         spec = build_spec(argv, prof, options, stdio=stdio)
         # A freshly parsed profile is kept unless this sandbox could reach the key or
         # write the cache (the filter cache's rule).
-        lookup.keep([(b.source, b.writable) for b in spec.binds]
-                    + [(g.path, g.mode != "r") for g in spec.files])
+        lookup.keep(reachable(spec.binds, spec.files))
         # Before the sandbox exists, so nothing it does can change what is opened.
         out = StatusOutput.open(spec, options.json_status, options.json_status_fd)
     except SpecError as e:

@@ -347,8 +347,7 @@ def build_spec(
         # What the sandbox can reach decides whether the cache may be used (warden.profiles.cache).
         seccomp_filter = cached_compile(
             profile.seccomp, kill_as_notify=True,
-            reachable=[(b.source, b.writable, b.owned) for b in out_binds]
-            + [(g.path, g.mode != "r", True) for g in grants])
+            reachable=reachable(out_binds, grants))
     from warden.supervisor.sandbox.seccomp import allows_execve, problem, uses_notify
 
     bad = problem(seccomp_filter)
@@ -372,6 +371,15 @@ def build_spec(
         userns_limits=ns_limits, memory_rlimit_only=o.memory_rlimit_only,
         notify=uses_notify(seccomp_filter), complain=_complain(o.complain, seccomp_filter),
     )
+
+
+def reachable(binds: Sequence[Bind], grants: Sequence[FileGrant]
+              ) -> list[tuple[str, bool, bool]]:
+    """What a sandbox with these binds and --file grants can reach on the host, as the
+    caches' rule asks it (warden.profiles.cache): (host path, writable, as the owner),
+    the owner's rights being an owned bind's and every grant's (warden opens it)."""
+    return ([(b.source, b.writable, b.owned) for b in binds]
+            + [(g.path, g.mode != "r", True) for g in grants])
 
 
 def _owned_writable_limits(binds: Sequence[Bind], ns_limits: tuple[tuple[str, int], ...]
