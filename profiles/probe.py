@@ -56,6 +56,13 @@ class NotAProfileFile(OSError):
         return str(self.strerror)
 
 
+def _too_big(real: str) -> NotAProfileFile:
+    import errno
+
+    return NotAProfileFile(errno.EFBIG, f"{real} is larger than {MAX_PROFILE_BYTES >> 20}M, "
+                           "which no profile is")
+
+
 def read(path: str) -> tuple[str, bytes]:
     """(real path, content) of a profile file; OSError as open() raises it.
 
@@ -64,6 +71,7 @@ def read(path: str) -> tuple[str, bytes]:
     O_NONBLOCK and O_NOCTTY (a FIFO, a tty or a blocking proc file cannot stall
     the supervisor), and only a regular file of at most MAX_PROFILE_BYTES is read,
     through that one fd."""
+    import errno
     import stat
 
     real = os.path.realpath(path)
@@ -72,16 +80,17 @@ def read(path: str) -> tuple[str, bytes]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotAProfileFile(21 if stat.S_ISDIR(st.st_mode) else 22,
+            raise NotAProfileFile(errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL,
                                   f"{real} is not a regular file")
+        if st.st_size > MAX_PROFILE_BYTES:  # known before reading a byte
+            raise _too_big(real)
         chunks: list[bytes] = []
-        total = 0
+        total = 0  # and counted while reading: a file may grow after the fstat
         while total <= MAX_PROFILE_BYTES and (chunk := os.read(fd, 1 << 16)):
             chunks.append(chunk)
             total += len(chunk)
-        if total > MAX_PROFILE_BYTES or st.st_size > MAX_PROFILE_BYTES:
-            raise NotAProfileFile(27, f"{real} is larger than {MAX_PROFILE_BYTES >> 20}M, "
-                                  "which no profile is")
+        if total > MAX_PROFILE_BYTES:
+            raise _too_big(real)
         data = b"".join(chunks)
     finally:
         os.close(fd)
