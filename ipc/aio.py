@@ -320,7 +320,9 @@ class AsyncChannel:
         first; it is not told if `reply.done()` is already true then (a reply is then
         dropped, its handles closed). The pool uses this to hand its worker the next call
         from inside the read callback that brought the reply. Raises ChannelClosed when the
-        channel is already closed (nothing was sent), and what encoding raises.
+        channel is already closed, or closes during this call's own send (the peer stopped
+        receiving: EPIPE; or the queue's bound cut it off): nothing left, `reply` is not
+        told. Raises what encoding raises.
         """
         if self._before_io is not None:
             self._before_io()
@@ -329,8 +331,11 @@ class AsyncChannel:
         if spec.oneway:
             raise ValueError(f"{spec.qualname} is a one-way message, not a call")
         data, fds, rid = self._encode_request(spec, args, kwargs)
-        self._pending[rid] = reply
         self._send(data, fds)
+        if self.closed:  # by its own send: no reply can come, and the caller may go elsewhere
+            raise ChannelClosed(f"channel to {self.peer_id!r} closed while sending "
+                                f"{spec.qualname}")
+        self._pending[rid] = reply  # (no frame is read before this: the reply comes later)
 
     def remote_spec(self, name: str) -> MethodSpec:
         """The declaration of the peer's method `name` (AttributeError if there is none)."""

@@ -65,7 +65,7 @@ class _Call:
     """
 
     __slots__ = ("answered", "args", "expired", "fut", "hold", "kwargs", "left", "limit",
-                 "method", "pool", "sending", "spec", "timer", "unsent", "worker")
+                 "method", "pool", "spec", "timer", "worker")
 
     def __init__(self, pool: Pool[Any], method: str, spec: MethodSpec,
                  args: tuple[Any, ...], kwargs: dict[str, Any], fut: asyncio.Future[Any],
@@ -79,8 +79,6 @@ class _Call:
         self.hold = hold  # check_result runs first: the caller releases the worker
         self.worker: WorkerHandle | None = None
         self.answered = self.expired = self.left = False
-        # While its frame is being sent (`Pool._send_on`): a close then means it never left.
-        self.sending = self.unsent = False
         self.limit = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -97,11 +95,6 @@ class _Call:
         self._answer(value, None)
 
     def set_exception(self, exc: BaseException) -> None:
-        if isinstance(exc, ipc.ChannelClosed) and self.sending:
-            # Its own send failed (the worker stopped receiving: EPIPE) or was cut off: the
-            # channel closed before the frame left, so the call goes to another worker.
-            self.unsent = True
-            return
         if isinstance(exc, ipc.ChannelClosed):  # the channel ended first: the worker is dying
             w = self.worker
             assert w is not None
@@ -412,10 +405,11 @@ class Pool(Generic[IfaceT]):
         self._idle.append(w)
 
     def _send_on(self, c: _Call, w: WorkerHandle) -> bool:
-        """Send `c` on `w`; False (nothing sent) when `w`'s channel has already closed."""
+        """Send `c` on `w`; False (nothing left) when `w`'s channel has already closed, or
+        closed during this send (the worker stopped receiving: EPIPE, or a cut-off): `c`
+        then goes to another worker."""
         c.worker = w
         w._in_flight += 1
-        c.sending = True
         try:
             w.channel.call_into(c.spec, c, c.args, c.kwargs)
         except BaseException as e:
@@ -424,13 +418,6 @@ class Pool(Generic[IfaceT]):
             if isinstance(e, ipc.ChannelClosed):
                 return False
             raise
-        finally:
-            c.sending = False
-        if c.unsent:  # the send itself closed the channel (see _Call.set_exception)
-            c.unsent = False
-            c.worker = None
-            w._in_flight -= 1
-            return False
         self._count_call(w)
         return True
 
